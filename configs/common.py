@@ -1,0 +1,151 @@
+"""Defaults shared by every study config; each model file changes only what the study changed.
+
+A config is a nested ConfigDict with the sections `data`, `model`, `loss`, `optim`,
+`train`, `eval`. Every field carries a short comment; SPEC.md holds the study's values.
+"""
+import ml_collections
+
+FER4 = ("happy", "neutral", "sad", "surprise")
+
+
+def data_config():
+  d = ml_collections.ConfigDict()
+  # 'auto': built-in faces when `root` is empty, image folders for a directory,
+  # FER2013 for a .csv file; or 'builtin' | 'folder' | 'fer2013' | 'ferplus' | 'tfds:<name>'.
+  d.source = "auto"
+  d.root = ""  # dataset root (folder, CSV file or TFDS data_dir); empty = built-in faces
+  d.classes = FER4  # class names, in label order (4 by default; FER2013's 7 or FER+'s 8 also work)
+  d.image_size = 48  # side of the square input, pixels
+  d.channels = 1  # 1 = grayscale, 3 = RGB (colour-mode study)
+  d.resize_filter = "bilinear"  # Pillow filter used when decoding: nearest|bilinear|bicubic|lanczos|box|hamming
+  d.val_fraction = 0.1  # moved from train to val (stratified) when the data has no val split
+  d.split_seed = 42  # seed of that stratified val split
+  d.cache_dir = ".cache/fer_jax"  # per-dataset .npz caches (keyed by a fingerprint of the source)
+  d.num_workers = 0  # decode processes; 0 = one per CPU core
+  d.ferplus_ties = "drop"  # FER+ vote ties: drop | first (first class in `classes` order)
+  d.ferplus_min_votes = 0  # FER+: drop faces whose winning class has fewer votes
+  d.builtin_per_class = 600  # built-in faces: train images per class (val, test get 1/8 each)
+  d.builtin_seed = 0  # built-in faces: generator seed
+  return d
+
+
+def model_config():
+  m = ml_collections.ConfigDict()
+  m.name = "cnn"  # registry name: cnn | vgg16 | resnet50v2 | efficientnet_b0 | mini_xception
+  m.widths = (64, 128, 256)  # conv filters per block
+  m.convs_per_block = 2  # 3x3 'same' convs in each block
+  # where BatchNorm goes: conv_bn_relu (Model 0) | conv_relu_bn (after every conv, Model A/B)
+  # | block_end (one BN after the block's convs, Model D / colour-mode) | none
+  m.bn_placement = "conv_relu_bn"
+  m.pool_after = (True, True, True)  # 2x2 max-pool after each block?
+  m.block_dropouts = (0.25, 0.30, 0.40)  # dropout after each block (0 = none)
+  m.head_pool = "flatten"  # flatten | gap (global average pool)
+  m.head_pre_dropout = 0.0  # dropout between the pooled features and the first Dense
+  m.dense_widths = (256,)  # hidden Dense layers (ReLU)
+  m.dense_bn = True  # BatchNorm after each hidden Dense
+  m.dense_dropouts = (0.5,)  # dropout after each hidden Dense
+  m.bn_momentum = 0.99  # Keras BatchNormalization defaults
+  m.bn_epsilon = 1e-3
+  m.conv_impl = "auto"  # auto (im2col weight-gradient on CPU, XLA elsewhere) | xla | im2col
+  m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
+  m.init_from = ""  # pretrained weights file (transfer models)
+  return m
+
+
+def loss_config():
+  l = ml_collections.ConfigDict()
+  l.name = "cross_entropy"  # cross_entropy | focal
+  l.label_smoothing = 0.1  # targets y(1-eps) + eps/K
+  l.focal_gamma = 2.0
+  l.focal_alpha = 0.25
+  l.class_weights = "balanced"  # balanced (n / (K * count_c)) | none
+  l.l2_conv = 0.0  # Keras-style L2 (lambda * sum w^2) on every conv kernel
+  l.l2_hidden_dense = 0.0  # ... on the hidden Dense kernels
+  l.l2_output_dense = 0.0  # ... on the output Dense kernel
+  return l
+
+
+def optim_config():
+  o = ml_collections.ConfigDict()
+  o.name = "adam"
+  o.lr = 5e-4  # initial learning rate
+  o.b1 = 0.9
+  o.b2 = 0.999
+  o.eps = 1e-7  # Keras Adam's epsilon
+  o.schedule = "constant"  # constant | cosine
+  o.cosine_alpha = 0.01  # cosine decays to alpha * lr ...
+  o.cosine_epochs = 75  # ... over this many epochs (decay steps = steps/epoch x epochs)
+  o.plateau = True  # ReduceLROnPlateau
+  o.plateau_monitor = "val_loss"
+  o.plateau_factor = 0.5
+  o.plateau_patience = 5
+  o.plateau_min_lr = 1e-6
+  o.finetune_lr = 1e-5  # transfer 'finetune': learning rate of the unfrozen backbone blocks
+  return o
+
+
+def train_config():
+  t = ml_collections.ConfigDict()
+  t.epochs = 75
+  t.batch_size = 64  # global batch, split over all devices
+  t.seed = 42
+  t.early_stopping = True
+  t.early_stopping_monitor = "val_accuracy"
+  t.early_stopping_patience = 10
+  t.restore_best = True  # evaluate on test with the best checkpoint
+  t.augment = True  # soft augmentation, on device, training batches only
+  t.flip = True  # horizontal flip, p = 0.5
+  t.rotation = 0.05  # max rotation, fraction of a full turn (0.05 = 18 degrees)
+  t.zoom = 0.05  # max zoom in/out, fraction
+  t.contrast = 0.05  # contrast factor uniform in [1 - c, 1 + c] around the image mean
+  t.fill_mode = "reflect"  # reflect | nearest | constant | wrap (Keras fill modes)
+  t.max_steps_per_epoch = 0  # 0 = a full pass over train; >0 caps it (smoke tests)
+  t.log_every_steps = 50  # progress line inside an epoch
+  return t
+
+
+def eval_config():
+  e = ml_collections.ConfigDict()
+  e.batch_size = 256
+  e.confidence_threshold = 0.7  # deployment rule: below this, answer "uncertain"
+  return e
+
+
+def base_config(name):
+  c = ml_collections.ConfigDict()
+  c.name = name  # config name; the default workdir is runs/<name>[-<variant>]
+  c.variant = ""  # set from get_config(arg)
+  c.data = data_config()
+  c.model = model_config()
+  c.loss = loss_config()
+  c.optim = optim_config()
+  c.train = train_config()
+  c.eval = eval_config()
+  return c
+
+
+def apply_quick(c):
+  """The `quick` variant: the same model on a small built-in set, a few epochs, minutes on 2 cores."""
+  c.data.builtin_per_class = 400
+  c.train.epochs = 6
+  c.train.early_stopping_patience = 4
+  c.optim.cosine_epochs = 6
+  c.optim.plateau_patience = 2
+  return c
+
+
+def finalize(c, arg, variants=None):
+  """Applies the variants named in `arg` (comma-separated) and locks the config.
+
+  `variants` maps a config's own variant names to functions of the config; `quick` is common
+  to all. Locking makes an unknown or ill-typed `--config.x=y` override fail with its name.
+  """
+  known = {"quick": apply_quick, **(variants or {})}
+  names = [v for v in (arg or "").split(",") if v]
+  for v in names:
+    if v not in known:
+      raise ValueError(f"config {c.name!r} has no variant {v!r}; known: {', '.join(sorted(known))}")
+    known[v](c)
+  c.variant = ",".join(names)
+  c.lock()
+  return c

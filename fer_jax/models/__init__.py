@@ -1,0 +1,61 @@
+"""Models by name: `config.model.name` selects a module of this package.
+
+A model module provides `build(model_config, num_classes) -> flax.linen.Module`, and may provide
+`param_labels(model_config, params)` (a pytree of 'train' | 'finetune' | 'frozen' per parameter,
+used by fer_jax.optim for frozen backbones) and `load_pretrained(model_config, variables)`.
+A new model is a new module plus one line in REGISTRY.
+
+Every model is called as `model(x, train)` on float32 NHWC images in [0, 1] at the data's size
+(transfer models resize and preprocess on device themselves) and returns logits.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fer_jax.models import cnn
+
+REGISTRY = {
+    "cnn": cnn,
+}
+
+
+def _module(model_cfg):
+  if model_cfg.name not in REGISTRY:
+    raise ValueError(f"config.model.name: unknown model {model_cfg.name!r}; known: {', '.join(sorted(REGISTRY))}")
+  return REGISTRY[model_cfg.name]
+
+
+def build(model_cfg, num_classes):
+  return _module(model_cfg).build(model_cfg, num_classes)
+
+
+def param_labels(model_cfg, params):
+  """'train' | 'finetune' | 'frozen' for every parameter; all 'train' unless the model says otherwise."""
+  fn = getattr(_module(model_cfg), "param_labels", None)
+  return fn(model_cfg, params) if fn else jax.tree.map(lambda _: "train", params)
+
+
+def load_pretrained(model_cfg, variables):
+  """Variables with `model_cfg.init_from` loaded, for models that support it; unchanged otherwise."""
+  fn = getattr(_module(model_cfg), "load_pretrained", None)
+  if model_cfg.get("init_from") and fn is None:
+    raise ValueError(f"config.model.init_from: model {model_cfg.name!r} cannot load pretrained weights")
+  return fn(model_cfg, variables) if fn else variables
+
+
+def init_variables(model, input_shape, seed=0):
+  """Initial {'params', 'batch_stats'} for a batch of `input_shape` = (H, W, C), jit-compiled."""
+  x = jnp.zeros((1, *input_shape), jnp.float32)
+  return jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, train=False))(jax.random.key(seed))
+
+
+def count_params(variables, labels=None):
+  """Keras-style counts: total = params + batch_stats; non-trainable = batch_stats + frozen params."""
+  size = lambda tree: int(sum(np.prod(a.shape) for a in jax.tree.leaves(tree)))
+  params = variables.get("params", {})
+  frozen = 0
+  if labels is not None:
+    frozen = int(sum(np.prod(p.shape) for p, l in zip(jax.tree.leaves(params), jax.tree.leaves(labels)) if l == "frozen"))
+  total = size(variables)
+  non_trainable = size({k: v for k, v in variables.items() if k != "params"}) + frozen
+  return {"total": total, "trainable": total - non_trainable, "non_trainable": non_trainable}

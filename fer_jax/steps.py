@@ -1,0 +1,100 @@
+"""The jitted train and eval steps: pure functions of (state, batch, rng).
+
+The host feeds uint8 images; conversion to float, augmentation, the forward pass, loss and
+update all run on device. Randomness is the run's key folded with the step number, so a
+resumed run draws exactly the numbers an uninterrupted one would.
+"""
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from fer_jax import augment, losses, models, optim
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: dict
+  batch_stats: dict
+  opt_state: tuple
+
+  def variables(self):
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+def create_state(config, model, input_shape, steps_per_epoch, param_labels=None):
+  """Fresh state: Keras-style initialised model (plus pretrained weights) and optimiser.
+
+  Returns (state, tx, param_labels).
+  """
+  variables = models.init_variables(model, input_shape, seed=config.train.seed)
+  variables = models.load_pretrained(config.model, variables)
+  if param_labels is None:
+    param_labels = models.param_labels(config.model, variables["params"])
+  tx = optim.build(config.optim, steps_per_epoch, param_labels)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]))
+  return state, tx, param_labels
+
+
+def to_float(images_u8):
+  return images_u8.astype(jnp.float32) / 255.0
+
+
+def make_train_step(config, model, tx, num_classes, class_weights=None):
+  """Returns jitted `(state, images_u8, labels, rng) -> (state, metrics)`; the state is donated.
+
+  metrics: loss (weighted data loss + L2, as Keras reports it), correct (count), grad_norm.
+  """
+  per_sample = losses.per_sample_loss_fn(config.loss, num_classes)
+  weights = jnp.ones(num_classes) if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+
+  def train_step(state, images_u8, labels, rng):
+    l2_coeff = losses.l2_coefficients(state.params, config.loss)  # Python floats, fixed at trace time
+    key = jax.random.fold_in(rng, state.step)
+    aug_key, dropout_key = jax.random.split(key)
+    x = to_float(images_u8)
+    if config.train.augment:
+      x = augment.augment_batch(aug_key, x, config.train)
+
+    def loss_fn(params):
+      logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats}, x, train=True,
+                                    rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+      # Keras's class_weight scales each sample's loss; the mean is still over the batch size.
+      data_loss = jnp.mean(per_sample(logits, labels) * weights[labels])
+      return data_loss + losses.l2_penalty(params, l2_coeff), (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    deltas, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(step=state.step + 1, params=jax.tree.map(jnp.add, state.params, deltas),
+                              batch_stats=updates.get("batch_stats", state.batch_stats), opt_state=opt_state)
+    metrics = {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
+               "grad_norm": optax.global_norm(grads)}
+    return new_state, metrics
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(config, model, num_classes):
+  """Returns jitted `(state, images_u8, labels, mask) -> (sums, probs)`.
+
+  Padding rows (mask 0) are left out of the sums; the loss is unweighted (Keras applies
+  class weights to training only); add `make_l2_fn`'s penalty to the mean, as Keras does.
+  """
+  per_sample = losses.per_sample_loss_fn(config.loss, num_classes)
+
+  @jax.jit
+  def eval_step(state, images_u8, labels, mask):
+    logits = model.apply(state.variables(), to_float(images_u8), train=False)
+    sums = {"loss": jnp.sum(per_sample(logits, labels) * mask),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+            "count": jnp.sum(mask)}
+    return sums, jax.nn.softmax(logits)
+
+  return eval_step
+
+
+def make_l2_fn(config):
+  """Jitted params -> the config's L2 penalty (the regularisation term of Keras's val_loss)."""
+  return jax.jit(lambda params: losses.l2_penalty(params, losses.l2_coefficients(params, config.loss)))

@@ -1,0 +1,269 @@
+"""One run: data -> model -> optimiser -> epochs with callbacks and checkpoints -> test report.
+
+`train_and_evaluate(config, workdir)` is the whole of it. Running it again on the same workdir
+resumes an unfinished run from its latest checkpoint, or reports a finished one.
+"""
+import dataclasses
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import jax
+import numpy as np
+
+from fer_jax import checkpoint, data, evaluate, losses, models, optim, parallel, report, steps
+
+
+def log(msg):
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
+def write_json(path, obj):
+  """Atomic write: a crash never leaves a half-written file for a rerun to trip over."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, default=float)
+  os.replace(tmp, path)
+
+
+def read_history(path, upto_epoch=None):
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [r for r in rows if upto_epoch is None or r["epoch"] <= upto_epoch]
+
+
+def system_info():
+  return {
+      "jax": jax.__version__, "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+      "devices": jax.device_count(), "processes": jax.process_count(), "cpu_count": os.cpu_count(),
+      "platform": platform.platform(), "python": sys.version.split()[0],
+  }
+
+
+def check_dataset(ds, config):
+  for split in data.SPLITS:
+    if split not in ds.splits or len(ds.splits[split]) == 0:
+      raise ValueError(f"dataset {ds.name}: split {split!r} is empty (config.data.root={config.data.root!r})")
+  shape = ds.splits["train"].images.shape[1:]
+  want = (config.data.image_size, config.data.image_size, config.data.channels)
+  if tuple(shape) != want:
+    raise ValueError(f"dataset {ds.name}: images are {shape}, config.data asks for {want}")
+
+
+@dataclasses.dataclass
+class Loop:
+  """Host-side loop state, saved as JSON with every checkpoint."""
+  epoch: int = 0
+  elapsed_s: float = 0.0
+  plateau: dict = None
+  early: dict = None
+
+
+class Evaluator:
+  """Mean loss / accuracy and probabilities over a whole split, padding the last batch."""
+
+  def __init__(self, config, model, mesh, num_classes):
+    self.batch = config.eval.batch_size + (-config.eval.batch_size) % jax.device_count()
+    self.step = steps.make_eval_step(config, model, num_classes)
+    self.l2 = steps.make_l2_fn(config)
+    self.mesh = mesh
+
+  def __call__(self, state, split):
+    sums, probs = {"loss": 0.0, "correct": 0.0, "count": 0.0}, []
+    for idx, mask in parallel.padded_batches(len(split), self.batch):
+      x, y, m = parallel.shard_batch(self.mesh, split.images[idx], split.labels[idx], mask)
+      batch_sums, batch_probs = self.step(state, x, y, m)
+      sums = {k: sums[k] + float(v) for k, v in batch_sums.items()}
+      probs.append(np.asarray(jax.device_get(batch_probs))[mask > 0])
+    loss = sums["loss"] / sums["count"] + float(self.l2(state.params))
+    return {"loss": loss, "accuracy": sums["correct"] / sums["count"]}, np.concatenate(probs)
+
+
+def check_finite(losses_so_far, epoch, first_step):
+  values = np.asarray(jax.device_get(losses_so_far))
+  bad = np.flatnonzero(~np.isfinite(values))
+  if bad.size:
+    step = first_step + int(bad[0])
+    raise FloatingPointError(f"loss became {values[bad[0]]} at epoch {epoch}, step {step}: "
+                             "lower config.optim.lr or check the data")
+
+
+def train_epoch(state, train_step, mesh, split, config, epoch, steps_per_epoch, rng):
+  """One pass over the shuffled train split; returns (state, {loss, accuracy, seconds, images})."""
+  batch = config.train.batch_size
+  order = parallel.epoch_order(len(split), config.train.seed, epoch)
+  losses_pending, loss_sum, correct_sum, checked = [], 0.0, 0.0, 0
+  start = time.perf_counter()
+  for s in range(steps_per_epoch):
+    idx = np.sort(order[s * batch:(s + 1) * batch])  # sorted rows read faster; order inside a batch is irrelevant
+    x, y = parallel.shard_batch(mesh, split.images[idx], split.labels[idx])
+    state, metrics = train_step(state, x, y, rng)
+    losses_pending.append(metrics["loss"])
+    correct_sum = correct_sum + metrics["correct"]
+    if (s + 1) % config.train.log_every_steps == 0 or s + 1 == steps_per_epoch:
+      check_finite(losses_pending, epoch, checked + 1)
+      loss_sum += float(np.sum(jax.device_get(losses_pending)))
+      checked += len(losses_pending)
+      losses_pending = []
+      if s + 1 < steps_per_epoch:
+        log(f"  epoch {epoch} step {s + 1}/{steps_per_epoch}  loss {loss_sum / checked:.4f}  "
+            f"acc {float(correct_sum) / (checked * batch):.2%}")
+  seconds = time.perf_counter() - start
+  images = steps_per_epoch * batch
+  return state, {"loss": loss_sum / steps_per_epoch, "accuracy": float(correct_sum) / images,
+                 "seconds": seconds, "images": images}
+
+
+def format_summary(summary):
+  """The few lines a person reads at the end of a run."""
+  best, test, p = summary["best"], summary["test"], summary["params"]
+  return "\n".join([
+      f"== {summary['name']}{':' + summary['variant'] if summary['variant'] else ''} "
+      f"(seed {summary['seed']}) on {summary['dataset']['name']}",
+      f"best val accuracy {best['val_accuracy']:.2%} at epoch {best['epoch']} of {summary['epochs_run']}"
+      f"{' (early stop)' if summary['stopped_early'] else ''}; train accuracy then {best['train_accuracy']:.2%}",
+      f"train-val gap {best['gap']:+.1f} points: {summary['gap_diagnosis']}",
+      f"test accuracy {test['accuracy']:.2%}  loss {test['loss']:.4f}  macro F1 {test['macro_f1']:.3f}",
+      f"params {p['total']:,} ({p['trainable']:,} trainable)  time {summary['wall_time_s'] / 60:.1f} min "
+      f"({summary['time_per_epoch_s']:.1f} s/epoch, {summary['images_per_s']:.0f} img/s)",
+  ])
+
+
+def finished_summary(workdir):
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    summary = json.load(f)
+  log(format_summary(summary))
+  log(f"This run is finished ({workdir}). To train again, pass a new --workdir or delete this one.")
+  return summary
+
+
+def train_and_evaluate(config, workdir, dataset=None):
+  """Trains `config` in `workdir` (resuming if it holds an unfinished run); returns the summary."""
+  workdir = os.path.abspath(workdir)
+  if os.path.exists(os.path.join(workdir, "metrics.json")):
+    return finished_summary(workdir)
+  wall_start = time.perf_counter()
+
+  # Everything that can fail on bad input fails here, before the workdir is touched.
+  ds = dataset if dataset is not None else data.load(config.data)
+  check_dataset(ds, config)
+  num_classes = len(ds.classes)
+  train_split, val_split, test_split = (ds.splits[s] for s in data.SPLITS)
+  model = models.build(config.model, num_classes)
+  parallel.check_batch_size(config.train.batch_size, "config.train.batch_size")
+  steps_per_epoch = len(train_split) // config.train.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"config.train.batch_size={config.train.batch_size} exceeds the {len(train_split)} "
+                     "training images")
+  if config.train.max_steps_per_epoch:
+    steps_per_epoch = min(steps_per_epoch, config.train.max_steps_per_epoch)
+  input_shape = train_split.images.shape[1:]
+  state, tx, labels = steps.create_state(config, model, input_shape, steps_per_epoch)
+  param_counts = models.count_params(state.variables(), labels)
+  class_weights = losses.class_weights(config.loss, ds.class_counts("train"))
+
+  mesh = parallel.make_mesh()
+  state = parallel.replicate(state, mesh)
+  train_step = steps.make_train_step(config, model, tx, num_classes, class_weights)
+  evaluator = Evaluator(config, model, mesh, num_classes)
+  rng = jax.random.key(config.train.seed)
+
+  os.makedirs(workdir, exist_ok=True)
+  history_path = os.path.join(workdir, "metrics.jsonl")
+  ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
+  plateau = optim.Plateau(config.optim.plateau_factor, config.optim.plateau_patience, config.optim.plateau_min_lr)
+  early = optim.EarlyStopping(config.train.early_stopping_patience if config.train.early_stopping else math.inf)
+  loop = Loop()
+  restored = ckpts.restore_latest(state)
+  if restored is not None:
+    state, meta = restored
+    loop = Loop(**meta)
+    plateau = dataclasses.replace(plateau, **loop.plateau)
+    early = dataclasses.replace(early, **loop.early)
+    log(f"Resuming {workdir} after epoch {loop.epoch}.")
+  if jax.process_index() == 0:
+    write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    history = read_history(history_path, upto_epoch=loop.epoch)  # drops epochs the crash lost
+    with open(history_path, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in history)
+  history = read_history(history_path)
+
+  log(f"{config.name}{':' + config.variant if config.variant else ''} on {ds.name} {ds.sizes()}  "
+      f"{param_counts['total']:,} params  {jax.device_count()} x {jax.devices()[0].device_kind}  "
+      f"{steps_per_epoch} steps/epoch")
+  stopped_early = False
+  for epoch in range(loop.epoch + 1, config.train.epochs + 1):
+    epoch_start = time.perf_counter()
+    state, train_m = train_epoch(state, train_step, mesh, train_split, config, epoch, steps_per_epoch, rng)
+    val_m, _ = evaluator(state, val_split)
+    lr = optim.learning_rate(config.optim, steps_per_epoch, int(state.step), optim.lr_factor(state.opt_state))
+    record = {
+        "epoch": epoch, "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
+        "val_loss": val_m["loss"], "val_accuracy": val_m["accuracy"],
+        "gap": (train_m["accuracy"] - val_m["accuracy"]) * 100, "lr": lr,
+        "epoch_time_s": time.perf_counter() - epoch_start, "images_per_s": train_m["images"] / train_m["seconds"],
+    }
+    history.append(record)
+    if jax.process_index() == 0:
+      with open(history_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    improved, stopped_early = early.update(val_m["accuracy"], epoch)
+    if config.optim.plateau:
+      new_lr = plateau.update(val_m["loss"], lr)
+      if new_lr != lr:
+        state = state.replace(opt_state=optim.with_lr_factor(state.opt_state, optim.lr_factor(state.opt_state) * new_lr / lr))
+        log(f"  ReduceLROnPlateau: lr {lr:.3g} -> {new_lr:.3g}")
+    loop = Loop(epoch=epoch, elapsed_s=loop.elapsed_s + time.perf_counter() - epoch_start,
+                plateau=dataclasses.asdict(plateau), early=dataclasses.asdict(early))
+    ckpts.save(epoch, state, dataclasses.asdict(loop), is_best=improved)
+    log(f"epoch {epoch}/{config.train.epochs}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.2%}  "
+        f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.2%}  gap {record['gap']:+.1f}  "
+        f"lr {lr:.3g}  {record['epoch_time_s']:.1f}s ({record['images_per_s']:.0f} img/s)"
+        + ("  *best*" if improved else ""))
+    if stopped_early:
+      log(f"Early stopping: no val_accuracy gain for {early.patience} epochs (best epoch {early.best_epoch}).")
+      break
+  ckpts.close()
+
+  if config.train.restore_best:
+    best = ckpts.restore_best(state)
+    state = best[0] if best is not None else state
+  test_m, test_probs = evaluator(state, test_split)
+  summary = build_summary(config, ds, history, early, stopped_early, test_m, test_probs, param_counts,
+                          loop.elapsed_s, time.perf_counter() - wall_start)
+  if jax.process_index() == 0:
+    np.savez(os.path.join(workdir, "test_predictions.npz"), labels=test_split.labels.astype(np.int32),
+             probs=test_probs.astype(np.float32))
+    report.write_run_report(workdir, summary, history)
+    write_json(os.path.join(workdir, "metrics.json"), summary)  # last: its presence marks the run finished
+  log(format_summary(summary))
+  return summary
+
+
+def build_summary(config, ds, history, early, stopped_early, test_m, test_probs, param_counts, train_s, wall_s):
+  best_row = next((r for r in history if r["epoch"] == early.best_epoch), history[-1])
+  test = evaluate.classification_metrics(ds.splits["test"].labels, test_probs, list(ds.classes),
+                                         config.eval.confidence_threshold)
+  test["loss"] = test_m["loss"]
+  steady = [r["images_per_s"] for r in history[1:]] or [r["images_per_s"] for r in history]
+  return {
+      "name": config.name, "variant": config.variant, "seed": config.train.seed, "classes": list(ds.classes),
+      "model": config.model.name,
+      "dataset": {"name": ds.name, "sizes": ds.sizes()},
+      "params": param_counts,
+      "best": {"epoch": best_row["epoch"], "val_accuracy": best_row["val_accuracy"], "val_loss": best_row["val_loss"],
+               "train_accuracy": best_row["train_accuracy"], "train_loss": best_row["train_loss"],
+               "gap": best_row["gap"]},
+      "gap_diagnosis": evaluate.gap_diagnosis(best_row["gap"]),
+      "test": test,
+      "epochs_run": len(history), "stopped_early": bool(stopped_early),
+      "wall_time_s": wall_s, "train_time_s": train_s, "time_per_epoch_s": train_s / max(len(history), 1),
+      "images_per_s": float(np.median(steady)),
+      "system": system_info(),
+  }
