@@ -19,6 +19,23 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config"])
 
 
+def fail(e, context):
+  """Exits with the last line of an exception's message (config_flags wraps whole tracebacks)."""
+  lines = [l.strip(" '\"\\") for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
+  detail = lines[-1] if lines else type(e).__name__
+  if isinstance(e, (AttributeError, KeyError)):  # ConfigDict's unknown field: "Did you mean ..."
+    detail = f"unknown field {lines[0]}. {detail}"
+  sys.exit(f"error: {detail} ({context})")
+
+
+def parse_flags(argv):
+  """absl's parser, with a bad --config value (unknown variant or field, wrong type) as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # config_flags re-raises whatever the config file or ConfigDict raised
+    fail(e, " ".join(a for a in argv[1:] if a.startswith("--config")))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -27,7 +44,11 @@ def main(argv):
   import jax  # after flag parsing, so --help stays fast
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
-  config = _CONFIG.value
+  try:
+    config = _CONFIG.value
+    config.name  # config_flags loads the file lazily: a missing file fails here
+  except OSError as e:
+    fail(e, "--config")
   if _SUMMARY.value:
     from fer_jax.models import summary
     print(summary.model_summary(config))
@@ -43,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

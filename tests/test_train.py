@@ -1,0 +1,161 @@
+"""End to end through launch.py on tiny built-in data: workdir, resume after SIGKILL, sharding,
+NaN detection, and bad input. Each run is a subprocess, as a user would start it."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import ROOT, TINY, launch, read_summary
+
+EPOCHS = ["--config.train.epochs=3", "--config.train.early_stopping=False"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """An uninterrupted 3-epoch Model 0 run on one device (shared by the comparisons below)."""
+  workdir = str(tmp_path_factory.mktemp("ref"))
+  proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *EPOCHS])
+  return workdir, proc.stdout
+
+
+def _history(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_run_leaves_a_complete_workdir(reference_run):
+  workdir, stdout = reference_run
+  for name in ("config.json", "metrics.jsonl", "metrics.json", "report.md", "curves.png", "confusion.png",
+               "test_predictions.npz"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert os.listdir(os.path.join(workdir, "checkpoints", "best"))
+  assert os.listdir(os.path.join(workdir, "checkpoints", "latest"))
+  history = _history(workdir)
+  assert [r["epoch"] for r in history] == [1, 2, 3]
+  assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "gap", "lr", "epoch_time_s",
+          "images_per_s"} <= set(history[0])
+  s = read_summary(workdir)
+  best = max(history, key=lambda r: r["val_accuracy"])
+  assert s["best"]["val_accuracy"] == best["val_accuracy"]
+  assert s["best"]["epoch"] == min(r["epoch"] for r in history if r["val_accuracy"] == best["val_accuracy"])
+  assert s["best"]["train_accuracy"] == history[s["best"]["epoch"] - 1]["train_accuracy"]
+  assert s["best"]["gap"] == pytest.approx((s["best"]["train_accuracy"] - s["best"]["val_accuracy"]) * 100)
+  assert s["gap_diagnosis"]
+  assert s["params"]["total"] > 0 and s["params"]["trainable"] <= s["params"]["total"]
+  assert s["epochs_run"] == 3 and s["wall_time_s"] > 0 and s["images_per_s"] > 0
+  test = s["test"]
+  preds = np.load(os.path.join(workdir, "test_predictions.npz"))
+  assert test["accuracy"] == pytest.approx(np.mean(preds["probs"].argmax(1) == preds["labels"]))
+  assert len(test["confusion"]) == 4 and set(test["per_class"]) == {"happy", "neutral", "sad", "surprise"}
+  for k in ("precision", "recall", "f1", "support"):
+    assert k in test["per_class"]["happy"]
+  assert "loss" in test and "main_confusions" in test
+  for png in ("curves.png", "confusion.png"):
+    with Image.open(os.path.join(workdir, png)) as im:
+      assert im.size[0] > 200
+  assert "epoch 3/3" in stdout and "test accuracy" in stdout and "gap" in stdout
+
+
+def test_finished_run_prints_summary_and_how_to_start_fresh(reference_run):
+  workdir, _ = reference_run
+  before = os.path.getmtime(os.path.join(workdir, "metrics.json"))
+  proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *EPOCHS])
+  assert "finished" in proc.stdout and "new --workdir" in proc.stdout and "test accuracy" in proc.stdout
+  assert os.path.getmtime(os.path.join(workdir, "metrics.json")) == before
+
+
+def _comparable(workdir):
+  s = read_summary(workdir)
+  return [(r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in _history(workdir)], s["test"]["accuracy"]
+
+
+def test_sigkill_then_resume_gives_the_same_result(reference_run, tmp_path):
+  ref_dir, _ = reference_run
+  workdir = str(tmp_path / "killed")
+  args = [sys.executable, os.path.join(ROOT, "launch.py"), "--config=configs/model_0.py:quick",
+          f"--workdir={workdir}", *TINY, *EPOCHS]
+  proc = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  for line in proc.stdout:
+    if line.startswith("epoch 2/3"):
+      proc.send_signal(signal.SIGKILL)
+      break
+  proc.wait(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+  resumed = launch(args[2:])
+  assert "Resuming" in resumed.stdout
+  got, want = _comparable(workdir), _comparable(ref_dir)
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+  assert got[1] == want[1]
+
+
+def test_four_devices_match_one_device(reference_run, tmp_path):
+  ref_dir, _ = reference_run
+  workdir = str(tmp_path / "sharded")
+  proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *EPOCHS],
+                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert "4 x cpu" in proc.stdout
+  got, want = _comparable(workdir), _comparable(ref_dir)
+  # Same maths, different reduction order across shards: losses equal up to float32 rounding
+  # (accuracy on 8 val images can flip one borderline face, so it is not compared).
+  np.testing.assert_allclose(np.array(got[0])[:, :2], np.array(want[0])[:, :2], rtol=2e-3)
+
+
+def test_nan_loss_stops_naming_epoch_and_step(tmp_path):
+  workdir = str(tmp_path / "nan")
+  proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, "--config.optim.lr=1e30"],
+                check=False)
+  assert proc.returncode != 0
+  assert "error: loss became" in proc.stderr and "at epoch 1, step" in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.data.root=/no/such/faces"], "config.data.root"),
+    (["--config.model.name=resnet9000"], "config.model.name"),
+    (["--config.train.epochs=many"], "config.train.epochs"),
+    (["--config.train.epochz=3"], "epochz"),
+])
+def test_bad_input_is_one_line_and_leaves_no_workdir(tmp_path, args, message):
+  workdir = tmp_path / "bad"
+  proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *args], check=False)
+  assert proc.returncode != 0
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and message in errors[0], proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not workdir.exists()
+
+
+def _face_folder(root, empty_test=False):
+  """A tiny <root>/<split>/<class>/ tree of PNGs, plus one corrupt file."""
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 8), ("val", 2), ("test", 0 if empty_test else 2)):
+    for c in ("happy", "neutral", "sad", "surprise"):
+      d = root / split / c
+      d.mkdir(parents=True)
+      for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(d / f"{i}.png")
+  (root / "train" / "happy" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+
+def test_own_image_folder_trains_and_reports_the_unreadable_file(tmp_path):
+  _face_folder(tmp_path / "faces")
+  workdir = tmp_path / "run"
+  proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY,
+                 f"--config.data.root={tmp_path / 'faces'}", "--config.train.epochs=1"])
+  assert "broken.jpg" in proc.stdout + proc.stderr
+  assert read_summary(workdir)["dataset"]["sizes"] == {"train": 32, "val": 8, "test": 8}
+
+
+def test_empty_split_is_an_error_naming_the_root(tmp_path):
+  _face_folder(tmp_path / "faces", empty_test=True)
+  workdir = tmp_path / "run"
+  proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY,
+                 f"--config.data.root={tmp_path / 'faces'}"], check=False)
+  assert proc.returncode != 0 and "test" in proc.stderr and str(tmp_path / "faces") in proc.stderr
+  assert not workdir.exists()
