@@ -159,3 +159,18 @@ def test_empty_split_is_an_error_naming_the_root(tmp_path):
                  f"--config.data.root={tmp_path / 'faces'}"], check=False)
   assert proc.returncode != 0 and "test" in proc.stderr and str(tmp_path / "faces") in proc.stderr
   assert not workdir.exists()
+
+
+def test_predict_uses_the_best_checkpoint_and_the_confidence_rule(reference_run, tmp_path):
+  from fer_jax import predict
+  workdir, _ = reference_run
+  predictor = predict.Predictor(workdir)
+  saved = np.load(os.path.join(workdir, "test_predictions.npz"))
+  from fer_jax.data import builtin
+  test = builtin.load(predictor.config.data).splits["test"]
+  np.testing.assert_allclose(predictor.probs(test.images), saved["probs"], atol=1e-5)  # the evaluated weights
+  for i, im in enumerate(test.images[:3]):
+    Image.fromarray(im[..., 0]).save(tmp_path / f"face{i}.png")
+  assert predict.image_paths([str(tmp_path)]) == [str(tmp_path / f"face{i}.png") for i in range(3)]
+  probs = np.array([[0.69, 0.11, 0.1, 0.1], [0.1, 0.8, 0.05, 0.05]])
+  assert predict.answers(probs, predictor.classes, 0.7) == ["uncertain", "neutral"]
