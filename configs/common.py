@@ -21,9 +21,13 @@ def data_config():
   d.val_fraction = 0.1  # moved from train to val (stratified) when the data has no val split
   d.split_seed = 42  # seed of that stratified val split
   d.cache_dir = ".cache/fer_jax"  # per-dataset .npz caches (keyed by a fingerprint of the source)
-  d.num_workers = 0  # decode processes; 0 = one per CPU core
+  d.num_workers = 0  # decode workers (processes; threads once JAX is imported); 0 = one per CPU core
   d.ferplus_ties = "drop"  # FER+ vote ties: drop | first (first class in `classes` order)
   d.ferplus_min_votes = 0  # FER+: drop faces whose winning class has fewer votes
+  d.ferplus_unknown = "drop"  # FER+: drop faces that unknown / not-a-face (NF) win | ignore those columns
+  d.tfds_splits = ""  # TFDS: '' = normalise TFDS split names; or 'train=train[:90%],val=train[90%:],test=test'
+  d.tfds_image_key = "image"  # TFDS: the image feature
+  d.tfds_label_key = "label"  # TFDS: the ClassLabel feature
   d.builtin_per_class = 600  # built-in faces: train images per class (val, test get 1/8 each)
   d.builtin_seed = 0  # built-in faces: generator seed
   return d

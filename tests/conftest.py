@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -26,7 +27,8 @@ TINY = [
 def launch(args, env=None, timeout=300, check=True):
   """Runs launch.py with `args`; returns the CompletedProcess (stdout + stderr as text)."""
   full_env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT, env=full_env,
+  cache = f"--config.data.cache_dir={os.path.join(tempfile.gettempdir(), 'fer_jax_test_cache')}"  # not in the repo
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args, cache], cwd=ROOT, env=full_env,
                         capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f"launch.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -1,0 +1,393 @@
+"""A dataset audit to read before training: splits, class balance, files, blanks, duplicates.
+
+  python -m data_tools.audit ROOT_OR_CONFIG [--out DIR] [--classes a,b,c] [--source S]
+
+ROOT_OR_CONFIG is a dataset root (image folder, FER2013 / FER+ CSV, TFDS data_dir with
+`--source tfds:<name>`) or a config file (`configs/b_pp.py[:variant]`), whose `config.data`
+is used. The data is read as the trainer reads it (fer_jax.data.load, same decoding, same
+cache) but as found: no val split is made and nothing is checked away, so the audit also
+works on data that is not ready to train on. Findings:
+  - split ratios against 80/10/10;
+  - class counts and shares per split, flagged beyond +-5 points of a balanced share, and
+    val/test shares beyond +-5 points of train's;
+  - source image sizes, modes and formats (image folders), and the files the loader skipped;
+  - near-constant (blank) images: pixel standard deviation below --blank_std;
+  - exact duplicates (equal decoded pixels) within and across splits, with conflicting
+    labels called out (near-duplicates: python -m data_tools.dedup);
+  - a per-class sample grid.
+Writes DIR/audit.md, DIR/audit.json, DIR/samples.png and DIR/class_counts.png (DIR defaults
+to runs/audit/<dataset name>, never inside the data) and prints a summary. Reads only.
+"""
+import argparse
+import collections
+import hashlib
+import json
+import os
+import re
+import sys
+
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+import numpy as np
+
+from configs import common as config_common
+from data_tools import common
+from fer_jax import config_loading
+from fer_jax import data
+from fer_jax.data import folders
+from fer_jax.data.progress import Progress
+
+TARGET_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
+FLAG_POINTS = 5.0  # a share this many percentage points off its target is flagged
+LISTED = 50  # groups / files listed in audit.md (audit.json has all of them)
+
+
+# ---------------------------------------------------------------------------- findings
+
+def split_findings(dataset):
+  total = sum(dataset.sizes().values())
+  out = {}
+  for split in data.SPLITS:
+    n = len(dataset.splits[split]) if split in dataset.splits else 0
+    share = n / total if total else 0.0
+    off = round(100 * (share - TARGET_SPLIT[split]), 2)  # rounded: 75 % is 5.0 pts off, not 5.000001
+    out[split] = {"count": n, "share": share, "target": TARGET_SPLIT[split],
+                  "points_off": off, "flag": abs(off) > FLAG_POINTS}
+  return out
+
+
+def class_findings(dataset):
+  """Per split and class: count, share, and flags against a balanced share and train's share."""
+  k = len(dataset.classes)
+  counts = dataset.count_table()
+  train_share = None
+  out = {}
+  for split in [s for s in data.SPLITS if s in counts]:
+    total = sum(counts[split].values())
+    rows = {}
+    for c, n in counts[split].items():
+      share = n / total if total else 0.0
+      flags = []
+      off = round(100 * (share - 1 / k), 2)
+      if abs(off) > FLAG_POINTS:
+        flags.append(f"{'over' if off > 0 else 'under'}-represented ({off:+.1f} pts vs "
+                     f"balanced {100 / k:.1f} %)")
+      if train_share is not None:
+        drift = round(100 * (share - train_share[c]), 2)
+        if abs(drift) > FLAG_POINTS:
+          flags.append(f"differs from train by {drift:+.1f} pts")
+      rows[c] = {"count": n, "share": share, "flags": flags}
+    out[split] = rows
+    if split == "train":
+      train_share = {c: r["share"] for c, r in rows.items()}
+  return out
+
+
+def file_findings(dataset):
+  """Sizes, modes and formats of the source files (image folders only; read from headers)."""
+  paths = [p for s in dataset.splits.values() for p in (s.paths or []) if os.path.isfile(p)]
+  sizes, modes, formats = collections.Counter(), collections.Counter(), collections.Counter()
+  progress = Progress("reading image headers", len(paths))
+  for start in range(0, len(paths), 1000):
+    for path in paths[start:start + 1000]:
+      try:
+        with folders.open_image(path) as im:
+          sizes[f"{im.size[0]}x{im.size[1]}"] += 1
+          modes[im.mode] += 1
+          formats[im.format] += 1
+      except OSError:  # changed since it was loaded; the loader's report covers bad files
+        formats["unreadable now"] += 1
+    progress.update(len(paths[start:start + 1000]))
+  progress.close()
+  top = lambda counter: dict(counter.most_common())
+  return {"files": len(paths), "sizes": top(sizes), "modes": top(modes), "formats": top(formats)}
+
+
+def _where(dataset, split, i):
+  paths = dataset.splits[split].paths
+  return paths[i] if paths else f"{split}[{i}]"
+
+
+def blank_findings(dataset, blank_std):
+  """Images whose pixel standard deviation is below `blank_std` (0..255 scale)."""
+  out = []
+  for split, s in dataset.splits.items():
+    flat = s.images.reshape(len(s), -1).astype(np.float32)
+    std, mean = flat.std(axis=1), flat.mean(axis=1)
+    for i in np.flatnonzero(std < blank_std):
+      out.append({"split": split, "file": _where(dataset, split, i),
+                  "class": dataset.classes[s.labels[i]], "std": round(float(std[i]), 2),
+                  "mean": round(float(mean[i]), 1)})
+  return out
+
+
+def duplicate_findings(dataset):
+  """Groups of images with identical decoded pixels (a hash of the uint8 array)."""
+  groups = collections.defaultdict(list)
+  for split, s in dataset.splits.items():
+    for i, image in enumerate(s.images):
+      groups[hashlib.sha1(image.tobytes()).hexdigest()].append((split, i))
+  out = []
+  for digest, members in groups.items():
+    if len(members) < 2:
+      continue
+    splits = sorted({split for split, _ in members}, key=data.SPLITS.index)
+    labels = sorted({dataset.classes[dataset.splits[split].labels[i]] for split, i in members})
+    out.append({"hash": digest[:16], "size": len(members), "splits": splits,
+                "cross_split": len(splits) > 1, "conflicting_labels": len(labels) > 1,
+                "classes": labels,
+                "members": [{"split": split, "file": _where(dataset, split, i),
+                             "class": dataset.classes[dataset.splits[split].labels[i]]}
+                            for split, i in members]})
+  out.sort(key=lambda g: (not g["cross_split"], not g["conflicting_labels"], -g["size"]))
+  return out
+
+
+def audit(dataset, blank_std=2.0):
+  """All findings of `dataset` (as found) as one JSON-able dict."""
+  duplicates = duplicate_findings(dataset)
+  r = dataset.report
+  return {
+      "dataset": {"name": dataset.name, "root": r.get("root"), "classes": list(dataset.classes),
+                  "sizes": dataset.sizes(), "total": sum(dataset.sizes().values()),
+                  "layout": r.get("layout"),
+                  "image_shape": list(next(iter(dataset.splits.values())).images.shape[1:])},
+      "splits": split_findings(dataset),
+      "classes": class_findings(dataset),
+      "files": file_findings(dataset),
+      "loader": {"skipped": r.get("skipped", []), "bad_files": r.get("bad_files", []),
+                 "dropped": r.get("dropped", {})},
+      "blank": {"std_below": blank_std, "images": blank_findings(dataset, blank_std)},
+      "duplicates": {
+          "groups": len(duplicates),
+          "extra_copies": sum(g["size"] - 1 for g in duplicates),
+          "cross_split_groups": sum(g["cross_split"] for g in duplicates),
+          "conflicting_groups": sum(g["conflicting_labels"] for g in duplicates),
+          "list": duplicates},
+  }
+
+
+# ---------------------------------------------------------------------------- outputs
+
+def flags(findings):
+  """Every flagged finding as one line."""
+  lines = [f"split {s}: {v['share']:.1%} of the images, {v['points_off']:+.1f} pts vs "
+           f"{v['target']:.0%}" for s, v in findings["splits"].items() if v["flag"]]
+  lines += [f"{split}/{c}: {flag}" for split, rows in findings["classes"].items()
+            for c, row in rows.items() for flag in row["flags"]]
+  d = findings["duplicates"]
+  if d["cross_split_groups"]:
+    lines.append(f"{d['cross_split_groups']} duplicate groups span splits (leakage)")
+  if d["conflicting_groups"]:
+    lines.append(f"{d['conflicting_groups']} duplicate groups have conflicting labels")
+  if findings["blank"]["images"]:
+    lines.append(f"{len(findings['blank']['images'])} near-constant (blank) images")
+  return lines
+
+
+def console_summary(findings, out_dir):
+  ds = findings["dataset"]
+  counts = {(split, c): row["count"] for split, rows in findings["classes"].items()
+            for c, row in rows.items()}
+  lines = [f"== audit of {ds['name']}: {ds['total']:,} images, {len(ds['classes'])} classes"]
+  lines.append("  splits: " + ", ".join(
+      f"{s} {v['count']:,} ({v['share']:.1%})" for s, v in findings["splits"].items())
+      + " vs 80/10/10")
+  lines += common.count_table(counts, ds["classes"], "  class counts (share of split):")
+  d = findings["duplicates"]
+  lines.append(f"  exact duplicates: {d['groups']} groups, {d['extra_copies']} extra copies; "
+               f"{d['cross_split_groups']} across splits, {d['conflicting_groups']} with "
+               "conflicting labels")
+  lines.append(f"  blank images: {len(findings['blank']['images'])}")
+  loader = findings["loader"]
+  lines.append(f"  loader: {len(loader['skipped'])} skipped, {len(loader['bad_files'])} "
+               f"unreadable files")
+  lines += [f"  FLAG {line}" for line in flags(findings)] or ["  no flags"]
+  lines.append(f"  wrote audit.md, audit.json, samples.png, class_counts.png to {out_dir}")
+  return "\n".join(lines)
+
+
+def _table(header, rows):
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def markdown(findings):
+  ds = findings["dataset"]
+  root = ds["root"] or ""
+  # Files under the root are shown relative to it; audit.json keeps full paths.
+  rel = lambda p: os.path.relpath(p, root) if root and p.startswith(root + os.sep) else p
+  md = [f"# Dataset audit: {ds['name']}", "",
+        f"{ds['total']:,} images in `{root}`, classes {', '.join(ds['classes'])}, arrays "
+        f"{'x'.join(map(str, ds['image_shape']))} uint8"
+        + (f", layout {ds['layout']}" if ds["layout"] else "") + ".", ""]
+  md += ["## Flags", ""] + ([f"- {line}" for line in flags(findings)] or ["None."]) + [""]
+  md += ["## Splits (target 80 / 10 / 10)", ""]
+  md += _table(["split", "images", "share", "target", "off (pts)"], [
+      (s, f"{v['count']:,}", f"{v['share']:.1%}", f"{v['target']:.0%}",
+       f"{v['points_off']:+.1f}" + (" **flag**" if v["flag"] else ""))
+      for s, v in findings["splits"].items()])
+  md += ["", f"## Classes (flagged beyond ±{FLAG_POINTS:.0f} pts)", ""]
+  splits = list(findings["classes"])
+  md += _table(["class"] + splits, [
+      [c] + [f"{findings['classes'][s][c]['count']:,} ({findings['classes'][s][c]['share']:.1%})"
+             + (" **flag**" if findings["classes"][s][c]["flags"] else "") for s in splits]
+      for c in ds["classes"]])
+  md += ["", "![class counts](class_counts.png)", ""]
+  f = findings["files"]
+  md += ["## Source files", ""]
+  if f["files"]:
+    for what in ("sizes", "modes", "formats"):
+      md.append(f"- {what}: " + ", ".join(f"{k} {v:,}" for k, v in f[what].items()))
+  else:
+    md.append("- not image files (CSV rows or TFDS records)")
+  loader = findings["loader"]
+  for what in ("skipped", "bad_files"):
+    items = loader[what]
+    md.append(f"- {what.replace('_', ' ')} by the loader: {len(items)}")
+    md += [f"  - `{rel(p)}`: {reason}" for p, reason in items[:LISTED]]
+  if loader["dropped"]:
+    md.append("- dropped by the loader: " + ", ".join(f"{n} {why}" for why, n in loader["dropped"].items()))
+  blank = findings["blank"]
+  md += ["", f"## Near-constant images (pixel std < {blank['std_below']})", ""]
+  md += _table(["split", "class", "std", "mean", "file"], [
+      (b["split"], b["class"], b["std"], b["mean"], f"`{rel(b['file'])}`") for b in blank["images"][:LISTED]]
+      ) if blank["images"] else ["None."]
+  d = findings["duplicates"]
+  md += ["", "## Exact duplicates (identical decoded pixels)", "",
+         f"{d['groups']} groups, {d['extra_copies']} extra copies; {d['cross_split_groups']} groups "
+         f"across splits (leakage); {d['conflicting_groups']} with conflicting labels.", ""]
+  for g in d["list"][:LISTED]:
+    tags = [t for t, on in (("across splits", g["cross_split"]),
+                            ("CONFLICTING LABELS", g["conflicting_labels"])) if on]
+    md.append(f"- group {g['hash']} ({g['size']} images{'; ' + ', '.join(tags) if tags else ''}): "
+              + "; ".join(f"{m['split']}/{m['class']} `{rel(m['file'])}`" for m in g["members"]))
+  if len(d["list"]) > LISTED:
+    md.append(f"- ... {len(d['list']) - LISTED} more in audit.json")
+  md += ["", "## Samples", "", "![samples per class](samples.png)", ""]
+  return "\n".join(md)
+
+
+def plot_samples(dataset, path, per_class=8, seed=0):
+  """A grid: one row per class, `per_class` random images of it from train (or the first split)."""
+  split = "train" if "train" in dataset.splits else next(iter(dataset.splits))
+  s = dataset.splits[split]
+  rng = np.random.default_rng(seed)
+  k = len(dataset.classes)
+  fig = Figure(figsize=(per_class * 1.1, k * 1.25))
+  axes = fig.subplots(k, per_class, squeeze=False)
+  for row, name in enumerate(dataset.classes):
+    idx = np.flatnonzero(s.labels == row)
+    pick = rng.choice(idx, min(per_class, len(idx)), replace=False) if len(idx) else []
+    for col in range(per_class):
+      ax = axes[row, col]
+      ax.axis("off")
+      if col < len(pick):
+        image = s.images[pick[col]]
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+    axes[row, 0].set_title(f"{name} ({len(idx):,})", fontsize=8, loc="left")
+  fig.suptitle(f"{split} samples per class", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+def plot_class_counts(findings, path):
+  classes = findings["dataset"]["classes"]
+  splits = list(findings["classes"])
+  fig = Figure(figsize=(max(5, 1.3 * len(classes)), 3.2))
+  ax = fig.subplots()
+  width = 0.8 / max(1, len(splits))
+  for j, split in enumerate(splits):
+    counts = [findings["classes"][split][c]["count"] for c in classes]
+    ax.bar(np.arange(len(classes)) + j * width, counts, width, label=split)
+  ax.set_xticks(np.arange(len(classes)) + width * (len(splits) - 1) / 2, classes)
+  ax.set_ylabel("images")
+  ax.legend()
+  ax.set_title("images per class and split")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+# ---------------------------------------------------------------------------- command line
+
+def data_config(args):
+  """`config.data` for the command's target: a config file's, or the defaults with its root."""
+  target = args.target
+  if target.partition(":")[0].endswith(".py"):
+    cfg = config_loading.load_config(target).data
+  else:
+    remote = (args.source or "").startswith("tfds:")  # a TFDS data_dir may be gs://...
+    if not remote and not os.path.exists(target):
+      raise FileNotFoundError(f"{target}: no such dataset root or config file")
+    cfg = config_common.data_config()
+    cfg.root = target
+  if args.source:
+    cfg.source = args.source
+  if args.classes:
+    cfg.classes = args.classes
+  if args.cache_dir is not None:
+    cfg.cache_dir = args.cache_dir
+  cfg.num_workers = args.workers
+  return cfg
+
+
+def output_dir(args, data_cfg):
+  """--out, or runs/audit/<root's name>; refused inside the data root."""
+  root = data_cfg.root
+  if args.out:
+    out = args.out
+  else:
+    name = os.path.basename(os.path.normpath(root)).replace(".csv", "") if root else "builtin"
+    out = os.path.join("runs", "audit", re.sub(r"[^A-Za-z0-9_.-]+", "_", name))
+  real_root, real_out = os.path.realpath(root or "."), os.path.realpath(out)
+  if root and os.path.isdir(real_root) and (real_out == real_root
+                                            or real_out.startswith(real_root + os.sep)):
+    raise ValueError(f"--out {out}: inside the data root {root}; the audit never writes "
+                     "into the data")
+  return out
+
+
+def run(args):
+  data_cfg = data_config(args)
+  out = output_dir(args, data_cfg)
+  dataset = data.load(data_cfg, as_found=True)
+  findings = audit(dataset, blank_std=args.blank_std)
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "audit.json"), "w") as f:
+    json.dump(findings, f, indent=1)
+  with open(os.path.join(out, "audit.md"), "w") as f:
+    f.write(markdown(findings))
+  plot_samples(dataset, os.path.join(out, "samples.png"), per_class=args.samples)
+  plot_class_counts(findings, os.path.join(out, "class_counts.png"))
+  print(console_summary(findings, out))
+  return findings
+
+
+def build_parser():
+  p = argparse.ArgumentParser(prog="python -m data_tools.audit", description=__doc__.split("\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("target", metavar="ROOT_OR_CONFIG",
+                 help="dataset root (folder, .csv, TFDS data_dir) or configs/X.py[:variant]")
+  p.add_argument("--out", help="output folder (default runs/audit/<dataset name>)")
+  p.add_argument("--classes", type=common.parse_classes,
+                 help="class names, comma-separated (default: the config's, or the 4 FER classes)")
+  p.add_argument("--source", help="config.data.source (default: the config's, or auto)")
+  p.add_argument("--cache_dir", help="config.data.cache_dir (default: the config's)")
+  p.add_argument("--blank_std", type=float, default=2.0,
+                 help="images with a pixel standard deviation below this are blank")
+  p.add_argument("--samples", type=int, default=8, help="sample images per class in samples.png")
+  p.add_argument("--workers", type=int, default=0, help="decode processes (0 = one per core)")
+  return p
+
+
+def main(argv=None):
+  args = build_parser().parse_args(argv)
+  try:
+    run(args)
+  except (ValueError, FileNotFoundError, ImportError) as e:  # bad input: one line, no traceback
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,124 @@
+"""Per-dataset `.npz` caches, keyed by a fingerprint of the source and the load parameters.
+
+A cache file is `<cache_dir>/<source>-<name>-<root hash>-<params hash>-<files hash>.npz`:
+- the root hash tells datasets with the same folder name apart;
+- the params hash covers everything that changes the arrays (size, channels, filter, classes,
+  val fraction and seed, source options, FORMAT_VERSION), so a 48x48 and a 224x224 cache of one
+  dataset live side by side;
+- the files hash covers every source file's relative path, size and mtime, so adding, removing
+  or touching a file gives a new name and a rebuild; the stale file of the same dataset and
+  parameters is then removed.
+Files are written to a temporary name and moved into place (`os.replace`), so an interrupted
+build leaves no half-written cache. Arrays only, read with allow_pickle=False; the load report
+is stored as a JSON string.
+"""
+import contextlib
+import glob
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+import zipfile
+
+import numpy as np
+
+from fer_jax import data
+
+FORMAT_VERSION = 1  # bump when the loaders change what they produce for the same inputs
+
+
+def digest(text, n):
+  return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def files_fingerprint(root, files):
+  """sha256 over sorted (path relative to `root`, size, mtime_ns) of the source files."""
+  # Slicing, not os.path.relpath: relpath costs more than the rest of a 25k-file cached load.
+  prefix = os.path.join(os.fspath(root), "")
+  rel = lambda p: p[len(prefix):] if p.startswith(prefix) else p
+  lines = sorted(f"{rel(os.fspath(p))}\0{size}\0{mtime_ns}" for p, size, mtime_ns in files)
+  return digest("\n".join(lines), 16)
+
+
+def stat_files(paths):
+  """(path, size, mtime_ns) for each path: the input of `files_fingerprint`."""
+  out = []
+  for p in paths:
+    st = os.stat(p)
+    out.append((p, st.st_size, st.st_mtime_ns))
+  return out
+
+
+def cache_key(source, root, params, name=None):
+  """The part of the cache name shared by every version of one dataset loaded one way.
+
+  `name` (default: the root's base name) only makes the file name readable.
+  """
+  name = name or os.path.basename(os.path.normpath(root)) or "data"
+  params = dict(params, format_version=FORMAT_VERSION)
+  readable = lambda text: re.sub(r"[^A-Za-z0-9_.]+", "_", text)
+  return "-".join([readable(source), readable(name), digest(os.path.abspath(root), 8),
+                   digest(json.dumps(params, sort_keys=True, default=list), 8)])
+
+
+def write(path, dataset):
+  arrays = {"name": np.array(dataset.name), "classes": np.array(list(dataset.classes)),
+            "split_names": np.array(list(dataset.splits)),
+            "report": np.array(json.dumps(dataset.report))}
+  for split, part in dataset.splits.items():
+    arrays[f"{split}/images"] = part.images
+    arrays[f"{split}/labels"] = part.labels
+    if part.paths is not None:
+      arrays[f"{split}/paths"] = np.array(part.paths, dtype=str)
+  directory = os.path.dirname(path) or "."
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    os.remove(tmp)
+    raise
+
+
+def read(path):
+  with np.load(path, allow_pickle=False) as z:
+    splits = {}
+    for split in z["split_names"].tolist():
+      paths = z[f"{split}/paths"].tolist() if f"{split}/paths" in z.files else None
+      splits[split] = data.Split(z[f"{split}/images"], z[f"{split}/labels"], paths)
+    return data.Dataset(str(z["name"]), tuple(z["classes"].tolist()), splits,
+                        json.loads(str(z["report"])))
+
+
+def load_or_build(cache_dir, key, fingerprint, build):
+  """The cached Dataset for (key, fingerprint), or `build()` it and cache it.
+
+  `cache_dir` empty disables the cache. The returned report has a 'cache' entry
+  ({'hit': bool, 'path': str}) and 'load_seconds' (reading or building, not scanning).
+  """
+  start = time.perf_counter()
+  if not cache_dir:
+    dataset = build()
+    dataset.report["cache"] = {"hit": False, "path": None}
+  else:
+    path = os.path.join(cache_dir, f"{key}-{fingerprint}.npz")
+    dataset, hit = None, False
+    if os.path.exists(path):
+      try:
+        dataset, hit = read(path), True
+      except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # damaged: rebuild
+        print(f"cache {path} unreadable ({e}); rebuilding", flush=True)
+    if dataset is None:
+      dataset = build()
+      write(path, dataset)
+      for stale in glob.glob(os.path.join(glob.escape(cache_dir), f"{glob.escape(key)}-*.npz")):
+        if stale != path:
+          with contextlib.suppress(FileNotFoundError):  # another process got there first
+            os.remove(stale)
+    dataset.report["cache"] = {"hit": hit, "path": path}
+  dataset.report["load_seconds"] = round(time.perf_counter() - start, 3)
+  return dataset

@@ -1,0 +1,90 @@
+"""The dataset audit on a small tree with known duplicates, a leak with a conflicting label and a blank."""
+import json
+import os
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from data_tools import audit
+
+
+def make_tree(root):
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 6), ("test", 2)):
+    for c in ("happy", "sad"):
+      os.makedirs(root / split / c)
+      for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (48, 48), np.uint8)).save(root / split / c / f"{i}.png")
+  shutil.copy(root / "train/happy/0.png", root / "train/happy/copy.png")  # within train
+  shutil.copy(root / "train/happy/1.png", root / "test/sad/leak.png")  # across splits, other label
+  Image.new("L", (48, 48), 0).save(root / "train/sad/blank.png")
+  noise = np.full((64, 64), 128, np.uint8)
+  noise[0, 0] = 129  # near-constant, not exactly constant; 64x64 RGB on disk
+  Image.fromarray(noise).convert("RGB").save(root / "train/sad/faint.png")
+
+
+def run(tmp_path, *extra):
+  out = tmp_path / "out"
+  rc = audit.main([str(tmp_path / "faces"), "--out", str(out), "--classes", "happy,sad",
+                   "--cache_dir", str(tmp_path / "cache"), "--workers", "1", *extra])
+  return rc, out
+
+
+def test_audit_findings_and_files(tmp_path, capsys):
+  make_tree(tmp_path / "faces")
+  rc, out = run(tmp_path)
+  assert rc == 0
+  assert sorted(os.listdir(out)) == ["audit.json", "audit.md", "class_counts.png", "samples.png"]
+  findings = json.loads((out / "audit.json").read_text())
+  assert findings["dataset"]["sizes"] == {"train": 15, "test": 5}  # as found: no val made
+  splits = findings["splits"]
+  assert splits["val"]["count"] == 0 and splits["val"]["flag"]
+  assert splits["train"]["share"] == 0.75 and not splits["train"]["flag"]  # -5.0 pts: not beyond
+  # test: happy 2, sad 3 (with the leak): 40 % vs a balanced 50 %, and vs train's 7/15 = 46.7 %.
+  happy_test = findings["classes"]["test"]["happy"]
+  assert happy_test["count"] == 2
+  assert [f.split(" (")[0] for f in happy_test["flags"]] == [
+      "under-represented", "differs from train by -6.7 pts"]
+  dups = findings["duplicates"]
+  assert (dups["groups"], dups["extra_copies"], dups["cross_split_groups"],
+          dups["conflicting_groups"]) == (2, 2, 1, 1)
+  leak = dups["list"][0]  # leaks and conflicts come first
+  assert leak["cross_split"] and leak["conflicting_labels"] and leak["classes"] == ["happy", "sad"]
+  assert sorted(os.path.basename(m["file"]) for m in leak["members"]) == ["1.png", "leak.png"]
+  within = dups["list"][1]
+  assert within["splits"] == ["train"] and not within["conflicting_labels"]
+  blanks = sorted(os.path.basename(b["file"]) for b in findings["blank"]["images"])
+  assert blanks == ["blank.png", "faint.png"]
+  assert findings["files"]["sizes"] == {"48x48": 19, "64x64": 1}
+  assert findings["files"]["modes"] == {"L": 19, "RGB": 1}
+  md = (out / "audit.md").read_text()
+  assert "CONFLICTING LABELS" in md and "leak.png" in md and "blank.png" in md
+  console = capsys.readouterr().out
+  assert "FLAG 1 duplicate groups span splits (leakage)" in console
+  assert "FLAG split val" in console
+  with Image.open(out / "samples.png") as im:
+    assert im.size[0] > 200 and im.size[1] > 100
+
+
+def test_audit_reads_a_config_and_never_writes_into_the_data(tmp_path, capsys):
+  make_tree(tmp_path / "faces")
+  config_file = tmp_path / "my_config.py"
+  config_file.write_text(
+      "from configs import common\n"
+      "def get_config(arg=None):\n"
+      "  c = common.base_config('mine')\n"
+      f"  c.data.root = {str(tmp_path / 'faces')!r}\n"
+      "  c.data.classes = ('happy', 'sad')\n"
+      f"  c.data.cache_dir = {str(tmp_path / 'cache')!r}\n"
+      "  return common.finalize(c, arg)\n")
+  out = tmp_path / "from_config"
+  assert audit.main([str(config_file), "--out", str(out)]) == 0
+  assert json.loads((out / "audit.json").read_text())["dataset"]["total"] == 20
+  before = sorted(p for p, _, _ in os.walk(tmp_path / "faces"))
+  rc = audit.main([str(tmp_path / "faces"), "--out", str(tmp_path / "faces" / "audit"),
+                   "--classes", "happy,sad", "--cache_dir", str(tmp_path / "cache")])
+  assert rc == 2 and "inside the data root" in capsys.readouterr().err
+  assert sorted(p for p, _, _ in os.walk(tmp_path / "faces")) == before
+  assert audit.main([str(tmp_path / "nowhere")]) == 2
+  assert "nowhere: no such dataset root" in capsys.readouterr().err
