@@ -1,0 +1,115 @@
+"""Loads a config file the way `--config=path[:variant] --config.a.b=v` does, from code.
+
+`load_config("configs/b_pp.py:quick", {"optim.lr": 1e-3})` imports the file by path, calls
+`get_config("quick")`, and applies each override with a type check against the field it
+replaces. String values are parsed as on the command line (`"1e-3"`, `"true"`, `"(32, 64)"`);
+other values are used as given. Errors are one line naming the file or the field.
+"""
+import ast
+import importlib.util
+import os
+
+from ml_collections.config_flags import config_path
+
+
+class ConfigError(ValueError):
+  """A config file or override that cannot be used; the message names it."""
+
+
+def parse_overrides(items):
+  """["optim.lr=1e-3", ...] (the `--set` / `--config.` syntax) -> {"optim.lr": "1e-3", ...}."""
+  out = {}
+  for item in items:
+    field, sep, value = item.partition("=")
+    if not sep or not field:
+      raise ConfigError(f"override {item!r}: expected field=value, e.g. optim.lr=1e-3")
+    out[field.strip()] = value
+  return out
+
+
+def format_value(value):
+  """A value as `--config.x=` text that parses back to it (here and in config_flags)."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  if isinstance(value, (tuple, list)):
+    return "(" + ", ".join(repr(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
+
+
+def _parse_text(field, text, current):
+  """Command-line text -> a value of the type the field holds now."""
+  if isinstance(current, str):
+    return text
+  if isinstance(current, bool) and text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  try:
+    value = ast.literal_eval(text)
+  except (SyntaxError, ValueError):
+    raise ConfigError(f"--config.{field}={text}: not a valid {type(current).__name__} "
+                      f"(the field holds {current!r})") from None
+  if isinstance(current, tuple) and isinstance(value, (int, float, str)):
+    value = (value,)  # "--config.model.widths=64" means a one-element tuple, as in config_flags
+  return value
+
+
+def _check_type(field, value, current):
+  """ConfigDict checks scalar types on assignment; bools as ints and tuple elements it lets through."""
+  if isinstance(value, bool) and isinstance(current, int) and not isinstance(current, bool):
+    raise ConfigError(f"--config.{field}: expected an int, got the bool {value!r}")
+  if isinstance(current, tuple) and current:
+    if not isinstance(value, (tuple, list)):
+      raise ConfigError(f"--config.{field}: expected a tuple like {current!r}, got {value!r}")
+    kinds = {type(v) for v in current}
+    numeric = kinds <= {int, float}
+    for v in value:
+      ok = (isinstance(v, (int, float)) and not isinstance(v, bool)) if numeric else type(v) in kinds
+      if not ok:
+        raise ConfigError(f"--config.{field}: element {v!r} does not match the field's {current!r}")
+
+
+def apply_overrides(config, overrides):
+  """Sets each field=value of `overrides` (a dict, or "field=value" strings) on `config`."""
+  if not isinstance(overrides, dict):
+    overrides = parse_overrides(overrides)
+  for field, value in overrides.items():
+    try:
+      current = config_path.get_value(field, config)
+    except (KeyError, AttributeError) as e:
+      hint = str(e.args[0]).split("\n")[1:]  # ConfigDict adds 'Did you mean "lr" ...?'
+      raise ConfigError(" ".join([f"--config.{field}: no such config field."] + hint)) from None
+    if isinstance(value, str):
+      value = _parse_text(field, value, current)
+    _check_type(field, value, current)
+    try:
+      config_path.set_value(field, config, value)
+    except TypeError as e:
+      raise ConfigError(f"--config.{field}: {e}") from None
+  return config
+
+
+def import_file(path, function="get_config"):
+  """Imports a config (or sweep spec) file by path; it must define `function`."""
+  # A fresh module per load: config_flags reuses one module name, so a file without
+  # get_config() would silently get the previously loaded file's.
+  if not os.path.isfile(path):
+    raise ConfigError(f"config {path}: no such file")
+  spec = importlib.util.spec_from_file_location(f"_fer_jax_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, function):
+    raise ConfigError(f"config {path}: defines no {function}(arg)")
+  return module
+
+
+def load_config(spec, overrides=None):
+  """Config of `spec` ("path/to/config.py[:variant]") with `overrides` applied; locked."""
+  path, _, variant = spec.partition(":")
+  module = import_file(path)
+  try:
+    config = module.get_config(variant or None)
+  except ValueError as e:  # e.g. an unknown variant
+    raise ConfigError(f"config {spec}: {e}") from None
+  if not hasattr(config, "train"):
+    raise ConfigError(f"config {path}: get_config() did not return a fer_jax config")
+  config.lock()
+  return apply_overrides(config, overrides or {})

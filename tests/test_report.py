@@ -1,0 +1,141 @@
+"""Run reports and study aggregation, on run directories written here with the documented schema."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fer_jax import evaluate
+from fer_jax import report
+
+CLASSES = ("happy", "neutral", "sad", "surprise")
+
+
+def fake_run(workdir, name, seed, skill, gap=3.0, epochs=4, n_test=200, variant=""):
+  """Writes metrics.json, metrics.jsonl and test_predictions.npz as train.py does.
+
+  `skill` is the chance that a test face is predicted right; the test labels are the same
+  for every run (one test set), the predictions depend on the seed.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  labels = np.arange(n_test, dtype=np.int32) % len(CLASSES)
+  rng = np.random.default_rng(seed + int(1000 * skill))
+  right = rng.random(n_test) < skill
+  preds = np.where(right, labels, (labels + 1 + rng.integers(0, 3, n_test)) % 4)
+  conf = np.where(right, rng.uniform(0.6, 1.0, n_test), rng.uniform(0.3, 0.8, n_test))
+  probs = np.tile(((1 - conf) / 3)[:, None], (1, 4)).astype(np.float32)
+  probs[np.arange(n_test), preds] = conf
+  np.savez(os.path.join(workdir, "test_predictions.npz"), labels=labels, probs=probs)
+  history = []
+  for e in range(1, epochs + 1):
+    val = skill * e / epochs
+    history.append({"epoch": e, "train_loss": 1.5 / e, "train_accuracy": val + gap / 100,
+                    "val_loss": 1.6 / e, "val_accuracy": val, "gap": gap, "lr": 5e-4 / e,
+                    "epoch_time_s": 10.0, "images_per_s": 120.0})
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(h) + "\n" for h in history)
+  test = evaluate.classification_metrics(labels, probs, CLASSES)
+  test["loss"] = 0.75
+  best = history[-1]
+  summary = {
+      "name": name, "variant": variant, "config_file": f"configs/{name}.py", "seed": seed,
+      "classes": list(CLASSES), "dataset": {"name": "builtin", "sizes": {"train": 800, "val": 100, "test": n_test}},
+      "params": {"total": 3509444, "trainable": 3507140, "non_trainable": 2304},
+      "best": {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
+               "train_accuracy": best["train_accuracy"], "train_loss": best["train_loss"], "gap": gap},
+      "gap_diagnosis": evaluate.gap_diagnosis(gap), "test": test, "epochs_run": epochs,
+      "stopped_early": False, "wall_time_s": 42.0, "time_per_epoch_s": 10.0, "images_per_s": 120.0,
+      "system": {"jax": "0.10.2", "devices": "1 x cpu"},
+  }
+  with open(os.path.join(workdir, "metrics.json"), "w") as f:
+    json.dump(summary, f)
+  return summary, history
+
+
+def _assert_png(path):
+  with Image.open(path) as im:
+    im.verify()
+  with Image.open(path) as im:
+    assert im.format == "PNG" and im.size[0] > 200 and im.size[1] > 200
+
+
+def test_run_report(tmp_path):
+  summary, history = fake_run(tmp_path, "b_pp", 0, skill=0.8, gap=4.6, variant="quick")
+  report.write_run_report(str(tmp_path), summary, history)
+  for png in report.RUN_PLOTS.values():
+    _assert_png(tmp_path / png)
+  md = (tmp_path / "report.md").read_text()
+  test = summary["test"]
+  for needle in [
+      "b_pp:quick", "best val accuracy", "80.00 %", "+4.6 points (healthy)",
+      f"{100 * test['accuracy']:.2f} %", "0.7500", f"{test['macro_f1']:.3f}",
+      "3,509,444", "2,304", "42.0 s", "10.0 s", "120.0", "jax: 0.10.2",
+      f"{test['per_class']['sad']['precision']:.3f}", "weighted avg", "Main confusions",
+      f"{test['calibration']['ece']:.4f}", "At confidence ≥ 0.70", "curves.png", "confusion.png",
+      "reliability.png"]:
+    assert needle in md, needle
+  rule = test["confidence_rule"]
+  assert f"{100 * rule['coverage']:.1f} % of faces get an answer" in md
+  assert f"{100 * rule['accuracy']:.1f} % of those answers are right" in md
+
+
+def test_markdown_and_html_render_the_same_blocks(tmp_path):
+  Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
+  blocks = [report.heading("T", 1), report.para("a < b"), report.bullets(["one"]),
+            report.table(["h1", "h2"], [[1, 2]]), report.image("x.png", "pic")]
+  md = report.to_markdown(blocks)
+  assert "# T" in md and "| h1 | h2 |" in md and "| 1 | 2 |" in md and "- one" in md
+  assert "![pic](x.png)" in md
+  page = report.to_html(blocks, str(tmp_path), "t")
+  assert "<h1>T</h1>" in page and "a &lt; b" in page and "<td>2</td>" in page
+  assert "data:image/png;base64," in page
+
+
+def _fake_study(root):
+  # Model "a" has the best val accuracy but overfits (gap > 10): the rule must skip it.
+  for name, skill, gap in [("a", 0.90, 14.6), ("b_p", 0.85, 4.6), ("b_pp", 0.84, 2.0)]:
+    for seed in (0, 1):
+      fake_run(os.path.join(root, name, f"seed{seed}"), name, seed, skill=skill + 0.01 * seed, gap=gap + seed)
+  fake_run(os.path.join(root, "single"), "model_0", 42, skill=0.6, gap=-5.7)  # a lone launch.py run
+
+
+def test_study_aggregation_and_report_text(tmp_path):
+  # The PNGs and the HTML page are checked by the end-to-end sweep test (tests/test_sweep.py).
+  _fake_study(str(tmp_path))
+  summary, _ = report.aggregate(str(tmp_path))
+  groups = {g["name"]: g for g in summary["groups"]}
+  assert list(groups) == ["a", "b_p", "b_pp", "single"]  # best mean val accuracy first
+  b_p = groups["b_p"]
+  assert b_p["seeds"] == [0, 1] and b_p["runs"] == ["b_p/seed0", "b_p/seed1"]
+  assert b_p["val_accuracy"]["mean"] == pytest.approx(0.855)
+  assert b_p["val_accuracy"]["std"] == pytest.approx(np.std([.85, .86], ddof=1))
+  assert b_p["gap"]["mean"] == pytest.approx(5.1) and b_p["gap_diagnosis"] == "moderate overfit"
+  ci = b_p["test_ci"]
+  assert ci["low"] < b_p["test_accuracy"]["mean"] < ci["high"]
+  assert groups["single"]["val_accuracy"]["std"] is None
+  np.testing.assert_allclose(np.sum(b_p["confusion_normalized"], axis=1), 1.0)
+  decision = summary["decision"]
+  assert (decision["winner"], decision["runner_up"]) == ("b_p", "b_pp")
+  assert len(decision["tests"]) == 2 and all(0 <= t["p_value"] <= 1 for t in decision["tests"])
+  assert "distinguishable" in decision["verdict"]
+
+  md = report.to_markdown(report.study_blocks(summary))
+  for needle in ["b_p (winner)", "85.50 ± 0.71 %", f"[{100 * ci['low']:.2f}, {100 * ci['high']:.2f}] %",
+                 "+5.1, moderate overfit", "+15.1, severe overfit", "3,509,444", "10.0 s", "120.0",
+                 "McNemar", "runner-up b_pp", "ECE", "faces answered", "coverage.png",
+                 "reliability.png", "confusions.png", "curves.png", "comparison.png"]:
+    assert needle in md, needle
+  assert json.loads(json.dumps(summary))["num_runs"] == 7  # summary.json is this dict
+
+
+def test_no_eligible_winner_and_missing_predictions(tmp_path):
+  fake_run(tmp_path / "a" / "seed0", "a", 0, skill=0.9, gap=12.0)
+  os.remove(tmp_path / "a" / "seed0" / "test_predictions.npz")
+  summary, _ = report.aggregate(str(tmp_path))
+  assert summary["decision"]["winner"] is None and "no winner" in summary["decision"]["verdict"]
+  assert "test_ci" not in summary["groups"][0] and "calibration" not in summary["groups"][0]
+  summary, _ = report.aggregate(str(tmp_path), max_gap=15)
+  assert summary["decision"]["winner"] == "a" and "only config" in summary["decision"]["verdict"]
+  test_cell = report.comparison_rows(summary["groups"], "a")[0][3]
+  assert test_cell.endswith(" %") and "[" not in test_cell  # no interval without predictions
