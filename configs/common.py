@@ -5,7 +5,7 @@ A config is a nested ConfigDict with the sections `data`, `model`, `loss`, `opti
 """
 import ml_collections
 
-FER4 = ("happy", "neutral", "sad", "surprise")
+from fer_jax.data import FER4
 
 
 def data_config():

@@ -8,6 +8,7 @@ other values are used as given. Errors are one line naming the file or the field
 import ast
 import importlib.util
 import os
+import sys
 
 from ml_collections.config_flags import config_path
 
@@ -93,6 +94,10 @@ def import_file(path, function="get_config"):
   # get_config() would silently get the previously loaded file's.
   if not os.path.isfile(path):
     raise ConfigError(f"config {path}: no such file")
+  # Config files import their siblings as `configs.common`: put the folder holding configs/ first.
+  package_parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  if package_parent not in sys.path:
+    sys.path.insert(0, package_parent)
   spec = importlib.util.spec_from_file_location(f"_fer_jax_config_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

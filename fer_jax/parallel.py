@@ -9,6 +9,17 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 
+def configure_backend():
+  """Per-backend JAX settings; call after jax.distributed.initialize(), before tracing anything.
+
+  On XLA:CPU the partitionable threefry PRNG makes every program that draws random numbers
+  (init, dropout, augmentation) compile ~6x slower (measured: 16 s vs 3 s for a small CNN's
+  init) and there is nothing to partition on one host's CPU; accelerators keep the default.
+  """
+  if jax.default_backend() == "cpu":
+    jax.config.update("jax_threefry_partitionable", False)
+
+
 def make_mesh():
   # Auto axes: GSPMD propagates the batch sharding through the model (jax.make_mesh's
   # default became Explicit sharding, which every op would have to spell out).

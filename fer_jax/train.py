@@ -149,6 +149,7 @@ def train_and_evaluate(config, workdir, dataset=None):
   if os.path.exists(os.path.join(workdir, "metrics.json")):
     return finished_summary(workdir)
   wall_start = time.perf_counter()
+  parallel.configure_backend()
 
   # Everything that can fail on bad input fails here, before the workdir is touched.
   ds = dataset if dataset is not None else data.load(config.data)

@@ -18,6 +18,7 @@ import numpy as np
 from fer_jax.data import splits
 
 SPLITS = ("train", "val", "test")
+FER4 = ("happy", "neutral", "sad", "surprise")  # the study's classes, in label order
 
 
 @dataclasses.dataclass

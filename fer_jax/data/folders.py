@@ -239,7 +239,7 @@ def _decode_chunk(paths, size, channels, resize_filter):
   return images, ok, errors
 
 
-def _executor(workers):
+def executor(workers):
   """A process pool (fork), or a thread pool once JAX is imported.
 
   Most of the time per small image is Python code in Pillow, which threads cannot share, so
@@ -260,7 +260,7 @@ def decode_many(paths, size, channels, resize_filter="bilinear", num_workers=0,
 
   `errors` lists (path, reason) for the files that failed; their rows in `images` are zero and
   `ok_mask` is False. `num_workers` processes, or threads once JAX is imported (see
-  `_executor`); 0 = one per CPU core, 1 = in this process.
+  `executor`); 0 = one per CPU core, 1 = in this process.
   Progress goes to stderr, one update per chunk of files.
   """
   _check_params(channels, resize_filter)  # fail on bad config before starting workers
@@ -280,7 +280,7 @@ def decode_many(paths, size, channels, resize_filter="bilinear", num_workers=0,
     for s, result in results:
       _store(images, ok, errors, s, result, progress)
   else:
-    with _executor(workers) as pool:
+    with executor(workers) as pool:
       futures = {pool.submit(_decode_chunk, paths[s:s + chunk], size, channels,
                              resize_filter): s for s in starts}
       for fut in concurrent.futures.as_completed(futures):

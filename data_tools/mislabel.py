@@ -1,0 +1,325 @@
+"""Model-assisted label review: find images whose label a model confidently contradicts.
+
+  python -m data_tools.mislabel SRC --out DST [--config configs/model_0.py:quick] [--set f=v ...]
+      [--folds 5] [--seed 42] [--sheet 64]                    # 1. train, write the review
+  python -m data_tools.mislabel SRC --out DST --review DST/review.csv [--apply]   # 2. apply it
+
+Step 1 pools every image of SRC, splits them into --folds stratified folds and trains the
+--config once per fold (fer_jax.train.train_and_evaluate: train = the other folds less a
+stratified val hold-out of config.data.val_fraction, test = the fold), so every image gets
+class probabilities from a model that never saw it (out-of-fold). Confident learning
+(Northcutt et al. 2021) then sets a threshold per class, t_j = the mean probability of class j
+over the images labelled j, and flags an image labelled i when some class j != i has
+p_j >= t_j and p_j > p_i; the suggestion is the most probable such j. Suspects are ranked by
+the margin p_suggested - p_given. Writes DST/review.csv (ranked), DST/suspects.png (contact
+sheet of the top --sheet suspects with both labels) and DST/oof_probs.npz; the tree is unchanged.
+Fold runs live in DST/.mislabel_runs/<fingerprint>/ and are reused when nothing changed.
+
+Step 2 reads reviewed CSVs (this tool's review.csv, dedup's conflicts.csv; `file` is relative
+to SRC) and writes the new tree: decision `relabel` moves the file to suggested_label's class
+folder, a class name moves it to that class, `drop` leaves it out, `keep` or empty keeps it.
+"""
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+import zipfile
+
+import numpy as np
+
+from data_tools import common
+from data_tools import stratify
+from fer_jax import config_loading
+from fer_jax import data
+from fer_jax.data import folders
+from fer_jax.data import splits
+
+DEFAULT_CONFIG = "configs/model_0.py:quick"
+
+
+# ---------------------------------------------------------------------------- confident learning
+
+def class_thresholds(probs, labels):
+  """t_j = mean p_j over the images labelled j (inf for a class with no images)."""
+  k = probs.shape[1]
+  return np.array([probs[labels == j, j].mean() if np.any(labels == j) else np.inf for j in range(k)])
+
+
+def find_suspects(probs, labels):
+  """Confident learning -> (suspect indices worst first, suggested [N], margin [N], thresholds [K]).
+
+  An image labelled i is a suspect when a class j != i reaches its threshold t_j and beats
+  p_i; its suggestion is the most probable such j, its margin p_j - p_i.
+  """
+  probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
+  n = len(labels)
+  thresholds = class_thresholds(probs, labels)
+  given = probs[np.arange(n), labels]
+  candidates = (probs >= thresholds[None, :]) & (probs > given[:, None])
+  candidates[np.arange(n), labels] = False
+  scored = np.where(candidates, probs, -1.0)
+  suggested = np.argmax(scored, axis=1)
+  margin = np.where(candidates.any(axis=1), probs[np.arange(n), suggested] - given, np.nan)
+  suspects = np.flatnonzero(candidates.any(axis=1))
+  # worst first: largest margin, then least self-confidence, then index (deterministic)
+  ranked = suspects[np.lexsort((suspects, given[suspects], -margin[suspects]))]
+  return ranked, suggested, margin, thresholds
+
+
+# ---------------------------------------------------------------------------- out-of-fold probabilities
+
+def _fingerprint(records, config, folds, seed):
+  h = hashlib.sha256()
+  for r in records:
+    h.update(f"{r.path}\0{r.label}\0{r.size}\0{r.mtime_ns}\n".encode())
+  h.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+  h.update(f"{folds} {seed}".encode())
+  return h.hexdigest()[:16]
+
+
+def out_of_fold_probs(images, labels, classes, config, folds, seed, workdir):
+  """Class probabilities [N, K] for every image from the fold model that did not train on it."""
+  import jax
+  from fer_jax import train  # JAX starts here, only when a model is trained
+  if not jax.config.jax_compilation_cache_dir:
+    # The fold models share their programs (same model, same shapes): compile them once.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(workdir), "jax_cache"))
+  fold_of = stratify.assign_parts(labels, np.arange(len(labels)), [1 / folds] * folds, seed)
+  probs = np.zeros((len(labels), len(classes)), np.float32)
+  for f in range(folds):
+    test_idx = np.flatnonzero(fold_of == f)
+    rest = np.flatnonzero(fold_of != f)
+    keep, hold = splits.stratified_holdout(labels[rest], config.data.val_fraction, config.data.split_seed)
+    parts = {"train": rest[keep], "val": rest[hold], "test": test_idx}
+    dataset = data.Dataset(name=f"mislabel fold {f + 1}/{folds}", classes=tuple(classes), splits={
+        name: data.Split(images[idx], labels[idx].astype(np.int32)) for name, idx in parts.items()})
+    print(f"mislabel: fold {f + 1}/{folds}: train {len(parts['train']):,}, val {len(parts['val']):,}, "
+          f"scored {len(test_idx):,}", flush=True)
+    run_dir = os.path.join(workdir, f"fold_{f + 1}")
+    train.train_and_evaluate(config, run_dir, dataset=dataset)
+    with np.load(os.path.join(run_dir, "test_predictions.npz"), allow_pickle=False) as z:
+      if not np.array_equal(z["labels"], labels[test_idx]):
+        raise common.ToolError(f"{run_dir}: test_predictions.npz does not match this fold; "
+                               "delete the folder and re-run")
+      probs[test_idx] = z["probs"]
+  return probs
+
+
+# ---------------------------------------------------------------------------- outputs
+
+def contact_sheet(images, rows, per_row=8):
+  """PNG bytes: the suspects' images with 'given -> suggested' and both probabilities."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  n = max(len(rows), 1)
+  cols = min(per_row, n)
+  lines = -(-n // cols)
+  fig, axes = plt.subplots(lines, cols, figsize=(cols * 1.6, lines * 1.95), squeeze=False)
+  for ax in axes.ravel():
+    ax.axis("off")
+  for ax, (image_idx, row) in zip(axes.ravel(), rows):
+    image = images[image_idx]
+    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+    ax.set_title(f"#{row['rank']} given {row['given_label']} {float(row['p_given']):.2f}\n"
+                 f"model: {row['suggested_label']} {float(row['p_suggested']):.2f}", fontsize=6.5)
+  if not rows:
+    axes[0, 0].text(0.5, 0.5, "no suspects", ha="center", va="center")
+  fig.suptitle("Label suspects, most confident contradiction first", fontsize=8)
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
+  plt.close(fig)
+  return buf.getvalue()
+
+
+def npz_bytes(**arrays):
+  """An .npz file's bytes; unlike np.savez, with fixed zip timestamps, so a re-run is identical."""
+  buf = io.BytesIO()
+  with zipfile.ZipFile(buf, "w") as archive:
+    for name, array in arrays.items():
+      with archive.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as f:
+        np.lib.format.write_array(f, np.asarray(array), allow_pickle=False)
+  return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- the two steps
+
+def load_config(args, classes):
+  spec = args.config
+  path = spec.partition(":")[0]
+  if not os.path.isabs(path) and not os.path.exists(path):
+    # the repository's configs/ also when run from another folder
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.exists(os.path.join(repo, path)):
+      spec = os.path.join(repo, spec)
+  try:
+    overrides = config_loading.parse_overrides(args.set)
+    overrides["data.classes"] = tuple(classes)
+    return config_loading.load_config(spec, overrides)
+  except config_loading.ConfigError as e:
+    raise common.ToolError(f"--config {args.config}: {e}") from None
+
+
+def plan_review(args, tree):
+  """Step 1: out-of-fold probabilities -> review.csv, suspects.png; every file kept."""
+  classes = list(args.classes)
+  config = load_config(args, classes)
+  records = tree.files
+  images, ok, errors = folders.decode_many([r.path for r in records], config.data.image_size,
+                                           config.data.channels, config.data.resize_filter, args.workers)
+  entries = list(tree.not_read)
+  bad = dict(errors)
+  for r, good in zip(records, ok):
+    if not good:
+      entries.append(common.entry_for(tree, r, "dropped", reason=f"unreadable image: {bad[r.path]}"))
+  records = [r for r, good in zip(records, ok) if good]
+  images = images[ok]
+  labels = np.array([r.label for r in records], np.int64)
+  if np.bincount(labels, minlength=len(classes)).min() < args.folds:
+    raise common.ToolError(f"SRC {args.src}: every class needs at least --folds={args.folds} images")
+  workdir = os.path.join(os.path.abspath(args.out), ".mislabel_runs",
+                         _fingerprint(records, config, args.folds, args.seed))
+  probs = out_of_fold_probs(images, labels, classes, config, args.folds, args.seed, workdir)
+
+  ranked, suggested, margin, thresholds = find_suspects(probs, labels)
+  rows = []
+  for rank, i in enumerate(ranked, 1):
+    r, s = records[i], suggested[i]
+    rows.append({"rank": rank, "file": tree.tree_path(r), "split": r.split or "",
+                 "given_label": r.class_name, "suggested_label": classes[s],
+                 "score": f"{margin[i]:.4f}", "p_given": f"{probs[i, r.label]:.4f}",
+                 "p_suggested": f"{probs[i, s]:.4f}", "threshold": f"{thresholds[s]:.4f}",
+                 "reason": f"p({classes[s]}) {probs[i, s]:.2f} >= class threshold {thresholds[s]:.2f}",
+                 "decision": ""})
+  for r in records:
+    entries.append(common.entry_for(tree, r, "kept"))
+  accuracy = float(np.mean(np.argmax(probs, axis=1) == labels))
+  pairs = {}
+  for row in rows:
+    key = f"{row['given_label']}->{row['suggested_label']}"
+    pairs[key] = pairs.get(key, 0) + 1
+  summary = [f"{len(records):,} images scored out-of-fold by {args.config} ({args.folds} folds); "
+             f"out-of-fold accuracy {accuracy:.1%}",
+             "class thresholds: " + ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, thresholds)),
+             f"{len(rows):,} suspects ({len(rows) / max(len(records), 1):.1%})"
+             + "".join(f", {k} {n}" for k, n in sorted(pairs.items(), key=lambda kv: -kv[1])),
+             f"review: DST/review.csv (fill `decision`: {common.DECISIONS}), contact sheet "
+             f"DST/suspects.png (top {min(args.sheet, len(rows))}); then re-run with --review "
+             "DST/review.csv --apply"]
+  reports = {
+      "review.csv": common.review_csv(rows, ["p_given", "p_suggested", "threshold"]),
+      "suspects.png": contact_sheet(images, list(zip(ranked, rows))[:args.sheet]),
+      "oof_probs.npz": npz_bytes(files=np.array([tree.tree_path(r) for r in records]),
+                                 labels=labels.astype(np.int32), probs=probs),
+  }
+  return entries, summary, reports
+
+
+def read_decisions(paths, tree, classes):
+  """{record path: (action, new class or '', reason, rank, score)} from reviewed CSVs."""
+  by_file = {tree.tree_path(r): r for r in tree.files}
+  decided = {}
+  for path in paths:
+    try:
+      with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a CSV saved by a spreadsheet
+        reader = csv.DictReader(f)
+        missing = {"file", "decision"} - set(reader.fieldnames or [])
+        if missing:
+          raise common.ToolError(f"--review {path}: no column {', '.join(sorted(missing))}")
+        for row in reader:
+          where = f"--review {path} line {reader.line_num}"
+          decision = (row.get("decision") or "").strip()
+          record = by_file.get(os.path.normpath(row["file"]))
+          if record is None:
+            raise common.ToolError(f"{where}: {row['file']!r} is not an image of SRC {tree.root}")
+          outcome = _decision(decision, row, classes, where)
+          if outcome is None:
+            continue
+          previous = decided.get(record.path)
+          if previous is not None and previous[:2] != outcome[:2]:
+            raise common.ToolError(f"{where}: {row['file']} has another decision in an earlier row")
+          decided[record.path] = outcome
+    except FileNotFoundError:
+      raise common.ToolError(f"--review {path}: no such file") from None
+  return decided
+
+
+def _decision(decision, row, classes, where):
+  """(action, class, reason, rank, score) for a reviewed row; None for keep/empty."""
+  text = decision.lower()
+  suggested = (row.get("suggested_label") or "").strip()
+  reason = row.get("reason") or "reviewed"
+  rank, score = row.get("rank") or "", row.get("score") or ""
+  if text in ("", "keep"):
+    return None
+  if text == "drop":
+    return ("dropped", "", f"review: drop ({reason})", rank, score)
+  target = suggested if text == "relabel" else decision
+  label = folders.match_class(target, classes)
+  if label is None:
+    raise common.ToolError(f"{where}: decision {decision!r} is not one of {common.DECISIONS} "
+                           f"(classes: {', '.join(classes)})")
+  return ("relabelled", classes[label], f"review: relabel to {classes[label]} ({reason})", rank, score)
+
+
+def plan_apply_review(args, tree):
+  """Step 2: the reviewed decisions -> relabelled / dropped / kept entries."""
+  classes = list(args.classes)
+  decided = read_decisions(args.review, tree, classes)
+  entries = list(tree.not_read)
+  for r in tree.files:
+    action, new_class, reason, rank, score = decided.get(r.path, ("kept", "", "", "", ""))
+    if action == "relabelled" and new_class == r.class_name:
+      action, reason = "kept", f"review confirmed {new_class}"
+    entries.append(common.entry_for(tree, r, action, class_name=new_class or None, reason=reason,
+                                    group=f"rank {rank}" if rank else "", score=score))
+  counts = common.action_counts(entries)
+  moves = {}
+  for e in entries:
+    if e.action == "relabelled":
+      moves[f"{e.source_class}->{e.class_name}"] = moves.get(f"{e.source_class}->{e.class_name}", 0) + 1
+  summary = [f"reviewed decisions from {', '.join(args.review)}: {counts['relabelled']} relabelled"
+             + "".join(f" ({k} {n})" for k, n in sorted(moves.items())) + f", {counts['dropped']} dropped"]
+  return entries, summary, {}
+
+
+def plan_mislabel(args):
+  if args.folds < 2:
+    raise common.ToolError(f"--folds: need at least 2, got {args.folds}")
+  if args.apply and not args.review:
+    raise common.ToolError("--apply needs --review CSV: run without --apply first, fill the "
+                           "`decision` column of DST/review.csv, then apply it")
+  common.check_output(args.out, args.overwrite, SRC=args.src)
+  tree = common.read_tree(args.src, args.classes, allow_flat=True)
+  step = plan_apply_review if args.review else plan_review
+  entries, summary, reports = step(args, tree)
+  entries.sort(key=lambda e: e.source_path)
+  summary += common.split_class_table(entries, args.classes, "result (images per class and split):")
+  options = {"config": args.config, "set": args.set, "folds": args.folds, "seed": args.seed,
+             "review": args.review, "classes": args.classes}
+  return common.Plan("mislabel", {"SRC": tree.root}, os.path.abspath(args.out), options, entries,
+                     summary, reports)
+
+
+def build_parser():
+  p = common.tool_parser("mislabel", __doc__.split("\n")[0])
+  p.add_argument("--config", default=DEFAULT_CONFIG, help="model config file[:variant] trained per fold")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="config override, e.g. --set train.epochs=10 (repeatable)")
+  p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+  p.add_argument("--seed", type=int, default=42, help="fold assignment seed")
+  p.add_argument("--sheet", type=int, default=64, help="suspects shown in suspects.png")
+  p.add_argument("--review", action="append", default=[], metavar="CSV",
+                 help="reviewed review.csv / conflicts.csv to apply (repeatable); no training then")
+  return p
+
+
+def main(argv=None):
+  return common.run_main(lambda args: common.finish(plan_mislabel(args), args), build_parser(), argv)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,271 @@
+"""data_tools.dedup: the pair search against brute force, and the tool on a generated tree.
+
+The tree generators here are shared by the other data-tool tests (`from test_dedup import ...`).
+"""
+import csv
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_tools import dedup
+
+CLASSES = ("happy", "neutral", "sad", "surprise")
+
+
+# ---------------------------------------------------------------------------- generated data
+
+def _upsample(noise, size):
+  return np.asarray(Image.fromarray(noise.astype(np.float32), "F").resize((size, size),
+                                                                        Image.Resampling.BICUBIC))
+
+
+def face_like(rng, size=48):
+  """A bright ellipse at a random place on textured background: distinct images are >= 10 bits apart."""
+  y, x = np.mgrid[0:size, 0:size] * (48 / size)
+  cy, cx = rng.uniform(18, 30, 2)
+  ry, rx = rng.uniform(10, 18, 2)
+  face = ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 < 1
+  image = 80 + 60 * face + _upsample(rng.normal(0, 25, (8, 8)), size) + _upsample(
+      rng.normal(0, 10, (16, 16)), size)
+  return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def shifted(a, dy=1, dx=1):
+  return np.asarray(dedup._translate(a, dy, dx))
+
+
+# transform name -> (function of a uint8 [48, 48] array, file extension, save options)
+TRANSFORMS = {
+    "resized": (lambda a: np.asarray(Image.fromarray(a).resize((96, 96), Image.Resampling.BICUBIC)),
+                ".png", {}),
+    "recompressed": (lambda a: a, ".jpg", {"quality": 40}),
+    "shifted": (shifted, ".png", {}),
+    "brighter": (lambda a: np.clip(a.astype(int) + 25, 0, 255).astype(np.uint8), ".png", {}),
+    "flipped": (lambda a: a[:, ::-1], ".png", {}),
+}
+
+
+def save(path, array, **options):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(array).save(path, **options)
+  return path
+
+
+def write_originals(root, counts, seed=0, classes=CLASSES):
+  """counts {split: {class: n}} distinct images -> {(split, class): [paths]}."""
+  rng = np.random.default_rng(seed)
+  paths = {}
+  for split, per_class in counts.items():
+    for c in classes:
+      paths[split, c] = [save(os.path.join(root, split, c, f"{split}_{c}_{k:03d}.png"), face_like(rng))
+                         for k in range(per_class.get(c, 0))]
+  return paths
+
+
+def plant_copy(root, original, split, class_name, transform, tag):
+  fn, ext, options = TRANSFORMS[transform]
+  array = np.asarray(Image.open(original))
+  return save(os.path.join(root, split, class_name, f"copy_{tag}_{transform}{ext}"), fn(array), **options)
+
+
+def tree_digest(root):
+  """sha256 over every file's relative path, bytes and mtime: changes if anything in the tree does."""
+  h = hashlib.sha256()
+  for folder, dirs, files in sorted(os.walk(root)):
+    dirs.sort()
+    for f in sorted(files):
+      p = os.path.join(folder, f)
+      h.update(os.path.relpath(p, root).encode())
+      h.update(str(os.stat(p).st_mtime_ns).encode())
+      with open(p, "rb") as fh:
+        h.update(fh.read())
+  return h.hexdigest()
+
+
+def read_manifest(dst):
+  with open(os.path.join(dst, "manifest.csv")) as f:
+    return {row["source_path"]: row for row in csv.DictReader(f)}
+
+
+def all_files(root):
+  return sorted(os.path.join(folder, f) for folder, _, files in os.walk(root) for f in files)
+
+
+# ---------------------------------------------------------------------------- pair search
+
+def brute_force(a, t, b=None):
+  other = a if b is None else b
+  d = np.bitwise_count(a[:, None] ^ other[None, :])
+  mask = d <= t
+  if b is None:
+    mask = np.triu(mask, 1)
+  return set(zip(*(x.tolist() for x in np.nonzero(mask))))
+
+
+@pytest.mark.parametrize("threshold", [0, 3, 6, 10])
+def test_near_pairs_equals_brute_force(threshold):
+  rng = np.random.default_rng(threshold)
+  base = rng.integers(0, 2**64, 300, dtype=np.uint64, endpoint=False)
+  copies = base[:150].copy()
+  for k in range(150):  # copies 0..threshold+2 bits away: some within, some just beyond
+    for bit in rng.choice(64, rng.integers(0, threshold + 3), replace=False):
+      copies[k] ^= np.uint64(1) << np.uint64(bit)
+  codes = np.concatenate([base, copies, base[:5]])  # plus exact repeats
+  i, j, d = dedup.near_pairs(codes, threshold)
+  assert set(zip(i.tolist(), j.tolist())) == brute_force(codes, threshold)
+  assert np.all(i < j) and np.array_equal(d, np.bitwise_count(codes[i] ^ codes[j]))
+  other = rng.permutation(codes)
+  ci, cj, _ = dedup.near_pairs(codes, threshold, other)
+  assert set(zip(ci.tolist(), cj.tolist())) == brute_force(codes, threshold, other)
+
+
+def test_every_transform_is_matched_and_distinct_images_are_not():
+  rng = np.random.default_rng(1)
+  originals = np.stack([face_like(rng) for _ in range(40)])
+  hashes = dedup.hash_images(originals[..., None], shift=1)
+  assert len(dedup.duplicate_groups(hashes, 6)) == 0
+  for name, (fn, _, _) in TRANSFORMS.items():
+    copies = np.stack([np.asarray(Image.fromarray(fn(a)).resize((48, 48), Image.Resampling.BILINEAR))
+                       for a in originals])
+    both = np.concatenate([originals, copies])[..., None]
+    groups = dedup.duplicate_groups(dedup.hash_images(both, shift=1), 6)
+    assert sorted(groups) == [[k, k + 40] for k in range(40)], name
+
+
+def test_translate_moves_the_image_and_fills_with_edges():
+  a = np.arange(16, dtype=np.uint8).reshape(4, 4)
+  moved = dedup._translate(a, 1, -1)
+  assert np.array_equal(moved[1:, :-1], a[:-1, 1:])
+  assert np.array_equal(moved[0, :-1], a[0, 1:]) and np.array_equal(moved[:, -1], moved[:, -2])
+
+
+# ---------------------------------------------------------------------------- the tool
+
+def make_dedup_tree(root):
+  """Originals plus planted copies; returns {copy path: expected action}."""
+  counts = {"train": {c: 6 for c in CLASSES}, "val": {c: 2 for c in CLASSES}, "test": {c: 2 for c in CLASSES}}
+  paths = write_originals(root, counts)
+  expected = {}
+  for k, (transform, split) in enumerate([("resized", "val"), ("recompressed", "test"), ("shifted", "val"),
+                                          ("brighter", "test"), ("flipped", "val")]):
+    c, first = CLASSES[k % 4], 2 * (k // 4)  # every copy has its own original
+    leak = plant_copy(root, paths["train", c][first], split, c, transform, f"leak{k}")
+    expected[leak] = ("dropped", "leak")
+    within = plant_copy(root, paths["train", c][first + 1], "train", c, transform, f"within{k}")
+    expected[within] = ("dropped", "within")  # or its original: the larger file is kept
+  conflict = plant_copy(root, paths["train", "happy"][4], "train", "sad", "recompressed", "conflict")
+  expected[conflict] = ("kept", "conflict")
+  return paths, expected
+
+
+def run(tool, *argv):
+  return tool.main([str(a) for a in argv])
+
+
+def test_dedup_finds_and_resolves_leaks_copies_and_conflicts(tmp_path, capsys):
+  src, dst = tmp_path / "src", tmp_path / "dst"
+  paths, expected = make_dedup_tree(str(src))
+  before = tree_digest(src)
+  argv = [src, "--out", dst, "--shift", "1", "--workers", "1"]
+
+  assert run(dedup, *argv) == 0  # dry run
+  out = capsys.readouterr().out
+  assert "cross-split leakage: 5 images" in out and "label conflicts: 1 groups, happy/sad 1" in out
+  assert not os.path.exists(dst / "train") and not os.path.exists(dst / "manifest.csv")
+  plan = json.loads((dst / "plan.json").read_text())
+  assert plan["applied"] is False and len(plan["entries"]) == len(all_files(src))
+
+  assert run(dedup, *argv, "--apply") == 0
+  manifest = read_manifest(dst)
+  assert sorted(manifest) == all_files(src)  # every input file accounted for
+  for path, (action, why) in expected.items():
+    row = manifest[path]
+    if why == "within":  # one of each within-split pair survives: the larger file
+      twin = [r for p, r in manifest.items() if r["group"] == row["group"] and p != path][0]
+      assert sorted([row["action"], twin["action"]]) == ["dropped", "kept"], path
+      continue
+    assert row["action"] == action, (path, row)
+    assert row["group"].startswith("g")
+  leak_rows = [manifest[p] for p, (_, why) in expected.items() if why == "leak"]
+  assert all(r["reason"].startswith("leak:") and int(r["score"]) <= 6 for r in leak_rows)
+  kinds = {r["reason"].split()[1] for r in leak_rows}
+  assert {"mirrored", "shifted"} <= kinds
+  # the originals with no copy in their own split all survive
+  originals = [p for ps in paths.values() for p in ps if not manifest[p]["group"]]
+  assert len(originals) == 40 - 11 and all(manifest[p]["action"] == "kept" for p in originals)
+  assert sum(r["action"] == "dropped" for r in manifest.values()) == 5 + 5
+  kept = [r for r in manifest.values() if r["action"] == "kept"]
+  assert sorted(all_files(dst / "train") + all_files(dst / "val") + all_files(dst / "test")) == sorted(
+      str(dst / r["new_path"]) for r in kept)
+  with open(dst / "conflicts.csv") as f:
+    review = list(csv.DictReader(f))
+  assert {(r["given_label"], r["suggested_label"]) for r in review} == {("happy", "sad"), ("sad", "happy")}
+  assert all(os.path.exists(dst / r["file"]) for r in review)
+  with open(dst / "duplicates.csv") as f:
+    findings = [r["findings"] for r in csv.DictReader(f)]
+  assert sum("leak val<-train" in f for f in findings) == 3
+  assert sum("leak test<-train" in f for f in findings) == 2
+  assert tree_digest(src) == before  # the source is untouched
+
+  # idempotent: the same run again changes nothing
+  snapshot = tree_digest(dst)
+  assert run(dedup, *argv, "--apply") == 0
+  assert "0 files to write" in capsys.readouterr().out
+  assert tree_digest(dst) == snapshot
+
+
+def test_dedup_policies_keep_and_drop(tmp_path):
+  src = tmp_path / "src"
+  make_dedup_tree(str(src))
+  n = len(all_files(src))
+  assert run(dedup, src, "--out", tmp_path / "keep", "--leaks", "keep", "--within", "keep-all",
+             "--conflicts", "keep", "--shift", "1", "--workers", "1", "--apply") == 0
+  assert len(all_files(tmp_path / "keep" / "train")) + len(all_files(tmp_path / "keep" / "val")) + len(
+      all_files(tmp_path / "keep" / "test")) == n
+  assert run(dedup, src, "--out", tmp_path / "drop", "--conflicts", "drop", "--shift", "1",
+             "--workers", "1", "--apply") == 0
+  manifest = read_manifest(tmp_path / "drop")
+  conflicted = [r for r in manifest.values() if "label conflict" in r["reason"]]
+  assert len(conflicted) == 2 and all(r["action"] == "dropped" for r in conflicted)
+
+
+def test_dedup_refuses_unsafe_outputs_and_foreign_content(tmp_path, capsys):
+  src = tmp_path / "src"
+  write_originals(str(src), {"train": {c: 2 for c in CLASSES}, "val": {c: 1 for c in CLASSES}})
+  assert run(dedup, src, "--out", src / "clean", "--workers", "1") == 2
+  assert "overlaps SRC" in capsys.readouterr().err
+  assert run(dedup, src, "--out", src, "--workers", "1") == 2
+  dst = tmp_path / "dst"
+  assert run(dedup, src, "--out", dst, "--workers", "1", "--apply") == 0
+  stray = dst / "train" / "happy" / "stray.png"
+  save(str(stray), np.zeros((48, 48), np.uint8))
+  assert run(dedup, src, "--out", dst, "--workers", "1", "--apply") == 2
+  assert str(stray) in capsys.readouterr().err
+  assert run(dedup, src, "--out", dst, "--workers", "1", "--apply", "--overwrite") == 0
+  assert not stray.exists()
+  other = tmp_path / "other"
+  save(str(other / "notes" / "a.png"), np.zeros((4, 4), np.uint8))
+  assert run(dedup, src, "--out", other, "--workers", "1") == 2
+  assert "not written by the data tools" in capsys.readouterr().err
+
+
+def test_dedup_reports_unreadable_and_unknown_files(tmp_path):
+  src, dst = tmp_path / "src", tmp_path / "dst"
+  write_originals(str(src), {"train": {c: 2 for c in CLASSES}, "val": {c: 1 for c in CLASSES}})
+  (src / "train" / "happy" / "broken.png").write_bytes(b"not a png")
+  save(str(src / "train" / "angry" / "a.png"), np.zeros((48, 48), np.uint8))
+  assert run(dedup, src, "--out", dst, "--workers", "1", "--apply") == 0
+  manifest = read_manifest(dst)
+  assert sorted(manifest) == all_files(src)
+  assert manifest[str(src / "train" / "happy" / "broken.png")]["reason"].startswith("unreadable image")
+  assert "'angry' is not in --classes" in manifest[str(src / "train" / "angry" / "a.png")]["reason"]
+  kept = next(r for r in manifest.values() if r["action"] == "kept")
+  assert os.path.samefile(kept["source_path"], dst / kept["new_path"])  # a hard link
+  assert run(dedup, src, "--out", tmp_path / "copied", "--workers", "1", "--copy", "--apply") == 0
+  copied = tmp_path / "copied" / kept["new_path"]
+  assert not os.path.samefile(kept["source_path"], copied)
+  assert copied.read_bytes() == open(kept["source_path"], "rb").read()

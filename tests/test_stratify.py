@@ -1,0 +1,77 @@
+"""data_tools.stratify: stratified, group-aware, deterministic re-split."""
+import collections
+import os
+
+import numpy as np
+import pytest
+
+from data_tools import stratify
+from test_dedup import CLASSES, all_files, plant_copy, read_manifest, tree_digest, write_originals
+
+
+def test_target_counts_sum_and_round():
+  assert list(stratify.target_counts(10, (0.8, 0.1, 0.1))) == [8, 1, 1]
+  assert list(stratify.target_counts(7, (0.8, 0.1, 0.1))) == [5, 1, 1]  # largest remainders
+  assert stratify.target_counts(123, (0.5, 0.25, 0.25)).sum() == 123
+
+
+def test_assign_parts_is_stratified_group_aware_and_seeded():
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(3), [100, 60, 40])
+  groups = np.arange(len(labels))
+  groups[10:14] = 10  # a group of four in class 0
+  groups[150:152] = 150  # a group of two in class 1
+  parts = stratify.assign_parts(labels, groups, (0.8, 0.1, 0.1), seed=1)
+  for c, n in zip(range(3), (100, 60, 40)):
+    counts = np.bincount(parts[labels == c], minlength=3)
+    assert np.abs(counts - np.array([0.8, 0.1, 0.1]) * n).max() <= 4, counts
+  assert len(set(parts[10:14])) == 1 and len(set(parts[150:152])) == 1
+  assert np.array_equal(parts, stratify.assign_parts(labels, groups, (0.8, 0.1, 0.1), seed=1))
+  assert not np.array_equal(parts, stratify.assign_parts(labels, groups, (0.8, 0.1, 0.1), seed=2))
+  shuffled = rng.permutation(len(labels))  # no groups: exact counts
+  exact = stratify.assign_parts(labels[shuffled], np.arange(len(labels)), (0.8, 0.1, 0.1), seed=0)
+  assert [list(np.bincount(exact[labels[shuffled] == c], minlength=3)) for c in range(3)] == [
+      [80, 10, 10], [48, 6, 6], [32, 4, 4]]
+
+
+def test_parse_ratios():
+  assert stratify.parse_ratios("8,1,1") == pytest.approx((0.8, 0.1, 0.1))
+  with pytest.raises(Exception, match="--ratios"):
+    stratify.parse_ratios("0.8,0.2")
+
+
+@pytest.mark.parametrize("layout", ["split", "flat"])
+def test_stratify_tree_keeps_duplicates_together(tmp_path, capsys, layout):
+  src, dst = tmp_path / "src", tmp_path / "dst"
+  counts = {"train": {c: 14 for c in CLASSES}, "val": {c: 3 for c in CLASSES},
+            "test": {c: 3 for c in CLASSES}}
+  paths = write_originals(str(src), counts)
+  twins = [plant_copy(str(src), paths["train", "sad"][k], "test", "sad", "recompressed", f"t{k}")
+           for k in range(3)]
+  if layout == "flat":  # <root>/<class>/<file>: move the split folders' content up
+    for (split, c), ps in list(paths.items()):
+      for p in ps:
+        os.renames(p, os.path.join(src, c, os.path.basename(p)))
+    for p in twins:
+      os.renames(p, os.path.join(src, "sad", os.path.basename(p)))
+  before = tree_digest(src)
+  argv = [str(src), "--out", str(dst), "--workers", "1", "--seed", "3", "--apply"]
+  assert stratify.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "achieved ratios per class (target 80% / 10% / 10%)" in out
+  manifest = read_manifest(str(dst))
+  assert sorted(manifest) == all_files(str(src)) and tree_digest(src) == before
+  per_class = collections.Counter((r["class"], r["split"]) for r in manifest.values())
+  for c in CLASSES:
+    n = sum(per_class[c, s] for s in ("train", "val", "test"))
+    assert abs(per_class[c, "train"] - 0.8 * n) <= 2
+    assert per_class[c, "val"] >= 1 and per_class[c, "test"] >= 1
+  groups = collections.defaultdict(set)
+  for r in manifest.values():
+    if r["group"]:
+      groups[r["group"]].add(r["split"])
+  assert len(groups) == 3 and all(len(s) == 1 for s in groups.values())
+  assert all(os.path.exists(dst / r["new_path"]) for r in manifest.values())
+  # the same seed gives the same tree
+  snapshot = tree_digest(dst)
+  assert stratify.main(argv) == 0 and tree_digest(dst) == snapshot
