@@ -66,7 +66,8 @@ def training_curves(history, path, title=""):
   gap.plot(ep, gaps, "k-", marker=".", label="gap")
   gap.legend(loc="upper left", fontsize=7, ncol=3)
   lr.plot(ep, [h["lr"] for h in history], "m-", marker=".")
-  lr.set_yscale("log")
+  if all(h["lr"] > 0 for h in history):  # an evaluate-only run (epochs=0) records lr 0
+    lr.set_yscale("log")
   lr.set_ylabel("learning rate")
   for ax in (acc, loss):
     ax.legend()

@@ -230,9 +230,17 @@ def train_and_evaluate(config, workdir, dataset=None):
     if stopped_early:
       log(f"Early stopping: no val_accuracy gain for {early.patience} epochs (best epoch {early.best_epoch}).")
       break
+  if not history:  # epochs=0: evaluate the initial (e.g. ported) weights as epoch 0
+    train_m, _ = evaluator(state, train_split)
+    val_m, _ = evaluator(state, val_split)
+    history = [{"epoch": 0, "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
+                "val_loss": val_m["loss"], "val_accuracy": val_m["accuracy"],
+                "gap": (train_m["accuracy"] - val_m["accuracy"]) * 100, "lr": 0.0, "epoch_time_s": 0.0,
+                "images_per_s": 0.0}]
+    early.best_epoch = 0
   ckpts.close()
 
-  if config.train.restore_best:
+  if config.train.restore_best and early.best_epoch:
     best = ckpts.restore_best(state)
     state = best[0] if best is not None else state
   test_m, test_probs = evaluator(state, test_split)
@@ -252,7 +260,7 @@ def build_summary(config, ds, history, early, stopped_early, test_m, test_probs,
   test = evaluate.classification_metrics(ds.splits["test"].labels, test_probs, list(ds.classes),
                                          config.eval.confidence_threshold)
   test["loss"] = test_m["loss"]
-  steady = [r["images_per_s"] for r in history[1:]] or [r["images_per_s"] for r in history]
+  steady = [r["images_per_s"] for r in history[1:]] or [r["images_per_s"] for r in history]  # epoch 1 compiles
   return {
       "name": config.name, "variant": config.variant, "seed": config.train.seed, "classes": list(ds.classes),
       "model": config.model.name,
@@ -263,7 +271,7 @@ def build_summary(config, ds, history, early, stopped_early, test_m, test_probs,
                "gap": best_row["gap"]},
       "gap_diagnosis": evaluate.gap_diagnosis(best_row["gap"]),
       "test": test,
-      "epochs_run": len(history), "stopped_early": bool(stopped_early),
+      "epochs_run": sum(r["epoch"] > 0 for r in history), "stopped_early": bool(stopped_early),
       "wall_time_s": wall_s, "train_time_s": train_s, "time_per_epoch_s": train_s / max(len(history), 1),
       "images_per_s": float(np.median(steady)),
       "system": system_info(),

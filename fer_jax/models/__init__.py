@@ -12,10 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_jax.models import cnn
+from fer_jax.models import cnn, efficientnet, mini_xception, resnet_v2, vgg16
 
 REGISTRY = {
     "cnn": cnn,
+    "vgg16": vgg16,
+    "resnet50v2": resnet_v2,
+    "efficientnet_b0": efficientnet,
+    "mini_xception": mini_xception,
 }
 
 

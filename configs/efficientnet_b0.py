@@ -1,0 +1,22 @@
+"""EfficientNetB0 transfer: Keras's EfficientNetB0 (ImageNet, frozen) at 224x224 with the study's head.
+
+  python launch.py --config=configs/efficientnet_b0.py --config.data.root=/path/to/merged \
+      --config.model.init_from=/path/to/efficientnetb0_notop.h5
+  python launch.py --config=configs/efficientnet_b0.py:finetune ...   # block7a + top conv train at optim.finetune_lr
+  python launch.py --config=configs/efficientnet_b0.py:quick          # random backbone at 64x64, built-in faces
+Study (+AffectNet, frozen, 0-255 input): best val 74.81 %, train 78.33 %, epoch 49, 548 s on an A100.
+Weights: docs/transfer.md.
+4,379,559 parameters; 329,476 trainable (4 classes).
+"""
+from configs import common
+from fer_jax.models import transfer
+
+
+def get_config(arg=None):
+  c = common.base_config("efficientnet_b0")
+  c.model.name = "efficientnet_b0"
+  transfer.configure(c, head_widths=(256,), head_bn=(True,), head_dropouts=(0.5,), finetune_blocks=1)
+  # Keras's ImageNet EfficientNet divides by sqrt(stddev) once more after its Normalization layer
+  # (the weights file stores stddevs as variances); False for weights of a `weights=None` Keras model.
+  c.model.imagenet_rescale = True
+  return common.finalize(c, arg, transfer.variants(common.apply_quick))

