@@ -70,7 +70,7 @@ def make_train_step(config, model, tx, num_classes, class_weights=None):
     new_state = state.replace(step=state.step + 1, params=jax.tree.map(jnp.add, state.params, deltas),
                               batch_stats=updates.get("batch_stats", state.batch_stats), opt_state=opt_state)
     metrics = {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
 
   return jax.jit(train_step, donate_argnums=0)
