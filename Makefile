@@ -31,7 +31,7 @@ test: $(VENV)/.test
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.bench
-	$(PY) benchmarks/train_throughput.py
+	$(PY) -m benchmarks.train_throughput
 
 clean:
 	rm -rf $(VENV) runs .cache

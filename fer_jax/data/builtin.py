@@ -74,7 +74,10 @@ def sample_expressions(labels, classes, rng):
 
 
 def generate(classes, per_class, size=48, channels=1, seed=0):
-  """(images uint8 [N, size, size, channels], labels int32 [N], expression dict), class-balanced, shuffled."""
+  """(images uint8 [N, size, size, channels], labels int32 [N], expression dict), class-balanced, shuffled.
+
+  `seed` is anything np.random.default_rng accepts (an int, a SeedSequence).
+  """
   rng = np.random.default_rng(seed)
   labels = rng.permutation(np.repeat(np.arange(len(classes), dtype=np.int32), per_class))
   expression = sample_expressions(labels, classes, rng)
@@ -89,6 +92,8 @@ def generate_splits(data_cfg):
     prototype(c)  # fail on an unknown class before drawing anything
   if data_cfg.builtin_per_class < 1:
     raise ValueError(f"config.data.builtin_per_class: must be >= 1, got {data_cfg.builtin_per_class}")
+  if data_cfg.image_size < 16:
+    raise ValueError(f"config.data.image_size: the built-in faces need at least 16 pixels, got {data_cfg.image_size}")
   splits = {}
   for i, name in enumerate(data.SPLITS):
     per_class = max(1, int(data_cfg.builtin_per_class * SPLIT_SIZE[name]))
