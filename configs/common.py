@@ -50,7 +50,7 @@ def model_config():
   m.dense_dropouts = (0.5,)  # dropout after each hidden Dense
   m.bn_momentum = 0.99  # Keras BatchNormalization defaults
   m.bn_epsilon = 1e-3
-  m.conv_impl = "auto"  # auto (im2col weight-gradient on CPU, XLA elsewhere) | xla | im2col
+  m.conv_impl = "auto"  # auto (Winograd F(4x4,3x3) + argmax max-pool on CPU, XLA elsewhere) | xla | im2col | winograd
   m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
   m.init_from = ""  # pretrained weights file (transfer models)
   return m

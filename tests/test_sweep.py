@@ -25,7 +25,7 @@ def test_load_config_variant_and_typed_overrides():
       "optim.lr=1e-3", "model.widths=(8, 16, 32)", "train.augment=false", "data.root=/a b", "train.seed=3"])
   assert (c.variant, c.optim.lr, c.model.widths, c.train.augment, c.data.root, c.train.seed) == (
       "quick", 1e-3, (8, 16, 32), False, "/a b", 3)
-  assert c.data.builtin_per_class == 400  # the quick variant was applied
+  assert c.data.builtin_per_class == 300  # the quick variant was applied
   c = config_loading.load_config("configs/color.py:rgb", {"optim.lr": 1, "model.widths": [4, 8, 16]})
   assert (c.data.channels, c.optim.lr, c.model.widths) == (3, 1.0, (4, 8, 16))
 

@@ -1,0 +1,237 @@
+"""Train-step throughput: fer_jax against the same models in Keras 3 (TensorFlow and JAX backends).
+
+Times steady-state training steps (after compilation and warm-up) at batch 64 on 48x48x1
+images, for Model 0 and B++, each framework in its own process:
+
+  fer_jax         the real step (fer_jax.steps.make_train_step) with conv_impl='auto'
+                  (on CPU: 'winograd', see fer_jax/ops.py)
+  fer_jax_im2col  the same step with conv_impl='im2col'
+  fer_jax_xla     the same step with conv_impl='xla' (XLA's own convolution gradients)
+  keras_tf        Keras 3 on TensorFlow, jit_compile=False: TF's kernels. This is also what
+                  Keras's default jit_compile='auto' picks on a machine without a GPU.
+  keras_tf_xla    Keras 3 on TensorFlow, jit_compile=True (TF through XLA)
+  keras_jax       Keras 3 on JAX (jitted by Keras, XLA's convolution gradients)
+
+The Keras models are the study's (SPEC.md): B++ with its augmentation layers inside the model,
+focal loss and L2; class weights; trained with `train_on_batch` on one fixed in-memory batch, so
+no framework's input pipeline is measured. Keras refuses to jit a model holding RandomRotation /
+RandomZoom, so for keras_tf_xla and keras_jax B++'s augmentation layers run eagerly on each
+batch before the jitted step (as they would in a tf.data pipeline), inside the timed step.
+Parameter counts are printed as a check that the models match.
+
+  python benchmarks/train_throughput.py [--steps=3] [--models=model_0,b_pp]
+      [--frameworks=fer_jax,fer_jax_im2col,fer_jax_xla,keras_tf,keras_tf_xla,keras_jax]
+
+Target: fer_jax >= 1.5x keras_tf for B++. Figures for this project's machine are in
+docs/performance.md. On a shared machine wall times depend on the other load: compare ratios
+from one run; CPU seconds per step depend much less on it.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script (`make bench`): make `configs` importable
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+MODELS = ("model_0", "b_pp")
+BATCH, SIZE, CLASSES = 64, 48, 4
+
+_STEPS = flags.DEFINE_integer("steps", 3, "timed steps per framework and model (after warm-up)")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after the first (compiling) one")
+_MODELS = flags.DEFINE_list("models", list(MODELS), f"any of {', '.join(MODELS)}")
+_FRAMEWORKS = flags.DEFINE_list("frameworks", "fer_jax,fer_jax_im2col,fer_jax_xla,keras_tf,keras_tf_xla,keras_jax",
+                                "which of them to time (see the module docstring)")
+_WORKER = flags.DEFINE_string("worker", "", "internal: time one framework:model in this process")
+
+
+def fixed_batch():
+  """One batch of random faces-sized images (uint8) and labels covering every class."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (BATCH, SIZE, SIZE, 1), dtype=np.uint8)
+  labels = (np.arange(BATCH) % CLASSES).astype(np.int32)
+  return images, labels
+
+
+def time_steps(step, n_warmup, n_steps):
+  """Calls `step()` (which must block until done) 1 + n_warmup times untimed, then n_steps timed.
+
+  Returns the first call's seconds (compilation included) and per-step wall and CPU seconds.
+  """
+  start = time.perf_counter()
+  step()
+  first = time.perf_counter() - start
+  for _ in range(n_warmup):
+    step()
+  wall, cpu = [], []
+  for _ in range(n_steps):
+    start, start_cpu = time.perf_counter(), time.process_time()
+    step()
+    wall.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
+  return {"first_s": first, "wall_s": wall, "cpu_s": cpu}
+
+
+def fer_jax_worker(model_name, conv_impl):
+  import importlib
+  import jax
+  from fer_jax import losses, models, parallel, steps
+
+  config = importlib.import_module(f"configs.{model_name}").get_config()
+  with config.unlocked():
+    config.model.conv_impl = conv_impl
+  model = models.build(config.model, CLASSES)
+  state, tx, labels_tree = steps.create_state(config, model, (SIZE, SIZE, 1), steps_per_epoch=100)
+  params = models.count_params(state.variables(), labels_tree)["total"]
+  images, labels = fixed_batch()
+  class_weights = losses.class_weights(config.loss, np.bincount(labels, minlength=CLASSES))
+  mesh = parallel.make_mesh()
+  state = parallel.replicate(state, mesh)
+  train_step = steps.make_train_step(config, model, tx, CLASSES, class_weights)
+  x, y = parallel.shard_batch(mesh, images, labels)
+  rng = jax.random.key(0)
+  holder = [state]
+
+  def step():
+    holder[0], metrics = train_step(holder[0], x, y, rng)
+    jax.block_until_ready(metrics)
+
+  return params, step
+
+
+def keras_model(keras, model_name):
+  """The study's Model 0 or B++ in Keras 3 (SPEC.md): (augmentation layers, the rest, loss, lr)."""
+  layers, l2 = keras.layers, keras.regularizers.L2
+  augmentation = []
+  if model_name == "model_0":
+    body = []
+    for width in (32, 64, 128):
+      body += [layers.Conv2D(width, 3, padding="same"), layers.BatchNormalization(), layers.Activation("relu"),
+               layers.MaxPooling2D(), layers.Dropout(0.25)]
+    head = [layers.Flatten(), layers.Dense(256, activation="relu"), layers.Dropout(0.5)]
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=0.1)
+    lr = 1e-3
+  elif model_name == "b_pp":
+    augmentation = [layers.RandomFlip("horizontal"), layers.RandomRotation(0.05), layers.RandomZoom(0.05),
+                    layers.RandomContrast(0.05, value_range=(0, 1))]
+    body = []
+    for width, dropout in ((64, 0.25), (128, 0.30), (256, 0.40)):
+      for _ in range(2):
+        body += [layers.Conv2D(width, 3, padding="same", activation="relu", kernel_regularizer=l2(1e-4)),
+                 layers.BatchNormalization()]
+      body += [layers.MaxPooling2D(), layers.Dropout(dropout)]
+    head = [layers.Flatten(), layers.Dense(256, activation="relu", kernel_regularizer=l2(1e-4)),
+            layers.BatchNormalization(), layers.Dropout(0.5)]
+    loss = keras.losses.CategoricalFocalCrossentropy(alpha=0.25, gamma=2.0, label_smoothing=0.1)
+    lr = keras.optimizers.schedules.CosineDecay(5e-4, decay_steps=100 * 75, alpha=0.02)
+  else:
+    raise ValueError(f"--models: no Keras version of {model_name!r}; known: {', '.join(MODELS)}")
+  return augmentation, [*body, *head, layers.Dense(CLASSES, activation="softmax")], loss, lr
+
+
+def keras_worker(model_name, backend, jit_compile):
+  os.environ["KERAS_BACKEND"] = backend  # read when keras is first imported
+  import keras
+
+  keras.utils.set_random_seed(0)
+  augmentation, rest, loss, lr = keras_model(keras, model_name)
+  augment_outside = jit_compile and augmentation  # Keras would silently fall back to no jit
+  layers = rest if augment_outside else [*augmentation, *rest]
+  model = keras.Sequential([keras.Input((SIZE, SIZE, 1)), *layers])
+  model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=["accuracy"], jit_compile=jit_compile)
+  augment = keras.Sequential(augmentation) if augment_outside else None
+  images, labels = fixed_batch()
+  x = images.astype(np.float32) / 255.0
+  y = np.eye(CLASSES, dtype=np.float32)[labels]
+  class_weight = {c: 1.0 for c in range(CLASSES)}  # balanced weights of a balanced batch
+
+  def step():
+    inputs = augment(x, training=True) if augment else x
+    model.train_on_batch(inputs, y, class_weight=class_weight)  # returns host values: the step is done
+
+  return model.count_params(), step  # the augmentation layers have no weights
+
+
+# framework -> (model name -> (parameter count, step function)), each called in its own process
+WORKERS = {
+    "fer_jax": lambda model_name: fer_jax_worker(model_name, "auto"),
+    "fer_jax_im2col": lambda model_name: fer_jax_worker(model_name, "im2col"),
+    "fer_jax_xla": lambda model_name: fer_jax_worker(model_name, "xla"),
+    "keras_tf": lambda model_name: keras_worker(model_name, "tensorflow", jit_compile=False),
+    "keras_tf_xla": lambda model_name: keras_worker(model_name, "tensorflow", jit_compile=True),
+    "keras_jax": lambda model_name: keras_worker(model_name, "jax", jit_compile=True),
+}
+
+
+def worker(spec):
+  framework, model_name = spec.split(":")
+  params, step = WORKERS[framework](model_name)
+  result = time_steps(step, _WARMUP.value, _STEPS.value)
+  print("RESULT " + json.dumps({"params": params, **result}), flush=True)
+
+
+def run_worker(framework, model_name):
+  """Times one framework on one model in a fresh process; returns its RESULT dict."""
+  cmd = [sys.executable, os.path.abspath(__file__), f"--worker={framework}:{model_name}",
+         f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  if proc.returncode != 0 or not lines:
+    raise RuntimeError(f"{framework} on {model_name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                       f"{proc.stderr[-3000:]}")
+  return json.loads(lines[-1][len("RESULT "):])
+
+
+def images_per_s(result):
+  return BATCH / float(np.median(result["wall_s"]))
+
+
+def ratio_text(results, model_name, den):
+  a, b = results.get((model_name, "fer_jax")), results.get((model_name, den))
+  return f"{images_per_s(a) / images_per_s(b):.2f}x" if a and b else "-"
+
+
+def print_table(results, model_names, frameworks):
+  others = [f for f in frameworks if f != "fer_jax"]
+  cell = lambda key: f"{images_per_s(results[key]):.1f}" if key in results else "-"
+  print(f"\nimages/s (median step){'':2s}" + "".join(f"{f:>16s}" for f in frameworks))
+  for model_name in model_names:
+    print(f"{model_name:24s}" + "".join(f"{cell((model_name, f)):>16s}" for f in frameworks))
+  print("\nfer_jax / ..." + " " * 11 + "".join(f"{f:>16s}" for f in others))
+  for model_name in model_names:
+    print(f"{model_name:24s}" + "".join(f"{ratio_text(results, model_name, f):>16s}" for f in others))
+  print("target: fer_jax >= 1.5x keras_tf for b_pp")
+
+
+def main(argv):
+  del argv
+  if _WORKER.value:
+    return worker(_WORKER.value)
+  for name, values, known in (("models", _MODELS.value, MODELS), ("frameworks", _FRAMEWORKS.value, WORKERS)):
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+      raise app.UsageError(f"--{name}: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+  print(f"batch {BATCH}, {_STEPS.value} timed steps after {1 + _WARMUP.value} untimed, {os.cpu_count()} cores")
+  results = {}
+  for model_name in _MODELS.value:
+    for framework in _FRAMEWORKS.value:
+      load = os.getloadavg()[0]
+      try:
+        r = results[(model_name, framework)] = run_worker(framework, model_name)
+      except RuntimeError as e:  # one framework failing (e.g. TensorFlow missing) spoils no other figure
+        print(f"  {model_name:8s} {framework:15s} FAILED: {e}", flush=True)
+        continue
+      print(f"  {model_name:8s} {framework:15s} {images_per_s(r):7.1f} img/s   median step "
+            f"{np.median(r['wall_s']):.3f} s wall, {np.median(r['cpu_s']):.3f} s CPU   first step "
+            f"{r['first_s']:5.1f} s   {r['params']:,} params   load avg before {load:.1f}", flush=True)
+  print_table(results, _MODELS.value, _FRAMEWORKS.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
