@@ -27,6 +27,11 @@ class RunCheckpoints:
   def save(self, epoch, state, meta, is_best):
     if is_best:
       self._save(self.best, epoch, state, meta)
+      # `latest` decides where a resumed run starts, so it must never be committed ahead of
+      # `best`: a best save still in flight when the process is killed would be lost for good,
+      # since the resumed run does not redo that epoch. Costs one synchronous write per
+      # improving epoch; the latest save stays asynchronous.
+      self.best.wait_until_finished()
     self._save(self.latest, epoch, state, meta)
 
   @staticmethod
@@ -43,8 +48,14 @@ class RunCheckpoints:
     """(state, meta) of the last completed epoch, or None for a fresh run."""
     return self._restore(self.latest, like_state)
 
-  def restore_best(self, like_state):
-    return self._restore(self.best, like_state)
+  def restore_best(self, like_state, epoch=None):
+    """(state, meta) of the best epoch; `epoch`, when given, must be the one saved there."""
+    restored = self._restore(self.best, like_state)
+    found = None if restored is None else restored[1]["epoch"]
+    if epoch is not None and found != epoch:
+      raise RuntimeError(f"{self.best.directory}: expected the checkpoint of best epoch {epoch}, found "
+                         f"{'none' if found is None else f'epoch {found}'}")
+    return restored
 
   def close(self):
     """Waits for pending asynchronous saves, then releases the managers."""

@@ -241,8 +241,7 @@ def train_and_evaluate(config, workdir, dataset=None):
   ckpts.close()
 
   if config.train.restore_best and early.best_epoch:
-    best = ckpts.restore_best(state)
-    state = best[0] if best is not None else state
+    state, _ = ckpts.restore_best(state, early.best_epoch)
   test_m, test_probs = evaluator(state, test_split)
   summary = build_summary(config, ds, history, early, stopped_early, test_m, test_probs, param_counts,
                           loop.elapsed_s, time.perf_counter() - wall_start)
