@@ -19,7 +19,7 @@ from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
 
 from fer_jax import models  # noqa: E402
 from fer_jax.models import efficientnet, resnet_v2, vgg16  # noqa: E402
-from test_porting import fast_compiles, keras_model  # noqa: E402,F401 (fast_compiles: an autouse fixture)
+from test_porting import keras_model  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

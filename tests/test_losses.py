@@ -1,6 +1,5 @@
 """Losses against NumPy references of SPEC.md's formulas."""
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from data_tools import merge
-from test_dedup import CLASSES, all_files, face_like, read_manifest, save, tree_digest, write_originals
+from image_trees import CLASSES, all_files, face_like, read_manifest, save, tree_digest, write_originals
 
 TRAIN = {"happy": 16, "neutral": 16, "sad": 16, "surprise": 6}
 

