@@ -230,14 +230,20 @@ def find_runs(root):
   return sorted(found)
 
 
+def read_history(path, upto_epoch=None):
+  """The rows of a run's metrics.jsonl (none when it does not exist), up to `upto_epoch`."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return [r for r in rows if upto_epoch is None or r["epoch"] <= upto_epoch]
+
+
 def load_run(run_dir):
   """metrics.json, metrics.jsonl and (when present) test_predictions.npz of one run."""
   with open(os.path.join(run_dir, "metrics.json")) as f:
     summary = json.load(f)
-  history = []
-  if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-      history = [json.loads(line) for line in f if line.strip()]
+  history = read_history(os.path.join(run_dir, "metrics.jsonl"))
   labels = probs = None
   npz = os.path.join(run_dir, "test_predictions.npz")
   if os.path.exists(npz):

@@ -30,12 +30,19 @@ def write_json(path, obj):
   os.replace(tmp, path)
 
 
-def read_history(path, upto_epoch=None):
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if upto_epoch is None or r["epoch"] <= upto_epoch]
+def epoch_record(epoch, train_m, val_m, lr, seconds, images_per_s):
+  """One row of metrics.jsonl."""
+  return {"epoch": epoch, "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
+          "val_loss": val_m["loss"], "val_accuracy": val_m["accuracy"],
+          "gap": (train_m["accuracy"] - val_m["accuracy"]) * 100, "lr": lr,
+          "epoch_time_s": seconds, "images_per_s": images_per_s}
+
+
+def append_history(history, path, record):
+  history.append(record)
+  if jax.process_index() == 0:
+    with open(path, "a") as f:
+      f.write(json.dumps(record) + "\n")
 
 
 def system_info():
@@ -190,10 +197,10 @@ def train_and_evaluate(config, workdir, dataset=None):
     log(f"Resuming {workdir} after epoch {loop.epoch}.")
   if jax.process_index() == 0:
     write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    history = read_history(history_path, upto_epoch=loop.epoch)  # drops epochs the crash lost
+    history = report.read_history(history_path, upto_epoch=loop.epoch)  # drops epochs the crash lost
     with open(history_path, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in history)
-  history = read_history(history_path)
+  history = report.read_history(history_path)
 
   log(f"{config.name}{':' + config.variant if config.variant else ''} on {ds.name} {ds.sizes()}  "
       f"{param_counts['total']:,} params  {jax.device_count()} x {jax.devices()[0].device_kind}  "
@@ -204,16 +211,9 @@ def train_and_evaluate(config, workdir, dataset=None):
     state, train_m = train_epoch(state, train_step, mesh, train_split, config, epoch, steps_per_epoch, rng)
     val_m, _ = evaluator(state, val_split)
     lr = optim.learning_rate(config.optim, steps_per_epoch, int(state.step), optim.lr_factor(state.opt_state))
-    record = {
-        "epoch": epoch, "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
-        "val_loss": val_m["loss"], "val_accuracy": val_m["accuracy"],
-        "gap": (train_m["accuracy"] - val_m["accuracy"]) * 100, "lr": lr,
-        "epoch_time_s": time.perf_counter() - epoch_start, "images_per_s": train_m["images"] / train_m["seconds"],
-    }
-    history.append(record)
-    if jax.process_index() == 0:
-      with open(history_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    record = epoch_record(epoch, train_m, val_m, lr, time.perf_counter() - epoch_start,
+                          train_m["images"] / train_m["seconds"])
+    append_history(history, history_path, record)
     improved, stopped_early = early.update(val_m["accuracy"], epoch)
     if config.optim.plateau:
       new_lr = plateau.update(val_m["loss"], lr)
@@ -233,11 +233,7 @@ def train_and_evaluate(config, workdir, dataset=None):
   if not history:  # epochs=0: evaluate the initial (e.g. ported) weights as epoch 0
     train_m, _ = evaluator(state, train_split)
     val_m, _ = evaluator(state, val_split)
-    history = [{"epoch": 0, "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
-                "val_loss": val_m["loss"], "val_accuracy": val_m["accuracy"],
-                "gap": (train_m["accuracy"] - val_m["accuracy"]) * 100, "lr": 0.0, "epoch_time_s": 0.0,
-                "images_per_s": 0.0}]
-    early.best_epoch = 0
+    append_history(history, history_path, epoch_record(0, train_m, val_m, 0.0, 0.0, 0.0))
   ckpts.close()
 
   if config.train.restore_best and early.best_epoch:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fer_jax import report
 from tests.conftest import ROOT, TINY, launch, read_summary
 
 EPOCHS = ["--config.train.epochs=3", "--config.train.early_stopping=False"]
@@ -59,6 +60,17 @@ def test_run_leaves_a_complete_workdir(reference_run):
     with Image.open(os.path.join(workdir, png)) as im:
       assert im.size[0] > 200
   assert "epoch 3/3" in stdout and "test accuracy" in stdout and "gap" in stdout
+
+
+def test_zero_epochs_evaluates_the_initial_weights_as_epoch_0(tmp_path):
+  # How peers with ported weights (mini_xception) are scored; the study report reads metrics.jsonl.
+  workdir = str(tmp_path / "eval_only")
+  launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, "--config.train.epochs=0"])
+  (row,) = _history(workdir)
+  assert row["epoch"] == 0 and row["lr"] == 0 and 0 <= row["val_accuracy"] <= 1
+  s = read_summary(workdir)
+  assert s["epochs_run"] == 0 and s["best"]["epoch"] == 0 and s["best"]["val_accuracy"] == row["val_accuracy"]
+  assert report.load_run(workdir)["history"] == [row]
 
 
 def test_finished_run_prints_summary_and_how_to_start_fresh(reference_run):
