@@ -13,6 +13,7 @@ Files in DST are replaced by rename, never rewritten in place: a hard-linked fil
 bytes with the source, and writing into it would change the source.
 """
 import argparse
+import collections
 import csv
 import dataclasses
 import io
@@ -35,6 +36,8 @@ OUTPUT_FILES = frozenset({
     "suspects.png", "oof_probs.npz"})
 # Working folders of the tools; dot-named, so scanning a tree skips them.
 OUTPUT_DIRS = frozenset({".mislabel_runs"})
+# Suffix of the temp file `_Writer.place` renames into place.
+_WRITER_TMP = ".data_tools.tmp"
 
 
 class ToolError(Exception):
@@ -96,27 +99,28 @@ def check_output(dst, overwrite, **inputs):
     if _contains(real, real_dst) or _contains(real_dst, real):
       raise ToolError(f"--out {dst}: overlaps {flag} {path}; the output must be a separate folder "
                       "(the source is never written to)")
-  if os.path.isdir(dst) and not overwrite:
-    data_files = list(files_under(dst, skip_outputs=True))
-    if data_files and not os.path.exists(os.path.join(dst, "plan.json")) and not os.path.exists(
-        os.path.join(dst, "manifest.csv")):
-      # Cheap early check before any long work; `finish` checks file by file.
+  if os.path.isdir(dst) and not overwrite and not any(
+      os.path.exists(os.path.join(dst, marker)) for marker in ("plan.json", "manifest.csv")):
+    # Cheap early check before any long work; `finish` checks file by file.
+    data_file = next(files_under(dst, skip_outputs=True), None)
+    if data_file is not None:
       raise ToolError(f"--out {dst}: holds files not written by the data tools "
-                      f"(e.g. {os.path.join(dst, data_files[0])}); choose an empty folder")
+                      f"(e.g. {os.path.join(dst, data_file)}); choose an empty folder")
 
 
 def files_under(root, skip_outputs=False):
   """Relative paths of the files under `root`, sorted; dot-files are skipped as the loader does.
 
-  `skip_outputs`: also skip the tools' own files at the top (OUTPUT_FILES, OUTPUT_DIRS, and
-  the .tmp files an interrupted write leaves).
+  `skip_outputs`: also skip the tools' own files: at the top OUTPUT_FILES, OUTPUT_DIRS and their
+  .tmp files, anywhere the temp files of an interrupted `_Writer.place` (the re-run replaces them).
   """
   for folder, dirs, files in os.walk(root):
     top = folder == root
     dirs[:] = sorted(d for d in dirs
                      if not d.startswith(".") and not (skip_outputs and top and d in OUTPUT_DIRS))
     for f in sorted(files):
-      if f.startswith(".") or (skip_outputs and top and f.removesuffix(".tmp") in OUTPUT_FILES):
+      if f.startswith(".") or (skip_outputs and (f.endswith(_WRITER_TMP) or
+                                                 (top and f.removesuffix(".tmp") in OUTPUT_FILES))):
         continue
       yield os.path.normpath(os.path.relpath(os.path.join(folder, f), root))
 
@@ -257,20 +261,20 @@ def action_counts(entries):
 
 def split_class_table(entries, classes, title):
   """Lines of a table of result counts per class and split, with each class's share of the split."""
-  counts = {(e.split, e.class_name): 0 for e in entries}
-  for e in entries:
-    if e.action != "dropped":
-      counts[e.split, e.class_name] += 1
-  return count_table({k: v for k, v in counts.items() if v}, classes, title)
+  counts = collections.Counter((e.split, e.class_name) for e in entries if e.action != "dropped")
+  return count_table(counts, classes, title)
 
 
 def count_table(counts, classes, title):
-  """counts {(split, class): n} -> table lines: n (share of the split) per class, totals."""
+  """counts {(split, class): n} -> table lines: n (share of the split) per class, totals.
+
+  Split '' (an unsplit tree) is the column "unsplit".
+  """
   splits = [s for s in SPLITS if any(k[0] == s for k in counts)] + sorted(
-      {k[0] for k in counts if k[0] not in SPLITS and k[0]})
+      {k[0] for k in counts if k[0] not in SPLITS})
   totals = {s: sum(v for k, v in counts.items() if k[0] == s) for s in splits}
   width = max([len(c) for c in classes] + [8])
-  lines = [title, f"  {'class':<{width}}" + "".join(f"{s:>16}" for s in splits)]
+  lines = [title, f"  {'class':<{width}}" + "".join(f"{s or 'unsplit':>16}" for s in splits)]
   for c in list(classes) + ["total"]:
     cells = []
     for s in splits:
@@ -317,7 +321,7 @@ class _Writer:
 
   def place(self, entry, path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.data_tools.tmp"
+    tmp = path + _WRITER_TMP
     if os.path.lexists(tmp):
       os.remove(tmp)
     if entry.data is not None:
@@ -375,7 +379,12 @@ def finish(plan, args):
   os.makedirs(plan.dst, exist_ok=True)
   for name, content in plan.reports.items():
     _write_text(os.path.join(plan.dst, name), content)
+  plan_path = os.path.join(plan.dst, "plan.json")
   if args.apply:
+    if to_write or foreign:
+      # Written first, marked not applied: DST is known to be ours if the run is cut off mid-way,
+      # and the same command then finishes the tree. (Nothing to do: a re-run changes nothing.)
+      _write_text(plan_path, json.dumps({**document, "applied": False}, indent=1) + "\n")
     _apply(plan, args, targets, to_write, foreign)
     _write_text(os.path.join(plan.dst, "manifest.csv"),
                 csv_text([e.row() for e in plan.entries], MANIFEST_COLUMNS))
@@ -383,7 +392,7 @@ def finish(plan, args):
   else:
     status.append(f"dry run: nothing changed; plan in {os.path.join(plan.dst, 'plan.json')}; "
                   "re-run with --apply to carry it out")
-  _write_text(os.path.join(plan.dst, "plan.json"), json.dumps(document, indent=1) + "\n")
+  _write_text(plan_path, json.dumps(document, indent=1) + "\n")
   _write_text(os.path.join(plan.dst, "summary.txt"), "\n".join(lines) + "\n")
   print("\n".join(lines + status))
   return plan

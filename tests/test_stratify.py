@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from data_tools import stratify
+from data_tools import common, stratify
 from image_trees import CLASSES, all_files, plant_copy, read_manifest, tree_digest, write_originals
 
 
@@ -38,6 +38,16 @@ def test_parse_ratios():
   assert stratify.parse_ratios("8,1,1") == pytest.approx((0.8, 0.1, 0.1))
   with pytest.raises(Exception, match="--ratios"):
     stratify.parse_ratios("0.8,0.2")
+
+
+def test_result_table_shows_an_unsplit_tree_as_its_own_column():
+  entry = lambda split, c, action="kept": common.Entry(  # noqa: E731
+      source_path=f"/src/{c}.png", source_split=split, source_class=c, split=split, class_name=c, action=action)
+  lines = common.split_class_table([entry("", "happy"), entry("", "sad"), entry("", "sad"),
+                                    entry("", "sad", "dropped")], ("happy", "sad"), "result:")
+  assert lines[1].split() == ["class", "unsplit"]
+  assert lines[2].split() == ["happy", "1", "(33.3%)"] and lines[3].split() == ["sad", "2", "(66.7%)"]
+  assert lines[4].split() == ["total", "3"]
 
 
 @pytest.mark.parametrize("layout", ["split", "flat"])
@@ -75,3 +85,32 @@ def test_stratify_tree_keeps_duplicates_together(tmp_path, capsys, layout):
   # the same seed gives the same tree
   snapshot = tree_digest(dst)
   assert stratify.main(argv) == 0 and tree_digest(dst) == snapshot
+
+
+def test_an_interrupted_apply_is_finished_by_the_same_command(tmp_path, monkeypatch):
+  src = tmp_path / "src"
+  write_originals(str(src), {"train": {c: 6 for c in CLASSES}})
+  argv = [str(src), "--workers", "1", "--apply", "--no-groups"]
+  assert stratify.main(argv + ["--out", str(tmp_path / "whole")]) == 0
+
+  place, calls = common._Writer.place, []
+
+  def place_then_die(self, entry, path):  # the process dies while writing the 6th file
+    calls.append(path)
+    if len(calls) == 6:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path + ".data_tools.tmp", "wb") as f:
+        f.write(b"half")
+      raise KeyboardInterrupt
+    place(self, entry, path)
+
+  cut = tmp_path / "cut"
+  monkeypatch.setattr(common._Writer, "place", place_then_die)
+  with pytest.raises(KeyboardInterrupt):
+    stratify.main(argv + ["--out", str(cut)])
+  assert not (cut / "manifest.csv").exists()
+  monkeypatch.setattr(common._Writer, "place", place)
+  assert stratify.main(argv + ["--out", str(cut)]) == 0  # no --overwrite needed
+  tree = lambda root: sorted(os.path.relpath(p, root) for p in all_files(str(root)))  # noqa: E731
+  assert tree(cut) == tree(tmp_path / "whole")
+  assert read_manifest(str(cut)).keys() == read_manifest(str(tmp_path / "whole")).keys()
