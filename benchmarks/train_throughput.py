@@ -92,7 +92,7 @@ def fer_jax_worker(model_name, conv_impl):
   class_weights = losses.class_weights(config.loss, np.bincount(labels, minlength=CLASSES))
   mesh = parallel.make_mesh()
   state = parallel.replicate(state, mesh)
-  train_step = steps.make_train_step(config, model, tx, CLASSES, class_weights)
+  train_step = steps.make_train_step(config, model, tx, CLASSES, class_weights, param_labels=labels_tree)
   x, y = parallel.shard_batch(mesh, images, labels)
   rng = jax.random.key(0)
   holder = [state]

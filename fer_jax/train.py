@@ -178,7 +178,7 @@ def train_and_evaluate(config, workdir, dataset=None):
 
   mesh = parallel.make_mesh()
   state = parallel.replicate(state, mesh)
-  train_step = steps.make_train_step(config, model, tx, num_classes, class_weights)
+  train_step = steps.make_train_step(config, model, tx, num_classes, class_weights, param_labels=labels)
   evaluator = Evaluator(config, model, mesh, num_classes)
   rng = jax.random.key(config.train.seed)
 

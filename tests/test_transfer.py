@@ -157,9 +157,9 @@ def test_quick_variant_train_steps(name, mode, tmp_path):
   the statistics (BatchNorm in inference mode) stay; train: everything moves."""
   config = quick_config(name, tmp_path, backbone_mode=mode)
   model = models.build(config.model, 4)
-  state, tx, _ = steps.create_state(config, model, (48, 48, 1), steps_per_epoch=2)
+  state, tx, labels = steps.create_state(config, model, (48, 48, 1), steps_per_epoch=2)
   before = jax.tree.map(np.asarray, state.variables())
-  step = steps.make_train_step(config, model, tx, 4)
+  step = steps.make_train_step(config, model, tx, 4, param_labels=labels)
   images = tiny_dataset(config.data.classes).splits["train"]
   for i in range(2):
     state, metrics = step(state, images.images[8 * i:8 * i + 8], images.labels[8 * i:8 * i + 8], jax.random.key(0))
@@ -172,3 +172,22 @@ def test_quick_variant_train_steps(name, mode, tmp_path):
     assert changed(before["params"]["backbone"]["module4"], params["backbone"]["module4"])
     assert not changed(before["params"]["backbone"]["conv2d_1"], params["backbone"]["conv2d_1"])
   assert changed(before["batch_stats"].get("backbone", {}), stats.get("backbone", {})) == (mode == "train")
+
+
+def test_frozen_parameters_cost_no_backward_pass():
+  """Fine-tuning: the frozen stem's weight gradients are not computed (the compiled step has fewer
+  FLOPs than the same step told every parameter trains), although grad_norm is reported."""
+  config = mini_config.get_config("quick")
+  with config.unlocked():
+    config.model.backbone_mode = "finetune"
+  model = models.build(config.model, 4)
+  state, tx, labels = steps.create_state(config, model, (48, 48, 1), steps_per_epoch=2)
+  batch = (np.zeros((8, 48, 48, 1), np.uint8), np.zeros(8, np.int32), jax.random.key(0))
+
+  def flops(param_labels):
+    cost = steps.make_train_step(config, model, tx, 4, param_labels=param_labels).lower(state, *batch).compile()
+    cost = cost.cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+  assert "frozen" in jax.tree.leaves(labels)
+  assert flops(labels) < 0.97 * flops(jax.tree.map(lambda _: "train", labels))
