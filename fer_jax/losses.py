@@ -56,7 +56,7 @@ def class_weights(loss_cfg, counts):
 
 
 # Which kernels each L2 field covers, by the owning layer's name (see fer_jax/models/cnn.py).
-_L2_LAYERS = (("l2_conv", re.compile(r"^conv")),
+_L2_LAYERS = (("l2_conv", re.compile(r"^conv\d+_\d+$")),  # not the backbones' Keras names
               ("l2_hidden_dense", re.compile(r"^dense\d+$")),
               ("l2_output_dense", re.compile(r"^logits$")))
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-_DN = ("NHWC", "HWIO", "NHWC")
+NHWC_HWIO = ("NHWC", "HWIO", "NHWC")  # dimension numbers of every conv here
 IMPLS = ("xla", "im2col", "winograd")
 
 
@@ -48,7 +48,7 @@ def max_pool_2x2(x, impl="xla"):
 
 
 def _conv(x, kernel):
-  return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DN)
+  return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=NHWC_HWIO)
 
 
 def _input_grad_kernel(kernel):

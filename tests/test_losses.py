@@ -87,3 +87,14 @@ def test_l2_model_c_covers_both_dense_kernels_only():
   chosen = {"/".join(p.key for p in path) for path, lam in jax.tree_util.tree_flatten_with_path(coeff)[0] if lam}
   assert chosen == {"dense1/kernel", "logits/kernel"}
   assert coeff["dense1"]["kernel"] == 1e-3
+
+
+def test_l2_conv_covers_the_cnn_convs_not_backbone_layers_named_conv():
+  config = c.get_config()
+  with config.unlocked():
+    config.loss.l2_conv = 1e-4
+  kernel = {"kernel": np.ones((3, 3, 1, 1), np.float32)}
+  params = {"conv1_1": kernel, "conv3_2": kernel, "conv1_conv": kernel,  # ResNet50V2's stem
+            "conv2d_7": kernel, "conv2_block1_1_conv": kernel}  # mini-XCEPTION's classifier, a ResNet block
+  coeff = losses.l2_coefficients(params, config.loss)
+  assert {name for name, v in coeff.items() if v["kernel"]} == {"conv1_1", "conv3_2"}

@@ -20,6 +20,18 @@ def _in_repo(monkeypatch):
   monkeypatch.chdir(REPO)  # config paths in specs are relative to the repository
 
 
+def test_loading_any_config_leaves_the_jax_backend_unstarted():
+  # launch.py parses --config before jax.distributed.initialize(), which fails once a backend exists.
+  code = ("import glob; from jax._src import xla_bridge; from fer_jax import config_loading\n"
+          "for f in sorted(glob.glob('configs/*.py')):\n"
+          "  if not f.endswith(('common.py', 'study.py', '__init__.py')):\n"
+          "    config_loading.load_config(f)\n"
+          "    assert not xla_bridge.backends_are_initialized(), f\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=REPO))
+  assert proc.returncode == 0, proc.stderr
+
+
 def test_load_config_variant_and_typed_overrides():
   c = config_loading.load_config("configs/b_pp.py:quick", [
       "optim.lr=1e-3", "model.widths=(8, 16, 32)", "train.augment=false", "data.root=/a b", "train.seed=3"])

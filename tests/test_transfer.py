@@ -191,3 +191,10 @@ def test_frozen_parameters_cost_no_backward_pass():
 
   assert "frozen" in jax.tree.leaves(labels)
   assert flops(labels) < 0.97 * flops(jax.tree.map(lambda _: "train", labels))
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_head_batchnorm_momentum_follows_the_config(name):
+  # `quick` lowers it so that ~100 steps settle the running statistics (configs/common.py).
+  assert models.build(CONFIGS[name].get_config().model, 4).head.bn_momentum == 0.99
+  assert models.build(CONFIGS[name].get_config("quick").model, 4).head.bn_momentum == 0.9

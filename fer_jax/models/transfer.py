@@ -18,6 +18,7 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fer_jax.porting import port, read_keras_h5
 from fer_jax.porting.layers import glorot
@@ -25,14 +26,16 @@ from fer_jax.porting.layers import glorot
 BACKBONE_MODES = ("freeze", "finetune", "train")
 
 # keras.applications.imagenet_utils.preprocess_input modes, on [0, 1] input.
-_CAFFE_BGR_MEAN = jnp.array([103.939, 116.779, 123.68], jnp.float32)
+# NumPy, not jnp: configs import this module, and a jnp array here would start the JAX backend
+# before launch.py can call jax.distributed.initialize().
+_CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
 PREPROCESSING = {
     "caffe": lambda x: x[..., ::-1] * 255.0 - _CAFFE_BGR_MEAN,  # VGG16: BGR, 0-255, ImageNet mean removed
     "tf": lambda x: x * 2.0 - 1.0,  # ResNet50V2, mini-XCEPTION: [-1, 1]
     "scale255": lambda x: x * 255.0,  # EfficientNet normalises 0-255 input itself
     "none": lambda x: x,  # the study's raw [0, 1] feeding
 }
-_LUMA = jnp.array([0.299, 0.587, 0.114], jnp.float32)  # OpenCV's RGB -> gray, as the fer package converts
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # OpenCV's RGB -> gray, as the fer package converts
 
 
 def prepare(x, size, channels, preprocessing):
@@ -55,6 +58,7 @@ class DenseHead(nn.Module):
   widths: tuple
   batch_norm: tuple
   dropouts: tuple
+  bn_momentum: float = 0.99  # Keras's default; `quick` lowers it (configs/common.py apply_quick)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -63,8 +67,8 @@ class DenseHead(nn.Module):
     for j, (width, bn, rate) in enumerate(zip(self.widths, self.batch_norm, self.dropouts), start=1):
       x = nn.relu(nn.Dense(width, kernel_init=glorot, dtype=self.dtype, name=f"dense{j}")(x))
       if bn:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, dtype=self.dtype,
-                         name=f"dense{j}_bn")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3,
+                         dtype=self.dtype, name=f"dense{j}_bn")(x)
       if rate:
         x = nn.Dropout(rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, kernel_init=glorot, dtype=self.dtype, name="logits")(x)
@@ -111,7 +115,7 @@ def build(cfg, num_classes, backbone, preprocessing, num_blocks, channels=3, inp
     if not len(widths) == len(bns) == len(rates):
       raise ValueError(f"config.model.head_widths / head_bn / head_dropouts: lengths {len(widths)}, "
                        f"{len(bns)}, {len(rates)} differ")
-    head = DenseHead(num_classes, widths, bns, rates, dtype)
+    head = DenseHead(num_classes, widths, bns, rates, cfg.get("bn_momentum", 0.99), dtype)
   return TransferModel(backbone=backbone, head=head, input_size=cfg.get("input_size", input_size), channels=channels,
                        preprocessing=preprocessing[cfg.get("preprocessing", "native")],
                        backbone_mode=cfg.get("backbone_mode", "freeze"), dtype=dtype)

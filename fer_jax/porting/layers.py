@@ -10,10 +10,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from fer_jax import ops
+
 KERAS_ORDER = ("kernel", "depthwise_kernel", "pointwise_kernel", "scale", "bias", "mean", "var", "variance", "count")
 
 glorot = nn.initializers.glorot_uniform()  # Keras's default kernel initialiser
-_DN = ("NHWC", "HWIO", "NHWC")
 
 
 def conv(features, kernel_size, name, strides=1, padding="SAME", use_bias=True, kernel_init=glorot, dtype=jnp.float32):
@@ -43,7 +44,7 @@ def zero_pad(x, pads):
 def _depthwise(x, kernel, strides, padding, dtype):
   k, _, c, _ = kernel.shape
   return lax.conv_general_dilated(x.astype(dtype), kernel.reshape(k, k, 1, c).astype(dtype), (strides, strides),
-                                  padding, dimension_numbers=_DN, feature_group_count=c)
+                                  padding, dimension_numbers=ops.NHWC_HWIO, feature_group_count=c)
 
 
 class DepthwiseConv2D(nn.Module):
@@ -74,7 +75,8 @@ class SeparableConv2D(nn.Module):
     depthwise = self.param("depthwise_kernel", self.kernel_init, (k, k, c, 1))
     pointwise = self.param("pointwise_kernel", self.kernel_init, (1, 1, c, self.features))
     y = _depthwise(x, depthwise, 1, "SAME", self.dtype)
-    y = lax.conv_general_dilated(y, pointwise.astype(self.dtype), (1, 1), "VALID", dimension_numbers=_DN)
+    y = lax.conv_general_dilated(y, pointwise.astype(self.dtype), (1, 1), "VALID",
+                                 dimension_numbers=ops.NHWC_HWIO)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
     return y
