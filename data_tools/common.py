@@ -199,6 +199,18 @@ def entry_for(tree, record, action, split=None, class_name=None, reason="", grou
                new_path, reason, str(group), str(score))
 
 
+def split_readable(tree, records, ok, errors):
+  """Decode results -> (the records whose images were read, "dropped" entries for the others).
+
+  `ok` is the mask and `errors` the (path, reason) list of `folders.decode_many`.
+  """
+  bad = dict(errors)
+  readable = [r for r, good in zip(records, ok) if good]
+  dropped = [entry_for(tree, r, "dropped", reason=f"unreadable image: {bad[r.path]}")
+             for r, good in zip(records, ok) if not good]
+  return readable, dropped
+
+
 def resolve_name_clashes(entries):
   """Renames `name.ext` to `name_2.ext`, `name_3.ext`... where two entries would land on one path.
 

@@ -21,7 +21,7 @@ in DST/conflicts.csv (apply decisions with `data_tools.mislabel --review`), drop
 whole group, keep treats labels as if they agreed. DST/duplicates.csv lists every group member.
 """
 import collections
-import concurrent.futures
+import functools
 import hashlib
 import os
 import sys
@@ -121,22 +121,10 @@ class Hashes:
 def hash_images(images, method="phash", mirror=True, shift=0, workers=1, label="hashing"):
   """uint8 [N, H, W, C] -> Hashes. imagehash works one image at a time, so chunks go to processes."""
   kinds = variant_kinds(mirror, shift)
-  n, chunk = len(images), 256
-  progress = Progress(label, n)
-  parts = {}
-  workers = workers or os.cpu_count() or 1
-  if workers == 1 or n <= chunk:
-    for s in range(0, n, chunk):
-      parts[s] = _hash_chunk(images[s:s + chunk], method, kinds)
-      progress.update(len(parts[s][0]))
-  else:
-    # The loader's pool: processes, or threads once JAX is imported (see folders.executor).
-    with folders.executor(workers) as pool:
-      futures = {pool.submit(_hash_chunk, images[s:s + chunk], method, kinds): s
-                 for s in range(0, n, chunk)}
-      for fut in concurrent.futures.as_completed(futures):
-        parts[futures[fut]] = fut.result()
-        progress.update(len(parts[futures[fut]][0]))
+  progress = Progress(label, len(images))
+  # The loader's pool: processes, or threads once JAX is imported (see folders.executor).
+  parts = dict(folders.map_chunks(functools.partial(_hash_chunk, method=method, kinds=kinds),
+                                  images, 256, workers, progress))
   progress.close()
   ordered = [parts[s] for s in sorted(parts)] or [
       (np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros((0, len(kinds)), np.uint64))]
@@ -377,10 +365,12 @@ def summarise(reports, classes, args, num_groups):
   lines.append("within-split copies: " + (", ".join(f"{s} {within[s]:,} images" for s in common.SPLITS
                                                    if within[s]) or "none")
                + f" (--within {args.within})")
+  group_classes = collections.defaultdict(set)
+  for r in reports:
+    group_classes[r["group"]].add(r["class"])
   pairs = collections.Counter()
   for gid in {r["group"] for r in reports if "label conflict" in r["findings"]}:
-    group_classes = {r["class"] for r in reports if r["group"] == gid}
-    pairs["/".join(sorted(group_classes, key=classes.index))] += 1
+    pairs["/".join(sorted(group_classes[gid], key=classes.index))] += 1
   lines.append(f"label conflicts: {sum(pairs.values()):,} groups"
                + "".join(f", {p} {n:,}" for p, n in pairs.most_common())
                + f" (--conflicts {args.conflicts})")
@@ -394,12 +384,8 @@ def plan_dedup(args):
   tree = common.read_tree(args.src, args.classes)
   records = tree.files
   hashes, ok, errors = hash_files([r.path for r in records], args)
-  entries = list(tree.not_read)
-  bad = dict(errors)
-  readable = [r for r, good in zip(records, ok) if good]
-  for r, good in zip(records, ok):
-    if not good:
-      entries.append(common.entry_for(tree, r, "dropped", reason=f"unreadable image: {bad[r.path]}"))
+  readable, unreadable = common.split_readable(tree, records, ok, errors)
+  entries = list(tree.not_read) + unreadable
 
   groups = duplicate_groups(hashes, args.threshold)
   decided, reports, reviews = {}, [], []

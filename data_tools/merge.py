@@ -24,6 +24,7 @@ across the splits like the rest. The summary shows the class shares before and a
 """
 import collections
 import csv
+import functools
 import io
 import os
 import sys
@@ -178,17 +179,8 @@ def _convert_chunk(items, image_size, resize_filter):
 def convert_many(candidates, args):
   """[(pixels, png) or error reason] for each candidate, in order; in parallel."""
   items = [(c.path, c.box) for c in candidates]
-  chunk = 64
-  workers = args.workers or os.cpu_count() or 1
-  results = {}
-  if workers == 1 or len(items) <= chunk:
-    for s in range(0, len(items), chunk):
-      results[s] = _convert_chunk(items[s:s + chunk], args.image_size, args.resize_filter)
-  else:
-    with folders.executor(workers) as pool:
-      futures = {s: pool.submit(_convert_chunk, items[s:s + chunk], args.image_size, args.resize_filter)
-                 for s in range(0, len(items), chunk)}
-      results = {s: f.result() for s, f in futures.items()}
+  fn = functools.partial(_convert_chunk, image_size=args.image_size, resize_filter=args.resize_filter)
+  results = dict(folders.map_chunks(fn, items, 64, args.workers))
   return [r for s in sorted(results) for r in results[s]]
 
 
@@ -290,10 +282,8 @@ def plan_merge(args):
 
   # the target as it is: kept whole; its hashes are what candidates must not duplicate
   hashes, ok, errors = dedup.hash_files([r.path for r in tree.files], args, label="hashing the dataset")
-  bad = dict(errors)
-  for r, good in zip(tree.files, ok):
-    entries.append(common.entry_for(tree, r, "kept") if good else
-                   common.entry_for(tree, r, "dropped", reason=f"unreadable image: {bad[r.path]}"))
+  readable, unreadable = common.split_readable(tree, tree.files, ok, errors)
+  entries += [common.entry_for(tree, r, "kept") for r in readable] + unreadable
   before = collections.Counter((e.split, e.class_name) for e in entries if e.action == "kept")
   train_counts = [before["train", c] for c in classes]
   if sum(train_counts) == 0:

@@ -170,12 +170,8 @@ def plan_review(args, tree):
   records = tree.files
   images, ok, errors = folders.decode_many([r.path for r in records], config.data.image_size,
                                            config.data.channels, config.data.resize_filter, args.workers)
-  entries = list(tree.not_read)
-  bad = dict(errors)
-  for r, good in zip(records, ok):
-    if not good:
-      entries.append(common.entry_for(tree, r, "dropped", reason=f"unreadable image: {bad[r.path]}"))
-  records = [r for r, good in zip(records, ok) if good]
+  records, unreadable = common.split_readable(tree, records, ok, errors)
+  entries = list(tree.not_read) + unreadable
   images = images[ok]
   labels = np.array([r.label for r in records], np.int64)
   if np.bincount(labels, minlength=len(classes)).min() < args.folds:

@@ -98,11 +98,8 @@ def plan_stratify(args):
   entries = list(tree.not_read)
   if args.groups:
     hashes, ok, errors = dedup.hash_files([r.path for r in records], args)
-    bad = dict(errors)
-    for r, good in zip(records, ok):
-      if not good:
-        entries.append(common.entry_for(tree, r, "dropped", reason=f"unreadable image: {bad[r.path]}"))
-    records = [r for r, good in zip(records, ok) if good]
+    records, unreadable = common.split_readable(tree, records, ok, errors)
+    entries += unreadable
     groups = dedup.group_labels(hashes, args.threshold)
   else:
     groups = np.arange(len(records))

@@ -1,4 +1,5 @@
 """Image folders on disk: every format and mode, broken files, split and class names, the cache."""
+import functools
 import io
 import os
 import sys
@@ -148,6 +149,31 @@ def test_decode_many_keeps_order_and_reports_errors(tmp_path, monkeypatch, jax_i
   assert ok.sum() == 150 and not ok[7]
   assert images[ok][:, 0, 0, 0].tolist() == list(range(150))
   assert errors == [(str(tmp_path / "missing.png"), "file not found (removed while loading?)")]
+
+
+def _chunk_sum(items, offset):
+  return [x + offset for x in items]
+
+
+class _Counter:
+  def __init__(self):
+    self.updates = []
+
+  def update(self, n):
+    self.updates.append(n)
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+@pytest.mark.parametrize("workers", [1, 2])  # in this process / in the pool
+def test_map_chunks_covers_every_chunk_once(monkeypatch, workers):
+  monkeypatch.delitem(sys.modules, "jax", raising=False)
+  progress = _Counter()
+  pairs = list(folders.map_chunks(functools.partial(_chunk_sum, offset=1000), list(range(150)), 64,
+                                  workers, progress))
+  assert sorted(s for s, _ in pairs) == [0, 64, 128]
+  assert [x for _, r in sorted(pairs) for x in r] == list(range(1000, 1150))
+  assert sorted(progress.updates) == [22, 64, 64]
+  assert list(folders.map_chunks(len, [], 64, workers)) == []
 
 
 def test_scan_tree_names_and_skips(tmp_path):

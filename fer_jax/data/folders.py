@@ -13,6 +13,7 @@ without keeping the aspect ratio (as Keras' `image_dataset_from_directory` did f
 """
 import concurrent.futures
 import dataclasses
+import functools
 import multiprocessing
 import os
 import sys
@@ -254,6 +255,35 @@ def executor(workers):
   return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
 
 
+def map_chunks(fn, items, chunk, workers=0, progress=None):
+  """Yields (start, fn(items[start:start + chunk])) for every chunk, in parallel.
+
+  `workers` processes, or threads once JAX is imported (see `executor`); 0 = one per CPU core;
+  1, or no more than one chunk of items, = in this process. `fn` must be picklable (a
+  module-level function or a functools.partial of one). Pairs come in completion order, not
+  start order, so callers can store each chunk as it arrives; `progress.update` is called
+  with the chunk's length as each one finishes.
+  """
+  n = len(items)
+  workers = workers or os.cpu_count() or 1
+  starts = range(0, n, chunk)
+  if workers == 1 or n <= chunk:
+    for s in starts:
+      result = fn(items[s:s + chunk])
+      if progress is not None:
+        progress.update(min(chunk, n - s))
+      yield s, result
+  else:
+    with executor(workers) as pool:
+      futures = {pool.submit(fn, items[s:s + chunk]): s for s in starts}
+      for fut in concurrent.futures.as_completed(futures):
+        s = futures[fut]
+        result = fut.result()
+        if progress is not None:
+          progress.update(min(chunk, n - s))
+        yield s, result
+
+
 def decode_many(paths, size, channels, resize_filter="bilinear", num_workers=0,
                 label="loading images"):
   """Decodes files in parallel -> (images uint8 [N, size, size, C], ok_mask bool [N], errors).
@@ -272,30 +302,16 @@ def decode_many(paths, size, channels, resize_filter="bilinear", num_workers=0,
   errors = []
   # Chunks amortise the inter-process transfer; ~8 per worker keeps the progress line moving.
   chunk = int(min(1024, max(64, -(-n // (workers * 8)))))
-  starts = range(0, n, chunk)
   progress = Progress(label, n)
-  if workers == 1 or n <= chunk:
-    results = ((s, _decode_chunk(paths[s:s + chunk], size, channels, resize_filter))
-               for s in starts)
-    for s, result in results:
-      _store(images, ok, errors, s, result, progress)
-  else:
-    with executor(workers) as pool:
-      futures = {pool.submit(_decode_chunk, paths[s:s + chunk], size, channels,
-                             resize_filter): s for s in starts}
-      for fut in concurrent.futures.as_completed(futures):
-        _store(images, ok, errors, futures[fut], fut.result(), progress)
+  decode = functools.partial(_decode_chunk, size=size, channels=channels, resize_filter=resize_filter)
+  for start, (chunk_images, chunk_ok, chunk_errors) in map_chunks(decode, paths, chunk, workers,
+                                                                  progress):
+    images[start:start + len(chunk_ok)] = chunk_images  # stored as each chunk arrives
+    ok[start:start + len(chunk_ok)] = chunk_ok
+    errors.extend(chunk_errors)
   progress.close()
   errors.sort()
   return images, ok, errors
-
-
-def _store(images, ok, errors, start, result, progress):
-  chunk_images, chunk_ok, chunk_errors = result
-  images[start:start + len(chunk_ok)] = chunk_images
-  ok[start:start + len(chunk_ok)] = chunk_ok
-  errors.extend(chunk_errors)
-  progress.update(len(chunk_ok))
 
 
 def load(data_cfg):
