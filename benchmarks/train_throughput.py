@@ -36,9 +36,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script (`make bench`): make `configs` importable
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 MODELS = ("model_0", "b_pp")
 BATCH, SIZE, CLASSES = 64, 48, 4
 
@@ -78,13 +76,11 @@ def time_steps(step, n_warmup, n_steps):
 
 
 def fer_jax_worker(model_name, conv_impl):
-  import importlib
   import jax
-  from fer_jax import losses, models, parallel, steps
+  from fer_jax import config_loading, losses, models, parallel, steps
 
-  config = importlib.import_module(f"configs.{model_name}").get_config()
-  with config.unlocked():
-    config.model.conv_impl = conv_impl
+  parallel.configure_backend()  # as train_and_evaluate does before anything is traced
+  config = config_loading.load_config(os.path.join(CONFIGS, f"{model_name}.py"), {"model.conv_impl": conv_impl})
   model = models.build(config.model, CLASSES)
   state, tx, labels_tree = steps.create_state(config, model, (SIZE, SIZE, 1), steps_per_epoch=100)
   params = models.count_params(state.variables(), labels_tree)["total"]
