@@ -33,6 +33,7 @@ from configs import common as config_common
 from data_tools import common
 from fer_jax import config_loading
 from fer_jax import data
+from fer_jax import report
 from fer_jax.data import folders
 from fer_jax.data.progress import Progress
 
@@ -206,11 +207,6 @@ def console_summary(findings, out_dir):
   return "\n".join(lines)
 
 
-def _table(header, rows):
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-
-
 def markdown(findings):
   ds = findings["dataset"]
   root = ds["root"] or ""
@@ -222,13 +218,13 @@ def markdown(findings):
         + (f", layout {ds['layout']}" if ds["layout"] else "") + ".", ""]
   md += ["## Flags", ""] + ([f"- {line}" for line in flags(findings)] or ["None."]) + [""]
   md += ["## Splits (target 80 / 10 / 10)", ""]
-  md += _table(["split", "images", "share", "target", "off (pts)"], [
+  md += report.markdown_table(["split", "images", "share", "target", "off (pts)"], [
       (s, f"{v['count']:,}", f"{v['share']:.1%}", f"{v['target']:.0%}",
        f"{v['points_off']:+.1f}" + (" **flag**" if v["flag"] else ""))
       for s, v in findings["splits"].items()])
   md += ["", f"## Classes (flagged beyond ±{FLAG_POINTS:.0f} pts)", ""]
   splits = list(findings["classes"])
-  md += _table(["class"] + splits, [
+  md += report.markdown_table(["class"] + splits, [
       [c] + [f"{findings['classes'][s][c]['count']:,} ({findings['classes'][s][c]['share']:.1%})"
              + (" **flag**" if findings["classes"][s][c]["flags"] else "") for s in splits]
       for c in ds["classes"]])
@@ -249,7 +245,7 @@ def markdown(findings):
     md.append("- dropped by the loader: " + ", ".join(f"{n} {why}" for why, n in loader["dropped"].items()))
   blank = findings["blank"]
   md += ["", f"## Near-constant images (pixel std < {blank['std_below']})", ""]
-  md += _table(["split", "class", "std", "mean", "file"], [
+  md += report.markdown_table(["split", "class", "std", "mean", "file"], [
       (b["split"], b["class"], b["std"], b["mean"], f"`{rel(b['file'])}`") for b in blank["images"][:LISTED]]
       ) if blank["images"] else ["None."]
   d = findings["duplicates"]

@@ -22,6 +22,17 @@ RUN_PLOTS = {"curves": "curves.png", "confusion": "confusion.png", "reliability"
 
 # --------------------------------------------------------------------------- formatting
 
+
+def run_title(name, variant):
+  """'b_pp' or 'b_pp:quick': how runs are named on the console and in reports."""
+  return f"{name}:{variant}" if variant else name
+
+
+def markdown_table(header, rows):
+  """Lines of a Markdown table; cells are formatted with str()."""
+  return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+      "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
 def pct(fraction, digits=2):
   return "—" if fraction is None else f"{100 * fraction:.{digits}f} %"
 
@@ -73,10 +84,7 @@ def to_markdown(blocks):
     elif kind == "bullets":
       out.append("\n".join(f"- {item}" for item in block[1]))
     elif kind == "table":
-      _, header, rows = block
-      lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-      lines += ["| " + " | ".join(r) + " |" for r in rows]
-      out.append("\n".join(lines))
+      out.append("\n".join(markdown_table(block[1], block[2])))
     elif kind == "image":
       out.append(f"![{block[2]}]({block[1]})")
   return "\n\n".join(out) + "\n"
@@ -157,7 +165,7 @@ def run_blocks(summary):
   test = summary["test"]
   classes = list(summary["classes"])
   params = summary["params"]
-  title = summary["name"] + (f":{summary['variant']}" if summary.get("variant") else "")
+  title = run_title(summary["name"], summary.get("variant"))
   dataset = summary.get("dataset", {})
   sizes = ", ".join(f"{k} {v:,}" for k, v in dataset.get("sizes", {}).items())
   stop = " (stopped early)" if summary.get("stopped_early") else ""
@@ -206,7 +214,7 @@ def run_blocks(summary):
 def write_run_report(workdir, summary, history):
   """Writes report.md, curves.png, confusion.png and reliability.png of one run into `workdir`."""
   test = summary["test"]
-  title = summary["name"] + (f":{summary['variant']}" if summary.get("variant") else "")
+  title = run_title(summary["name"], summary.get("variant"))
   path = lambda key: os.path.join(workdir, RUN_PLOTS[key])  # noqa: E731
   plots.training_curves(history, path("curves"), title)
   plots.confusion(test["confusion_normalized"], list(summary["classes"]), path("confusion"),
@@ -284,7 +292,7 @@ def summarize_group(name, runs):
   sums = [r["summary"] for r in runs]
   conf = np.sum([s["test"]["confusion"] for s in sums], axis=0)
   g = {
-      "name": name, "config": s0["name"] + (f":{s0['variant']}" if s0.get("variant") else ""),
+      "name": name, "config": run_title(s0["name"], s0.get("variant")),
       "classes": classes, "seeds": [s.get("seed") for s in sums],
       "runs": [r["dir"] for r in runs],  # relative to the study root
       "val_accuracy": _mean_std(s["best"]["val_accuracy"] for s in sums),

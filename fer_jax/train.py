@@ -131,7 +131,7 @@ def format_summary(summary):
   """The few lines a person reads at the end of a run."""
   best, test, p = summary["best"], summary["test"], summary["params"]
   return "\n".join([
-      f"== {summary['name']}{':' + summary['variant'] if summary['variant'] else ''} "
+      f"== {report.run_title(summary['name'], summary['variant'])} "
       f"(seed {summary['seed']}) on {summary['dataset']['name']}",
       f"best val accuracy {best['val_accuracy']:.2%} at epoch {best['epoch']} of {summary['epochs_run']}"
       f"{' (early stop)' if summary['stopped_early'] else ''}; train accuracy then {best['train_accuracy']:.2%}",
@@ -202,7 +202,7 @@ def train_and_evaluate(config, workdir, dataset=None):
       f.writelines(json.dumps(r) + "\n" for r in history)
   history = report.read_history(history_path)
 
-  log(f"{config.name}{':' + config.variant if config.variant else ''} on {ds.name} {ds.sizes()}  "
+  log(f"{report.run_title(config.name, config.variant)} on {ds.name} {ds.sizes()}  "
       f"{param_counts['total']:,} params  {jax.device_count()} x {jax.devices()[0].device_kind}  "
       f"{steps_per_epoch} steps/epoch")
   stopped_early = False
