@@ -33,6 +33,7 @@ from configs import common as config_common
 from data_tools import common
 from fer_jax import config_loading
 from fer_jax import data
+from fer_jax import plots
 from fer_jax import report
 from fer_jax.data import folders
 from fer_jax.data.progress import Progress
@@ -267,23 +268,7 @@ def plot_samples(dataset, path, per_class=8, seed=0):
   """A grid: one row per class, `per_class` random images of it from train (or the first split)."""
   split = "train" if "train" in dataset.splits else next(iter(dataset.splits))
   s = dataset.splits[split]
-  rng = np.random.default_rng(seed)
-  k = len(dataset.classes)
-  fig = Figure(figsize=(per_class * 1.1, k * 1.25))
-  axes = fig.subplots(k, per_class, squeeze=False)
-  for row, name in enumerate(dataset.classes):
-    idx = np.flatnonzero(s.labels == row)
-    pick = rng.choice(idx, min(per_class, len(idx)), replace=False) if len(idx) else []
-    for col in range(per_class):
-      ax = axes[row, col]
-      ax.axis("off")
-      if col < len(pick):
-        image = s.images[pick[col]]
-        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
-    axes[row, 0].set_title(f"{name} ({len(idx):,})", fontsize=8, loc="left")
-  fig.suptitle(f"{split} samples per class", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  plots.sample_grid(s.images, s.labels, dataset.classes, path, per_class, seed, f"{split} samples per class")
 
 
 def plot_class_counts(findings, path):

@@ -27,6 +27,7 @@ import os
 import sys
 import zipfile
 
+from matplotlib.figure import Figure
 import numpy as np
 
 from data_tools import common
@@ -111,13 +112,11 @@ def out_of_fold_probs(images, labels, classes, config, folds, seed, workdir):
 
 def contact_sheet(images, rows, per_row=8):
   """PNG bytes: the suspects' images with 'given -> suggested' and both probabilities."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   n = max(len(rows), 1)
   cols = min(per_row, n)
   lines = -(-n // cols)
-  fig, axes = plt.subplots(lines, cols, figsize=(cols * 1.6, lines * 1.95), squeeze=False)
+  fig = Figure(figsize=(cols * 1.6, lines * 1.95))  # no pyplot: no global state, no GUI backend
+  axes = fig.subplots(lines, cols, squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
   for ax, (image_idx, row) in zip(axes.ravel(), rows):
@@ -131,7 +130,6 @@ def contact_sheet(images, rows, per_row=8):
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=110)
-  plt.close(fig)
   return buf.getvalue()
 
 

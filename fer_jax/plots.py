@@ -35,6 +35,27 @@ def _save(fig, path):
   fig.savefig(path, dpi=100)
 
 
+def sample_grid(images, labels, classes, path, per_row=8, seed=None, title=""):
+  """One row of `per_row` images per class, labelled with the class and its count: the first
+  images of each class, or a random pick with `seed`."""
+  fig = Figure(figsize=(per_row * 1.1, len(classes) * 1.25))
+  axes = fig.subplots(len(classes), per_row, squeeze=False)
+  rng = None if seed is None else np.random.default_rng(seed)
+  for row, name in enumerate(classes):
+    idx = np.flatnonzero(labels == row)
+    pick = idx[:per_row] if rng is None or not len(idx) else rng.choice(idx, min(per_row, len(idx)), replace=False)
+    for col, ax in enumerate(axes[row]):
+      ax.axis("off")
+      if col < len(pick):
+        image = images[pick[col]]
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255,
+                  interpolation="nearest")
+    axes[row, 0].set_title(f"{name} ({len(idx):,})", fontsize=8, loc="left")
+  if title:
+    fig.suptitle(title, fontsize=9)
+  _save(fig, path)
+
+
 def draw_gap_bands(ax, gaps):
   """Shades the study's over/under-fitting bands behind gap curves, framed on the data."""
   for lo, hi, colour, name in GAP_SHADES:

@@ -4,6 +4,7 @@ import pytest
 
 from configs import common
 from fer_jax import data
+from fer_jax import plots
 from fer_jax.data import builtin
 
 FER7 = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -111,5 +112,5 @@ def test_classes_differ_but_pixels_do_not_give_them_away():
 def test_sample_grid_png(tmp_path, small):
   path = tmp_path / "grid.png"
   split = small.splits["train"]
-  builtin.save_sample_grid(path, split.images, split.labels, small.classes, per_row=4)
+  plots.sample_grid(split.images, split.labels, small.classes, path, per_row=4)
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

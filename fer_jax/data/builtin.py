@@ -108,25 +108,3 @@ def load(data_cfg):
   splits = {name: data.Split(images, labels) for name, (images, labels, _) in generate_splits(data_cfg).items()}
   return data.Dataset(name=f"builtin-faces(seed={data_cfg.builtin_seed})", classes=tuple(data_cfg.classes),
                       splits=splits)
-
-
-def save_sample_grid(path, images, labels, classes, per_row=8):
-  """A PNG with one row of `per_row` example images per class (rows in `classes` order)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(len(classes), per_row, figsize=(per_row * 0.9, len(classes) * 0.95 + 0.2),
-                           squeeze=False)
-  for row, name in enumerate(classes):
-    picks = np.flatnonzero(labels == row)[:per_row]
-    for col, ax in enumerate(axes[row]):
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if col < len(picks):
-        img = images[picks[col]]
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-      if col == 0:
-        ax.set_ylabel(name, rotation=0, ha="right", va="center")
-  fig.tight_layout(pad=0.3)
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
