@@ -6,16 +6,16 @@ threshold), the mirrored join (every code against a second random set, as dedup 
 mirrored hashes) and the grouping (connected components). Checks that every planted pair is
 found and, on a random subset, that the result equals a brute-force search.
 
-  python benchmarks/dedup_throughput.py [--hashes=100000] [--threshold=6]
+  python -m benchmarks.dedup_throughput [--hashes=100000] [--threshold=6]
 
 Target: 100,000 hashes, threshold 6, under 60 s on 2 cores. Measured figure: docs/data_tools.md.
 """
-import time
 
 from absl import app
 from absl import flags
 import numpy as np
 
+from benchmarks.timing import timed
 from data_tools import dedup
 
 _HASHES = flags.DEFINE_integer("hashes", 100_000, "codes in total (random + planted)")
@@ -42,13 +42,6 @@ def brute_force(codes, threshold):
   d = np.bitwise_count(codes[:, None] ^ codes[None, :])
   i, j = np.nonzero(np.triu(d <= threshold, 1))
   return set(zip(i.tolist(), j.tolist()))
-
-
-def timed(fn):
-  """(result, wall seconds, CPU seconds of this process): shared machines vary, CPU time less so."""
-  start, cpu = time.perf_counter(), time.process_time()
-  out = fn()
-  return out, time.perf_counter() - start, time.process_time() - cpu
 
 
 def main(_):

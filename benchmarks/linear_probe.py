@@ -11,7 +11,6 @@ drawing. A linear probe well below the CNNs' accuracy means the set is not linea
 Figures measured on this project's machine are in docs/builtin_data.md.
 """
 import functools
-import time
 
 from absl import app
 from absl import flags
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks.timing import timed
 from configs import common
 from fer_jax.data import builtin
 
@@ -69,26 +69,18 @@ def probe(features, labels, num_classes):
   return best
 
 
-def timer():
-  """A function that says the wall and CPU time since the call (CPU time is what the drawing
-  itself costs, one core; wall time grows when the machine is shared)."""
-  wall, cpu = time.perf_counter(), time.process_time()
-  return lambda: f"{time.perf_counter() - wall:.2f} s wall, {time.process_time() - cpu:.2f} s CPU"
-
-
 def main(argv):
   del argv
   cfg = common.data_config()
   cfg.builtin_per_class = _PER_CLASS.value
   cfg.builtin_seed = _SEED.value
-  clock = timer()
-  splits = builtin.generate_splits(cfg)
+  # CPU time is what the drawing itself costs (one core); wall time grows on a shared machine.
+  splits, wall, cpu = timed(lambda: builtin.generate_splits(cfg))
   sizes = {k: len(v[1]) for k, v in splits.items()}
-  print(f"generated {sum(sizes.values())} faces {sizes} in {clock()}")
+  print(f"generated {sum(sizes.values())} faces {sizes} in {wall:.2f} s wall, {cpu:.2f} s CPU")
   if _TIME_FACES.value:
-    clock = timer()
-    builtin.generate(cfg.classes, _TIME_FACES.value // len(cfg.classes), seed=1)
-    print(f"drew {_TIME_FACES.value} faces in {clock()}")
+    _, wall, cpu = timed(lambda: builtin.generate(cfg.classes, _TIME_FACES.value // len(cfg.classes), seed=1))
+    print(f"drew {_TIME_FACES.value} faces in {wall:.2f} s wall, {cpu:.2f} s CPU")
 
   labels = {k: v[1] for k, v in splits.items()}
   pixels = {k: v[0].reshape(len(v[0]), -1).astype(np.float32) / 255 for k, v in splits.items()}

@@ -4,7 +4,7 @@ Makes `--images` 48x48 JPEGs in `<workdir>/faces/<split>/<class>/` (80/10/10, fo
 kept between runs), then times `fer_jax.data.load` with an empty cache and again with the
 cache it wrote. `--compare_pools` also times decoding alone in one process, in a process
 pool, and in a thread pool (what the loader uses once JAX is imported: see
-fer_jax/data/folders.py, `_executor`).
+fer_jax/data/folders.py, `executor`).
 
   python -m benchmarks.load_throughput [--images=25000] [--workdir=/tmp/fer_jax_load_bench]
 
@@ -20,6 +20,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
+from benchmarks.timing import timed
 from configs import common
 from fer_jax import data
 from fer_jax.data import folders
@@ -49,18 +50,6 @@ def make_folder(root, n):
     face.save(os.path.join(folder, f"{i:06d}.jpg"), quality=90)
   open(marker, "w").close()
   print(f"made {n} JPEGs in {root} in {time.perf_counter() - start:.1f} s")
-
-
-def timed(fn):
-  """(result, wall seconds, CPU seconds of this process and its finished children).
-
-  On a shared machine the wall time depends on the other load; the CPU time much less so,
-  and CPU time / cores is what the wall time would be on idle cores with perfect scaling.
-  """
-  cpu = lambda t: t.user + t.system + t.children_user + t.children_system
-  start, start_cpu = time.perf_counter(), cpu(os.times())
-  out = fn()
-  return out, time.perf_counter() - start, cpu(os.times()) - start_cpu
 
 
 def main(argv):

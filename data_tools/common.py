@@ -170,13 +170,12 @@ def read_tree(root, classes, allow_flat=False):
   """Scans `root` (see fer_jax.data.folders.scan_tree); every unused file becomes a dropped Entry."""
   if not os.path.isdir(root):
     raise ToolError(f"SRC {root}: no such folder")
-  scan = folders.scan_tree(os.path.abspath(root), classes)
+  scan = folders.scan_tree(os.path.abspath(root), classes, classes_field="--classes")
   if scan.layout == "flat" and not allow_flat:
     raise ToolError(f"SRC {root}: no train/val/test folders (an unsplit <root>/<class>/<file> tree); "
                     "run `python -m data_tools.stratify` on it first")
   not_read = []
   for path, reason in scan.skipped:
-    reason = reason.replace("config.data.classes", "--classes")  # the loader's wording
     if os.path.dirname(path) == scan.root and os.path.basename(path) in OUTPUT_FILES:
       continue
     paths = [os.path.join(path, rel) for rel in files_under(path)] if os.path.isdir(path) else [path]

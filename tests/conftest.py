@@ -1,5 +1,5 @@
-"""Shared test set-up: the repo root on sys.path (configs/ is imported as a package) and helpers
-to run launch.py in a subprocess on tiny built-in data."""
+"""Shared test set-up: XLA settings for fast compiles, and helpers to run launch.py in a
+subprocess on tiny built-in data. (The repo root is on sys.path through pyproject's pythonpath.)"""
 import json
 import os
 import subprocess
@@ -15,8 +15,6 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
 
 # A CNN of the study's shape but a few channels wide, on 16 faces per class: seconds per run.
 TINY = [

@@ -7,8 +7,7 @@ import numpy as np
 from PIL import Image
 
 from data_tools import dedup
-
-CLASSES = ("happy", "neutral", "sad", "surprise")
+from fer_jax.data import FER4 as CLASSES
 
 
 # ---------------------------------------------------------------------------- generated data
@@ -71,7 +70,6 @@ def tree_digest(root):
   """sha256 over every file's relative path, bytes and mtime: changes if anything in the tree does."""
   h = hashlib.sha256()
   for folder, dirs, files in sorted(os.walk(root)):
-    dirs.sort()
     for f in sorted(files):
       p = os.path.join(folder, f)
       h.update(os.path.relpath(p, root).encode())
@@ -88,6 +86,3 @@ def read_manifest(dst):
 
 def all_files(root):
   return sorted(os.path.join(folder, f) for folder, _, files in os.walk(root) for f in files)
-
-
-# ---------------------------------------------------------------------------- pair search

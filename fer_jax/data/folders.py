@@ -111,7 +111,7 @@ def _walk_files(folder):
       yield e
 
 
-def _scan_class_folders(folder, split, classes, files, skipped):
+def _scan_class_folders(folder, split, classes, classes_field, files, skipped):
   with os.scandir(folder) as it:
     entries = _visible(it)
   for e in entries:
@@ -120,7 +120,7 @@ def _scan_class_folders(folder, split, classes, files, skipped):
       continue
     label = match_class(e.name, classes)
     if label is None:
-      skipped.append((e.path, f"class folder {e.name!r} is not in config.data.classes"))
+      skipped.append((e.path, f"class folder {e.name!r} is not in {classes_field}"))
       continue
     for f in _walk_files(e.path):
       if os.path.splitext(f.name)[1].lower() not in IMAGE_EXTENSIONS:
@@ -130,8 +130,10 @@ def _scan_class_folders(folder, split, classes, files, skipped):
       files.append(FileRecord(f.path, split, label, classes[label], st.st_size, st.st_mtime_ns))
 
 
-def scan_tree(root, classes):
+def scan_tree(root, classes, classes_field="config.data.classes"):
   """Lists the image files under `root` with their split and label; see the module docstring.
+
+  `classes_field` names where `classes` came from in the skip reasons.
 
   The tree has split folders if any top-level folder is a known split name; then every other
   top-level folder is reported as an unknown split. Otherwise top-level folders are classes.
@@ -153,10 +155,10 @@ def scan_tree(root, classes):
       elif split_of[e.name] is None:
         skipped.append((e.path, f"unknown split folder {e.name!r} (expected train, val or test)"))
       else:
-        _scan_class_folders(e.path, split_of[e.name], classes, files, skipped)
+        _scan_class_folders(e.path, split_of[e.name], classes, classes_field, files, skipped)
   else:
     layout = "flat"
-    _scan_class_folders(root, None, classes, files, skipped)
+    _scan_class_folders(root, None, classes, classes_field, files, skipped)
   files.sort(key=lambda f: f.path)
   return ScanResult(root, layout, files, skipped)
 
