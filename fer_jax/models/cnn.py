@@ -72,14 +72,24 @@ class CNN(nn.Module):
     x = x.reshape(x.shape[0], -1) if self.head_pool == "flatten" else jnp.mean(x, axis=(1, 2))
     if self.head_pre_dropout:
       x = nn.Dropout(self.head_pre_dropout, deterministic=not train)(x)
-    for j, width in enumerate(self.dense_widths, start=1):
-      x = nn.relu(nn.Dense(width, kernel_init=glorot, dtype=self.dtype, name=f"dense{j}")(x))
-      if self.dense_bn:
-        x = self._bn(f"dense{j}_bn", train)(x)
-      if self.dense_dropouts[j - 1]:
-        x = nn.Dropout(self.dense_dropouts[j - 1], deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, kernel_init=glorot, dtype=self.dtype, name="logits")(x)
+    x = dense_head(x, self.num_classes, self.dense_widths, (self.dense_bn,) * len(self.dense_widths),
+                   self.dense_dropouts, lambda name: self._bn(name, train), self.dtype, train)
     return x.astype(jnp.float32)
+
+
+def dense_head(x, num_classes, widths, batch_norm, dropouts, make_bn, dtype, train):
+  """[Dense ReLU (-> BN) (-> dropout)]* -> Dense(num_classes), as layers dense{j}, dense{j}_bn and
+  logits of the calling module (the CNN family's and the transfer models' heads).
+
+  `batch_norm` and `dropouts` hold one entry per width; `make_bn(name)` returns a BatchNorm.
+  """
+  for j, (width, bn, rate) in enumerate(zip(widths, batch_norm, dropouts), start=1):
+    x = nn.relu(nn.Dense(width, kernel_init=glorot, dtype=dtype, name=f"dense{j}")(x))
+    if bn:
+      x = make_bn(f"dense{j}_bn")(x)
+    if rate:
+      x = nn.Dropout(rate, deterministic=not train)(x)
+  return nn.Dense(num_classes, kernel_init=glorot, dtype=dtype, name="logits")(x)
 
 
 def _check(cfg):

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_jax.models import cnn
 from fer_jax.porting import port, read_keras_h5
-from fer_jax.porting.layers import glorot
 
 BACKBONE_MODES = ("freeze", "finetune", "train")
 
@@ -64,14 +64,9 @@ class DenseHead(nn.Module):
   @nn.compact
   def __call__(self, features, train=False):
     x = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
-    for j, (width, bn, rate) in enumerate(zip(self.widths, self.batch_norm, self.dropouts), start=1):
-      x = nn.relu(nn.Dense(width, kernel_init=glorot, dtype=self.dtype, name=f"dense{j}")(x))
-      if bn:
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3,
-                         dtype=self.dtype, name=f"dense{j}_bn")(x)
-      if rate:
-        x = nn.Dropout(rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, kernel_init=glorot, dtype=self.dtype, name="logits")(x)
+    make_bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,  # noqa: E731
+                                        epsilon=1e-3, dtype=self.dtype, name=name)
+    return cnn.dense_head(x, self.num_classes, self.widths, self.batch_norm, self.dropouts, make_bn, self.dtype, train)
 
 
 class TransferModel(nn.Module):
