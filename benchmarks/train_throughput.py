@@ -4,7 +4,7 @@ Times steady-state training steps (after compilation and warm-up) at batch 64 on
 images, for Model 0 and B++, each framework in its own process:
 
   fer_jax         the real step (fer_jax.steps.make_train_step) with conv_impl='auto'
-                  (on CPU: 'winograd', see fer_jax/ops.py)
+                  (on CPU: 'winograd', see fer_jax/cpu_conv.py)
   fer_jax_im2col  the same step with conv_impl='im2col'
   fer_jax_xla     the same step with conv_impl='xla' (XLA's own convolution gradients)
   keras_tf        Keras 3 on TensorFlow, jit_compile=False: TF's kernels. This is also what
@@ -77,19 +77,19 @@ def time_steps(step, n_warmup, n_steps):
 
 def fer_jax_worker(model_name, conv_impl):
   import jax
-  from fer_jax import config_loading, losses, models, parallel, steps
+  from fer_jax import config_loading, losses, models, sharding, steps
 
-  parallel.configure_backend()  # as train_and_evaluate does before anything is traced
+  sharding.configure_backend()  # as train_and_evaluate does before anything is traced
   config = config_loading.load_config(os.path.join(CONFIGS, f"{model_name}.py"), {"model.conv_impl": conv_impl})
   model = models.build(config.model, CLASSES)
   state, tx, labels_tree = steps.create_state(config, model, (SIZE, SIZE, 1), steps_per_epoch=100)
   params = models.count_params(state.variables(), labels_tree)["total"]
   images, labels = fixed_batch()
   class_weights = losses.class_weights(config.loss, np.bincount(labels, minlength=CLASSES))
-  mesh = parallel.make_mesh()
-  state = parallel.replicate(state, mesh)
+  mesh = sharding.make_mesh()
+  state = sharding.replicate(state, mesh)
   train_step = steps.make_train_step(config, model, tx, CLASSES, class_weights, param_labels=labels_tree)
-  x, y = parallel.shard_batch(mesh, images, labels)
+  x, y = sharding.shard_batch(mesh, images, labels)
   rng = jax.random.key(0)
   holder = [state]
 

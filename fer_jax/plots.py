@@ -10,11 +10,11 @@ from matplotlib.figure import Figure  # noqa: E402 (the backend is chosen first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fer_jax import evaluate  # noqa: E402
+from fer_jax import metrics  # noqa: E402
 
 
-# Shading of the train - val gap (points), bottom to top: the bands of evaluate.gap_diagnosis.
-_BANDS = sorted(evaluate.OVERFIT_BANDS)  # (5, moderate), (10, high), (15, severe)
+# Shading of the train - val gap (points), bottom to top: the bands of metrics.gap_diagnosis.
+_BANDS = sorted(metrics.OVERFIT_BANDS)  # (5, moderate), (10, high), (15, severe)
 GAP_SHADES = tuple(zip([-100.0, 0.0] + [b for b, _ in _BANDS], [0.0] + [b for b, _ in _BANDS] + [200.0],
                        ("#9ecae1", "#c7e9c0", "#fff3b0", "#fdd0a2", "#fcbba1"),
                        ["negative", "healthy"] + [name.split()[0] for _, name in _BANDS]))

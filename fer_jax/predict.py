@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from fer_jax import checkpoint, models, parallel, steps
+from fer_jax import checkpoint, models, sharding, steps
 from fer_jax.data import folders
 
 UNCERTAIN = "uncertain"
@@ -32,7 +32,7 @@ class Predictor:
     with open(config_path) as f:
       self.config = ml_collections.ConfigDict(json.load(f))
     self.classes = tuple(self.config.data.classes)
-    parallel.configure_backend()
+    sharding.configure_backend()
     self.model = models.build(self.config.model, len(self.classes))
     d = self.config.data
     like, _, _ = steps.create_state(self.config, self.model, (d.image_size, d.image_size, d.channels), 1)

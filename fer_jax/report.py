@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 
-from fer_jax import evaluate
+from fer_jax import metrics
+from fer_jax.history import read_history
 from fer_jax import plots
 
 RUN_PLOTS = {"curves": "curves.png", "confusion": "confusion.png", "reliability": "reliability.png"}
@@ -48,7 +49,7 @@ def seconds(s):
 
 
 def gap_text(gap):
-  return f"{gap:+.1f} points ({evaluate.gap_diagnosis(gap)})"
+  return f"{gap:+.1f} points ({metrics.gap_diagnosis(gap)})"
 
 
 # --------------------------------------------------------------------------- documents
@@ -135,7 +136,7 @@ def classification_table(test, classes):
 
 def confusions_text(test):
   found = [f"{m['true']} → {m['predicted']}: {pct(m['rate'], 1)}" for m in test["main_confusions"]]
-  pct_line = f"Misclassifications above {100 * evaluate.MAIN_CONFUSION_RATE:.0f} % of a class:"
+  pct_line = f"Misclassifications above {100 * metrics.MAIN_CONFUSION_RATE:.0f} % of a class:"
   return [para(pct_line), bullets(found)] if found else [para(pct_line + " none.")]
 
 
@@ -238,15 +239,6 @@ def find_runs(root):
   return sorted(found)
 
 
-def read_history(path, upto_epoch=None):
-  """The rows of a run's metrics.jsonl (none when it does not exist), up to `upto_epoch`."""
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return [r for r in rows if upto_epoch is None or r["epoch"] <= upto_epoch]
-
-
 def load_run(run_dir):
   """metrics.json, metrics.jsonl and (when present) test_predictions.npz of one run."""
   with open(os.path.join(run_dir, "metrics.json")) as f:
@@ -306,15 +298,15 @@ def summarize_group(name, runs):
       "images_per_s": _mean_std(s.get("images_per_s") for s in sums),
       "confusion_normalized": (conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)).tolist(),
   }
-  g["gap_diagnosis"] = evaluate.gap_diagnosis(g["gap"]["mean"])
+  g["gap_diagnosis"] = metrics.gap_diagnosis(g["gap"]["mean"])
   if _same_test_set(runs):
     labels = runs[0]["labels"]
     preds = np.stack([r["probs"].argmax(axis=1) for r in runs])
-    g["test_ci"] = evaluate.bootstrap_accuracy_ci(labels, preds)
+    g["test_ci"] = metrics.bootstrap_accuracy_ci(labels, preds)
     pooled_labels = np.tile(labels, len(runs))
     pooled_probs = np.concatenate([r["probs"] for r in runs])
     threshold = s0["test"]["confidence_rule"]["threshold"]
-    pooled = evaluate.classification_metrics(pooled_labels, pooled_probs, classes, threshold)
+    pooled = metrics.classification_metrics(pooled_labels, pooled_probs, classes, threshold)
     g["calibration"] = pooled["calibration"]
     g["confidence_rule"] = pooled["confidence_rule"]
     g["coverage_curve"] = pooled["coverage_curve"]
@@ -327,7 +319,7 @@ def paired_tests(winner_runs, other_runs):
   for a, b in zip(winner_runs, other_runs):
     if not _same_test_set([a, b]):
       continue
-    r = evaluate.mcnemar(a["labels"], a["probs"].argmax(axis=1), b["probs"].argmax(axis=1))
+    r = metrics.mcnemar(a["labels"], a["probs"].argmax(axis=1), b["probs"].argmax(axis=1))
     out.append({"seed_winner": a["summary"].get("seed"), "seed_other": b["summary"].get("seed"), **r})
   return out
 

@@ -1,7 +1,9 @@
 """One run: data -> model -> optimiser -> epochs with callbacks and checkpoints -> test report.
 
-`train_and_evaluate(config, workdir)` is the whole of it. Running it again on the same workdir
-resumes an unfinished run from its latest checkpoint, or reports a finished one.
+`train_and_evaluate(config, workdir)` is the whole of it, in three steps: `restore_or_start`
+(data, model, optimiser, steps; the latest checkpoint if there is one), `fit` (the epochs, with
+callbacks and a checkpoint after each) and `finish` (the best epoch on test, summary, report).
+Running it again on the same workdir resumes an unfinished run, or reports a finished one.
 """
 import dataclasses
 import json
@@ -14,35 +16,13 @@ import time
 import jax
 import numpy as np
 
-from fer_jax import checkpoint, data, evaluate, losses, models, optim, parallel, report, steps
+from fer_jax import checkpoint, data, history, losses, metrics, models, optim, report, sharding, steps
+from fer_jax.data import batching
 
 
 def log(msg):
   if jax.process_index() == 0:
     print(msg, flush=True)
-
-
-def write_json(path, obj):
-  """Atomic write: a crash never leaves a half-written file for a rerun to trip over."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=float)
-  os.replace(tmp, path)
-
-
-def epoch_record(epoch, train_m, val_m, lr, seconds, images_per_s):
-  """One row of metrics.jsonl."""
-  return {"epoch": epoch, "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
-          "val_loss": val_m["loss"], "val_accuracy": val_m["accuracy"],
-          "gap": (train_m["accuracy"] - val_m["accuracy"]) * 100, "lr": lr,
-          "epoch_time_s": seconds, "images_per_s": images_per_s}
-
-
-def append_history(history, path, record):
-  history.append(record)
-  if jax.process_index() == 0:
-    with open(path, "a") as f:
-      f.write(json.dumps(record) + "\n")
 
 
 def system_info():
@@ -64,8 +44,8 @@ def check_dataset(ds, config):
 
 
 @dataclasses.dataclass
-class Loop:
-  """Host-side loop state, saved as JSON with every checkpoint."""
+class ResumeState:
+  """Host-side loop state (epoch, callbacks), saved as JSON with every checkpoint."""
   epoch: int = 0
   elapsed_s: float = 0.0
   plateau: dict = None
@@ -83,8 +63,8 @@ class Evaluator:
 
   def __call__(self, state, split):
     sums, probs = {"loss": 0.0, "correct": 0.0, "count": 0.0}, []
-    for idx, mask in parallel.padded_batches(len(split), self.batch):
-      x, y, m = parallel.shard_batch(self.mesh, split.images[idx], split.labels[idx], mask)
+    for idx, mask in batching.padded_batches(len(split), self.batch):
+      x, y, m = sharding.shard_batch(self.mesh, split.images[idx], split.labels[idx], mask)
       batch_sums, batch_probs = self.step(state, x, y, m)
       sums = {k: sums[k] + float(v) for k, v in batch_sums.items()}
       probs.append(np.asarray(jax.device_get(batch_probs))[mask > 0])
@@ -101,18 +81,29 @@ def check_finite(losses_so_far, epoch, first_step):
                              "lower config.optim.lr or check the data")
 
 
-def train_epoch(state, train_step, mesh, split, config, epoch, steps_per_epoch, rng):
+@dataclasses.dataclass
+class EpochContext:
+  """What every epoch of a run needs besides the state: built once by `restore_or_start`."""
+  config: object
+  train_step: object
+  mesh: object
+  split: object
+  steps_per_epoch: int
+  rng: jax.Array
+
+
+def train_epoch(state, ctx, epoch):
   """One pass over the shuffled train split; returns (state, {loss, accuracy, seconds, images})."""
-  batch = config.train.batch_size
-  order = parallel.epoch_order(len(split), config.train.seed, epoch)
+  config, batch, steps_per_epoch = ctx.config, ctx.config.train.batch_size, ctx.steps_per_epoch
+  order = batching.epoch_order(len(ctx.split), config.train.seed, epoch)
   losses_pending, loss_sum, correct_sum, checked = [], 0.0, 0.0, 0
   start = time.perf_counter()
   for s in range(steps_per_epoch):
     idx = np.sort(order[s * batch:(s + 1) * batch])  # sorted rows read faster; order inside a batch is irrelevant
-    x, y = parallel.shard_batch(mesh, split.images[idx], split.labels[idx])
-    state, metrics = train_step(state, x, y, rng)
-    losses_pending.append(metrics["loss"])
-    correct_sum = correct_sum + metrics["correct"]
+    x, y = sharding.shard_batch(ctx.mesh, ctx.split.images[idx], ctx.split.labels[idx])
+    state, step_metrics = ctx.train_step(state, x, y, ctx.rng)
+    losses_pending.append(step_metrics["loss"])
+    correct_sum = correct_sum + step_metrics["correct"]
     if (s + 1) % config.train.log_every_steps == 0 or s + 1 == steps_per_epoch:
       check_finite(losses_pending, epoch, checked + 1)
       loss_sum += float(np.sum(jax.device_get(losses_pending)))
@@ -150,109 +141,147 @@ def finished_summary(workdir):
   return summary
 
 
-def train_and_evaluate(config, workdir, dataset=None):
-  """Trains `config` in `workdir` (resuming if it holds an unfinished run); returns the summary."""
-  workdir = os.path.abspath(workdir)
-  if os.path.exists(os.path.join(workdir, "metrics.json")):
-    return finished_summary(workdir)
+@dataclasses.dataclass
+class Run:
+  """Everything one run holds between `restore_or_start`, `fit` and `finish`."""
+  config: object
+  workdir: str
+  dataset: object
+  model: object
+  state: object
+  ctx: EpochContext
+  evaluator: Evaluator
+  checkpoints: checkpoint.RunCheckpoints
+  plateau: optim.Plateau
+  early: optim.EarlyStopping
+  resume: ResumeState
+  history: list
+  param_counts: dict
+  wall_start: float
+  stopped_early: bool = False
+
+  @property
+  def history_path(self):
+    return os.path.join(self.workdir, "metrics.jsonl")
+
+
+def restore_or_start(config, workdir, dataset=None):
+  """Builds data, model, optimiser and steps, then restores the latest checkpoint if there is one."""
   wall_start = time.perf_counter()
-  parallel.configure_backend()
+  sharding.configure_backend()
 
   # Everything that can fail on bad input fails here, before the workdir is touched.
   ds = dataset if dataset is not None else data.load(config.data)
   check_dataset(ds, config)
   num_classes = len(ds.classes)
-  train_split, val_split, test_split = (ds.splits[s] for s in data.SPLITS)
+  train_split = ds.splits["train"]
   model = models.build(config.model, num_classes)
-  parallel.check_batch_size(config.train.batch_size, "config.train.batch_size")
+  sharding.check_batch_size(config.train.batch_size, "config.train.batch_size")
   steps_per_epoch = len(train_split) // config.train.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f"config.train.batch_size={config.train.batch_size} exceeds the {len(train_split)} "
                      "training images")
   if config.train.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.train.max_steps_per_epoch)
-  input_shape = train_split.images.shape[1:]
-  state, tx, labels = steps.create_state(config, model, input_shape, steps_per_epoch)
+  state, tx, labels = steps.create_state(config, model, train_split.images.shape[1:], steps_per_epoch)
   param_counts = models.count_params(state.variables(), labels)
   class_weights = losses.class_weights(config.loss, ds.class_counts("train"))
 
-  mesh = parallel.make_mesh()
-  state = parallel.replicate(state, mesh)
+  mesh = sharding.make_mesh()
+  state = sharding.replicate(state, mesh)
   train_step = steps.make_train_step(config, model, tx, num_classes, class_weights, param_labels=labels)
-  evaluator = Evaluator(config, model, mesh, num_classes)
-  rng = jax.random.key(config.train.seed)
+  ctx = EpochContext(config, train_step, mesh, train_split, steps_per_epoch, jax.random.key(config.train.seed))
 
   os.makedirs(workdir, exist_ok=True)
-  history_path = os.path.join(workdir, "metrics.jsonl")
   ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
   plateau = optim.Plateau(config.optim.plateau_factor, config.optim.plateau_patience, config.optim.plateau_min_lr)
   early = optim.EarlyStopping(config.train.early_stopping_patience if config.train.early_stopping else math.inf)
-  loop = Loop()
+  resume = ResumeState()
   restored = ckpts.restore_latest(state)
   if restored is not None:
     state, meta = restored
-    loop = Loop(**meta)
-    plateau = dataclasses.replace(plateau, **loop.plateau)
-    early = dataclasses.replace(early, **loop.early)
-    log(f"Resuming {workdir} after epoch {loop.epoch}.")
+    resume = ResumeState(**meta)
+    plateau = dataclasses.replace(plateau, **resume.plateau)
+    early = dataclasses.replace(early, **resume.early)
+    log(f"Resuming {workdir} after epoch {resume.epoch}.")
   if jax.process_index() == 0:
-    write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    history = report.read_history(history_path, upto_epoch=loop.epoch)  # drops epochs the crash lost
-    with open(history_path, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in history)
-  history = report.read_history(history_path)
-
+    history.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  rows = history.truncate_history(os.path.join(workdir, "metrics.jsonl"), resume.epoch)
   log(f"{report.run_title(config.name, config.variant)} on {ds.name} {ds.sizes()}  "
       f"{param_counts['total']:,} params  {jax.device_count()} x {jax.devices()[0].device_kind}  "
       f"{steps_per_epoch} steps/epoch")
-  stopped_early = False
-  for epoch in range(loop.epoch + 1, config.train.epochs + 1):
+  return Run(config=config, workdir=workdir, dataset=ds, model=model, state=state, ctx=ctx,
+             evaluator=Evaluator(config, model, mesh, num_classes), checkpoints=ckpts, plateau=plateau,
+             early=early, resume=resume, history=rows, param_counts=param_counts, wall_start=wall_start)
+
+
+def fit(run):
+  """Trains the remaining epochs with callbacks, saving a checkpoint after each."""
+  config, val_split = run.config, run.dataset.splits["val"]
+  for epoch in range(run.resume.epoch + 1, config.train.epochs + 1):
     epoch_start = time.perf_counter()
-    state, train_m = train_epoch(state, train_step, mesh, train_split, config, epoch, steps_per_epoch, rng)
-    val_m, _ = evaluator(state, val_split)
-    lr = optim.learning_rate(config.optim, steps_per_epoch, int(state.step), optim.lr_factor(state.opt_state))
-    record = epoch_record(epoch, train_m, val_m, lr, time.perf_counter() - epoch_start,
-                          train_m["images"] / train_m["seconds"])
-    append_history(history, history_path, record)
-    improved, stopped_early = early.update(val_m["accuracy"], epoch)
+    run.state, train_m = train_epoch(run.state, run.ctx, epoch)
+    val_m, _ = run.evaluator(run.state, val_split)
+    factor = optim.lr_factor(run.state.opt_state)
+    lr = optim.learning_rate(config.optim, run.ctx.steps_per_epoch, int(run.state.step), factor)
+    record = history.epoch_record(epoch, train_m, val_m, lr, time.perf_counter() - epoch_start,
+                                  train_m["images"] / train_m["seconds"])
+    history.append_history(run.history, run.history_path, record)
+    improved, run.stopped_early = run.early.update(val_m["accuracy"], epoch)
     if config.optim.plateau:
-      new_lr = plateau.update(val_m["loss"], lr)
+      new_lr = run.plateau.update(val_m["loss"], lr)
       if new_lr != lr:
-        state = state.replace(opt_state=optim.with_lr_factor(state.opt_state, optim.lr_factor(state.opt_state) * new_lr / lr))
+        run.state = run.state.replace(opt_state=optim.with_lr_factor(run.state.opt_state, factor * new_lr / lr))
         log(f"  ReduceLROnPlateau: lr {lr:.3g} -> {new_lr:.3g}")
-    loop = Loop(epoch=epoch, elapsed_s=loop.elapsed_s + time.perf_counter() - epoch_start,
-                plateau=dataclasses.asdict(plateau), early=dataclasses.asdict(early))
-    ckpts.save(epoch, state, dataclasses.asdict(loop), is_best=improved)
+    run.resume = ResumeState(epoch=epoch, elapsed_s=run.resume.elapsed_s + time.perf_counter() - epoch_start,
+                             plateau=dataclasses.asdict(run.plateau), early=dataclasses.asdict(run.early))
+    run.checkpoints.save(epoch, run.state, dataclasses.asdict(run.resume), is_best=improved)
     log(f"epoch {epoch}/{config.train.epochs}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.2%}  "
         f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.2%}  gap {record['gap']:+.1f}  "
         f"lr {lr:.3g}  {record['epoch_time_s']:.1f}s ({record['images_per_s']:.0f} img/s)"
         + ("  *best*" if improved else ""))
-    if stopped_early:
-      log(f"Early stopping: no val_accuracy gain for {early.patience} epochs (best epoch {early.best_epoch}).")
+    if run.stopped_early:
+      log(f"Early stopping: no val_accuracy gain for {run.early.patience} epochs (best epoch {run.early.best_epoch}).")
       break
-  if not history:  # epochs=0: evaluate the initial (e.g. ported) weights as epoch 0
-    train_m, _ = evaluator(state, train_split)
-    val_m, _ = evaluator(state, val_split)
-    append_history(history, history_path, epoch_record(0, train_m, val_m, 0.0, 0.0, 0.0))
-  ckpts.close()
+  if not run.history:  # epochs=0: evaluate the initial (e.g. ported) weights as epoch 0
+    train_m, _ = run.evaluator(run.state, run.ctx.split)
+    val_m, _ = run.evaluator(run.state, val_split)
+    history.append_history(run.history, run.history_path, history.epoch_record(0, train_m, val_m, 0.0, 0.0, 0.0))
+  run.checkpoints.close()
 
-  if config.train.restore_best and early.best_epoch:
-    state, _ = ckpts.restore_best(state, early.best_epoch)
-  test_m, test_probs = evaluator(state, test_split)
-  summary = build_summary(config, ds, history, early, stopped_early, test_m, test_probs, param_counts,
-                          loop.elapsed_s, time.perf_counter() - wall_start)
+
+def finish(run):
+  """Evaluates the best epoch's weights on test and writes the summary, predictions and report."""
+  config, ds, workdir = run.config, run.dataset, run.workdir
+  state = run.state
+  if config.train.restore_best and run.early.best_epoch:
+    state, _ = run.checkpoints.restore_best(state, run.early.best_epoch)
+  test_split = ds.splits["test"]
+  test_m, test_probs = run.evaluator(state, test_split)
+  summary = build_summary(config, ds, run.history, run.early, run.stopped_early, test_m, test_probs,
+                          run.param_counts, run.resume.elapsed_s, time.perf_counter() - run.wall_start)
   if jax.process_index() == 0:
     np.savez(os.path.join(workdir, "test_predictions.npz"), labels=test_split.labels.astype(np.int32),
              probs=test_probs.astype(np.float32))
-    report.write_run_report(workdir, summary, history)
-    write_json(os.path.join(workdir, "metrics.json"), summary)  # last: its presence marks the run finished
+    report.write_run_report(workdir, summary, run.history)
+    history.write_json(os.path.join(workdir, "metrics.json"), summary)  # last: its presence marks the run finished
   log(format_summary(summary))
   return summary
 
 
+def train_and_evaluate(config, workdir, dataset=None):
+  """Trains `config` in `workdir` (resuming if it holds an unfinished run); returns the summary."""
+  workdir = os.path.abspath(workdir)
+  if os.path.exists(os.path.join(workdir, "metrics.json")):
+    return finished_summary(workdir)
+  run = restore_or_start(config, workdir, dataset)
+  fit(run)
+  return finish(run)
+
+
 def build_summary(config, ds, history, early, stopped_early, test_m, test_probs, param_counts, train_s, wall_s):
   best_row = next((r for r in history if r["epoch"] == early.best_epoch), history[-1])
-  test = evaluate.classification_metrics(ds.splits["test"].labels, test_probs, list(ds.classes),
+  test = metrics.classification_metrics(ds.splits["test"].labels, test_probs, list(ds.classes),
                                          config.eval.confidence_threshold)
   test["loss"] = test_m["loss"]
   steady = [r["images_per_s"] for r in history[1:]] or [r["images_per_s"] for r in history]  # epoch 1 compiles
@@ -264,7 +293,7 @@ def build_summary(config, ds, history, early, stopped_early, test_m, test_probs,
       "best": {"epoch": best_row["epoch"], "val_accuracy": best_row["val_accuracy"], "val_loss": best_row["val_loss"],
                "train_accuracy": best_row["train_accuracy"], "train_loss": best_row["train_loss"],
                "gap": best_row["gap"]},
-      "gap_diagnosis": evaluate.gap_diagnosis(best_row["gap"]),
+      "gap_diagnosis": metrics.gap_diagnosis(best_row["gap"]),
       "test": test,
       "epochs_run": sum(r["epoch"] > 0 for r in history), "stopped_early": bool(stopped_early),
       "wall_time_s": wall_s, "train_time_s": train_s, "time_per_epoch_s": train_s / max(len(history), 1),

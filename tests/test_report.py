@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_jax import evaluate
+from fer_jax import metrics
 from fer_jax import report
 
 CLASSES = ("happy", "neutral", "sad", "surprise")
@@ -35,7 +35,7 @@ def fake_run(workdir, name, seed, skill, gap=3.0, epochs=4, n_test=200, variant=
                     "epoch_time_s": 10.0, "images_per_s": 120.0})
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     f.writelines(json.dumps(h) + "\n" for h in history)
-  test = evaluate.classification_metrics(labels, probs, CLASSES)
+  test = metrics.classification_metrics(labels, probs, CLASSES)
   test["loss"] = 0.75
   best = history[-1]
   summary = {
@@ -44,7 +44,7 @@ def fake_run(workdir, name, seed, skill, gap=3.0, epochs=4, n_test=200, variant=
       "params": {"total": 3509444, "trainable": 3507140, "non_trainable": 2304},
       "best": {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
                "train_accuracy": best["train_accuracy"], "train_loss": best["train_loss"], "gap": gap},
-      "gap_diagnosis": evaluate.gap_diagnosis(gap), "test": test, "epochs_run": epochs,
+      "gap_diagnosis": metrics.gap_diagnosis(gap), "test": test, "epochs_run": epochs,
       "stopped_early": False, "wall_time_s": 42.0, "time_per_epoch_s": 10.0, "images_per_s": 120.0,
       "system": {"jax": "0.10.2", "devices": "1 x cpu"},
   }

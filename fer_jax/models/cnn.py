@@ -9,14 +9,14 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_jax import ops
-from fer_jax.porting.layers import glorot
+from fer_jax import cpu_conv
+from fer_jax.models.layers import glorot
 
 BN_PLACEMENTS = ("conv_bn_relu", "conv_relu_bn", "block_end", "none")
 
 
 class Conv3x3(nn.Module):
-  """'same' 3x3 convolution with bias, dispatching to fer_jax.ops for its gradient."""
+  """'same' 3x3 convolution with bias, dispatching to fer_jax.cpu_conv for its gradient."""
   features: int
   impl: str = "xla"
   dtype: jnp.dtype = jnp.float32
@@ -25,7 +25,7 @@ class Conv3x3(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", glorot, (3, 3, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    y = ops.conv2d_same(x.astype(self.dtype), kernel.astype(self.dtype), self.impl)
+    y = cpu_conv.conv2d_same(x.astype(self.dtype), kernel.astype(self.dtype), self.impl)
     return y + bias.astype(self.dtype)
 
 
@@ -66,7 +66,7 @@ class CNN(nn.Module):
       if self.bn_placement == "block_end":
         x = self._bn(f"bn{b}", train)(x)
       if self.pool_after[b - 1]:
-        x = ops.max_pool_2x2(x, self.conv_impl)
+        x = cpu_conv.max_pool_2x2(x, self.conv_impl)
       if self.block_dropouts[b - 1]:
         x = nn.Dropout(self.block_dropouts[b - 1], deterministic=not train)(x)
     x = x.reshape(x.shape[0], -1) if self.head_pool == "flatten" else jnp.mean(x, axis=(1, 2))
@@ -121,6 +121,6 @@ def build(cfg, num_classes):
       dense_dropouts=tuple(cfg.dense_dropouts),
       bn_momentum=cfg.bn_momentum,
       bn_epsilon=cfg.bn_epsilon,
-      conv_impl=ops.resolve_impl(cfg.conv_impl),
+      conv_impl=cpu_conv.resolve_impl(cfg.conv_impl),
       dtype=jnp.dtype(cfg.dtype),
   )

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fer_jax.models import transfer
-from fer_jax.porting.layers import DepthwiseConv2D, Normalization, batch_norm, conv, correct_pad, zero_pad
+from fer_jax.models.layers import DepthwiseConv2D, Normalization, batch_norm, conv, correct_pad, zero_pad
 
 WEIGHTS_FILE = "efficientnetb0_notop.h5"
 WEIGHTS_URL = f"https://storage.googleapis.com/keras-applications/{WEIGHTS_FILE}"

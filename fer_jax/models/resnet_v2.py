@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fer_jax.models import transfer
-from fer_jax.porting.layers import batch_norm, conv, glorot, zero_pad
+from fer_jax.models.layers import batch_norm, conv, glorot, zero_pad
 
 WEIGHTS_FILE = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
 WEIGHTS_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{WEIGHTS_FILE}"

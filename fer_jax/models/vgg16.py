@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fer_jax.models import transfer
-from fer_jax.porting.layers import conv, glorot
+from fer_jax.models.layers import conv, glorot
 
 WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
 WEIGHTS_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/vgg16/{WEIGHTS_FILE}"

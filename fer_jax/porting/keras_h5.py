@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from fer_jax.porting.layers import KERAS_ORDER
-
+# Keras stores a layer's weights in this order (fer_jax.models.layers names them alike).
+KERAS_ORDER = ("kernel", "depthwise_kernel", "pointwise_kernel", "scale", "bias", "mean", "var", "variance", "count")
 _AMBIGUOUS = None  # a layer name that occurs more than once in the file
 
 

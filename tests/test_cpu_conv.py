@@ -1,4 +1,4 @@
-"""fer_jax.ops: every conv / pool implementation against XLA's, and a whole CNN's gradients in
+"""fer_jax.cpu_conv: every conv / pool implementation against XLA's, and a whole CNN's gradients in
 float32 against the same CNN in float64 with XLA's own gradients."""
 import os
 import subprocess
@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from fer_jax import ops
+from fer_jax import cpu_conv
 from fer_jax.models import cnn
 
 
@@ -19,7 +19,7 @@ def relative_error(a, b):
 
 
 def conv_and_grads(impl, x, kernel, dy):
-  y, vjp = jax.vjp(lambda x, k: ops.conv2d_same(x, k, impl), x, kernel)
+  y, vjp = jax.vjp(lambda x, k: cpu_conv.conv2d_same(x, k, impl), x, kernel)
   return (y, *vjp(dy))
 
 
@@ -48,11 +48,11 @@ def test_conv_output_and_gradients_match_xla(impl, shape):
 SHARDED = """
 import jax, jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
-from fer_jax import ops
+from fer_jax import cpu_conv
 mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 x = jax.random.normal(jax.random.key(0), (8, 10, 10, 32))
 k = jax.random.normal(jax.random.key(1), (3, 3, 32, 16)) / 17
-loss = lambda x, k: jnp.sum(ops.max_pool_2x2(jax.nn.relu(ops.conv2d_same(x, k, "winograd")), "winograd") ** 2)
+loss = lambda x, k: jnp.sum(cpu_conv.max_pool_2x2(jax.nn.relu(cpu_conv.conv2d_same(x, k, "winograd")), "winograd") ** 2)
 grads = jax.jit(jax.grad(loss, argnums=(0, 1)))
 want = grads(x, k)
 got = grads(jax.device_put(x, NamedSharding(mesh, P("data"))), k)
@@ -70,17 +70,17 @@ def test_winograd_gradients_on_a_batch_sharded_over_devices():
 def test_winograd_runs_only_where_it_pays():
   x32, x8 = jnp.zeros((1, 8, 8, 32)), jnp.zeros((1, 8, 8, 8))
   k3 = jnp.zeros((3, 3, 32, 4))
-  assert ops._winograd_pays(x32, k3)
-  assert not ops._winograd_pays(x8, jnp.zeros((3, 3, 8, 4)))
-  assert not ops._winograd_pays(x32, jnp.zeros((5, 5, 32, 4)))
-  assert not ops._winograd_pays(x32.astype(jnp.bfloat16), k3)
+  assert cpu_conv._winograd_pays(x32, k3)
+  assert not cpu_conv._winograd_pays(x8, jnp.zeros((3, 3, 8, 4)))
+  assert not cpu_conv._winograd_pays(x32, jnp.zeros((5, 5, 32, 4)))
+  assert not cpu_conv._winograd_pays(x32.astype(jnp.bfloat16), k3)
 
 
 def test_resolve_impl():
-  assert ops.resolve_impl("auto") == ("winograd" if jax.default_backend() == "cpu" else "xla")
-  assert ops.resolve_impl("im2col") == "im2col"
+  assert cpu_conv.resolve_impl("auto") == ("winograd" if jax.default_backend() == "cpu" else "xla")
+  assert cpu_conv.resolve_impl("im2col") == "im2col"
   with pytest.raises(ValueError, match="config.model.conv_impl"):
-    ops.resolve_impl("fft")
+    cpu_conv.resolve_impl("fft")
 
 
 def first_max_gradient(x, dy):
@@ -106,15 +106,15 @@ def test_max_pool_matches_xla_and_sends_ties_to_first_max(shape):
   # ReLU of a shifted normal: most windows hold several exact zeros, many are all zero.
   x = jax.nn.relu(jax.random.normal(kx, shape) - 0.8)
   dy = jax.random.normal(kd, (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
-  y, vjp = jax.vjp(lambda x: ops.max_pool_2x2(x, "winograd"), x)
-  y_xla, vjp_xla = jax.vjp(lambda x: ops.max_pool_2x2(x, "xla"), x)
+  y, vjp = jax.vjp(lambda x: cpu_conv.max_pool_2x2(x, "winograd"), x)
+  y_xla, vjp_xla = jax.vjp(lambda x: cpu_conv.max_pool_2x2(x, "xla"), x)
   np.testing.assert_array_equal(y, y_xla)
   (dx,) = vjp(dy)
   np.testing.assert_array_equal(dx, first_max_gradient(x, dy))
   # Where no window ties, XLA's select_and_scatter must agree exactly.
   x_distinct = jax.random.normal(kx, shape)
-  np.testing.assert_array_equal(jax.vjp(lambda x: ops.max_pool_2x2(x, "im2col"), x_distinct)[1](dy)[0],
-                                jax.vjp(lambda x: ops.max_pool_2x2(x, "xla"), x_distinct)[1](dy)[0])
+  np.testing.assert_array_equal(jax.vjp(lambda x: cpu_conv.max_pool_2x2(x, "im2col"), x_distinct)[1](dy)[0],
+                                jax.vjp(lambda x: cpu_conv.max_pool_2x2(x, "xla"), x_distinct)[1](dy)[0])
 
 
 def small_cnn(bn_placement, conv_impl, dtype):

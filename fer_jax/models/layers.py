@@ -3,16 +3,14 @@ layer's weights copy onto them one to one (see `keras_h5.port`).
 
 Names: a Keras layer's Flax module carries the Keras layer name. Variable order: Keras stores
 a layer's weights as kernel, (pointwise kernel,) bias, or BatchNormalization's gamma, beta,
-moving mean, moving variance, or Normalization's mean, variance, count; `KERAS_ORDER` sorts a
-Flax layer's variables the same way. Depthwise kernels keep Keras's (k, k, C, 1) shape.
+moving mean, moving variance, or Normalization's mean, variance, count (the porter sorts a
+Flax layer's variables the same way). Depthwise kernels keep Keras's (k, k, C, 1) shape.
 """
 import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from fer_jax import ops
-
-KERAS_ORDER = ("kernel", "depthwise_kernel", "pointwise_kernel", "scale", "bias", "mean", "var", "variance", "count")
+from fer_jax import cpu_conv
 
 glorot = nn.initializers.glorot_uniform()  # Keras's default kernel initialiser
 
@@ -44,7 +42,7 @@ def zero_pad(x, pads):
 def _depthwise(x, kernel, strides, padding, dtype):
   k, _, c, _ = kernel.shape
   return lax.conv_general_dilated(x.astype(dtype), kernel.reshape(k, k, 1, c).astype(dtype), (strides, strides),
-                                  padding, dimension_numbers=ops.NHWC_HWIO, feature_group_count=c)
+                                  padding, dimension_numbers=cpu_conv.NHWC_HWIO, feature_group_count=c)
 
 
 class DepthwiseConv2D(nn.Module):
@@ -76,7 +74,7 @@ class SeparableConv2D(nn.Module):
     pointwise = self.param("pointwise_kernel", self.kernel_init, (1, 1, c, self.features))
     y = _depthwise(x, depthwise, 1, "SAME", self.dtype)
     y = lax.conv_general_dilated(y, pointwise.astype(self.dtype), (1, 1), "VALID",
-                                 dimension_numbers=ops.NHWC_HWIO)
+                                 dimension_numbers=cpu_conv.NHWC_HWIO)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
     return y

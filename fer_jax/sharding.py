@@ -1,11 +1,10 @@
-"""Feeding devices: one mesh axis 'data' over every device, params replicated, batches sharded.
+"""Device placement: one mesh axis 'data' over every device, params replicated, batches sharded.
 
 On several hosts each process feeds its own rows of every global batch
 (`jax.make_array_from_process_local_data`); all processes hold the same (small) dataset and
 draw the same epoch order from the seed, so no coordination is needed beyond the mesh.
 """
 import jax
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 
@@ -56,17 +55,3 @@ def shard_batch(mesh, *arrays):
     rows = len(a) // n
     out.append(jax.make_array_from_process_local_data(sharding, a[pid * rows:(pid + 1) * rows], a.shape))
   return out
-
-
-def epoch_order(num_examples, seed, epoch):
-  """The shuffled order of one epoch: a function of (seed, epoch) only, so resuming repeats it."""
-  return np.random.default_rng([seed, epoch]).permutation(num_examples)
-
-
-def padded_batches(num_examples, batch_size):
-  """(indices, mask) per batch covering every example once; the last batch padded with index 0."""
-  for start in range(0, num_examples, batch_size):
-    idx = np.arange(start, min(start + batch_size, num_examples))
-    mask = np.ones(batch_size, np.float32)
-    mask[len(idx):] = 0.0
-    yield np.pad(idx, (0, batch_size - len(idx))), mask

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fer_jax import evaluate
+from fer_jax import metrics
 
 CLASSES = ("a", "b", "c")
 # true:  a a a a b b b c c c
@@ -23,7 +23,7 @@ def _probs(preds, conf, k=3):
 
 
 def test_hand_worked_three_class_example():
-  m = evaluate.classification_metrics(LABELS, _probs(PREDS, CONF), CLASSES)
+  m = metrics.classification_metrics(LABELS, _probs(PREDS, CONF), CLASSES)
   json.dumps(m)  # must be serialisable as-is
   assert m["confusion"] == [[2, 1, 1], [1, 2, 0], [0, 1, 2]]
   np.testing.assert_allclose(m["confusion_normalized"],
@@ -46,7 +46,7 @@ def test_hand_worked_three_class_example():
 
 
 def test_calibration_and_confidence_rule():
-  m = evaluate.classification_metrics(LABELS, _probs(PREDS, CONF), CLASSES)
+  m = metrics.classification_metrics(LABELS, _probs(PREDS, CONF), CLASSES)
   # Bins of 1/15: {.78, .75} right -> 2 x .235; {.62, .65} wrong -> 2 x .635; singletons
   # .90 r .10, .52 w .52, .95 r .05, .85 r .15, .72 r .28, .42 w .42; sum 3.26 over 10 faces.
   assert m["calibration"]["ece"] == pytest.approx(0.326)
@@ -61,42 +61,42 @@ def test_calibration_and_confidence_rule():
   assert [c["threshold"] for c in curve] == pytest.approx(np.arange(20) * 0.05)
   assert (curve[0]["coverage"], curve[0]["accuracy"]) == (1.0, pytest.approx(0.6))
   assert (curve[-1]["coverage"], curve[-1]["accuracy"]) == (pytest.approx(0.1), 1.0)
-  none_answered = evaluate.confidence_rule(LABELS, _probs(PREDS, CONF), 0.99)
+  none_answered = metrics.confidence_rule(LABELS, _probs(PREDS, CONF), 0.99)
   assert none_answered["coverage"] == 0 and none_answered["accuracy"] is None
 
 
 def test_zero_division_and_bad_input():
   # Class c is never true and never predicted; class b is never predicted.
   labels = np.array([0, 0, 1])
-  m = evaluate.classification_metrics(labels, _probs(np.array([0, 0, 0]), np.full(3, .8)), CLASSES)
+  m = metrics.classification_metrics(labels, _probs(np.array([0, 0, 0]), np.full(3, .8)), CLASSES)
   assert m["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1, "accuracy": 0.0}
   assert m["per_class"]["c"]["support"] == 0 and m["confusion_normalized"][2] == [0, 0, 0]
   assert m["per_class"]["a"]["precision"] == pytest.approx(2 / 3)
   with pytest.raises(ValueError, match="3 classes"):
-    evaluate.classification_metrics(labels, np.ones((3, 4)) / 4, CLASSES)
+    metrics.classification_metrics(labels, np.ones((3, 4)) / 4, CLASSES)
   with pytest.raises(ValueError, match="labels must lie"):
-    evaluate.classification_metrics(np.array([0, 3, 1]), np.ones((3, 3)) / 3, CLASSES)
+    metrics.classification_metrics(np.array([0, 3, 1]), np.ones((3, 3)) / 3, CLASSES)
 
 
 @pytest.mark.parametrize("gap,name", [
     (15.1, "severe overfit"), (15.0, "high overfit"), (14.6, "high overfit"), (10.0, "moderate overfit"),
     (5.0, "healthy"), (3.6, "healthy"), (0.0, "healthy"), (-5.7, "negative (check data / strong regularisation)")])
 def test_gap_diagnosis_bands(gap, name):
-  assert evaluate.gap_diagnosis(gap) == name
+  assert metrics.gap_diagnosis(gap) == name
 
 
 def test_bootstrap_interval():
   labels = np.zeros(400, np.int64)
   preds = np.where(np.arange(400) < 300, 0, 1)  # 75 % right
-  ci = evaluate.bootstrap_accuracy_ci(labels, preds, n=1000, seed=0)
+  ci = metrics.bootstrap_accuracy_ci(labels, preds, n=1000, seed=0)
   # Normal approximation: 0.75 +- 1.96 sqrt(.75 .25 / 400) = 0.75 +- 0.042.
   assert ci["accuracy"] == 0.75
   assert 0.70 < ci["low"] < 0.725 and 0.775 < ci["high"] < 0.80
-  assert ci == evaluate.bootstrap_accuracy_ci(labels, preds, n=1000, seed=0)
-  perfect = evaluate.bootstrap_accuracy_ci(labels, labels)
+  assert ci == metrics.bootstrap_accuracy_ci(labels, preds, n=1000, seed=0)
+  perfect = metrics.bootstrap_accuracy_ci(labels, labels)
   assert perfect["low"] == perfect["high"] == 1.0
   # Several seeds on one test set: examples are resampled jointly, accuracy averaged over seeds.
-  two = evaluate.bootstrap_accuracy_ci(labels, np.stack([preds, labels]))
+  two = metrics.bootstrap_accuracy_ci(labels, np.stack([preds, labels]))
   assert two["accuracy"] == pytest.approx(0.875) and two["low"] < 0.875 < two["high"]
 
 
@@ -105,17 +105,17 @@ def test_mcnemar_exact_and_chi_square():
   # A right / B wrong on 1 face, A wrong / B right on 6, both right on the rest.
   a = np.array([0] * 1 + [1] * 6 + [0] * 13)
   b = np.array([1] * 1 + [0] * 6 + [0] * 13)
-  r = evaluate.mcnemar(labels, a, b)
+  r = metrics.mcnemar(labels, a, b)
   # Exact: 2 * (C(7,0) + C(7,1)) / 2^7 = 0.125
   assert (r["b"], r["c"], r["method"]) == (1, 6, "exact")
   assert r["p_value"] == pytest.approx(0.125)
   labels = np.zeros(100, np.int64)
   a = np.array([0] * 30 + [1] * 10 + [0] * 60)
   b = np.array([1] * 30 + [0] * 10 + [0] * 60)
-  r = evaluate.mcnemar(labels, a, b)
+  r = metrics.mcnemar(labels, a, b)
   # (|30 - 10| - 1)^2 / 40 = 9.025; chi2(1) survival = 2 (1 - Phi(3.00416)) = 0.002662
   assert r["method"] == "chi2" and r["statistic"] == pytest.approx(9.025)
   assert r["p_value"] == pytest.approx(0.002662, rel=1e-3)
-  same = evaluate.mcnemar(labels, a, a)
+  same = metrics.mcnemar(labels, a, a)
   assert (same["b"], same["c"], same["p_value"]) == (0, 0, 1.0)
   assert not math.isnan(r["p_value"])
