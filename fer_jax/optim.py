@@ -2,13 +2,14 @@
 frozen / fine-tuned parameters, and the study's host-side callbacks (ReduceLROnPlateau,
 EarlyStopping) that act between epochs.
 
-The plateau factor is an injected hyperparameter of the optimiser state, so the jitted step
-never recompiles when it changes and a checkpoint of the state carries it.
+The plateau factor is an injected hyperparameter `lr_factor` of the optimiser state, read and
+set by name (`optax.tree.get/set`), so the jitted step never recompiles when it changes and a
+checkpoint of the state carries it.
 """
 import dataclasses
 import math
 
-import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -36,18 +37,20 @@ def build(optim_cfg, steps_per_epoch, param_labels):
       "frozen": optax.set_to_zero(),
   }
   return optax.chain(optax.multi_transform(groups, param_labels),
-                     optax.inject_hyperparams(optax.scale)(step_size=1.0))
+                     optax.inject_hyperparams(_plateau_scale)(lr_factor=1.0))
+
+
+def _plateau_scale(lr_factor):
+  return optax.scale(lr_factor)
 
 
 def lr_factor(opt_state):
-  return opt_state[1].hyperparams["step_size"]
+  return optax.tree.get(opt_state, "lr_factor")
 
 
 def with_lr_factor(opt_state, factor):
   """The optimiser state with the plateau factor replaced (host-side, between epochs)."""
-  scale_state = opt_state[1]
-  hyper = dict(scale_state.hyperparams, step_size=jax.numpy.asarray(factor, scale_state.hyperparams["step_size"].dtype))
-  return (opt_state[0], scale_state._replace(hyperparams=hyper))
+  return optax.tree.set(opt_state, lr_factor=jnp.asarray(factor, lr_factor(opt_state).dtype))
 
 
 def learning_rate(optim_cfg, steps_per_epoch, step, factor):
