@@ -6,7 +6,9 @@ used by fer_jax.optim for frozen backbones) and `load_pretrained(model_config, v
 A new model is a new module plus one line in REGISTRY.
 
 Every model is called as `model(x, train)` on float32 NHWC images in [0, 1] at the data's size
-(transfer models resize and preprocess on device themselves) and returns logits.
+(transfer models resize and preprocess on device themselves) and returns logits. Code outside
+this package runs a model only through `apply`, which owns Linen's collections (`params`,
+`batch_stats`), the dropout rng and `mutable`.
 """
 import jax
 import jax.numpy as jnp
@@ -45,6 +47,21 @@ def load_pretrained(model_cfg, variables):
   if model_cfg.get("init_from") and fn is None:
     raise ValueError(f"config.model.init_from: model {model_cfg.name!r} cannot load pretrained weights")
   return fn(model_cfg, variables) if fn else variables
+
+
+def apply(model, variables, x, *, train, rng=None):
+  """Logits of `model` on float images `x`.
+
+  `variables`: {'params', 'batch_stats'} (batch_stats may be empty). With `train=False` returns the
+  logits (batch statistics are read, dropout is off). With `train=True` returns
+  (logits, batch_stats): dropout draws from `rng` and batch normalisation uses the batch's own
+  statistics, returning the updated moving averages.
+  """
+  variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+  if not train:
+    return model.apply(variables, x, train=False)
+  logits, updates = model.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+  return logits, updates.get("batch_stats", variables["batch_stats"])
 
 
 def init_variables(model, input_shape, seed=0):
