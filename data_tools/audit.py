@@ -34,9 +34,9 @@ from data_tools import common
 from fer_jax import config_loading
 from fer_jax import data
 from fer_jax import plots
-from fer_jax import report
 from fer_jax.data import folders
 from fer_jax.data.progress import Progress
+from fer_jax.report.render import markdown_table
 
 TARGET_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 FLAG_POINTS = 5.0  # a share this many percentage points off its target is flagged
@@ -219,13 +219,13 @@ def markdown(findings):
         + (f", layout {ds['layout']}" if ds["layout"] else "") + ".", ""]
   md += ["## Flags", ""] + ([f"- {line}" for line in flags(findings)] or ["None."]) + [""]
   md += ["## Splits (target 80 / 10 / 10)", ""]
-  md += report.markdown_table(["split", "images", "share", "target", "off (pts)"], [
+  md += markdown_table(["split", "images", "share", "target", "off (pts)"], [
       (s, f"{v['count']:,}", f"{v['share']:.1%}", f"{v['target']:.0%}",
        f"{v['points_off']:+.1f}" + (" **flag**" if v["flag"] else ""))
       for s, v in findings["splits"].items()])
   md += ["", f"## Classes (flagged beyond ±{FLAG_POINTS:.0f} pts)", ""]
   splits = list(findings["classes"])
-  md += report.markdown_table(["class"] + splits, [
+  md += markdown_table(["class"] + splits, [
       [c] + [f"{findings['classes'][s][c]['count']:,} ({findings['classes'][s][c]['share']:.1%})"
              + (" **flag**" if findings["classes"][s][c]["flags"] else "") for s in splits]
       for c in ds["classes"]])
@@ -246,7 +246,7 @@ def markdown(findings):
     md.append("- dropped by the loader: " + ", ".join(f"{n} {why}" for why, n in loader["dropped"].items()))
   blank = findings["blank"]
   md += ["", f"## Near-constant images (pixel std < {blank['std_below']})", ""]
-  md += report.markdown_table(["split", "class", "std", "mean", "file"], [
+  md += markdown_table(["split", "class", "std", "mean", "file"], [
       (b["split"], b["class"], b["std"], b["mean"], f"`{rel(b['file'])}`") for b in blank["images"][:LISTED]]
       ) if blank["images"] else ["None."]
   d = findings["duplicates"]

@@ -211,8 +211,8 @@ def main():
       print(f"  {outcome:8s} {r.group}/seed{r.seed}  {detail}")
     failed = sum(outcome == "failed" for _, outcome, _ in results)
     if report_flag.value and len(results) > failed:
-      from fer_jax import report
-      summary = report.write_study_report(root_flag.value)
+      from fer_jax.report import study
+      summary = study.write_study_report(root_flag.value)
       print(summary["decision"]["verdict"])
       print(f"report: {os.path.join(root_flag.value, 'report.md')} and report.html")
     if failed:

@@ -16,8 +16,9 @@ import time
 import jax
 import numpy as np
 
-from fer_jax import checkpoint, data, history, losses, metrics, models, optim, report, sharding, steps
+from fer_jax import checkpoint, data, history, losses, metrics, models, optim, sharding, steps
 from fer_jax.data import batching
+from fer_jax.report import render, run_report
 
 
 def log(msg):
@@ -122,7 +123,7 @@ def format_summary(summary):
   """The few lines a person reads at the end of a run."""
   best, test, p = summary["best"], summary["test"], summary["params"]
   return "\n".join([
-      f"== {report.run_title(summary['name'], summary['variant'])} "
+      f"== {render.run_title(summary['name'], summary['variant'])} "
       f"(seed {summary['seed']}) on {summary['dataset']['name']}",
       f"best val accuracy {best['val_accuracy']:.2%} at epoch {best['epoch']} of {summary['epochs_run']}"
       f"{' (early stop)' if summary['stopped_early'] else ''}; train accuracy then {best['train_accuracy']:.2%}",
@@ -207,7 +208,7 @@ def restore_or_start(config, workdir, dataset=None):
   if jax.process_index() == 0:
     history.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   rows = history.truncate_history(os.path.join(workdir, "metrics.jsonl"), resume.epoch)
-  log(f"{report.run_title(config.name, config.variant)} on {ds.name} {ds.sizes()}  "
+  log(f"{render.run_title(config.name, config.variant)} on {ds.name} {ds.sizes()}  "
       f"{param_counts['total']:,} params  {jax.device_count()} x {jax.devices()[0].device_kind}  "
       f"{steps_per_epoch} steps/epoch")
   return Run(config=config, workdir=workdir, dataset=ds, model=model, state=state, ctx=ctx,
@@ -263,7 +264,7 @@ def finish(run):
   if jax.process_index() == 0:
     np.savez(os.path.join(workdir, "test_predictions.npz"), labels=test_split.labels.astype(np.int32),
              probs=test_probs.astype(np.float32))
-    report.write_run_report(workdir, summary, run.history)
+    run_report.write_run_report(workdir, summary, run.history)
     history.write_json(os.path.join(workdir, "metrics.json"), summary)  # last: its presence marks the run finished
   log(format_summary(summary))
   return summary

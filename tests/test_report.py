@@ -1,13 +1,15 @@
 """Run reports and study aggregation, on run directories written here with the documented schema."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fer_jax import metrics
-from fer_jax import report
+from fer_jax.report import render, run_report, study
 
 CLASSES = ("happy", "neutral", "sad", "surprise")
 
@@ -62,8 +64,8 @@ def _assert_png(path):
 
 def test_run_report(tmp_path):
   summary, history = fake_run(tmp_path, "b_pp", 0, skill=0.8, gap=4.6, variant="quick")
-  report.write_run_report(str(tmp_path), summary, history)
-  for png in report.RUN_PLOTS.values():
+  run_report.write_run_report(str(tmp_path), summary, history)
+  for png in run_report.RUN_PLOTS.values():
     _assert_png(tmp_path / png)
   md = (tmp_path / "report.md").read_text()
   test = summary["test"]
@@ -82,12 +84,12 @@ def test_run_report(tmp_path):
 
 def test_markdown_and_html_render_the_same_blocks(tmp_path):
   Image.new("RGB", (4, 4)).save(tmp_path / "x.png")
-  blocks = [report.heading("T", 1), report.para("a < b"), report.bullets(["one"]),
-            report.table(["h1", "h2"], [[1, 2]]), report.image("x.png", "pic")]
-  md = report.to_markdown(blocks)
+  blocks = [render.heading("T", 1), render.para("a < b"), render.bullets(["one"]),
+            render.table(["h1", "h2"], [[1, 2]]), render.image("x.png", "pic")]
+  md = render.to_markdown(blocks)
   assert "# T" in md and "| h1 | h2 |" in md and "| 1 | 2 |" in md and "- one" in md
   assert "![pic](x.png)" in md
-  page = report.to_html(blocks, str(tmp_path), "t")
+  page = render.to_html(blocks, str(tmp_path), "t")
   assert "<h1>T</h1>" in page and "a &lt; b" in page and "<td>2</td>" in page
   assert "data:image/png;base64," in page
 
@@ -103,7 +105,7 @@ def _fake_study(root):
 def test_study_aggregation_and_report_text(tmp_path):
   # The PNGs and the HTML page are checked by the end-to-end sweep test (tests/test_sweep.py).
   _fake_study(str(tmp_path))
-  summary, _ = report.aggregate(str(tmp_path))
+  summary, _ = study.aggregate(str(tmp_path))
   groups = {g["name"]: g for g in summary["groups"]}
   assert list(groups) == ["a", "b_p", "b_pp", "single"]  # best mean val accuracy first
   b_p = groups["b_p"]
@@ -120,7 +122,7 @@ def test_study_aggregation_and_report_text(tmp_path):
   assert len(decision["tests"]) == 2 and all(0 <= t["p_value"] <= 1 for t in decision["tests"])
   assert "distinguishable" in decision["verdict"]
 
-  md = report.to_markdown(report.study_blocks(summary))
+  md = render.to_markdown(study.study_blocks(summary))
   for needle in ["b_p (winner)", "85.50 ± 0.71 %", f"[{100 * ci['low']:.2f}, {100 * ci['high']:.2f}] %",
                  "+5.1, moderate overfit", "+15.1, severe overfit", "3,509,444", "10.0 s", "120.0",
                  "McNemar", "runner-up b_pp", "ECE", "faces answered", "coverage.png",
@@ -132,10 +134,20 @@ def test_study_aggregation_and_report_text(tmp_path):
 def test_no_eligible_winner_and_missing_predictions(tmp_path):
   fake_run(tmp_path / "a" / "seed0", "a", 0, skill=0.9, gap=12.0)
   os.remove(tmp_path / "a" / "seed0" / "test_predictions.npz")
-  summary, _ = report.aggregate(str(tmp_path))
+  summary, _ = study.aggregate(str(tmp_path))
   assert summary["decision"]["winner"] is None and "no winner" in summary["decision"]["verdict"]
   assert "test_ci" not in summary["groups"][0] and "calibration" not in summary["groups"][0]
-  summary, _ = report.aggregate(str(tmp_path), max_gap=15)
+  summary, _ = study.aggregate(str(tmp_path), max_gap=15)
   assert summary["decision"]["winner"] == "a" and "only config" in summary["decision"]["verdict"]
-  test_cell = report.comparison_rows(summary["groups"], "a")[0][3]
+  test_cell = study.comparison_rows(summary["groups"], "a")[0][3]
   assert test_cell.endswith(" %") and "[" not in test_cell  # no interval without predictions
+
+
+def test_command_line_writes_the_study_report(tmp_path):
+  fake_run(tmp_path / "runs" / "b_p" / "seed0", "b_p", 0, skill=0.85, gap=4.0)
+  out = tmp_path / "out"
+  result = subprocess.run([sys.executable, "-m", "fer_jax.report", str(tmp_path / "runs"), f"--out={out}"],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert "| b_p (winner) | 1 |" in result.stdout and "only config" in result.stdout
+  assert {"report.md", "report.html", "summary.json", *study.STUDY_PLOTS.values()} <= set(os.listdir(out))

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from fer_jax import config_loading
-from fer_jax import report
+from fer_jax.report import study
 from fer_jax import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,23 +162,23 @@ def test_quick_study_sweep_end_to_end(tmp_path):
   out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert out.stdout.count("  done ") == 4
-  runs = report.find_runs(str(root))
+  runs = study.find_runs(str(root))
   assert len(runs) == 4 and all(os.path.exists(os.path.join(r, "test_predictions.npz")) for r in runs)
   # The gap of a two-step run is noise; a loose gap bound makes the winner rule and McNemar run.
-  summary = report.write_study_report(str(root), max_gap=1000)
+  summary = study.write_study_report(str(root), max_gap=1000)
   groups = summary["groups"]
   assert sorted(g["name"].split("-")[0] for g in groups) == ["b_pp", "model_0"]
   assert all(g["seeds"] == [0, 1] and g["val_accuracy"]["std"] is not None and "test_ci" in g for g in groups)
   assert len(summary["decision"]["tests"]) == 2
   md = (root / "report.md").read_text()
   for needle in [" ± ", "[", "(winner)", "McNemar", "best epoch", "params", "time/epoch", "images/s",
-                 "ECE", "faces answered", *report.STUDY_PLOTS.values()]:
+                 "ECE", "faces answered", *study.STUDY_PLOTS.values()]:
     assert needle in md, needle
-  for png in report.STUDY_PLOTS.values():
+  for png in study.STUDY_PLOTS.values():
     with Image.open(root / png) as im:
       assert im.format == "PNG" and min(im.size) > 200
   page = (root / "report.html").read_text()
-  assert page.count('src="data:image/png;base64,') == len(report.STUDY_PLOTS) and "(winner)" in page
+  assert page.count('src="data:image/png;base64,') == len(study.STUDY_PLOTS) and "(winner)" in page
   saved = json.loads((root / "summary.json").read_text())
   assert saved["num_runs"] == 4 and saved["decision"]["winner"] in {g["name"] for g in groups}
   # A second sweep finds every run finished and trains nothing.

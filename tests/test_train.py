@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_jax import report
+from fer_jax.report import study
 from tests.conftest import ROOT, TINY, launch, read_summary
 
 EPOCHS = ["--config.train.epochs=3", "--config.train.early_stopping=False"]
@@ -70,7 +70,7 @@ def test_zero_epochs_evaluates_the_initial_weights_as_epoch_0(tmp_path):
   assert row["epoch"] == 0 and row["lr"] == 0 and 0 <= row["val_accuracy"] <= 1
   s = read_summary(workdir)
   assert s["epochs_run"] == 0 and s["best"]["epoch"] == 0 and s["best"]["val_accuracy"] == row["val_accuracy"]
-  assert report.load_run(workdir)["history"] == [row]
+  assert study.load_run(workdir)["history"] == [row]
 
 
 def test_finished_run_prints_summary_and_how_to_start_fresh(reference_run):

@@ -1,0 +1,27 @@
+"""python -m fer_jax.report RUNS_DIR [--out=DIR] [--max_gap=10]: the study report of every run under RUNS_DIR."""
+import os
+
+from absl import app
+from absl import flags
+
+from fer_jax.report.render import table, to_markdown
+from fer_jax.report.study import COMPARISON_HEADER, WINNER_MAX_GAP, comparison_rows, write_study_report
+
+_OUT = flags.DEFINE_string("out", None, "where to write the report (default: the runs directory)")
+_MAX_GAP = flags.DEFINE_float("max_gap", WINNER_MAX_GAP, "winner: best val accuracy among mean gap < this")
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError("usage: python -m fer_jax.report RUNS_DIR [--out=DIR]")
+  root = argv[1]
+  out = _OUT.value or root
+  summary = write_study_report(root, out, _MAX_GAP.value)
+  rows = comparison_rows(summary["groups"], summary["decision"]["winner"])
+  print(to_markdown([table(COMPARISON_HEADER, rows)]))
+  print(summary["decision"]["verdict"])
+  print(f"report: {os.path.join(out, 'report.md')} and report.html")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,111 @@
+"""One run's report: report.md with the test-set sections, curves, confusion and reliability PNGs."""
+import os
+
+from fer_jax import metrics, plots
+from fer_jax.report.render import (bullets, gap_text, heading, image, num, para, pct, run_title, seconds,
+                                   table, to_markdown)
+
+RUN_PLOTS = {"curves": "curves.png", "confusion": "confusion.png", "reliability": "reliability.png"}
+
+
+def classification_table(test, classes):
+  rows = [[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
+          for c, m in ((c, test["per_class"][c]) for c in classes)]
+  n = test["num_examples"]
+  macro = [sum(test["per_class"][c][k] for c in classes) / len(classes) for k in ("precision", "recall")]
+  weighted = [sum(test["per_class"][c][k] * test["per_class"][c]["support"] for c in classes) / max(n, 1)
+              for k in ("precision", "recall")]
+  rows += [["accuracy", "", "", f"{test['accuracy']:.3f}", n],
+           ["macro avg", f"{macro[0]:.3f}", f"{macro[1]:.3f}", f"{test['macro_f1']:.3f}", n],
+           ["weighted avg", f"{weighted[0]:.3f}", f"{weighted[1]:.3f}", f"{test['weighted_f1']:.3f}", n]]
+  return table(["class", "precision", "recall", "f1", "support"], rows)
+
+
+def confusions_text(test):
+  found = [f"{m['true']} → {m['predicted']}: {pct(m['rate'], 1)}" for m in test["main_confusions"]]
+  pct_line = f"Misclassifications above {100 * metrics.MAIN_CONFUSION_RATE:.0f} % of a class:"
+  return [para(pct_line), bullets(found)] if found else [para(pct_line + " none.")]
+
+
+def rule_line(rule):
+  if rule["accuracy"] is None:
+    return f"At confidence ≥ {rule['threshold']:.2f} no face gets an answer (all are \"uncertain\")."
+  return (f"At confidence ≥ {rule['threshold']:.2f}, {pct(rule['coverage'], 1)} of faces get an answer "
+          f"({rule['answered']}); {pct(rule['accuracy'], 1)} of those answers are right; "
+          f"the rest are answered \"uncertain\".")
+
+
+def coverage_table(curve, step=2):
+  rows = [[f"{c['threshold']:.2f}", pct(c["coverage"], 1), pct(c["accuracy"], 1)] for c in curve[::step]]
+  return table(["threshold", "faces answered", "accuracy of answers"], rows)
+
+
+def system_bullets(system):
+  if not isinstance(system, dict):
+    return bullets([str(system)])
+  return bullets(f"{k}: {v}" for k, v in system.items())
+
+
+
+def run_blocks(summary):
+  best = summary["best"]
+  test = summary["test"]
+  classes = list(summary["classes"])
+  params = summary["params"]
+  title = run_title(summary["name"], summary.get("variant"))
+  dataset = summary.get("dataset", {})
+  sizes = ", ".join(f"{k} {v:,}" for k, v in dataset.get("sizes", {}).items())
+  stop = " (stopped early)" if summary.get("stopped_early") else ""
+  blocks = [
+      heading(f"Run report: {title}, seed {summary.get('seed')}", 1),
+      para(f"Config {summary.get('config_file') or title}; data {dataset.get('name', '?')} ({sizes})."),
+      heading("Summary"),
+      table(["metric", "value"], [
+          ["best val accuracy", pct(best["val_accuracy"])],
+          ["best epoch", f"{best['epoch']} of {summary.get('epochs_run', '?')}{stop}"],
+          ["train accuracy at best", pct(best["train_accuracy"])],
+          ["train − val gap", gap_text(best["gap"])],
+          ["test accuracy", pct(test["accuracy"])],
+          ["test loss", num(test.get("loss"), ".4f")],
+          ["test macro F1", f"{test['macro_f1']:.3f}"],
+      ]),
+      heading("Training curves"),
+      image(RUN_PLOTS["curves"], "accuracy, loss, gap and learning rate per epoch"),
+      heading("Parameters"),
+      table(["total", "trainable", "non-trainable"],
+            [[num(params["total"]), num(params["trainable"]), num(params["non_trainable"])]]),
+      heading("Timing"),
+      table(["total", "per epoch", "images/s"],
+            [[seconds(summary.get("wall_time_s")), seconds(summary.get("time_per_epoch_s")),
+              num(summary.get("images_per_s"), ",.1f")]]),
+      heading("Test set: classification report"),
+      classification_table(test, classes),
+      heading("Main confusions"),
+      *confusions_text(test),
+      image(RUN_PLOTS["confusion"], "normalised confusion matrix"),
+      heading("Per-class accuracy"),
+      table(classes, [[pct(test["per_class"][c]["accuracy"], 1) for c in classes]]),
+      heading("Calibration"),
+      para(f"Expected calibration error (ECE, {test['calibration']['num_bins']} bins): "
+           f"{test['calibration']['ece']:.4f}."),
+      image(RUN_PLOTS["reliability"], "reliability diagram"),
+      heading("Deployment rule"),
+      para(rule_line(test["confidence_rule"])),
+      coverage_table(test["coverage_curve"]),
+  ]
+  if summary.get("system"):
+    blocks += [heading("System"), system_bullets(summary["system"])]
+  return blocks
+
+
+def write_run_report(workdir, summary, history):
+  """Writes report.md, curves.png, confusion.png and reliability.png of one run into `workdir`."""
+  test = summary["test"]
+  title = run_title(summary["name"], summary.get("variant"))
+  path = lambda key: os.path.join(workdir, RUN_PLOTS[key])  # noqa: E731
+  plots.training_curves(history, path("curves"), title)
+  plots.confusion(test["confusion_normalized"], list(summary["classes"]), path("confusion"),
+                  f"{title}: test, row-normalised")
+  plots.reliability([(title, test["calibration"])], path("reliability"))
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write(to_markdown(run_blocks(summary)))
