@@ -1,8 +1,12 @@
-"""Orbax checkpoints of a run: `latest` (resume after pre-emption) and `best` (final evaluation).
+"""Orbax checkpoints of a run: the latest epoch (resume after pre-emption) and the best one (final
+evaluation), kept by one `CheckpointManager` under `<workdir>/checkpoints/<epoch>/`.
 
-Two managers keep one step each, so the best checkpoint survives however many epochs follow
-it. Each save holds the train state and a JSON `meta` with the host-side loop state (callbacks,
-epoch), so a resumed run continues exactly where the last save left it.
+Each epoch is one save, holding the train state and a JSON `meta` with the host-side loop state
+(callbacks, epoch), so a resumed run continues exactly where the last save left it. The
+preservation policy keeps the latest save plus the best by val accuracy (the first epoch that
+reached it, as EarlyStopping counts it), so the best survives however many epochs follow it.
+A save is committed atomically; a process killed during one resumes from the previous save and
+redoes the epoch, so the best epoch can never be skipped.
 """
 import os
 
@@ -10,55 +14,48 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _rank(metrics):
+  """Higher is better: val accuracy, then the earlier epoch (EarlyStopping keeps the first best)."""
+  return (metrics["val_accuracy"], -metrics["epoch"])
+
+
 class RunCheckpoints:
 
   def __init__(self, directory):
-    directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-    self.latest = ocp.CheckpointManager(os.path.join(directory, "latest"), options=options)
-    self.best = ocp.CheckpointManager(os.path.join(directory, "best"), options=options)
+    self.directory = os.path.abspath(directory)
+    keep = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(n=1),
+        ocp.checkpoint_managers.BestN(get_metric_fn=_rank, reverse=False, n=1)])
+    options = ocp.CheckpointManagerOptions(preservation_policy=keep, best_fn=_rank, best_mode="max", create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-  @staticmethod
-  def _save(manager, epoch, state, meta):
-    if epoch in manager.all_steps():  # a rerun of an epoch whose save survived a crash: same content
+  def save(self, epoch, state, meta, val_accuracy):
+    """Saves epoch `epoch` asynchronously; the manager keeps it while it is the latest or the best."""
+    if epoch in self.manager.all_steps():  # a rerun of an epoch whose save survived a crash: same content
       return
-    manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self.manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                      metrics={"val_accuracy": float(val_accuracy), "epoch": epoch})
 
-  def save(self, epoch, state, meta, is_best):
-    if is_best:
-      self._save(self.best, epoch, state, meta)
-      # `latest` decides where a resumed run starts, so it must never be committed ahead of
-      # `best`: a best save still in flight when the process is killed would be lost for good,
-      # since the resumed run does not redo that epoch. Costs one synchronous write per
-      # improving epoch; the latest save stays asynchronous.
-      self.best.wait_until_finished()
-    self._save(self.latest, epoch, state, meta)
-
-  @staticmethod
-  def _restore(manager, like_state):
-    step = manager.latest_step()
-    if step is None:
-      return None
+  def _restore(self, step, like_state):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                             meta=ocp.args.JsonRestore()))
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                  meta=ocp.args.JsonRestore()))
     return restored.state, restored.meta
 
   def restore_latest(self, like_state):
     """(state, meta) of the last completed epoch, or None for a fresh run."""
-    return self._restore(self.latest, like_state)
+    step = self.manager.latest_step()
+    return None if step is None else self._restore(step, like_state)
 
   def restore_best(self, like_state, epoch=None):
-    """(state, meta) of the best epoch; `epoch`, when given, must be the one saved there."""
-    restored = self._restore(self.best, like_state)
-    found = None if restored is None else restored[1]["epoch"]
+    """(state, meta) of the best epoch, or None before the first save; `epoch`, when given, must be it."""
+    found = self.manager.best_step()
     if epoch is not None and found != epoch:
-      raise RuntimeError(f"{self.best.directory}: expected the checkpoint of best epoch {epoch}, found "
+      raise RuntimeError(f"{self.directory}: expected the checkpoint of best epoch {epoch}, found "
                          f"{'none' if found is None else f'epoch {found}'}")
-    return restored
+    return None if found is None else self._restore(found, like_state)
 
   def close(self):
-    """Waits for pending asynchronous saves, then releases the managers."""
-    for manager in (self.latest, self.best):
-      manager.wait_until_finished()
-      manager.close()
+    """Waits for the pending asynchronous save, then releases the manager."""
+    self.manager.wait_until_finished()
+    self.manager.close()

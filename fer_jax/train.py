@@ -236,7 +236,7 @@ def fit(run):
         log(f"  ReduceLROnPlateau: lr {lr:.3g} -> {new_lr:.3g}")
     run.resume = ResumeState(epoch=epoch, elapsed_s=run.resume.elapsed_s + time.perf_counter() - epoch_start,
                              plateau=dataclasses.asdict(run.plateau), early=dataclasses.asdict(run.early))
-    run.checkpoints.save(epoch, run.state, dataclasses.asdict(run.resume), is_best=improved)
+    run.checkpoints.save(epoch, run.state, dataclasses.asdict(run.resume), val_accuracy=val_m["accuracy"])
     log(f"epoch {epoch}/{config.train.epochs}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.2%}  "
         f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.2%}  gap {record['gap']:+.1f}  "
         f"lr {lr:.3g}  {record['epoch_time_s']:.1f}s ({record['images_per_s']:.0f} img/s)"
