@@ -7,7 +7,7 @@ WORKDIR ?= runs/b_pp-quick
 
 .PHONY: run test bench clean
 
-$(VENV)/.base: pyproject.toml
+$(VENV)/.base: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .

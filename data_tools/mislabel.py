@@ -30,6 +30,7 @@ import zipfile
 from matplotlib.figure import Figure
 import numpy as np
 
+import configs
 from data_tools import common
 from data_tools import stratify
 from fer_jax import config_loading
@@ -149,10 +150,10 @@ def load_config(args, classes):
   spec = args.config
   path = spec.partition(":")[0]
   if not os.path.isabs(path) and not os.path.exists(path):
-    # the repository's configs/ also when run from another folder
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.exists(os.path.join(repo, path)):
-      spec = os.path.join(repo, spec)
+    # `configs/...` names the installed configs package when run from another folder
+    configs_parent = os.path.dirname(os.path.dirname(os.path.abspath(configs.__file__)))
+    if os.path.exists(os.path.join(configs_parent, path)):
+      spec = os.path.join(configs_parent, spec)
   try:
     overrides = config_loading.parse_overrides(args.set)
     overrides["data.classes"] = tuple(classes)

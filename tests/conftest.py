@@ -1,5 +1,5 @@
 """Shared test set-up: XLA settings for fast compiles, and helpers to run launch.py in a
-subprocess on tiny built-in data. (The repo root is on sys.path through pyproject's pythonpath.)"""
+subprocess on tiny built-in data. (The repo root is on sys.path through setup.cfg's pytest pythonpath.)"""
 import json
 import os
 import subprocess
