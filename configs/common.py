@@ -1,7 +1,7 @@
 """Defaults shared by every study config; each model file changes only what the study changed.
 
 A config is a nested ConfigDict with the sections `data`, `model`, `loss`, `optim`,
-`train`, `eval`. Every field carries a short comment; SPEC.md holds the study's values.
+`train`, `eval`. Every field carries a short comment; docs/study.md tells the study's values.
 """
 import ml_collections
 
@@ -71,7 +71,7 @@ def loss_config():
 
 def optim_config():
   o = ml_collections.ConfigDict()
-  o.name = "adam"
+  # Adam (the study's only optimiser), with per-group learning rates for transfer backbones.
   o.lr = 5e-4  # initial learning rate
   o.b1 = 0.9
   o.b2 = 0.999
@@ -79,8 +79,7 @@ def optim_config():
   o.schedule = "constant"  # constant | cosine
   o.cosine_alpha = 0.01  # cosine decays to alpha * lr ...
   o.cosine_epochs = 75  # ... over this many epochs (decay steps = steps/epoch x epochs)
-  o.plateau = True  # ReduceLROnPlateau
-  o.plateau_monitor = "val_loss"
+  o.plateau = True  # ReduceLROnPlateau on val_loss (Keras's rule: mode min, min_delta 1e-4)
   o.plateau_factor = 0.5
   o.plateau_patience = 5
   o.plateau_min_lr = 1e-6
@@ -93,8 +92,7 @@ def train_config():
   t.epochs = 75
   t.batch_size = 64  # global batch, split over all devices
   t.seed = 42
-  t.early_stopping = True
-  t.early_stopping_monitor = "val_accuracy"
+  t.early_stopping = True  # EarlyStopping on val_accuracy (mode max, min_delta 0); the best epoch is tracked either way
   t.early_stopping_patience = 10
   t.restore_best = True  # evaluate on test with the best checkpoint
   t.augment = True  # soft augmentation, on device, training batches only

@@ -9,14 +9,14 @@ Weights: docs/transfer.md.
 4,379,559 parameters; 329,476 trainable (4 classes).
 """
 from configs import common
-from fer_jax.models import transfer
+from configs import transfer_common
 
 
 def get_config(arg=None):
   c = common.base_config("efficientnet_b0")
   c.model.name = "efficientnet_b0"
-  transfer.configure(c, head_widths=(256,), head_bn=(True,), head_dropouts=(0.5,), finetune_blocks=1)
+  transfer_common.configure(c, head_widths=(256,), head_bn=(True,), head_dropouts=(0.5,), finetune_blocks=1)
   # Keras's ImageNet EfficientNet divides by sqrt(stddev) once more after its Normalization layer
   # (the weights file stores stddevs as variances); False for weights of a `weights=None` Keras model.
   c.model.imagenet_rescale = True
-  return common.finalize(c, arg, transfer.variants(common.apply_quick))
+  return common.finalize(c, arg, transfer_common.VARIANTS)

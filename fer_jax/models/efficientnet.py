@@ -94,8 +94,8 @@ class EfficientNetB0(nn.Module):
 
 
 def build(cfg, num_classes):
-  backbone = EfficientNetB0(cfg.get("imagenet_rescale", True), transfer.backbone_kernel_init(cfg, conv_init),
-                            jnp.dtype(cfg.get("dtype", "float32")))
+  backbone = EfficientNetB0(cfg.imagenet_rescale, transfer.backbone_kernel_init(cfg, conv_init),
+                            jnp.dtype(cfg.dtype))
   return transfer.build(cfg, num_classes, backbone, PREPROCESSING, len(BLOCKS))
 
 

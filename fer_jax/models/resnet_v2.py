@@ -66,7 +66,7 @@ class ResNet50V2(nn.Module):
 
 
 def build(cfg, num_classes):
-  backbone = ResNet50V2(transfer.backbone_kernel_init(cfg, glorot), jnp.dtype(cfg.get("dtype", "float32")))
+  backbone = ResNet50V2(transfer.backbone_kernel_init(cfg, glorot), jnp.dtype(cfg.dtype))
   return transfer.build(cfg, num_classes, backbone, PREPROCESSING, len(BLOCKS))
 
 

@@ -1,5 +1,5 @@
 """Transfer learning on ported Keras backbones: input preparation on device, the study's heads,
-freezing, pretrained weights, and the config fields the transfer configs share.
+freezing and pretrained weights. The config fields are declared in configs/transfer_common.py.
 
 A transfer model is `TransferModel(backbone, head)`: it takes the data's [0, 1] NHWC batch
 (48x48x1 by default), resizes it on device (bilinear, antialiased) to the backbone's input
@@ -26,8 +26,8 @@ from fer_jax.porting import port, read_keras_h5
 BACKBONE_MODES = ("freeze", "finetune", "train")
 
 # keras.applications.imagenet_utils.preprocess_input modes, on [0, 1] input.
-# NumPy, not jnp: configs import this module, and a jnp array here would start the JAX backend
-# before launch.py can call jax.distributed.initialize().
+# NumPy, not jnp: a jnp array at import would start the JAX backend before launch.py can call
+# jax.distributed.initialize().
 _CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
 PREPROCESSING = {
     "caffe": lambda x: x[..., ::-1] * 255.0 - _CAFFE_BGR_MEAN,  # VGG16: BGR, 0-255, ImageNet mean removed
@@ -90,37 +90,36 @@ class TransferModel(nn.Module):
 
 def check(cfg, num_blocks, preprocessing):
   """Fails on a bad transfer field with the field's name, before any tracing."""
-  mode = cfg.get("backbone_mode", "freeze")
+  mode = cfg.backbone_mode
   if mode not in BACKBONE_MODES:
     raise ValueError(f"config.model.backbone_mode: {mode!r} is not one of {BACKBONE_MODES}")
-  if mode == "finetune" and not 1 <= cfg.get("finetune_blocks", 1) <= num_blocks:
+  if mode == "finetune" and not 1 <= cfg.finetune_blocks <= num_blocks:
     raise ValueError(f"config.model.finetune_blocks: {cfg.finetune_blocks} is not in 1..{num_blocks}")
-  if cfg.get("preprocessing", "native") not in preprocessing:
+  if cfg.preprocessing not in preprocessing:
     raise ValueError(f"config.model.preprocessing: {cfg.preprocessing!r} is not one of {tuple(preprocessing)}")
-  if cfg.get("input_size", 224) < 32:
+  if cfg.input_size < 32:
     raise ValueError(f"config.model.input_size: {cfg.input_size} is below the backbones' minimum of 32")
 
 
-def build(cfg, num_classes, backbone, preprocessing, num_blocks, channels=3, input_size=224, head=None):
+def build(cfg, num_classes, backbone, preprocessing, num_blocks, channels=3, head=None):
   """A TransferModel from config.model; `preprocessing` maps 'native' / 'study' to PREPROCESSING keys."""
   check(cfg, num_blocks, preprocessing)
-  dtype = jnp.dtype(cfg.get("dtype", "float32"))
+  dtype = jnp.dtype(cfg.dtype)
   if head is None:
     widths, bns, rates = tuple(cfg.head_widths), tuple(cfg.head_bn), tuple(cfg.head_dropouts)
     if not len(widths) == len(bns) == len(rates):
       raise ValueError(f"config.model.head_widths / head_bn / head_dropouts: lengths {len(widths)}, "
                        f"{len(bns)}, {len(rates)} differ")
-    head = DenseHead(num_classes, widths, bns, rates, cfg.get("bn_momentum", 0.99), dtype)
-  return TransferModel(backbone=backbone, head=head, input_size=cfg.get("input_size", input_size), channels=channels,
-                       preprocessing=preprocessing[cfg.get("preprocessing", "native")],
-                       backbone_mode=cfg.get("backbone_mode", "freeze"), dtype=dtype)
+    head = DenseHead(num_classes, widths, bns, rates, cfg.bn_momentum, dtype)
+  return TransferModel(backbone=backbone, head=head, input_size=cfg.input_size, channels=channels,
+                       preprocessing=preprocessing[cfg.preprocessing], backbone_mode=cfg.backbone_mode, dtype=dtype)
 
 
 def backbone_kernel_init(cfg, keras_init):
   """Keras's initialiser for a random backbone; zeros when load_pretrained will overwrite every kernel
   (it fails on any it cannot fill): XLA:CPU takes 30-100 s to compile the random initialisers of a
   4-24 M parameter backbone, for values that would be thrown away."""
-  return keras_init if cfg.get("init_from", "") in ("", "random") else nn.initializers.zeros
+  return keras_init if cfg.init_from in ("", "random") else nn.initializers.zeros
 
 
 def param_labels(cfg, params, blocks, top=()):
@@ -129,8 +128,8 @@ def param_labels(cfg, params, blocks, top=()):
   `blocks` are the backbone's block names from input to output; `top` its layers after the last
   block, which fine-tune with it. Other backbone layers (the stem) stay frozen when fine-tuning.
   """
-  mode = cfg.get("backbone_mode", "freeze")
-  tuned = set(blocks[len(blocks) - cfg.get("finetune_blocks", 1):]) | set(top)
+  mode = cfg.backbone_mode
+  tuned = set(blocks[len(blocks) - cfg.finetune_blocks:]) | set(top)
 
   def backbone_label(child):
     if mode == "finetune":
@@ -157,7 +156,7 @@ def weights_path(init_from, needed):
 
 def load_backbone(cfg, variables, needed, *, init_from=None, scope=("backbone",), skip=(), allow_unused=True):
   """`variables` with the layers under `scope` filled from config.model.init_from (or `init_from`)."""
-  path = weights_path(cfg.get("init_from", "") if init_from is None else init_from, needed)
+  path = weights_path(cfg.init_from if init_from is None else init_from, needed)
   if path is None:
     return variables
   return port(variables, read_keras_h5(path), scope=scope, skip=skip, allow_unused=allow_unused,
@@ -168,39 +167,3 @@ def keras_download(file_name, url):
   """What `weights_path` asks for when init_from is empty: the file, where Keras hosts it."""
   return (f"the Keras ImageNet weights {file_name}: download {url} on a machine with internet "
           f"(Keras caches it in ~/.keras/models/) and pass --config.model.init_from=/path/to/{file_name}")
-
-
-def configure(c, *, head_widths, head_bn, head_dropouts, finetune_blocks, input_size=224):
-  """Adds the transfer fields to config `c` (before it is locked) with the study's transfer settings."""
-  m = c.model
-  m.backbone_mode = "freeze"  # freeze (the study) | finetune (top blocks at optim.finetune_lr) | train
-  m.finetune_blocks = finetune_blocks  # finetune: how many of the backbone's top blocks train
-  m.preprocessing = "native"  # native: the backbone's own preprocessing | study: raw [0, 1] as the study fed
-  m.input_size = input_size  # side the faces are resized to on device (bilinear, antialiased)
-  m.head_widths = head_widths  # hidden Dense layers (ReLU) after global average pooling
-  m.head_bn = head_bn  # BatchNorm after each hidden Dense?
-  m.head_dropouts = head_dropouts  # dropout after each hidden Dense
-  c.optim.lr = 1e-4
-  c.optim.plateau_patience = 5
-  c.optim.plateau_min_lr = 1e-7
-  c.train.early_stopping_patience = 10
-  # The study fit cached 224x224 arrays, without augmentation.
-  c.train.augment = False
-  return c
-
-
-def quick(c):
-  """On top of common.apply_quick: a random backbone at 64x64, so the variant runs anywhere in minutes."""
-  c.model.init_from = "random"
-  c.model.input_size = 64
-  return c
-
-
-def finetune(c):
-  c.model.backbone_mode = "finetune"
-  return c
-
-
-def variants(apply_quick):
-  """The transfer configs' variants for `common.finalize`."""
-  return {"quick": lambda c: quick(apply_quick(c)), "finetune": finetune}

@@ -44,7 +44,7 @@ class VGG16(nn.Module):
 
 
 def build(cfg, num_classes):
-  backbone = VGG16(transfer.backbone_kernel_init(cfg, glorot), jnp.dtype(cfg.get("dtype", "float32")))
+  backbone = VGG16(transfer.backbone_kernel_init(cfg, glorot), jnp.dtype(cfg.dtype))
   return transfer.build(cfg, num_classes, backbone, PREPROCESSING, len(BLOCKS))
 
 
