@@ -12,7 +12,7 @@ images, for Model 0 and B++, each framework in its own process:
   keras_tf_xla    Keras 3 on TensorFlow, jit_compile=True (TF through XLA)
   keras_jax       Keras 3 on JAX (jitted by Keras, XLA's convolution gradients)
 
-The Keras models are the study's (SPEC.md): B++ with its augmentation layers inside the model,
+The Keras models are the study's (docs/study.md): B++ with its augmentation layers inside the model,
 focal loss and L2; class weights; trained with `train_on_batch` on one fixed in-memory batch, so
 no framework's input pipeline is measured. Keras refuses to jit a model holding RandomRotation /
 RandomZoom, so for keras_tf_xla and keras_jax B++'s augmentation layers run eagerly on each
@@ -101,7 +101,7 @@ def fer_jax_worker(model_name, conv_impl):
 
 
 def keras_model(keras, model_name):
-  """The study's Model 0 or B++ in Keras 3 (SPEC.md): (augmentation layers, the rest, loss, lr)."""
+  """The study's Model 0 or B++ in Keras 3 (docs/study.md): (augmentation layers, the rest, loss, lr)."""
   layers, l2 = keras.layers, keras.regularizers.L2
   augmentation = []
   if model_name == "model_0":

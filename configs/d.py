@@ -3,7 +3,7 @@
   python launch.py --config=configs/d.py --config.data.root=/path/to/merged
 Study (+AffectNet): best val 85.39 %, gap +0.1, epoch 23 of 33.
 4,980,324 parameters (1,984 non-trainable).
-SPEC lists four dropout rates for five blocks; block 2 (no pool) has none here.
+The study lists four dropout rates for five blocks; block 2 (no pool) has none here.
 """
 from configs import common
 

@@ -20,7 +20,7 @@ def cross_entropy(logits, targets):
 
 
 def focal(logits, targets, gamma, alpha):
-  """sum_c y_c * alpha * (1 - p_c)^gamma * (-log p_c), p clipped as Keras does (SPEC.md)."""
+  """sum_c y_c * alpha * (1 - p_c)^gamma * (-log p_c), p clipped as Keras does (docs/study.md)."""
   p = jnp.clip(jax.nn.softmax(logits), FOCAL_CLIP, 1.0 - FOCAL_CLIP)
   return jnp.sum(targets * alpha * (1.0 - p) ** gamma * -jnp.log(p), axis=-1)
 

@@ -1,4 +1,4 @@
-"""Losses against NumPy references of SPEC.md's formulas."""
+"""Losses against NumPy references of the study's formulas (docs/study.md)."""
 import jax
 import ml_collections
 import numpy as np
@@ -50,7 +50,7 @@ def test_unknown_loss_names_the_field():
 
 
 def test_balanced_class_weights_formula():
-  counts = np.array([4277, 4292, 4367, 4619])  # SPEC.md's merged train split
+  counts = np.array([4277, 4292, 4367, 4619])  # the study's merged train split (docs/study.md)
   w = losses.balanced_class_weights(counts)
   np.testing.assert_allclose(w, counts.sum() / (4 * counts), rtol=1e-6)
   np.testing.assert_allclose((w * counts).sum(), counts.sum(), rtol=1e-6)  # weighted count = n

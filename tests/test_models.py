@@ -1,4 +1,4 @@
-"""The CNN family matches SPEC.md's Keras parameter counts exactly, for every study config."""
+"""The CNN family matches the study's Keras parameter counts (docs/study.md) exactly, for every study config."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +8,8 @@ from configs import a, b, b_p, b_pp, c, color, d, model_0
 from fer_jax import models
 from fer_jax.models import summary
 
-# (config module, variant) -> (total params incl. batch_stats, non-trainable), from SPEC.md.
-SPEC_COUNTS = [
+# (config module, variant) -> (total params incl. batch_stats, non-trainable), from docs/study.md.
+STUDY_COUNTS = [
     (model_0, "", 1_274_500, 448),
     (a, "", 3_509_444, 2_304),
     (b, "", 3_509_444, 2_304),
@@ -28,8 +28,8 @@ def _variables(config):
   return model, jax.eval_shape(lambda: models.init_variables(model, shape))
 
 
-@pytest.mark.parametrize("module,variant,total,non_trainable", SPEC_COUNTS,
-                         ids=[f"{m.__name__.split('.')[-1]}{':' + v if v else ''}" for m, v, _, _ in SPEC_COUNTS])
+@pytest.mark.parametrize("module,variant,total,non_trainable", STUDY_COUNTS,
+                         ids=[f"{m.__name__.split('.')[-1]}{':' + v if v else ''}" for m, v, _, _ in STUDY_COUNTS])
 def test_parameter_counts_match_spec(module, variant, total, non_trainable):
   config = module.get_config(variant)
   model, variables = _variables(config)

@@ -18,7 +18,7 @@ from test_porting import keras_model  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 CONFIGS = {"vgg16": vgg16, "resnet50v2": resnet50v2, "efficientnet_b0": efficientnet_b0}
-# SPEC.md: trainable parameters of the heads with 4 classes; totals add the frozen backbone and the
+# docs/study.md: trainable parameters of the heads with 4 classes; totals add the frozen backbone and the
 # head's BatchNorm statistics (Keras's count_params).
 COUNTS = {"vgg16": (15_111_748, 396_036), "resnet50v2": (24_091_396, 526_084), "efficientnet_b0": (4_379_559, 329_476)}
 KERAS_BUILDERS = {"vgg16": keras.applications.VGG16, "resnet50v2": keras.applications.ResNet50V2,

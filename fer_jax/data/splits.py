@@ -2,7 +2,7 @@
 
 `normalize_split` maps a folder name (or a FER2013 `Usage` value) to 'train' | 'val' | 'test';
 `stratified_holdout` moves a seeded, per-class fraction of one split to another, which is how
-a missing val split is made (SPEC.md: 10 % of train, stratified by class, seed 42).
+a missing val split is made (docs/study.md: 10 % of train, stratified by class, seed 42).
 """
 import numpy as np
 
