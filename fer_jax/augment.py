@@ -1,4 +1,4 @@
-"""Soft augmentation and resizing on device: pure functions of (key, float images), jit-friendly.
+"""Soft augmentation on device: pure functions of (key, float images), jit-friendly.
 
 Each image gets its own random flip, rotation, zoom and contrast, as Keras's RandomFlip,
 RandomRotation, RandomZoom and RandomContrast layers do. Rotation and zoom are one affine

@@ -12,8 +12,8 @@ def configure_backend():
   """Per-backend JAX settings; call after jax.distributed.initialize(), before tracing anything.
 
   On XLA:CPU the partitionable threefry PRNG makes every program that draws random numbers
-  (init, dropout, augmentation) compile ~6x slower (measured: 16 s vs 3 s for a small CNN's
-  init) and there is nothing to partition on one host's CPU; accelerators keep the default.
+  (init, dropout, augmentation) compile several times slower (docs/performance.md) and there is
+  nothing to partition on one host's CPU; accelerators keep the default.
   """
   if jax.default_backend() == "cpu":
     jax.config.update("jax_threefry_partitionable", False)

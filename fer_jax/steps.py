@@ -64,7 +64,7 @@ def make_train_step(config, model, tx, num_classes, class_weights=None, *, param
     def loss_fn(params):
       # Frozen parameters get no gradient: the optimiser would drop it, but grad_norm reads every
       # gradient, which made XLA run the backward pass through all frozen blocks of a fine-tuned
-      # backbone (VGG16 finetune: 214 instead of 80 GFLOP per step).
+      # backbone (2.7x the FLOPs for VGG16 finetune, docs/performance.md).
       params = jax.tree.map(lambda p, l: lax.stop_gradient(p) if l == "frozen" else p, params, param_labels)
       logits, batch_stats = models.apply(model, {"params": params, "batch_stats": state.batch_stats}, x,
                                          train=True, rng=dropout_key)

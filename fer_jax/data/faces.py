@@ -2,8 +2,8 @@
 
 Faces are drawn analytically, vectorised over a batch with NumPy: every part is a signed
 distance (or a distance to a curve) in face coordinates, turned into anti-aliased coverage
-and alpha-composited. No per-image Python loop: a 48x48 face costs about 0.4 ms of one CPU
-core. Any output size is drawn directly (no resize).
+and alpha-composited. No per-image Python loop (docs/performance.md has the cost per face).
+Any output size is drawn directly (no resize).
 
 Face coordinates: the face is centred near the origin, u to the viewer's right, v down;
 1 unit = half the image side when the face scale is 1. A pixel maps to face coordinates

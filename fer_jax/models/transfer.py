@@ -117,8 +117,8 @@ def build(cfg, num_classes, backbone, preprocessing, num_blocks, channels=3, hea
 
 def backbone_kernel_init(cfg, keras_init):
   """Keras's initialiser for a random backbone; zeros when load_pretrained will overwrite every kernel
-  (it fails on any it cannot fill): XLA:CPU takes 30-100 s to compile the random initialisers of a
-  4-24 M parameter backbone, for values that would be thrown away."""
+  (it fails on any it cannot fill): compiling the random initialisers of a large backbone takes
+  XLA:CPU long (docs/performance.md), for values that would be thrown away."""
   return keras_init if cfg.init_from in ("", "random") else nn.initializers.zeros
 
 
