@@ -22,13 +22,12 @@ import os
 import shutil
 import sys
 
-from fer_jax.data import FER4, folders
+from fer_jax.data import FER4, SPLITS, folders
 from fer_jax.data.progress import Progress
 
 ACTIONS = ("kept", "moved", "relabelled", "dropped", "added")
 MANIFEST_COLUMNS = ("source_path", "source_split", "source_class", "action", "split", "class",
                     "new_path", "reason", "group", "score")
-SPLITS = ("train", "val", "test")
 # Files the tools write at the top of DST. When DST becomes the next tool's SRC
 # they are outputs of the previous step, not data: they are neither read nor listed.
 OUTPUT_FILES = frozenset({

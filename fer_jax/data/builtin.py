@@ -10,7 +10,7 @@ from its own sub-seed. See docs/builtin_data.md.
 import numpy as np
 
 from fer_jax import data
-from fer_jax.data import faces
+from fer_jax.data import faces, folders
 
 # Expression prototypes: class -> {parameter: (mean, std)}; unlisted parameters take NEUTRAL's.
 # Values are in face units (see faces.py); stds are wide enough that neighbours overlap.
@@ -43,9 +43,6 @@ PROTOTYPES = {
              "eye_open": (1.1, 0.14)},
     "contempt": {"mouth_lift": (0.01, 0.025), "mouth_asym": (0.045, 0.02), "eye_open": (0.7, 0.14)},
 }
-# Other spellings of the same classes (FER+ and AffectNet use the nouns).
-ALIASES = {"happiness": "happy", "sadness": "sad", "anger": "angry", "surprised": "surprise",
-           "fearful": "fear", "disgusted": "disgust"}
 # Where a parameter stops making sense: mouths cannot open negatively, eyes cannot vanish.
 LIMITS = {"mouth_open": (0, 0.22), "mouth_width": (0.1, 0.4), "teeth": (0, 1), "brow_raise": (0.0, 0.25),
           "brow_arch": (0, 0.08), "eye_open": (0.12, 1.4)}
@@ -54,7 +51,7 @@ SPLIT_SIZE = {"train": 1, "val": 1 / 8, "test": 1 / 8}  # images per class, rela
 
 def prototype(name):
   """The (mean, std) of every expression parameter for class `name`."""
-  key = ALIASES.get(name.lower(), name.lower())
+  key = folders.canonical_class(name)  # FER+ and AffectNet spell classes as nouns
   if key not in PROTOTYPES:
     raise ValueError(f"config.data.classes: the built-in faces have no class {name!r}; "
                      f"known: {', '.join(sorted(PROTOTYPES))}")

@@ -82,16 +82,17 @@ class ScanResult:
   skipped: list  # (path, reason) for what the scan did not use
 
 
-def _canonical(name):
+def canonical_class(name):
+  """A class name as researchers spell it ('Happiness', 'sad_ness', 'Surprised') -> its canonical name."""
   k = name_key(name)
   return CLASS_ALIASES.get(k, k)
 
 
 def match_class(folder_name, classes):
   """Index of `folder_name` in `classes` (case, '_', '-' and aliases ignored), or None."""
-  target = _canonical(folder_name)
+  target = canonical_class(folder_name)
   for i, c in enumerate(classes):
-    if _canonical(c) == target:
+    if canonical_class(c) == target:
       return i
   return None
 

@@ -28,6 +28,11 @@ def normalize_split(folder_name):
 def stratified_holdout(labels, fraction, seed):
   """Splits indices into (keep_idx, holdout_idx), `fraction` of every class held out.
 
+  The loaders' way to make a missing val split, image by image. `data_tools.stratify.assign_parts`
+  is the other stratified splitter: k parts by ratios, keeping duplicate groups whole, for
+  re-splitting a dataset on disk; this one stays separate so that every loaded dataset keeps
+  the val split it has always had.
+
   Each class holds out round(count * fraction) of its images, chosen by a permutation seeded
   with `seed` (the same labels, fraction and seed always give the same split). A class with at
   least 2 images keeps at least one on each side; a class with a single image keeps it.
