@@ -60,18 +60,21 @@ def test_block_structure_follows_config():
   assert shapes["conv5_2"] == (1, 12, 12, 512)  # 48 -> 24 (block 1) -> 12 (block 3) only
 
 
-def test_dropout_is_random_in_training_and_off_in_eval():
+def test_apply_dropout_is_random_in_training_off_in_eval_and_training_updates_batch_stats():
   config = b.get_config()
   with config.unlocked():
-    config.model.widths = (4, 4, 4)  # Model B's structure, narrow: the test is about dropout
+    config.model.widths = (4, 4, 4)  # Model B's structure, narrow: the test is about models.apply
   model = models.build(config.model, 4)
   variables = models.init_variables(model, (16, 16, 1))
   x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 1))
-  apply_eval = jax.jit(lambda x: model.apply(variables, x, train=False))
-  apply_train = jax.jit(lambda x, k: model.apply(variables, x, train=True, rngs={"dropout": k},
-                                                 mutable=["batch_stats"])[0])
+  apply_eval = jax.jit(lambda x: models.apply(model, variables, x, train=False))
+  apply_train = jax.jit(lambda x, k: models.apply(model, variables, x, train=True, rng=k))
   np.testing.assert_array_equal(apply_eval(x), apply_eval(x))
-  assert not np.allclose(apply_train(x, jax.random.key(0)), apply_train(x, jax.random.key(1)))
+  (logits0, stats0), (logits1, _) = apply_train(x, jax.random.key(0)), apply_train(x, jax.random.key(1))
+  assert not np.allclose(logits0, logits1)
+  assert jax.tree.structure(stats0) == jax.tree.structure(variables["batch_stats"])
+  moved = [not np.allclose(new, old) for new, old in zip(jax.tree.leaves(stats0), jax.tree.leaves(variables["batch_stats"]))]
+  assert all(moved)  # every moving mean and variance took a step towards the batch's statistics
 
 
 @pytest.mark.parametrize("field,value,message", [
