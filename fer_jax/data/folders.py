@@ -164,7 +164,8 @@ def scan_tree(root, classes, classes_field="config.data.classes"):
   return ScanResult(root, layout, files, skipped)
 
 
-def _to_mode(im, channels):
+def to_mode(im, channels):
+  """A PIL image in 'L' (channels=1) or 'RGB' (3), converted as the module docstring says."""
   if im.mode in _INT16_MODES:
     wide = np.asarray(im, dtype=np.int64)
     im = Image.fromarray(((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8), "L")
@@ -193,7 +194,7 @@ def _check_params(channels, resize_filter):
 def to_array(im, size, channels, resize_filter="bilinear"):
   """A PIL image -> uint8 [size, size, channels], converted as the module docstring says."""
   _check_params(channels, resize_filter)
-  im = _to_mode(im, channels)
+  im = to_mode(im, channels)
   if im.size != (size, size):
     im = im.resize((size, size), resample_filter(resize_filter))
   return np.asarray(im, dtype=np.uint8).reshape(size, size, channels)
