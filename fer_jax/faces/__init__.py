@@ -82,6 +82,10 @@ def detect(image, backend="haar", **opts):
   return sorted(found, key=lambda f: -f.score)
 
 
+class TooLarge(folders.BadImage):
+  """An image refused for its size (the web demo answers it with 413, other bad images with 400)."""
+
+
 def load_image(source, name=None, max_pixels=MAX_PIXELS):
   """A photo (path or binary file object) -> RGB uint8 with EXIF orientation applied.
 
@@ -92,17 +96,17 @@ def load_image(source, name=None, max_pixels=MAX_PIXELS):
   try:
     with (folders.open_image(source) if isinstance(source, str) else Image.open(source)) as im:
       if im.width * im.height > max_pixels:
-        raise folders.BadImage(name, f"{im.width}x{im.height} is over the {max_pixels:,}-pixel limit")
+        raise TooLarge(name, f"{im.width}x{im.height} is over the {max_pixels:,}-pixel limit")
       im.load()
       return np.asarray(folders.to_mode(ImageOps.exif_transpose(im), 3))
   except folders.BadImage:
     raise
   except FileNotFoundError:
     raise folders.BadImage(name, "file not found") from None
-  except (UnidentifiedImageError, Image.DecompressionBombError) as e:
-    reason = "over Pillow's decompression-bomb limit" if isinstance(e, Image.DecompressionBombError) \
-        else "not an image Pillow can read"
-    raise folders.BadImage(name, reason) from None
+  except Image.DecompressionBombError:
+    raise TooLarge(name, "over Pillow's decompression-bomb limit") from None
+  except UnidentifiedImageError:
+    raise folders.BadImage(name, "not an image Pillow can read") from None
   except Exception as e:  # Pillow raises many types for corrupt data (OSError, SyntaxError...)
     raise folders.BadImage(name, f"corrupt or truncated image ({type(e).__name__}: {e})") from None
 

