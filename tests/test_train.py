@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -175,15 +176,17 @@ def test_empty_split_is_an_error_naming_the_root(tmp_path):
 
 
 def test_predict_uses_the_best_checkpoint_and_the_confidence_rule(reference_run, tmp_path):
-  from fer_jax import predict
+  from fer_jax import inference, predict
   workdir, _ = reference_run
-  predictor = predict.Predictor(workdir)
+  scorer = inference.Scorer.from_workdir(workdir)
   saved = np.load(os.path.join(workdir, "test_predictions.npz"))
   from fer_jax.data import builtin
-  test = builtin.load(predictor.config.data).splits["test"]
-  np.testing.assert_allclose(predictor.probs(test.images), saved["probs"], atol=1e-5)  # the evaluated weights
+  with open(os.path.join(workdir, "config.json")) as f:
+    data_config = ml_collections.ConfigDict(json.load(f)["data"])
+  test = builtin.load(data_config).splits["test"]
+  np.testing.assert_allclose(scorer.probabilities(test.images), saved["probs"], atol=1e-5)  # the evaluated weights
   for i, im in enumerate(test.images[:3]):
     Image.fromarray(im[..., 0]).save(tmp_path / f"face{i}.png")
-  assert predict.image_paths([str(tmp_path)]) == [str(tmp_path / f"face{i}.png") for i in range(3)]
+  assert predict.input_paths([str(tmp_path)]) == [str(tmp_path / f"face{i}.png") for i in range(3)]
   probs = np.array([[0.69, 0.11, 0.1, 0.1], [0.1, 0.8, 0.05, 0.05]])
-  assert predict.answers(probs, predictor.classes, 0.7) == ["uncertain", "neutral"]
+  assert inference.answers(probs, scorer.classes, 0.7) == ["uncertain", "neutral"]
