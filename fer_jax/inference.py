@@ -76,8 +76,8 @@ class Scorer:
   def from_variables(cls, name, config, model, variables, cal):
     """A built model of `config` (a run's, or a benchmark's with fresh weights) with its variables."""
     import jax
-    from fer_jax import steps
-    logits = jax.jit(lambda x: model.apply(variables, steps.to_float(x), train=False))
+    from fer_jax import models, steps
+    logits = jax.jit(lambda x: models.apply(model, variables, steps.to_float(x), train=False))
     d = config.data
     return cls(name, tuple(d.classes), d.image_size, d.channels, d.resize_filter, cal, logits)
 
