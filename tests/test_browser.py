@@ -6,7 +6,6 @@ own browser download is never used. The screenshot lands in .cache/browser/demo.
 is a copy of one).
 """
 import os
-import shutil
 import socket
 import subprocess
 import sys

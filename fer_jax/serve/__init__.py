@@ -17,7 +17,6 @@ import io
 import os
 import time
 
-import numpy as np
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
