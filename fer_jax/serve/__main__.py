@@ -29,13 +29,13 @@ def main(argv):
     raise app.UsageError(f"--detect_side must be 0 or more, got {_DETECT_SIDE.value}")
   import uvicorn
   from fer_jax import inference, serve
+  detection = inference.Detection(_DETECTOR.value, max_faces=_MAX_FACES.value, max_side=_DETECT_SIDE.value)
   try:
+    inference.find_faces(np.zeros((8, 8, 3), np.uint8), detection)  # load the detector before the first frame
     scorer = inference.Scorer.from_workdir(_WORKDIR.value) if _WORKDIR.value else inference.Scorer.default(_CLASSES.value)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  detection = inference.Detection(_DETECTOR.value, max_faces=_MAX_FACES.value, max_side=_DETECT_SIDE.value)
-  inference.find_faces(np.zeros((8, 8, 3), np.uint8), detection)  # load and compile before the first frame
-  scorer.probabilities(np.zeros((1, scorer.image_size, scorer.image_size, scorer.channels), np.uint8))
+  scorer.probabilities(np.zeros((1, scorer.image_size, scorer.image_size, scorer.channels), np.uint8))  # compile
   print(f"fer_jax demo: http://{_HOST.value}:{_PORT.value}  (model: {scorer.name}; Ctrl-C stops)", flush=True)
   uvicorn.run(serve.create_app(scorer, detection, smoothing=_SMOOTHING.value), host=_HOST.value, port=_PORT.value,
               log_level="warning")
