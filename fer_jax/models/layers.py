@@ -7,6 +7,7 @@ moving mean, moving variance, or Normalization's mean, variance, count (the port
 Flax layer's variables the same way). Depthwise kernels keep Keras's (k, k, C, 1) shape.
 """
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -41,8 +42,30 @@ def zero_pad(x, pads):
 
 def _depthwise(x, kernel, strides, padding, dtype):
   k, _, c, _ = kernel.shape
-  return lax.conv_general_dilated(x.astype(dtype), kernel.reshape(k, k, 1, c).astype(dtype), (strides, strides),
-                                  padding, dimension_numbers=cpu_conv.NHWC_HWIO, feature_group_count=c)
+  x, kernel = x.astype(dtype), kernel.astype(dtype)
+  if jax.default_backend() == "cpu":
+    return _depthwise_shift_add(x, kernel[:, :, :, 0], strides, padding)
+  return lax.conv_general_dilated(x, kernel.reshape(k, k, 1, c), (strides, strides), padding,
+                                  dimension_numbers=cpu_conv.NHWC_HWIO, feature_group_count=c)
+
+
+def _depthwise_shift_add(x, kernel, strides, padding):
+  """The depthwise conv as k*k shifted multiply-adds, which XLA fuses into one loop.
+
+  XLA:CPU lowers a grouped convolution (feature_group_count=C) to a slow generic kernel: on a
+  256x31x31x16 input this is 10 ms against 232 ms (mini-XCEPTION's blocks are mostly this).
+  """
+  k = kernel.shape[0]
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(x.shape[1:3], (k, k), (strides, strides), padding)
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  out_h = (x.shape[1] - k) // strides + 1
+  out_w = (x.shape[2] - k) // strides + 1
+  y = 0
+  for i in range(k):
+    for j in range(k):
+      y = y + x[:, i:i + strides * (out_h - 1) + 1:strides, j:j + strides * (out_w - 1) + 1:strides] * kernel[i, j]
+  return y
 
 
 class DepthwiseConv2D(nn.Module):
