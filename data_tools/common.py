@@ -32,7 +32,7 @@ MANIFEST_COLUMNS = ("source_path", "source_split", "source_class", "action", "sp
 # they are outputs of the previous step, not data: they are neither read nor listed.
 OUTPUT_FILES = frozenset({
     "manifest.csv", "plan.json", "summary.txt", "duplicates.csv", "conflicts.csv", "review.csv",
-    "suspects.png", "oof_probs.npz"})
+    "suspects.png", "oof_probs.npz", "pairs.csv", "pairs.png"})
 # Working folders of the tools; dot-named, so scanning a tree skips them.
 OUTPUT_DIRS = frozenset({".mislabel_runs"})
 # Suffix of the temp file `_Writer.place` renames into place.

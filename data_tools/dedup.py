@@ -1,34 +1,51 @@
 """Finds exact and near-duplicate images, reports leakage between splits, and removes it.
 
-  python -m data_tools.dedup SRC --out DST [--apply] [--hash phash --threshold 6]
+  python -m data_tools.dedup SRC --out DST [--apply] [--review DST/pairs.csv]
+      [--hash phash --threshold 8 --shift 2 --zoom 0.08 --min_similarity 0.92]
       [--leaks drop|keep] [--within keep-one|keep-all] [--conflicts review|drop|keep]
 
-Every image is decoded as the loader decodes it (gray, --image-size, so "exact" means the model
-sees identical pixels) and gets 64-bit codes: a digest of its pixels, a perceptual hash
-(imagehash: pHash by default; dHash, aHash, wHash selectable) and the perceptual hashes of
-transformed copies of it. Two images are duplicates when their digests are equal or their
-hashes differ in at most --threshold bits. A horizontally flipped copy has an unrelated pHash,
-so each image's hash is also compared with the other's mirror-image hash; pHash also moves by
-more than the threshold for a 1-2 px translation, so --shift N compares it with the hashes of
-the other image translated by up to N px. Duplicates are grouped transitively.
+Every image is decoded as the loader decodes it (gray, --image_size, so "exact" means the model
+sees identical pixels). Two steps decide whether two images are copies of one photograph:
 
-Findings: images in val/test with a twin in train (or in test with a twin in val) are leaks;
-several members of a group in one split are within-split copies; groups whose labels disagree
-are conflicts. Policies: --leaks drop keeps only the members in the earliest split of the
-group (train, then val, then test); --within keep-one keeps one per split (the largest file,
-usually the least compressed); --conflicts review keeps one per split and label and lists them
-in DST/conflicts.csv (apply decisions with `data_tools.mislabel --review`), drop drops the
-whole group, keep treats labels as if they agreed. DST/duplicates.csv lists every group member.
+1. Candidates (fast): a digest of the pixels (exact copies) and a 64-bit perceptual hash
+   (imagehash: pHash by default). A pair is a candidate when the hashes differ in at most
+   --threshold bits, or one image's hash is that close to the hash of a transformed copy of the
+   other: its mirror image, the image moved by --shift px in each of 8 directions, zoomed in and
+   out by --zoom. (pHash alone misses 2-3 px shifts and small crops; the transformed copies
+   catch them.) The all-pairs search is multi-index hashing, no loop over pairs.
+2. Verification (decides): the normalised cross-correlation of the two images' pixels (lightly
+   blurred; the central two thirds of one against the other moved by up to --max_shift px,
+   zoomed by 1 -/+ --zoom, mirrored when mirrored copies are matched), best over these. A
+   candidate pair is a near duplicate when it reaches --min_similarity. Different faces in the
+   same pose and light share a hash far more often than they reach that correlation.
+
+No chaining: an image is only ever dropped for a kept image it was verified against directly.
+Groups (the `group` column) are the connected components of verified pairs, for reporting.
+Findings: an image in val/test verified against one in train (or test against val) is a leak;
+verified copies within a split are within-split copies; verified pairs whose labels differ are
+label conflicts. Policies: --leaks drop drops an image with a kept verified twin in an earlier
+split (train, then val, then test); --within keep-one drops an image with a kept verified twin
+in its split (the largest file of a group is considered first and kept); --conflicts review
+keeps one per label and lists them in DST/conflicts.csv (apply decisions with
+`data_tools.mislabel --review`), drop drops every image of a conflicting pair, keep ignores
+labels. DST/duplicates.csv lists every candidate pair with its hash distance, similarity and
+verdict; DST/pairs.csv and DST/pairs.png show the near pairs closest to --min_similarity for a
+person to confirm: fill `decision` (duplicate | distinct) and re-run with --review DST/pairs.csv.
 """
 import collections
+import csv
 import functools
 import hashlib
+import io
 import os
 import sys
 
 import imagehash
+from matplotlib.figure import Figure
 import numpy as np
 from PIL import Image
+from scipy import fft as scipy_fft
+from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -39,31 +56,60 @@ from fer_jax.data.progress import Progress
 HASHES = {"phash": imagehash.phash, "dhash": imagehash.dhash, "ahash": imagehash.average_hash,
           "whash": imagehash.whash}
 MAX_THRESHOLD = 31  # t + 1 bands of 64 bits must each keep 2 bits
-SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # which copy of a leaked group survives
-# Candidate pairs verified at once: bounds the temporary arrays to a few hundred MB.
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # which copy of a leaked pair survives
+# Defaults chosen on the labelled real-face benchmark (benchmarks/dedup_quality.py,
+# docs/data_tools.md): precision and recall of grouping at 48x48.
+DEFAULT_THRESHOLD = 8
+DEFAULT_SHIFT = 2
+DEFAULT_ZOOM = 0.08
+DEFAULT_MAX_SHIFT = 3
+DEFAULT_MIN_SIMILARITY = 0.92
+SIMILARITY_BLUR = 1.0  # px: JPEG blocks and noise barely move the correlation after this blur
+# Candidate pairs gathered at once: bounds the temporary arrays to a few hundred MB.
 PAIR_CHUNK = 4_000_000
+VERIFY_CHUNK = 2_048  # pairs verified at once (a few tens of MB of float32)
 
 
 # ---------------------------------------------------------------------------- hashing
 
 def add_hash_flags(parser):
   parser.add_argument("--hash", choices=sorted(HASHES), default="phash", help="perceptual hash")
-  parser.add_argument("--threshold", type=int, default=6,
-                      help=f"max differing bits (of 64) between near duplicates, 0..{MAX_THRESHOLD}")
-  parser.add_argument("--no-mirror", dest="mirror", action="store_false",
+  parser.add_argument("--threshold", type=int, default=DEFAULT_THRESHOLD,
+                      help=f"max differing bits (of 64) of a candidate pair, 0..{MAX_THRESHOLD}")
+  parser.add_argument("--no_mirror", dest="mirror", action="store_false",
                       help="do not match horizontally flipped copies (matching them: %(default)s)")
-  parser.add_argument("--shift", type=int, default=0, choices=(0, 1, 2),
-                      help="also match copies translated by up to this many pixels (costs "
-                           "(2 shift + 1)^2 - 1 extra hashes per image)")
-  parser.add_argument("--image-size", type=int, default=48,
+  parser.add_argument("--shift", type=int, default=DEFAULT_SHIFT, choices=(0, 1, 2, 3),
+                      help="also hash each image moved by this many px in 8 directions (0: off)")
+  parser.add_argument("--zoom", type=float, default=DEFAULT_ZOOM,
+                      help="also hash each image zoomed in and out by this fraction, and verify "
+                           "at these scales (0: off)")
+  parser.add_argument("--max_shift", type=int, default=DEFAULT_MAX_SHIFT,
+                      help="verification: largest translation (px) searched between two images")
+  parser.add_argument("--min_similarity", type=float, default=DEFAULT_MIN_SIMILARITY,
+                      help="verification: normalised cross-correlation a near duplicate reaches")
+  parser.add_argument("--image_size", type=int, default=48,
                       help="side the images are decoded to before hashing (the dataset's size)")
+
+
+def default_settings():
+  """The hash and verification flags at their defaults (the audit's definition of a duplicate)."""
+  import argparse
+  parser = argparse.ArgumentParser()
+  add_hash_flags(parser)
+  return parser.parse_args([])
 
 
 def check_hash_flags(args):
   if not 0 <= args.threshold <= MAX_THRESHOLD:
     raise common.ToolError(f"--threshold: must be in 0..{MAX_THRESHOLD}, got {args.threshold}")
-  if args.image_size < 8:
-    raise common.ToolError(f"--image-size: must be at least 8, got {args.image_size}")
+  if args.image_size < 16:
+    raise common.ToolError(f"--image_size: must be at least 16, got {args.image_size}")
+  if not 0 <= args.zoom <= 0.3:
+    raise common.ToolError(f"--zoom: must be in 0..0.3, got {args.zoom}")
+  if not 0 <= args.max_shift <= args.image_size // 8:
+    raise common.ToolError(f"--max_shift: must be in 0..{args.image_size // 8}, got {args.max_shift}")
+  if not 0 < args.min_similarity <= 1:
+    raise common.ToolError(f"--min_similarity: must be in (0, 1], got {args.min_similarity}")
 
 
 def _translate(pixels, dy, dx):
@@ -74,17 +120,43 @@ def _translate(pixels, dy, dx):
   return padded[abs(dy) - dy:abs(dy) - dy + h, abs(dx) - dx:abs(dx) - dx + w]
 
 
-def variant_kinds(mirror, shift):
+@functools.lru_cache(maxsize=16)
+def zoom_matrix(size, scale):
+  """[size, size] float32 M: M @ column is the column zoomed by `scale` about its centre
+  (linear interpolation, edges repeated), so M @ image @ M.T zooms an image."""
+  source = np.clip((np.arange(size) - (size - 1) / 2) / scale + (size - 1) / 2, 0, size - 1)
+  lo = np.floor(source).astype(int)
+  hi = np.minimum(lo + 1, size - 1)
+  weight = (source - lo).astype(np.float32)
+  m = np.zeros((size, size), np.float32)
+  np.add.at(m, (np.arange(size), lo), 1 - weight)
+  np.add.at(m, (np.arange(size), hi), weight)
+  return m
+
+
+def _zoom(pixels, scale):
+  m = zoom_matrix(pixels.shape[0], scale)
+  return np.clip(np.rint(m @ pixels.astype(np.float32) @ m.T), 0, 255).astype(np.uint8)
+
+
+def variant_kinds(mirror, shift, zoom):
   """Names of the transformed copies hashed besides the image itself, in column order."""
-  offsets = [(dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)
-             if (dy, dx) != (0, 0)]
-  return (["mirrored"] if mirror else []) + [f"shifted {dy:+d},{dx:+d}" for dy, dx in offsets]
+  offsets = [(dy * shift, dx * shift) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+  return ((["mirrored"] if mirror else []) + [f"shifted {dy:+d},{dx:+d}" for dy, dx in offsets if shift]
+          + [f"zoomed {s:.2f}" for s in zoom_scales(zoom) if s != 1])
+
+
+def zoom_scales(zoom):
+  return (1 - zoom, 1.0, 1 + zoom) if zoom else (1.0,)
 
 
 def _variant(pixels, kind):
-  if kind == "mirrored":
+  name, _, value = kind.partition(" ")
+  if name == "mirrored":
     return pixels[:, ::-1]
-  dy, dx = (int(v) for v in kind.split()[1].split(","))
+  if name == "zoomed":
+    return _zoom(pixels, float(value))
+  dy, dx = (int(v) for v in value.split(","))
   return _translate(pixels, dy, dx)
 
 
@@ -98,7 +170,6 @@ def _hash_chunk(images, method, kinds):
   digests = np.zeros(len(images), np.uint64)
   bits = np.zeros((len(kinds) + 1, len(images), 64), bool)
   for k, pixels in enumerate(images):
-    pixels = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
     digests[k] = int.from_bytes(hashlib.blake2b(pixels.tobytes(), digest_size=8).digest(), "big")
     for v, kind in enumerate([None] + kinds):
       bits[v, k] = fn(Image.fromarray(pixels if kind is None else np.ascontiguousarray(
@@ -109,7 +180,7 @@ def _hash_chunk(images, method, kinds):
 
 class Hashes:
   """Per image: `digest` of its pixels, perceptual hash `code`, and `variants` [N, V]: the hashes
-  of its transformed copies named by `kinds` (mirror image, small translations)."""
+  of its transformed copies named by `kinds` (mirror image, translations, zooms)."""
 
   def __init__(self, digest, code, variants, kinds):
     self.digest, self.code, self.variants, self.kinds = digest, code, variants, list(kinds)
@@ -118,12 +189,24 @@ class Hashes:
     return len(self.code)
 
 
-def hash_images(images, method="phash", mirror=True, shift=0, workers=1, label="hashing"):
-  """uint8 [N, H, W, C] -> Hashes. imagehash works one image at a time, so chunks go to processes."""
-  kinds = variant_kinds(mirror, shift)
+def gray(images):
+  """uint8 [N, H, W] or [N, H, W, C] -> uint8 [N, H, W] (colour averaged, as hashing sees it)."""
+  images = np.asarray(images)
+  if images.ndim == 4:
+    images = images[..., 0] if images.shape[-1] == 1 else np.rint(images.mean(-1)).astype(np.uint8)
+  return images
+
+
+def hash_images(images, settings, workers=1, label="hashing"):
+  """uint8 [N, H, W(, C)] -> Hashes, with the variants `settings` (the hash flags) ask for.
+
+  imagehash works one image at a time, so chunks go to processes.
+  """
+  kinds = variant_kinds(settings.mirror, settings.shift, settings.zoom)
+  images = gray(images)
   progress = Progress(label, len(images))
   # The loader's pool: processes, or threads once JAX is imported (see folders.executor).
-  parts = dict(folders.map_chunks(functools.partial(_hash_chunk, method=method, kinds=kinds),
+  parts = dict(folders.map_chunks(functools.partial(_hash_chunk, method=settings.hash, kinds=kinds),
                                   images, 256, workers, progress))
   progress.close()
   ordered = [parts[s] for s in sorted(parts)] or [
@@ -131,12 +214,66 @@ def hash_images(images, method="phash", mirror=True, shift=0, workers=1, label="
   return Hashes(*(np.concatenate([p[f] for p in ordered]) for f in range(3)), kinds)
 
 
-def hash_files(paths, args, label="hashing"):
-  """Decodes and hashes files -> (Hashes of the readable ones, ok mask [N], [(path, reason)])."""
+def decode_and_hash(paths, args, label="hashing"):
+  """Decodes and hashes files -> (gray uint8 [n, S, S] of the readable ones, their Hashes,
+  ok mask [N], [(path, reason)])."""
   images, ok, errors = folders.decode_many(paths, args.image_size, 1, "bilinear", args.workers,
                                            label="decoding")
-  hashes = hash_images(images[ok], args.hash, args.mirror, args.shift, args.workers, label)
-  return hashes, ok, errors
+  images = gray(images[ok])
+  return images, hash_images(images, args, args.workers, label), ok, errors
+
+
+# ---------------------------------------------------------------------------- verification
+
+def _blurred(images):
+  return ndimage.gaussian_filter(images.astype(np.float32), (0, SIMILARITY_BLUR, SIMILARITY_BLUR))
+
+
+def _similarity_chunk(a, b, max_shift, scales, mirror):
+  """Best normalised cross-correlation between blurred a[k] and b[k] (float32 [P, S, S] each)."""
+  p, size, _ = a.shape
+  s = max_shift
+  margin = max(s, size // 6)
+  h = size - 2 * margin  # the central two thirds of a are compared: borders and edge fill vary
+  n = h * h
+  centre = a[:, margin:size - margin, margin:size - margin]
+  centre = centre - centre.mean((1, 2), keepdims=True)
+  centre /= np.maximum(np.sqrt((centre ** 2).sum((1, 2), keepdims=True)), 1e-3)
+  shape = (h + 2 * s,) * 2
+  conj_centre = np.conj(scipy_fft.rfft2(centre, shape))
+  window = lambda c: c[:, h:, h:] - c[:, :-h, h:] - c[:, h:, :-h] + c[:, :-h, :-h]  # noqa: E731
+  best = np.full(p, -1.0, np.float32)
+  for scale in scales:
+    m = zoom_matrix(size, scale)
+    zoomed = b if scale == 1 else m @ b @ m.T
+    region = np.ascontiguousarray(zoomed[:, margin - s:size - margin + s, margin - s:size - margin + s])
+    # sums of every h x h window from integral images: the windows' means and norms
+    sums = window(np.pad(region, ((0, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2))
+    squares = window(np.pad(region * region, ((0, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2))
+    norm = np.sqrt(np.maximum(squares - sums * sums / n, 1e-6))
+    for flip in ((False, True) if mirror else (False,)):
+      r = region[:, :, ::-1] if flip else region
+      # correlation with every translation at once (the centre is zero-mean, unit-norm)
+      corr = scipy_fft.irfft2(scipy_fft.rfft2(r) * conj_centre, shape)[:, :2 * s + 1, :2 * s + 1]
+      best = np.maximum(best, (corr / np.maximum(norm[:, :, ::-1] if flip else norm, 1e-3)).max((1, 2)))
+  return best
+
+
+def similarity(images, i, j, settings, other=None):
+  """Verified similarity of the pairs (images[i], other[j]) (other = images by default): float32.
+
+  The normalised cross-correlation (-1..1) of the blurred images, best over translations up to
+  --max_shift px, zooms by 1 -/+ --zoom and (with mirrored copies matched) the mirror image;
+  invariant to brightness and contrast.
+  """
+  other = images if other is None else other
+  out = np.zeros(len(i), np.float32)
+  scales = zoom_scales(settings.zoom)
+  for start in range(0, len(i), VERIFY_CHUNK):
+    sl = slice(start, start + VERIFY_CHUNK)
+    out[sl] = _similarity_chunk(_blurred(images[i[sl]]), _blurred(other[j[sl]]), settings.max_shift,
+                                scales, settings.mirror)
+  return out
 
 
 # ---------------------------------------------------------------------------- pairs and groups
@@ -239,142 +376,264 @@ def duplicate_pairs(hashes, threshold, other=None):
   return key // len(other), key % len(other)
 
 
-def group_labels(hashes, threshold):
-  """Connected components of the duplicate relation -> group id per image (int64 [N])."""
-  n = len(hashes)
-  i, j = duplicate_pairs(hashes, threshold)
-  graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+def pair_match(hashes, i, j):
+  """Hash distance and kind ('exact' | 'near' | 'mirrored' | 'shifted ..' | 'zoomed ..') of pairs (i, j)."""
+  direct = hamming(hashes.code[i], hashes.code[j])
+  # either image may be the transformed copy of the other
+  variant = np.minimum(hamming(hashes.code[i][:, None], hashes.variants[j]),
+                       hamming(hashes.variants[i], hashes.code[j][:, None]))
+  distances = np.concatenate([direct[:, None], variant], axis=1)
+  best = np.argmin(distances, axis=1)  # ties -> 'near'
+  kinds = np.array(["near"] + hashes.kinds)
+  exact = hashes.digest[i] == hashes.digest[j]
+  return (np.where(exact, 0, distances[np.arange(len(i)), best]),
+          np.where(exact, "exact", kinds[best]).astype(object))
+
+
+class Pairs:
+  """Candidate pairs (i < j) with their hash `distance`, `kind` of match, verified `similarity`
+  and `verdict`: 'exact' (same pixels), 'near' (similarity >= --min_similarity, or reviewed as a
+  duplicate) or 'distinct'. `review` holds a person's decision ('' if none)."""
+
+  def __init__(self, i, j, distance, kind, similarity, verdict):
+    self.i, self.j, self.distance, self.kind = i, j, distance, kind
+    self.similarity, self.verdict = similarity, verdict
+    self.review = np.full(len(i), "", object)
+
+  def __len__(self):
+    return len(self.i)
+
+  @property
+  def linked(self):
+    return self.verdict != "distinct"
+
+
+def find_pairs(images, hashes, settings, label="verifying"):
+  """Candidates by hash, each verified on the pixels -> Pairs. `images`: gray uint8 [N, S, S]."""
+  i, j = duplicate_pairs(hashes, settings.threshold)
+  distance, kind = pair_match(hashes, i, j)
+  exact = kind == "exact"
+  sim = np.ones(len(i), np.float32)
+  progress = Progress(label, int((~exact).sum()))
+  sim[~exact] = similarity(images, i[~exact], j[~exact], settings)
+  progress.update(int((~exact).sum()))
+  progress.close()
+  verdict = np.where(exact, "exact", np.where(sim >= settings.min_similarity, "near", "distinct"))
+  return Pairs(i, j, distance, kind, sim, verdict.astype(object))
+
+
+def group_labels(n, pairs):
+  """Connected components of the linked (exact or near) pairs -> group id per image (int64 [n])."""
+  keep = pairs.linked
+  graph = coo_matrix((np.ones(int(keep.sum()), np.int8), (pairs.i[keep], pairs.j[keep])), shape=(n, n))
   return connected_components(graph, directed=False)[1].astype(np.int64)
 
 
-def match(hashes, a, others):
-  """Distance and kind ('exact' | 'near' | 'mirrored' | 'shifted ...') from image a to `others`."""
-  others = np.asarray(others)
-  direct = hamming(hashes.code[a], hashes.code[others])
-  # either image may be the transformed copy of the other
-  variant = np.minimum(hamming(hashes.code[a], hashes.variants[others]),
-                       hamming(hashes.variants[a][None, :], hashes.code[others][:, None]))
-  kinds = np.array(["near"] + hashes.kinds)
-  all_distances = np.concatenate([direct[:, None], variant], axis=1)
-  best = np.argmin(all_distances, axis=1)  # ties -> 'near'
-  exact = hashes.digest[others] == hashes.digest[a]
-  distance = np.where(exact, 0, all_distances[np.arange(len(others)), best])
-  return distance, np.where(exact, "exact", kinds[best])
-
-
-def duplicate_groups(hashes, threshold):
+def groups_of(n, pairs):
   """Lists of member indices (sorted) of every group with two or more images, in index order."""
-  labels = group_labels(hashes, threshold)
   members = collections.defaultdict(list)
-  for idx, g in enumerate(labels):
+  for idx, g in enumerate(group_labels(n, pairs)):
     members[g].append(idx)
   return [m for m in sorted(members.values()) if len(m) > 1]
 
 
+def find_groups(images, settings, workers=1):
+  """Exact and verified near duplicates of an image array -> (Pairs, groups): the definition
+  `dedup` applies to files, for callers holding arrays (the audit)."""
+  images = gray(images)
+  pairs = find_pairs(images, hash_images(images, settings, workers), settings)
+  return pairs, groups_of(len(images), pairs)
+
+
 # ---------------------------------------------------------------------------- policies
 
-def _closest(hashes, a, candidates):
-  distance, kind = match(hashes, a, candidates)
-  best = int(np.argmin(distance))
-  return candidates[best], int(distance[best]), str(kind[best])
+def _best_copy_first(records, members):
+  """Members in the order they are considered for keeping: earliest split, then the largest
+  file (least compressed / largest original), then path."""
+  return sorted(members, key=lambda m: (SPLIT_ORDER[records[m].split], -records[m].size, records[m].path))
 
 
-def _best_copy(records, members):
-  """The member to keep: the largest file (least compressed / largest original), then by path."""
-  return min(members, key=lambda m: (-records[m].size, records[m].path))
+def decide(records, pairs, args, classes):
+  """Applies the policies to the linked pairs.
 
-
-def resolve_group(gid, members, records, hashes, args, classes):
-  """Decides a duplicate group: {member: (action, reason, score)}, report rows, review rows."""
-  split = {m: records[m].split for m in members}
-  label = {m: records[m].class_name for m in members}
-  labels = sorted(set(label.values()), key=classes.index)
-  conflict = len(labels) > 1
-  outcome, findings = {}, {m: [] for m in members}
-
-  for m in members:  # leakage is reported whatever the policy
-    earlier = [o for o in members if SPLIT_ORDER[split[o]] < SPLIT_ORDER[split[m]]]
-    if earlier:
-      twin, distance, kind = _closest(hashes, m, earlier)
-      findings[m].append(f"leak {split[m]}<-{split[twin]}")
-      if args.leaks == "drop":  # only the members in the group's earliest split stay
-        outcome[m] = ("dropped", f"leak: {kind} copy of {records[twin].path} ({split[twin]})", distance)
-  if conflict:
-    for m in members:
-      findings[m].append("label conflict")
-    if args.conflicts == "drop":
-      for m in members:
-        outcome[m] = ("dropped", f"label conflict in duplicate group ({'/'.join(labels)})", "")
-  alive = [m for m in members if m not in outcome]
-
-  per_split = collections.Counter(split.values())
-  for m in members:
-    if per_split[split[m]] > 1:
-      findings[m].append(f"within-split copy ({split[m]})")
-  if args.within == "keep-one":
-    buckets = collections.defaultdict(list)
-    for m in alive:  # with --conflicts review, each label keeps a copy for the reviewer
-      buckets[split[m], label[m] if (conflict and args.conflicts == "review") else ""].append(m)
-    for bucket in buckets.values():
-      keep = _best_copy(records, bucket)
-      for m in bucket:
-        if m != keep:
-          _, distance, kind = _closest(hashes, m, [keep])
-          outcome[m] = ("dropped", f"within-split {kind} copy of {records[keep].path}", distance)
-  alive = [m for m in members if m not in outcome]
-  for m in alive:
-    outcome[m] = ("kept", f"kept from a duplicate group of {len(members)}", "")
-
-  report = []
-  for m in members:
-    others = [o for o in members if o != m]
-    twin, distance, kind = _closest(hashes, m, others)
-    report.append({"group": gid, "file": records[m].path, "split": split[m], "class": label[m],
-                   "twin": records[twin].path, "distance": distance, "match": kind,
-                   "findings": "; ".join(findings[m]), "action": outcome[m][0]})
+  Returns ({image: (action, reason, pair index)}, {image: [findings]}, review rows). An image is
+  dropped only for a kept image it is linked to directly, so links never chain into drops.
+  """
+  neighbours = collections.defaultdict(list)
+  for k in np.flatnonzero(pairs.linked):
+    a, b = int(pairs.i[k]), int(pairs.j[k])
+    neighbours[a].append((b, k))
+    neighbours[b].append((a, k))
+  split = lambda m: records[m].split  # noqa: E731
+  label = lambda m: records[m].class_name  # noqa: E731
+  outcome, findings, kept = {}, {}, set()
+  for m in _best_copy_first(records, list(neighbours)):
+    found = []
+    for o, _ in neighbours[m]:
+      if SPLIT_ORDER[split(o)] < SPLIT_ORDER[split(m)]:
+        found.append(f"leak {split(m)}<-{split(o)}")
+      if split(o) == split(m):
+        found.append(f"within-split copy ({split(m)})")
+      if label(o) != label(m):
+        found.append("label conflict")
+    findings[m] = list(dict.fromkeys(found))
+    conflicting = [(o, k) for o, k in neighbours[m] if label(o) != label(m)]
+    earlier = [(o, k) for o, k in neighbours[m]
+               if o in kept and SPLIT_ORDER[split(o)] < SPLIT_ORDER[split(m)]]
+    same = [(o, k) for o, k in neighbours[m] if o in kept and split(o) == split(m)
+            and (args.conflicts != "review" or label(o) == label(m))]
+    most_similar = lambda twins: max(twins, key=lambda t: (pairs.similarity[t[1]], -t[0]))  # noqa: E731
+    if args.conflicts == "drop" and conflicting:
+      o, k = most_similar(conflicting)
+      outcome[m] = ("dropped", f"label conflict: {pairs.kind[k]} copy of {records[o].path} "
+                               f"({label(o)})", k)
+    elif args.leaks == "drop" and earlier:
+      o, k = most_similar(earlier)
+      outcome[m] = ("dropped", f"leak: {pairs.kind[k]} copy of {records[o].path} ({split(o)})", k)
+    elif args.within == "keep-one" and same:
+      o, k = most_similar(same)
+      outcome[m] = ("dropped", f"within-split {pairs.kind[k]} copy of {records[o].path}", k)
+    else:
+      outcome[m] = ("kept", "kept: linked to " + ", ".join(
+          f"{records[o].path} ({pairs.kind[k]})" for o, k in neighbours[m][:3])
+          + (f" and {len(neighbours[m]) - 3} more" if len(neighbours[m]) > 3 else ""), None)
+      kept.add(m)
   review = []
-  alive_labels = sorted({label[m] for m in alive}, key=classes.index)
-  if args.conflicts == "review" and len(alive_labels) > 1:
-    for m in alive:
-      votes = collections.Counter(label[o] for o in alive if label[o] != label[m])
-      suggested = max(votes, key=lambda c: (votes[c], -classes.index(c)))
-      review.append({"group": gid, "record": m, "given_label": label[m], "suggested_label": suggested,
-                     "reason": f"label conflict in duplicate group {gid} ({'/'.join(alive_labels)})"})
-  return outcome, report, review
+  if args.conflicts == "review":
+    for m in sorted(kept):
+      others = collections.Counter(label(o) for o, _ in neighbours[m] if o in kept and label(o) != label(m))
+      if others:
+        suggested = max(others, key=lambda c: (others[c], -classes.index(c)))
+        review.append({"record": m, "given_label": label(m), "suggested_label": suggested,
+                       "reason": f"verified duplicate of an image labelled {suggested}"})
+  return outcome, findings, review
+
+
+# ---------------------------------------------------------------------------- human review
+
+PAIR_COLUMNS = ("group", "file_a", "split_a", "class_a", "file_b", "split_b", "class_b",
+                "hash_distance", "match", "similarity", "verdict", "review", "outcome")
+REVIEW_PAIR_COLUMNS = ("rank", "file_a", "file_b", "hash_distance", "match", "similarity", "verdict",
+                       "decision")
+PAIR_DECISIONS = ("duplicate", "distinct")
+
+
+def borderline(pairs, min_similarity, count):
+  """Indices of the `count` non-exact pairs whose similarity is closest to the threshold."""
+  near = np.flatnonzero(pairs.kind != "exact")
+  return near[np.argsort(np.abs(pairs.similarity[near] - min_similarity), kind="stable")][:count]
+
+
+def pairs_sheet(images, pairs, chosen, min_similarity):
+  """PNG bytes: each chosen pair side by side with its similarity, hash distance and verdict."""
+  cols = 4
+  rows = max(1, -(-len(chosen) // cols))
+  fig = Figure(figsize=(cols * 2.2, rows * 1.45))  # no pyplot: no global state, no GUI backend
+  axes = fig.subplots(rows, cols, squeeze=False)
+  for ax in axes.ravel():
+    ax.axis("off")
+  for ax, (rank, k) in zip(axes.ravel(), enumerate(chosen, 1)):
+    a, b = images[pairs.i[k]], images[pairs.j[k]]
+    ax.imshow(np.concatenate([a, np.full((a.shape[0], 2), 255, np.uint8), b], axis=1), cmap="gray",
+              vmin=0, vmax=255)
+    ax.set_title(f"#{rank} sim {pairs.similarity[k]:.3f} ({pairs.verdict[k]})\n"
+                 f"hash {pairs.distance[k]} bits, {pairs.kind[k]}", fontsize=6.5)
+  if not len(chosen):
+    axes[0, 0].text(0.5, 0.5, "no near pairs", ha="center", va="center")
+  fig.suptitle(f"Pairs closest to --min_similarity {min_similarity} (duplicate at or above)", fontsize=8)
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
+  return buf.getvalue()
+
+
+def apply_pair_review(paths, pairs, tree, records):
+  """Overrides verdicts with a person's decisions from reviewed pairs.csv files (paths relative to SRC)."""
+  index = {tree.tree_path(r): n for n, r in enumerate(records)}
+  by_pair = {(int(a), int(b)): k for k, (a, b) in enumerate(zip(pairs.i, pairs.j))}
+  for path in paths:
+    try:
+      with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a CSV saved by a spreadsheet
+        reader = csv.DictReader(f)
+        missing = {"file_a", "file_b", "decision"} - set(reader.fieldnames or [])
+        if missing:
+          raise common.ToolError(f"--review {path}: no column {', '.join(sorted(missing))}")
+        for row in reader:
+          where = f"--review {path} line {reader.line_num}"
+          decision = (row["decision"] or "").strip().lower()
+          if not decision:
+            continue
+          if decision not in PAIR_DECISIONS:
+            raise common.ToolError(f"{where}: decision {row['decision']!r} is not one of "
+                                   f"{' | '.join(PAIR_DECISIONS)} | empty")
+          ends = [index.get(os.path.normpath(row[c] or "")) for c in ("file_a", "file_b")]
+          if None in ends:
+            raise common.ToolError(f"{where}: {row['file_a']!r} / {row['file_b']!r} are not images of "
+                                   f"SRC {tree.root}")
+          k = by_pair.get((min(ends), max(ends)))
+          if k is None:
+            raise common.ToolError(f"{where}: {row['file_a']} and {row['file_b']} are not a candidate "
+                                   "pair (duplicates.csv lists them all)")
+          if pairs.review[k] and pairs.review[k] != decision:
+            raise common.ToolError(f"{where}: the pair has another decision in an earlier row")
+          pairs.review[k] = decision
+          if pairs.kind[k] != "exact":  # identical pixels stay identical whatever is decided
+            pairs.verdict[k] = "near" if decision == "duplicate" else "distinct"
+    except FileNotFoundError:
+      raise common.ToolError(f"--review {path}: no such file") from None
 
 
 # ---------------------------------------------------------------------------- the tool
 
-def summarise(reports, classes, args, num_groups):
+def summarise(pairs, outcome, findings, records, args, groups, classes):
+  verdicts = collections.Counter(pairs.verdict)
+  reviewed = collections.Counter(pairs.review[pairs.review != ""])
   lines = [f"hash {args.hash}, threshold {args.threshold}, mirrored copies "
-           f"{'matched' if args.mirror else 'ignored'}, shifts up to {args.shift} px: "
-           f"{num_groups:,} duplicate groups, "
-           f"{len(reports):,} images in them"]
-  kinds = collections.Counter(r["match"].split()[0] for r in reports)
-  if kinds:
-    # a very large group usually means chained false matches: lower --threshold
-    largest = max(collections.Counter(r["group"] for r in reports).values())
-    lines.append("  closest twin: " + ", ".join(f"{k} {n:,}" for k, n in kinds.most_common())
-                 + f"; largest group {largest} images")
-  leaks = collections.Counter(f.split()[1] for r in reports for f in r["findings"].split("; ")
-                              if f.startswith("leak"))
+           f"{'matched' if args.mirror else 'ignored'}, shifted {args.shift} px, zoomed {args.zoom}: "
+           f"{len(pairs):,} candidate pairs; verified (similarity >= {args.min_similarity}): "
+           f"{verdicts['exact']:,} exact, {verdicts['near']:,} near, {verdicts['distinct']:,} distinct"
+           + (f"; reviewed: " + ", ".join(f"{d} {n}" for d, n in reviewed.items()) if reviewed else "")]
+  if groups:
+    lines.append(f"  {len(groups):,} duplicate groups, {sum(map(len, groups)):,} images; largest "
+                 f"{max(map(len, groups))} images (no image is dropped for one it was not verified against)")
+  leaks = collections.Counter(f.split()[1] for fs in findings.values() for f in fs if f.startswith("leak"))
   lines.append(f"cross-split leakage: {sum(leaks.values()):,} images"
                + "".join(f", {d} {n:,}" for d, n in sorted(leaks.items()))
                + f" (--leaks {args.leaks})")
-  within = collections.Counter(r["split"] for r in reports if "within-split" in r["findings"])
+  within = collections.Counter(records[m].split for m, fs in findings.items()
+                               if any(f.startswith("within") for f in fs))
   lines.append("within-split copies: " + (", ".join(f"{s} {within[s]:,} images" for s in common.SPLITS
                                                    if within[s]) or "none")
                + f" (--within {args.within})")
-  group_classes = collections.defaultdict(set)
-  for r in reports:
-    group_classes[r["group"]].add(r["class"])
-  pairs = collections.Counter()
-  for gid in {r["group"] for r in reports if "label conflict" in r["findings"]}:
-    pairs["/".join(sorted(group_classes[gid], key=classes.index))] += 1
-  lines.append(f"label conflicts: {sum(pairs.values()):,} groups"
-               + "".join(f", {p} {n:,}" for p, n in pairs.most_common())
+  conflicts = collections.Counter()
+  for k in np.flatnonzero(pairs.linked):
+    a, b = records[pairs.i[k]].class_name, records[pairs.j[k]].class_name
+    if a != b:
+      conflicts["/".join(sorted((a, b), key=classes.index))] += 1
+  lines.append(f"label conflicts: {sum(conflicts.values()):,} pairs"
+               + "".join(f", {p} {n:,}" for p, n in conflicts.most_common())
                + f" (--conflicts {args.conflicts})")
+  dropped = sum(action == "dropped" for action, _, _ in outcome.values())
+  lines.append(f"dropped {dropped:,} images, each for a kept image it was verified against")
   return lines
+
+
+def pair_rows(pairs, records, groups, outcome, tree):
+  group_of = {m: f"g{n}" for n, members in enumerate(groups, 1) for m in members}
+  rows = []
+  for k in range(len(pairs)):
+    a, b = int(pairs.i[k]), int(pairs.j[k])
+    dropped = [side for side, m in (("a", a), ("b", b))
+               if m in outcome and outcome[m][0] == "dropped" and outcome[m][2] == k]
+    rows.append({"group": group_of.get(a, "") if pairs.linked[k] else "",
+                 "file_a": tree.tree_path(records[a]), "split_a": records[a].split,
+                 "class_a": records[a].class_name, "file_b": tree.tree_path(records[b]),
+                 "split_b": records[b].split, "class_b": records[b].class_name,
+                 "hash_distance": int(pairs.distance[k]), "match": pairs.kind[k],
+                 "similarity": f"{pairs.similarity[k]:.4f}", "verdict": pairs.verdict[k],
+                 "review": pairs.review[k], "decision": "",
+                 "outcome": f"{dropped[0]} dropped" if dropped else ""})
+  return rows
 
 
 def plan_dedup(args):
@@ -382,21 +641,22 @@ def plan_dedup(args):
   common.check_output(args.out, args.overwrite, SRC=args.src)
   classes = list(args.classes)
   tree = common.read_tree(args.src, args.classes)
-  records = tree.files
-  hashes, ok, errors = hash_files([r.path for r in records], args)
-  readable, unreadable = common.split_readable(tree, records, ok, errors)
+  images, hashes, ok, errors = decode_and_hash([r.path for r in tree.files], args)
+  readable, unreadable = common.split_readable(tree, tree.files, ok, errors)
   entries = list(tree.not_read) + unreadable
 
-  groups = duplicate_groups(hashes, args.threshold)
-  decided, reports, reviews = {}, [], []
-  for n, members in enumerate(groups, 1):
-    outcome, report, review = resolve_group(f"g{n}", members, readable, hashes, args, classes)
-    for m, (action, reason, score) in outcome.items():
-      decided[m] = common.entry_for(tree, readable[m], action, reason=reason, group=f"g{n}", score=score)
-    reports += report
-    reviews += review
+  pairs = find_pairs(images, hashes, args)
+  apply_pair_review(args.review, pairs, tree, readable)
+  groups = groups_of(len(readable), pairs)
+  group_of = {m: f"g{n}" for n, members in enumerate(groups, 1) for m in members}
+  outcome, findings, reviews = decide(readable, pairs, args, classes)
   for m, r in enumerate(readable):
-    entries.append(decided.get(m) or common.entry_for(tree, r, "kept"))
+    if m in outcome:
+      action, reason, k = outcome[m]
+      score = "" if k is None else f"{pairs.similarity[k]:.4f}"
+      entries.append(common.entry_for(tree, r, action, reason=reason, group=group_of[m], score=score))
+    else:
+      entries.append(common.entry_for(tree, r, "kept"))
   entries.sort(key=lambda e: e.source_path)
   common.resolve_name_clashes(entries)
 
@@ -405,17 +665,26 @@ def plan_dedup(args):
                   "split": readable[v["record"]].split, "given_label": v["given_label"],
                   "suggested_label": v["suggested_label"], "score": "", "reason": v["reason"],
                   "decision": ""} for k, v in enumerate(reviews, 1)]
-  summary = summarise(reports, classes, args, len(groups))
+  summary = summarise(pairs, outcome, findings, readable, args, groups, classes)
   if review_rows:
     summary.append(f"  {len(review_rows)} conflicting images listed in conflicts.csv for review "
                    "(paths relative to DST)")
+  rows = pair_rows(pairs, readable, groups, outcome, tree)
+  chosen = borderline(pairs, args.min_similarity, args.review_pairs)
+  summary.append(f"review: DST/pairs.png and DST/pairs.csv show the {len(chosen)} near pairs closest to "
+                 f"--min_similarity; fill `decision` ({' | '.join(PAIR_DECISIONS)}) and re-run with "
+                 "--review DST/pairs.csv")
   summary += common.split_class_table(entries, classes, "result (images per class and split):")
-  reports_out = {"duplicates.csv": common.csv_text(reports, ["group", "file", "split", "class", "twin",
-                                                             "distance", "match", "findings", "action"])}
+  reports_out = {
+      "duplicates.csv": common.csv_text(rows, PAIR_COLUMNS),
+      "pairs.csv": common.csv_text([{**rows[k], "rank": n} for n, k in enumerate(chosen, 1)],
+                                   REVIEW_PAIR_COLUMNS),
+      "pairs.png": pairs_sheet(images, pairs, chosen, args.min_similarity)}
   if args.conflicts == "review":
     reports_out["conflicts.csv"] = common.review_csv(review_rows)
-  options = {k: getattr(args, k) for k in ("hash", "threshold", "mirror", "shift", "image_size", "leaks",
-                                           "within", "conflicts", "classes")}
+  options = {k: getattr(args, k) for k in ("hash", "threshold", "mirror", "shift", "zoom", "max_shift",
+                                           "min_similarity", "image_size", "leaks", "within",
+                                           "conflicts", "review", "classes")}
   return common.Plan("dedup", {"SRC": tree.root}, os.path.abspath(args.out), options, entries,
                      summary, reports_out)
 
@@ -424,12 +693,19 @@ def build_parser():
   p = common.tool_parser("dedup", __doc__.split("\n")[0])
   add_hash_flags(p)
   p.add_argument("--leaks", choices=("drop", "keep"), default="drop",
-                 help="drop: keep only the copies in the earliest split of a group (train, val, test)")
+                 help="drop: an image with a kept verified twin in an earlier split (train, val, "
+                      "test) is dropped")
   p.add_argument("--within", choices=("keep-one", "keep-all"), default="keep-one",
-                 help="keep-one: one copy per split (the largest file)")
+                 help="keep-one: an image with a kept verified twin in its split is dropped "
+                      "(the largest file is kept)")
   p.add_argument("--conflicts", choices=("review", "drop", "keep"), default="review",
-                 help="groups whose labels disagree: review = keep one per label and list them in "
-                      "conflicts.csv; drop = drop the group; keep = ignore the labels")
+                 help="verified pairs whose labels disagree: review = keep one per label and list "
+                      "them in conflicts.csv; drop = drop both; keep = ignore the labels")
+  p.add_argument("--review", action="append", default=[], metavar="CSV",
+                 help="reviewed pairs.csv (repeatable): decision duplicate | distinct overrides "
+                      "the verifier for that pair")
+  p.add_argument("--review_pairs", type=int, default=48,
+                 help="near pairs closest to --min_similarity shown in pairs.png / pairs.csv")
   return p
 
 

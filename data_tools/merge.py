@@ -1,7 +1,7 @@
 """Adds AffectNet images to the under-represented classes of a dataset (the study's migration).
 
   python -m data_tools.merge SRC --affectnet DIR [--annotations training.csv ...] --out DST [--apply]
-      [--share 0.25] [--ratios 0.8,0.1,0.1] [--seed 42] [--hash phash --threshold 6]
+      [--share 0.25] [--ratios 0.8,0.1,0.1] [--seed 42] [--hash phash --threshold 8]
 
 AffectNet as users have it, either
   - a folder per class anywhere under DIR (`DIR/happy/x.jpg`, `DIR/train/3/x.jpg`): folder names
@@ -11,7 +11,7 @@ AffectNet as users have it, either
     the columns subDirectory_filePath (relative to DIR), expression (0-7; 8-10 = none,
     uncertain, no face are left out) and optionally face_x, face_y, face_width, face_height.
 Each image is cropped to its face box when there is one, converted to the dataset's format
-(gray, --image-size, as the loader decodes; fer_jax.data.folders.to_array) and stored as a new
+(gray, --image_size, as the loader decodes; fer_jax.data.folders.to_array) and stored as a new
 PNG named `affectnet_<path under DIR>.png`. AffectNet classes map to --classes by name
 (anger -> angry; classes not configured are left out). Candidates that duplicate a target image
 or an earlier candidate (dedup's hashes and threshold) are skipped.
@@ -281,7 +281,7 @@ def plan_merge(args):
   entries += tree.not_read
 
   # the target as it is: kept whole; its hashes are what candidates must not duplicate
-  hashes, ok, errors = dedup.hash_files([r.path for r in tree.files], args, label="hashing the dataset")
+  _, hashes, ok, errors = dedup.decode_and_hash([r.path for r in tree.files], args, label="hashing the dataset")
   readable, unreadable = common.split_readable(tree, tree.files, ok, errors)
   entries += [common.entry_for(tree, r, "kept") for r in readable] + unreadable
   before = collections.Counter((e.split, e.class_name) for e in entries if e.action == "kept")
@@ -323,8 +323,8 @@ def plan_merge(args):
                                       reason=f"unreadable image: {r}"))
       if not usable:
         continue
-      batch_hashes = dedup.hash_images(np.stack([converted[k][0] for k in usable]), args.hash, args.mirror,
-                                       args.shift, args.workers, label=f"hashing AffectNet {c}")
+      batch_hashes = dedup.hash_images(np.stack([converted[k][0] for k in usable]), args, args.workers,
+                                       label=f"hashing AffectNet {c}")
       reference = _concat([hashes] + accepted_hashes, batch_hashes.kinds)
       rejected, keep = _select(batch_hashes, int(quota.sum()) - len(chosen), reference, args.threshold)
       for k, reason in rejected.items():
@@ -374,7 +374,7 @@ def build_parser():
                       "(%(default)s = 1 / number of classes)")
   stratify.add_ratio_flag(p)
   p.add_argument("--seed", type=int, default=42, help="order in which AffectNet images are taken")
-  p.add_argument("--resize-filter", default="bilinear", choices=sorted(folders.RESIZE_FILTERS),
+  p.add_argument("--resize_filter", default="bilinear", choices=sorted(folders.RESIZE_FILTERS),
                  help="filter used to shrink AffectNet faces (the loader's config.data.resize_filter)")
   dedup.add_hash_flags(p)
   return p

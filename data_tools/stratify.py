@@ -1,7 +1,7 @@
 """Re-splits a dataset by class into train/val/test (80/10/10 by default), keeping duplicates together.
 
   python -m data_tools.stratify SRC --out DST [--apply] [--ratios 0.8,0.1,0.1] [--seed 42]
-      [--hash phash --threshold 6 | --no-groups]
+      [--hash phash --threshold 8 | --no_groups]
 
 SRC is `<SRC>/<split>/<class>/<file>` (the old splits are pooled) or unsplit `<SRC>/<class>/<file>`.
 Near-duplicate groups (found as `data_tools.dedup` finds them) are assigned as a whole, so no
@@ -97,10 +97,10 @@ def plan_stratify(args):
   records = tree.files
   entries = list(tree.not_read)
   if args.groups:
-    hashes, ok, errors = dedup.hash_files([r.path for r in records], args)
+    images, hashes, ok, errors = dedup.decode_and_hash([r.path for r in records], args)
     records, unreadable = common.split_readable(tree, records, ok, errors)
     entries += unreadable
-    groups = dedup.group_labels(hashes, args.threshold)
+    groups = dedup.group_labels(len(records), dedup.find_pairs(images, hashes, args))
   else:
     groups = np.arange(len(records))
   labels = np.array([r.label for r in records])
@@ -114,12 +114,14 @@ def plan_stratify(args):
     entries.append(common.entry_for(tree, r, action, split=split, reason=reason,
                                     group=group_name.get(g, "")))
   entries.sort(key=lambda e: e.source_path)
-  how = f"hash {args.hash}, threshold {args.threshold}" if args.groups else "--no-groups"
+  how = (f"hash {args.hash}, threshold {args.threshold}, verified at {args.min_similarity}"
+         if args.groups else "--no_groups")
   summary = [f"{len(records):,} images pooled from the {tree.layout} tree; "
              f"{len(group_name):,} duplicate groups kept whole ({how}), seed {args.seed}"]
   summary += achieved_table(entries, classes, args.ratios)
   options = {k: getattr(args, k) for k in ("ratios", "seed", "groups", "hash", "threshold", "mirror",
-                                           "shift", "image_size", "classes")}
+                                           "shift", "zoom", "max_shift", "min_similarity", "image_size",
+                                           "classes")}
   return common.Plan("stratify", {"SRC": tree.root}, os.path.abspath(args.out), options, entries, summary)
 
 
@@ -127,7 +129,7 @@ def build_parser():
   p = common.tool_parser("stratify", __doc__.split("\n")[0])
   add_ratio_flag(p)
   p.add_argument("--seed", type=int, default=42, help="shuffling seed (the same seed gives the same split)")
-  p.add_argument("--no-groups", dest="groups", action="store_false",
+  p.add_argument("--no_groups", dest="groups", action="store_false",
                  help="do not look for duplicates (each image is its own group)")
   dedup.add_hash_flags(p)
   return p

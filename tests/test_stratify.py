@@ -90,7 +90,7 @@ def test_stratify_tree_keeps_duplicates_together(tmp_path, capsys, layout):
 def test_an_interrupted_apply_is_finished_by_the_same_command(tmp_path, monkeypatch):
   src = tmp_path / "src"
   write_originals(str(src), {"train": {c: 6 for c in CLASSES}})
-  argv = [str(src), "--workers", "1", "--apply", "--no-groups"]
+  argv = [str(src), "--workers", "1", "--apply", "--no_groups"]
   assert stratify.main(argv + ["--out", str(tmp_path / "whole")]) == 0
 
   place, calls = common._Writer.place, []
