@@ -12,15 +12,15 @@ works on data that is not ready to train on. Findings:
     val/test shares beyond +-5 points of train's;
   - source image sizes, modes and formats (image folders), and the files the loader skipped;
   - near-constant (blank) images: pixel standard deviation below --blank_std;
-  - exact duplicates (equal decoded pixels) within and across splits, with conflicting
-    labels called out (near-duplicates: python -m data_tools.dedup);
+  - duplicates within and across splits, with conflicting labels called out: exact (equal
+    decoded pixels) and near (hash candidates verified on the pixels), decided exactly as
+    `python -m data_tools.dedup` decides with its default flags, so the two never disagree;
   - a per-class sample grid.
 Writes DIR/audit.md, DIR/audit.json, DIR/samples.png and DIR/class_counts.png (DIR defaults
 to runs/audit/<dataset name>, never inside the data) and prints a summary. Reads only.
 """
 import argparse
 import collections
-import hashlib
 import json
 import os
 import re
@@ -31,6 +31,7 @@ import numpy as np
 
 from configs import common as config_common
 from data_tools import common
+from data_tools import dedup
 from fer_jax import config_loading
 from fer_jax import data
 from fer_jax import plots
@@ -122,31 +123,32 @@ def blank_findings(dataset, blank_std):
   return out
 
 
-def duplicate_findings(dataset):
-  """Groups of images with identical decoded pixels (a hash of the uint8 array)."""
-  groups = collections.defaultdict(list)
-  for split, s in dataset.splits.items():
-    for i, image in enumerate(s.images):
-      groups[hashlib.sha1(image.tobytes()).hexdigest()].append((split, i))
+def duplicate_findings(dataset, workers=1):
+  """Groups of exact and verified near duplicates (dedup's definition, its default flags)."""
+  where = [(split, i) for split, sp in dataset.splits.items() for i in range(len(sp))]
+  if not where:
+    return []
+  images = np.concatenate([sp.images for sp in dataset.splits.values()])
+  pairs, groups = dedup.find_groups(images, dedup.default_settings(), workers)
+  exact_pairs = {(int(a), int(b)) for a, b, kind in zip(pairs.i, pairs.j, pairs.kind) if kind == "exact"}
   out = []
-  for digest, members in groups.items():
-    if len(members) < 2:
-      continue
-    splits = sorted({split for split, _ in members}, key=data.SPLITS.index)
-    labels = sorted({dataset.classes[dataset.splits[split].labels[i]] for split, i in members})
-    out.append({"hash": digest[:16], "size": len(members), "splits": splits,
+  for members in groups:
+    splits = sorted({where[m][0] for m in members}, key=data.SPLITS.index)
+    label = lambda m: dataset.classes[dataset.splits[where[m][0]].labels[where[m][1]]]  # noqa: E731
+    labels = sorted({label(m) for m in members})
+    exact = all((a, b) in exact_pairs for a in members for b in members if a < b)
+    out.append({"size": len(members), "match": "exact" if exact else "near", "splits": splits,
                 "cross_split": len(splits) > 1, "conflicting_labels": len(labels) > 1,
                 "classes": labels,
-                "members": [{"split": split, "file": _where(dataset, split, i),
-                             "class": dataset.classes[dataset.splits[split].labels[i]]}
-                            for split, i in members]})
+                "members": [{"split": where[m][0], "file": _where(dataset, *where[m]), "class": label(m)}
+                            for m in members]})
   out.sort(key=lambda g: (not g["cross_split"], not g["conflicting_labels"], -g["size"]))
   return out
 
 
-def audit(dataset, blank_std=2.0):
+def audit(dataset, blank_std=2.0, workers=1):
   """All findings of `dataset` (as found) as one JSON-able dict."""
-  duplicates = duplicate_findings(dataset)
+  duplicates = duplicate_findings(dataset, workers)
   r = dataset.report
   return {
       "dataset": {"name": dataset.name, "root": r.get("root"), "classes": list(dataset.classes),
@@ -164,6 +166,7 @@ def audit(dataset, blank_std=2.0):
           "extra_copies": sum(g["size"] - 1 for g in duplicates),
           "cross_split_groups": sum(g["cross_split"] for g in duplicates),
           "conflicting_groups": sum(g["conflicting_labels"] for g in duplicates),
+          "near_groups": sum(g["match"] == "near" for g in duplicates),
           "list": duplicates},
   }
 
@@ -196,7 +199,8 @@ def console_summary(findings, out_dir):
       + " vs 80/10/10")
   lines += common.count_table(counts, ds["classes"], "  class counts (share of split):")
   d = findings["duplicates"]
-  lines.append(f"  exact duplicates: {d['groups']} groups, {d['extra_copies']} extra copies; "
+  lines.append(f"  duplicates (exact and verified near, as dedup decides): {d['groups']} groups "
+               f"({d['near_groups']} near), {d['extra_copies']} extra copies; "
                f"{d['cross_split_groups']} across splits, {d['conflicting_groups']} with "
                "conflicting labels")
   lines.append(f"  blank images: {len(findings['blank']['images'])}")
@@ -250,13 +254,14 @@ def markdown(findings):
       (b["split"], b["class"], b["std"], b["mean"], f"`{rel(b['file'])}`") for b in blank["images"][:LISTED]]
       ) if blank["images"] else ["None."]
   d = findings["duplicates"]
-  md += ["", "## Exact duplicates (identical decoded pixels)", "",
-         f"{d['groups']} groups, {d['extra_copies']} extra copies; {d['cross_split_groups']} groups "
+  md += ["", "## Duplicates (exact, and near as `data_tools.dedup` verifies them)", "",
+         f"{d['groups']} groups ({d['near_groups']} near), {d['extra_copies']} extra copies; "
+         f"{d['cross_split_groups']} groups "
          f"across splits (leakage); {d['conflicting_groups']} with conflicting labels.", ""]
   for g in d["list"][:LISTED]:
     tags = [t for t, on in (("across splits", g["cross_split"]),
                             ("CONFLICTING LABELS", g["conflicting_labels"])) if on]
-    md.append(f"- group {g['hash']} ({g['size']} images{'; ' + ', '.join(tags) if tags else ''}): "
+    md.append(f"- {g['match']} group ({g['size']} images{'; ' + ', '.join(tags) if tags else ''}): "
               + "; ".join(f"{m['split']}/{m['class']} `{rel(m['file'])}`" for m in g["members"]))
   if len(d["list"]) > LISTED:
     md.append(f"- ... {len(d['list']) - LISTED} more in audit.json")
@@ -331,7 +336,7 @@ def run(args):
   data_cfg = data_config(args)
   out = output_dir(args, data_cfg)
   dataset = data.load(data_cfg, as_found=True)
-  findings = audit(dataset, blank_std=args.blank_std)
+  findings = audit(dataset, blank_std=args.blank_std, workers=args.workers)
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, "audit.json"), "w") as f:
     json.dump(findings, f, indent=1)

@@ -1,4 +1,5 @@
 """data_tools.dedup: the pair search against brute force, and the tool on a generated tree."""
+import collections
 import csv
 import json
 import os
@@ -8,8 +9,8 @@ import pytest
 from PIL import Image
 
 from data_tools import dedup
-from image_trees import (CLASSES, TRANSFORMS, all_files, face_like, plant_copy, read_manifest, save, tree_digest,
-                         write_originals)
+from image_trees import (CLASSES, TRANSFORMS, all_files, face_like, plant_copy, read_manifest, save, shifted,
+                         tree_digest, write_originals)
 
 
 def brute_force(a, t, b=None):
@@ -41,14 +42,66 @@ def test_near_pairs_equals_brute_force(threshold):
 def test_every_transform_is_matched_and_distinct_images_are_not():
   rng = np.random.default_rng(1)
   originals = np.stack([face_like(rng) for _ in range(40)])
-  hashes = dedup.hash_images(originals[..., None], shift=1)
-  assert len(dedup.duplicate_groups(hashes, 6)) == 0
+  settings = dedup.default_settings()
+  assert dedup.find_groups(originals, settings)[1] == []
   for name, (fn, _, _) in TRANSFORMS.items():
     copies = np.stack([np.asarray(Image.fromarray(fn(a)).resize((48, 48), Image.Resampling.BILINEAR))
                        for a in originals])
-    both = np.concatenate([originals, copies])[..., None]
-    groups = dedup.duplicate_groups(dedup.hash_images(both, shift=1), 6)
+    _, groups = dedup.find_groups(np.concatenate([originals, copies]), settings)
     assert sorted(groups) == [[k, k + 40] for k in range(40)], name
+
+
+def test_similarity_finds_shifted_zoomed_and_mirrored_copies_but_not_other_images():
+  rng = np.random.default_rng(2)
+  a = np.stack([face_like(rng) for _ in range(6)])
+  settings = dedup.default_settings()
+  copies = {"shifted 3 px": np.stack([shifted(x, 3, -2) for x in a]),
+            "zoomed": np.stack([dedup._zoom(x, 1.08) for x in a]),
+            "mirrored": a[:, :, ::-1],
+            "darker, less contrast": (a * 0.6 + 10).astype(np.uint8)}
+  k = np.arange(6)
+  for name, b in copies.items():
+    sim = dedup.similarity(np.concatenate([a, b]), k, k + 6, settings)
+    assert np.all(sim > 0.95), (name, sim)
+  others = dedup.similarity(a, k, (k + 1) % 6, settings)
+  assert np.all(others < 0.9), others
+  settings.mirror = False
+  assert np.all(dedup.similarity(np.concatenate([a, copies["mirrored"]]), k, k + 6, settings) < 0.9)
+
+
+def records_for(splits, sizes, classes=None):
+  """Minimal stand-ins for folders.FileRecord: what `decide` reads."""
+  Record = collections.namedtuple("Record", "path split class_name size")
+  classes = classes or ["happy"] * len(splits)
+  return [Record(f"/{s}/{c}/{k}.png", s, c, size) for k, (s, c, size) in enumerate(zip(splits, classes, sizes))]
+
+
+def chain(similarities, verdicts):
+  """Pairs A-B, B-C, A-C (images 0, 1, 2) with the given similarities and verdicts."""
+  n = len(verdicts)
+  return dedup.Pairs(np.array([0, 1, 0][:n]), np.array([1, 2, 2][:n]), np.full(n, 5), np.full(n, "near", object),
+                     np.array(similarities, np.float32), np.array(verdicts, object))
+
+
+@pytest.mark.parametrize("largest", [0, 1, 2])
+@pytest.mark.parametrize("splits", [("train",) * 3, ("train", "val", "test"), ("test", "val", "train")])
+def test_a_chain_never_drops_an_image_for_one_it_was_not_verified_against(largest, splits):
+  """A-B and B-C verified, A-C failed verification (different faces): A and C are never dropped
+  for each other, and every drop names a kept image linked to it directly."""
+  args = dedup.build_parser().parse_args(["src", "--out", "dst"])
+  records = records_for(splits, [2000 if k == largest else 1000 for k in range(3)])
+  pairs = chain([0.95, 0.95, 0.5], ["near", "near", "distinct"])
+  outcome, findings, _ = dedup.decide(records, pairs, args, ["happy"])
+  linked = {(0, 1), (1, 0), (1, 2), (2, 1)}
+  for m, (action, reason, k) in outcome.items():
+    if action == "dropped":
+      twin = ({int(pairs.i[k]), int(pairs.j[k])} - {m}).pop()
+      assert (m, twin) in linked and outcome[twin][0] == "kept", (m, outcome)
+  if outcome[1][0] == "dropped":  # B went for A or C; the other end has no verified twin left
+    assert outcome[0][0] == outcome[2][0] == "kept"
+  else:
+    assert [outcome[m][0] for m in (0, 2)] == ["dropped", "dropped"]  # both for B, directly
+  assert not any("leak" in f and splits[m] == "train" for m, fs in findings.items() for f in fs)
 
 
 def test_translate_moves_the_image_and_fills_with_edges():
@@ -85,11 +138,11 @@ def test_dedup_finds_and_resolves_leaks_copies_and_conflicts(tmp_path, capsys):
   src, dst = tmp_path / "src", tmp_path / "dst"
   paths, expected = make_dedup_tree(str(src))
   before = tree_digest(src)
-  argv = [src, "--out", dst, "--shift", "1", "--workers", "1"]
+  argv = [src, "--out", dst, "--workers", "1"]
 
   assert run(dedup, *argv) == 0  # dry run
   out = capsys.readouterr().out
-  assert "cross-split leakage: 5 images" in out and "label conflicts: 1 groups, happy/sad 1" in out
+  assert "cross-split leakage: 5 images" in out and "label conflicts: 1 pairs, happy/sad 1" in out
   assert not os.path.exists(dst / "train") and not os.path.exists(dst / "manifest.csv")
   plan = json.loads((dst / "plan.json").read_text())
   assert plan["applied"] is False and len(plan["entries"]) == len(all_files(src))
@@ -106,9 +159,9 @@ def test_dedup_finds_and_resolves_leaks_copies_and_conflicts(tmp_path, capsys):
     assert row["action"] == action, (path, row)
     assert row["group"].startswith("g")
   leak_rows = [manifest[p] for p, (_, why) in expected.items() if why == "leak"]
-  assert all(r["reason"].startswith("leak:") and int(r["score"]) <= 6 for r in leak_rows)
+  assert all(r["reason"].startswith("leak:") and float(r["score"]) >= 0.92 for r in leak_rows)
   kinds = {r["reason"].split()[1] for r in leak_rows}
-  assert {"mirrored", "shifted"} <= kinds
+  assert "mirrored" in kinds
   # the originals with no copy in their own split all survive
   originals = [p for ps in paths.values() for p in ps if not manifest[p]["group"]]
   assert len(originals) == 40 - 11 and all(manifest[p]["action"] == "kept" for p in originals)
@@ -121,9 +174,13 @@ def test_dedup_finds_and_resolves_leaks_copies_and_conflicts(tmp_path, capsys):
   assert {(r["given_label"], r["suggested_label"]) for r in review} == {("happy", "sad"), ("sad", "happy")}
   assert all(os.path.exists(dst / r["file"]) for r in review)
   with open(dst / "duplicates.csv") as f:
-    findings = [r["findings"] for r in csv.DictReader(f)]
-  assert sum("leak val<-train" in f for f in findings) == 3
-  assert sum("leak test<-train" in f for f in findings) == 2
+    pairs = list(csv.DictReader(f))
+  linked = [p for p in pairs if p["verdict"] != "distinct"]
+  assert sum({p["split_a"], p["split_b"]} == {"train", "val"} for p in linked) == 3
+  assert sum({p["split_a"], p["split_b"]} == {"train", "test"} for p in linked) == 2
+  assert all(float(p["similarity"]) >= 0.92 and int(p["hash_distance"]) <= 8 for p in linked)
+  assert sum(p["outcome"].endswith("dropped") for p in pairs) == 10  # each drop names its pair
+  assert (dst / "pairs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert tree_digest(src) == before  # the source is untouched
 
   # idempotent: the same run again changes nothing
@@ -138,11 +195,11 @@ def test_dedup_policies_keep_and_drop(tmp_path):
   make_dedup_tree(str(src))
   n = len(all_files(src))
   assert run(dedup, src, "--out", tmp_path / "keep", "--leaks", "keep", "--within", "keep-all",
-             "--conflicts", "keep", "--shift", "1", "--workers", "1", "--apply") == 0
+             "--conflicts", "keep", "--workers", "1", "--apply") == 0
   assert len(all_files(tmp_path / "keep" / "train")) + len(all_files(tmp_path / "keep" / "val")) + len(
       all_files(tmp_path / "keep" / "test")) == n
-  assert run(dedup, src, "--out", tmp_path / "drop", "--conflicts", "drop", "--shift", "1",
-             "--workers", "1", "--apply") == 0
+  assert run(dedup, src, "--out", tmp_path / "drop", "--conflicts", "drop", "--workers", "1",
+             "--apply") == 0
   manifest = read_manifest(tmp_path / "drop")
   conflicted = [r for r in manifest.values() if "label conflict" in r["reason"]]
   assert len(conflicted) == 2 and all(r["action"] == "dropped" for r in conflicted)
@@ -184,3 +241,34 @@ def test_dedup_reports_unreadable_and_unknown_files(tmp_path):
   copied = tmp_path / "copied" / kept["new_path"]
   assert not os.path.samefile(kept["source_path"], copied)
   assert copied.read_bytes() == open(kept["source_path"], "rb").read()
+
+
+def test_dedup_review_overrides_the_verifier_for_a_pair(tmp_path, capsys):
+  src = tmp_path / "src"
+  paths, expected = make_dedup_tree(str(src))
+  argv = [src, "--workers", "1"]
+  assert run(dedup, *argv, "--out", tmp_path / "first") == 0
+  with open(tmp_path / "first" / "pairs.csv") as f:
+    rows = list(csv.DictReader(f))
+  leak = next(r for r in rows if r["verdict"] == "near" and "leak" in r["file_b"] + r["file_a"])
+  leak["decision"] = "distinct"  # a person says: different photographs
+  with open(tmp_path / "reviewed.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  assert run(dedup, *argv, "--out", tmp_path / "second", "--review", tmp_path / "reviewed.csv", "--apply") == 0
+  assert "reviewed: distinct 1" in capsys.readouterr().out
+  manifest = read_manifest(tmp_path / "second")
+  copy = next(str(src / leak[c]) for c in ("file_a", "file_b") if "leak" in leak[c])
+  assert manifest[copy]["action"] == "kept"
+  with open(tmp_path / "second" / "duplicates.csv") as f:
+    reviewed = [r for r in csv.DictReader(f) if r["review"]]
+  assert [(r["verdict"], r["review"]) for r in reviewed] == [("distinct", "distinct")]
+
+  leak["decision"] = "maybe"
+  with open(tmp_path / "reviewed.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  assert run(dedup, *argv, "--out", tmp_path / "third", "--review", tmp_path / "reviewed.csv") == 2
+  assert "decision 'maybe' is not one of duplicate | distinct" in capsys.readouterr().err
