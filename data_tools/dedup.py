@@ -1,7 +1,7 @@
 """Finds exact and near-duplicate images, reports leakage between splits, and removes it.
 
   python -m data_tools.dedup SRC --out DST [--apply] [--review DST/pairs.csv]
-      [--hash phash --threshold 8 --shift 2 --zoom 0.08 --min_similarity 0.92]
+      [--hash phash --threshold 6 --shift 2 --zoom 0.08 --min_similarity 0.92]
       [--leaks drop|keep] [--within keep-one|keep-all] [--conflicts review|drop|keep]
 
 Every image is decoded as the loader decodes it (gray, --image_size, so "exact" means the model
@@ -59,7 +59,7 @@ MAX_THRESHOLD = 31  # t + 1 bands of 64 bits must each keep 2 bits
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # which copy of a leaked pair survives
 # Defaults chosen on the labelled real-face benchmark (benchmarks/dedup_quality.py,
 # docs/data_tools.md): precision and recall of grouping at 48x48.
-DEFAULT_THRESHOLD = 8
+DEFAULT_THRESHOLD = 6  # pHash distances are even (32 bits set per code): 7 = 6; 8 costs 4x the search
 DEFAULT_SHIFT = 2
 DEFAULT_ZOOM = 0.08
 DEFAULT_MAX_SHIFT = 3
@@ -282,12 +282,18 @@ def hamming(a, b):
   return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int64)
 
 
+def _probe_radius(threshold):
+  """Bits a band may differ in and still be probed: 1 from threshold 3 up (fewer, wider bands)."""
+  return 1 if threshold >= 3 else 0
+
+
 def _bands(threshold):
-  """(shift, mask) of threshold + 1 bands covering the 64 bits."""
-  m = threshold + 1
+  """(shift, mask, width) of the bands covering the 64 bits: ceil((t + 1) / (r + 1)) bands, so
+  two codes within t bits differ in at most r bits in at least one band (pigeonhole)."""
+  m = -(-(threshold + 1) // (_probe_radius(threshold) + 1))
   widths = [64 // m + (1 if b < 64 % m else 0) for b in range(m)]
   shifts = np.cumsum([0] + widths[:-1])
-  return [(np.uint64(s), np.uint64((1 << w) - 1)) for s, w in zip(shifts, widths)]
+  return [(np.uint64(s), np.uint64((1 << w) - 1), w) for s, w in zip(shifts, widths)]
 
 
 def _expand(lo, hi):
@@ -311,37 +317,36 @@ def _expand(lo, hi):
 def near_pairs(a, threshold, b=None):
   """(i, j, distance) for every pair with at most `threshold` differing bits between a[i] and b[j].
 
-  Without `b`: pairs within `a`, i < j. Multi-index hashing: split the 64 bits into threshold + 1
-  bands; by the pigeonhole principle two codes within the threshold agree exactly on at least one
-  band, so the candidates are the pairs sharing a band value (found by sorting, no Python loop
-  over pairs), verified by popcount and reported from the first band they share.
+  Without `b`: pairs within `a`, i < j. Multi-index hashing: the 64 bits are cut into bands such
+  that two codes within the threshold differ in at most r (0 or 1) bits of at least one band.
+  Per band, b's band values are sorted and each code of `a` looks up its own band value and
+  (r = 1) the values one bit away; the pairs found are checked by popcount and reported from the
+  first band they qualify in. No Python loop over pairs; with r = 1 the bands are twice as wide,
+  so far fewer random codes share a band value.
   """
   self_join = b is None
   b = a if self_join else b
+  radius = _probe_radius(threshold)
   bands = _bands(threshold)
   found = []
-  for k, (shift, mask) in enumerate(bands):
-    key_a, key_b = (a >> shift) & mask, (b >> shift) & mask
+  for k, (shift, mask, width) in enumerate(bands):
+    key_b = (b >> shift) & mask
     order = np.argsort(key_b, kind="stable")
     sorted_b = key_b[order]
-    if self_join:
-      rank = np.empty(len(order), np.int64)
-      rank[order] = np.arange(len(order))
-      lo = rank + 1  # partners come later in the sorted order: each pair once
-      hi = np.searchsorted(sorted_b, key_a, "right")
-    else:
-      lo = np.searchsorted(sorted_b, key_a, "left")
-      hi = np.searchsorted(sorted_b, key_a, "right")
-    for i, pos in _expand(lo, hi):
-      j = order[pos]
+    flips = [np.uint64(0)] + ([np.uint64(1) << np.uint64(bit) for bit in range(width)] if radius else [])
+    query = (((a >> shift) & mask)[None, :] ^ np.array(flips, np.uint64)[:, None]).ravel()
+    lo = np.searchsorted(sorted_b, query, "left")
+    hi = np.searchsorted(sorted_b, query, "right")
+    for q, pos in _expand(lo, hi):
+      i, j = q % len(a), order[pos]
+      if self_join:
+        keep = i < j  # each pair is found from both ends
+        i, j = i[keep], j[keep]
       x = a[i] ^ b[j]
       keep = np.bitwise_count(x) <= threshold
-      for s, m in bands[:k]:
-        keep &= ((x >> s) & m) != 0  # shares an earlier band: already reported there
-      i, j, x = i[keep], j[keep], x[keep]
-      if self_join:
-        i, j = np.minimum(i, j), np.maximum(i, j)
-      found.append((i, j, np.bitwise_count(x).astype(np.int64)))
+      for s, m, _ in bands[:k]:
+        keep &= np.bitwise_count((x >> s) & m) > radius  # qualified in an earlier band: reported there
+      found.append((i[keep], j[keep], np.bitwise_count(x[keep]).astype(np.int64)))
   if not found:
     return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
   i, j, d = (np.concatenate(f) for f in zip(*found))
@@ -353,15 +358,18 @@ def duplicate_pairs(hashes, threshold, other=None):
   """Index arrays (i, j) of the duplicate pairs within `hashes` (i < j) or between hashes[i] and other[j].
 
   A pair is a duplicate when its digests are equal, its codes differ in at most `threshold`
-  bits, or one image's code is that close to a variant (mirror, shift) of the other's.
+  bits, or one image's code is that close to a variant (mirror, shift, zoom) of the other's.
   """
   self_join = other is None
   other = hashes if self_join else other
   pairs = [near_pairs(hashes.code, threshold, None if self_join else other.code)[:2]]
-  for v in range(len(hashes.kinds)):
-    pairs.append(near_pairs(hashes.code, threshold, other.variants[:, v])[:2])
+  v = len(hashes.kinds)
+  if v:  # all variants in one search: one sort per band instead of one per variant
+    i, j, _ = near_pairs(hashes.code, threshold, other.variants.ravel())
+    pairs.append((i, j // v))
     if not self_join:  # within one set, the pair (j, i) above covers this direction
-      pairs.append(near_pairs(hashes.variants[:, v], threshold, other.code)[:2])
+      i, j, _ = near_pairs(hashes.variants.ravel(), threshold, other.code)
+      pairs.append((i // v, j))
   order = np.argsort(other.digest, kind="stable")
   lo = np.searchsorted(other.digest[order], hashes.digest, "left")
   hi = np.searchsorted(other.digest[order], hashes.digest, "right")
@@ -408,9 +416,14 @@ class Pairs:
     return self.verdict != "distinct"
 
 
-def find_pairs(images, hashes, settings, label="verifying"):
+def find_pairs(images, hashes, settings):
   """Candidates by hash, each verified on the pixels -> Pairs. `images`: gray uint8 [N, S, S]."""
   i, j = duplicate_pairs(hashes, settings.threshold)
+  return verify_pairs(images, hashes, i, j, settings)
+
+
+def verify_pairs(images, hashes, i, j, settings, label="verifying"):
+  """Candidate pairs (i, j) -> Pairs with their match kind, similarity and verdict."""
   distance, kind = pair_match(hashes, i, j)
   exact = kind == "exact"
   sim = np.ones(len(i), np.float32)

@@ -1,7 +1,7 @@
 """Adds AffectNet images to the under-represented classes of a dataset (the study's migration).
 
   python -m data_tools.merge SRC --affectnet DIR [--annotations training.csv ...] --out DST [--apply]
-      [--share 0.25] [--ratios 0.8,0.1,0.1] [--seed 42] [--hash phash --threshold 8]
+      [--share 0.25] [--ratios 0.8,0.1,0.1] [--seed 42] [--hash phash --threshold 6]
 
 AffectNet as users have it, either
   - a folder per class anywhere under DIR (`DIR/happy/x.jpg`, `DIR/train/3/x.jpg`): folder names

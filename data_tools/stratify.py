@@ -1,7 +1,7 @@
 """Re-splits a dataset by class into train/val/test (80/10/10 by default), keeping duplicates together.
 
   python -m data_tools.stratify SRC --out DST [--apply] [--ratios 0.8,0.1,0.1] [--seed 42]
-      [--hash phash --threshold 8 | --no_groups]
+      [--hash phash --threshold 6 | --no_groups]
 
 SRC is `<SRC>/<split>/<class>/<file>` (the old splits are pooled) or unsplit `<SRC>/<class>/<file>`.
 Near-duplicate groups (found as `data_tools.dedup` finds them) are assigned as a whole, so no
