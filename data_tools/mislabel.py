@@ -1,17 +1,22 @@
 """Model-assisted label review: find images whose label a model confidently contradicts.
 
-  python -m data_tools.mislabel SRC --out DST [--config configs/model_0.py:quick] [--set f=v ...]
+  python -m data_tools.mislabel SRC --out DST [--config configs/model_0.py] [--set f=v ...]
       [--folds 5] [--seed 42] [--sheet 64]                    # 1. train, write the review
   python -m data_tools.mislabel SRC --out DST --review DST/review.csv [--apply]   # 2. apply it
 
 Step 1 pools every image of SRC, splits them into --folds stratified folds and trains the
 --config once per fold (fer_jax.train.train_and_evaluate: train = the other folds less a
 stratified val hold-out of config.data.val_fraction, test = the fold), so every image gets
-class probabilities from a model that never saw it (out-of-fold). Confident learning
-(Northcutt et al. 2021) then sets a threshold per class, t_j = the mean probability of class j
-over the images labelled j, and flags an image labelled i when some class j != i has
-p_j >= t_j and p_j > p_i; the suggestion is the most probable such j. Suspects are ranked by
-the margin p_suggested - p_given. Writes DST/review.csv (ranked), DST/suspects.png (contact
+class probabilities from a model that never saw it (out-of-fold). The default judge is Model 0
+trained as the study trains it; the summary prints its out-of-fold accuracy and recall per
+class and warns when it is weak. Confident learning (Northcutt et al. 2021) then sets a
+threshold per class, t_j = the mean probability of class j over the images labelled j; counts
+the images labelled i whose most probable class above its threshold is j (the confident
+joint); calibrates it to the label counts into an estimate Q of the joint distribution of
+given and true labels; and flags n * Q[i, j] images labelled i, those with the largest margin
+p_j - p_i (prune by noise rate). So the number flagged follows the estimated noise, the
+off-diagonal mass of Q, printed next to it. Suspects are ranked by the margin p_suggested -
+p_given. Writes DST/review.csv (ranked), DST/suspects.png (contact
 sheet of the top --sheet suspects with both labels) and DST/oof_probs.npz; the tree is unchanged.
 Fold runs live in DST/.mislabel_runs/<fingerprint>/ and are reused when nothing changed.
 
@@ -19,6 +24,7 @@ Step 2 reads reviewed CSVs (this tool's review.csv, dedup's conflicts.csv; `file
 to SRC) and writes the new tree: decision `relabel` moves the file to suggested_label's class
 folder, a class name moves it to that class, `drop` leaves it out, `keep` or empty keeps it.
 """
+import collections
 import csv
 import hashlib
 import io
@@ -38,7 +44,12 @@ from fer_jax import data
 from fer_jax.data import folders
 from fer_jax.data import splits
 
-DEFAULT_CONFIG = "configs/model_0.py:quick"
+# A judge trained as the study trains Model 0 (75 epochs): the `quick` variant's 5 epochs
+# leave it too weak on real data (it flagged a quarter of FER2013, mostly its own bias).
+DEFAULT_CONFIG = "configs/model_0.py"
+# Below these the fold models' out-of-fold predictions are called a weak judge.
+WEAK_ACCURACY = 0.6
+WEAK_RECALL = 0.3
 
 
 # ---------------------------------------------------------------------------- confident learning
@@ -49,25 +60,86 @@ def class_thresholds(probs, labels):
   return np.array([probs[labels == j, j].mean() if np.any(labels == j) else np.inf for j in range(k)])
 
 
-def find_suspects(probs, labels):
-  """Confident learning -> (suspect indices worst first, suggested [N], margin [N], thresholds [K]).
+def confident_joint(probs, labels, thresholds):
+  """C [K, K]: C[i, j] counts the images labelled i whose most probable class among those
+  reaching their threshold (p_j >= t_j) is j; images reaching none are not counted."""
+  k = probs.shape[1]
+  above = probs >= thresholds[None, :]
+  counted = above.any(axis=1)
+  confident = np.argmax(np.where(above, probs, -1.0), axis=1)
+  joint = np.zeros((k, k), np.int64)
+  np.add.at(joint, (labels[counted], confident[counted]), 1)
+  return joint
 
-  An image labelled i is a suspect when a class j != i reaches its threshold t_j and beats
-  p_i; its suggestion is the most probable such j, its margin p_j - p_i.
+
+def estimate_joint(confident, labels, k):
+  """Q [K, K]: the estimated joint distribution of (given label, true label). Each row of the
+  confident joint is calibrated to the number of images carrying that label, then the whole
+  is normalised to sum to 1 (Northcutt et al. 2021, eq. 3)."""
+  given = np.bincount(labels, minlength=k).astype(np.float64)
+  rows = confident.sum(axis=1, keepdims=True).astype(np.float64)
+  calibrated = np.where(rows > 0, confident / np.maximum(rows, 1), 0.0) * given[:, None]
+  return calibrated / max(calibrated.sum(), 1e-12)
+
+
+def find_suspects(probs, labels):
+  """Confident learning -> Suspects.
+
+  The estimated joint Q of given and true labels says how many images labelled i are really
+  j: n * Q[i, j]. For each such cell, that many images labelled i with the largest margin
+  p_j - p_i are flagged (prune by noise rate), suggested label j; the count flagged follows
+  the noise estimate 1 - trace(Q), not every image under a threshold.
   """
   probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
-  n = len(labels)
+  n, k = probs.shape
   thresholds = class_thresholds(probs, labels)
+  joint = estimate_joint(confident_joint(probs, labels, thresholds), labels, k)
   given = probs[np.arange(n), labels]
-  candidates = (probs >= thresholds[None, :]) & (probs > given[:, None])
-  candidates[np.arange(n), labels] = False
-  scored = np.where(candidates, probs, -1.0)
-  suggested = np.argmax(scored, axis=1)
-  margin = np.where(candidates.any(axis=1), probs[np.arange(n), suggested] - given, np.nan)
-  suspects = np.flatnonzero(candidates.any(axis=1))
+  suggested = np.full(n, -1)
+  margin = np.full(n, np.nan)
+  for i in range(k):
+    members = np.flatnonzero(labels == i)
+    for j in range(k):
+      count = int(round(n * joint[i, j]))
+      if j == i or count == 0:
+        continue
+      cell_margin = probs[members, j] - given[members]
+      top = members[np.argsort(-cell_margin, kind="stable")[:count]]
+      better = np.isnan(margin[top]) | (probs[top, j] - given[top] > margin[top])
+      suggested[top[better]] = j
+      margin[top[better]] = probs[top[better], j] - given[top[better]]
+  flagged = np.flatnonzero(suggested >= 0)
   # worst first: largest margin, then least self-confidence, then index (deterministic)
-  ranked = suspects[np.lexsort((suspects, given[suspects], -margin[suspects]))]
-  return ranked, suggested, margin, thresholds
+  ranked = flagged[np.lexsort((flagged, given[flagged], -margin[flagged]))]
+  return Suspects(ranked, suggested, margin, thresholds, joint)
+
+
+class Suspects:
+  """`ranked` image indices (worst first), per image the `suggested` class (-1: not flagged) and
+  `margin` p_suggested - p_given, the class `thresholds` and the estimated `joint` Q."""
+
+  def __init__(self, ranked, suggested, margin, thresholds, joint):
+    self.ranked, self.suggested, self.margin = ranked, suggested, margin
+    self.thresholds, self.joint = thresholds, joint
+
+  @property
+  def noise_rate(self):
+    """Estimated share of wrong labels: the off-diagonal mass of the joint."""
+    return float(1 - np.trace(self.joint))
+
+
+def judge_quality(probs, labels, k):
+  """(out-of-fold accuracy, per-class recall [K], warning or '') of the fold models."""
+  predicted = np.argmax(probs, axis=1)
+  accuracy = float(np.mean(predicted == labels))
+  recall = np.array([np.mean(predicted[labels == c] == c) if np.any(labels == c) else np.nan
+                     for c in range(k)])
+  weak = accuracy < WEAK_ACCURACY or np.nanmin(recall) < WEAK_RECALL
+  warning = (f"WARNING: weak judge (out-of-fold accuracy {accuracy:.1%}, lowest class recall "
+             f"{np.nanmin(recall):.1%}; wanted >= {WEAK_ACCURACY:.0%} and >= {WEAK_RECALL:.0%}): the "
+             "suspects and the noise estimate then reflect the model's errors more than the labels; "
+             "train longer or choose a stronger --config") if weak else ""
+  return accuracy, recall, warning
 
 
 # ---------------------------------------------------------------------------- out-of-fold probabilities
@@ -162,6 +234,29 @@ def load_config(args, classes):
     raise common.ToolError(f"--config {args.config}: {e}") from None
 
 
+def summary_lines(args, classes, labels, probs, found, rows):
+  accuracy, recall, warning = judge_quality(probs, labels, len(classes))
+  n = len(labels)
+  cells = collections.Counter(f"{row['given_label']}->{row['suggested_label']}" for row in rows)
+  estimated = {f"{classes[i]}->{classes[j]}": found.joint[i, j] * n for i in range(len(classes))
+               for j in range(len(classes)) if i != j and found.joint[i, j] * n >= 0.5}
+  lines = [f"{n:,} images scored out-of-fold by {args.config} ({args.folds} folds); "
+           f"out-of-fold accuracy {accuracy:.1%}; recall per class: "
+           + ", ".join(f"{c} {r:.1%}" for c, r in zip(classes, recall))]
+  lines += [warning] if warning else []
+  lines += ["class thresholds (mean self-confidence): "
+            + ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, found.thresholds)),
+            f"estimated label noise (confident learning, off-diagonal mass of the estimated joint): "
+            f"{found.noise_rate:.1%} = {found.noise_rate * n:,.0f} images; flagged {len(rows):,} "
+            f"suspects ({len(rows) / max(n, 1):.1%})",
+            "  given->true: " + ", ".join(f"{k} {cells[k]} (est. {v:.0f})" for k, v in
+                                          sorted(estimated.items(), key=lambda kv: -kv[1])),
+            f"review: DST/review.csv (fill `decision`: {common.DECISIONS}), contact sheet "
+            f"DST/suspects.png (top {min(args.sheet, len(rows))}); then re-run with --review "
+            "DST/review.csv --apply"]
+  return lines
+
+
 def plan_review(args, tree):
   """Step 1: out-of-fold probabilities -> review.csv, suspects.png; every file kept."""
   classes = list(args.classes)
@@ -179,34 +274,24 @@ def plan_review(args, tree):
                          _fingerprint(records, config, args.folds, args.seed))
   probs = out_of_fold_probs(images, labels, classes, config, args.folds, args.seed, workdir)
 
-  ranked, suggested, margin, thresholds = find_suspects(probs, labels)
+  found = find_suspects(probs, labels)
   rows = []
-  for rank, i in enumerate(ranked, 1):
-    r, s = records[i], suggested[i]
+  for rank, i in enumerate(found.ranked, 1):
+    r, s = records[i], found.suggested[i]
     rows.append({"rank": rank, "file": tree.tree_path(r), "split": r.split or "",
                  "given_label": r.class_name, "suggested_label": classes[s],
-                 "score": f"{margin[i]:.4f}", "p_given": f"{probs[i, r.label]:.4f}",
-                 "p_suggested": f"{probs[i, s]:.4f}", "threshold": f"{thresholds[s]:.4f}",
-                 "reason": f"p({classes[s]}) {probs[i, s]:.2f} >= class threshold {thresholds[s]:.2f}",
+                 "score": f"{found.margin[i]:.4f}", "p_given": f"{probs[i, r.label]:.4f}",
+                 "p_suggested": f"{probs[i, s]:.4f}", "threshold": f"{found.thresholds[s]:.4f}",
+                 "reason": f"p({classes[s]}) {probs[i, s]:.2f} vs p({r.class_name}) {probs[i, r.label]:.2f}; "
+                           f"{r.class_name}->{classes[s]} estimated for {found.joint[r.label, s]:.1%} "
+                           "of the data",
                  "decision": ""})
   for r in records:
     entries.append(common.entry_for(tree, r, "kept"))
-  accuracy = float(np.mean(np.argmax(probs, axis=1) == labels))
-  pairs = {}
-  for row in rows:
-    key = f"{row['given_label']}->{row['suggested_label']}"
-    pairs[key] = pairs.get(key, 0) + 1
-  summary = [f"{len(records):,} images scored out-of-fold by {args.config} ({args.folds} folds); "
-             f"out-of-fold accuracy {accuracy:.1%}",
-             "class thresholds: " + ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, thresholds)),
-             f"{len(rows):,} suspects ({len(rows) / max(len(records), 1):.1%})"
-             + "".join(f", {k} {n}" for k, n in sorted(pairs.items(), key=lambda kv: -kv[1])),
-             f"review: DST/review.csv (fill `decision`: {common.DECISIONS}), contact sheet "
-             f"DST/suspects.png (top {min(args.sheet, len(rows))}); then re-run with --review "
-             "DST/review.csv --apply"]
+  summary = summary_lines(args, classes, labels, probs, found, rows)
   reports = {
       "review.csv": common.review_csv(rows, ["p_given", "p_suggested", "threshold"]),
-      "suspects.png": contact_sheet(images, list(zip(ranked, rows))[:args.sheet]),
+      "suspects.png": contact_sheet(images, list(zip(found.ranked, rows))[:args.sheet]),
       "oof_probs.npz": npz_bytes(files=np.array([tree.tree_path(r) for r in records]),
                                  labels=labels.astype(np.int32), probs=probs),
   }
