@@ -38,9 +38,12 @@ def test_defaults_separate_copies_from_other_faces_on_real_faces(faces):
   data, source, made = real_faces.duplicate_benchmark(images)
   result = dedup_quality.evaluate(data, source, made, dedup.default_settings(), workers=1)
   precision, recall = result["scores"][dedup.DEFAULT_MIN_SIMILARITY]["groups"]
-  # Measured 100 % / 100 % (docs/data_tools.md); bounds loose enough not to flake.
-  assert precision >= 0.98 and recall >= 0.93, result["scores"]
-  assert min(result["per_copy"].values()) >= 0.85, result["per_copy"]
+  # Measured 100 % / 99.1 % (docs/data_tools.md); bounds loose enough not to flake.
+  assert precision >= 0.98 and recall >= 0.95, result["scores"]
+  # Copies linked directly to their original: 98-100 % for 13 of the 16 kinds; 67-79 % for a
+  # 3 px shift, a one-sided 3 px crop and a watermark (the hash does not propose the rest).
+  direct = result["per_copy"]
+  assert sum(v >= 0.95 for v in direct.values()) >= 12 and min(direct.values()) >= 0.55, direct
   # the hard negatives: the hash proposes distinct faces, the verifier turns them down
   assert result["hard_negatives"] > 0 and result["hard_negative_max"] < dedup.DEFAULT_MIN_SIMILARITY
 
