@@ -32,6 +32,7 @@ labels. DST/duplicates.csv lists every candidate pair with its hash distance, si
 verdict; DST/pairs.csv and DST/pairs.png show the near pairs closest to --min_similarity for a
 person to confirm: fill `decision` (duplicate | distinct) and re-run with --review DST/pairs.csv.
 """
+import argparse
 import collections
 import csv
 import functools
@@ -93,7 +94,6 @@ def add_hash_flags(parser):
 
 def default_settings():
   """The hash and verification flags at their defaults (the audit's definition of a duplicate)."""
-  import argparse
   parser = argparse.ArgumentParser()
   add_hash_flags(parser)
   return parser.parse_args([])
