@@ -17,7 +17,8 @@ sees identical pixels). Two steps decide whether two images are copies of one ph
    blurred; the central two thirds of one against the other moved by up to --max_shift px,
    zoomed by 1 -/+ --zoom, mirrored when mirrored copies are matched), best over these. A
    candidate pair is a near duplicate when it reaches --min_similarity. Different faces in the
-   same pose and light share a hash far more often than they reach that correlation.
+   same pose and light share a hash far more often than they reach that correlation. Two
+   verified pairs A-B and B-C make A-C a candidate too (the second hop), verified likewise.
 
 No chaining: an image is only ever dropped for a kept image it was verified against directly.
 Groups (the `group` column) are the connected components of verified pairs, for reporting.
@@ -69,6 +70,7 @@ SIMILARITY_BLUR = 1.0  # px: JPEG blocks and noise barely move the correlation a
 # Candidate pairs gathered at once: bounds the temporary arrays to a few hundred MB.
 PAIR_CHUNK = 4_000_000
 VERIFY_CHUNK = 2_048  # pairs verified at once (a few tens of MB of float32)
+MAX_HOP_DEGREE = 32  # second-hop candidates only through images with at most this many links
 
 
 # ---------------------------------------------------------------------------- hashing
@@ -415,11 +417,48 @@ class Pairs:
   def linked(self):
     return self.verdict != "distinct"
 
+  def __add__(self, other):
+    fields = ("i", "j", "distance", "kind", "similarity", "verdict")
+    return Pairs(*(np.concatenate([getattr(self, f), getattr(other, f)]) for f in fields))
+
 
 def find_pairs(images, hashes, settings):
-  """Candidates by hash, each verified on the pixels -> Pairs. `images`: gray uint8 [N, S, S]."""
+  """Candidates by hash, each verified on the pixels -> Pairs. `images`: gray uint8 [N, S, S].
+
+  The hash misses some copies of a photograph (a 3 px shift, a one-sided crop) that it finds
+  for another copy of it; two verified pairs A-B and B-C therefore make A-C a candidate as
+  well ('second hop'), verified like the others, so a drop can rest on a direct link.
+  """
   i, j = duplicate_pairs(hashes, settings.threshold)
-  return verify_pairs(images, hashes, i, j, settings)
+  pairs = verify_pairs(images, hashes, i, j, settings)
+  hop_i, hop_j = second_hop(pairs, len(hashes))
+  if not len(hop_i):
+    return pairs
+  hop = verify_pairs(images, hashes, hop_i, hop_j, settings, label="verifying second hops")
+  hop.kind[hop.kind != "exact"] = "second hop"
+  return pairs + hop
+
+
+def second_hop(pairs, n):
+  """(i, j), i < j: the pairs not yet candidates whose images are linked to a common image.
+
+  Only through images with at most MAX_HOP_DEGREE links: a large group of copies (a frame
+  repeated a thousand times) would otherwise ask for a million pairs.
+  """
+  linked = pairs.linked
+  ends = np.concatenate([pairs.i[linked], pairs.j[linked]])
+  others = np.concatenate([pairs.j[linked], pairs.i[linked]])
+  order = np.argsort(ends, kind="stable")
+  ends, others = ends[order], others[order]
+  starts = np.searchsorted(ends, np.arange(n + 1))
+  known = set((pairs.i * n + pairs.j).tolist())
+  found = set()
+  for b in np.flatnonzero((np.diff(starts) >= 2) & (np.diff(starts) <= MAX_HOP_DEGREE)):
+    twins = np.sort(others[starts[b]:starts[b + 1]])
+    a, c = np.triu_indices(len(twins), 1)
+    found.update(k for k in (twins[a] * n + twins[c]).tolist() if k not in known)
+  keys = np.array(sorted(found), np.int64)
+  return keys // n, keys % n
 
 
 def verify_pairs(images, hashes, i, j, settings, label="verifying"):

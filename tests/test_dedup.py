@@ -69,6 +69,17 @@ def test_similarity_finds_shifted_zoomed_and_mirrored_copies_but_not_other_image
   assert np.all(dedup.similarity(np.concatenate([a, copies["mirrored"]]), k, k + 6, settings) < 0.9)
 
 
+def test_second_hop_proposes_the_pairs_linked_through_a_common_twin():
+  # 0-1 and 1-2 linked, 2-3 distinct, 4-5 linked: only 0-2 is new (1-3 and 3-x are not linked)
+  pairs = dedup.Pairs(np.array([0, 1, 2, 4]), np.array([1, 2, 3, 5]), np.zeros(4, int), np.full(4, "near", object),
+                      np.array([0.95, 0.95, 0.5, 0.99], np.float32),
+                      np.array(["near", "near", "distinct", "exact"], object))
+  i, j = dedup.second_hop(pairs, 6)
+  assert list(zip(i.tolist(), j.tolist())) == [(0, 2)]
+  pairs.verdict[2] = "near"  # 2-3 linked as well: 1-3 joins, through 2
+  assert sorted(zip(*(x.tolist() for x in dedup.second_hop(pairs, 6)))) == [(0, 2), (1, 3)]
+
+
 def records_for(splits, sizes, classes=None):
   """Minimal stand-ins for folders.FileRecord: what `decide` reads."""
   Record = collections.namedtuple("Record", "path split class_name size")

@@ -40,10 +40,10 @@ def test_defaults_separate_copies_from_other_faces_on_real_faces(faces):
   precision, recall = result["scores"][dedup.DEFAULT_MIN_SIMILARITY]["groups"]
   # Measured 100 % / 99.1 % (docs/data_tools.md); bounds loose enough not to flake.
   assert precision >= 0.98 and recall >= 0.95, result["scores"]
-  # Copies linked directly to their original: 98-100 % for 13 of the 16 kinds; 67-79 % for a
-  # 3 px shift, a one-sided 3 px crop and a watermark (the hash does not propose the rest).
+  # Copies linked directly to their original: measured 96-100 % for every kind (a 3 px shift,
+  # a one-sided crop and a watermark through the second hop, docs/data_tools.md).
   direct = result["per_copy"]
-  assert sum(v >= 0.95 for v in direct.values()) >= 12 and min(direct.values()) >= 0.55, direct
+  assert min(direct.values()) >= 0.9, direct
   # the hard negatives: the hash proposes distinct faces, the verifier turns them down
   assert result["hard_negatives"] > 0 and result["hard_negative_max"] < dedup.DEFAULT_MIN_SIMILARITY
 
