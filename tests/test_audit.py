@@ -88,3 +88,30 @@ def test_audit_reads_a_config_and_never_writes_into_the_data(tmp_path, capsys):
   assert sorted(p for p, _, _ in os.walk(tmp_path / "faces")) == before
   assert audit.main([str(tmp_path / "nowhere")]) == 2
   assert "nowhere: no such dataset root" in capsys.readouterr().err
+
+
+def test_audit_lists_images_with_no_detectable_face(tmp_path):
+  """Real faces (scikit-image's LFW subset, 48x48) against its non-face patches, text and an icon."""
+  from PIL import ImageDraw
+  from skimage import data as skdata
+  lfw = skdata.lfw_subset()
+  as_48 = lambda a: Image.fromarray((255 * a).round().astype(np.uint8)).resize((48, 48), Image.Resampling.BICUBIC)
+  root = tmp_path / "faces"
+  for c in ("happy", "sad"):
+    os.makedirs(root / "train" / c)
+  for k in range(20):
+    as_48(lfw[k]).save(root / "train" / ("happy", "sad")[k % 2] / f"face_{k}.png")
+  for k in range(100, 110):
+    as_48(lfw[k]).save(root / "train" / "sad" / f"patch_{k}.png")
+  text = Image.new("L", (48, 48), 200)
+  ImageDraw.Draw(text).text((4, 18), "FER 2013", fill=20)
+  text.save(root / "train" / "happy" / "text.png")
+  icon = Image.new("L", (48, 48), 255)
+  ImageDraw.Draw(icon).ellipse((8, 8, 40, 40), fill=60)
+  icon.save(root / "train" / "happy" / "icon.png")
+  rc, out = run(tmp_path)
+  assert rc == 0
+  listed = {os.path.basename(f["file"]) for f in json.loads((out / "audit.json").read_text())["no_face"]}
+  not_faces = {f"patch_{k}.png" for k in range(100, 110)} | {"text.png", "icon.png"}
+  assert not_faces <= listed and len(listed - not_faces) <= 1, listed
+  assert "images with no detectable face" in (out / "audit.md").read_text().lower()
