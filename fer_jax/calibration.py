@@ -3,7 +3,13 @@
 A run fits T on the best checkpoint's val logits and saves it in `checkpoints/calibration.json`
 next to the weights; every place where probabilities leave fer_jax (test metrics, predict, the
 server, reports) reads it back with `load` and applies `probabilities`. T > 1 softens an
-overconfident model, T < 1 sharpens an underconfident one, T = 1 changes nothing.
+overconfident model, T < 1 sharpens an underconfident one, T = 1 changes nothing. Dividing
+all logits by one T keeps their order, so predictions and accuracy do not change; only the
+confidences do, and with them how many faces the "uncertain" rule answers.
+
+The saved threshold is the rule's: `config.eval.confidence_threshold`, or, when
+`config.eval.threshold_target_accuracy` is set, the lowest threshold whose answered val faces
+(calibrated) are right at least that often.
 """
 import dataclasses
 import json
@@ -11,6 +17,8 @@ import os
 
 import numpy as np
 from scipy import optimize, special
+
+from fer_jax import metrics
 
 FILE = os.path.join("checkpoints", "calibration.json")
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: far beyond any fitted value; keeps the search bounded
@@ -40,6 +48,48 @@ def fit_temperature(logits, labels):
   res = optimize.minimize_scalar(lambda log_t: nll(logits, labels, np.exp(log_t)), bounds=LOG_T_BOUNDS,
                                  method="bounded", options={"xatol": 1e-4})
   return float(np.exp(res.x))
+
+
+def threshold_for_accuracy(labels, probs, target):
+  """The lowest threshold whose answered faces (top probability >= it) are right >= `target` of the time.
+
+  The threshold is the top probability of the least confident face it answers; None when no
+  threshold reaches the target (not even answering only the most confident face).
+  """
+  conf = np.asarray(probs).max(axis=1)
+  order = np.argsort(-conf, kind="stable")
+  conf_sorted = conf[order]
+  correct = (np.asarray(probs).argmax(axis=1) == np.asarray(labels))[order]
+  accuracy = np.cumsum(correct) / np.arange(1, len(conf) + 1)  # of the k most confident faces
+  # Only a tie's last face is a threshold: a threshold answers every face at its confidence.
+  is_threshold = np.append(conf_sorted[1:] < conf_sorted[:-1], True)
+  reached = np.flatnonzero(is_threshold & (accuracy >= target))
+  return float(conf_sorted[reached[-1]]) if reached.size else None
+
+
+def calibrate(val_logits, val_labels, eval_config):
+  """Fits T and picks the threshold on val; returns (Calibration, what metrics.json records of it)."""
+  val_labels = np.asarray(val_labels)
+  temperature = fit_temperature(val_logits, val_labels)
+  raw, calibrated = probabilities(val_logits), probabilities(val_logits, temperature)
+  target = eval_config.threshold_target_accuracy
+  threshold = eval_config.confidence_threshold
+  if target:
+    # Unreachable on val: answer nothing rather than promise an accuracy the model does not have.
+    threshold = threshold_for_accuracy(val_labels, calibrated, target)
+    threshold = 1.0 if threshold is None else threshold
+  cal = Calibration(temperature=temperature, threshold=threshold)
+  record = {
+      "temperature": temperature, "threshold": threshold, "threshold_target_accuracy": target or None,
+      "val_raw": _scores(metrics.calibration(val_labels, raw)),
+      "val_calibrated": _scores(metrics.calibration(val_labels, calibrated)),
+      "val_rule": metrics.confidence_rule(val_labels, calibrated, threshold),
+  }
+  return cal, record
+
+
+def _scores(calibration_metrics):
+  return {k: calibration_metrics[k] for k in ("ece", "nll", "brier")}
 
 
 def save(workdir, calibration):

@@ -16,7 +16,12 @@ COVERAGE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))  # 0.00 .. 0.
 # The study's gap bands: a gap (points of train - val accuracy) above the bound gets the name.
 OVERFIT_BANDS = ((15.0, "severe overfit"), (10.0, "high overfit"), (5.0, "moderate overfit"))
 GAP_HEALTHY = "healthy"  # 0 <= gap <= 5
-GAP_NEGATIVE = "negative (check data / strong regularisation)"  # gap < 0
+GAP_NEGATIVE = "negative (check data / strong regularisation)"  # gap < 0, no eval-mode figure to tell why
+# The running train accuracy is measured with dropout and augmentation on; when train accuracy in
+# eval mode is not below val, they explain a negative gap and the data needs no check.
+GAP_NEGATIVE_TRAIN_MODE = "negative in train mode only (dropout / augmentation; eval-mode gap >= 0)"
+GAP_NEGATIVE_EVAL_MODE = "negative in eval mode too (check data: val easier than train?)"
+PROB_FLOOR = 1e-12  # log(0) guard for the NLL of probabilities that underflowed in float32
 
 
 def _safe_div(num, den):
@@ -46,11 +51,17 @@ def confusion_matrix(labels, preds, num_classes):
 
 
 def calibration(labels, probs, num_bins=ECE_BINS):
-  """Expected calibration error and reliability bins of the top-class confidence.
+  """Expected calibration error, reliability bins, NLL and Brier score of the probabilities.
 
   Bins are right-closed, (lo, hi], with confidence 0 put in the first. ECE is the
-  count-weighted mean of |accuracy - confidence| over the bins.
+  count-weighted mean of |accuracy - confidence| over the bins (top class only); NLL is the
+  mean -log p(true class); Brier is the mean over faces of sum_k (p_k - [k = true])^2.
   """
+  labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
+  n = len(labels)
+  true_p = probs[np.arange(n), labels]
+  nll = float(-np.mean(np.log(np.maximum(true_p, PROB_FLOOR)))) if n else 0.0
+  brier = float(np.mean(np.sum(probs ** 2, axis=1) - 2 * true_p + 1)) if n else 0.0
   conf = probs.max(axis=1)
   correct = probs.argmax(axis=1) == labels
   idx = np.clip(np.ceil(conf * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
@@ -62,7 +73,7 @@ def calibration(labels, probs, num_bins=ECE_BINS):
            "confidence": float(mean_conf[i]) if counts[i] else None,
            "accuracy": float(mean_acc[i]) if counts[i] else None,
            "count": int(counts[i])} for i in range(num_bins)]
-  return {"ece": ece, "num_bins": num_bins, "bins": bins}
+  return {"ece": ece, "nll": nll, "brier": brier, "num_bins": num_bins, "bins": bins}
 
 
 def confidence_rule(labels, probs, threshold):
@@ -109,18 +120,33 @@ def classification_metrics(labels, probs, classes, confidence_threshold=0.7):
       "confusion": cm.tolist(),
       "confusion_normalized": cm_norm.tolist(),
       "main_confusions": confusions,
+      **confidence_metrics(labels, probs, confidence_threshold),
+  }
+
+
+def confidence_metrics(labels, probs, confidence_threshold=0.7):
+  """What depends on the confidences (not only on the predictions): calibration and the rule."""
+  return {
       "calibration": calibration(labels, probs),
       "confidence_rule": confidence_rule(labels, probs, confidence_threshold),
       "coverage_curve": [confidence_rule(labels, probs, t) for t in COVERAGE_THRESHOLDS],
   }
 
 
-def gap_diagnosis(gap_points):
-  """The study's reading of the train - val accuracy gap, in percentage points."""
+def gap_diagnosis(gap_points, eval_gap_points=None):
+  """The study's reading of the train - val accuracy gap, in percentage points.
+
+  `gap_points` uses the running train accuracy (train mode), as the study did; a negative one
+  is read with `eval_gap_points` (train accuracy in eval mode - val) when it is known.
+  """
   for bound, name in OVERFIT_BANDS:
     if gap_points > bound:
       return name
-  return GAP_HEALTHY if gap_points >= 0 else GAP_NEGATIVE
+  if gap_points >= 0:
+    return GAP_HEALTHY
+  if eval_gap_points is None:
+    return GAP_NEGATIVE
+  return GAP_NEGATIVE_TRAIN_MODE if eval_gap_points >= 0 else GAP_NEGATIVE_EVAL_MODE
 
 
 def bootstrap_accuracy_ci(labels, preds, n=1000, seed=0, level=0.95):

@@ -84,10 +84,11 @@ def make_train_step(config, model, tx, num_classes, class_weights=None, *, param
 
 
 def make_eval_step(config, model, num_classes):
-  """Returns jitted `(state, images_u8, labels, mask) -> (sums, probs)`.
+  """Returns jitted `(state, images_u8, labels, mask) -> (sums, logits)`.
 
   Padding rows (mask 0) are left out of the sums; the loss is unweighted (Keras applies
   class weights to training only); add `make_l2_fn`'s penalty to the mean, as Keras does.
+  Logits, not probabilities, leave the device so that a temperature can be fitted on them.
   """
   per_sample = losses.per_sample_loss_fn(config.loss, num_classes)
 
@@ -97,7 +98,7 @@ def make_eval_step(config, model, num_classes):
     sums = {"loss": jnp.sum(per_sample(logits, labels) * mask),
             "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
             "count": jnp.sum(mask)}
-    return sums, jax.nn.softmax(logits)
+    return sums, logits
 
   return eval_step
 

@@ -16,7 +16,8 @@ import time
 import jax
 import numpy as np
 
-from fer_jax import checkpoint, data, history, losses, metrics, models, optim, sharding, steps
+from fer_jax import (calibration, checkpoint, data, history, losses, metrics, models, optim, sharding,
+                     steps)
 from fer_jax.data import batching
 from fer_jax.report import render, run_report
 
@@ -54,7 +55,7 @@ class ResumeState:
 
 
 class Evaluator:
-  """Mean loss / accuracy and probabilities over a whole split, padding the last batch."""
+  """Mean loss / accuracy and logits over a whole split, padding the last batch."""
 
   def __init__(self, config, model, mesh, num_classes):
     self.batch = config.eval.batch_size + (-config.eval.batch_size) % jax.device_count()
@@ -63,14 +64,14 @@ class Evaluator:
     self.mesh = mesh
 
   def __call__(self, state, split):
-    sums, probs = {"loss": 0.0, "correct": 0.0, "count": 0.0}, []
+    sums, logits = {"loss": 0.0, "correct": 0.0, "count": 0.0}, []
     for idx, mask in batching.padded_batches(len(split), self.batch):
       x, y, m = sharding.shard_batch(self.mesh, split.images[idx], split.labels[idx], mask)
-      batch_sums, batch_probs = self.step(state, x, y, m)
+      batch_sums, batch_logits = self.step(state, x, y, m)
       sums = {k: sums[k] + float(v) for k, v in batch_sums.items()}
-      probs.append(np.asarray(jax.device_get(batch_probs))[mask > 0])
+      logits.append(np.asarray(jax.device_get(batch_logits))[mask > 0])
     loss = sums["loss"] / sums["count"] + float(self.l2(state.params))
-    return {"loss": loss, "accuracy": sums["correct"] / sums["count"]}, np.concatenate(probs)
+    return {"loss": loss, "accuracy": sums["correct"] / sums["count"]}, np.concatenate(logits)
 
 
 def check_finite(losses_so_far, epoch, first_step):
@@ -127,11 +128,28 @@ def format_summary(summary):
       f"(seed {summary['seed']}) on {summary['dataset']['name']}",
       f"best val accuracy {best['val_accuracy']:.2%} at epoch {best['epoch']} of {summary['epochs_run']}"
       f"{' (early stop)' if summary['stopped_early'] else ''}; train accuracy then {best['train_accuracy']:.2%}",
-      f"train-val gap {best['gap']:+.1f} points: {summary['gap_diagnosis']}",
+      f"train-val gap {best['gap']:+.1f} points: {summary['gap_diagnosis']}"
+      + (f" (eval mode: train {best['train_accuracy_eval']:.2%}, gap {best['gap_eval']:+.1f})"
+         if "gap_eval" in best else ""),
       f"test accuracy {test['accuracy']:.2%}  loss {test['loss']:.4f}  macro F1 {test['macro_f1']:.3f}",
+      *calibration_lines(summary),
       f"params {p['total']:,} ({p['trainable']:,} trainable)  time {summary['wall_time_s'] / 60:.1f} min "
       f"({summary['time_per_epoch_s']:.1f} s/epoch, {summary['images_per_s']:.0f} img/s)",
   ])
+
+
+def calibration_lines(summary):
+  """Raw -> calibrated test ECE, NLL and coverage of the rule (none for runs from before calibration)."""
+  if "calibration" not in summary:
+    return []
+  cal, raw, test = summary["calibration"], summary["test_raw"], summary["test"]
+  target = cal["threshold_target_accuracy"]
+  source = f" (lowest reaching {target:.0%} on val)" if target else ""
+  return [f"temperature {cal['temperature']:.3f}: test ECE {raw['calibration']['ece']:.4f} -> "
+          f"{test['calibration']['ece']:.4f}, NLL {raw['calibration']['nll']:.4f} -> {test['calibration']['nll']:.4f}",
+          f"answered at confidence >= {cal['threshold']:.2f}{source}: {raw['confidence_rule']['coverage']:.1%} raw -> "
+          f"{test['confidence_rule']['coverage']:.1%} calibrated (accuracy of those "
+          f"{render.pct(test['confidence_rule']['accuracy'], 1)})"]
 
 
 def finished_summary(workdir):
@@ -251,19 +269,32 @@ def fit(run):
   run.checkpoints.close()
 
 
+def train_subset(split, size, seed=0):
+  """A fixed random subset of `size` train images (the same on every rerun and process)."""
+  idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:size])
+  return data.Split(split.images[idx], split.labels[idx])
+
+
 def finish(run):
-  """Evaluates the best epoch's weights on test and writes the summary, predictions and report."""
+  """Calibrates the best epoch's weights on val, evaluates them on test, writes summary, predictions, report."""
   config, ds, workdir = run.config, run.dataset, run.workdir
   state = run.state
   if config.train.restore_best and run.early.best_epoch:
     state, _ = run.checkpoints.restore_best(state, run.early.best_epoch)
+  _, val_logits = run.evaluator(state, ds.splits["val"])
+  cal, cal_record = calibration.calibrate(val_logits, ds.splits["val"].labels, config.eval)
+  train_eval_m, _ = run.evaluator(state, train_subset(ds.splits["train"], len(ds.splits["val"])))
   test_split = ds.splits["test"]
-  test_m, test_probs = run.evaluator(state, test_split)
-  summary = build_summary(config, ds, run.history, run.early, run.stopped_early, test_m, test_probs,
-                          run.param_counts, run.resume.elapsed_s, time.perf_counter() - run.wall_start)
+  test_m, test_logits = run.evaluator(state, test_split)
+  raw_probs, test_probs = calibration.probabilities(test_logits), calibration.probabilities(test_logits, cal.temperature)
+  summary = build_summary(config, ds, run.history, run.early, run.stopped_early, test_m, test_probs, raw_probs,
+                          cal_record, train_eval_m, run.param_counts, run.resume.elapsed_s,
+                          time.perf_counter() - run.wall_start)
   if jax.process_index() == 0:
+    calibration.save(workdir, cal)
     np.savez(os.path.join(workdir, "test_predictions.npz"), labels=test_split.labels.astype(np.int32),
-             probs=test_probs.astype(np.float32))
+             probs=test_probs.astype(np.float32), raw_probs=raw_probs.astype(np.float32),
+             temperature=np.float32(cal.temperature))
     run_report.write_run_report(workdir, summary, run.history)
     history.write_json(os.path.join(workdir, "metrics.json"), summary)  # last: its presence marks the run finished
   log(format_summary(summary))
@@ -280,11 +311,14 @@ def train_and_evaluate(config, workdir, dataset=None):
   return finish(run)
 
 
-def build_summary(config, ds, history, early, stopped_early, test_m, test_probs, param_counts, train_s, wall_s):
+def build_summary(config, ds, history, early, stopped_early, test_m, test_probs, raw_probs, cal_record, train_eval_m,
+                  param_counts, train_s, wall_s):
+  """metrics.json: test figures from the calibrated probabilities, the raw ones' beside them."""
   best_row = next((r for r in history if r["epoch"] == early.best_epoch), history[-1])
-  test = metrics.classification_metrics(ds.splits["test"].labels, test_probs, list(ds.classes),
-                                         config.eval.confidence_threshold)
-  test["loss"] = test_m["loss"]
+  labels, threshold = ds.splits["test"].labels, cal_record["threshold"]
+  test = metrics.classification_metrics(labels, test_probs, list(ds.classes), threshold)
+  test["loss"] = test_m["loss"]  # the training loss (e.g. focal) of the raw logits
+  eval_gap = (train_eval_m["accuracy"] - best_row["val_accuracy"]) * 100
   steady = [r["images_per_s"] for r in history[1:]] or [r["images_per_s"] for r in history]  # epoch 1 compiles
   return {
       "name": config.name, "variant": config.variant, "seed": config.train.seed, "classes": list(ds.classes),
@@ -293,9 +327,14 @@ def build_summary(config, ds, history, early, stopped_early, test_m, test_probs,
       "params": param_counts,
       "best": {"epoch": best_row["epoch"], "val_accuracy": best_row["val_accuracy"], "val_loss": best_row["val_loss"],
                "train_accuracy": best_row["train_accuracy"], "train_loss": best_row["train_loss"],
-               "gap": best_row["gap"]},
-      "gap_diagnosis": metrics.gap_diagnosis(best_row["gap"]),
+               "gap": best_row["gap"],
+               # The same weights in eval mode (no dropout, no augmentation) on as many train images as val.
+               "train_accuracy_eval": train_eval_m["accuracy"], "gap_eval": eval_gap,
+               "train_eval_images": len(ds.splits["val"])},
+      "gap_diagnosis": metrics.gap_diagnosis(best_row["gap"], eval_gap),
+      "calibration": cal_record,
       "test": test,
+      "test_raw": metrics.confidence_metrics(labels, raw_probs, threshold),
       "epochs_run": sum(r["epoch"] > 0 for r in history), "stopped_early": bool(stopped_early),
       "wall_time_s": wall_s, "train_time_s": train_s, "time_per_epoch_s": train_s / max(len(history), 1),
       "images_per_s": float(np.median(steady)),
