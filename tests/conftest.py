@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 
 # XLA:CPU's optimising passes dominate test time (10x on tiny models); numerics are unaffected.
@@ -33,6 +34,17 @@ def launch(args, env=None, timeout=300, check=True):
   if check and proc.returncode != 0:
     raise AssertionError(f"launch.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
   return proc
+
+
+def gaussian_logits(rng, labels, separation, num_classes=4, sharpness=1.0):
+  """Logits whose calibrated version is known, times `sharpness`.
+
+  Scores s = separation * onehot(label) + N(0, 1) noise give the true class posterior
+  softmax(separation * s), so `sharpness` * separation * s is overconfident for sharpness > 1
+  (the fitted T should be close to it) and underconfident below 1.
+  """
+  scores = separation * np.eye(num_classes)[labels] + rng.normal(size=(len(labels), num_classes))
+  return sharpness * separation * scores
 
 
 def read_summary(workdir):

@@ -85,6 +85,24 @@ def test_gap_diagnosis_bands(gap, name):
   assert metrics.gap_diagnosis(gap) == name
 
 
+def test_negative_gap_read_with_the_eval_mode_gap():
+  # Model 0 in the study: -5.7 points with dropout on; in eval mode train is ahead of val.
+  assert metrics.gap_diagnosis(-5.7, 2.0) == metrics.GAP_NEGATIVE_TRAIN_MODE
+  assert "check data" not in metrics.gap_diagnosis(-5.7, 0.0)
+  assert "check data" in metrics.gap_diagnosis(-5.7, -3.0)
+  assert metrics.gap_diagnosis(12.0, -1.0) == "high overfit"  # the bands read the running gap, as the study
+
+
+def test_nll_and_brier():
+  probs = np.array([[0.7, 0.2, 0.1], [0.5, 0.25, 0.25]])
+  cal = metrics.calibration(np.array([0, 1]), probs)
+  assert cal["nll"] == pytest.approx(-(math.log(0.7) + math.log(0.25)) / 2)
+  # (0.3² + 0.2² + 0.1²) and (0.5² + 0.75² + 0.25²)
+  assert cal["brier"] == pytest.approx((0.14 + 0.875) / 2)
+  assert metrics.calibration(np.array([0]), np.array([[0.0, 1.0, 0.0]]))["nll"] == pytest.approx(
+      -math.log(metrics.PROB_FLOOR))
+
+
 def test_bootstrap_interval():
   labels = np.zeros(400, np.int64)
   preds = np.where(np.arange(400) < 300, 0, 1)  # 75 % right

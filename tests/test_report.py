@@ -4,31 +4,43 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
+from fer_jax import calibration
 from fer_jax import metrics
 from fer_jax.report import render, run_report, study
+from tests.conftest import gaussian_logits
 
 CLASSES = ("happy", "neutral", "sad", "surprise")
 
 
+def _fake_logits(rng, n, skill):
+  """(labels, logits): more accurate for a higher `skill`, overconfident (twice the calibrated logits)."""
+  labels = np.arange(n, dtype=np.int32) % len(CLASSES)
+  return labels, gaussian_logits(rng, labels, separation=2 * skill, sharpness=2.0)
+
+
 def fake_run(workdir, name, seed, skill, gap=3.0, epochs=4, n_test=200, variant=""):
-  """Writes metrics.json, metrics.jsonl and test_predictions.npz as train.py does.
+  """Writes metrics.json, metrics.jsonl, test_predictions.npz and calibration.json as train.py does.
 
   `skill` is the chance that a test face is predicted right; the test labels are the same
-  for every run (one test set), the predictions depend on the seed.
+  for every run (one test set), the predictions depend on the seed. T is fitted on a val set
+  drawn like test.
   """
-  os.makedirs(workdir, exist_ok=True)
-  labels = np.arange(n_test, dtype=np.int32) % len(CLASSES)
+  os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
   rng = np.random.default_rng(seed + int(1000 * skill))
-  right = rng.random(n_test) < skill
-  preds = np.where(right, labels, (labels + 1 + rng.integers(0, 3, n_test)) % 4)
-  conf = np.where(right, rng.uniform(0.6, 1.0, n_test), rng.uniform(0.3, 0.8, n_test))
-  probs = np.tile(((1 - conf) / 3)[:, None], (1, 4)).astype(np.float32)
-  probs[np.arange(n_test), preds] = conf
-  np.savez(os.path.join(workdir, "test_predictions.npz"), labels=labels, probs=probs)
+  labels, logits = _fake_logits(rng, n_test, skill)
+  val_labels, val_logits = _fake_logits(rng, 200, skill)
+  eval_config = ml_collections.ConfigDict({"confidence_threshold": 0.7, "threshold_target_accuracy": 0.0})
+  cal, cal_record = calibration.calibrate(val_logits, val_labels, eval_config)
+  calibration.save(workdir, cal)
+  raw_probs = calibration.probabilities(logits).astype(np.float32)
+  probs = calibration.probabilities(logits, cal.temperature).astype(np.float32)
+  np.savez(os.path.join(workdir, "test_predictions.npz"), labels=labels, probs=probs, raw_probs=raw_probs,
+           temperature=np.float32(cal.temperature))
   history = []
   for e in range(1, epochs + 1):
     val = skill * e / epochs
@@ -40,13 +52,17 @@ def fake_run(workdir, name, seed, skill, gap=3.0, epochs=4, n_test=200, variant=
   test = metrics.classification_metrics(labels, probs, CLASSES)
   test["loss"] = 0.75
   best = history[-1]
+  eval_gap = gap + 1.0
   summary = {
       "name": name, "variant": variant, "config_file": f"configs/{name}.py", "seed": seed,
       "classes": list(CLASSES), "dataset": {"name": "builtin", "sizes": {"train": 800, "val": 100, "test": n_test}},
       "params": {"total": 3509444, "trainable": 3507140, "non_trainable": 2304},
       "best": {"epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
-               "train_accuracy": best["train_accuracy"], "train_loss": best["train_loss"], "gap": gap},
-      "gap_diagnosis": metrics.gap_diagnosis(gap), "test": test, "epochs_run": epochs,
+               "train_accuracy": best["train_accuracy"], "train_loss": best["train_loss"], "gap": gap,
+               "train_accuracy_eval": best["val_accuracy"] + eval_gap / 100, "gap_eval": eval_gap,
+               "train_eval_images": 100},
+      "gap_diagnosis": metrics.gap_diagnosis(gap, eval_gap), "calibration": cal_record, "test": test,
+      "test_raw": metrics.confidence_metrics(labels, raw_probs), "epochs_run": epochs,
       "stopped_early": False, "wall_time_s": 42.0, "time_per_epoch_s": 10.0, "images_per_s": 120.0,
       "system": {"jax": "0.10.2", "devices": "1 x cpu"},
   }
@@ -74,12 +90,18 @@ def test_run_report(tmp_path):
       f"{100 * test['accuracy']:.2f} %", "0.7500", f"{test['macro_f1']:.3f}",
       "3,509,444", "2,304", "42.0 s", "10.0 s", "120.0", "jax: 0.10.2",
       f"{test['per_class']['sad']['precision']:.3f}", "weighted avg", "Main confusions",
-      f"{test['calibration']['ece']:.4f}", "At confidence ≥ 0.70", "curves.png", "confusion.png",
-      "reliability.png"]:
+      "At confidence ≥ 0.70", "curves.png", "confusion.png", "reliability.png", "coverage.png",
+      "eval mode, 100 train faces", "+5.6 points"]:
     assert needle in md, needle
-  rule = test["confidence_rule"]
-  assert f"{100 * rule['coverage']:.1f} % of faces get an answer" in md
-  assert f"{100 * rule['accuracy']:.1f} % of those answers are right" in md
+  # The report reads T and shows every score raw and calibrated.
+  raw = summary["test_raw"]
+  assert f"T = {summary['calibration']['temperature']:.3f}" in md
+  for key in ("ece", "nll", "brier"):
+    assert f"{raw['calibration'][key]:.4f} | {test['calibration'][key]:.4f}" in md, key
+  assert test["calibration"]["ece"] < raw["calibration"]["ece"]  # overconfident fake, calibrated on val
+  for label, rule in (("Calibrated", test["confidence_rule"]), ("Raw, before temperature scaling", raw["confidence_rule"])):
+    assert f"{label}: At confidence ≥ 0.70, {100 * rule['coverage']:.1f} % of faces get an answer" in md
+    assert f"{100 * rule['accuracy']:.1f} % of those answers are right" in md
 
 
 def test_markdown_and_html_render_the_same_blocks(tmp_path):
@@ -125,9 +147,17 @@ def test_study_aggregation_and_report_text(tmp_path):
   md = render.to_markdown(study.study_blocks(summary))
   for needle in ["b_p (winner)", "85.50 ± 0.71 %", f"[{100 * ci['low']:.2f}, {100 * ci['high']:.2f}] %",
                  "+5.1, moderate overfit", "+15.1, severe overfit", "3,509,444", "10.0 s", "120.0",
-                 "McNemar", "runner-up b_pp", "ECE", "faces answered", "coverage.png",
-                 "reliability.png", "confusions.png", "curves.png", "comparison.png"]:
+                 "McNemar", "runner-up b_pp", "ECE raw → calibrated", "answered at 0.7 (calibrated)",
+                 "answered cal.", "coverage.png", "coverage_raw.png", "reliability.png", "reliability_raw.png",
+                 "confusions.png", "curves.png", "comparison.png"]:
     assert needle in md, needle
+  # The study pools the calibrated probabilities and the raw ones, and reads each run's T.
+  temps = [calibration.load(os.path.join(str(tmp_path), "b_p", f"seed{k}")).temperature for k in (0, 1)]
+  assert b_p["temperature"]["mean"] == pytest.approx(np.mean(temps))
+  assert b_p["calibration"]["ece"] < b_p["raw_calibration"]["ece"]
+  row = study.comparison_rows([b_p])[0]
+  assert row[-2] == f"{b_p['raw_calibration']['ece']:.4f} → {b_p['calibration']['ece']:.4f}"
+  assert row[-1] == f"{100 * b_p['study_rule']['coverage']:.1f} %"
   assert json.loads(json.dumps(summary))["num_runs"] == 7  # summary.json is this dict
 
 

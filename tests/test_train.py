@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fer_jax import calibration, metrics
 from fer_jax.report import study
 from tests.conftest import ROOT, TINY, launch, read_summary
 
@@ -58,10 +59,26 @@ def test_run_leaves_a_complete_workdir(reference_run):
   for k in ("precision", "recall", "f1", "support"):
     assert k in test["per_class"]["happy"]
   assert "loss" in test and "main_confusions" in test
-  for png in ("curves.png", "confusion.png"):
+  # Calibrated on val: T saved next to the checkpoints and in metrics.json, test figures from calibrated probs.
+  cal = calibration.load(workdir)
+  assert cal.temperature == pytest.approx(s["calibration"]["temperature"]) and cal.threshold == 0.7
+  expected = calibration.probabilities(np.log(preds["raw_probs"]), cal.temperature)
+  np.testing.assert_allclose(preds["probs"], expected, atol=1e-5)
+  assert float(preds["temperature"]) == pytest.approx(cal.temperature)
+  assert test["calibration"]["ece"] == pytest.approx(metrics.calibration(preds["labels"], preds["probs"])["ece"],
+                                                     abs=1e-5)
+  assert s["test_raw"]["calibration"]["ece"] == pytest.approx(
+      metrics.calibration(preds["labels"], preds["raw_probs"])["ece"], abs=1e-5)
+  assert s["calibration"]["val_calibrated"]["nll"] <= s["calibration"]["val_raw"]["nll"] + 1e-9
+  assert s["best"]["train_eval_images"] == s["dataset"]["sizes"]["val"]
+  assert s["best"]["gap_eval"] == pytest.approx((s["best"]["train_accuracy_eval"] - s["best"]["val_accuracy"]) * 100)
+  assert s["gap_diagnosis"] == metrics.gap_diagnosis(s["best"]["gap"], s["best"]["gap_eval"])
+  assert f"T = {cal.temperature:.3f}" in open(os.path.join(workdir, "report.md")).read()
+  for png in ("curves.png", "confusion.png", "reliability.png", "coverage.png"):
     with Image.open(os.path.join(workdir, png)) as im:
       assert im.size[0] > 200
   assert "epoch 3/3" in stdout and "test accuracy" in stdout and "gap" in stdout
+  assert f"temperature {cal.temperature:.3f}" in stdout and "eval mode: train" in stdout
 
 
 def test_zero_epochs_evaluates_the_initial_weights_as_epoch_0(tmp_path):
@@ -80,12 +97,14 @@ def test_finished_run_prints_summary_and_how_to_start_fresh(reference_run):
   before = os.path.getmtime(os.path.join(workdir, "metrics.json"))
   proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *EPOCHS])
   assert "finished" in proc.stdout and "new --workdir" in proc.stdout and "test accuracy" in proc.stdout
+  assert f"temperature {calibration.load(workdir).temperature:.3f}" in proc.stdout
   assert os.path.getmtime(os.path.join(workdir, "metrics.json")) == before
 
 
 def _comparable(workdir):
   s = read_summary(workdir)
-  return [(r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in _history(workdir)], s["test"]["accuracy"]
+  return ([(r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in _history(workdir)], s["test"]["accuracy"],
+          calibration.load(workdir).temperature)
 
 
 def test_sigkill_then_resume_gives_the_same_result(reference_run, tmp_path):
@@ -107,6 +126,7 @@ def test_sigkill_then_resume_gives_the_same_result(reference_run, tmp_path):
   got, want = _comparable(workdir), _comparable(ref_dir)
   np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
   assert got[1] == want[1]
+  assert got[2] == pytest.approx(want[2], rel=1e-4)  # the resumed run fits the same T
 
 
 def test_four_devices_match_one_device(reference_run, tmp_path):
@@ -185,6 +205,9 @@ def test_predict_uses_the_best_checkpoint_and_the_confidence_rule(reference_run,
     data_config = ml_collections.ConfigDict(json.load(f)["data"])
   test = builtin.load(data_config).splits["test"]
   np.testing.assert_allclose(scorer.probabilities(test.images), saved["probs"], atol=1e-5)  # the evaluated weights
+  # ... and the run's calibration: predict and the server answer with the calibrated probabilities.
+  assert scorer.calibration == calibration.load(workdir) and scorer.calibration.temperature != 1.0
+  assert scorer.calibration.temperature == pytest.approx(float(saved["temperature"]))
   for i, im in enumerate(test.images[:3]):
     Image.fromarray(im[..., 0]).save(tmp_path / f"face{i}.png")
   assert predict.input_paths([str(tmp_path)]) == [str(tmp_path / f"face{i}.png") for i in range(3)]

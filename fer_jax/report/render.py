@@ -38,8 +38,8 @@ def seconds(s):
   return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
-def gap_text(gap):
-  return f"{gap:+.1f} points ({metrics.gap_diagnosis(gap)})"
+def gap_text(gap, eval_gap=None):
+  return f"{gap:+.1f} points ({metrics.gap_diagnosis(gap, eval_gap)})"
 
 
 # --------------------------------------------------------------------------- documents

@@ -5,7 +5,8 @@ from fer_jax import metrics, plots
 from fer_jax.report.render import (bullets, gap_text, heading, image, num, para, pct, run_title, seconds,
                                    table, to_markdown)
 
-RUN_PLOTS = {"curves": "curves.png", "confusion": "confusion.png", "reliability": "reliability.png"}
+RUN_PLOTS = {"curves": "curves.png", "confusion": "confusion.png", "reliability": "reliability.png",
+             "coverage": "coverage.png"}
 
 
 def classification_table(test, classes):
@@ -35,9 +36,45 @@ def rule_line(rule):
           f"the rest are answered \"uncertain\".")
 
 
-def coverage_table(curve, step=2):
-  rows = [[f"{c['threshold']:.2f}", pct(c["coverage"], 1), pct(c["accuracy"], 1)] for c in curve[::step]]
-  return table(["threshold", "faces answered", "accuracy of answers"], rows)
+def coverage_table(raw_curve, calibrated_curve, step=2):
+  rows = [[f"{r['threshold']:.2f}", pct(r["coverage"], 1), pct(r["accuracy"], 1), pct(c["coverage"], 1),
+           pct(c["accuracy"], 1)] for r, c in zip(raw_curve[::step], calibrated_curve[::step])]
+  return table(["threshold", "answered (raw)", "accuracy of answers (raw)", "answered (calibrated)",
+                "accuracy of answers (calibrated)"], rows)
+
+
+def calibration_blocks(summary):
+  """Temperature, raw vs calibrated scores on val and test, and the reliability diagram."""
+  cal, raw, test = summary["calibration"], summary["test_raw"]["calibration"], summary["test"]["calibration"]
+  val_raw, val_cal = cal["val_raw"], cal["val_calibrated"]
+  rows = [[f"{split} {name}", f"{a[key]:.4f}", f"{b[key]:.4f}"]
+          for split, a, b in (("test", raw, test), ("val", val_raw, val_cal))
+          for name, key in ((f"ECE ({test['num_bins']} bins)", "ece"), ("NLL", "nll"), ("Brier", "brier"))]
+  return [
+      para(f"Temperature scaling: T = {cal['temperature']:.3f}, fitted on the best checkpoint's val logits "
+           "(minimum val NLL). T > 1 softens overconfident probabilities, T < 1 sharpens underconfident ones; "
+           "the predicted classes do not change. Every other probability in this report, and `probs` in "
+           "test_predictions.npz, is calibrated; `raw_probs` holds the ones before."),
+      table(["", "raw", "calibrated"], rows),
+      image(RUN_PLOTS["reliability"], "reliability diagram, raw and calibrated"),
+  ]
+
+
+def rule_blocks(summary):
+  """The confidence rule on test, raw and calibrated, and where its threshold came from."""
+  cal, raw, test = summary["calibration"], summary["test_raw"], summary["test"]
+  target = cal["threshold_target_accuracy"]
+  if target:
+    val = cal["val_rule"]
+    source = (f"Threshold {cal['threshold']:.2f}: the lowest whose answered val faces (calibrated) are right "
+              f"at least {pct(target, 1)} of the time (on val: {pct(val['coverage'], 1)} answered, "
+              f"{pct(val['accuracy'], 1)} of them right).")
+  else:
+    source = f"Threshold {cal['threshold']:.2f}, as configured (config.eval.confidence_threshold)."
+  return [para(source), para("Calibrated: " + rule_line(test["confidence_rule"])),
+          para("Raw, before temperature scaling: " + rule_line(raw["confidence_rule"])),
+          coverage_table(raw["coverage_curve"], test["coverage_curve"]),
+          image(RUN_PLOTS["coverage"], "faces answered and their accuracy against the threshold, raw and calibrated")]
 
 
 def system_bullets(system):
@@ -63,8 +100,11 @@ def run_blocks(summary):
       table(["metric", "value"], [
           ["best val accuracy", pct(best["val_accuracy"])],
           ["best epoch", f"{best['epoch']} of {summary.get('epochs_run', '?')}{stop}"],
-          ["train accuracy at best", pct(best["train_accuracy"])],
-          ["train − val gap", gap_text(best["gap"])],
+          ["train accuracy at best (running, train mode)", pct(best["train_accuracy"])],
+          ["train − val gap", gap_text(best["gap"], best["gap_eval"])],
+          [f"train accuracy at best (eval mode, {best['train_eval_images']} train faces)",
+           pct(best["train_accuracy_eval"])],
+          ["train − val gap (eval mode)", f"{best['gap_eval']:+.1f} points"],
           ["test accuracy", pct(test["accuracy"])],
           ["test loss", num(test.get("loss"), ".4f")],
           ["test macro F1", f"{test['macro_f1']:.3f}"],
@@ -86,12 +126,9 @@ def run_blocks(summary):
       heading("Per-class accuracy"),
       table(classes, [[pct(test["per_class"][c]["accuracy"], 1) for c in classes]]),
       heading("Calibration"),
-      para(f"Expected calibration error (ECE, {test['calibration']['num_bins']} bins): "
-           f"{test['calibration']['ece']:.4f}."),
-      image(RUN_PLOTS["reliability"], "reliability diagram"),
+      *calibration_blocks(summary),
       heading("Deployment rule"),
-      para(rule_line(test["confidence_rule"])),
-      coverage_table(test["coverage_curve"]),
+      *rule_blocks(summary),
   ]
   if summary.get("system"):
     blocks += [heading("System"), system_bullets(summary["system"])]
@@ -99,13 +136,16 @@ def run_blocks(summary):
 
 
 def write_run_report(workdir, summary, history):
-  """Writes report.md, curves.png, confusion.png and reliability.png of one run into `workdir`."""
-  test = summary["test"]
+  """Writes report.md, curves.png, confusion.png, reliability.png and coverage.png of one run into `workdir`."""
+  test, raw = summary["test"], summary["test_raw"]
   title = run_title(summary["name"], summary.get("variant"))
   path = lambda key: os.path.join(workdir, RUN_PLOTS[key])  # noqa: E731
   plots.training_curves(history, path("curves"), title)
   plots.confusion(test["confusion_normalized"], list(summary["classes"]), path("confusion"),
                   f"{title}: test, row-normalised")
-  plots.reliability([(title, test["calibration"])], path("reliability"))
+  calibrated = f"calibrated, T = {summary['calibration']['temperature']:.2f}"
+  plots.reliability([("raw", raw["calibration"]), (calibrated, test["calibration"])], path("reliability"))
+  plots.coverage_accuracy([("raw", raw["coverage_curve"]), (calibrated, test["coverage_curve"])], path("coverage"),
+                          summary["calibration"]["threshold"])
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(to_markdown(run_blocks(summary)))

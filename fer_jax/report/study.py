@@ -14,8 +14,10 @@ from fer_jax.history import read_history
 from fer_jax.report.render import bullets, heading, image, num, para, pct, run_title, seconds, table, to_html, to_markdown
 
 STUDY_PLOTS = {"curves": "curves.png", "comparison": "comparison.png", "confusions": "confusions.png",
-               "reliability": "reliability.png", "coverage": "coverage.png"}
+               "reliability": "reliability.png", "reliability_raw": "reliability_raw.png",
+               "coverage": "coverage.png", "coverage_raw": "coverage_raw.png"}
 WINNER_MAX_GAP = 10.0  # the study's rule: best val accuracy among runs with gap < 10 points
+STUDY_RULE_THRESHOLD = 0.7  # the study's deployment rule; the comparison table shows the calibrated coverage at it
 SIGNIFICANCE = 0.05
 
 
@@ -26,16 +28,22 @@ def find_runs(root):
 
 
 def load_run(run_dir):
-  """metrics.json, metrics.jsonl and (when present) test_predictions.npz of one run."""
+  """metrics.json, metrics.jsonl and (when present) test_predictions.npz of one run.
+
+  `probs` are calibrated and `raw_probs` the ones before; a run from before calibration saved
+  only raw `probs`, which then serve as both (its temperature is 1).
+  """
   with open(os.path.join(run_dir, "metrics.json")) as f:
     summary = json.load(f)
   history = read_history(os.path.join(run_dir, "metrics.jsonl"))
-  labels = probs = None
+  labels = probs = raw_probs = None
   npz = os.path.join(run_dir, "test_predictions.npz")
   if os.path.exists(npz):
     with np.load(npz, allow_pickle=False) as d:
       labels, probs = d["labels"], d["probs"]
-  return {"dir": run_dir, "summary": summary, "history": history, "labels": labels, "probs": probs}
+      raw_probs = d["raw_probs"] if "raw_probs" in d.files else probs
+  return {"dir": run_dir, "summary": summary, "history": history, "labels": labels, "probs": probs,
+          "raw_probs": raw_probs}
 
 
 def group_name(root, run_dir):
@@ -78,24 +86,28 @@ def summarize_group(name, runs):
       "test_loss": _mean_std(s["test"].get("loss") for s in sums),
       "macro_f1": _mean_std(s["test"]["macro_f1"] for s in sums),
       "gap": _mean_std(s["best"]["gap"] for s in sums),
+      "gap_eval": _mean_std(s["best"].get("gap_eval") for s in sums),
+      "temperature": _mean_std(s.get("calibration", {}).get("temperature", 1.0) for s in sums),
       "best_epoch": _mean_std(s["best"]["epoch"] for s in sums),
       "params": s0["params"],
       "time_per_epoch_s": _mean_std(s.get("time_per_epoch_s") for s in sums),
       "images_per_s": _mean_std(s.get("images_per_s") for s in sums),
       "confusion_normalized": (conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)).tolist(),
   }
-  g["gap_diagnosis"] = metrics.gap_diagnosis(g["gap"]["mean"])
+  g["gap_diagnosis"] = metrics.gap_diagnosis(g["gap"]["mean"], g["gap_eval"]["mean"])
   if _same_test_set(runs):
     labels = runs[0]["labels"]
     preds = np.stack([r["probs"].argmax(axis=1) for r in runs])
     g["test_ci"] = metrics.bootstrap_accuracy_ci(labels, preds)
     pooled_labels = np.tile(labels, len(runs))
-    pooled_probs = np.concatenate([r["probs"] for r in runs])
     threshold = s0["test"]["confidence_rule"]["threshold"]
-    pooled = metrics.classification_metrics(pooled_labels, pooled_probs, classes, threshold)
-    g["calibration"] = pooled["calibration"]
-    g["confidence_rule"] = pooled["confidence_rule"]
-    g["coverage_curve"] = pooled["coverage_curve"]
+    for prefix, key in (("", "probs"), ("raw_", "raw_probs")):
+      pooled_probs = np.concatenate([r[key] for r in runs])
+      pooled = metrics.confidence_metrics(pooled_labels, pooled_probs, threshold)
+      g[prefix + "calibration"] = pooled["calibration"]
+      g[prefix + "confidence_rule"] = pooled["confidence_rule"]
+      g[prefix + "coverage_curve"] = pooled["coverage_curve"]
+      g[prefix + "study_rule"] = metrics.confidence_rule(pooled_labels, pooled_probs, STUDY_RULE_THRESHOLD)
   return g
 
 
@@ -172,7 +184,8 @@ def _pm(stat, scale=100, fmt=".2f", unit=" %"):
 
 
 COMPARISON_HEADER = ["config", "seeds", "val acc", "test acc [95 % CI]", "gap, diagnosis",
-                     "best epoch", "params", "time/epoch", "images/s", "macro F1", "ECE"]
+                     "best epoch", "params", "time/epoch", "images/s", "macro F1", "ECE raw → calibrated",
+                     f"answered at {STUDY_RULE_THRESHOLD} (calibrated)"]
 
 
 def comparison_rows(groups, winner=None):
@@ -186,7 +199,8 @@ def comparison_rows(groups, winner=None):
                  _pm(g["best_epoch"], scale=1, fmt=".1f", unit=""), num(g["params"]["total"]),
                  seconds(g["time_per_epoch_s"]["mean"]), num(g["images_per_s"]["mean"], ",.1f"),
                  _pm(g["macro_f1"], scale=1, fmt=".3f", unit=""),
-                 f"{g['calibration']['ece']:.4f}" if "calibration" in g else "—"])
+                 f"{g['raw_calibration']['ece']:.4f} → {g['calibration']['ece']:.4f}" if "calibration" in g else "—",
+                 pct(g["study_rule"]["coverage"], 1) if "calibration" in g else "—"])
   return rows
 
 
@@ -215,14 +229,20 @@ def study_blocks(summary):
   if calibrated:
     blocks += [
         heading("Calibration and the confidence rule"),
-        para("ECE and reliability pool the test predictions of all seeds. The rule answers only "
+        para("ECE, NLL, Brier and reliability pool the test predictions of all seeds, raw and after each "
+             "run's temperature scaling (T, fitted on val; the mean over seeds). The rule answers only "
              "faces whose top probability reaches the threshold; the rest are \"uncertain\"."),
-        table(["config", "ECE", "threshold", "faces answered", "accuracy of answers"],
-              [[g["name"], f"{g['calibration']['ece']:.4f}", f"{g['confidence_rule']['threshold']:.2f}",
+        table(["config", "T", "ECE raw", "ECE cal.", "NLL raw", "NLL cal.", "Brier raw", "Brier cal.",
+               "threshold", "faces answered raw", "faces answered cal.", "accuracy of answers cal."],
+              [[g["name"], _pm(g["temperature"], scale=1, fmt=".3f", unit=""),
+                *(f"{g[p + 'calibration'][k]:.4f}" for k in ("ece", "nll", "brier") for p in ("raw_", "")),
+                f"{g['confidence_rule']['threshold']:.2f}", pct(g["raw_confidence_rule"]["coverage"], 1),
                 pct(g["confidence_rule"]["coverage"], 1), pct(g["confidence_rule"]["accuracy"], 1)]
                for g in calibrated]),
-        image(STUDY_PLOTS["reliability"], "reliability diagrams"),
-        image(STUDY_PLOTS["coverage"], "coverage and accuracy against the confidence threshold")]
+        image(STUDY_PLOTS["reliability_raw"], "reliability diagrams, raw"),
+        image(STUDY_PLOTS["reliability"], "reliability diagrams, calibrated"),
+        image(STUDY_PLOTS["coverage_raw"], "coverage and accuracy against the confidence threshold, raw"),
+        image(STUDY_PLOTS["coverage"], "coverage and accuracy against the confidence threshold, calibrated")]
   blocks += [heading("Runs"), bullets(f"{g['name']}: " + ", ".join(g["runs"]) for g in groups)]
   return blocks
 
@@ -248,9 +268,11 @@ def write_study_report(root, out=None, max_gap=WINNER_MAX_GAP):
                        path("confusions"))
   calibrated = [g for g in groups if "calibration" in g]
   if calibrated:
-    plots.reliability([(g["name"], g["calibration"]) for g in calibrated], path("reliability"))
-    plots.coverage_accuracy([(g["name"], g["coverage_curve"]) for g in calibrated], path("coverage"),
-                            calibrated[0]["confidence_rule"]["threshold"])
+    threshold = calibrated[0]["confidence_rule"]["threshold"]
+    for prefix, suffix in (("", ""), ("raw_", "_raw")):
+      plots.reliability([(g["name"], g[prefix + "calibration"]) for g in calibrated], path("reliability" + suffix))
+      plots.coverage_accuracy([(g["name"], g[prefix + "coverage_curve"]) for g in calibrated],
+                              path("coverage" + suffix), threshold)
   blocks = study_blocks(summary)
   with open(os.path.join(out, "report.md"), "w") as f:
     f.write(to_markdown(blocks))
