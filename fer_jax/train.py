@@ -16,8 +16,7 @@ import time
 import jax
 import numpy as np
 
-from fer_jax import (calibration, checkpoint, data, history, losses, metrics, models, optim, sharding,
-                     steps)
+from fer_jax import calibration, checkpoint, data, history, losses, metrics, models, optim, sharding, steps
 from fer_jax.data import batching
 from fer_jax.report import render, run_report
 

@@ -39,8 +39,8 @@ def test_run_leaves_a_complete_workdir(reference_run):
   history = _history(workdir)
   assert [r["epoch"] for r in history] == [1, 2, 3]
   best_epoch = read_summary(workdir)["best"]["epoch"]
-  # The best epoch and the latest, no other epoch (calibration.json may lie beside them).
-  assert {d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()} == {str(best_epoch), "3"}
+  # The best epoch and the latest, and the temperature fitted on the best one; nothing else.
+  assert set(os.listdir(os.path.join(workdir, "checkpoints"))) == {str(best_epoch), "3", "calibration.json"}
   assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "gap", "lr", "epoch_time_s",
           "images_per_s"} <= set(history[0])
   s = read_summary(workdir)
