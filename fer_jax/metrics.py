@@ -19,8 +19,8 @@ GAP_HEALTHY = "healthy"  # 0 <= gap <= 5
 GAP_NEGATIVE = "negative (check data / strong regularisation)"  # gap < 0, no eval-mode figure to tell why
 # The running train accuracy is measured with dropout and augmentation on; when train accuracy in
 # eval mode is not below val, they explain a negative gap and the data needs no check.
-GAP_NEGATIVE_TRAIN_MODE = "negative in train mode only (dropout / augmentation; eval-mode gap >= 0)"
-GAP_NEGATIVE_EVAL_MODE = "negative in eval mode too (check data: val easier than train?)"
+GAP_NEGATIVE_TRAIN_MODE = "negative in train mode only: dropout / augmentation, eval-mode gap >= 0"
+GAP_NEGATIVE_EVAL_MODE = "negative in eval mode too: check data (val easier than train?)"
 PROB_FLOOR = 1e-12  # log(0) guard for the NLL of probabilities that underflowed in float32
 
 

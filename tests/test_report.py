@@ -23,7 +23,7 @@ def _fake_logits(rng, n, skill):
   return labels, gaussian_logits(rng, labels, separation=2 * skill, sharpness=2.0)
 
 
-def fake_run(workdir, name, seed, skill, gap=3.0, epochs=4, n_test=200, variant=""):
+def fake_run(workdir, name, seed, skill, gap=3.0, epochs=4, n_test=200, variant="", target_accuracy=0.0):
   """Writes metrics.json, metrics.jsonl, test_predictions.npz and calibration.json as train.py does.
 
   `skill` is the chance that a test face is predicted right; the test labels are the same
@@ -34,7 +34,7 @@ def fake_run(workdir, name, seed, skill, gap=3.0, epochs=4, n_test=200, variant=
   rng = np.random.default_rng(seed + int(1000 * skill))
   labels, logits = _fake_logits(rng, n_test, skill)
   val_labels, val_logits = _fake_logits(rng, 200, skill)
-  eval_config = ml_collections.ConfigDict({"confidence_threshold": 0.7, "threshold_target_accuracy": 0.0})
+  eval_config = ml_collections.ConfigDict({"confidence_threshold": 0.7, "threshold_target_accuracy": target_accuracy})
   cal, cal_record = calibration.calibrate(val_logits, val_labels, eval_config)
   calibration.save(workdir, cal)
   raw_probs = calibration.probabilities(logits).astype(np.float32)
@@ -49,7 +49,7 @@ def fake_run(workdir, name, seed, skill, gap=3.0, epochs=4, n_test=200, variant=
                     "epoch_time_s": 10.0, "images_per_s": 120.0})
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     f.writelines(json.dumps(h) + "\n" for h in history)
-  test = metrics.classification_metrics(labels, probs, CLASSES)
+  test = metrics.classification_metrics(labels, probs, CLASSES, cal.threshold)
   test["loss"] = 0.75
   best = history[-1]
   eval_gap = gap + 1.0
@@ -62,7 +62,7 @@ def fake_run(workdir, name, seed, skill, gap=3.0, epochs=4, n_test=200, variant=
                "train_accuracy_eval": best["val_accuracy"] + eval_gap / 100, "gap_eval": eval_gap,
                "train_eval_images": 100},
       "gap_diagnosis": metrics.gap_diagnosis(gap, eval_gap), "calibration": cal_record, "test": test,
-      "test_raw": metrics.confidence_metrics(labels, raw_probs), "epochs_run": epochs,
+      "test_raw": metrics.confidence_metrics(labels, raw_probs, cal.threshold), "epochs_run": epochs,
       "stopped_early": False, "wall_time_s": 42.0, "time_per_epoch_s": 10.0, "images_per_s": 120.0,
       "system": {"jax": "0.10.2", "devices": "1 x cpu"},
   }
@@ -102,6 +102,17 @@ def test_run_report(tmp_path):
   for label, rule in (("Calibrated", test["confidence_rule"]), ("Raw, before temperature scaling", raw["confidence_rule"])):
     assert f"{label}: At confidence ≥ 0.70, {100 * rule['coverage']:.1f} % of faces get an answer" in md
     assert f"{100 * rule['accuracy']:.1f} % of those answers are right" in md
+
+
+def test_run_report_with_a_threshold_from_a_target_accuracy(tmp_path):
+  summary, history = fake_run(tmp_path, "b_pp", 0, skill=0.8, target_accuracy=0.9)
+  run_report.write_run_report(str(tmp_path), summary, history)
+  md = (tmp_path / "report.md").read_text()
+  cal, rule = summary["calibration"], summary["test"]["confidence_rule"]
+  assert cal["val_rule"]["accuracy"] >= 0.9 and rule["threshold"] == cal["threshold"] != 0.7
+  assert calibration.load(str(tmp_path)).threshold == cal["threshold"]
+  assert f"Threshold {cal['threshold']:.2f}: the lowest whose answered val faces (calibrated) are right at least 90.0 %" in md
+  assert f"Calibrated: At confidence ≥ {cal['threshold']:.2f}, {100 * rule['coverage']:.1f} % of faces get an answer" in md
 
 
 def test_markdown_and_html_render_the_same_blocks(tmp_path):
