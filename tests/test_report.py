@@ -192,3 +192,17 @@ def test_command_line_writes_the_study_report(tmp_path):
   assert result.returncode == 0, result.stderr
   assert "| b_p (winner) | 1 |" in result.stdout and "only config" in result.stdout
   assert {"report.md", "report.html", "summary.json", *study.STUDY_PLOTS.values()} <= set(os.listdir(out))
+
+
+def test_runs_from_before_calibration_count_as_temperature_one(tmp_path):
+  run_dir = tmp_path / "old" / "seed0"
+  summary, _ = fake_run(run_dir, "old", 0, skill=0.8)
+  with np.load(run_dir / "test_predictions.npz") as d:
+    labels, raw = d["labels"], d["raw_probs"]
+  np.savez(run_dir / "test_predictions.npz", labels=labels, probs=raw)  # what runs saved before
+  for key in ("calibration", "test_raw"):
+    del summary[key]
+  (run_dir / "metrics.json").write_text(json.dumps(summary))
+  (group,) = study.aggregate(str(tmp_path))[0]["groups"]
+  assert group["temperature"]["mean"] == 1.0
+  assert group["calibration"] == group["raw_calibration"] == metrics.calibration(labels, raw)
