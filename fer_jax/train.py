@@ -191,6 +191,7 @@ def restore_or_start(config, workdir, dataset=None):
   # Everything that can fail on bad input fails here, before the workdir is touched.
   ds = dataset if dataset is not None else data.load(config.data)
   check_dataset(ds, config)
+  calibration.check_config(config.eval)
   num_classes = len(ds.classes)
   train_split = ds.splits["train"]
   model = models.build(config.model, num_classes)

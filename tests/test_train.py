@@ -154,6 +154,7 @@ def test_nan_loss_stops_naming_epoch_and_step(tmp_path):
     (["--config.model.name=resnet9000"], "config.model.name"),
     (["--config.train.epochs=many"], "config.train.epochs"),
     (["--config.train.epochz=3"], "epochz"),
+    (["--config.eval.threshold_target_accuracy=90"], "config.eval.threshold_target_accuracy"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_workdir(tmp_path, args, message):
   workdir = tmp_path / "bad"
