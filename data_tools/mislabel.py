@@ -177,7 +177,11 @@ def out_of_fold_probs(images, labels, classes, config, folds, seed, workdir):
       if not np.array_equal(z["labels"], labels[test_idx]):
         raise common.ToolError(f"{run_dir}: test_predictions.npz does not match this fold; "
                                "delete the folder and re-run")
-      probs[test_idx] = z["probs"]
+      # The fold model's own softmax, not the calibrated one: confident learning's per-class
+      # thresholds absorb miscalibration, and a temperature fitted on a small fold's val can
+      # flatten a weak judge's probabilities to near-uniform (folds trained before calibration
+      # saved only `probs`, which are raw).
+      probs[test_idx] = z["raw_probs"] if "raw_probs" in z.files else z["probs"]
   return probs
 
 
