@@ -1,11 +1,13 @@
 """Convolution and pooling primitives used by the CNN family, with gradients that are fast on XLA:CPU.
 
 `conv_impl` (config.model.conv_impl, resolved by `resolve_impl`):
-  'xla'       XLA's own kernels for everything (the default off CPU).
+  'auto'      on CPU, per conv layer shape the implementation below measured fastest on this
+              CPU (fer_jax/conv_choice.py; resolved in fer_jax.models.cnn.Conv3x3); off CPU 'xla'.
+  'xla'       XLA's own kernels for everything.
   'im2col'    XLA's forward convolution and input gradient; the weight gradient as one matrix
               product over shifted copies of the input (XLA:CPU's own weight gradient takes 2-12x
               as long as its forward pass on these layers).
-  'winograd'  (CPU default) 3x3 convolutions with >= 32 input channels computed with Winograd's
+  'winograd'  3x3 convolutions with >= 32 input channels computed with Winograd's
               F(4x4, 3x3) in forward, input gradient and weight gradient, 4x fewer multiplications
               than direct convolution; other convolutions as 'im2col'.
 Any impl but 'xla' also gives 2x2 max-pool a backward pass from the argmax found in the forward
@@ -23,15 +25,16 @@ IMPLS = ("xla", "im2col", "winograd")
 
 
 def resolve_impl(conv_impl):
+  """config.model.conv_impl -> what the model runs: one of IMPLS, or 'auto' (per layer, on CPU)."""
   if conv_impl == "auto":
-    return "winograd" if jax.default_backend() == "cpu" else "xla"
+    return "auto" if jax.default_backend() == "cpu" else "xla"
   if conv_impl not in IMPLS:
     raise ValueError(f"config.model.conv_impl: unknown {conv_impl!r}; use auto | {' | '.join(IMPLS)}")
   return conv_impl
 
 
 def conv2d_same(x, kernel, impl="xla"):
-  """3x3 (or any odd k) stride-1 'same' convolution, NHWC x HWIO."""
+  """3x3 (or any odd k) stride-1 'same' convolution, NHWC x HWIO; `impl` one of IMPLS."""
   if impl == "winograd" and _winograd_pays(x, kernel):
     return _conv_winograd(x, kernel)
   if impl in ("im2col", "winograd"):

@@ -9,6 +9,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fer_jax import conv_choice
 from fer_jax import cpu_conv
 from fer_jax.models.layers import glorot
 
@@ -16,7 +17,8 @@ BN_PLACEMENTS = ("conv_bn_relu", "conv_relu_bn", "block_end", "none")
 
 
 class Conv3x3(nn.Module):
-  """'same' 3x3 convolution with bias, dispatching to fer_jax.cpu_conv for its gradient."""
+  """'same' 3x3 convolution with bias, dispatching to fer_jax.cpu_conv for its gradient
+  ('auto': the implementation fer_jax.conv_choice picks for this layer's shapes)."""
   features: int
   impl: str = "xla"
   dtype: jnp.dtype = jnp.float32
@@ -25,7 +27,8 @@ class Conv3x3(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", glorot, (3, 3, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    y = cpu_conv.conv2d_same(x.astype(self.dtype), kernel.astype(self.dtype), self.impl)
+    impl = conv_choice.choose(x.shape, kernel.shape, self.dtype) if self.impl == "auto" else self.impl
+    y = cpu_conv.conv2d_same(x.astype(self.dtype), kernel.astype(self.dtype), impl)
     return y + bias.astype(self.dtype)
 
 

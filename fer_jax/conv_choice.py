@@ -1,0 +1,162 @@
+"""conv_impl='auto' on CPU: each 3x3 conv layer shape runs the implementation measured fastest for it.
+
+Which of fer_jax.cpu_conv's implementations wins depends on the CPU (Winograd won every B++ layer
+on an AVX2 Zen 1; on AVX-512 CPUs XLA's own kernels win some), so the first time a layer shape is
+traced, its forward pass and both gradients are timed with each implementation on random data
+(interleaved, median of a few calls after a warm-up) and the fastest is used. Choices are kept in
+a JSON file keyed by the CPU (model, family, all ISA flags, cores), the jax/jaxlib versions and
+XLA_FLAGS, then by layer shape (batch included) and dtype, so later runs on the same kind of
+machine measure nothing. Each choice is printed once per process.
+
+The file is `$FER_JAX_CACHE_DIR/conv_choice.json`, default `~/.cache/fer_jax/` (or
+`$XDG_CACHE_HOME/fer_jax/`). It is replaced atomically, so concurrent writers never leave a torn
+file (one may drop another's new entry, which is then measured again); where it cannot be written
+(read-only home) the choices hold for the process only.
+
+Nothing is measured where a measurement would cost more than it can save or mean nothing: layers
+under MIN_MEASURED_FLOP forward FLOP (tiny test models, batch-1 inference) and programs compiled
+with JAX_DISABLE_MOST_OPTIMIZATIONS (as the test suite does) run DEFAULT.
+"""
+import concurrent.futures
+import json
+import os
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+from fer_jax import cpu_conv
+from fer_jax import cpu_info
+
+CACHE_DIR_ENV = "FER_JAX_CACHE_DIR"
+DEFAULT = "winograd"  # the unmeasured choice: fastest on most layers of every CPU measured
+MIN_MEASURED_FLOP = 1e9  # ~0.1 s of compute per candidate on a 2-core CPU; below it, timing is mostly compile time
+CANDIDATES = cpu_conv.IMPLS
+REPEATS = 3
+
+_chosen = {}  # layer key -> implementation, this process
+_unwritable_reported = []
+
+
+def cache_path():
+  root = os.environ.get(CACHE_DIR_ENV) or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fer_jax")
+  return os.path.join(root, "conv_choice.json")
+
+
+def machine_key():
+  return (f"{cpu_info.current().cache_key()} jax {jax.__version__} jaxlib {jaxlib.__version__} "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}")
+
+
+def layer_key(x_shape, kernel_shape, dtype):
+  n, h, w, c = x_shape
+  kh, kw, _, o = kernel_shape
+  return f"{n}x{h}x{w}x{c} -> {o}, {kh}x{kw}, {jnp.dtype(dtype).name}"
+
+
+def chosen():
+  """{layer key: implementation} of every conv traced with 'auto' in this process so far."""
+  return dict(_chosen)
+
+
+def worth_measuring(x_shape, kernel_shape):
+  n, h, w, c = x_shape
+  flop = 2 * n * h * w * c * int(np.prod(kernel_shape[:2])) * kernel_shape[-1]
+  return flop >= MIN_MEASURED_FLOP and not jax.config.read("jax_disable_most_optimizations")
+
+
+def choose(x_shape, kernel_shape, dtype):
+  """The implementation for a 'same' conv of these shapes: cached, measured now, or DEFAULT."""
+  key = layer_key(x_shape, kernel_shape, dtype)
+  if key in _chosen:
+    return _chosen[key]
+  if not worth_measuring(x_shape, kernel_shape):
+    return DEFAULT
+  entries = _read_cache().get(machine_key())
+  entry = entries.get(key) if isinstance(entries, dict) else None
+  if isinstance(entry, dict) and entry.get("impl") in CANDIDATES:
+    impl, source = entry["impl"], f"cached in {cache_path()}"
+  else:
+    # The caller is usually tracing a jitted step; the measurement runs its own programs in a
+    # thread, outside that trace.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      seconds = pool.submit(measure, x_shape, kernel_shape, dtype).result()
+    impl = min(seconds, key=seconds.get)
+    ms = {name: round(1000 * s, 2) for name, s in seconds.items()}
+    _write_cache(key, {"impl": impl, "ms": ms})
+    source = "measured, ms: " + ", ".join(f"{name} {t:.1f}" for name, t in ms.items())
+  _chosen[key] = impl
+  print(f"conv_impl auto: {key}: {impl} ({source})", file=sys.stderr, flush=True)
+  return impl
+
+
+def measure(x_shape, kernel_shape, dtype):
+  """{implementation: median seconds} of forward + input and kernel gradients on random data."""
+  return median_seconds(layer_runners(x_shape, kernel_shape, dtype))
+
+
+def layer_runners(x_shape, kernel_shape, dtype):
+  """{implementation: a call that runs the layer's forward pass and both gradients and waits}."""
+  kx, kk, kd = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, x_shape, dtype)
+  kernel = (jax.random.normal(kk, kernel_shape) / np.sqrt(np.prod(kernel_shape[:3]))).astype(dtype)
+  dy = jax.random.normal(kd, x_shape[:3] + kernel_shape[-1:], dtype)
+  runners = {}
+  for impl in CANDIDATES:
+    grads = jax.jit(lambda x, k, dy, impl=impl: jax.vjp(lambda x, k: cpu_conv.conv2d_same(x, k, impl), x, k)[1](dy))
+    runners[impl] = lambda grads=grads: jax.block_until_ready(grads(x, kernel, dy))
+  return runners
+
+
+def median_seconds(runners, repeats=REPEATS, clock=time.perf_counter):
+  """{name: median seconds of `repeats` calls}, after one untimed call each (compilation);
+  the calls are interleaved so that a change in the machine's other load hits all alike."""
+  for run in runners.values():
+    run()
+  times = {name: [] for name in runners}
+  for _ in range(repeats):
+    for name, run in runners.items():
+      start = clock()
+      run()
+      times[name].append(clock() - start)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def _read_cache():
+  try:
+    with open(cache_path()) as f:
+      cache = json.load(f)
+    return cache if isinstance(cache, dict) else {}
+  except FileNotFoundError:
+    return {}
+  except (OSError, ValueError) as e:
+    print(f"conv_impl auto: ignoring unreadable {cache_path()} ({e})", file=sys.stderr, flush=True)
+    return {}
+
+
+def _write_cache(key, entry):
+  path = cache_path()
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    cache = _read_cache()
+    if not isinstance(cache.get(machine_key()), dict):
+      cache[machine_key()] = {}
+    cache[machine_key()][key] = entry
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".conv_choice.", suffix=".tmp")
+    try:
+      with os.fdopen(fd, "w") as f:
+        json.dump(cache, f, indent=1, sort_keys=True)
+      os.replace(tmp, path)
+    except BaseException:
+      os.unlink(tmp)
+      raise
+  except OSError as e:
+    if not _unwritable_reported:
+      _unwritable_reported.append(path)
+      print(f"conv_impl auto: cannot write {path} ({e}); choices hold for this process only",
+            file=sys.stderr, flush=True)

@@ -1,0 +1,148 @@
+"""conv_impl='auto': the fastest measured implementation per conv layer, cached per CPU; and the
+CPU description that keys the cache and the benchmark's peak estimate."""
+import json
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from fer_jax import conv_choice
+from fer_jax import cpu_conv
+from fer_jax import cpu_info
+from fer_jax.models import cnn
+
+SLOWED = "winograd"
+SLOWDOWN_S = 0.05  # far above any of these tiny layers' real times (< 5 ms)
+
+
+@pytest.fixture
+def measuring(tmp_path, monkeypatch):
+  """An empty cache in tmp_path, no choices yet, and measurement on for tiny layers with
+  optimisations on (the test suite turns them off, which makes `auto` measure nothing)."""
+  monkeypatch.setenv(conv_choice.CACHE_DIR_ENV, str(tmp_path))
+  monkeypatch.setattr(conv_choice, "_chosen", {})
+  monkeypatch.setattr(conv_choice, "MIN_MEASURED_FLOP", 0)
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", False)
+  yield tmp_path / "conv_choice.json"
+  jax.config.update("jax_disable_most_optimizations", before)
+
+
+def slowed_runners(calls):
+  """The real per-layer runners, with SLOWED made SLOWDOWN_S slower; counts the measured layers."""
+  real = conv_choice.layer_runners
+
+  def runners(*args):
+    calls.append(args)
+    out = real(*args)
+    fast = out[SLOWED]
+    out[SLOWED] = lambda: (time.sleep(SLOWDOWN_S), fast())
+    return out
+  return runners
+
+
+def tiny_cnn(conv_impl):
+  # Two layer shapes with >= 32 input channels, where Winograd runs and is a real candidate.
+  return cnn.CNN(num_classes=4, widths=(32, 32), convs_per_block=1, bn_placement="conv_bn_relu",
+                 pool_after=(True, False), block_dropouts=(0.0, 0.0), head_pool="gap", head_pre_dropout=0.0,
+                 dense_widths=(), dense_bn=False, dense_dropouts=(), conv_impl=conv_impl)
+
+
+def train_gradients(model, images):
+  variables = model.init(jax.random.key(0), images)
+  loss = lambda p: model.apply({**variables, "params": p}, images, train=True, mutable=["batch_stats"])[0].sum()
+  return jax.jit(jax.grad(loss))(variables["params"])
+
+
+def test_auto_never_picks_a_slowed_implementation_and_caches_the_choice(measuring, monkeypatch, capsys):
+  calls = []
+  monkeypatch.setattr(conv_choice, "layer_runners", slowed_runners(calls))
+  images = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 32)).astype(np.float32)
+  train_gradients(tiny_cnn("auto"), images)
+  choices = conv_choice.chosen()
+  assert len(choices) == 2 and len(calls) == 2, choices  # 8x8 and 4x4 layers, one measurement each
+  assert SLOWED not in choices.values(), choices
+  assert set(choices.values()) <= set(cpu_conv.IMPLS)
+  assert capsys.readouterr().err.count("conv_impl auto:") == 2  # printed once per layer
+  cached = json.loads(measuring.read_text())[conv_choice.machine_key()]
+  assert {key: entry["impl"] for key, entry in cached.items()} == choices
+  assert all(entry["ms"][SLOWED] > 1000 * SLOWDOWN_S for entry in cached.values())
+
+  # A new process on the same machine: the file answers, nothing is measured or re-written.
+  monkeypatch.setattr(conv_choice, "_chosen", {})
+  monkeypatch.setattr(conv_choice, "layer_runners", lambda *args: pytest.fail(f"measured {args} again"))
+  before = measuring.read_text()
+  train_gradients(tiny_cnn("auto"), images)
+  assert conv_choice.chosen() == choices
+  assert "cached in" in capsys.readouterr().err and measuring.read_text() == before
+
+
+def test_real_timing_picks_the_fastest_of_unequal_runners():
+  work = np.ones((200, 200), np.float32)
+  runners = {"fast": lambda: work @ work, "slow": lambda: (time.sleep(SLOWDOWN_S), work @ work)}
+  seconds = conv_choice.median_seconds(runners)
+  assert min(seconds, key=seconds.get) == "fast" and seconds["slow"] > SLOWDOWN_S
+
+
+def test_an_explicit_conv_impl_is_never_measured(measuring, monkeypatch):
+  monkeypatch.setattr(conv_choice, "choose", lambda *args: pytest.fail("auto resolution for an explicit impl"))
+  train_gradients(tiny_cnn("im2col"), np.zeros((2, 8, 8, 32), np.float32))
+  assert not measuring.exists()
+
+
+def test_unwritable_cache_keeps_choices_for_the_process(measuring, tmp_path, monkeypatch, capsys):
+  (tmp_path / "a_file").write_text("")
+  monkeypatch.setenv(conv_choice.CACHE_DIR_ENV, str(tmp_path / "a_file" / "cache"))  # cannot be a directory
+  monkeypatch.setattr(conv_choice, "layer_runners", slowed_runners([]))
+  first = conv_choice.choose((2, 8, 8, 32), (3, 3, 32, 8), np.float32)
+  second = conv_choice.choose((2, 4, 4, 32), (3, 3, 32, 8), np.float32)
+  assert SLOWED not in (first, second)
+  assert capsys.readouterr().err.count("cannot write") == 1
+  assert conv_choice.choose((2, 8, 8, 32), (3, 3, 32, 8), np.float32) == first  # from memory
+
+
+def test_a_corrupt_cache_file_is_ignored_and_replaced(measuring, monkeypatch, capsys):
+  measuring.write_text("{not json")
+  monkeypatch.setattr(conv_choice, "layer_runners", slowed_runners([]))
+  impl = conv_choice.choose((2, 8, 8, 32), (3, 3, 32, 8), np.float32)
+  assert "ignoring unreadable" in capsys.readouterr().err
+  assert json.loads(measuring.read_text())[conv_choice.machine_key()]["2x8x8x32 -> 8, 3x3, float32"]["impl"] == impl
+
+
+def test_nothing_is_measured_for_small_layers_or_unoptimised_programs(monkeypatch):
+  big, kernel = (64, 48, 48, 64), (3, 3, 64, 64)  # B++'s second conv at batch 64: 10.9 GFLOP
+  monkeypatch.setattr(conv_choice, "layer_runners", lambda *args: pytest.fail("measured"))
+  before = jax.config.read("jax_disable_most_optimizations")
+  try:
+    jax.config.update("jax_disable_most_optimizations", True)
+    assert not conv_choice.worth_measuring(big, kernel)
+    jax.config.update("jax_disable_most_optimizations", False)
+    assert conv_choice.worth_measuring(big, kernel)
+    assert not conv_choice.worth_measuring((1, 48, 48, 64), kernel)  # batch-1 inference
+    assert conv_choice.choose((1, 48, 48, 64), kernel, np.float32) == conv_choice.DEFAULT
+  finally:
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
+def cpu(vendor, family, model, flags):
+  return cpu_info.CPU("test", vendor, family, model, frozenset(flags.split()), cores=2, mhz=2000.0)
+
+
+def test_fp32_peak_per_cpu_kind():
+  assert cpu("AuthenticAMD", 23, 1, "avx2 fma").fp32_flop_per_cycle() == 16  # Zen 1: 128-bit FMA halves
+  assert cpu("AuthenticAMD", 23, 0x31, "avx2 fma").fp32_flop_per_cycle() == 32  # Zen 2
+  assert cpu("AuthenticAMD", 25, 0x11, "avx2 fma avx512f").fp32_flop_per_cycle() == 32  # Zen 4
+  assert cpu("AuthenticAMD", 26, 2, "avx2 fma avx512f avx512_bf16").fp32_flop_per_cycle() == 64  # Zen 5
+  assert cpu("GenuineIntel", 6, 143, "avx2 fma avx512f").fp32_flop_per_cycle() == 64
+  assert cpu("GenuineIntel", 6, 85, "avx2 fma").fp32_flop_per_cycle() == 32
+  assert cpu("", None, None, "").fp32_peak_flops() is None
+  assert cpu("AuthenticAMD", 23, 1, "avx2 fma").fp32_peak_flops() == 2 * 2.0e9 * 16
+
+
+def test_this_cpu_is_described_and_keys_the_cache():
+  here = cpu_info.current()
+  assert here.cores >= 1 and here.model_name
+  assert here.describe().startswith(here.model_name)
+  assert here.cache_key() in conv_choice.machine_key()
+  assert cpu("AuthenticAMD", 23, 1, "avx2 fma").cache_key() != cpu("AuthenticAMD", 26, 2, "avx2 fma").cache_key()
