@@ -3,8 +3,10 @@
 Times steady-state training steps (after compilation and warm-up) at batch 64 on 48x48x1
 images, for Model 0 and B++, each framework in its own process:
 
-  fer_jax         the real step (fer_jax.steps.make_train_step) with conv_impl='auto'
-                  (on CPU: 'winograd', see fer_jax/cpu_conv.py)
+  fer_jax         the real step (fer_jax.steps.make_train_step) with conv_impl='auto': on CPU,
+                  per conv layer the implementation measured fastest on this CPU
+                  (fer_jax/conv_choice.py; measured on first use, then cached on disk)
+  fer_jax_winograd  the same step with conv_impl='winograd'
   fer_jax_im2col  the same step with conv_impl='im2col'
   fer_jax_xla     the same step with conv_impl='xla' (XLA's own convolution gradients)
   keras_tf        Keras 3 on TensorFlow, jit_compile=False: TF's kernels. This is also what
@@ -19,12 +21,20 @@ RandomZoom, so for keras_tf_xla and keras_jax B++'s augmentation layers run eage
 batch before the jitted step (as they would in a tf.data pipeline), inside the timed step.
 Parameter counts are printed as a check that the models match.
 
-  python benchmarks/train_throughput.py [--steps=3] [--models=model_0,b_pp]
-      [--frameworks=fer_jax,fer_jax_im2col,fer_jax_xla,keras_tf,keras_tf_xla,keras_jax]
+It prints the CPU (model, family, ISA flags, cores: figures only compare on the same CPU kind),
+the implementation 'auto' chose for each conv layer, and for each fer_jax step its FLOP as XLA's
+cost analysis counts them (Winograd's are fewer than a direct convolution's), the same model's
+direct-convolution FLOP (the 'xla' step's count: the work every framework does), the FLOP/s
+achieved and their share of the CPU's float32 peak where it is known (cores x clock x FLOP per
+cycle from the ISA, fer_jax/cpu_info.py).
 
-Target: fer_jax >= 1.5x keras_tf for B++. Figures for this project's machine are in
+  python benchmarks/train_throughput.py [--steps=3] [--rounds=1] [--models=model_0,b_pp]
+      [--frameworks=fer_jax,fer_jax_winograd,fer_jax_im2col,fer_jax_xla,keras_tf,keras_tf_xla,keras_jax]
+
+Target: fer_jax >= 1.5x keras_tf for B++ and Model 0. Figures per CPU kind are in
 docs/performance.md. On a shared machine wall times depend on the other load: compare ratios
-from one run; CPU seconds per step depend much less on it.
+from one run (--rounds > 1 interleaves the frameworks round by round and pools the steps);
+CPU seconds per step depend much less on it.
 """
 import json
 import os
@@ -34,16 +44,22 @@ import time
 
 from absl import app
 from absl import flags
+import jax
 import numpy as np
+
+from fer_jax import conv_choice
+from fer_jax import cpu_info
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 MODELS = ("model_0", "b_pp")
 BATCH, SIZE, CLASSES = 64, 48, 4
 
 _STEPS = flags.DEFINE_integer("steps", 3, "timed steps per framework and model (after warm-up)")
+_ROUNDS = flags.DEFINE_integer("rounds", 1, "times every framework is run, interleaved; steps are pooled")
 _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after the first (compiling) one")
 _MODELS = flags.DEFINE_list("models", list(MODELS), f"any of {', '.join(MODELS)}")
-_FRAMEWORKS = flags.DEFINE_list("frameworks", "fer_jax,fer_jax_im2col,fer_jax_xla,keras_tf,keras_tf_xla,keras_jax",
+_FRAMEWORKS = flags.DEFINE_list("frameworks",
+                                "fer_jax,fer_jax_winograd,fer_jax_im2col,fer_jax_xla,keras_tf,keras_tf_xla,keras_jax",
                                 "which of them to time (see the module docstring)")
 _WORKER = flags.DEFINE_string("worker", "", "internal: time one framework:model in this process")
 
@@ -75,11 +91,10 @@ def time_steps(step, n_warmup, n_steps):
   return {"first_s": first, "wall_s": wall, "cpu_s": cpu}
 
 
-def fer_jax_worker(model_name, conv_impl):
-  import jax
+def fer_jax_step(model_name, conv_impl):
+  """(parameter count, the train step, its arguments) of fer_jax's real step on fixed_batch()."""
   from fer_jax import config_loading, losses, models, sharding, steps
 
-  sharding.configure_backend()  # as train_and_evaluate does before anything is traced
   config = config_loading.load_config(os.path.join(CONFIGS, f"{model_name}.py"), {"model.conv_impl": conv_impl})
   model = models.build(config.model, CLASSES)
   state, tx, labels_tree = steps.create_state(config, model, (SIZE, SIZE, 1), steps_per_epoch=100)
@@ -87,17 +102,28 @@ def fer_jax_worker(model_name, conv_impl):
   images, labels = fixed_batch()
   class_weights = losses.class_weights(config.loss, np.bincount(labels, minlength=CLASSES))
   mesh = sharding.make_mesh()
-  state = sharding.replicate(state, mesh)
   train_step = steps.make_train_step(config, model, tx, CLASSES, class_weights, param_labels=labels_tree)
-  x, y = sharding.shard_batch(mesh, images, labels)
-  rng = jax.random.key(0)
-  holder = [state]
+  return params, train_step, (sharding.replicate(state, mesh), *sharding.shard_batch(mesh, images, labels),
+                              jax.random.key(0))
+
+
+def fer_jax_worker(model_name, conv_impl):
+  from fer_jax import sharding
+
+  sharding.configure_backend()  # as train_and_evaluate does before anything is traced
+  params, train_step, args = fer_jax_step(model_name, conv_impl)
+  # Lowering traces the step: 'auto' makes (or reads) its per-layer choices here.
+  flop = train_step.lower(*args).cost_analysis()["flops"]
+  _, xla_step, xla_args = fer_jax_step(model_name, "xla")
+  info = {"flop": flop, "direct_flop": xla_step.lower(*xla_args).cost_analysis()["flops"],
+          "chosen": conv_choice.chosen()}
+  holder = [args[0]]
 
   def step():
-    holder[0], metrics = train_step(holder[0], x, y, rng)
+    holder[0], metrics = train_step(holder[0], *args[1:])
     jax.block_until_ready(metrics)
 
-  return params, step
+  return params, step, info
 
 
 def keras_model(keras, model_name):
@@ -150,12 +176,13 @@ def keras_worker(model_name, backend, jit_compile):
     inputs = augment(x, training=True) if augment else x
     model.train_on_batch(inputs, y, class_weight=class_weight)  # returns host values: the step is done
 
-  return model.count_params(), step  # the augmentation layers have no weights
+  return model.count_params(), step, {}  # the augmentation layers have no weights
 
 
-# framework -> (model name -> (parameter count, step function)), each called in its own process
+# framework -> (model name -> (parameter count, step function, extra figures)), each called in its own process
 WORKERS = {
     "fer_jax": lambda model_name: fer_jax_worker(model_name, "auto"),
+    "fer_jax_winograd": lambda model_name: fer_jax_worker(model_name, "winograd"),
     "fer_jax_im2col": lambda model_name: fer_jax_worker(model_name, "im2col"),
     "fer_jax_xla": lambda model_name: fer_jax_worker(model_name, "xla"),
     "keras_tf": lambda model_name: keras_worker(model_name, "tensorflow", jit_compile=False),
@@ -166,9 +193,9 @@ WORKERS = {
 
 def worker(spec):
   framework, model_name = spec.split(":")
-  params, step = WORKERS[framework](model_name)
+  params, step, info = WORKERS[framework](model_name)
   result = time_steps(step, _WARMUP.value, _STEPS.value)
-  print("RESULT " + json.dumps({"params": params, **result}), flush=True)
+  print("RESULT " + json.dumps({"params": params, **info, **result}), flush=True)
 
 
 def run_worker(framework, model_name):
@@ -196,13 +223,36 @@ def ratio_text(results, model_name, den):
 def print_table(results, model_names, frameworks):
   others = [f for f in frameworks if f != "fer_jax"]
   cell = lambda key: f"{images_per_s(results[key]):.1f}" if key in results else "-"
-  print(f"\nimages/s (median step){'':2s}" + "".join(f"{f:>16s}" for f in frameworks))
+  print(f"\nimages/s (median step){'':2s}" + "".join(f"{f:>18s}" for f in frameworks))
   for model_name in model_names:
-    print(f"{model_name:24s}" + "".join(f"{cell((model_name, f)):>16s}" for f in frameworks))
-  print("\nfer_jax / ..." + " " * 11 + "".join(f"{f:>16s}" for f in others))
+    print(f"{model_name:24s}" + "".join(f"{cell((model_name, f)):>18s}" for f in frameworks))
+  print("\nfer_jax / ..." + " " * 11 + "".join(f"{f:>18s}" for f in others))
   for model_name in model_names:
-    print(f"{model_name:24s}" + "".join(f"{ratio_text(results, model_name, f):>16s}" for f in others))
-  print("target: fer_jax >= 1.5x keras_tf for b_pp")
+    print(f"{model_name:24s}" + "".join(f"{ratio_text(results, model_name, f):>18s}" for f in others))
+  print("target: fer_jax >= 1.5x keras_tf for b_pp and model_0")
+
+
+def print_flop(results, model_names, frameworks, peak):
+  """Per fer_jax step: FLOP (XLA's count and the direct-convolution count), FLOP/s, share of peak."""
+  share = lambda flop_s: f" = {100 * flop_s / peak:4.1f} % of peak" if peak else ""  # noqa: E731
+  print(f"\nFLOP per step (XLA cost analysis) and achieved FLOP/s; fp32 peak: "
+        f"{f'{peak / 1e9:.0f} GFLOP/s' if peak else 'unknown for this CPU'}")
+  for model_name in model_names:
+    for framework in frameworks:
+      r = results.get((model_name, framework))
+      if not r or "flop" not in r:
+        continue
+      seconds = float(np.median(r["wall_s"]))
+      print(f"  {model_name:8s} {framework:17s} counted {r['flop'] / 1e9:6.1f} G -> {r['flop'] / seconds / 1e9:6.1f} "
+            f"GFLOP/s{share(r['flop'] / seconds)};  direct-conv {r['direct_flop'] / 1e9:6.1f} G -> "
+            f"{r['direct_flop'] / seconds / 1e9:6.1f} GFLOP/s{share(r['direct_flop'] / seconds)}")
+  for model_name in model_names:
+    chosen = results.get((model_name, "fer_jax"), {}).get("chosen")
+    if chosen is not None:
+      print(f"\nconv_impl 'auto' chose for {model_name} (layers under "
+            f"{conv_choice.MIN_MEASURED_FLOP / 1e9:.0f} GFLOP run {conv_choice.DEFAULT!r} unmeasured):")
+      for layer, impl in chosen.items():
+        print(f"  {layer:36s} {impl}")
 
 
 def main(argv):
@@ -213,20 +263,32 @@ def main(argv):
     unknown = sorted(set(values) - set(known))
     if unknown:
       raise app.UsageError(f"--{name}: unknown {', '.join(unknown)}; known: {', '.join(known)}")
-  print(f"batch {BATCH}, {_STEPS.value} timed steps after {1 + _WARMUP.value} untimed, {os.cpu_count()} cores")
+  here = cpu_info.current()
+  print(f"CPU: {here.describe()}\n     all flags: {' '.join(sorted(here.flags))}")
+  print(f"jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; batch {BATCH}, "
+        f"{_STEPS.value} timed steps after {1 + _WARMUP.value} untimed, {_ROUNDS.value} round(s)")
   results = {}
-  for model_name in _MODELS.value:
-    for framework in _FRAMEWORKS.value:
-      load = os.getloadavg()[0]
-      try:
-        r = results[(model_name, framework)] = run_worker(framework, model_name)
-      except RuntimeError as e:  # one framework failing (e.g. TensorFlow missing) spoils no other figure
-        print(f"  {model_name:8s} {framework:15s} FAILED: {e}", flush=True)
-        continue
-      print(f"  {model_name:8s} {framework:15s} {images_per_s(r):7.1f} img/s   median step "
-            f"{np.median(r['wall_s']):.3f} s wall, {np.median(r['cpu_s']):.3f} s CPU   first step "
-            f"{r['first_s']:5.1f} s   {r['params']:,} params   load avg before {load:.1f}", flush=True)
+  for _ in range(_ROUNDS.value):
+    for model_name in _MODELS.value:
+      for framework in _FRAMEWORKS.value:
+        load = os.getloadavg()[0]
+        try:
+          r = run_worker(framework, model_name)
+        except RuntimeError as e:  # one framework failing (e.g. TensorFlow missing) spoils no other figure
+          print(f"  {model_name:8s} {framework:17s} FAILED: {e}", flush=True)
+          continue
+        print(f"  {model_name:8s} {framework:17s} {images_per_s(r):7.1f} img/s   median step "
+              f"{np.median(r['wall_s']):.3f} s wall, {np.median(r['cpu_s']):.3f} s CPU   first step "
+              f"{r['first_s']:5.1f} s   {r['params']:,} params   load avg before {load:.1f}", flush=True)
+        pooled = results.setdefault((model_name, framework), {**r, "wall_s": [], "cpu_s": []})
+        pooled["wall_s"] += r["wall_s"]
+        pooled["cpu_s"] += r["cpu_s"]
   print_table(results, _MODELS.value, _FRAMEWORKS.value)
+  print_flop(results, _MODELS.value, _FRAMEWORKS.value, here.fp32_peak_flops())
+  per_cycle = here.fp32_flop_per_cycle()
+  if per_cycle:
+    print(f"(peak = {here.cores} cores x {here.mhz / 1000:.2f} GHz x {per_cycle} fp32 FLOP/cycle from the ISA; "
+          f"turbo or AVX-512 clock limits move it)")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Which of fer_jax.cpu_conv's implementations wins depends on the CPU (Winograd won every B++ layer
 on an AVX2 Zen 1; on AVX-512 CPUs XLA's own kernels win some), so the first time a layer shape is
 traced, its forward pass and both gradients are timed with each implementation on random data
-(interleaved, median of a few calls after a warm-up) and the fastest is used. Choices are kept in
+(interleaved, the fastest of a few calls after a warm-up: on a shared machine other load only
+ever adds time) and the fastest is used. Choices are kept in
 a JSON file keyed by the CPU (model, family, all ISA flags, cores), the jax/jaxlib versions and
 XLA_FLAGS, then by layer shape (batch included) and dtype, so later runs on the same kind of
 machine measure nothing. Each choice is printed once per process.
@@ -96,8 +97,8 @@ def choose(x_shape, kernel_shape, dtype):
 
 
 def measure(x_shape, kernel_shape, dtype):
-  """{implementation: median seconds} of forward + input and kernel gradients on random data."""
-  return median_seconds(layer_runners(x_shape, kernel_shape, dtype))
+  """{implementation: seconds} of forward + input and kernel gradients on random data."""
+  return fastest_seconds(layer_runners(x_shape, kernel_shape, dtype))
 
 
 def layer_runners(x_shape, kernel_shape, dtype):
@@ -113,8 +114,8 @@ def layer_runners(x_shape, kernel_shape, dtype):
   return runners
 
 
-def median_seconds(runners, repeats=REPEATS, clock=time.perf_counter):
-  """{name: median seconds of `repeats` calls}, after one untimed call each (compilation);
+def fastest_seconds(runners, repeats=REPEATS, clock=time.perf_counter):
+  """{name: the fastest of `repeats` calls in seconds}, after one untimed call each (compilation);
   the calls are interleaved so that a change in the machine's other load hits all alike."""
   for run in runners.values():
     run()
@@ -124,7 +125,7 @@ def median_seconds(runners, repeats=REPEATS, clock=time.perf_counter):
       start = clock()
       run()
       times[name].append(clock() - start)
-  return {name: float(np.median(t)) for name, t in times.items()}
+  return {name: min(t) for name, t in times.items()}
 
 
 def _read_cache():
