@@ -50,7 +50,9 @@ def model_config():
   m.dense_dropouts = (0.5,)  # dropout after each hidden Dense
   m.bn_momentum = 0.99  # Keras BatchNormalization defaults
   m.bn_epsilon = 1e-3
-  m.conv_impl = "auto"  # auto (Winograd F(4x4,3x3) + argmax max-pool on CPU, XLA elsewhere) | xla | im2col | winograd
+  # auto: on CPU each conv layer runs the implementation measured fastest for its shape on this CPU
+  # (cached in ~/.cache/fer_jax/conv_choice.json; docs/performance.md), XLA's elsewhere | xla | im2col | winograd
+  m.conv_impl = "auto"
   m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
   m.init_from = ""  # pretrained weights file (transfer models)
   return m
