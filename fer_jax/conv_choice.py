@@ -89,8 +89,12 @@ def choose(x_shape, kernel_shape, dtype):
       seconds = pool.submit(measure, x_shape, kernel_shape, dtype).result()
     impl = min(seconds, key=seconds.get)
     ms = {name: round(1000 * s, 2) for name, s in seconds.items()}
-    _write_cache(key, {"impl": impl, "ms": ms})
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    _write_cache(key, {"impl": impl, "ms": ms, "load_avg": round(load, 1)})
     source = "measured, ms: " + ", ".join(f"{name} {t:.1f}" for name, t in ms.items())
+    if load > cpu_info.current().cores:
+      source += (f"; load average {load:.1f} on {cpu_info.current().cores} cores: on a quieter machine the "
+                 f"choice may differ, delete {cache_path()} to measure again")
   _chosen[key] = impl
   print(f"conv_impl auto: {key}: {impl} ({source})", file=sys.stderr, flush=True)
   return impl
