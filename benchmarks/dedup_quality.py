@@ -23,21 +23,26 @@ from benchmarks import real_faces
 from benchmarks.timing import timed
 from data_tools import dedup
 
-_THRESHOLD = flags.DEFINE_integer("threshold", dedup.DEFAULT_THRESHOLD, "hash candidates: max differing bits")
-_SHIFT = flags.DEFINE_integer("shift", dedup.DEFAULT_SHIFT, "hash candidates: shifted copies (px)")
-_ZOOM = flags.DEFINE_float("zoom", dedup.DEFAULT_ZOOM, "hash candidates and verifier: zoom fraction")
-_MAX_SHIFT = flags.DEFINE_integer("max_shift", dedup.DEFAULT_MAX_SHIFT, "verifier: translations searched (px)")
-_MIN_SIMILARITY = flags.DEFINE_float("min_similarity", dedup.DEFAULT_MIN_SIMILARITY, "verifier threshold")
-_HASH = flags.DEFINE_string("hash", "phash", "perceptual hash")
-_MIRROR = flags.DEFINE_bool("mirror", True, "match mirrored copies")
-_CACHE = flags.DEFINE_string("cache_dir", None, "where the insightface wheel is kept (default: a temp folder)")
+
+def define_flags():
+  """Defined only when run as a program: tests import this module next to others with flags."""
+  flags.DEFINE_integer("threshold", dedup.DEFAULT_THRESHOLD, "hash candidates: max differing bits")
+  flags.DEFINE_integer("shift", dedup.DEFAULT_SHIFT, "hash candidates: shifted copies (px)")
+  flags.DEFINE_float("zoom", dedup.DEFAULT_ZOOM, "hash candidates and verifier: zoom fraction")
+  flags.DEFINE_integer("max_shift", dedup.DEFAULT_MAX_SHIFT, "verifier: translations searched (px)")
+  flags.DEFINE_float("min_similarity", dedup.DEFAULT_MIN_SIMILARITY, "verifier threshold")
+  flags.DEFINE_string("hash", "phash", "perceptual hash")
+  flags.DEFINE_bool("mirror", True, "match mirrored copies")
+  flags.DEFINE_string("cache_dir", None, "where the insightface wheel is kept (default: a temp folder)")
+
+
 _SWEEP = (0.85, 0.88, 0.9, 0.91, 0.92, 0.93, 0.94, 0.95)
 
 
 def settings():
-  return types.SimpleNamespace(hash=_HASH.value, threshold=_THRESHOLD.value, mirror=_MIRROR.value,
-                               shift=_SHIFT.value, zoom=_ZOOM.value, max_shift=_MAX_SHIFT.value,
-                               min_similarity=_MIN_SIMILARITY.value, image_size=real_faces.SIZE)
+  f = flags.FLAGS
+  return types.SimpleNamespace(hash=f.hash, threshold=f.threshold, mirror=f.mirror, shift=f.shift, zoom=f.zoom,
+                               max_shift=f.max_shift, min_similarity=f.min_similarity, image_size=real_faces.SIZE)
 
 
 def evaluate(images, source, made, s, workers=0):
@@ -67,7 +72,7 @@ def evaluate(images, source, made, s, workers=0):
 
 def main(_):
   s = settings()
-  faces, names, missing = real_faces.faces(_CACHE.value)
+  faces, names, missing = real_faces.faces(flags.FLAGS.cache_dir)
   if missing:
     print(f"without the insightface faces: {missing}")
   images, source, made = real_faces.duplicate_benchmark(faces)
@@ -96,4 +101,5 @@ def main(_):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

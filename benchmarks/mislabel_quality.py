@@ -24,13 +24,6 @@ from data_tools import mislabel
 from fer_jax.data import FER4
 from fer_jax.data import builtin
 
-_PER_CLASS = flags.DEFINE_integer("per_class", 600, "built-in faces per class (the default set's train size)")
-_RATE = flags.DEFINE_float("rate", 0.08, "share of labels flipped to another class")
-_FOLDS = flags.DEFINE_integer("folds", 3, "cross-validation folds")
-_CONFIG = flags.DEFINE_string("config", mislabel.DEFAULT_CONFIG, "the judge's config")
-_SET = flags.DEFINE_multi_string("set", [], "config override field=value (repeatable)")
-_WORKDIR = flags.DEFINE_string("workdir", None, "where the tree and the runs go (default: a temp folder)")
-
 
 def write_flipped_tree(root, per_class, rate, seed=0):
   """Built-in faces saved as <root>/train/<class>/<k>.png, `rate` of them in a wrong class
@@ -73,12 +66,23 @@ def planted_flip_run(workdir, per_class, rate, folds, config, overrides, seed=0,
           "accuracy": mislabel.judge_quality(probs, labels, len(FER4))[0]}
 
 
+def define_flags():
+  """Defined only when run as a program: tests import this module next to others with flags."""
+  flags.DEFINE_integer("per_class", 600, "built-in faces per class (the default set's train size)")
+  flags.DEFINE_float("rate", 0.08, "share of labels flipped to another class")
+  flags.DEFINE_integer("folds", 3, "cross-validation folds")
+  flags.DEFINE_string("config", mislabel.DEFAULT_CONFIG, "the judge's config")
+  flags.DEFINE_multi_string("set", [], "config override field=value (repeatable)")
+  flags.DEFINE_string("workdir", None, "where the tree and the runs go (default: a temp folder)")
+
+
 def main(_):
-  workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="mislabel_quality_")
-  result, wall, cpu = timed(lambda: planted_flip_run(workdir, _PER_CLASS.value, _RATE.value, _FOLDS.value,
-                                                    _CONFIG.value, _SET.value))
-  print(f"{result['images']:,} built-in faces, {result['planted']:.1%} labels flipped; judge {_CONFIG.value} "
-        f"{' '.join(_SET.value)}, {_FOLDS.value} folds: out-of-fold accuracy {result['accuracy']:.1%}")
+  f = flags.FLAGS
+  workdir = f.workdir or tempfile.mkdtemp(prefix="mislabel_quality_")
+  result, wall, cpu = timed(lambda: planted_flip_run(workdir, f.per_class, f.rate, f.folds,
+                                                    f.config, f.set))
+  print(f"{result['images']:,} built-in faces, {result['planted']:.1%} labels flipped; judge {f.config} "
+        f"{' '.join(f.set)}, {f.folds} folds: out-of-fold accuracy {result['accuracy']:.1%}")
   print(f"estimated noise {result['estimated']:.1%} (planted {result['planted']:.1%}); flagged "
         f"{result['flagged']:,}: precision {result['precision']:.1%}, recall {result['recall']:.1%}, "
         f"suggested label right for {result['right_suggestion']:.1%} of the found flips")
@@ -86,4 +90,5 @@ def main(_):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
