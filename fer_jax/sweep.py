@@ -185,7 +185,10 @@ def main():
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     if bool(spec_flag.value) == bool(configs_flag.value):
       raise app.UsageError("give either --spec=FILE[:arg] or --configs=A,B")
-    seeds = [int(s) for s in seeds_flag.value] if seeds_flag.value else None
+    try:
+      seeds = [int(s) for s in seeds_flag.value] if seeds_flag.value else None
+    except ValueError:
+      sys.exit(f"error: --seeds={','.join(seeds_flag.value)}: seeds are integers, e.g. --seeds=0,1,2")
     try:
       entries = (load_spec(spec_flag.value) if spec_flag.value
                  else [{"config": c} for c in configs_flag.value])
