@@ -311,7 +311,11 @@ def train_and_evaluate(config, workdir, dataset=None):
   # Only process 0 writes, so only it needs to keep a second launch out of the workdir.
   with workdir_guard.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
     run = restore_or_start(config, workdir, dataset)
-    fit(run)
+    try:
+      fit(run)
+    except KeyboardInterrupt:
+      run.checkpoints.close()  # commit the save in flight: a rerun resumes after the last finished epoch
+      raise
     return finish(run)
 
 
