@@ -75,7 +75,9 @@ def lock(workdir):
 
   The kernel releases the lock when the process ends, however it ends, so a crashed run leaves
   no stale lock; the PID and host written into the lock file name the holder for the refusal.
+  A run that fails before writing anything (bad data, say) leaves no workdir it created behind.
   """
+  created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -88,6 +90,12 @@ def lock(workdir):
                          "or pass another --workdir") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
-    yield
+    try:
+      yield
+    except BaseException:
+      if created and os.listdir(workdir) == [LOCK_FILE]:
+        os.remove(path)
+        os.rmdir(workdir)
+      raise
   finally:
     os.close(fd)
