@@ -183,7 +183,7 @@ def test_the_documented_emit_xargs_recipe_trains_the_runs(tmp_path):
   recipe = "xargs -d '\\n' -n1 -P2 sh -c"
   root = tmp_path / "sweep"
   cache = os.path.join(tempfile.gettempdir(), "fer_jax_test_cache")
-  sets = [f"--set={a.removeprefix('--config.')}" for a in TINY + TWO_EPOCHS[:1]] + [f"--set=data.cache_dir={cache}"]
+  sets = [f"--set={a.removeprefix('--config.')}" for a in TINY] + ["--set=train.epochs=1", f"--set=data.cache_dir={cache}"]
   sweep = [sys.executable, "-m", "fer_jax.sweep", "--configs=configs/model_0.py:quick", "--seeds=0,1",
            f"--root={root}", *sets, f"--python={sys.executable}", "--emit"]
   command = f"{shlex.join(sweep)} | {recipe}"
@@ -211,18 +211,29 @@ def test_a_symlink_inside_dst_is_refused_before_anything_is_written(tmp_path, ca
 
 # --------------------------------------------------------------------------- 6. disk full
 
-def test_disk_full_names_the_folder_and_the_last_good_checkpoint_and_resumes(tmp_path):
+def _fill(disk, leave_kb):
+  free = shutil.disk_usage(disk).free
+  with open(os.path.join(disk, "filler"), "wb") as f:
+    f.write(b"\0" * (free - leave_kb * 1024))
+
+
+def test_disk_full_while_checkpointing_is_one_line_naming_the_folder(tmp_path):
   with tmpfs(str(tmp_path / "disk"), size="3m") as disk:
-    filler = os.path.join(disk, "filler")
-    with open(filler, "wb") as f:
-      f.write(b"\0" * (3 * 1024 * 1024 - 120 * 1024))  # 120 KB left: less than one checkpoint
+    _fill(disk, leave_kb=120)  # less than one checkpoint
     workdir = os.path.join(disk, "run")
     proc = run_launch(workdir)
-    assert_one_error_line(proc, "error: no space left on device writing", workdir, "free space and rerun")
-    os.remove(filler)
+    assert_one_error_line(proc, "error: no space left on device writing", workdir, "no checkpoint was saved yet",
+                          "free space and rerun")
+
+
+def test_disk_full_while_reporting_names_the_last_good_checkpoint(unfinished_run, tmp_path):
+  with tmpfs(str(tmp_path / "disk"), size="3m") as disk:
+    workdir = os.path.join(disk, "run")
+    shutil.copytree(unfinished_run, workdir, ignore=shutil.ignore_patterns("*.png", "report.md"))
+    _fill(disk, leave_kb=8)  # the rerun evaluates on test, then cannot write its report
     proc = run_launch(workdir)
-    assert proc.returncode == 0, proc.stderr
-    assert read_summary(workdir)["epochs_run"] == 2
+    assert_one_error_line(proc, "error: no space left on device writing", "the last good checkpoint is epoch 2 "
+                          f"({workdir}/checkpoints/latest/2)", "free space and rerun the same command to resume")
 
 
 # --------------------------------------------------------------------------- 7. damaged checkpoints
