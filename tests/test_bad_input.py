@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from data_tools import stratify
-from fer_jax import config_loading, data, report, workdir_guard
+from fer_jax import config_loading, data, metrics, workdir_guard
 from fer_jax.data import cache, folders
+from fer_jax.report import run_report, study
 from image_trees import CLASSES, tree_digest, write_originals
 from tests.conftest import ROOT, TINY, launch, read_summary
 
@@ -156,18 +157,21 @@ def test_out_of_range_values_are_listed_one_per_line_before_anything_is_created(
 
 def test_every_shipped_config_is_in_range():
   for path in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))):
-    if os.path.basename(path) in ("__init__.py", "common.py", "study.py"):
-      continue
-    config_loading.check_values(config_loading.load_config(path))
+    with open(path) as f:
+      if "def get_config(" in f.read():
+        config_loading.check_values(config_loading.load_config(path))
   config_loading.check_values(config_loading.load_config(os.path.join(ROOT, "configs/color.py:rgb,quick")))
 
 
-def test_ranges_declared_by_any_config_file_are_checked(monkeypatch):
-  # What a config module with its own fields (e.g. the transfer ones) declares next to them.
-  monkeypatch.setitem(config_loading.VALID, "model.input_size", config_loading.at_least(32))
-  spec = os.path.join(ROOT, "configs/mini_xception.py")
-  with pytest.raises(config_loading.ConfigError, match=r"^config.model.input_size=8: must be >= 32$"):
-    config_loading.load_config(spec, {"model.input_size": 8})
+def test_ranges_declared_by_any_config_file_are_checked():
+  # configs/transfer_common.py declares its own fields' ranges next to them, as common.py does.
+  spec = os.path.join(ROOT, "configs/vgg16.py:quick")
+  with pytest.raises(config_loading.ConfigError) as e:
+    config_loading.load_config(spec, {"model.input_size": 8, "model.backbone_mode": "thaw", "optim.lr": 0})
+  assert str(e.value).splitlines() == [
+      "config.optim.lr=0.0: must be > 0",
+      "config.model.backbone_mode=thaw: must be one of freeze | finetune | train",
+      "config.model.input_size=8: must be >= 32"]
   config_loading.load_config(os.path.join(ROOT, "configs/model_0.py"))  # has no such field: not checked
 
 
@@ -190,7 +194,7 @@ def test_the_documented_emit_xargs_recipe_trains_the_runs(tmp_path):
   proc = subprocess.run(command, shell=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr
-  finished = sorted(os.path.relpath(d, root) for d in report.find_runs(str(root)))
+  finished = sorted(os.path.relpath(d, root) for d in study.find_runs(str(root)))
   assert len(finished) == 2 and {d.rsplit("/", 1)[1] for d in finished} == {"seed0", "seed1"}
   assert {read_summary(os.path.join(root, d))["seed"] for d in finished} == {0, 1}
 
@@ -233,7 +237,7 @@ def test_disk_full_while_reporting_names_the_last_good_checkpoint(unfinished_run
     _fill(disk, leave_kb=8)  # the rerun evaluates on test, then cannot write its report
     proc = run_launch(workdir)
     assert_one_error_line(proc, "error: no space left on device writing", "the last good checkpoint is epoch 2 "
-                          f"({workdir}/checkpoints/latest/2)", "free space and rerun the same command to resume")
+                          f"({workdir}/checkpoints/2)", "free space and rerun the same command to resume")
 
 
 # --------------------------------------------------------------------------- 7. damaged checkpoints
@@ -245,23 +249,33 @@ def _truncate_largest_file(folder):
     f.truncate(os.path.getsize(path) // 2)
 
 
+def _epochs_saved(workdir):
+  return sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+
+
 def test_a_truncated_latest_checkpoint_is_named_and_the_advice_works(unfinished_run):
-  _truncate_largest_file(os.path.join(unfinished_run, "checkpoints", "latest", "2"))
+  checkpoints = os.path.join(unfinished_run, "checkpoints")
+  epochs = _epochs_saved(unfinished_run)  # the latest (2) and, when it is another, the best
+  _truncate_largest_file(os.path.join(checkpoints, "2"))
   proc = run_launch(unfinished_run)
-  last = assert_one_error_line(proc, f"checkpoint {unfinished_run}/checkpoints/latest/2 (epoch 2) is unreadable",
-                               f"delete {unfinished_run}/checkpoints and rerun")
+  if len(epochs) == 2:  # fall back to the best epoch's checkpoint: the run resumes from there
+    advice = f"delete {checkpoints}/2 and rerun the same command to resume from epoch {epochs[0]}"
+  else:
+    advice = f"delete {checkpoints} and rerun the same command to train this run again from epoch 1"
+  last = assert_one_error_line(proc, f"checkpoint {checkpoints}/2 (epoch 2) is unreadable", advice)
   assert len(last) < 600
-  shutil.rmtree(os.path.join(unfinished_run, "checkpoints"))
+  shutil.rmtree(os.path.join(checkpoints, "2") if len(epochs) == 2 else checkpoints)
   proc = run_launch(unfinished_run)
   assert proc.returncode == 0, proc.stderr
   assert read_summary(unfinished_run)["epochs_run"] == 2
+  assert [r["epoch"] for r in map(json.loads, open(os.path.join(unfinished_run, "metrics.jsonl")))] == [1, 2]
 
 
-def test_a_truncated_best_checkpoint_is_named(unfinished_run):
-  (best,) = os.listdir(os.path.join(unfinished_run, "checkpoints", "best"))
-  _truncate_largest_file(os.path.join(unfinished_run, "checkpoints", "best", best))
+def test_a_truncated_best_checkpoint_is_named(unfinished_run, finished_run):
+  best = read_summary(finished_run)["best"]["epoch"]
+  _truncate_largest_file(os.path.join(unfinished_run, "checkpoints", str(best)))
   proc = run_launch(unfinished_run)
-  assert_one_error_line(proc, f"checkpoints/best/{best} (epoch {best}) is unreadable")
+  assert_one_error_line(proc, f"checkpoints/{best} (epoch {best}) is unreadable")
 
 
 # --------------------------------------------------------------------------- 8. Ctrl-C
@@ -372,9 +386,8 @@ def test_a_test_split_missing_a_class_is_warned_and_reported(capsys):
   data.finalize(ds, None)
   assert "warning: no test images of class c in '/data/tiny'" in capsys.readouterr().out
   probs = np.eye(3)[[0, 1, 1]]
-  from fer_jax import metrics
   test = metrics.classification_metrics(ds.splits["test"].labels, probs, list(ds.classes))
-  _, header, rows = report.classification_table(test, list(ds.classes))
+  _, header, rows = run_report.classification_table(test, list(ds.classes))
   row_c = dict(zip(header, rows[2]))
   assert row_c["class"] == "c" and row_c["support"] == "0"
   assert row_c["recall"] == row_c["f1"] == "no test images"
