@@ -10,8 +10,8 @@ batch_size=at_least(1), ...)` right after the section's fields (configs/common.p
 tests every declared field a config has, before a run creates anything, and lists every bad
 value on its own line.
 """
-import dataclasses
 import ast
+import dataclasses
 import importlib.util
 import os
 import sys

@@ -3,7 +3,8 @@
 `train_and_evaluate(config, workdir)` is the whole of it, in three steps: `restore_or_start`
 (data, model, optimiser, steps; the latest checkpoint if there is one), `fit` (the epochs, with
 callbacks and a checkpoint after each) and `finish` (the best epoch on test, summary, report).
-Running it again on the same workdir resumes an unfinished run, or reports a finished one.
+Running it again on the same workdir with the same settings resumes an unfinished run, or reports a
+finished one; other settings, or a second process while one trains there, are refused (workdir_guard).
 """
 import contextlib
 import dataclasses
