@@ -314,8 +314,12 @@ def train_and_evaluate(config, workdir, dataset=None):
     run = restore_or_start(config, workdir, dataset)
     try:
       fit(run)
-    except KeyboardInterrupt:
-      run.checkpoints.close()  # commit the save in flight: a rerun resumes after the last finished epoch
+    except BaseException:
+      # Ctrl-C: commit the save in flight, so a rerun resumes after the last finished epoch. A failed
+      # save (a full disk): wait out orbax's other writes, whose threads would print tracebacks at exit;
+      # their errors repeat the one being raised.
+      with contextlib.suppress(Exception):
+        run.checkpoints.close()
       raise
     return finish(run)
 
