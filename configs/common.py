@@ -158,7 +158,7 @@ def eval_config():
   return e
 
 
-valid("eval", batch_size=at_least(1), confidence_threshold=fraction())
+valid("eval", batch_size=at_least(1), confidence_threshold=fraction(), threshold_target_accuracy=fraction())
 
 
 def base_config(name):

@@ -18,7 +18,8 @@ import time
 import jax
 import numpy as np
 
-from fer_jax import calibration, checkpoint, data, history, losses, metrics, models, optim, sharding, steps, workdir_guard
+from fer_jax import (calibration, checkpoint, config_loading, data, history, losses, metrics, models, optim,
+                     sharding, steps, workdir_guard)
 from fer_jax.data import batching
 from fer_jax.report import render, run_report
 
@@ -193,7 +194,6 @@ def restore_or_start(config, workdir, dataset=None):
   # Everything that can fail on bad input fails here, before the workdir is touched.
   ds = dataset if dataset is not None else data.load(config.data)
   check_dataset(ds, config)
-  calibration.check_config(config.eval)
   num_classes = len(ds.classes)
   train_split = ds.splits["train"]
   model = models.build(config.model, num_classes)
@@ -306,6 +306,7 @@ def finish(run):
 def train_and_evaluate(config, workdir, dataset=None):
   """Trains `config` in `workdir` (resuming if it holds an unfinished run); returns the summary."""
   workdir = os.path.abspath(workdir)
+  config_loading.check_values(config)  # launch.py and load_config have; a config built in code may not
   workdir_guard.check_same_config(config, workdir)  # on every process, before anything is written
   if os.path.exists(os.path.join(workdir, "metrics.json")):
     return finished_summary(workdir)
