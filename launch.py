@@ -49,7 +49,9 @@ def os_error_text(e, workdir):
     epoch = last_saved_epoch(workdir)
     saved = (f"the last good checkpoint is epoch {epoch} ({os.path.join(workdir, 'checkpoints', str(epoch))})"
              if epoch is not None else "no checkpoint was saved yet")
-    return f"error: no space left on device writing {where}; {saved}; free space and rerun the same command to resume"
+    sizes = (e.strerror or "").partition(": ")[2]  # what a checkpoint needs and what is free, when known
+    return (f"error: no space left on device writing {where}{f' ({sizes})' if sizes else ''}; {saved}; "
+            "free space and rerun the same command to resume")
   if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
     return f"error: cannot write {where}: {e.strerror}; pass a writable --workdir (or config.data.cache_dir)"
   return None

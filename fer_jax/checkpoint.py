@@ -11,6 +11,7 @@ redoes the epoch, so the best epoch can never be skipped.
 import contextlib
 import errno
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -19,6 +20,9 @@ import orbax.checkpoint as ocp
 def _rank(metrics):
   """Higher is better: val accuracy, then the earlier epoch (EarlyStopping keeps the first best)."""
   return (metrics["val_accuracy"], -metrics["epoch"])
+
+
+SAVE_OVERHEAD_BYTES = 1 << 20  # orbax's metadata files beside the arrays, with room to spare
 
 
 class CheckpointError(ValueError):
@@ -57,9 +61,19 @@ class RunCheckpoints:
     """Saves epoch `epoch` asynchronously; the manager keeps it while it is the latest or the best."""
     if epoch in self.manager.all_steps():  # a rerun of an epoch whose save survived a crash: same content
       return
+    self._check_space(state)
     with _disk_full_as_os_error(self.directory):
       self.manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                         metrics={"val_accuracy": float(val_accuracy), "epoch": epoch})
+
+  def _check_space(self, state):
+    """Fails before a save that cannot fit: orbax would fail it in the background, where tensorstore's
+    pending writes then print tracebacks, before the error reaches this thread."""
+    need = sum(leaf.nbytes for leaf in jax.tree.leaves(state)) + SAVE_OVERHEAD_BYTES
+    free = shutil.disk_usage(self.directory).free
+    if free < need:
+      raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: a checkpoint needs about {need / 2**20:.1f} MB, "
+                    f"{free / 2**20:.1f} MB are free", self.directory)
 
   def _restore(self, step, like_state, recovery=None):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)

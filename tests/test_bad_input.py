@@ -207,7 +207,7 @@ def test_a_symlink_inside_dst_is_refused_before_anything_is_written(tmp_path, ca
   before = tree_digest(src)
   dst.mkdir()
   os.symlink(src / "train", dst / "train")
-  assert stratify.main([str(src), "--out", str(dst), "--workers", "1", "--no-groups", "--apply"]) != 0
+  assert stratify.main([str(src), "--out", str(dst), "--workers", "1", "--no_groups", "--apply"]) != 0
   err = capsys.readouterr().err
   assert f"holds the symlink {dst / 'train'} -> {src / 'train'}" in err and "Traceback" not in err
   assert tree_digest(src) == before and sorted(os.listdir(dst)) == ["train"]
@@ -226,8 +226,8 @@ def test_disk_full_while_checkpointing_is_one_line_naming_the_folder(tmp_path):
     _fill(disk, leave_kb=120)  # less than one checkpoint
     workdir = os.path.join(disk, "run")
     proc = run_launch(workdir)
-    assert_one_error_line(proc, "error: no space left on device writing", workdir, "no checkpoint was saved yet",
-                          "free space and rerun")
+    assert_one_error_line(proc, f"error: no space left on device writing {workdir}/checkpoints (a checkpoint needs "
+                          "about", "MB are free); no checkpoint was saved yet; free space and rerun")
 
 
 def test_disk_full_while_reporting_names_the_last_good_checkpoint(unfinished_run, tmp_path):
