@@ -4,6 +4,8 @@
   --workdir=DIR             default runs/<config name>[-<variant>]; an unfinished run there resumes
   --summary                 print the model's layers and parameter counts, then exit (no data, no training)
 """
+import errno
+import logging as std_logging
 import os
 import sys
 
@@ -23,9 +25,36 @@ def fail(e, context):
   """Exits with the last line of an exception's message (config_flags wraps whole tracebacks)."""
   lines = [l.strip(" '\"\\") for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
   detail = lines[-1] if lines else type(e).__name__
-  if isinstance(e, (AttributeError, KeyError)):  # ConfigDict's unknown field: "Did you mean ..."
+  if "has no attribute 'get_config" in detail:  # config_flags imports the file and calls get_config()
+    detail = "the config file defines no get_config(arg)"
+  elif isinstance(e, (AttributeError, KeyError)):  # ConfigDict's unknown field: "Did you mean ..."
     detail = f"unknown field {lines[0]}. {detail}"
   sys.exit(f"error: {detail} ({context})")
+
+
+def error_lines(e):
+  """`error: ...` for each line of an error message (a bad config lists one field per line)."""
+  return "\n".join(f"error: {line}" for line in str(e).splitlines())
+
+
+def last_saved_epoch(workdir):
+  from fer_jax import checkpoint
+  return checkpoint.last_saved_epoch(os.path.join(workdir, "checkpoints"))
+
+
+def os_error_text(e, workdir):
+  """One line for a failed write: disk full, read-only or permission denied; None for others."""
+  where = e.filename or workdir
+  if e.errno == errno.ENOSPC:
+    epoch = last_saved_epoch(workdir)
+    saved = (f"the last good checkpoint is epoch {epoch} ({os.path.join(workdir, 'checkpoints', str(epoch))})"
+             if epoch is not None else "no checkpoint was saved yet")
+    sizes = (e.strerror or "").partition(": ")[2]  # what a checkpoint needs and what is free, when known
+    return (f"error: no space left on device writing {where}{f' ({sizes})' if sizes else ''}; {saved}; "
+            "free space and rerun the same command to resume")
+  if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    return f"error: cannot write {where}: {e.strerror}; pass a writable --workdir (or config.data.cache_dir)"
+  return None
 
 
 def parse_flags(argv):
@@ -41,6 +70,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
     logging.set_verbosity(logging.WARNING)  # JAX's backend probing is INFO noise
+    # orbax logs a failed background save with its traceback, then raises it here, where it
+    # becomes one line (a full disk, say): the logged copy is noise.
+    logging.get_absl_logger().addFilter(
+        lambda r: not (r.levelno >= std_logging.ERROR and f"{os.sep}orbax{os.sep}" in r.pathname))
   import jax  # after flag parsing, so --help stays fast
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
@@ -49,6 +82,11 @@ def main(argv):
     config.name  # config_flags loads the file lazily: a missing file fails here
   except OSError as e:
     fail(e, "--config")
+  from fer_jax import config_loading
+  try:
+    config_loading.check_values(config)
+  except config_loading.ConfigError as e:
+    sys.exit(error_lines(e))
   if _SUMMARY.value:
     from fer_jax.models import summary
     print(summary.model_summary(config))
@@ -59,8 +97,15 @@ def main(argv):
     print(f"JAX {jax.__version__}: {jax.process_count()} process(es), devices {jax.devices()}", flush=True)
   try:
     train.train_and_evaluate(config, workdir)
+  except KeyboardInterrupt:
+    sys.exit(f"interrupted after epoch {last_saved_epoch(workdir) or 0}; rerun the same command to resume")
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    sys.exit(f"error: {e}")
+    sys.exit(error_lines(e))
+  except OSError as e:
+    text = os_error_text(e, workdir)
+    if text is None:
+      raise
+    sys.exit(text)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,11 @@ A config is a nested ConfigDict with the sections `data`, `model`, `loss`, `opti
 """
 import ml_collections
 
+from fer_jax.config_loading import Rule, above, at_least, each, fraction, one_of, valid
 from fer_jax.data import FER4
+
+# Each section's valid values follow its fields; config_loading.check_values tests them all
+# before a run creates anything.
 
 
 def data_config():
@@ -33,6 +37,17 @@ def data_config():
   return d
 
 
+valid("data",
+      source=Rule(lambda v: v in ("auto", "builtin", "folder", "fer2013", "ferplus") or v.startswith("tfds:"),
+                  "auto | builtin | folder | fer2013 | ferplus | tfds:<name>"),
+      classes=Rule(lambda v: len(set(v)) == len(v) >= 2, "at least 2 distinct class names"),
+      image_size=at_least(8), channels=one_of(1, 3),
+      resize_filter=one_of("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"),
+      val_fraction=Rule(lambda v: 0 < v < 1, "in (0, 1)"), split_seed=at_least(0), num_workers=at_least(0),
+      ferplus_ties=one_of("drop", "first"), ferplus_min_votes=at_least(0),
+      ferplus_unknown=one_of("drop", "ignore"), builtin_per_class=at_least(1), builtin_seed=at_least(0))
+
+
 def model_config():
   m = ml_collections.ConfigDict()
   m.name = "cnn"  # registry name: cnn | vgg16 | resnet50v2 | efficientnet_b0 | mini_xception
@@ -58,6 +73,14 @@ def model_config():
   return m
 
 
+valid("model", widths=each(at_least(1), min_len=1), convs_per_block=at_least(1),
+      bn_placement=one_of("conv_bn_relu", "conv_relu_bn", "block_end", "none"),
+      block_dropouts=each(fraction(high_open=True)), head_pool=one_of("flatten", "gap"),
+      head_pre_dropout=fraction(high_open=True), dense_widths=each(at_least(1)),
+      dense_dropouts=each(fraction(high_open=True)), bn_momentum=fraction(), bn_epsilon=above(0),
+      conv_impl=one_of("auto", "xla", "im2col", "winograd"), dtype=one_of("float32", "bfloat16"))
+
+
 def loss_config():
   l = ml_collections.ConfigDict()
   l.name = "cross_entropy"  # cross_entropy | focal
@@ -69,6 +92,11 @@ def loss_config():
   l.l2_hidden_dense = 0.0  # ... on the hidden Dense kernels
   l.l2_output_dense = 0.0  # ... on the output Dense kernel
   return l
+
+
+valid("loss", name=one_of("cross_entropy", "focal"), label_smoothing=fraction(high_open=True),
+      focal_gamma=at_least(0), focal_alpha=fraction(), class_weights=one_of("balanced", "none"),
+      l2_conv=at_least(0), l2_hidden_dense=at_least(0), l2_output_dense=at_least(0))
 
 
 def optim_config():
@@ -87,6 +115,12 @@ def optim_config():
   o.plateau_min_lr = 1e-6
   o.finetune_lr = 1e-5  # transfer 'finetune': learning rate of the unfrozen backbone blocks
   return o
+
+
+valid("optim", name=one_of("adam"), lr=above(0), b1=fraction(high_open=True), b2=fraction(high_open=True),
+      eps=above(0), schedule=one_of("constant", "cosine"), cosine_alpha=fraction(), cosine_epochs=at_least(1),
+      plateau_factor=Rule(lambda v: 0 < v < 1, "in (0, 1)"), plateau_patience=at_least(0),
+      plateau_min_lr=at_least(0), finetune_lr=at_least(0))
 
 
 def train_config():
@@ -108,6 +142,12 @@ def train_config():
   return t
 
 
+valid("train", epochs=at_least(0), batch_size=at_least(1), seed=at_least(0), early_stopping_patience=at_least(0),
+      rotation=fraction(), zoom=fraction(high_open=True), contrast=fraction(),
+      fill_mode=one_of("reflect", "nearest", "constant", "wrap"), max_steps_per_epoch=at_least(0),
+      log_every_steps=at_least(1))
+
+
 def eval_config():
   e = ml_collections.ConfigDict()
   e.batch_size = 256
@@ -116,6 +156,9 @@ def eval_config():
   # at least this often (e.g. 0.9), fitted after temperature scaling; 0 = use confidence_threshold
   e.threshold_target_accuracy = 0.0
   return e
+
+
+valid("eval", batch_size=at_least(1), confidence_threshold=fraction(), threshold_target_accuracy=fraction())
 
 
 def base_config(name):

@@ -4,6 +4,7 @@ A transfer model resizes the data's faces on device to the backbone's input, run
 backbone (frozen in the study) and the study's head; see docs/transfer.md.
 """
 from configs import common
+from fer_jax.config_loading import at_least, each, fraction, one_of, valid
 
 
 def configure(c, *, head_widths, head_bn, head_dropouts, finetune_blocks):
@@ -23,6 +24,12 @@ def configure(c, *, head_widths, head_bn, head_dropouts, finetune_blocks):
   # The study fit cached 224x224 arrays, without augmentation.
   c.train.augment = False
   return c
+
+
+# Checked with every other field before a run; transfer.check adds the per-backbone limits.
+valid("model", backbone_mode=one_of("freeze", "finetune", "train"), finetune_blocks=at_least(1),
+      preprocessing=one_of("native", "study"), input_size=at_least(32), head_widths=each(at_least(1)),
+      head_dropouts=each(fraction(high_open=True)))
 
 
 def quick(c):

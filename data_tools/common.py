@@ -6,9 +6,9 @@ happens to every file (`Entry`), and hands the `Plan` to `finish`:
   - `--apply`: builds the new tree `DST/<split>/<class>/...` from hard links to the source files
     (copies across filesystems or with `--copy`; converted images are new files), then writes
     `DST/manifest.csv` and `DST/plan.json`.
-The source is never written to: DST may not be SRC, inside it, or hold it. Files already in
-DST that the plan would write identically are left alone, so re-running is idempotent; any
-other file in DST is foreign, and the run stops naming it unless `--overwrite`.
+The source is never written to: DST may not be SRC, inside it, or hold it, nor hold a symlink
+(a write through one could land in SRC). Files already in DST that the plan would write
+identically are left alone, so re-running is idempotent; any other file in DST is foreign, and the run stops naming it unless `--overwrite`.
 Files in DST are replaced by rename, never rewritten in place: a hard-linked file shares its
 bytes with the source, and writing into it would change the source.
 """
@@ -98,6 +98,10 @@ def check_output(dst, overwrite, **inputs):
     if _contains(real, real_dst) or _contains(real_dst, real):
       raise ToolError(f"--out {dst}: overlaps {flag} {path}; the output must be a separate folder "
                       "(the source is never written to)")
+  link = next(symlinks_under(dst), None)
+  if link is not None:  # a write through it could land anywhere, the source included
+    raise ToolError(f"--out {dst}: holds the symlink {link} -> {os.path.realpath(link)}; the data tools "
+                    "write only into real folders: remove it or choose another --out")
   if os.path.isdir(dst) and not overwrite and not any(
       os.path.exists(os.path.join(dst, marker)) for marker in ("plan.json", "manifest.csv")):
     # Cheap early check before any long work; `finish` checks file by file.
@@ -105,6 +109,14 @@ def check_output(dst, overwrite, **inputs):
     if data_file is not None:
       raise ToolError(f"--out {dst}: holds files not written by the data tools "
                       f"(e.g. {os.path.join(dst, data_file)}); choose an empty folder")
+
+
+def symlinks_under(root):
+  """The symlinks (to files or folders) anywhere under `root`, without following them."""
+  for folder, dirs, files in os.walk(root):
+    for name in sorted(dirs + files):
+      if os.path.islink(os.path.join(folder, name)):
+        yield os.path.join(folder, name)
 
 
 def files_under(root, skip_outputs=False):

@@ -71,14 +71,6 @@ def threshold_for_accuracy(labels, probs, target):
   return float(conf_sorted[reached[-1]]) if reached.size else None
 
 
-def check_config(eval_config):
-  """Fails before training, with the field's name, on a threshold or target outside [0, 1]."""
-  for field in ("confidence_threshold", "threshold_target_accuracy"):
-    value = eval_config[field]
-    if not 0.0 <= value <= 1.0:
-      raise ValueError(f"config.eval.{field} must lie in [0, 1], got {value}")
-
-
 def calibrate(val_logits, val_labels, eval_config):
   """Fits T and picks the threshold on val; returns (Calibration, what metrics.json records of it)."""
   val_labels = np.asarray(val_labels)

@@ -8,7 +8,10 @@ reached it, as EarlyStopping counts it), so the best survives however many epoch
 A save is committed atomically; a process killed during one resumes from the previous save and
 redoes the epoch, so the best epoch can never be skipped.
 """
+import contextlib
+import errno
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -17,6 +20,31 @@ import orbax.checkpoint as ocp
 def _rank(metrics):
   """Higher is better: val accuracy, then the earlier epoch (EarlyStopping keeps the first best)."""
   return (metrics["val_accuracy"], -metrics["epoch"])
+
+
+SAVE_OVERHEAD_BYTES = 1 << 20  # orbax's metadata files beside the arrays, with room to spare
+
+
+class CheckpointError(ValueError):
+  """A saved checkpoint that cannot be restored; the message names it and how to recover."""
+
+
+def last_saved_epoch(directory):
+  """The newest committed epoch under a run's `checkpoints` directory, or None."""
+  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+  return max(steps, default=None)
+
+
+@contextlib.contextmanager
+def _disk_full_as_os_error(directory):
+  """orbax reports a failed asynchronous write as a ValueError carrying the OS message; a full
+  disk becomes the OSError(ENOSPC) it is, so that the caller can say so in one line."""
+  try:
+    yield
+  except ValueError as e:
+    if "No space left on device" not in str(e):
+      raise
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), directory) from None
 
 
 class RunCheckpoints:
@@ -33,19 +61,42 @@ class RunCheckpoints:
     """Saves epoch `epoch` asynchronously; the manager keeps it while it is the latest or the best."""
     if epoch in self.manager.all_steps():  # a rerun of an epoch whose save survived a crash: same content
       return
-    self.manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                      metrics={"val_accuracy": float(val_accuracy), "epoch": epoch})
+    self._check_space(state)
+    with _disk_full_as_os_error(self.directory):
+      self.manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                        metrics={"val_accuracy": float(val_accuracy), "epoch": epoch})
 
-  def _restore(self, step, like_state):
+  def _check_space(self, state):
+    """Fails before a save that cannot fit: orbax would fail it in the background, where tensorstore's
+    pending writes then print tracebacks, before the error reaches this thread."""
+    need = sum(leaf.nbytes for leaf in jax.tree.leaves(state)) + SAVE_OVERHEAD_BYTES
+    free = shutil.disk_usage(self.directory).free
+    if free < need:
+      raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: a checkpoint needs about {need / 2**20:.1f} MB, "
+                    f"{free / 2**20:.1f} MB are free", self.directory)
+
+  def _restore(self, step, like_state, recovery=None):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
-    restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                  meta=ocp.args.JsonRestore()))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                    meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 -- orbax raises many kinds for a truncated or foreign checkpoint
+      detail = (str(e).strip().splitlines() or [""])[0][:200]
+      recovery = recovery or (f"delete {self.directory} and rerun the same command to train this run again "
+                              "from epoch 1")
+      raise CheckpointError(f"checkpoint {self.directory}/{step} (epoch {step}) is unreadable "
+                            f"({type(e).__name__}: {detail}); {recovery}") from None
     return restored.state, restored.meta
 
   def restore_latest(self, like_state):
     """(state, meta) of the last completed epoch, or None for a fresh run."""
     step = self.manager.latest_step()
-    return None if step is None else self._restore(step, like_state)
+    if step is None:
+      return None
+    older = [s for s in self.manager.all_steps() if s < step]  # the best epoch, kept apart from the latest
+    recovery = (f"delete {self.directory}/{step} and rerun the same command to resume from epoch {max(older)}"
+                if older else None)
+    return self._restore(step, like_state, recovery)
 
   def restore_best(self, like_state, epoch=None):
     """(state, meta) of the best epoch, or None before the first save; `epoch`, when given, must be it."""
@@ -57,5 +108,6 @@ class RunCheckpoints:
 
   def close(self):
     """Waits for the pending asynchronous save, then releases the manager."""
-    self.manager.wait_until_finished()
+    with _disk_full_as_os_error(self.directory):
+      self.manager.wait_until_finished()
     self.manager.close()

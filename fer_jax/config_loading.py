@@ -4,8 +4,14 @@
 `get_config("quick")`, and applies each override with a type check against the field it
 replaces. String values are parsed as on the command line (`"1e-3"`, `"true"`, `"(32, 64)"`);
 other values are used as given. Errors are one line naming the file or the field.
+
+Valid values are declared next to the fields, in the config files: `valid("train",
+batch_size=at_least(1), ...)` right after the section's fields (configs/common.py). `check_values`
+tests every declared field a config has, before a run creates anything, and lists every bad
+value on its own line.
 """
 import ast
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -15,6 +21,66 @@ from ml_collections.config_flags import config_path
 
 class ConfigError(ValueError):
   """A config file or override that cannot be used; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """What a field's value must be: `test(value)` is True for a valid one; `text` says it."""
+  test: object
+  text: str
+
+
+def at_least(low):
+  return Rule(lambda v: v >= low, f">= {low}")
+
+
+def above(low):
+  return Rule(lambda v: v > low, f"> {low}")
+
+
+def fraction(high_open=False):
+  """[0, 1], or [0, 1) with `high_open` (dropout rates, smoothing: 1 would leave no signal)."""
+  if high_open:
+    return Rule(lambda v: 0 <= v < 1, "in [0, 1)")
+  return Rule(lambda v: 0 <= v <= 1, "in [0, 1]")
+
+
+def one_of(*choices):
+  return Rule(lambda v: v in choices, "one of " + " | ".join(map(str, choices)))
+
+
+def each(rule, min_len=0):
+  """A tuple of at least `min_len` elements, each valid under `rule`."""
+  need = f"at least {min_len} value(s), each " if min_len else "values each "
+  return Rule(lambda v: len(v) >= min_len and all(rule.test(x) for x in v), need + rule.text)
+
+
+# "section.field" -> Rule, filled by `valid` as the config modules are imported.
+VALID = {}
+
+
+def valid(section, **rules):
+  """Declares the valid values of fields of `section` ("train", "data", ...); see the module doc."""
+  for field, rule in rules.items():
+    VALID[f"{section}.{field}"] = rule
+
+
+def check_values(config):
+  """Raises ConfigError listing, one per line, every declared field whose value is not valid."""
+  errors = []
+  for field, rule in VALID.items():
+    try:
+      value = config_path.get_value(field, config)
+    except (KeyError, AttributeError):
+      continue  # a field this config does not have (rules of another config file)
+    try:
+      ok = rule.test(value)
+    except TypeError:
+      ok = False
+    if not ok:
+      errors.append(f"config.{field}={format_value(value)}: must be {rule.text}")
+  if errors:
+    raise ConfigError("\n".join(errors))
 
 
 def parse_overrides(items):
@@ -117,4 +183,6 @@ def load_config(spec, overrides=None):
   if not hasattr(config, "train"):
     raise ConfigError(f"config {path}: get_config() did not return a fer_jax config")
   config.lock()
-  return apply_overrides(config, overrides or {})
+  apply_overrides(config, overrides or {})
+  check_values(config)
+  return config

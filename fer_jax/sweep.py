@@ -9,7 +9,7 @@
   python -m fer_jax.sweep --configs=configs/b_p.py,configs/b_pp.py --seeds=0,1,2 \\
       --set=optim.lr=1e-3 --root=runs/lr
   # one launch.py command per unfinished run, for a job array or TPU VMs
-  python -m fer_jax.sweep --spec=configs/study.py --root=runs/study ... --emit | xargs -L1 -P2 sh -c
+  python -m fer_jax.sweep --spec=configs/study.py --root=runs/study ... --emit | xargs -d '\\n' -n1 -P2 sh -c
 
 Each run's workdir is `<root>/<config>[-<variant>][-<overrides>]/seed<k>/`, a normal launch.py
 workdir. A run with metrics.json is finished and skipped; one with only checkpoints/ resumes.
@@ -185,7 +185,10 @@ def main():
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     if bool(spec_flag.value) == bool(configs_flag.value):
       raise app.UsageError("give either --spec=FILE[:arg] or --configs=A,B")
-    seeds = [int(s) for s in seeds_flag.value] if seeds_flag.value else None
+    try:
+      seeds = [int(s) for s in seeds_flag.value] if seeds_flag.value else None
+    except ValueError:
+      sys.exit(f"error: --seeds={','.join(seeds_flag.value)}: seeds are integers, e.g. --seeds=0,1,2")
     try:
       entries = (load_spec(spec_flag.value) if spec_flag.value
                  else [{"config": c} for c in configs_flag.value])

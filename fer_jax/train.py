@@ -3,8 +3,10 @@
 `train_and_evaluate(config, workdir)` is the whole of it, in three steps: `restore_or_start`
 (data, model, optimiser, steps; the latest checkpoint if there is one), `fit` (the epochs, with
 callbacks and a checkpoint after each) and `finish` (the best epoch on test, summary, report).
-Running it again on the same workdir resumes an unfinished run, or reports a finished one.
+Running it again on the same workdir with the same settings resumes an unfinished run, or reports a
+finished one; other settings, or a second process while one trains there, are refused (workdir_guard).
 """
+import contextlib
 import dataclasses
 import json
 import math
@@ -16,7 +18,8 @@ import time
 import jax
 import numpy as np
 
-from fer_jax import calibration, checkpoint, data, history, losses, metrics, models, optim, sharding, steps
+from fer_jax import (calibration, checkpoint, config_loading, data, history, losses, metrics, models, optim,
+                     sharding, steps, workdir_guard)
 from fer_jax.data import batching
 from fer_jax.report import render, run_report
 
@@ -191,7 +194,6 @@ def restore_or_start(config, workdir, dataset=None):
   # Everything that can fail on bad input fails here, before the workdir is touched.
   ds = dataset if dataset is not None else data.load(config.data)
   check_dataset(ds, config)
-  calibration.check_config(config.eval)
   num_classes = len(ds.classes)
   train_split = ds.splits["train"]
   model = models.build(config.model, num_classes)
@@ -212,6 +214,8 @@ def restore_or_start(config, workdir, dataset=None):
   ctx = EpochContext(config, train_step, mesh, train_split, steps_per_epoch, jax.random.key(config.train.seed))
 
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:  # before any checkpoint: a workdir's checkpoints always have their config
+    history.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
   plateau = optim.Plateau(config.optim.plateau_factor, config.optim.plateau_patience, config.optim.plateau_min_lr)
   early = optim.EarlyStopping(config.train.early_stopping_patience if config.train.early_stopping else math.inf)
@@ -223,8 +227,6 @@ def restore_or_start(config, workdir, dataset=None):
     plateau = dataclasses.replace(plateau, **resume.plateau)
     early = dataclasses.replace(early, **resume.early)
     log(f"Resuming {workdir} after epoch {resume.epoch}.")
-  if jax.process_index() == 0:
-    history.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   rows = history.truncate_history(os.path.join(workdir, "metrics.jsonl"), resume.epoch)
   log(f"{render.run_title(config.name, config.variant)} on {ds.name} {ds.sizes()}  "
       f"{param_counts['total']:,} params  {jax.device_count()} x {jax.devices()[0].device_kind}  "
@@ -304,11 +306,23 @@ def finish(run):
 def train_and_evaluate(config, workdir, dataset=None):
   """Trains `config` in `workdir` (resuming if it holds an unfinished run); returns the summary."""
   workdir = os.path.abspath(workdir)
+  config_loading.check_values(config)  # launch.py and load_config have; a config built in code may not
+  workdir_guard.check_same_config(config, workdir)  # on every process, before anything is written
   if os.path.exists(os.path.join(workdir, "metrics.json")):
     return finished_summary(workdir)
-  run = restore_or_start(config, workdir, dataset)
-  fit(run)
-  return finish(run)
+  # Only process 0 writes, so only it needs to keep a second launch out of the workdir.
+  with workdir_guard.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+    run = restore_or_start(config, workdir, dataset)
+    try:
+      fit(run)
+    except BaseException:
+      # Ctrl-C: commit the save in flight, so a rerun resumes after the last finished epoch. A failed
+      # save (a full disk): wait out orbax's other writes, whose threads would print tracebacks at exit;
+      # their errors repeat the one being raised.
+      with contextlib.suppress(Exception):
+        run.checkpoints.close()
+      raise
+    return finish(run)
 
 
 def build_summary(config, ds, history, early, stopped_early, test_m, test_probs, raw_probs, cal_record, train_eval_m,

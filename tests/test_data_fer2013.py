@@ -65,22 +65,25 @@ def test_fer2013_all_seven_classes_resized_to_rgb(tmp_path):
 
 def test_fer2013_malformed_rows_are_reported_with_line_numbers(tmp_path):
   csv = write_fer2013(tmp_path / "fer2013.csv", extra_rows=[
-      f"3,{pixels(1, side=47)[:-2]},Training",  # line 23: 2208 pixels is not square
+      f"3,{pixels(1, side=47)[:-2]},Training",  # line 23: 2208 pixels is not 48x48
       f"9,{pixels(1)},Training",  # line 24: emotion out of range
       f"4,{pixels(300)},Training",  # line 25: pixel value out of range
       "4,1 2 three 4,Training",  # line 26
       f"5,{pixels(1)},Holdout",  # line 27: unknown Usage
       "6,only two fields",  # line 28
       f"3,{pixels(5)},Training",  # line 29: fine
+      "4,7,Training",  # line 30: one pixel is a square, but not a FER2013 face
+      f"4,{pixels(2, side=24)},Training",  # line 31: square, but not 48x48
   ])
   dataset = data.load(config(csv, tmp_path / "cache"))
   skipped = {where.rsplit(":", 1)[1]: reason for where, reason in dataset.report["skipped"]}
-  assert sorted(skipped) == ["23", "24", "25", "26", "27", "28"]
-  assert "not a square" in skipped["23"] and "not 0..6" in skipped["24"]
+  assert sorted(skipped) == ["23", "24", "25", "26", "27", "28", "30", "31"]
+  assert all("is not a 48x48 image" in skipped[line] for line in ("23", "30", "31"))
+  assert "not 0..6" in skipped["24"]
   assert "0..255" in skipped["25"] and "integers" in skipped["26"]
   assert "Holdout" in skipped["27"] and "2 fields" in skipped["28"]
   assert dataset.sizes()["train"] == 5
-  assert "skipped: 6" in dataset.summary()
+  assert "skipped: 8" in dataset.summary()
 
 
 def test_fer2013_without_usage_column_is_train_only(tmp_path):

@@ -133,6 +133,11 @@ def finalize(dataset, data_cfg):
     missing = [c for c, n in zip(dataset.classes, train_counts) if n == 0]
     raise ValueError(f"config.data.root: no train images of class {', '.join(missing)} in "
                      f"{root!r}; check the class folder names and config.data.classes")
+  test_counts = np.bincount(parts["test"].labels, minlength=len(dataset.classes))
+  if not test_counts.all():
+    missing = [c for c, n in zip(dataset.classes, test_counts) if n == 0]
+    print(f"warning: no test images of class {', '.join(missing)} in {root!r}: the test report "
+          "marks its recall and F1 'no test images'", flush=True)
   return Dataset(dataset.name, dataset.classes, {s: parts[s] for s in SPLITS}, dataset.report)
 
 

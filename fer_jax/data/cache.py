@@ -85,13 +85,25 @@ def write(path, dataset):
 
 
 def read(path):
+  """The cached Dataset; ValueError when its arrays do not fit together (the caller rebuilds)."""
   with np.load(path, allow_pickle=False) as z:
+    classes = tuple(z["classes"].tolist())
     splits = {}
     for split in z["split_names"].tolist():
       paths = z[f"{split}/paths"].tolist() if f"{split}/paths" in z.files else None
       splits[split] = data.Split(z[f"{split}/images"], z[f"{split}/labels"], paths)
-    return data.Dataset(str(z["name"]), tuple(z["classes"].tolist()), splits,
-                        json.loads(str(z["report"])))
+      check_split(split, splits[split], len(classes))
+    return data.Dataset(str(z["name"]), classes, splits, json.loads(str(z["report"])))
+
+
+def check_split(name, split, num_classes):
+  images, labels = split.images, split.labels
+  if images.dtype != np.uint8 or images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
+    raise ValueError(f"split {name}: images {images.dtype}{list(images.shape)} do not match labels {list(labels.shape)}")
+  if split.paths is not None and len(split.paths) != len(labels):
+    raise ValueError(f"split {name}: {len(split.paths)} paths for {len(labels)} labels")
+  if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"split {name}: labels outside 0..{num_classes - 1}")
 
 
 def load_or_build(cache_dir, key, fingerprint, build):
@@ -114,8 +126,13 @@ def load_or_build(cache_dir, key, fingerprint, build):
         print(f"cache {path} unreadable ({e}); rebuilding", flush=True)
     if dataset is None:
       dataset = build()
-      write(path, dataset)
-      for stale in glob.glob(os.path.join(glob.escape(cache_dir), f"{glob.escape(key)}-*.npz")):
+      try:
+        write(path, dataset)
+      except OSError as e:  # a read-only or full cache folder costs a rebuild next time, nothing else
+        print(f"warning: cannot write the cache {path} ({e.strerror}); loaded without caching "
+              "(set config.data.cache_dir to a writable folder)", flush=True)
+        path = None
+      for stale in glob.glob(os.path.join(glob.escape(cache_dir), f"{glob.escape(key)}-*.npz")) if path else ():
         if stale != path:
           with contextlib.suppress(FileNotFoundError):  # another process got there first
             os.remove(stale)

@@ -14,7 +14,6 @@ name are faces the FER+ authors removed, and are dropped.
 import collections
 import csv
 import dataclasses
-import math
 import os
 
 import numpy as np
@@ -25,6 +24,7 @@ from fer_jax.data import cache
 from fer_jax.data.folders import match_class, to_array
 from fer_jax.data.splits import normalize_split
 
+FER2013_SIDE = 48  # every row holds a 48x48 gray face; the loader resizes it to config.data.image_size
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 FERPLUS_EMOTIONS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
                     "contempt")
@@ -72,9 +72,9 @@ def parse_fer2013_row(fields):
     pixels = np.fromstring(fields["pixels"], dtype=np.int64, sep=" ")
   except ValueError:
     raise ValueError("pixels are not space-separated integers") from None
-  side = math.isqrt(len(pixels))
-  if len(pixels) == 0 or side * side != len(pixels):
-    raise ValueError(f"{len(pixels)} pixels is not a square image")
+  if len(pixels) != FER2013_SIDE * FER2013_SIDE:
+    raise ValueError(f"{len(pixels)} pixels is not a {FER2013_SIDE}x{FER2013_SIDE} image")
+  side = FER2013_SIDE
   if pixels.min() < 0 or pixels.max() > 255:
     raise ValueError("pixel values outside 0..255")
   split = "train"

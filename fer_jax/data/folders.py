@@ -102,13 +102,31 @@ def _visible(entries):
   return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def _walk_files(folder):
+def _kind(entry, skipped):
+  """'dir' | 'file' for a usable entry; None, recorded in `skipped`, for a broken or looping link."""
+  try:
+    if entry.is_dir():
+      target = os.path.realpath(entry.path)
+      here = os.path.realpath(os.path.dirname(entry.path))
+      if here == target or here.startswith(target.rstrip(os.sep) + os.sep):  # walking it would never end
+        skipped.append((entry.path, "symlink loop (links back to a folder above it)"))
+        return None
+      return "dir"
+    entry.stat()  # a dangling or self-referencing symlink fails here
+    return "file"
+  except OSError as e:
+    skipped.append((entry.path, f"unreadable ({e.strerror})"))
+    return None
+
+
+def _walk_files(folder, skipped):
   with os.scandir(folder) as it:
     entries = _visible(it)
   for e in entries:
-    if e.is_dir():
-      yield from _walk_files(e.path)
-    else:
+    kind = _kind(e, skipped)
+    if kind == "dir":
+      yield from _walk_files(e.path, skipped)
+    elif kind == "file":
       yield e
 
 
@@ -116,14 +134,16 @@ def _scan_class_folders(folder, split, classes, classes_field, files, skipped):
   with os.scandir(folder) as it:
     entries = _visible(it)
   for e in entries:
-    if not e.is_dir():
+    kind = _kind(e, skipped)
+    if kind == "file":
       skipped.append((e.path, "file outside a class folder"))
+    if kind != "dir":
       continue
     label = match_class(e.name, classes)
     if label is None:
       skipped.append((e.path, f"class folder {e.name!r} is not in {classes_field}"))
       continue
-    for f in _walk_files(e.path):
+    for f in _walk_files(e.path, skipped):
       if os.path.splitext(f.name)[1].lower() not in IMAGE_EXTENSIONS:
         skipped.append((f.path, "not an image file (extension)"))
         continue

@@ -1,5 +1,6 @@
 """python -m fer_jax.report RUNS_DIR [--out=DIR] [--max_gap=10]: the study report of every run under RUNS_DIR."""
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -16,7 +17,10 @@ def main(argv):
     raise app.UsageError("usage: python -m fer_jax.report RUNS_DIR [--out=DIR]")
   root = argv[1]
   out = _OUT.value or root
-  summary = write_study_report(root, out, _MAX_GAP.value)
+  try:
+    summary = write_study_report(root, out, _MAX_GAP.value)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"error: {e}")
   rows = comparison_rows(summary["groups"], summary["decision"]["winner"])
   print(to_markdown([table(COMPARISON_HEADER, rows)]))
   print(summary["decision"]["verdict"])

@@ -10,7 +10,9 @@ RUN_PLOTS = {"curves": "curves.png", "confusion": "confusion.png", "reliability"
 
 
 def classification_table(test, classes):
-  rows = [[c, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", m["support"]]
+  # A class without test images has no recall (and so no F1): say so rather than print 0.
+  undefined = lambda m, k: f"{m[k]:.3f}" if m["support"] else "no test images"
+  rows = [[c, f"{m['precision']:.3f}", undefined(m, "recall"), undefined(m, "f1"), m["support"]]
           for c, m in ((c, test["per_class"][c]) for c in classes)]
   n = test["num_examples"]
   macro = [sum(test["per_class"][c][k] for c in classes) / len(classes) for k in ("precision", "recall")]

@@ -33,8 +33,13 @@ def load_run(run_dir):
   `probs` are calibrated and `raw_probs` the ones before; a run from before calibration saved
   only raw `probs`, which then serve as both (its temperature is 1).
   """
-  with open(os.path.join(run_dir, "metrics.json")) as f:
-    summary = json.load(f)
+  path = os.path.join(run_dir, "metrics.json")
+  with open(path) as f:
+    try:
+      summary = json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{path}: not valid JSON ({e}); rerun that run's command to write it again, "
+                       "or move the run out of the folder") from None
   history = read_history(os.path.join(run_dir, "metrics.jsonl"))
   labels = probs = raw_probs = None
   npz = os.path.join(run_dir, "test_predictions.npz")
