@@ -37,7 +37,7 @@ run: $(VENV)/.base
 	$(PY) launch.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: $(VENV)/.test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks.train_throughput
