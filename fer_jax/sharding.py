@@ -1,10 +1,14 @@
 """Device placement: one mesh axis 'data' over every device, params replicated, batches sharded.
 
-On several hosts each process feeds its own rows of every global batch
-(`jax.make_array_from_process_local_data`); all processes hold the same (small) dataset and
-draw the same epoch order from the seed, so no coordination is needed beyond the mesh.
+On several hosts each process feeds its own devices' rows of every global batch
+(`jax.make_array_from_callback`); all processes hold the same (small) dataset and draw the same
+epoch order from the seed, so no coordination is needed beyond the mesh. Host code reads device
+values only through `to_host`: a global array that spans other processes' devices cannot be read
+directly.
 """
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 
@@ -46,12 +50,17 @@ def check_batch_size(batch_size, field):
 def shard_batch(mesh, *arrays):
   """Global host arrays (same on every process) -> arrays sharded over 'data'.
 
-  Each process contributes only its own contiguous slice of the rows.
+  Each process transfers only the rows of its own devices.
   """
   sharding = data_sharded(mesh)
-  n, pid = jax.process_count(), jax.process_index()
-  out = []
-  for a in arrays:
-    rows = len(a) // n
-    out.append(jax.make_array_from_process_local_data(sharding, a[pid * rows:(pid + 1) * rows], a.shape))
-  return out
+  return [jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in arrays]
+
+
+def to_host(tree):
+  """Device arrays -> NumPy, the same full values on every process (a collective when sharded
+  over several processes, so every process must call it at the same point)."""
+  def fetch(x):
+    if x.is_fully_addressable or x.is_fully_replicated:
+      return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(fetch, tree)

@@ -69,15 +69,15 @@ class Evaluator:
     sums, logits = {"loss": 0.0, "correct": 0.0, "count": 0.0}, []
     for idx, mask in batching.padded_batches(len(split), self.batch):
       x, y, m = sharding.shard_batch(self.mesh, split.images[idx], split.labels[idx], mask)
-      batch_sums, batch_logits = self.step(state, x, y, m)
+      batch_sums, batch_logits = sharding.to_host(self.step(state, x, y, m))
       sums = {k: sums[k] + float(v) for k, v in batch_sums.items()}
-      logits.append(np.asarray(jax.device_get(batch_logits))[mask > 0])
-    loss = sums["loss"] / sums["count"] + float(self.l2(state.params))
+      logits.append(batch_logits[mask > 0])
+    loss = sums["loss"] / sums["count"] + float(sharding.to_host(self.l2(state.params)))
     return {"loss": loss, "accuracy": sums["correct"] / sums["count"]}, np.concatenate(logits)
 
 
 def check_finite(losses_so_far, epoch, first_step):
-  values = np.asarray(jax.device_get(losses_so_far))
+  values = sharding.to_host(losses_so_far)
   bad = np.flatnonzero(~np.isfinite(values))
   if bad.size:
     step = first_step + int(bad[0])
@@ -110,7 +110,7 @@ def train_epoch(state, ctx, epoch):
     correct_sum = correct_sum + step_metrics["correct"]
     if (s + 1) % config.train.log_every_steps == 0 or s + 1 == steps_per_epoch:
       check_finite(losses_pending, epoch, checked + 1)
-      loss_sum += float(np.sum(jax.device_get(losses_pending)))
+      loss_sum += float(np.sum(sharding.to_host(losses_pending)))
       checked += len(losses_pending)
       losses_pending = []
       if s + 1 < steps_per_epoch:
