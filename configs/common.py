@@ -139,6 +139,9 @@ def train_config():
   t.fill_mode = "reflect"  # reflect | nearest | constant | wrap (Keras fill modes)
   t.max_steps_per_epoch = 0  # 0 = a full pass over train; >0 caps it (smoke tests)
   t.log_every_steps = 50  # progress line inside an epoch
+  # seeds trained together (sweep --vectorize): vmap (one batched step) | map (the members one after
+  # another inside one program: XLA:CPU's batched convolutions are slow) | auto (map on CPU, else vmap)
+  t.vectorize = "auto"
   return t
 
 
