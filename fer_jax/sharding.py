@@ -49,7 +49,15 @@ def replicate(tree, mesh):
 
 def put_members(tree, mesh):
   """A tree stacked over members (leading axis) -> the members spread over the 'member' groups."""
-  return jax.device_put(tree, NamedSharding(mesh, P("member")))
+  members = NamedSharding(mesh, P("member"))
+
+  def put(x):
+    if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+      return jax.device_put(x, members)
+    # A process-local value (the same on every process) becomes a global array shard by shard.
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, members, lambda index: value[index])
+  return jax.tree.map(put, tree)
 
 
 def check_batch_size(batch_size, field):

@@ -122,7 +122,8 @@ def train_epoch(state, runs, train_step):
   ctx = runs[0].ctx
   batch, steps_per_epoch, split = ctx.config.train.batch_size, ctx.steps_per_epoch, ctx.split
   orders = [batching.epoch_order(len(split), r.config.train.seed, r.resume.epoch + 1) for r in runs]
-  rngs = sharding.put_members(jnp.stack([r.ctx.rng for r in runs]), ctx.mesh)
+  rngs = jax.random.wrap_key_data(sharding.put_members(np.stack([jax.random.key_data(r.ctx.rng) for r in runs]),
+                                                      ctx.mesh))
   losses_pending, loss_sum, correct_sum, checked = [], 0.0, 0.0, 0
   start = time.perf_counter()
   for s in range(steps_per_epoch):

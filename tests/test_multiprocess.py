@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import ROOT, TINY, launch, read_summary
 
 ARGS = ["--config=configs/model_0.py:quick", *TINY, "--config.train.epochs=3", "--config.train.early_stopping=False",
+        "--config.optim.plateau_patience=1",  # the plateau changes the lr inside the state between epochs
         f"--config.data.cache_dir={os.path.join(tempfile.gettempdir(), 'fer_jax_test_cache')}"]
 
 
