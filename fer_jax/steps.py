@@ -53,7 +53,7 @@ def over_members(fn, members, in_axes, how="auto"):
   members None: `fn` itself. `how` (config.train.vectorize): 'vmap' batches the members into one
   computation; 'map' runs them one after another inside one program (`lax.map`): the same values,
   XLA's plain kernels, one dispatch for all members. 'auto': 'map' on CPU, where XLA's batched
-  (grouped) convolutions ran 3x slower than one member after another, 'vmap' elsewhere.
+  (grouped) convolutions ran 2-3x slower than one member after another, 'vmap' elsewhere.
   """
   if members is None:
     return fn

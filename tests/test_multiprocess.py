@@ -78,7 +78,7 @@ def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp
   assert [r["epoch"] for r in got] == [1, 2, 3]
   # Same maths; the cross-process all-reduce sums in another order, and Adam's normalised
   # steps carry that float32 rounding into the weights, as between 1 and 4 devices (test_train).
-  for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy"):
+  for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"):
     np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=2e-3, err_msg=key)
   s, ref = read_summary(workdir), read_summary(four_device_run)
   assert s["best"]["epoch"] == ref["best"]["epoch"] and s["system"]["processes"] == 2
@@ -87,22 +87,11 @@ def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp
   np.testing.assert_allclose(np.load(os.path.join(workdir, "test_predictions.npz"))["probs"],
                              np.load(os.path.join(four_device_run, "test_predictions.npz"))["probs"], atol=2e-3)
 
-  # One committed step per manager, nothing half-written beside it; both restore in this process.
+  # The last and the best epoch, committed once each, nothing half-written beside them; the
+  # manager written by two processes restores in this one.
   from fer_jax import checkpoint
   ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints", "latest"))) == ["3"]
-  assert os.listdir(os.path.join(workdir, "checkpoints", "best")) == [str(s["best"]["epoch"])]
-  assert ckpts.latest.all_steps() == [3] and ckpts.best.all_steps() == [s["best"]["epoch"]]
+  names = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  assert [n for n in names if n != "calibration.json"] == sorted({"3", str(s["best"]["epoch"])}), names
+  assert ckpts.manager.all_steps() == sorted({3, s["best"]["epoch"]}) and ckpts.manager.best_step() == s["best"]["epoch"]
   ckpts.close()
-
-
-def test_one_process_dying_stops_the_other_with_an_error(tmp_path):
-  procs = _start_processes(str(tmp_path / "dies"), extra=["--heartbeat_timeout=5"])
-  _wait_for_line(procs[0], "model_0:quick on")  # both processes joined and built the run
-  procs[1].send_signal(signal.SIGKILL)
-  start = time.monotonic()
-  out = procs[0].communicate(timeout=120)[0]
-  procs[1].wait(timeout=10)
-  assert procs[0].returncode != 0
-  assert time.monotonic() - start < 60
-  assert "another task died" in out or "unhealthy" in out, out[-3000:]
