@@ -148,7 +148,7 @@ def train_config():
 valid("train", epochs=at_least(0), batch_size=at_least(1), seed=at_least(0), early_stopping_patience=at_least(0),
       rotation=fraction(), zoom=fraction(high_open=True), contrast=fraction(),
       fill_mode=one_of("reflect", "nearest", "constant", "wrap"), max_steps_per_epoch=at_least(0),
-      log_every_steps=at_least(1))
+      log_every_steps=at_least(1), vectorize=one_of("auto", "vmap", "map"))
 
 
 def eval_config():

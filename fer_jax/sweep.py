@@ -55,7 +55,7 @@ class Run:
 
 # Overrides left out of directory names: where files live or how data is read, not what is trained.
 UNNAMED_FIELDS = ("data.root", "data.cache_dir", "data.num_workers", "train.log_every_steps",
-                  "model.init_from")
+                  "model.init_from", "train.vectorize")
 
 
 def _slug(overrides):
