@@ -3,6 +3,9 @@
   --config=FILE[:VARIANT]   an ml_collections config file; overrides as --config.optim.lr=1e-3
   --workdir=DIR             default runs/<config name>[-<variant>]; an unfinished run there resumes
   --summary                 print the model's layers and parameter counts, then exit (no data, no training)
+  --distributed             one process of a multi-process run (docs/scaling.md); JAX detects the
+                            cluster on Cloud TPU, SLURM, Open MPI and Kubernetes, elsewhere add
+                            --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 """
 import errno
 import logging as std_logging
@@ -18,6 +21,12 @@ _SUMMARY = flags.DEFINE_bool("summary", False, "Print the model summary and exit
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", bool(os.environ.get("JAX_COORDINATOR_ADDRESS")),
     "Call jax.distributed.initialize() (multi-host TPU VM pods / GPU clusters; auto-detected there).")
+# Cloud TPU, SLURM, Open MPI and Kubernetes tell JAX these themselves; elsewhere pass them.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--distributed: how many processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process's index, 0..n-1.")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout", 100, "--distributed: seconds without a heartbeat "
+                                  "from a process before the others stop with an error (JAX's default).")
 flags.mark_flags_as_required(["config"])
 
 
@@ -76,7 +85,8 @@ def main(argv):
         lambda r: not (r.levelno >= std_logging.ERROR and f"{os.sep}orbax{os.sep}" in r.pathname))
   import jax  # after flag parsing, so --help stays fast
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               heartbeat_timeout_seconds=_HEARTBEAT.value)
   try:
     config = _CONFIG.value
     config.name  # config_flags loads the file lazily: a missing file fails here

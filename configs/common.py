@@ -139,13 +139,16 @@ def train_config():
   t.fill_mode = "reflect"  # reflect | nearest | constant | wrap (Keras fill modes)
   t.max_steps_per_epoch = 0  # 0 = a full pass over train; >0 caps it (smoke tests)
   t.log_every_steps = 50  # progress line inside an epoch
+  # seeds trained together (sweep --vectorize): vmap (one batched step) | map (the members one after
+  # another inside one program: XLA:CPU's batched convolutions are slow) | auto (map on CPU, else vmap)
+  t.vectorize = "auto"
   return t
 
 
 valid("train", epochs=at_least(0), batch_size=at_least(1), seed=at_least(0), early_stopping_patience=at_least(0),
       rotation=fraction(), zoom=fraction(high_open=True), contrast=fraction(),
       fill_mode=one_of("reflect", "nearest", "constant", "wrap"), max_steps_per_epoch=at_least(0),
-      log_every_steps=at_least(1))
+      log_every_steps=at_least(1), vectorize=one_of("auto", "vmap", "map"))
 
 
 def eval_config():

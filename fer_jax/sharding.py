@@ -1,10 +1,15 @@
-"""Device placement: one mesh axis 'data' over every device, params replicated, batches sharded.
+"""Device placement: a mesh 'member' x 'data' over every device; params replicated within a member
+group, batches sharded over its 'data' devices. A plain run has one member group.
 
-On several hosts each process feeds its own rows of every global batch
-(`jax.make_array_from_process_local_data`); all processes hold the same (small) dataset and
-draw the same epoch order from the seed, so no coordination is needed beyond the mesh.
+On several hosts each process feeds its own devices' rows of every global batch
+(`jax.make_array_from_callback`); all processes hold the same (small) dataset and draw the same
+epoch order from the seed, so no coordination is needed beyond the mesh. Host code reads device
+values only through `to_host`: a global array that spans other processes' devices cannot be read
+directly.
 """
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 
@@ -19,22 +24,40 @@ def configure_backend():
     jax.config.update("jax_threefry_partitionable", False)
 
 
-def make_mesh():
+def make_mesh(member_groups=1):
+  """Axes 'member' (groups of devices that each train some members of a vectorized run; 1 for a
+  plain run) x 'data' (the devices of a group, which split its batches)."""
   # Auto axes: GSPMD propagates the batch sharding through the model (jax.make_mesh's
   # default became Explicit sharding, which every op would have to spell out).
-  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  n = jax.device_count()
+  return jax.make_mesh((member_groups, n // member_groups), ("member", "data"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
 def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
-def data_sharded(mesh):
-  return NamedSharding(mesh, P("data"))
+def data_sharded(mesh, stacked=False):
+  """Rows over 'data'; `stacked`: members over 'member', each member's rows (second axis) over 'data'."""
+  return NamedSharding(mesh, P("member", "data") if stacked else P("data"))
 
 
 def replicate(tree, mesh):
   return jax.device_put(tree, replicated(mesh))
+
+
+def put_members(tree, mesh):
+  """A tree stacked over members (leading axis) -> the members spread over the 'member' groups."""
+  members = NamedSharding(mesh, P("member"))
+
+  def put(x):
+    if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+      return jax.device_put(x, members)
+    # A process-local value (the same on every process) becomes a global array shard by shard.
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, members, lambda index: value[index])
+  return jax.tree.map(put, tree)
 
 
 def check_batch_size(batch_size, field):
@@ -43,15 +66,21 @@ def check_batch_size(batch_size, field):
     raise ValueError(f"{field}={batch_size} must be a multiple of the {n} devices")
 
 
-def shard_batch(mesh, *arrays):
-  """Global host arrays (same on every process) -> arrays sharded over 'data'.
+def shard_batch(mesh, *arrays, stacked=False):
+  """Global host arrays (same on every process) -> arrays sharded over 'data' (their rows, or
+  with `stacked` their second axis, behind a leading axis of members).
 
-  Each process contributes only its own contiguous slice of the rows.
+  Each process transfers only the rows of its own devices.
   """
-  sharding = data_sharded(mesh)
-  n, pid = jax.process_count(), jax.process_index()
-  out = []
-  for a in arrays:
-    rows = len(a) // n
-    out.append(jax.make_array_from_process_local_data(sharding, a[pid * rows:(pid + 1) * rows], a.shape))
-  return out
+  sharding = data_sharded(mesh, stacked)
+  return [jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in arrays]
+
+
+def to_host(tree):
+  """Device arrays -> NumPy, the same full values on every process (a collective when sharded
+  over several processes, so every process must call it at the same point)."""
+  def fetch(x):
+    if x.is_fully_addressable or x.is_fully_replicated:
+      return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(fetch, tree)

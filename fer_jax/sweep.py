@@ -8,12 +8,15 @@
   # ad hoc
   python -m fer_jax.sweep --configs=configs/b_p.py,configs/b_pp.py --seeds=0,1,2 \\
       --set=optim.lr=1e-3 --root=runs/lr
+  # the seeds of each config trained together, as members of one vmapped step
+  python -m fer_jax.sweep --configs=configs/b_pp.py --seeds=0,1,2,3 --root=runs/bpp --vectorize
   # one launch.py command per unfinished run, for a job array or TPU VMs
   python -m fer_jax.sweep --spec=configs/study.py --root=runs/study ... --emit | xargs -d '\\n' -n1 -P2 sh -c
 
 Each run's workdir is `<root>/<config>[-<variant>][-<overrides>]/seed<k>/`, a normal launch.py
 workdir. A run with metrics.json is finished and skipped; one with only checkpoints/ resumes.
-Runs go seed by seed (every config's seed 0 first) so an early comparison is complete soonest.
+Runs go seed by seed (every config's seed 0 first) so an early comparison is complete soonest;
+with --vectorize, config by config, all seeds of a config at once.
 A failing run is reported and the sweep goes on; at the end `fer_jax.report` aggregates the root.
 """
 import dataclasses
@@ -52,7 +55,7 @@ class Run:
 
 # Overrides left out of directory names: where files live or how data is read, not what is trained.
 UNNAMED_FIELDS = ("data.root", "data.cache_dir", "data.num_workers", "train.log_every_steps",
-                  "model.init_from")
+                  "model.init_from", "train.vectorize")
 
 
 def _slug(overrides):
@@ -126,6 +129,20 @@ def check_configs(runs):
     raise config_loading.ConfigError("bad sweep entries:\n  " + "\n  ".join(bad))
 
 
+def _done(summary):
+  return f"val {summary['best']['val_accuracy']:.2%}, test {summary['test']['accuracy']:.2%}"
+
+
+def _failed(run, error):
+  """Records a failed run (traceback in its workdir); one bad run must not stop the others."""
+  os.makedirs(run.workdir, exist_ok=True)
+  with open(os.path.join(run.workdir, "error.txt"), "w") as f:
+    f.write(traceback.format_exc())
+  detail = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+  print(f"  FAILED {detail} (traceback in {run.workdir}/error.txt)", flush=True)
+  return (run, "failed", detail)
+
+
 def run_all(runs, train_fn=None):
   """Trains the runs one after another in this process; returns [(run, outcome, detail)]."""
   if train_fn is None:
@@ -140,16 +157,35 @@ def run_all(runs, train_fn=None):
       continue
     try:
       config = config_loading.load_config(run.config, run.all_overrides())
-      summary = train_fn(config, run.workdir)
-      results.append((run, "done", f"val {summary['best']['val_accuracy']:.2%}, "
-                                   f"test {summary['test']['accuracy']:.2%}"))
+      results.append((run, "done", _done(train_fn(config, run.workdir))))
     except Exception as e:  # noqa: BLE001 -- one bad run must not stop the others
-      os.makedirs(run.workdir, exist_ok=True)
-      with open(os.path.join(run.workdir, "error.txt"), "w") as f:
-        f.write(traceback.format_exc())
-      detail = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-      print(f"  FAILED {detail} (traceback in {run.workdir}/error.txt)", flush=True)
-      results.append((run, "failed", detail))
+      results.append(_failed(run, e))
+  return results
+
+
+def run_vectorized(runs, train_together=None):
+  """Trains each group's unfinished seeds together, as members of one vectorized step
+  (`train.train_together`), group after group; returns [(run, outcome, detail)]."""
+  if train_together is None:
+    from fer_jax import train
+    train_together = train.train_together
+  groups = {}
+  for run in runs:
+    groups.setdefault(run.group, []).append(run)
+  results = []
+  for i, (group, members) in enumerate(groups.items(), 1):
+    todo = [r for r in members if r.status() != "finished"]
+    print(f"[{i}/{len(groups)}] {group} seeds {','.join(str(r.seed) for r in members)}: "
+          f"{len(todo)} to train together", flush=True)
+    results += [(r, "skipped", "already finished") for r in members if r not in todo]
+    if not todo:
+      continue
+    try:
+      configs = [config_loading.load_config(r.config, r.all_overrides()) for r in todo]
+      summaries = train_together(configs, [r.workdir for r in todo])
+      results += [(r, "done", _done(summary)) for r, summary in zip(todo, summaries)]
+    except Exception as e:  # noqa: BLE001 -- one bad group must not stop the others
+      results += [_failed(r, e) for r in todo]
   return results
 
 
@@ -169,6 +205,8 @@ def main():
   set_flag = flags.DEFINE_multi_string("set", [], "override for every run, field=value (repeatable)")
   root_flag = flags.DEFINE_string("root", None, "directory of the sweep's runs")
   emit_flag = flags.DEFINE_bool("emit", False, "print a launch.py command per unfinished run; train nothing")
+  vectorize_flag = flags.DEFINE_bool("vectorize", False, "train the seeds of each config together, as "
+                                     "members of one vmapped step (docs/scaling.md)")
   python_flag = flags.DEFINE_string("python", "python", "interpreter named in --emit commands")
   report_flag = flags.DEFINE_bool("report", True, "aggregate the root into report.md/.html at the end")
   cache_flag = flags.DEFINE_bool("compile_cache", True, "share compiled XLA programs between runs "
@@ -208,7 +246,7 @@ def main():
       import jax
       if not jax.config.jax_compilation_cache_dir:  # a cache the user configured wins
         jax.config.update("jax_compilation_cache_dir", os.path.join(root_flag.value, ".jax_cache"))
-    results = run_all(runs)
+    results = run_vectorized(runs) if vectorize_flag.value else run_all(runs)
     print("\nsweep summary")
     for r, outcome, detail in results:
       print(f"  {outcome:8s} {r.group}/seed{r.seed}  {detail}")

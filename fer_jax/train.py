@@ -8,6 +8,7 @@ finished one; other settings, or a second process while one trains there, are re
 """
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fer_jax import (calibration, checkpoint, config_loading, data, history, losses, metrics, models, optim,
@@ -61,65 +63,90 @@ class Evaluator:
 
   def __init__(self, config, model, mesh, num_classes):
     self.batch = config.eval.batch_size + (-config.eval.batch_size) % jax.device_count()
-    self.step = steps.make_eval_step(config, model, num_classes)
-    self.l2 = steps.make_l2_fn(config)
     self.mesh = mesh
+    self.steps = functools.cache(lambda members: (steps.make_eval_step(config, model, num_classes, members),
+                                                  steps.make_l2_fn(config, members)))
 
   def __call__(self, state, split):
+    return self.members(stack([state]), split)[0]
+
+  def members(self, stacked_state, split):
+    """[(metrics, logits)] of each member of a state stacked over members."""
+    n = len(jax.tree.leaves(stacked_state)[0])
+    eval_step, l2 = self.steps(n)
     sums, logits = {"loss": 0.0, "correct": 0.0, "count": 0.0}, []
     for idx, mask in batching.padded_batches(len(split), self.batch):
       x, y, m = sharding.shard_batch(self.mesh, split.images[idx], split.labels[idx], mask)
-      batch_sums, batch_logits = self.step(state, x, y, m)
-      sums = {k: sums[k] + float(v) for k, v in batch_sums.items()}
-      logits.append(np.asarray(jax.device_get(batch_logits))[mask > 0])
-    loss = sums["loss"] / sums["count"] + float(self.l2(state.params))
-    return {"loss": loss, "accuracy": sums["correct"] / sums["count"]}, np.concatenate(logits)
+      batch_sums, batch_logits = sharding.to_host(eval_step(stacked_state, x, y, m))
+      sums = {k: sums[k] + v for k, v in batch_sums.items()}
+      logits.append(batch_logits[:, mask > 0])
+    loss = sums["loss"] / sums["count"] + sharding.to_host(l2(stacked_state.params))
+    logits = np.concatenate(logits, axis=1)
+    return [({"loss": float(loss[i]), "accuracy": float(sums["correct"][i] / sums["count"][i])}, logits[i])
+            for i in range(n)]
 
 
-def check_finite(losses_so_far, epoch, first_step):
-  values = np.asarray(jax.device_get(losses_so_far))
-  bad = np.flatnonzero(~np.isfinite(values))
-  if bad.size:
-    step = first_step + int(bad[0])
-    raise FloatingPointError(f"loss became {values[bad[0]]} at epoch {epoch}, step {step}: "
-                             "lower config.optim.lr or check the data")
+def stack(states):
+  """Member states -> one state with a leading member axis."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+
+def member(stacked_state, i):
+  return jax.tree.map(lambda leaf: leaf[i], stacked_state)
+
+
+def check_finite(runs, losses_so_far, first_step):
+  values = np.asarray(sharding.to_host(losses_so_far))  # [steps, members]
+  for run, member_values in zip(runs, values.T):
+    bad = np.flatnonzero(~np.isfinite(member_values))
+    if bad.size and not run.done:
+      where = f" ({run.workdir})" if len(runs) > 1 else ""
+      raise FloatingPointError(f"loss became {member_values[bad[0]]} at epoch {run.resume.epoch + 1}, step "
+                               f"{first_step + int(bad[0])}{where}: lower config.optim.lr or check the data")
 
 
 @dataclasses.dataclass
 class EpochContext:
   """What every epoch of a run needs besides the state: built once by `restore_or_start`."""
   config: object
-  train_step: object
+  make_train_step: object  # members -> the jitted step over that many stacked runs
   mesh: object
   split: object
   steps_per_epoch: int
   rng: jax.Array
 
 
-def train_epoch(state, ctx, epoch):
-  """One pass over the shuffled train split; returns (state, {loss, accuracy, seconds, images})."""
-  config, batch, steps_per_epoch = ctx.config, ctx.config.train.batch_size, ctx.steps_per_epoch
-  order = batching.epoch_order(len(ctx.split), config.train.seed, epoch)
+def train_epoch(state, runs, train_step):
+  """One pass of each run over its own shuffled train split (the runs' state stacked, each at its
+  own next epoch); returns (state, [{loss, accuracy, seconds, images}] per run)."""
+  ctx = runs[0].ctx
+  batch, steps_per_epoch, split = ctx.config.train.batch_size, ctx.steps_per_epoch, ctx.split
+  orders = [batching.epoch_order(len(split), r.config.train.seed, r.resume.epoch + 1) for r in runs]
+  rngs = jax.random.wrap_key_data(sharding.put_members(np.stack([jax.random.key_data(r.ctx.rng) for r in runs]),
+                                                      ctx.mesh))
   losses_pending, loss_sum, correct_sum, checked = [], 0.0, 0.0, 0
   start = time.perf_counter()
   for s in range(steps_per_epoch):
-    idx = np.sort(order[s * batch:(s + 1) * batch])  # sorted rows read faster; order inside a batch is irrelevant
-    x, y = sharding.shard_batch(ctx.mesh, ctx.split.images[idx], ctx.split.labels[idx])
-    state, step_metrics = ctx.train_step(state, x, y, ctx.rng)
+    # sorted rows read faster; order inside a batch is irrelevant
+    idx = [np.sort(order[s * batch:(s + 1) * batch]) for order in orders]
+    x, y = sharding.shard_batch(ctx.mesh, np.stack([split.images[i] for i in idx]),
+                                np.stack([split.labels[i] for i in idx]), stacked=True)
+    state, step_metrics = train_step(state, x, y, rngs)
     losses_pending.append(step_metrics["loss"])
     correct_sum = correct_sum + step_metrics["correct"]
-    if (s + 1) % config.train.log_every_steps == 0 or s + 1 == steps_per_epoch:
-      check_finite(losses_pending, epoch, checked + 1)
-      loss_sum += float(np.sum(jax.device_get(losses_pending)))
+    if (s + 1) % ctx.config.train.log_every_steps == 0 or s + 1 == steps_per_epoch:
+      check_finite(runs, losses_pending, checked + 1)
+      loss_sum = loss_sum + np.sum(sharding.to_host(losses_pending), axis=0)
       checked += len(losses_pending)
       losses_pending = []
-      if s + 1 < steps_per_epoch:
-        log(f"  epoch {epoch} step {s + 1}/{steps_per_epoch}  loss {loss_sum / checked:.4f}  "
-            f"acc {float(correct_sum) / (checked * batch):.2%}")
+      if s + 1 < steps_per_epoch and len(runs) == 1:
+        log(f"  epoch {runs[0].resume.epoch + 1} step {s + 1}/{steps_per_epoch}  loss {loss_sum[0] / checked:.4f}  "
+            f"acc {float(sharding.to_host(correct_sum)[0]) / (checked * batch):.2%}")
   seconds = time.perf_counter() - start
   images = steps_per_epoch * batch
-  return state, {"loss": loss_sum / steps_per_epoch, "accuracy": float(correct_sum) / images,
-                 "seconds": seconds, "images": images}
+  correct = sharding.to_host(correct_sum)
+  return state, [{"loss": float(loss_sum[i]) / steps_per_epoch, "accuracy": float(correct[i]) / images,
+                  "seconds": seconds, "images": images} for i in range(len(runs))]
 
 
 def format_summary(summary):
@@ -180,14 +207,18 @@ class Run:
   param_counts: dict
   wall_start: float
   stopped_early: bool = False
+  done: bool = False  # no epochs left to train (all run, or stopped early)
 
   @property
   def history_path(self):
     return os.path.join(self.workdir, "metrics.jsonl")
 
 
-def restore_or_start(config, workdir, dataset=None):
-  """Builds data, model, optimiser and steps, then restores the latest checkpoint if there is one."""
+def restore_or_start(config, workdir, dataset=None, mesh=None):
+  """Builds data, model, optimiser and steps, then restores the latest checkpoint if there is one.
+
+  `mesh`: default `sharding.make_mesh()` (one member group over every device).
+  """
   wall_start = time.perf_counter()
   sharding.configure_backend()
 
@@ -208,10 +239,12 @@ def restore_or_start(config, workdir, dataset=None):
   param_counts = models.count_params(state.variables(), labels)
   class_weights = losses.class_weights(config.loss, ds.class_counts("train"))
 
-  mesh = sharding.make_mesh()
+  mesh = mesh or sharding.make_mesh()
   state = sharding.replicate(state, mesh)
-  train_step = steps.make_train_step(config, model, tx, num_classes, class_weights, param_labels=labels)
-  ctx = EpochContext(config, train_step, mesh, train_split, steps_per_epoch, jax.random.key(config.train.seed))
+  make_train_step = functools.partial(steps.make_train_step, config, model, tx, num_classes, class_weights,
+                                      param_labels=labels)
+  ctx = EpochContext(config, lambda members: make_train_step(members=members), mesh, train_split, steps_per_epoch,
+                     jax.random.key(config.train.seed))
 
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:  # before any checkpoint: a workdir's checkpoints always have their config
@@ -236,39 +269,75 @@ def restore_or_start(config, workdir, dataset=None):
              early=early, resume=resume, history=rows, param_counts=param_counts, wall_start=wall_start)
 
 
-def fit(run):
-  """Trains the remaining epochs with callbacks, saving a checkpoint after each."""
-  config, val_split = run.config, run.dataset.splits["val"]
-  for epoch in range(run.resume.epoch + 1, config.train.epochs + 1):
+def fit(*runs):
+  """Trains the remaining epochs with callbacks, saving a checkpoint after each.
+
+  Several runs of one config that differ only in seed train together, as members of one
+  vectorized step (`steps.make_train_step(members=...)`); each keeps its own callbacks,
+  checkpoints and history, and leaves the group when it stops.
+  """
+  lead = runs[0]
+  ctx, val_split = lead.ctx, lead.dataset.splits["val"]
+  for run in runs:
+    run.stopped_early = run.early.wait >= run.early.patience
+    run.done = run.stopped_early or run.resume.epoch >= run.config.train.epochs
+  train_step = ctx.make_train_step(len(runs))
+  state = sharding.put_members(stack([run.state for run in runs]), ctx.mesh)
+  while not all(run.done for run in runs):
     epoch_start = time.perf_counter()
-    run.state, train_m = train_epoch(run.state, run.ctx, epoch)
-    val_m, _ = run.evaluator(run.state, val_split)
-    factor = optim.lr_factor(run.state.opt_state)
-    lr = optim.learning_rate(config.optim, run.ctx.steps_per_epoch, int(run.state.step), factor)
-    record = history.epoch_record(epoch, train_m, val_m, lr, time.perf_counter() - epoch_start,
-                                  train_m["images"] / train_m["seconds"])
-    history.append_history(run.history, run.history_path, record)
-    improved, run.stopped_early = run.early.update(val_m["accuracy"], epoch)
-    if config.optim.plateau:
-      new_lr = run.plateau.update(val_m["loss"], lr)
-      if new_lr != lr:
-        run.state = run.state.replace(opt_state=optim.with_lr_factor(run.state.opt_state, factor * new_lr / lr))
-        log(f"  ReduceLROnPlateau: lr {lr:.3g} -> {new_lr:.3g}")
-    run.resume = ResumeState(epoch=epoch, elapsed_s=run.resume.elapsed_s + time.perf_counter() - epoch_start,
-                             plateau=dataclasses.asdict(run.plateau), early=dataclasses.asdict(run.early))
-    run.checkpoints.save(epoch, run.state, dataclasses.asdict(run.resume), val_accuracy=val_m["accuracy"])
-    log(f"epoch {epoch}/{config.train.epochs}  train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.2%}  "
-        f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.2%}  gap {record['gap']:+.1f}  "
-        f"lr {lr:.3g}  {record['epoch_time_s']:.1f}s ({record['images_per_s']:.0f} img/s)"
-        + ("  *best*" if improved else ""))
-    if run.stopped_early:
-      log(f"Early stopping: no val_accuracy gain for {run.early.patience} epochs (best epoch {run.early.best_epoch}).")
-      break
-  if not run.history:  # epochs=0: evaluate the initial (e.g. ported) weights as epoch 0
-    train_m, _ = run.evaluator(run.state, run.ctx.split)
-    val_m, _ = run.evaluator(run.state, val_split)
-    history.append_history(run.history, run.history_path, history.epoch_record(0, train_m, val_m, 0.0, 0.0, 0.0))
-  run.checkpoints.close()
+    state, train_ms = train_epoch(state, runs, train_step)
+    vals = lead.evaluator.members(state, val_split)
+    factors = sharding.to_host(optim.lr_factor(state.opt_state))
+    step_counts = sharding.to_host(state.step)
+    training = [i for i, run in enumerate(runs) if not run.done]
+    new_factors, ends = factors.copy(), {}
+    for i in training:
+      ends[i] = end_epoch(runs[i], train_ms[i], vals[i][0], int(step_counts[i]), float(factors[i]), epoch_start)
+      new_factors[i] = ends[i]["factor"]
+    if np.any(new_factors != factors):
+      state = sharding.put_members(state.replace(opt_state=optim.with_lr_factor(state.opt_state, new_factors)),
+                                   ctx.mesh)
+    for i in training:
+      save_epoch(runs[i], member(state, i), ends[i], len(runs) > 1)
+  for run in runs:
+    if not run.history:  # epochs=0: evaluate the initial (e.g. ported) weights as epoch 0
+      train_m, _ = run.evaluator(run.state, run.ctx.split)
+      val_m, _ = run.evaluator(run.state, val_split)
+      history.append_history(run.history, run.history_path, history.epoch_record(0, train_m, val_m, 0.0, 0.0, 0.0))
+    run.checkpoints.close()
+
+
+def end_epoch(run, train_m, val_m, step_count, factor, epoch_start):
+  """A run's history row and callbacks after an epoch; returns what `save_epoch` reports, with the new lr factor."""
+  config, epoch = run.config, run.resume.epoch + 1
+  lr = optim.learning_rate(config.optim, run.ctx.steps_per_epoch, step_count, factor)
+  record = history.epoch_record(epoch, train_m, val_m, lr, time.perf_counter() - epoch_start,
+                                train_m["images"] / train_m["seconds"])
+  history.append_history(run.history, run.history_path, record)
+  improved, run.stopped_early = run.early.update(val_m["accuracy"], epoch)
+  new_lr = run.plateau.update(val_m["loss"], lr) if config.optim.plateau else lr
+  run.resume = ResumeState(epoch=epoch, elapsed_s=run.resume.elapsed_s + time.perf_counter() - epoch_start,
+                           plateau=dataclasses.asdict(run.plateau), early=dataclasses.asdict(run.early))
+  run.done = run.stopped_early or epoch >= config.train.epochs
+  return {"record": record, "improved": improved, "lr": lr, "new_lr": new_lr, "factor": factor * new_lr / lr}
+
+
+def save_epoch(run, state, end, name_the_run):
+  """Checkpoints a run's state after the epoch `end_epoch` recorded, and prints its line."""
+  config, record, lr = run.config, end["record"], end["lr"]
+  run.checkpoints.save(run.resume.epoch, state, dataclasses.asdict(run.resume), val_accuracy=record["val_accuracy"])
+  prefix = f"[seed {config.train.seed}] " if name_the_run else ""
+  log(f"{prefix}epoch {run.resume.epoch}/{config.train.epochs}  train loss {record['train_loss']:.4f} "
+      f"acc {record['train_accuracy']:.2%}  val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.2%}  "
+      f"gap {record['gap']:+.1f}  lr {lr:.3g}  {record['epoch_time_s']:.1f}s ({record['images_per_s']:.0f} img/s)"
+      + ("  *best*" if end["improved"] else ""))
+  if end["new_lr"] != lr:
+    log(f"  {prefix}ReduceLROnPlateau: lr {lr:.3g} -> {end['new_lr']:.3g}")
+  if run.stopped_early:
+    log(f"{prefix}Early stopping: no val_accuracy gain for {run.early.patience} epochs "
+        f"(best epoch {run.early.best_epoch}).")
+  if run.done:
+    run.state = state
 
 
 def train_subset(split, size, seed=0):
@@ -305,24 +374,59 @@ def finish(run):
 
 def train_and_evaluate(config, workdir, dataset=None):
   """Trains `config` in `workdir` (resuming if it holds an unfinished run); returns the summary."""
-  workdir = os.path.abspath(workdir)
-  config_loading.check_values(config)  # launch.py and load_config have; a config built in code may not
-  workdir_guard.check_same_config(config, workdir)  # on every process, before anything is written
-  if os.path.exists(os.path.join(workdir, "metrics.json")):
-    return finished_summary(workdir)
-  # Only process 0 writes, so only it needs to keep a second launch out of the workdir.
-  with workdir_guard.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
-    run = restore_or_start(config, workdir, dataset)
-    try:
-      fit(run)
-    except BaseException:
-      # Ctrl-C: commit the save in flight, so a rerun resumes after the last finished epoch. A failed
-      # save (a full disk): wait out orbax's other writes, whose threads would print tracebacks at exit;
-      # their errors repeat the one being raised.
-      with contextlib.suppress(Exception):
-        run.checkpoints.close()
-      raise
-    return finish(run)
+  return train_together([config], [workdir], dataset)[0]
+
+
+def check_seeds_only(configs):
+  """Vectorized members must be the same run but for train.seed: one step, one data pipeline."""
+  def fields(config):
+    return {f"{section}.{k}": v for section, d in config.to_dict().items() if isinstance(d, dict)
+            for k, v in d.items() if f"{section}.{k}" != "train.seed"}
+  first = fields(configs[0])
+  differ = sorted({k for config in configs[1:] for k, v in fields(config).items() if first.get(k) != v})
+  if differ:
+    raise ValueError(f"vectorized runs may differ only in config.train.seed; these differ too: {', '.join(differ)}")
+
+
+def train_together(configs, workdirs, dataset=None):
+  """Trains runs that differ only in config.train.seed together, as members of one vectorized step
+  (one run: a plain run); returns their summaries. Finished runs are reported, unfinished ones resume
+  (each from its own epoch)."""
+  check_seeds_only(configs)
+  workdirs = [os.path.abspath(w) for w in workdirs]
+  for config, workdir in zip(configs, workdirs):
+    config_loading.check_values(config)  # launch.py and load_config have; a config built in code may not
+    workdir_guard.check_same_config(config, workdir)  # on every process, before anything is written
+  todo = [i for i, w in enumerate(workdirs) if not os.path.exists(os.path.join(w, "metrics.json"))]
+  summaries = {}
+  with contextlib.ExitStack() as locks:
+    if jax.process_index() == 0:  # only process 0 writes, so only it keeps a second launch out
+      for i in todo:
+        locks.enter_context(workdir_guard.lock(workdirs[i]))
+    if todo:
+      ds = dataset if dataset is not None else data.load(configs[0].data)
+      # As many device groups as divide both the devices and the members: a few runs side by side
+      # keep more devices busy than one batch of 64 cut into slivers.
+      groups = math.gcd(jax.device_count(), len(todo))
+      if len(todo) > 1:
+        log(f"{len(todo)} runs as members of one vectorized step, on {groups} group(s) of "
+            f"{jax.device_count() // groups} device(s)")
+      mesh = sharding.make_mesh(groups)
+      runs = [restore_or_start(configs[i], workdirs[i], ds, mesh) for i in todo]
+      for run in runs[1:]:
+        run.evaluator = runs[0].evaluator  # one compiled eval step for every member
+      try:
+        fit(*runs)
+      except BaseException:
+        # Ctrl-C: commit the saves in flight, so a rerun resumes after the last finished epoch. A failed
+        # save (a full disk): wait out orbax's other writes, whose threads would print tracebacks at exit;
+        # their errors repeat the one being raised.
+        for run in runs:
+          with contextlib.suppress(Exception):
+            run.checkpoints.close()
+        raise
+      summaries = dict(zip(todo, (finish(run) for run in runs)))
+  return [summaries[i] if i in summaries else finished_summary(w) for i, w in enumerate(workdirs)]
 
 
 def build_summary(config, ds, history, early, stopped_early, test_m, test_probs, raw_probs, cal_record, train_eval_m,

@@ -11,8 +11,10 @@ import os
 import socket
 
 # Fields that may differ between the saved config and a resumed one: where data is cached, how
-# it is read and how often progress is printed change nothing that is trained or measured.
-RESUME_SAFE_FIELDS = ("data.cache_dir", "data.num_workers", "train.log_every_steps", "eval.batch_size")
+# it is read, how often progress is printed and how seeds share a program (train.vectorize: the
+# same values) change nothing that is trained or measured.
+RESUME_SAFE_FIELDS = ("data.cache_dir", "data.num_workers", "train.log_every_steps", "eval.batch_size",
+                      "train.vectorize")
 
 LOCK_FILE = ".lock"
 

@@ -184,3 +184,24 @@ def test_quick_study_sweep_end_to_end(tmp_path):
   # A second sweep finds every run finished and trains nothing.
   again = subprocess.run(cmd + ["--emit"], capture_output=True, text=True, cwd=REPO, env=env)
   assert again.stdout.strip() == "" and "0 of 4 runs to do" in again.stderr
+
+
+def test_run_vectorized_trains_each_configs_seeds_together(tmp_path):
+  runs = sweep.expand([{"config": "configs/model_0.py", "seeds": (0, 1, 2)},
+                       {"config": "configs/b_pp.py", "seeds": (0, 1)}], str(tmp_path))
+  os.makedirs(runs[0].workdir)  # model_0 seed 0
+  open(os.path.join(runs[0].workdir, "metrics.json"), "w").close()
+  calls = []
+
+  def fake_together(configs, workdirs):
+    calls.append([(c.name, c.train.seed) for c in configs])
+    if configs[0].name == "b_pp":
+      raise RuntimeError("out of memory")
+    return [{"best": {"val_accuracy": 0.5}, "test": {"accuracy": 0.25}} for _ in configs]
+
+  results = sweep.run_vectorized(runs, fake_together)
+  assert calls == [[("model_0", 1), ("model_0", 2)], [("b_pp", 0), ("b_pp", 1)]]
+  assert sorted((r.group, r.seed, o) for r, o, _ in results) == [
+      ("b_pp", 0, "failed"), ("b_pp", 1, "failed"),
+      ("model_0", 0, "skipped"), ("model_0", 1, "done"), ("model_0", 2, "done")]
+  assert "out of memory" in open(os.path.join(tmp_path, "b_pp", "seed1", "error.txt")).read()

@@ -1,0 +1,97 @@
+"""Multi-process training as a cluster starts it: 2 local processes x 2 CPU devices, against one
+process with 4 devices; resume after both die; one dying process stops the other."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, TINY, launch, read_summary
+
+ARGS = ["--config=configs/model_0.py:quick", *TINY, "--config.train.epochs=3", "--config.train.early_stopping=False",
+        "--config.optim.plateau_patience=1",  # the plateau changes the lr inside the state between epochs
+        f"--config.data.cache_dir={os.path.join(tempfile.gettempdir(), 'fer_jax_test_cache')}"]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _start_processes(workdir, extra=()):
+  """Two launch.py processes of one distributed run, 2 CPU devices each; process 0's output is piped."""
+  port = _free_port()
+  procs = []
+  for pid in range(2):
+    args = [sys.executable, os.path.join(ROOT, "launch.py"), *ARGS, f"--workdir={workdir}", "--distributed",
+            f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={pid}", *extra]
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_NUM_CPU_DEVICES="2")
+    procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True))
+  return procs
+
+
+def _wait_for_line(proc, prefix):
+  for line in proc.stdout:
+    if line.startswith(prefix):
+      return line
+  raise AssertionError(f"process exited before printing {prefix!r}")
+
+
+def _history(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def four_device_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("one_process"))
+  proc = launch([*ARGS, f"--workdir={workdir}"], env={"JAX_NUM_CPU_DEVICES": "4"})
+  assert "4 x cpu" in proc.stdout
+  return workdir
+
+
+def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp_path):
+  workdir = str(tmp_path / "two_processes")
+  procs = _start_processes(workdir)
+  _wait_for_line(procs[0], "epoch 2/3")
+  for p in procs:
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+  assert not os.path.exists(os.path.join(workdir, "metrics.json"))
+
+  procs = _start_processes(workdir)
+  out0 = procs[0].communicate(timeout=300)[0]
+  out1 = procs[1].communicate(timeout=60)[0]
+  assert procs[0].returncode == 0 and procs[1].returncode == 0, out0 + out1
+  assert "Resuming" in out0 and "2 process(es)" in out0
+  assert "test accuracy" not in out1  # only process 0 reports
+
+  got, want = _history(workdir), _history(four_device_run)
+  assert [r["epoch"] for r in got] == [1, 2, 3]
+  # Same maths; the cross-process all-reduce sums in another order, and Adam's normalised
+  # steps carry that float32 rounding into the weights, as between 1 and 4 devices (test_train).
+  for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"):
+    np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=2e-3, err_msg=key)
+  s, ref = read_summary(workdir), read_summary(four_device_run)
+  assert s["best"]["epoch"] == ref["best"]["epoch"] and s["system"]["processes"] == 2
+  assert s["test"]["accuracy"] == ref["test"]["accuracy"]
+  np.testing.assert_allclose(s["test"]["loss"], ref["test"]["loss"], rtol=2e-3)
+  np.testing.assert_allclose(np.load(os.path.join(workdir, "test_predictions.npz"))["probs"],
+                             np.load(os.path.join(four_device_run, "test_predictions.npz"))["probs"], atol=2e-3)
+
+  # The last and the best epoch, committed once each, nothing half-written beside them; the
+  # manager written by two processes restores in this one.
+  from fer_jax import checkpoint
+  ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
+  names = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  assert [n for n in names if n != "calibration.json"] == sorted({"3", str(s["best"]["epoch"])}), names
+  assert ckpts.manager.all_steps() == sorted({3, s["best"]["epoch"]}) and ckpts.manager.best_step() == s["best"]["epoch"]
+  ckpts.close()
