@@ -1,0 +1,65 @@
+"""What launch.py prints when a run cannot go on: one line each, no traceback (docs/troubleshooting.md)."""
+import errno
+import os
+import sys
+
+
+def config_flag_text(e, context):
+  """The last line of a bad --config's exception message (config_flags wraps whole tracebacks)."""
+  lines = [l.strip(" '\"\\") for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
+  detail = lines[-1] if lines else type(e).__name__
+  if "has no attribute 'get_config" in detail:  # config_flags imports the file and calls get_config()
+    detail = "the config file defines no get_config(arg)"
+  elif isinstance(e, (AttributeError, KeyError)):  # ConfigDict's unknown field: "Did you mean ..."
+    detail = f"unknown field {lines[0]}. {detail}"
+  return f"error: {detail} ({context})"
+
+
+def error_lines(e):
+  """`error: ...` for each line of an error message (a bad config lists one field per line)."""
+  return "\n".join(f"error: {line}" for line in str(e).splitlines())
+
+
+def last_saved_epoch(workdir):
+  from fer_jax import checkpoint
+  return checkpoint.last_saved_epoch(os.path.join(workdir, "checkpoints"))
+
+
+def os_error_text(e, workdir):
+  """One line for a failed write: disk full, read-only or permission denied; None for others."""
+  where = e.filename or workdir
+  if e.errno == errno.ENOSPC:
+    epoch = last_saved_epoch(workdir)
+    saved = (f"the last good checkpoint is epoch {epoch} ({os.path.join(workdir, 'checkpoints', str(epoch))})"
+             if epoch is not None else "no checkpoint was saved yet")
+    sizes = (e.strerror or "").partition(": ")[2]  # what a checkpoint needs and what is free, when known
+    return (f"error: no space left on device writing {where}{f' ({sizes})' if sizes else ''}; {saved}; "
+            "free space and rerun the same command to resume")
+  if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+    return f"error: cannot write {where}: {e.strerror}; pass a writable --workdir (or config.data.cache_dir)"
+  return None
+
+
+def exit_with(text):
+  """Exits with `text` as the last thing printed.
+
+  Background work that the error cut short (orbax reading the same damaged checkpoint on another
+  thread, say) would otherwise print 'Exception ignored' tracebacks while the interpreter shuts down.
+  """
+  sys.unraisablehook = lambda _: None
+  sys.exit(text)
+
+
+def one_line_on_failure(train_fn, workdir):
+  """Runs `train_fn`; Ctrl-C, bad input, a full disk or a read-only folder end it with one line."""
+  try:
+    train_fn()
+  except KeyboardInterrupt:
+    exit_with(f"interrupted after epoch {last_saved_epoch(workdir) or 0}; rerun the same command to resume")
+  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    exit_with(error_lines(e))
+  except OSError as e:
+    text = os_error_text(e, workdir)
+    if text is None:
+      raise
+    exit_with(text)
