@@ -8,8 +8,8 @@ Step 1 pools every image of SRC, splits them into --folds stratified folds and t
 --config once per fold (fer_jax.train.train_and_evaluate: train = the other folds less a
 stratified val hold-out of config.data.val_fraction, test = the fold), so every image gets
 class probabilities from a model that never saw it (out-of-fold). The default judge is Model 0
-trained as the study trains it; the summary prints its out-of-fold accuracy and recall per
-class and warns when it is weak. Confident learning (Northcutt et al. 2021) then sets a
+trained as the study trains it; the summary prints its out-of-fold accuracy (overall and per
+fold) and recall per class and warns when it is weak. Confident learning (Northcutt et al. 2021) then sets a
 threshold per class, t_j = the mean probability of class j over the images labelled j; counts
 the images labelled i whose most probable class above its threshold is j (the confident
 joint); calibrates it to the label counts into an estimate Q of the joint distribution of
@@ -128,18 +128,19 @@ class Suspects:
     return float(1 - np.trace(self.joint))
 
 
-def judge_quality(probs, labels, k):
-  """(out-of-fold accuracy, per-class recall [K], warning or '') of the fold models."""
-  predicted = np.argmax(probs, axis=1)
-  accuracy = float(np.mean(predicted == labels))
-  recall = np.array([np.mean(predicted[labels == c] == c) if np.any(labels == c) else np.nan
-                     for c in range(k)])
-  weak = accuracy < WEAK_ACCURACY or np.nanmin(recall) < WEAK_RECALL
-  warning = (f"WARNING: weak judge (out-of-fold accuracy {accuracy:.1%}, lowest class recall "
-             f"{np.nanmin(recall):.1%}; wanted >= {WEAK_ACCURACY:.0%} and >= {WEAK_RECALL:.0%}): the "
-             "suspects and the noise estimate then reflect the model's errors more than the labels; "
-             "train longer or choose a stronger --config") if weak else ""
-  return accuracy, recall, warning
+def judge_quality(probs, labels, k, fold_of):
+  """(out-of-fold accuracy, per-class recall [K], per-fold accuracy, warning or '') of the fold
+  models. Each fold is judged too: one fold model that failed to train hides in the average."""
+  right = np.argmax(probs, axis=1) == labels
+  accuracy = float(np.mean(right))
+  recall = np.array([np.mean(right[labels == c]) if np.any(labels == c) else np.nan for c in range(k)])
+  per_fold = np.array([np.mean(right[fold_of == f]) for f in np.unique(fold_of)])
+  weak = per_fold.min() < WEAK_ACCURACY or np.nanmin(recall) < WEAK_RECALL
+  warning = (f"WARNING: weak judge (out-of-fold accuracy {accuracy:.1%}, lowest fold {per_fold.min():.1%}, "
+             f"lowest class recall {np.nanmin(recall):.1%}; wanted >= {WEAK_ACCURACY:.0%} in every fold "
+             f"and >= {WEAK_RECALL:.0%} per class): the suspects and the noise estimate then reflect the "
+             "model's errors more than the labels; train longer or choose a stronger --config") if weak else ""
+  return accuracy, recall, per_fold, warning
 
 
 # ---------------------------------------------------------------------------- out-of-fold probabilities
@@ -154,7 +155,8 @@ def _fingerprint(records, config, folds, seed):
 
 
 def out_of_fold_probs(images, labels, classes, config, folds, seed, workdir):
-  """Class probabilities [N, K] for every image from the fold model that did not train on it."""
+  """(class probabilities [N, K] for every image from the fold model that did not train on it,
+  each image's fold [N])."""
   import jax
   from fer_jax import train  # JAX starts here, only when a model is trained
   if not jax.config.jax_compilation_cache_dir:
@@ -182,7 +184,7 @@ def out_of_fold_probs(images, labels, classes, config, folds, seed, workdir):
       # flatten a weak judge's probabilities to near-uniform (folds trained before calibration
       # saved only `probs`, which are raw).
       probs[test_idx] = z["raw_probs"] if "raw_probs" in z.files else z["probs"]
-  return probs
+  return probs, fold_of
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -238,21 +240,23 @@ def load_config(args, classes):
     raise common.ToolError(f"--config {args.config}: {e}") from None
 
 
-def summary_lines(args, classes, labels, probs, found, rows):
-  accuracy, recall, warning = judge_quality(probs, labels, len(classes))
+def summary_lines(args, classes, labels, probs, fold_of, found, rows):
+  accuracy, recall, per_fold, warning = judge_quality(probs, labels, len(classes), fold_of)
   n = len(labels)
   cells = collections.Counter(f"{row['given_label']}->{row['suggested_label']}" for row in rows)
   estimated = {f"{classes[i]}->{classes[j]}": found.joint[i, j] * n for i in range(len(classes))
                for j in range(len(classes)) if i != j and found.joint[i, j] * n >= 0.5}
   lines = [f"{n:,} images scored out-of-fold by {args.config} ({args.folds} folds); "
-           f"out-of-fold accuracy {accuracy:.1%}; recall per class: "
+           f"out-of-fold accuracy {accuracy:.1%} (per fold: "
+           + ", ".join(f"{a:.1%}" for a in per_fold) + "); recall per class: "
            + ", ".join(f"{c} {r:.1%}" for c, r in zip(classes, recall))]
   lines += [warning] if warning else []
   lines += ["class thresholds (mean self-confidence): "
             + ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, found.thresholds)),
             f"estimated label noise (confident learning, off-diagonal mass of the estimated joint): "
             f"{found.noise_rate:.1%} = {found.noise_rate * n:,.0f} images; flagged {len(rows):,} "
-            f"suspects ({len(rows) / max(n, 1):.1%})",
+            f"suspects ({len(rows) / max(n, 1):.1%}); the judge's own confident errors count as noise, "
+            "so the weaker the judge, the more the estimate exceeds the true rate",
             "  given->true: " + ", ".join(f"{k} {cells[k]} (est. {v:.0f})" for k, v in
                                           sorted(estimated.items(), key=lambda kv: -kv[1])),
             f"review: DST/review.csv (fill `decision`: {common.DECISIONS}), contact sheet "
@@ -276,7 +280,7 @@ def plan_review(args, tree):
     raise common.ToolError(f"SRC {args.src}: every class needs at least --folds={args.folds} images")
   workdir = os.path.join(os.path.abspath(args.out), ".mislabel_runs",
                          _fingerprint(records, config, args.folds, args.seed))
-  probs = out_of_fold_probs(images, labels, classes, config, args.folds, args.seed, workdir)
+  probs, fold_of = out_of_fold_probs(images, labels, classes, config, args.folds, args.seed, workdir)
 
   found = find_suspects(probs, labels)
   rows = []
@@ -292,12 +296,12 @@ def plan_review(args, tree):
                  "decision": ""})
   for r in records:
     entries.append(common.entry_for(tree, r, "kept"))
-  summary = summary_lines(args, classes, labels, probs, found, rows)
+  summary = summary_lines(args, classes, labels, probs, fold_of, found, rows)
   reports = {
       "review.csv": common.review_csv(rows, ["p_given", "p_suggested", "threshold"]),
       "suspects.png": contact_sheet(images, list(zip(found.ranked, rows))[:args.sheet]),
       "oof_probs.npz": npz_bytes(files=np.array([tree.tree_path(r) for r in records]),
-                                 labels=labels.astype(np.int32), probs=probs),
+                                 labels=labels.astype(np.int32), probs=probs, fold=fold_of.astype(np.int32)),
   }
   return entries, summary, reports
 

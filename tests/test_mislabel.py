@@ -179,3 +179,18 @@ def test_a_weak_judge_is_called_out_on_builtin_faces(tmp_path, capsys):
   out = capsys.readouterr().out
   assert result["accuracy"] < mislabel.WEAK_ACCURACY and "WARNING: weak judge" in out
   assert f"flagged {result['flagged']:,} suspects" in out and "out-of-fold accuracy" in out
+
+
+def test_benchmark_base_faces_carry_no_label_noise_of_their_own():
+  """The built-in classes overlap: a few faces are, by their own expression parameters, more
+  likely another class. The benchmark redraws those, so its planted flips are the only noise."""
+  images, labels, redrawn = mislabel_quality.draw_faces(50, clean=True, seed=1)
+  assert images.shape == (200, 48, 48, 1) and np.bincount(labels).tolist() == [50] * 4
+  assert 0.005 < redrawn < 0.1  # ~3 %, as measured on 4,000 faces
+  # a prototype's own means are most likely their own class
+  means = {p: np.array([mislabel_quality.builtin.prototype(c)[p][0] for c in mislabel_quality.FER4])
+           for p in mislabel_quality.faces.EXPRESSION_PARAMS}
+  assert mislabel_quality.expression_posterior(means, mislabel_quality.FER4).argmax(1).tolist() == [0, 1, 2, 3]
+  _, _, expression = mislabel_quality.builtin.generate(mislabel_quality.FER4, 100, size=16, seed=2)
+  posterior = mislabel_quality.expression_posterior(expression, mislabel_quality.FER4)
+  assert np.allclose(posterior.sum(1), 1) and 0.9 < posterior.max(1).mean() < 1.0
