@@ -179,6 +179,7 @@ def test_a_weak_judge_is_called_out_on_builtin_faces(tmp_path, capsys):
   out = capsys.readouterr().out
   assert result["accuracy"] < mislabel.WEAK_ACCURACY and "WARNING: weak judge" in out
   assert f"flagged {result['flagged']:,} suspects" in out and "out-of-fold accuracy" in out
+  assert len(result["fold_accuracy"]) == 2 and "(per fold: " in out and "lowest fold" in out
 
 
 def test_benchmark_base_faces_carry_no_label_noise_of_their_own():
