@@ -26,10 +26,9 @@ from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image
-
-from benchmarks.timing import timed
 from scipy import stats
 
+from benchmarks.timing import timed
 from data_tools import mislabel
 from fer_jax.data import FER4
 from fer_jax.data import builtin
@@ -149,4 +148,5 @@ def main(_):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
