@@ -379,11 +379,9 @@ def train_and_evaluate(config, workdir, dataset=None):
 
 def check_seeds_only(configs):
   """Vectorized members must be the same run but for train.seed: one step, one data pipeline."""
-  def fields(config):
-    return {f"{section}.{k}": v for section, d in config.to_dict().items() if isinstance(d, dict)
-            for k, v in d.items() if f"{section}.{k}" != "train.seed"}
-  first = fields(configs[0])
-  differ = sorted({k for config in configs[1:] for k, v in fields(config).items() if first.get(k) != v})
+  first, *others = [workdir_guard.flat_fields(config.to_dict()) for config in configs]
+  differ = sorted({k for fields in others for k in set(first) | set(fields)
+                   if k != "train.seed" and first.get(k) != fields.get(k)})
   if differ:
     raise ValueError(f"vectorized runs may differ only in config.train.seed; these differ too: {', '.join(differ)}")
 

@@ -23,11 +23,12 @@ class WorkdirError(ValueError):
   """A workdir that cannot be used for this run; the message names it and says what to do."""
 
 
-def _flatten(tree, prefix=""):
+def flat_fields(tree, prefix=""):
+  """{'section.field': value} of a nested config dict, at any depth."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
+      out.update(flat_fields(value, f"{prefix}{key}."))
     else:
       out[f"{prefix}{key}"] = value
   return out
@@ -35,8 +36,8 @@ def _flatten(tree, prefix=""):
 
 def config_differences(saved, config):
   """['field: saved -> now', ...] for the fields of two config dicts that differ (safe fields left out)."""
-  now = _flatten(json.loads(json.dumps(config)))  # tuples as the saved JSON holds them: lists
-  saved = _flatten(saved)
+  now = flat_fields(json.loads(json.dumps(config)))  # tuples as the saved JSON holds them: lists
+  saved = flat_fields(saved)
   missing = object()
   diffs = []
   for field in sorted(set(saved) | set(now)):
