@@ -22,7 +22,7 @@ import os
 import numpy as np
 from scipy import optimize, special
 
-from fer_jax import metrics
+from fer_jax import history, metrics
 
 FILE = os.path.join("checkpoints", "calibration.json")
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]; a chance-level model reaches 55 (near-uniform probabilities)
@@ -97,11 +97,7 @@ def _scores(calibration_metrics):
 
 
 def save(workdir, calibration):
-  path = os.path.join(workdir, FILE)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(dataclasses.asdict(calibration), f, indent=2)
-  os.replace(tmp, path)
+  history.write_json(os.path.join(workdir, FILE), dataclasses.asdict(calibration))
 
 
 def load(workdir, default_threshold=0.7):
