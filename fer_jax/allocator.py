@@ -10,8 +10,9 @@ memory for reuse: 16 page faults per step, B++ 1.15-1.3x and Model 0 1.35-1.45x 
 
 glibc's own tunables cannot keep such blocks (the threshold is capped at 32 MB), and the allocator
 must be in place before Python starts, so the entry points (launch.py, fer_jax.sweep) re-execute
-themselves once with LD_PRELOAD naming tcmalloc (`use_tcmalloc`), as TensorFlow's and PyTorch's
-CPU performance guides recommend. FER_JAX_MALLOC=system turns this off.
+themselves once with LD_PRELOAD naming tcmalloc (`use_tcmalloc`). FER_JAX_MALLOC=system turns
+this off. Measured on a 2-core Intel Xeon (AVX-512); the page faults come from glibc and the
+kernel, not the CPU, so other CPUs pay them too (how much there is not measured).
 """
 import ctypes.util
 import os
@@ -74,5 +75,5 @@ def describe():
     return f"malloc: tcmalloc ({ENV_SWITCH}=system to use the C library's)"
   if os.environ.get(ENV_SWITCH) == "system":
     return f"malloc: the C library's ({ENV_SWITCH}=system)"
-  return ("malloc: the C library's; XLA:CPU steps run 1.15-1.45x faster with tcmalloc "
+  return ("malloc: the C library's; XLA:CPU steps ran 1.15-1.45x faster with tcmalloc on a Xeon "
           "(Debian/Ubuntu: apt-get install libtcmalloc-minimal4; docs/performance.md)")
