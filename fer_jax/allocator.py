@@ -6,7 +6,7 @@ the kernel on free, so every train step touches hundreds of MB of fresh pages th
 zero-fills one 4 KiB page at a time: measured on B++ at batch 64, 166,000 page faults and 0.4
 CPU-seconds of kernel time per step (a fifth of its CPU time), and elementwise passes over large
 arrays at a third of the memory bandwidth numpy gets (docs/performance.md). tcmalloc keeps freed
-memory for reuse: 16 page faults per step, B++ 1.15-1.3x and Model 0 1.35-1.45x faster.
+memory for reuse: 1-48 page faults per step, B++ 1.15-1.3x and Model 0 1.35-1.45x faster.
 
 glibc's own tunables cannot keep such blocks (the threshold is capped at 32 MB), and the allocator
 must be in place before Python starts, so the entry points (launch.py, fer_jax.sweep) re-execute
@@ -42,12 +42,16 @@ def loaded():
     return False
 
 
+def _switched_off(env):
+  return env.get(ENV_SWITCH) == "system"
+
+
 def preload_env(env=None):
   """A copy of `env` (default os.environ) whose processes start with tcmalloc where it is
   installed and not switched off; unchanged otherwise."""
   env = dict(os.environ if env is None else env)
   library = find_tcmalloc()
-  if env.get(ENV_SWITCH) == "system" or not library or "tcmalloc" in env.get("LD_PRELOAD", ""):
+  if _switched_off(env) or not library or "tcmalloc" in env.get("LD_PRELOAD", ""):
     return env
   env["LD_PRELOAD"] = " ".join(filter(None, (library, env.get("LD_PRELOAD"))))
   return env
@@ -60,7 +64,7 @@ def use_tcmalloc():
   if loaded() or os.environ.get(_TRIED) or sys.platform != "linux":
     return
   env = preload_env()
-  if "tcmalloc" not in env.get("LD_PRELOAD", ""):
+  if env.get("LD_PRELOAD") == os.environ.get("LD_PRELOAD"):  # nothing to preload
     return
   env[_TRIED] = "1"
   sys.stdout.flush()
@@ -73,7 +77,7 @@ def describe():
   """One line for logs: which allocator this process runs with, and how to change it."""
   if loaded():
     return f"malloc: tcmalloc ({ENV_SWITCH}=system to use the C library's)"
-  if os.environ.get(ENV_SWITCH) == "system":
+  if _switched_off(os.environ):
     return f"malloc: the C library's ({ENV_SWITCH}=system)"
   return ("malloc: the C library's; XLA:CPU steps ran 1.15-1.45x faster with tcmalloc on a Xeon "
           "(Debian/Ubuntu: apt-get install libtcmalloc-minimal4; docs/performance.md)")
