@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_jax import calibration, metrics
+from fer_jax import allocator, calibration, metrics
 from fer_jax.report import study
 from tests.conftest import ROOT, TINY, launch, read_summary
 
@@ -43,6 +43,8 @@ def test_run_leaves_a_complete_workdir(reference_run):
   assert set(os.listdir(os.path.join(workdir, "checkpoints"))) == {str(best_epoch), "3", "calibration.json"}
   assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "gap", "lr", "epoch_time_s",
           "images_per_s"} <= set(history[0])
+  if allocator.find_tcmalloc():  # launch.py re-ran itself with it (fer_jax/allocator.py)
+    assert "malloc: tcmalloc" in stdout
   s = read_summary(workdir)
   best = max(history, key=lambda r: r["val_accuracy"])
   assert s["best"]["val_accuracy"] == best["val_accuracy"]
