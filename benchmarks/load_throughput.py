@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.timing import timed
-from configs import common
+from fer_jax.configs import common
 from fer_jax import data
 from fer_jax.data import folders
 

@@ -32,7 +32,7 @@ from benchmarks.timing import timed
 from data_tools import mislabel
 from fer_jax.data import FER4
 from fer_jax.data import builtin
-from fer_jax.data import faces
+from fer_jax.data import synthetic
 
 # The benchmark's judge: Model 0 narrowed to the small CNN of docs/builtin_data.md, a few minutes
 # per fold on a CPU. A fold trains on only ~1,700 faces (5 folds; 3 left it 1,440 and a weaker
@@ -49,7 +49,7 @@ def expression_posterior(expression, classes):
   """P(class | expression parameters) [N, K] under the generator's prototypes, equal priors:
   independent Gaussians per parameter, censored where builtin.LIMITS clips them."""
   log_like = 0.0
-  for p in faces.EXPRESSION_PARAMS:
+  for p in synthetic.EXPRESSION_PARAMS:
     value = np.asarray(expression[p], np.float64)[:, None]
     mean, std = (np.array([builtin.prototype(c)[p][i] for c in classes]) for i in (0, 1))
     low, high = builtin.LIMITS.get(p, (-np.inf, np.inf))

@@ -9,7 +9,7 @@ and warm-up) of fer_jax's real train step (`steps.make_train_step(members=S)`):
   vmap, map    S members stacked in one step, each with its own 64-image batch, as
                config.train.vectorize runs them: 'vmap' (one batched computation) or 'map'
                (the members one after another inside one program; the CPU default)
-  host feed    one run's step as `train.train_epoch` feeds it (rows gathered from the host
+  host feed    one run's step as `loop.train_epoch` feeds it (rows gathered from the host
                arrays in epoch order, then transferred every step) against data on device
 
   python benchmarks/sweep_throughput.py [--members=1,2,4,8] [--models=model_0,b_pp] [--steps=3] [--how=map,vmap]
@@ -48,7 +48,10 @@ def measure(step, n_steps):
 def model_rows(name, member_counts, n_steps, modes):
   import jax
   import jax.numpy as jnp
-  from fer_jax import config_loading, losses, models, sharding, steps, train
+  from fer_jax import config_loading, losses, models
+  from fer_jax.platform import sharding
+  from fer_jax.train import steps
+  from fer_jax.train import loop
   from fer_jax.data import batching
 
   config = config_loading.load_config(os.path.join(CONFIGS, f"{name}.py"))
@@ -69,7 +72,7 @@ def model_rows(name, member_counts, n_steps, modes):
     step = steps.make_train_step(config_s, model, tx, CLASSES, class_weights, param_labels=labels_tree,
                                  members=members)
     keys = sharding.put_members(jnp.stack([jax.random.key(s) for s in range(members)]), mesh)
-    return step, sharding.put_members(train.stack(states), mesh), keys
+    return step, sharding.put_members(loop.stack(states), mesh), keys
 
   def on_device_step(step, holder, keys, members):
     x, y = sharding.shard_batch(mesh, np.stack([pool_images[:BATCH]] * members),
@@ -93,7 +96,7 @@ def model_rows(name, member_counts, n_steps, modes):
       order = batching.epoch_order(POOL, 0, 1)
       position = [0]
 
-      def host_fed():  # what train.train_epoch does per step
+      def host_fed():  # what loop.train_epoch does per step
         s = position[0] % (POOL // BATCH)
         position[0] += 1
         idx = np.sort(order[s * BATCH:(s + 1) * BATCH])
@@ -107,7 +110,7 @@ def model_rows(name, member_counts, n_steps, modes):
 def main(argv):
   del argv
   import jax
-  from fer_jax import sharding
+  from fer_jax.platform import sharding
   sharding.configure_backend()
   member_counts = sorted({1, *(int(m) for m in _MEMBERS.value)})
   print(f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; "

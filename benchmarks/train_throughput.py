@@ -3,9 +3,9 @@
 Times steady-state training steps (after compilation and warm-up) at batch 64 on 48x48x1
 images, for Model 0 and B++, each framework in its own process:
 
-  fer_jax         the real step (fer_jax.steps.make_train_step) with conv_impl='auto': on CPU,
+  fer_jax         the real step (fer_jax.train.steps.make_train_step) with conv_impl='auto': on CPU,
                   per conv layer the implementation measured fastest on this CPU
-                  (fer_jax/conv_choice.py; measured on first use, then cached on disk)
+                  (fer_jax/models/kernels/conv_choice.py; measured on first use, then cached on disk)
   fer_jax_winograd  the same step with conv_impl='winograd'
   fer_jax_im2col  the same step with conv_impl='im2col'
   fer_jax_xla     the same step with conv_impl='xla' (XLA's own convolution gradients)
@@ -14,7 +14,7 @@ images, for Model 0 and B++, each framework in its own process:
   keras_tf_xla    Keras 3 on TensorFlow, jit_compile=True (TF through XLA)
   keras_jax       Keras 3 on JAX (jitted by Keras, XLA's convolution gradients)
   keras_tf_tcmalloc  keras_tf with tcmalloc preloaded, as every fer_jax process runs
-                  (fer_jax/allocator.py; launch.py does it itself): the same allocator on both sides
+                  (fer_jax/platform/allocator.py; launch.py does it itself): the same allocator on both sides
 
 The Keras frameworks run as their users run them, with the C library's malloc, except
 keras_tf_tcmalloc. Each line says which allocator its process had.
@@ -31,7 +31,7 @@ the implementation 'auto' chose for each conv layer, and for each fer_jax step i
 cost analysis counts them (Winograd's are fewer than a direct convolution's), the same model's
 direct-convolution FLOP (the 'xla' step's count: the work every framework does), the FLOP/s
 achieved and their share of the CPU's float32 peak where it is known (cores x clock x FLOP per
-cycle from the ISA, fer_jax/cpu_info.py).
+cycle from the ISA, fer_jax/platform/cpu_info.py).
 
   python benchmarks/train_throughput.py [--steps=3] [--rounds=1] [--models=model_0,b_pp]
       [--frameworks=fer_jax,fer_jax_winograd,fer_jax_im2col,fer_jax_xla,keras_tf,keras_tf_xla,keras_jax,
@@ -53,9 +53,9 @@ from absl import flags
 import jax
 import numpy as np
 
-from fer_jax import allocator
-from fer_jax import conv_choice
-from fer_jax import cpu_info
+from fer_jax.platform import allocator
+from fer_jax.models.kernels import conv_choice
+from fer_jax.platform import cpu_info
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 MODELS = ("model_0", "b_pp")
@@ -101,7 +101,9 @@ def time_steps(step, n_warmup, n_steps):
 
 def fer_jax_step(model_name, conv_impl):
   """(parameter count, the train step, its arguments) of fer_jax's real step on fixed_batch()."""
-  from fer_jax import config_loading, losses, models, sharding, steps
+  from fer_jax import config_loading, losses, models
+  from fer_jax.platform import sharding
+  from fer_jax.train import steps
 
   config = config_loading.load_config(os.path.join(CONFIGS, f"{model_name}.py"), {"model.conv_impl": conv_impl})
   model = models.build(config.model, CLASSES)
@@ -116,7 +118,7 @@ def fer_jax_step(model_name, conv_impl):
 
 
 def fer_jax_worker(model_name, conv_impl):
-  from fer_jax import sharding
+  from fer_jax.platform import sharding
 
   sharding.configure_backend()  # as train_and_evaluate does before anything is traced
   params, train_step, args = fer_jax_step(model_name, conv_impl)

@@ -8,8 +8,8 @@ Study (+AffectNet, frozen, 0-255 input): best val 74.81 %, train 78.33 %, epoch 
 Weights: docs/transfer.md.
 4,379,559 parameters; 329,476 trainable (4 classes).
 """
-from configs import common
-from configs import transfer_common
+from fer_jax.configs import common
+from fer_jax.configs import transfer_common
 
 
 def get_config(arg=None):

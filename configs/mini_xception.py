@@ -9,7 +9,7 @@ train/val/test reports are of the ported weights), on FER2013's 7 classes or wit
 `transfer4`: a new 4-way head on the ported body, modules 1-4 fine-tuned. `quick`: transfer4 on built-in faces.
 58,423 parameters (7 classes). Not part of the study; see docs/transfer.md.
 """
-from configs import common
+from fer_jax.configs import common
 from fer_jax.models.mini_xception import FER2013_CLASSES, INPUT_SIZE
 
 

@@ -8,8 +8,8 @@ Study (+AffectNet, frozen, raw [0, 1] input = preprocessing 'study'): best val 7
 train 73.20 %, epoch 14, 256 s on an A100. Weights: docs/transfer.md.
 24,091,396 parameters; 526,084 trainable (4 classes).
 """
-from configs import common
-from configs import transfer_common
+from fer_jax.configs import common
+from fer_jax.configs import transfer_common
 
 
 def get_config(arg=None):

@@ -3,7 +3,7 @@
 A transfer model resizes the data's faces on device to the backbone's input, runs the
 backbone (frozen in the study) and the study's head; see docs/transfer.md.
 """
-from configs import common
+from fer_jax.configs import common
 from fer_jax.config_loading import at_least, each, fraction, one_of, valid
 
 

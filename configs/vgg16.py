@@ -8,8 +8,8 @@ Study (+AffectNet, frozen, raw [0, 1] input = preprocessing 'study'): best val 6
 train 59.12 %, epoch 10, 256 s on an A100. Weights: docs/transfer.md.
 15,111,748 parameters; 396,036 trainable (4 classes).
 """
-from configs import common
-from configs import transfer_common
+from fer_jax.configs import common
+from fer_jax.configs import transfer_common
 
 
 def get_config(arg=None):

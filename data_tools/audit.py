@@ -12,7 +12,7 @@ works on data that is not ready to train on. Findings:
     val/test shares beyond +-5 points of train's;
   - source image sizes, modes and formats (image folders), and the files the loader skipped;
   - near-constant (blank) images: pixel standard deviation below --blank_std;
-  - images with no detectable face (fer_jax.faces' Haar cascade on the image padded and
+  - images with no detectable face (fer_jax.inference.detectors' Haar cascade on the image padded and
     enlarged: tight 48x48 crops leave the cascade no margin): blank frames, text, icons;
   - duplicates within and across splits, with conflicting labels called out: exact (equal
     decoded pixels) and near (hash candidates verified on the pixels), decided exactly as
@@ -32,13 +32,13 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backe
 import numpy as np
 from PIL import Image
 
-from configs import common as config_common
-from data_tools import common
-from data_tools import dedup
+from fer_jax.configs import common as config_common
+from . import common
+from . import dedup
 from fer_jax import config_loading
 from fer_jax import data
-from fer_jax import faces
-from fer_jax import plots
+from fer_jax.inference import detectors
+from fer_jax.report import plots
 from fer_jax.data import folders
 from fer_jax.data.progress import Progress
 from fer_jax.report.render import markdown_table
@@ -157,7 +157,7 @@ def duplicate_findings(dataset, workers=1):
 
 
 def has_face(image):
-  """Whether fer_jax.faces finds a face in a (tight) face crop, uint8 [H, W(, C)].
+  """Whether fer_jax.inference.detectors finds a face in a (tight) face crop, uint8 [H, W(, C)].
 
   The crop is padded by FACE_PAD of its side (edge pixels) and enlarged FACE_UPSCALE x, and
   boxes of at least FACE_MIN_SIZE of that are accepted. Measured on scikit-image's LFW subset
@@ -169,7 +169,7 @@ def has_face(image):
   padded = np.pad(image, ((pad, pad), (pad, pad)) + ((0, 0),) * (image.ndim - 2), mode="edge")
   side = padded.shape[0] * FACE_UPSCALE
   big = np.asarray(Image.fromarray(padded).resize((side, side), Image.Resampling.BILINEAR))
-  return bool(faces.detect(big, min_neighbors=FACE_MIN_NEIGHBORS, min_size=int(FACE_MIN_SIZE * side)))
+  return bool(detectors.detect(big, min_neighbors=FACE_MIN_NEIGHBORS, min_size=int(FACE_MIN_SIZE * side)))
 
 
 def faceless_findings(dataset):

@@ -51,7 +51,7 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from data_tools import common
+from . import common
 from fer_jax.data import folders
 from fer_jax.data.progress import Progress
 

@@ -32,9 +32,9 @@ import sys
 import numpy as np
 from PIL import Image, ImageOps
 
-from data_tools import common
-from data_tools import dedup
-from data_tools import stratify
+from . import common
+from . import dedup
+from . import stratify
 from fer_jax.data import folders
 from fer_jax.data.progress import Progress
 

@@ -5,7 +5,7 @@
   python -m data_tools.mislabel SRC --out DST --review DST/review.csv [--apply]   # 2. apply it
 
 Step 1 pools every image of SRC, splits them into --folds stratified folds and trains the
---config once per fold (fer_jax.train.train_and_evaluate: train = the other folds less a
+--config once per fold (fer_jax.train.loop.train_and_evaluate: train = the other folds less a
 stratified val hold-out of config.data.val_fraction, test = the fold), so every image gets
 class probabilities from a model that never saw it (out-of-fold). The default judge is Model 0
 trained as the study trains it; the summary prints its out-of-fold accuracy (overall and per
@@ -36,9 +36,8 @@ import zipfile
 from matplotlib.figure import Figure
 import numpy as np
 
-import configs
-from data_tools import common
-from data_tools import stratify
+from . import common
+from . import stratify
 from fer_jax import config_loading
 from fer_jax import data
 from fer_jax.data import folders
@@ -158,7 +157,7 @@ def out_of_fold_probs(images, labels, classes, config, folds, seed, workdir):
   """(class probabilities [N, K] for every image from the fold model that did not train on it,
   each image's fold [N])."""
   import jax
-  from fer_jax import train  # JAX starts here, only when a model is trained
+  from fer_jax.train import loop  # JAX starts here, only when a model is trained
   if not jax.config.jax_compilation_cache_dir:
     # The fold models share their programs (same model, same shapes): compile them once.
     jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(workdir), "jax_cache"))
@@ -174,7 +173,7 @@ def out_of_fold_probs(images, labels, classes, config, folds, seed, workdir):
     print(f"mislabel: fold {f + 1}/{folds}: train {len(parts['train']):,}, val {len(parts['val']):,}, "
           f"scored {len(test_idx):,}", flush=True)
     run_dir = os.path.join(workdir, f"fold_{f + 1}")
-    train.train_and_evaluate(config, run_dir, dataset=dataset)
+    loop.train_and_evaluate(config, run_dir, dataset=dataset)
     with np.load(os.path.join(run_dir, "test_predictions.npz"), allow_pickle=False) as z:
       if not np.array_equal(z["labels"], labels[test_idx]):
         raise common.ToolError(f"{run_dir}: test_predictions.npz does not match this fold; "
@@ -226,12 +225,6 @@ def npz_bytes(**arrays):
 
 def load_config(args, classes):
   spec = args.config
-  path = spec.partition(":")[0]
-  if not os.path.isabs(path) and not os.path.exists(path):
-    # `configs/...` names the installed configs package when run from another folder
-    configs_parent = os.path.dirname(os.path.dirname(os.path.abspath(configs.__file__)))
-    if os.path.exists(os.path.join(configs_parent, path)):
-      spec = os.path.join(configs_parent, spec)
   try:
     overrides = config_loading.parse_overrides(args.set)
     overrides["data.classes"] = tuple(classes)

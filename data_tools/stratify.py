@@ -17,8 +17,8 @@ import sys
 
 import numpy as np
 
-from data_tools import common
-from data_tools import dedup
+from . import common
+from . import dedup
 
 
 def parse_ratios(text):

@@ -14,7 +14,6 @@ import ast
 import dataclasses
 import importlib.util
 import os
-import sys
 
 from ml_collections.config_flags import config_path
 
@@ -154,16 +153,22 @@ def apply_overrides(config, overrides):
   return config
 
 
+def resolve_path(path):
+  """`path` as given, or for a relative `configs/...` path that is not here, the study's config of
+  that name shipped with fer_jax (`fer_jax.configs`): the same commands work outside a checkout."""
+  bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), path)
+  if not os.path.isabs(path) and not os.path.exists(path) and path.startswith("configs/") and os.path.exists(bundled):
+    return bundled
+  return path
+
+
 def import_file(path, function="get_config"):
   """Imports a config (or sweep spec) file by path; it must define `function`."""
   # A fresh module per load: config_flags reuses one module name, so a file without
   # get_config() would silently get the previously loaded file's.
+  path = resolve_path(path)
   if not os.path.isfile(path):
     raise ConfigError(f"config {path}: no such file")
-  # Config files import their siblings as `configs.common`: put the folder holding configs/ first.
-  package_parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-  if package_parent not in sys.path:
-    sys.path.insert(0, package_parent)
   spec = importlib.util.spec_from_file_location(f"_fer_jax_config_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -146,8 +146,8 @@ def _failed(run, error):
 def run_all(runs, train_fn=None):
   """Trains the runs one after another in this process; returns [(run, outcome, detail)]."""
   if train_fn is None:
-    from fer_jax import train
-    train_fn = train.train_and_evaluate
+    from fer_jax.train import loop
+    train_fn = loop.train_and_evaluate
   results = []
   for i, run in enumerate(runs, 1):
     status = run.status()
@@ -165,10 +165,10 @@ def run_all(runs, train_fn=None):
 
 def run_vectorized(runs, train_together=None):
   """Trains each group's unfinished seeds together, as members of one vectorized step
-  (`train.train_together`), group after group; returns [(run, outcome, detail)]."""
+  (`loop.train_together`), group after group; returns [(run, outcome, detail)]."""
   if train_together is None:
-    from fer_jax import train
-    train_together = train.train_together
+    from fer_jax.train import loop
+    train_together = loop.train_together
   groups = {}
   for run in runs:
     groups.setdefault(run.group, []).append(run)
@@ -196,7 +196,7 @@ def load_spec(spec):
 
 
 def main():
-  from fer_jax import allocator
+  from fer_jax.platform import allocator
   allocator.use_tcmalloc()  # as launch.py: XLA:CPU steps without page faults
   from absl import app
   from absl import flags

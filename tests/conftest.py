@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 # XLA:CPU's optimising passes dominate test time (10x on tiny models); numerics are unaffected.
-# It also keeps conv_impl='auto' from timing layers (fer_jax/conv_choice.py), so no test measures.
+# It also keeps conv_impl='auto' from timing layers (fer_jax/models/kernels/conv_choice.py), so no test measures.
 # Set before any test imports jax; subprocesses inherit it.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
-# What fer_jax.sharding.configure_backend sets on CPU, for tests that trace models outside a run.
+# What fer_jax.platform.sharding.configure_backend sets on CPU, for tests that trace models outside a run.
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from fer_jax import faces
+from fer_jax.inference import detectors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHEELS = os.path.join(ROOT, ".cache", "wheels")
@@ -43,7 +43,7 @@ def insightface_wheel():
 def insightface_image(name):
   """RGB uint8 of insightface/data/images/<name> read out of the wheel."""
   with zipfile.ZipFile(insightface_wheel()) as z:
-    return faces.load_image(io.BytesIO(z.read(f"insightface/data/images/{name}")), name)
+    return detectors.load_image(io.BytesIO(z.read(f"insightface/data/images/{name}")), name)
 
 
 def group_photo():

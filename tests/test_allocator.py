@@ -1,4 +1,4 @@
-"""fer_jax.allocator: entry points re-run themselves with tcmalloc, and that removes XLA:CPU's
+"""fer_jax.platform.allocator: entry points re-run themselves with tcmalloc, and that removes XLA:CPU's
 per-step page faults (the reason for it)."""
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from fer_jax import allocator
+from fer_jax.platform import allocator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_tcmalloc = pytest.mark.skipif(allocator.find_tcmalloc() is None,
@@ -33,7 +33,7 @@ def _python(code, **env):
 
 @needs_tcmalloc
 def test_use_tcmalloc_reexecutes_the_command_with_it():
-  code = "import sys; from fer_jax import allocator; allocator.use_tcmalloc(); print(allocator.loaded(), *sys.argv[1:])"
+  code = "import sys; from fer_jax.platform import allocator; allocator.use_tcmalloc(); print(allocator.loaded(), *sys.argv[1:])"
   assert _python(code) == ["True"]
   assert _python(code, **{allocator.ENV_SWITCH: "system"}) == ["False"]
 
@@ -42,7 +42,7 @@ def test_use_tcmalloc_reexecutes_the_command_with_it():
 # grows, or it returns free pages to the system): 1-3 of 12 calls with two such processes at once.
 PAGE_FAULTS = """
 import resource, statistics, jax, jax.numpy as jnp
-from fer_jax import allocator
+from fer_jax.platform import allocator
 allocator.use_tcmalloc()
 step = jax.jit(lambda x: jnp.sin(x[:, None] * x[None, :2048]) @ x[:2048, None])  # a 256 MB temporary
 x = jnp.ones((32768,), jnp.float32)

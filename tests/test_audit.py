@@ -71,7 +71,7 @@ def test_audit_reads_a_config_and_never_writes_into_the_data(tmp_path, capsys):
   make_tree(tmp_path / "faces")
   config_file = tmp_path / "my_config.py"
   config_file.write_text(
-      "from configs import common\n"
+      "from fer_jax.configs import common\n"
       "def get_config(arg=None):\n"
       "  c = common.base_config('mine')\n"
       f"  c.data.root = {str(tmp_path / 'faces')!r}\n"

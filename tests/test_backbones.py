@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
 
-from configs import efficientnet_b0, resnet50v2, vgg16 as vgg16_config  # noqa: E402
+from fer_jax.configs import efficientnet_b0, resnet50v2, vgg16 as vgg16_config  # noqa: E402
 from fer_jax import models  # noqa: E402
 from fer_jax.models import efficientnet, resnet_v2, vgg16  # noqa: E402
 from test_porting import keras_model  # noqa: E402

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from data_tools import stratify
-from fer_jax import config_loading, data, metrics, workdir_guard
+from fer_jax import config_loading, data
+from fer_jax.evals import metrics
+from fer_jax.train import workdir_guard
 from fer_jax.data import cache, folders
 from fer_jax.report import run_report, study
 from image_trees import CLASSES, tree_digest, write_originals
@@ -118,7 +120,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_host(unfinished_run
 
 def test_the_lock_of_a_killed_process_is_not_stale(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from fer_jax import workdir_guard\n"
+      [sys.executable, "-c", "import sys, time; from fer_jax.train import workdir_guard\n"
        f"with workdir_guard.lock({str(tmp_path)!r}):\n  print('locked', flush=True); time.sleep(60)"],
       stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
   assert holder.stdout.readline().strip() == "locked"

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from configs import common
+from fer_jax.configs import common
 from fer_jax import data
-from fer_jax import plots
+from fer_jax.report import plots
 from fer_jax.data import builtin
 
 FER7 = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")

@@ -6,8 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fer_jax import calibration
-from fer_jax import metrics
+from fer_jax.evals import calibration
+from fer_jax.evals import metrics
 from tests.conftest import gaussian_logits
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fer_jax import checkpoint
+from fer_jax.train import checkpoint
 
 
 def _state(value):

@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from fer_jax import conv_choice
-from fer_jax import cpu_conv
-from fer_jax import cpu_info
+from fer_jax.models.kernels import conv_choice
+from fer_jax.models.kernels import cpu_conv
+from fer_jax.platform import cpu_info
 from fer_jax.models import cnn
 
 SLOWED = "winograd"

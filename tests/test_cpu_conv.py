@@ -1,4 +1,4 @@
-"""fer_jax.cpu_conv: every conv / pool implementation against XLA's, and a whole CNN's gradients in
+"""fer_jax.models.kernels.cpu_conv: every conv / pool implementation against XLA's, and a whole CNN's gradients in
 float32 against the same CNN in float64 with XLA's own gradients."""
 import os
 import subprocess
@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from fer_jax import cpu_conv
+from fer_jax.models.kernels import cpu_conv
 from fer_jax.models import cnn
 
 
@@ -48,7 +48,7 @@ def test_conv_output_and_gradients_match_xla(impl, shape):
 SHARDED = """
 import jax, jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
-from fer_jax import cpu_conv
+from fer_jax.models.kernels import cpu_conv
 mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 x = jax.random.normal(jax.random.key(0), (8, 10, 10, 32))
 k = jax.random.normal(jax.random.key(1), (3, 3, 32, 16)) / 17

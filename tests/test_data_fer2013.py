@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from configs import common
+from fer_jax.configs import common
 from fer_jax import data
 from fer_jax.data import fer2013
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import common
+from fer_jax.configs import common
 from fer_jax import data
 from fer_jax.data import cache, folders
 

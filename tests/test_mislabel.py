@@ -190,7 +190,7 @@ def test_benchmark_base_faces_carry_no_label_noise_of_their_own():
   assert 0.005 < redrawn < 0.1  # ~3 %, as measured on 4,000 faces
   # a prototype's own means are most likely their own class
   means = {p: np.array([mislabel_quality.builtin.prototype(c)[p][0] for c in mislabel_quality.FER4])
-           for p in mislabel_quality.faces.EXPRESSION_PARAMS}
+           for p in mislabel_quality.synthetic.EXPRESSION_PARAMS}
   assert mislabel_quality.expression_posterior(means, mislabel_quality.FER4).argmax(1).tolist() == [0, 1, 2, 3]
   _, _, expression = mislabel_quality.builtin.generate(mislabel_quality.FER4, 100, size=16, seed=2)
   posterior = mislabel_quality.expression_posterior(expression, mislabel_quality.FER4)

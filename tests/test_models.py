@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import a, b, b_p, b_pp, c, color, d, model_0
+from fer_jax.configs import a, b, b_p, b_pp, c, color, d, model_0
 from fer_jax import models
 from fer_jax.models import summary
 

@@ -89,7 +89,7 @@ def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp
 
   # The last and the best epoch, committed once each, nothing half-written beside them; the
   # manager written by two processes restores in this one.
-  from fer_jax import checkpoint
+  from fer_jax.train import checkpoint
   ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
   names = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
   assert [n for n in names if n != "calibration.json"] == sorted({"3", str(s["best"]["epoch"])}), names

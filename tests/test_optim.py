@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import b_p, b
-from fer_jax import optim
+from fer_jax.configs import b_p, b
+from fer_jax.train import optim
 
 
 def test_cosine_schedule_decays_to_alpha_over_epochs():

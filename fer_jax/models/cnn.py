@@ -9,16 +9,16 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_jax import conv_choice
-from fer_jax import cpu_conv
+from fer_jax.models.kernels import conv_choice
+from fer_jax.models.kernels import cpu_conv
 from fer_jax.models.layers import glorot
 
 BN_PLACEMENTS = ("conv_bn_relu", "conv_relu_bn", "block_end", "none")
 
 
 class Conv3x3(nn.Module):
-  """'same' 3x3 convolution with bias, dispatching to fer_jax.cpu_conv for its gradient
-  ('auto': the implementation fer_jax.conv_choice picks for this layer's shapes)."""
+  """'same' 3x3 convolution with bias, dispatching to fer_jax.models.kernels.cpu_conv for its gradient
+  ('auto': the implementation fer_jax.models.kernels.conv_choice picks for this layer's shapes)."""
   features: int
   impl: str = "xla"
   dtype: jnp.dtype = jnp.float32

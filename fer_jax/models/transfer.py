@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fer_jax.models import cnn
-from fer_jax.porting import port, read_keras_h5
+from fer_jax.models.porting import port, read_keras_h5
 
 BACKBONE_MODES = ("freeze", "finetune", "train")
 

@@ -8,7 +8,7 @@ import base64
 import html
 import os
 
-from fer_jax import metrics
+from fer_jax.evals import metrics
 
 
 # --------------------------------------------------------------------------- formatting

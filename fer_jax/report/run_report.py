@@ -1,7 +1,8 @@
 """One run's report: report.md with the test-set sections, curves, confusion and reliability PNGs."""
 import os
 
-from fer_jax import metrics, plots
+from fer_jax.evals import metrics
+from fer_jax.report import plots
 from fer_jax.report.render import (bullets, gap_text, heading, image, num, para, pct, run_title, seconds,
                                    table, to_markdown)
 

@@ -9,8 +9,9 @@ import os
 
 import numpy as np
 
-from fer_jax import metrics, plots
-from fer_jax.history import read_history
+from fer_jax.evals import metrics
+from fer_jax.report import plots
+from fer_jax.train.history import read_history
 from fer_jax.report.render import bullets, heading, image, num, para, pct, run_title, seconds, table, to_html, to_markdown
 
 STUDY_PLOTS = {"curves": "curves.png", "comparison": "comparison.png", "confusions": "confusions.png",

@@ -2,7 +2,7 @@
 
 `conv_impl` (config.model.conv_impl, resolved by `resolve_impl`):
   'auto'      on CPU, per conv layer shape the implementation below measured fastest on this
-              CPU (fer_jax/conv_choice.py; resolved in fer_jax.models.cnn.Conv3x3); off CPU 'xla'.
+              CPU (fer_jax/models/kernels/conv_choice.py; resolved in fer_jax.models.cnn.Conv3x3); off CPU 'xla'.
   'xla'       XLA's own kernels for everything.
   'im2col'    XLA's forward convolution and input gradient; the weight gradient as one matrix
               product over shifted copies of the input (XLA:CPU's own weight gradient takes 2-12x

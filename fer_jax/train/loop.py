@@ -20,8 +20,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fer_jax import (calibration, checkpoint, config_loading, data, history, losses, metrics, models, optim,
-                     sharding, steps, workdir_guard)
+from fer_jax import config_loading, data, losses, models
+from fer_jax.evals import calibration
+from fer_jax.train import checkpoint
+from fer_jax.train import history
+from fer_jax.evals import metrics
+from fer_jax.train import optim
+from fer_jax.platform import sharding
+from fer_jax.train import steps
+from fer_jax.train import workdir_guard
 from fer_jax.data import batching
 from fer_jax.report import render, run_report
 

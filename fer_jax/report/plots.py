@@ -10,7 +10,7 @@ from matplotlib.figure import Figure  # noqa: E402 (the backend is chosen first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fer_jax import metrics  # noqa: E402
+from fer_jax.evals import metrics  # noqa: E402
 
 
 # Shading of the train - val gap (points), bottom to top: the bands of metrics.gap_diagnosis.

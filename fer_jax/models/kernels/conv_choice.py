@@ -1,12 +1,12 @@
 """conv_impl='auto' on CPU: each 3x3 conv layer shape runs the implementation measured fastest for it.
 
-Which of fer_jax.cpu_conv's implementations wins depends on the CPU (Winograd won every B++ layer
+Which of fer_jax.models.kernels.cpu_conv's implementations wins depends on the CPU (Winograd won every B++ layer
 on an AVX2 Zen 1; on AVX-512 CPUs XLA's own kernels win some), so the first time a layer shape is
 traced, its forward pass and both gradients are timed with each implementation on random data
 (interleaved, the fastest of a few calls after a warm-up: on a shared machine other load only
 ever adds time) and the fastest is used. Choices are kept in
 a JSON file keyed by the CPU (model, family, all ISA flags, cores), the jax/jaxlib versions,
-XLA_FLAGS and the allocator (fer_jax/allocator.py: page faults slow the big-buffer implementations
+XLA_FLAGS and the allocator (fer_jax/platform/allocator.py: page faults slow the big-buffer implementations
 most), then by layer shape (batch included) and dtype, so later runs on the same kind of
 machine measure nothing. Each choice is printed once per process.
 
@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from fer_jax import allocator
-from fer_jax import cpu_conv
-from fer_jax import cpu_info
+from fer_jax.platform import allocator
+from fer_jax.models.kernels import cpu_conv
+from fer_jax.platform import cpu_info
 
 CACHE_DIR_ENV = "FER_JAX_CACHE_DIR"
 DEFAULT = "winograd"  # the unmeasured choice: fastest on most layers on Zen 1 and on an AVX-512 Xeon

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from jax import lax
 import optax
 
-from fer_jax import augment, losses, models, optim
+from fer_jax import augment, losses, models
+from fer_jax.train import optim
 
 
 @flax.struct.dataclass

@@ -22,7 +22,8 @@ import os
 import numpy as np
 from scipy import optimize, special
 
-from fer_jax import history, metrics
+from fer_jax.train import history
+from fer_jax.evals import metrics
 
 FILE = os.path.join("checkpoints", "calibration.json")
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]; a chance-level model reaches 55 (near-uniform probabilities)

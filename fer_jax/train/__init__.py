@@ -1,0 +1,2 @@
+"""Training: the loop of one run (loop.py), its jitted steps, optimiser, checkpoints, history and
+workdir guard."""
