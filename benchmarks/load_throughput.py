@@ -11,22 +11,24 @@ fer_jax/data/folders.py, `executor`).
 Targets (2 cores): cold < 15 s, cached < 1 s. Figures measured on this project's machine
 are in docs/data.md.
 """
+
 import os
 import shutil
 import time
 
-from absl import app
-from absl import flags
 import numpy as np
+from absl import app, flags
 from PIL import Image
 
 from benchmarks.timing import timed
-from fer_jax.configs import common
 from fer_jax import data
+from fer_jax.configs import common
 from fer_jax.data import folders
 
 _IMAGES = flags.DEFINE_integer("images", 25_000, "JPEGs in the benchmark folder")
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/fer_jax_load_bench", "where the folder and cache go")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", "/tmp/fer_jax_load_bench", "where the folder and cache go"
+)
 _WORKERS = flags.DEFINE_integer("workers", 0, "decode processes (0 = one per core)")
 _COMPARE = flags.DEFINE_bool("compare_pools", True, "also time one process / processes / threads")
 
@@ -43,7 +45,9 @@ def make_folder(root, n):
   start = time.perf_counter()
   for i in range(n):
     split = "train" if i % 10 < 8 else ("val" if i % 10 == 8 else "test")
-    folder = os.path.join(root, split, CLASSES[i // 10 % len(CLASSES)])  # every class in every split
+    folder = os.path.join(
+      root, split, CLASSES[i // 10 % len(CLASSES)]
+    )  # every class in every split
     os.makedirs(folder, exist_ok=True)
     coarse = rng.integers(0, 256, (12, 12), dtype=np.uint8)
     face = Image.fromarray(coarse).resize((48, 48), Image.Resampling.BICUBIC)
@@ -66,22 +70,39 @@ def main(argv):
   dataset, cold, cold_cpu = timed(lambda: data.load(cfg))
   _, cached, cached_cpu = timed(lambda: data.load(cfg))
   n = sum(dataset.sizes().values())
-  print(f"\n{n} images, {workers} decode processes, {os.cpu_count()} cores, "
-        f"load average {os.getloadavg()[0]:.1f}")
-  print(f"cold load   {cold:6.2f} s wall, {cold_cpu:6.2f} s CPU  ({n / cold:,.0f} img/s)   target < 15 s")
-  print(f"cached load {cached:6.2f} s wall, {cached_cpu:6.2f} s CPU                     target < 1 s")
+  print(
+    f"\n{n} images, {workers} decode processes, {os.cpu_count()} cores, "
+    f"load average {os.getloadavg()[0]:.1f}"
+  )
+  print(
+    f"cold load   {cold:6.2f} s wall, {cold_cpu:6.2f} s CPU  ({n / cold:,.0f} img/s)   target < 15 s"
+  )
+  print(
+    f"cached load {cached:6.2f} s wall, {cached_cpu:6.2f} s CPU                     target < 1 s"
+  )
 
   if _COMPARE.value:
     paths = [f.path for f in folders.scan_tree(root, CLASSES).files]
     runs = [("1 process", 1)] + [(f"{workers} processes", workers)] * (workers > 1)
-    results = [(name, *timed(lambda: folders.decode_many(paths, 48, 1, num_workers=w))[1:])
-               for name, w in runs]
+    results = [
+      (name, *timed(lambda: folders.decode_many(paths, 48, 1, num_workers=w))[1:])
+      for name, w in runs
+    ]
     import jax  # noqa: F401  (from here on decode_many uses threads, as in training)
-    results.append((f"{workers} threads",
-                    *timed(lambda: folders.decode_many(paths, 48, 1, num_workers=workers))[1:]))
-    print("decode only: " + "; ".join(
+
+    results.append(
+      (
+        f"{workers} threads",
+        *timed(lambda: folders.decode_many(paths, 48, 1, num_workers=workers))[1:],
+      )
+    )
+    print(
+      "decode only: "
+      + "; ".join(
         f"{name} {wall:.2f} s wall ({results[0][1] / wall:.2f}x), {cpu:.2f} s CPU"
-        for name, wall, cpu in results))
+        for name, wall, cpu in results
+      )
+    )
 
 
 if __name__ == "__main__":

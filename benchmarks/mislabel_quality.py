@@ -18,21 +18,19 @@ Model 0 for 75 epochs per fold, is what to use on a real FER set but takes hours
 
 Measured figures: docs/data_tools.md. tests/test_mislabel.py runs a small version.
 """
+
 import csv
 import os
 import tempfile
 
-from absl import app
-from absl import flags
 import numpy as np
+from absl import app, flags
 from PIL import Image
 from scipy import stats
 
 from benchmarks.timing import timed
 from data_tools import mislabel
-from fer_jax.data import FER4
-from fer_jax.data import builtin
-from fer_jax.data import synthetic
+from fer_jax.data import FER4, builtin, synthetic
 
 # The benchmark's judge: Model 0 narrowed to the small CNN of docs/builtin_data.md, a few minutes
 # per fold on a CPU. A fold trains on only ~1,700 faces (5 folds; 3 left it 1,440 and a weaker
@@ -40,9 +38,19 @@ from fer_jax.data import synthetic
 # (at 2e-3 the first epoch's loss jumped above chance and some fold models stalled or died;
 # after ~15 epochs they overfit), and no plateau rule (on a small val with planted flips it
 # halved the learning rate too early).
-JUDGE = ["model.widths=(16,32,64)", "model.block_dropouts=(0.0,0.0,0.0)", "model.dense_widths=(128,)",
-         "model.dense_dropouts=(0.3,)", "model.bn_momentum=0.9", "optim.lr=1e-3", "train.batch_size=32",
-         "train.epochs=20", "optim.schedule=cosine", "optim.cosine_epochs=20", "optim.plateau=false"]
+JUDGE = [
+  "model.widths=(16,32,64)",
+  "model.block_dropouts=(0.0,0.0,0.0)",
+  "model.dense_widths=(128,)",
+  "model.dense_dropouts=(0.3,)",
+  "model.bn_momentum=0.9",
+  "optim.lr=1e-3",
+  "train.batch_size=32",
+  "train.epochs=20",
+  "optim.schedule=cosine",
+  "optim.cosine_epochs=20",
+  "optim.plateau=false",
+]
 
 
 def expression_posterior(expression, classes):
@@ -53,9 +61,13 @@ def expression_posterior(expression, classes):
     value = np.asarray(expression[p], np.float64)[:, None]
     mean, std = (np.array([builtin.prototype(c)[p][i] for c in classes]) for i in (0, 1))
     low, high = builtin.LIMITS.get(p, (-np.inf, np.inf))
-    log_like = log_like + np.where(value <= low, stats.norm.logcdf(low, mean, std),
-                                   np.where(value >= high, stats.norm.logsf(high, mean, std),
-                                            stats.norm.logpdf(value, mean, std)))
+    log_like = log_like + np.where(
+      value <= low,
+      stats.norm.logcdf(low, mean, std),
+      np.where(
+        value >= high, stats.norm.logsf(high, mean, std), stats.norm.logpdf(value, mean, std)
+      ),
+    )
   log_like -= log_like.max(axis=1, keepdims=True)
   return np.exp(log_like) / np.exp(log_like).sum(axis=1, keepdims=True)
 
@@ -65,15 +77,23 @@ def draw_faces(per_class, clean, seed):
   class; with `clean`, only faces whose expression is most likely their own class."""
   images, labels, drawn = [], [], 0
   for attempt in range(20):  # ~3 % of faces are ambiguous: one more draw nearly always suffices
-    more_images, more_labels, expression = builtin.generate(FER4, per_class, size=48, seed=[seed, attempt])
+    more_images, more_labels, expression = builtin.generate(
+      FER4, per_class, size=48, seed=[seed, attempt]
+    )
     drawn += len(more_labels)
-    keep = (expression_posterior(expression, FER4).argmax(axis=1) == more_labels) if clean else slice(None)
+    keep = (
+      (expression_posterior(expression, FER4).argmax(axis=1) == more_labels)
+      if clean
+      else slice(None)
+    )
     images.append(more_images[keep])
     labels.append(more_labels[keep])
     if np.bincount(np.concatenate(labels), minlength=len(FER4)).min() >= per_class:
       break
   images, labels = np.concatenate(images), np.concatenate(labels)
-  chosen = np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(FER4))]))
+  chosen = np.sort(
+    np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(FER4))])
+  )
   return images[chosen], labels[chosen], 1 - len(labels) / max(drawn, 1) if clean else 0.0
 
 
@@ -97,7 +117,9 @@ def write_flipped_tree(root, per_class, rate, seed=0, clean_base=True):
   return truth, n, redrawn
 
 
-def planted_flip_run(workdir, per_class, rate, folds, config, overrides, seed=0, workers=0, clean_base=True):
+def planted_flip_run(
+  workdir, per_class, rate, folds, config, overrides, seed=0, workers=0, clean_base=True
+):
   """Runs mislabel on a flipped tree -> dict of figures (precision, recall, estimate, ...)."""
   src, dst = os.path.join(workdir, "src"), os.path.join(workdir, "dst")
   truth, n, redrawn = write_flipped_tree(src, per_class, rate, seed, clean_base)
@@ -114,10 +136,19 @@ def planted_flip_run(workdir, per_class, rate, folds, config, overrides, seed=0,
   flagged = {r["file"] for r in rows}
   hits = flagged & set(truth)
   fixed = sum(truth[r["file"]] == r["suggested_label"] for r in rows if r["file"] in truth)
-  return {"images": n, "redrawn": redrawn, "planted": len(truth) / n, "estimated": found.noise_rate,
-          "flagged": len(flagged), "precision": len(hits) / max(len(flagged), 1),
-          "recall": len(hits) / max(len(truth), 1), "right_suggestion": fixed / max(len(hits), 1),
-          "accuracy": accuracy, "fold_accuracy": per_fold, "recall_per_class": recall}
+  return {
+    "images": n,
+    "redrawn": redrawn,
+    "planted": len(truth) / n,
+    "estimated": found.noise_rate,
+    "flagged": len(flagged),
+    "precision": len(hits) / max(len(flagged), 1),
+    "recall": len(hits) / max(len(truth), 1),
+    "right_suggestion": fixed / max(len(hits), 1),
+    "accuracy": accuracy,
+    "fold_accuracy": per_fold,
+    "recall_per_class": recall,
+  }
 
 
 def define_flags():
@@ -126,25 +157,44 @@ def define_flags():
   flags.DEFINE_float("rate", 0.08, "share of labels flipped to another class")
   flags.DEFINE_integer("folds", 5, "cross-validation folds (the tool's default)")
   flags.DEFINE_string("config", mislabel.DEFAULT_CONFIG, "the judge's config")
-  flags.DEFINE_multi_string("set", JUDGE, "config override field=value (repeatable; replaces JUDGE)")
-  flags.DEFINE_bool("clean_base", True, "redraw faces whose expression parameters are more likely "
-                    "another class, so the planted flips are the only label noise")
+  flags.DEFINE_multi_string(
+    "set", JUDGE, "config override field=value (repeatable; replaces JUDGE)"
+  )
+  flags.DEFINE_bool(
+    "clean_base",
+    True,
+    "redraw faces whose expression parameters are more likely "
+    "another class, so the planted flips are the only label noise",
+  )
   flags.DEFINE_string("workdir", None, "where the tree and the runs go (default: a temp folder)")
 
 
 def main(_):
   f = flags.FLAGS
   workdir = f.workdir or tempfile.mkdtemp(prefix="mislabel_quality_")
-  result, wall, cpu = timed(lambda: planted_flip_run(workdir, f.per_class, f.rate, f.folds, f.config, f.set,
-                                                    clean_base=f.clean_base))
-  base = f"ambiguous faces redrawn ({result['redrawn']:.1%} of those drawn)" if f.clean_base else "ambiguous faces kept"
-  print(f"{result['images']:,} built-in faces, {base}, {result['planted']:.1%} labels flipped; judge {f.config} "
-        f"{' '.join(f.set)}, {f.folds} folds: out-of-fold accuracy {result['accuracy']:.1%} (per fold "
-        + ", ".join(f"{a:.1%}" for a in result["fold_accuracy"]) + "; per class "
-        + ", ".join(f"{c} {r:.1%}" for c, r in zip(FER4, result["recall_per_class"])) + ")")
-  print(f"estimated noise {result['estimated']:.1%} (planted {result['planted']:.1%}); flagged "
-        f"{result['flagged']:,}: precision {result['precision']:.1%}, recall {result['recall']:.1%}, "
-        f"suggested label right for {result['right_suggestion']:.1%} of the found flips")
+  result, wall, cpu = timed(
+    lambda: planted_flip_run(
+      workdir, f.per_class, f.rate, f.folds, f.config, f.set, clean_base=f.clean_base
+    )
+  )
+  base = (
+    f"ambiguous faces redrawn ({result['redrawn']:.1%} of those drawn)"
+    if f.clean_base
+    else "ambiguous faces kept"
+  )
+  print(
+    f"{result['images']:,} built-in faces, {base}, {result['planted']:.1%} labels flipped; judge {f.config} "
+    f"{' '.join(f.set)}, {f.folds} folds: out-of-fold accuracy {result['accuracy']:.1%} (per fold "
+    + ", ".join(f"{a:.1%}" for a in result["fold_accuracy"])
+    + "; per class "
+    + ", ".join(f"{c} {r:.1%}" for c, r in zip(FER4, result["recall_per_class"]))
+    + ")"
+  )
+  print(
+    f"estimated noise {result['estimated']:.1%} (planted {result['planted']:.1%}); flagged "
+    f"{result['flagged']:,}: precision {result['precision']:.1%}, recall {result['recall']:.1%}, "
+    f"suggested label right for {result['right_suggestion']:.1%} of the found flips"
+  )
   print(f"{wall:.0f} s (CPU {cpu:.0f} s); runs in {workdir}")
 
 

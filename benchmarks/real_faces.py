@@ -14,6 +14,7 @@ and gamma, a watermark, the mirror). Every pair of images from one face is a dup
 pair from two faces is not (same pose and lighting, different person: the hard negatives).
 Used by tests/test_dedup_quality.py and benchmarks/dedup_quality.py.
 """
+
 import io
 import os
 import subprocess
@@ -28,9 +29,15 @@ SIZE = 48
 INSIGHTFACE = "insightface==2.1"
 # (file in the wheel, [(left, top, side)]) of the square face boxes, in the file's pixels.
 INSIGHTFACE_FACES = {
-    "insightface/data/images/t1.jpg": [(1114, 277, 118), (448, 271, 139), (729, 356, 114),
-                                       (860, 80, 150), (60, 250, 130), (290, 120, 130)],
-    "insightface/data/images/Tom_Hanks_54745.png": [(14, 16, 85)],
+  "insightface/data/images/t1.jpg": [
+    (1114, 277, 118),
+    (448, 271, 139),
+    (729, 356, 114),
+    (860, 80, 150),
+    (60, 250, 130),
+    (290, 120, 130),
+  ],
+  "insightface/data/images/Tom_Hanks_54745.png": [(14, 16, 85)],
 }
 ASTRONAUT_FACE = (177, 66, 95)
 
@@ -49,17 +56,35 @@ def fetch_insightface(cache_dir):
   version = INSIGHTFACE.split("==")[1]
   wheel = os.path.join(cache_dir, f"insightface-{version}-py3-none-any.whl")
   if not os.path.exists(wheel):
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                           "-q", INSIGHTFACE, "-d", cache_dir], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        INSIGHTFACE,
+        "-d",
+        cache_dir,
+      ],
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
     if proc.returncode != 0 or not os.path.exists(wheel):
-      return None, f"`pip download {INSIGHTFACE}` failed: {(proc.stderr or proc.stdout).strip()[-300:]}"
+      return (
+        None,
+        f"`pip download {INSIGHTFACE}` failed: {(proc.stderr or proc.stdout).strip()[-300:]}",
+      )
   return wheel, ""
 
 
 def faces(cache_dir=None):
   """(uint8 [N, 48, 48] faces, their names, '' or why the insightface faces are missing)."""
   from skimage import data as skdata  # the test extra
+
   lfw = skdata.lfw_subset()[:100]
   images = [_gray_square(Image.fromarray((255 * f).round().astype(np.uint8))) for f in lfw]
   names = [f"lfw_{k:03d}" for k in range(len(lfw))]
@@ -79,6 +104,7 @@ def faces(cache_dir=None):
 
 # ---------------------------------------------------------------------------- copies
 
+
 def _pil(a):
   return Image.fromarray(a)
 
@@ -93,13 +119,15 @@ def _shift(a, dy, dx):
   """Moved by (dy, dx) px; the uncovered border repeats the edge (a re-cropped photo)."""
   h, w = a.shape
   padded = np.pad(a, ((abs(dy),) * 2, (abs(dx),) * 2), mode="edge")
-  return padded[abs(dy) - dy:abs(dy) - dy + h, abs(dx) - dx:abs(dx) - dx + w]
+  return padded[abs(dy) - dy : abs(dy) - dy + h, abs(dx) - dx : abs(dx) - dx + w]
 
 
 def _crop(a, top, left, bottom, right):
   """A crop, resized back to 48x48 (a tighter face box)."""
   h, w = a.shape
-  return np.asarray(_pil(a[top:h - bottom, left:w - right]).resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+  return np.asarray(
+    _pil(a[top : h - bottom, left : w - right]).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+  )
 
 
 def _zoom_out(a, side):
@@ -131,22 +159,22 @@ def _direction(rng, step):
 
 # name -> function (uint8 [48, 48], rng) -> uint8 [48, 48]: how near-duplicates arise.
 COPIES = {
-    "jpeg q20": lambda a, rng: _jpeg(a, 20),
-    "jpeg q50": lambda a, rng: _jpeg(a, 50),
-    "jpeg q85": lambda a, rng: _jpeg(a, 85),
-    "shift 1 px": lambda a, rng: _shift(a, *_direction(rng, 1)),
-    "shift 2 px": lambda a, rng: _shift(a, *_direction(rng, 2)),
-    "shift 3 px": lambda a, rng: _shift(a, *_direction(rng, 3)),
-    "crop 2 px + resize": lambda a, rng: _crop(a, 2, 2, 2, 2),
-    "crop 3 px one corner + resize": lambda a, rng: _crop(a, *rng.permutation([3, 3, 0, 0])),
-    "zoom out to 44 px": lambda a, rng: _zoom_out(a, 44),
-    "contrast 0.7, +20": lambda a, rng: _levels(a, 0.7, 20),
-    "contrast 1.3, -15": lambda a, rng: _levels(a, 1.3, -15),
-    "gamma 0.7": lambda a, rng: _gamma(a, 0.7),
-    "gamma 1.5": lambda a, rng: _gamma(a, 1.5),
-    "watermark text": lambda a, rng: _watermark(a),
-    "mirror": lambda a, rng: a[:, ::-1],
-    "mirror + jpeg q50": lambda a, rng: _jpeg(a[:, ::-1], 50),
+  "jpeg q20": lambda a, rng: _jpeg(a, 20),
+  "jpeg q50": lambda a, rng: _jpeg(a, 50),
+  "jpeg q85": lambda a, rng: _jpeg(a, 85),
+  "shift 1 px": lambda a, rng: _shift(a, *_direction(rng, 1)),
+  "shift 2 px": lambda a, rng: _shift(a, *_direction(rng, 2)),
+  "shift 3 px": lambda a, rng: _shift(a, *_direction(rng, 3)),
+  "crop 2 px + resize": lambda a, rng: _crop(a, 2, 2, 2, 2),
+  "crop 3 px one corner + resize": lambda a, rng: _crop(a, *rng.permutation([3, 3, 0, 0])),
+  "zoom out to 44 px": lambda a, rng: _zoom_out(a, 44),
+  "contrast 0.7, +20": lambda a, rng: _levels(a, 0.7, 20),
+  "contrast 1.3, -15": lambda a, rng: _levels(a, 1.3, -15),
+  "gamma 0.7": lambda a, rng: _gamma(a, 0.7),
+  "gamma 1.5": lambda a, rng: _gamma(a, 1.5),
+  "watermark text": lambda a, rng: _watermark(a),
+  "mirror": lambda a, rng: a[:, ::-1],
+  "mirror + jpeg q50": lambda a, rng: _jpeg(a[:, ::-1], 50),
 }
 
 
@@ -178,5 +206,7 @@ def pair_scores(found_i, found_j, groups, source):
   np.add.at(joint, (groups, source), 1)
   pairs = lambda n: (n * (n - 1) // 2).sum()
   together, both = pairs(np.bincount(groups)), pairs(joint)
-  return {"links": (link_true / max(len(found_i), 1), link_true / max(true_pairs, 1)),
-          "groups": (both / max(together, 1), both / max(true_pairs, 1))}
+  return {
+    "links": (link_true / max(len(found_i), 1), link_true / max(true_pairs, 1)),
+    "groups": (both / max(together, 1), both / max(true_pairs, 1)),
+  }

@@ -18,14 +18,16 @@ Prints total images/s and the ratios to sequential per S. Figures for this proje
 machine are in docs/scaling.md. On a shared machine wall times depend on the other load:
 compare ratios from one run.
 """
+
 import os
 import sys
 
-from absl import app
-from absl import flags
 import numpy as np
+from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
+sys.path.insert(
+  0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # run as a script from anywhere
 from benchmarks.timing import timed  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -33,7 +35,9 @@ BATCH, SIZE, CLASSES, POOL = 64, 48, 4, 1024
 
 _MEMBERS = flags.DEFINE_list("members", ["1", "2", "4", "8"], "numbers of seeds trained together")
 _MODELS = flags.DEFINE_list("models", ["model_0", "b_pp"], "configs/<name>.py to time")
-_STEPS = flags.DEFINE_integer("steps", 3, "timed steps per measurement (after one compiling and one warm-up step)")
+_STEPS = flags.DEFINE_integer(
+  "steps", 3, "timed steps per measurement (after one compiling and one warm-up step)"
+)
 _HOW = flags.DEFINE_list("how", ["map", "vmap"], "config.train.vectorize modes to time for S > 1")
 
 
@@ -48,16 +52,18 @@ def measure(step, n_steps):
 def model_rows(name, member_counts, n_steps, modes):
   import jax
   import jax.numpy as jnp
+
   from fer_jax import config_loading, losses, models
-  from fer_jax.platform import sharding
-  from fer_jax.train import steps
-  from fer_jax.train import loop
   from fer_jax.data import batching
+  from fer_jax.platform import sharding
+  from fer_jax.train import loop, steps
 
   config = config_loading.load_config(os.path.join(CONFIGS, f"{name}.py"))
   model = models.build(config.model, CLASSES)
   rng = np.random.default_rng(0)
-  pool_images = rng.integers(0, 256, (POOL, SIZE, SIZE, 1), dtype=np.uint8)  # a train split to draw batches from
+  pool_images = rng.integers(
+    0, 256, (POOL, SIZE, SIZE, 1), dtype=np.uint8
+  )  # a train split to draw batches from
   pool_labels = (np.arange(POOL) % CLASSES).astype(np.int32)
   class_weights = losses.class_weights(config.loss, np.bincount(pool_labels, minlength=CLASSES))
   mesh = sharding.make_mesh()
@@ -65,28 +71,37 @@ def model_rows(name, member_counts, n_steps, modes):
   def make(members, how):
     states = []
     for seed in range(members):
-      config_s = config_loading.load_config(os.path.join(CONFIGS, f"{name}.py"),
-                                            {"train.seed": seed, "train.vectorize": how})
-      state, tx, labels_tree = steps.create_state(config_s, model, (SIZE, SIZE, 1), steps_per_epoch=100)
+      config_s = config_loading.load_config(
+        os.path.join(CONFIGS, f"{name}.py"), {"train.seed": seed, "train.vectorize": how}
+      )
+      state, tx, labels_tree = steps.create_state(
+        config_s, model, (SIZE, SIZE, 1), steps_per_epoch=100
+      )
       states.append(state)
-    step = steps.make_train_step(config_s, model, tx, CLASSES, class_weights, param_labels=labels_tree,
-                                 members=members)
+    step = steps.make_train_step(
+      config_s, model, tx, CLASSES, class_weights, param_labels=labels_tree, members=members
+    )
     keys = sharding.put_members(jnp.stack([jax.random.key(s) for s in range(members)]), mesh)
     return step, sharding.put_members(loop.stack(states), mesh), keys
 
   def on_device_step(step, holder, keys, members):
-    x, y = sharding.shard_batch(mesh, np.stack([pool_images[:BATCH]] * members),
-                                np.stack([pool_labels[:BATCH]] * members), stacked=True)
+    x, y = sharding.shard_batch(
+      mesh,
+      np.stack([pool_images[:BATCH]] * members),
+      np.stack([pool_labels[:BATCH]] * members),
+      stacked=True,
+    )
 
     def run():
       holder[0], metrics = step(holder[0], x, y, keys)
       jax.block_until_ready(metrics)
+
     return run
 
   rows = {}
   for members in member_counts:
     rows[members] = {}
-    for how in (modes[:1] if members == 1 else modes):  # one member is a plain run either way
+    for how in modes[:1] if members == 1 else modes:  # one member is a plain run either way
       step, state, keys = make(members, how)
       holder = [state]
       key = how if members > 1 else "plain"
@@ -99,10 +114,13 @@ def model_rows(name, member_counts, n_steps, modes):
       def host_fed():  # what loop.train_epoch does per step
         s = position[0] % (POOL // BATCH)
         position[0] += 1
-        idx = np.sort(order[s * BATCH:(s + 1) * BATCH])
-        x, y = sharding.shard_batch(mesh, pool_images[idx][None], pool_labels[idx][None], stacked=True)
+        idx = np.sort(order[s * BATCH : (s + 1) * BATCH])
+        x, y = sharding.shard_batch(
+          mesh, pool_images[idx][None], pool_labels[idx][None], stacked=True
+        )
         holder[0], metrics = step(holder[0], x, y, keys)
         jax.block_until_ready(metrics)
+
       rows[members]["host_fed"] = measure(host_fed, n_steps)
   return rows
 
@@ -110,26 +128,39 @@ def model_rows(name, member_counts, n_steps, modes):
 def main(argv):
   del argv
   import jax
+
   from fer_jax.platform import sharding
+
   sharding.configure_backend()
   member_counts = sorted({1, *(int(m) for m in _MEMBERS.value)})
-  print(f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; "
-        f"batch {BATCH} per member", flush=True)
+  print(
+    f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; "
+    f"batch {BATCH} per member",
+    flush=True,
+  )
   modes = _HOW.value
   results = {name: model_rows(name, member_counts, _STEPS.value, modes) for name in _MODELS.value}
-  print("\n| model | S | sequential img/s | " + " | ".join(f"{m} img/s | {m} / sequential" for m in modes) + " |")
+  print(
+    "\n| model | S | sequential img/s | "
+    + " | ".join(f"{m} img/s | {m} / sequential" for m in modes)
+    + " |"
+  )
   print("|---|---|---|" + "---|---|" * len(modes))
   for name, rows in results.items():
     sequential = BATCH / rows[1]["plain"]
     for members in member_counts[1:]:
-      cells = [f"{members * BATCH / rows[members][m]:.1f} | {members * BATCH / rows[members][m] / sequential:.2f}x"
-               for m in modes]
+      cells = [
+        f"{members * BATCH / rows[members][m]:.1f} | {members * BATCH / rows[members][m] / sequential:.2f}x"
+        for m in modes
+      ]
       print(f"| {name} | {members} | {sequential:.1f} | " + " | ".join(cells) + " |")
   print("\n| model | step, data on device | step, fed from host | host share of a step |")
   print("|---|---|---|---|")
   for name, rows in results.items():
     device_s, host_s = rows[1]["plain"], rows[1]["host_fed"]
-    print(f"| {name} | {device_s * 1000:.0f} ms | {host_s * 1000:.0f} ms | {max(0.0, 1 - device_s / host_s):.1%} |")
+    print(
+      f"| {name} | {device_s * 1000:.0f} ms | {host_s * 1000:.0f} ms | {max(0.0, 1 - device_s / host_s):.1%} |"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """The benchmarks' clock."""
+
 import os
 import time
 

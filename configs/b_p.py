@@ -4,6 +4,7 @@
 Study (+AffectNet): best val 85.30 %, train 89.95 %, gap +4.6, epoch 48 of 68, 5.8 min.
 Test: accuracy 84.99 %, macro F1 0.848. 3,509,444 parameters.
 """
+
 from fer_jax.configs import common
 
 

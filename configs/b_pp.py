@@ -5,8 +5,8 @@
 Study (+AffectNet): best val 85.30 %, train 87.35 %, gap +2.0, epoch 51 of 71, 6.0 min.
 3,509,444 parameters.
 """
-from fer_jax.configs import common
-from fer_jax.configs import b_p
+
+from fer_jax.configs import b_p, common
 
 
 def get_config(arg=None):

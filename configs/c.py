@@ -4,6 +4,7 @@
 Study (stratified data): best val 84.19 %, train 82.36 %, gap -1.8.
 3,509,444 parameters.
 """
+
 from fer_jax.configs import common
 
 

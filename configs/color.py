@@ -5,6 +5,7 @@
 Study (+AffectNet, 30 epochs): gray 83.84 % vs RGB 83.25 % best val accuracy.
 5,867,204 parameters (gray), 5,868,356 (RGB).
 """
+
 from fer_jax.configs import common
 
 

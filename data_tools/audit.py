@@ -21,6 +21,7 @@ works on data that is not ready to train on. Findings:
 Writes DIR/audit.md, DIR/audit.json, DIR/samples.png and DIR/class_counts.png (DIR defaults
 to runs/audit/<dataset name>, never inside the data) and prints a summary. Reads only.
 """
+
 import argparse
 import collections
 import json
@@ -28,20 +29,19 @@ import os
 import re
 import sys
 
-from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 from PIL import Image
 
+from fer_jax import config_loading, data
 from fer_jax.configs import common as config_common
-from . import common
-from . import dedup
-from fer_jax import config_loading
-from fer_jax import data
-from fer_jax.inference import detectors
-from fer_jax.report import plots
 from fer_jax.data import folders
 from fer_jax.data.progress import Progress
+from fer_jax.inference import detectors
+from fer_jax.report import plots
 from fer_jax.report.render import markdown_table
+
+from . import common, dedup
 
 TARGET_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 FLAG_POINTS = 5.0  # a share this many percentage points off its target is flagged
@@ -56,15 +56,23 @@ FACE_MIN_NEIGHBORS = 3
 
 # ---------------------------------------------------------------------------- findings
 
+
 def split_findings(dataset):
   total = sum(dataset.sizes().values())
   out = {}
   for split in data.SPLITS:
     n = len(dataset.splits[split]) if split in dataset.splits else 0
     share = n / total if total else 0.0
-    off = round(100 * (share - TARGET_SPLIT[split]), 2)  # rounded: 75 % is 5.0 pts off, not 5.000001
-    out[split] = {"count": n, "share": share, "target": TARGET_SPLIT[split],
-                  "points_off": off, "flag": abs(off) > FLAG_POINTS}
+    off = round(
+      100 * (share - TARGET_SPLIT[split]), 2
+    )  # rounded: 75 % is 5.0 pts off, not 5.000001
+    out[split] = {
+      "count": n,
+      "share": share,
+      "target": TARGET_SPLIT[split],
+      "points_off": off,
+      "flag": abs(off) > FLAG_POINTS,
+    }
   return out
 
 
@@ -82,8 +90,10 @@ def class_findings(dataset):
       flags = []
       off = round(100 * (share - 1 / k), 2)
       if abs(off) > FLAG_POINTS:
-        flags.append(f"{'over' if off > 0 else 'under'}-represented ({off:+.1f} pts vs "
-                     f"balanced {100 / k:.1f} %)")
+        flags.append(
+          f"{'over' if off > 0 else 'under'}-represented ({off:+.1f} pts vs "
+          f"balanced {100 / k:.1f} %)"
+        )
       if train_share is not None:
         drift = round(100 * (share - train_share[c]), 2)
         if abs(drift) > FLAG_POINTS:
@@ -101,7 +111,7 @@ def file_findings(dataset):
   sizes, modes, formats = collections.Counter(), collections.Counter(), collections.Counter()
   progress = Progress("reading image headers", len(paths))
   for start in range(0, len(paths), 1000):
-    for path in paths[start:start + 1000]:
+    for path in paths[start : start + 1000]:
       try:
         with folders.open_image(path) as im:
           sizes[f"{im.size[0]}x{im.size[1]}"] += 1
@@ -109,7 +119,7 @@ def file_findings(dataset):
           formats[im.format] += 1
       except OSError:  # changed since it was loaded; the loader's report covers bad files
         formats["unreadable now"] += 1
-    progress.update(len(paths[start:start + 1000]))
+    progress.update(len(paths[start : start + 1000]))
   progress.close()
   top = lambda counter: dict(counter.most_common())
   return {"files": len(paths), "sizes": top(sizes), "modes": top(modes), "formats": top(formats)}
@@ -127,9 +137,15 @@ def blank_findings(dataset, blank_std):
     flat = s.images.reshape(len(s), -1).astype(np.float32)
     std, mean = flat.std(axis=1), flat.mean(axis=1)
     for i in np.flatnonzero(std < blank_std):
-      out.append({"split": split, "file": _where(dataset, split, i),
-                  "class": dataset.classes[s.labels[i]], "std": round(float(std[i]), 2),
-                  "mean": round(float(mean[i]), 1)})
+      out.append(
+        {
+          "split": split,
+          "file": _where(dataset, split, i),
+          "class": dataset.classes[s.labels[i]],
+          "std": round(float(std[i]), 2),
+          "mean": round(float(mean[i]), 1),
+        }
+      )
   return out
 
 
@@ -140,18 +156,29 @@ def duplicate_findings(dataset, workers=1):
     return []
   images = np.concatenate([sp.images for sp in dataset.splits.values()])
   pairs, groups = dedup.find_groups(images, dedup.default_settings(), workers)
-  exact_pairs = {(int(a), int(b)) for a, b, kind in zip(pairs.i, pairs.j, pairs.kind) if kind == "exact"}
+  exact_pairs = {
+    (int(a), int(b)) for a, b, kind in zip(pairs.i, pairs.j, pairs.kind) if kind == "exact"
+  }
   out = []
   for members in groups:
     splits = sorted({where[m][0] for m in members}, key=data.SPLITS.index)
     label = lambda m: dataset.classes[dataset.splits[where[m][0]].labels[where[m][1]]]  # noqa: E731
     labels = sorted({label(m) for m in members})
     exact = all((a, b) in exact_pairs for a in members for b in members if a < b)
-    out.append({"size": len(members), "match": "exact" if exact else "near", "splits": splits,
-                "cross_split": len(splits) > 1, "conflicting_labels": len(labels) > 1,
-                "classes": labels,
-                "members": [{"split": where[m][0], "file": _where(dataset, *where[m]), "class": label(m)}
-                            for m in members]})
+    out.append(
+      {
+        "size": len(members),
+        "match": "exact" if exact else "near",
+        "splits": splits,
+        "cross_split": len(splits) > 1,
+        "conflicting_labels": len(labels) > 1,
+        "classes": labels,
+        "members": [
+          {"split": where[m][0], "file": _where(dataset, *where[m]), "class": label(m)}
+          for m in members
+        ],
+      }
+    )
   out.sort(key=lambda g: (not g["cross_split"], not g["conflicting_labels"], -g["size"]))
   return out
 
@@ -169,7 +196,9 @@ def has_face(image):
   padded = np.pad(image, ((pad, pad), (pad, pad)) + ((0, 0),) * (image.ndim - 2), mode="edge")
   side = padded.shape[0] * FACE_UPSCALE
   big = np.asarray(Image.fromarray(padded).resize((side, side), Image.Resampling.BILINEAR))
-  return bool(detectors.detect(big, min_neighbors=FACE_MIN_NEIGHBORS, min_size=int(FACE_MIN_SIZE * side)))
+  return bool(
+    detectors.detect(big, min_neighbors=FACE_MIN_NEIGHBORS, min_size=int(FACE_MIN_SIZE * side))
+  )
 
 
 def faceless_findings(dataset):
@@ -179,7 +208,9 @@ def faceless_findings(dataset):
   for split, s in dataset.splits.items():
     for i, image in enumerate(s.images):
       if not has_face(image):
-        out.append({"split": split, "file": _where(dataset, split, i), "class": dataset.classes[s.labels[i]]})
+        out.append(
+          {"split": split, "file": _where(dataset, split, i), "class": dataset.classes[s.labels[i]]}
+        )
     progress.update(len(s))
   progress.close()
   return out
@@ -190,35 +221,52 @@ def audit(dataset, blank_std=2.0, workers=1):
   duplicates = duplicate_findings(dataset, workers)
   r = dataset.report
   return {
-      "dataset": {"name": dataset.name, "root": r.get("root"), "classes": list(dataset.classes),
-                  "sizes": dataset.sizes(), "total": sum(dataset.sizes().values()),
-                  "layout": r.get("layout"),
-                  "image_shape": list(next(iter(dataset.splits.values())).images.shape[1:])},
-      "splits": split_findings(dataset),
-      "classes": class_findings(dataset),
-      "files": file_findings(dataset),
-      "loader": {"skipped": r.get("skipped", []), "bad_files": r.get("bad_files", []),
-                 "dropped": r.get("dropped", {})},
-      "blank": {"std_below": blank_std, "images": blank_findings(dataset, blank_std)},
-      "no_face": faceless_findings(dataset),
-      "duplicates": {
-          "groups": len(duplicates),
-          "extra_copies": sum(g["size"] - 1 for g in duplicates),
-          "cross_split_groups": sum(g["cross_split"] for g in duplicates),
-          "conflicting_groups": sum(g["conflicting_labels"] for g in duplicates),
-          "near_groups": sum(g["match"] == "near" for g in duplicates),
-          "list": duplicates},
+    "dataset": {
+      "name": dataset.name,
+      "root": r.get("root"),
+      "classes": list(dataset.classes),
+      "sizes": dataset.sizes(),
+      "total": sum(dataset.sizes().values()),
+      "layout": r.get("layout"),
+      "image_shape": list(next(iter(dataset.splits.values())).images.shape[1:]),
+    },
+    "splits": split_findings(dataset),
+    "classes": class_findings(dataset),
+    "files": file_findings(dataset),
+    "loader": {
+      "skipped": r.get("skipped", []),
+      "bad_files": r.get("bad_files", []),
+      "dropped": r.get("dropped", {}),
+    },
+    "blank": {"std_below": blank_std, "images": blank_findings(dataset, blank_std)},
+    "no_face": faceless_findings(dataset),
+    "duplicates": {
+      "groups": len(duplicates),
+      "extra_copies": sum(g["size"] - 1 for g in duplicates),
+      "cross_split_groups": sum(g["cross_split"] for g in duplicates),
+      "conflicting_groups": sum(g["conflicting_labels"] for g in duplicates),
+      "near_groups": sum(g["match"] == "near" for g in duplicates),
+      "list": duplicates,
+    },
   }
 
 
 # ---------------------------------------------------------------------------- outputs
 
+
 def flags(findings):
   """Every flagged finding as one line."""
-  lines = [f"split {s}: {v['share']:.1%} of the images, {v['points_off']:+.1f} pts vs "
-           f"{v['target']:.0%}" for s, v in findings["splits"].items() if v["flag"]]
-  lines += [f"{split}/{c}: {flag}" for split, rows in findings["classes"].items()
-            for c, row in rows.items() for flag in row["flags"]]
+  lines = [
+    f"split {s}: {v['share']:.1%} of the images, {v['points_off']:+.1f} pts vs {v['target']:.0%}"
+    for s, v in findings["splits"].items()
+    if v["flag"]
+  ]
+  lines += [
+    f"{split}/{c}: {flag}"
+    for split, rows in findings["classes"].items()
+    for c, row in rows.items()
+    for flag in row["flags"]
+  ]
   d = findings["duplicates"]
   if d["cross_split_groups"]:
     lines.append(f"{d['cross_split_groups']} duplicate groups span splits (leakage)")
@@ -233,23 +281,33 @@ def flags(findings):
 
 def console_summary(findings, out_dir):
   ds = findings["dataset"]
-  counts = {(split, c): row["count"] for split, rows in findings["classes"].items()
-            for c, row in rows.items()}
+  counts = {
+    (split, c): row["count"]
+    for split, rows in findings["classes"].items()
+    for c, row in rows.items()
+  }
   lines = [f"== audit of {ds['name']}: {ds['total']:,} images, {len(ds['classes'])} classes"]
-  lines.append("  splits: " + ", ".join(
-      f"{s} {v['count']:,} ({v['share']:.1%})" for s, v in findings["splits"].items())
-      + " vs 80/10/10")
+  lines.append(
+    "  splits: "
+    + ", ".join(f"{s} {v['count']:,} ({v['share']:.1%})" for s, v in findings["splits"].items())
+    + " vs 80/10/10"
+  )
   lines += common.count_table(counts, ds["classes"], "  class counts (share of split):")
   d = findings["duplicates"]
-  lines.append(f"  duplicates (exact and verified near, as dedup decides): {d['groups']} groups "
-               f"({d['near_groups']} near), {d['extra_copies']} extra copies; "
-               f"{d['cross_split_groups']} across splits, {d['conflicting_groups']} with "
-               "conflicting labels")
-  lines.append(f"  blank images: {len(findings['blank']['images'])}; no detectable face: "
-               f"{len(findings['no_face'])}")
+  lines.append(
+    f"  duplicates (exact and verified near, as dedup decides): {d['groups']} groups "
+    f"({d['near_groups']} near), {d['extra_copies']} extra copies; "
+    f"{d['cross_split_groups']} across splits, {d['conflicting_groups']} with "
+    "conflicting labels"
+  )
+  lines.append(
+    f"  blank images: {len(findings['blank']['images'])}; no detectable face: "
+    f"{len(findings['no_face'])}"
+  )
   loader = findings["loader"]
-  lines.append(f"  loader: {len(loader['skipped'])} skipped, {len(loader['bad_files'])} "
-               f"unreadable files")
+  lines.append(
+    f"  loader: {len(loader['skipped'])} skipped, {len(loader['bad_files'])} unreadable files"
+  )
   lines += [f"  FLAG {line}" for line in flags(findings)] or ["  no flags"]
   lines.append(f"  wrote audit.md, audit.json, samples.png, class_counts.png to {out_dir}")
   return "\n".join(lines)
@@ -260,22 +318,44 @@ def markdown(findings):
   root = ds["root"] or ""
   # Files under the root are shown relative to it; audit.json keeps full paths.
   rel = lambda p: os.path.relpath(p, root) if root and p.startswith(root + os.sep) else p
-  md = [f"# Dataset audit: {ds['name']}", "",
-        f"{ds['total']:,} images in `{root}`, classes {', '.join(ds['classes'])}, arrays "
-        f"{'x'.join(map(str, ds['image_shape']))} uint8"
-        + (f", layout {ds['layout']}" if ds["layout"] else "") + ".", ""]
+  md = [
+    f"# Dataset audit: {ds['name']}",
+    "",
+    f"{ds['total']:,} images in `{root}`, classes {', '.join(ds['classes'])}, arrays "
+    f"{'x'.join(map(str, ds['image_shape']))} uint8"
+    + (f", layout {ds['layout']}" if ds["layout"] else "")
+    + ".",
+    "",
+  ]
   md += ["## Flags", ""] + ([f"- {line}" for line in flags(findings)] or ["None."]) + [""]
   md += ["## Splits (target 80 / 10 / 10)", ""]
-  md += markdown_table(["split", "images", "share", "target", "off (pts)"], [
-      (s, f"{v['count']:,}", f"{v['share']:.1%}", f"{v['target']:.0%}",
-       f"{v['points_off']:+.1f}" + (" **flag**" if v["flag"] else ""))
-      for s, v in findings["splits"].items()])
+  md += markdown_table(
+    ["split", "images", "share", "target", "off (pts)"],
+    [
+      (
+        s,
+        f"{v['count']:,}",
+        f"{v['share']:.1%}",
+        f"{v['target']:.0%}",
+        f"{v['points_off']:+.1f}" + (" **flag**" if v["flag"] else ""),
+      )
+      for s, v in findings["splits"].items()
+    ],
+  )
   md += ["", f"## Classes (flagged beyond ±{FLAG_POINTS:.0f} pts)", ""]
   splits = list(findings["classes"])
-  md += markdown_table(["class"] + splits, [
-      [c] + [f"{findings['classes'][s][c]['count']:,} ({findings['classes'][s][c]['share']:.1%})"
-             + (" **flag**" if findings["classes"][s][c]["flags"] else "") for s in splits]
-      for c in ds["classes"]])
+  md += markdown_table(
+    ["class"] + splits,
+    [
+      [c]
+      + [
+        f"{findings['classes'][s][c]['count']:,} ({findings['classes'][s][c]['share']:.1%})"
+        + (" **flag**" if findings["classes"][s][c]["flags"] else "")
+        for s in splits
+      ]
+      for c in ds["classes"]
+    ],
+  )
   md += ["", "![class counts](class_counts.png)", ""]
   f = findings["files"]
   md += ["## Source files", ""]
@@ -290,28 +370,56 @@ def markdown(findings):
     md.append(f"- {what.replace('_', ' ')} by the loader: {len(items)}")
     md += [f"  - `{rel(p)}`: {reason}" for p, reason in items[:LISTED]]
   if loader["dropped"]:
-    md.append("- dropped by the loader: " + ", ".join(f"{n} {why}" for why, n in loader["dropped"].items()))
+    md.append(
+      "- dropped by the loader: " + ", ".join(f"{n} {why}" for why, n in loader["dropped"].items())
+    )
   blank = findings["blank"]
   md += ["", f"## Near-constant images (pixel std < {blank['std_below']})", ""]
-  md += markdown_table(["split", "class", "std", "mean", "file"], [
-      (b["split"], b["class"], b["std"], b["mean"], f"`{rel(b['file'])}`") for b in blank["images"][:LISTED]]
-      ) if blank["images"] else ["None."]
+  md += (
+    markdown_table(
+      ["split", "class", "std", "mean", "file"],
+      [
+        (b["split"], b["class"], b["std"], b["mean"], f"`{rel(b['file'])}`")
+        for b in blank["images"][:LISTED]
+      ],
+    )
+    if blank["images"]
+    else ["None."]
+  )
   md += ["", "## Images with no detectable face (Haar cascade)", ""]
-  md += markdown_table(["split", "class", "file"], [
-      (f["split"], f["class"], f"`{rel(f['file'])}`") for f in findings["no_face"][:LISTED]]
-      ) if findings["no_face"] else ["None."]
+  md += (
+    markdown_table(
+      ["split", "class", "file"],
+      [(f["split"], f["class"], f"`{rel(f['file'])}`") for f in findings["no_face"][:LISTED]],
+    )
+    if findings["no_face"]
+    else ["None."]
+  )
   if len(findings["no_face"]) > LISTED:
     md.append(f"- ... {len(findings['no_face']) - LISTED} more in audit.json")
   d = findings["duplicates"]
-  md += ["", "## Duplicates (exact, and near as `data_tools.dedup` verifies them)", "",
-         f"{d['groups']} groups ({d['near_groups']} near), {d['extra_copies']} extra copies; "
-         f"{d['cross_split_groups']} groups "
-         f"across splits (leakage); {d['conflicting_groups']} with conflicting labels.", ""]
+  md += [
+    "",
+    "## Duplicates (exact, and near as `data_tools.dedup` verifies them)",
+    "",
+    f"{d['groups']} groups ({d['near_groups']} near), {d['extra_copies']} extra copies; "
+    f"{d['cross_split_groups']} groups "
+    f"across splits (leakage); {d['conflicting_groups']} with conflicting labels.",
+    "",
+  ]
   for g in d["list"][:LISTED]:
-    tags = [t for t, on in (("across splits", g["cross_split"]),
-                            ("CONFLICTING LABELS", g["conflicting_labels"])) if on]
-    md.append(f"- {g['match']} group ({g['size']} images{'; ' + ', '.join(tags) if tags else ''}): "
-              + "; ".join(f"{m['split']}/{m['class']} `{rel(m['file'])}`" for m in g["members"]))
+    tags = [
+      t
+      for t, on in (
+        ("across splits", g["cross_split"]),
+        ("CONFLICTING LABELS", g["conflicting_labels"]),
+      )
+      if on
+    ]
+    md.append(
+      f"- {g['match']} group ({g['size']} images{'; ' + ', '.join(tags) if tags else ''}): "
+      + "; ".join(f"{m['split']}/{m['class']} `{rel(m['file'])}`" for m in g["members"])
+    )
   if len(d["list"]) > LISTED:
     md.append(f"- ... {len(d['list']) - LISTED} more in audit.json")
   md += ["", "## Samples", "", "![samples per class](samples.png)", ""]
@@ -322,7 +430,9 @@ def plot_samples(dataset, path, per_class=8, seed=0):
   """A grid: one row per class, `per_class` random images of it from train (or the first split)."""
   split = "train" if "train" in dataset.splits else next(iter(dataset.splits))
   s = dataset.splits[split]
-  plots.sample_grid(s.images, s.labels, dataset.classes, path, per_class, seed, f"{split} samples per class")
+  plots.sample_grid(
+    s.images, s.labels, dataset.classes, path, per_class, seed, f"{split} samples per class"
+  )
 
 
 def plot_class_counts(findings, path):
@@ -343,6 +453,7 @@ def plot_class_counts(findings, path):
 
 
 # ---------------------------------------------------------------------------- command line
+
 
 def data_config(args):
   """`config.data` for the command's target: a config file's, or the defaults with its root."""
@@ -374,10 +485,14 @@ def output_dir(args, data_cfg):
     name = os.path.basename(os.path.normpath(root)).replace(".csv", "") if root else "builtin"
     out = os.path.join("runs", "audit", re.sub(r"[^A-Za-z0-9_.-]+", "_", name))
   real_root, real_out = os.path.realpath(root or "."), os.path.realpath(out)
-  if root and os.path.isdir(real_root) and (real_out == real_root
-                                            or real_out.startswith(real_root + os.sep)):
-    raise ValueError(f"--out {out}: inside the data root {root}; the audit never writes "
-                     "into the data")
+  if (
+    root
+    and os.path.isdir(real_root)
+    and (real_out == real_root or real_out.startswith(real_root + os.sep))
+  ):
+    raise ValueError(
+      f"--out {out}: inside the data root {root}; the audit never writes into the data"
+    )
   return out
 
 
@@ -398,17 +513,30 @@ def run(args):
 
 
 def build_parser():
-  p = argparse.ArgumentParser(prog="python -m data_tools.audit", description=__doc__.split("\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("target", metavar="ROOT_OR_CONFIG",
-                 help="dataset root (folder, .csv, TFDS data_dir) or configs/X.py[:variant]")
+  p = argparse.ArgumentParser(
+    prog="python -m data_tools.audit",
+    description=__doc__.split("\n")[0],
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  p.add_argument(
+    "target",
+    metavar="ROOT_OR_CONFIG",
+    help="dataset root (folder, .csv, TFDS data_dir) or configs/X.py[:variant]",
+  )
   p.add_argument("--out", help="output folder (default runs/audit/<dataset name>)")
-  p.add_argument("--classes", type=common.parse_classes,
-                 help="class names, comma-separated (default: the config's, or the 4 FER classes)")
+  p.add_argument(
+    "--classes",
+    type=common.parse_classes,
+    help="class names, comma-separated (default: the config's, or the 4 FER classes)",
+  )
   p.add_argument("--source", help="config.data.source (default: the config's, or auto)")
   p.add_argument("--cache_dir", help="config.data.cache_dir (default: the config's)")
-  p.add_argument("--blank_std", type=float, default=2.0,
-                 help="images with a pixel standard deviation below this are blank")
+  p.add_argument(
+    "--blank_std",
+    type=float,
+    default=2.0,
+    help="images with a pixel standard deviation below this are blank",
+  )
   p.add_argument("--samples", type=int, default=8, help="sample images per class in samples.png")
   p.add_argument("--workers", type=int, default=0, help="decode processes (0 = one per core)")
   return p

@@ -12,6 +12,7 @@ identically are left alone, so re-running is idempotent; any other file in DST i
 Files in DST are replaced by rename, never rewritten in place: a hard-linked file shares its
 bytes with the source, and writing into it would change the source.
 """
+
 import argparse
 import collections
 import csv
@@ -26,13 +27,34 @@ from fer_jax.data import FER4, SPLITS, folders
 from fer_jax.data.progress import Progress
 
 ACTIONS = ("kept", "moved", "relabelled", "dropped", "added")
-MANIFEST_COLUMNS = ("source_path", "source_split", "source_class", "action", "split", "class",
-                    "new_path", "reason", "group", "score")
+MANIFEST_COLUMNS = (
+  "source_path",
+  "source_split",
+  "source_class",
+  "action",
+  "split",
+  "class",
+  "new_path",
+  "reason",
+  "group",
+  "score",
+)
 # Files the tools write at the top of DST. When DST becomes the next tool's SRC
 # they are outputs of the previous step, not data: they are neither read nor listed.
-OUTPUT_FILES = frozenset({
-    "manifest.csv", "plan.json", "summary.txt", "duplicates.csv", "conflicts.csv", "review.csv",
-    "suspects.png", "oof_probs.npz", "pairs.csv", "pairs.png"})
+OUTPUT_FILES = frozenset(
+  {
+    "manifest.csv",
+    "plan.json",
+    "summary.txt",
+    "duplicates.csv",
+    "conflicts.csv",
+    "review.csv",
+    "suspects.png",
+    "oof_probs.npz",
+    "pairs.csv",
+    "pairs.png",
+  }
+)
 # Working folders of the tools; dot-named, so scanning a tree skips them.
 OUTPUT_DIRS = frozenset({".mislabel_runs"})
 # Suffix of the temp file `_Writer.place` renames into place.
@@ -45,6 +67,7 @@ class ToolError(Exception):
 
 # ---------------------------------------------------------------------------- flags
 
+
 def parse_classes(text):
   classes = tuple(c.strip() for c in text.split(",") if c.strip())
   if len(classes) < 2 or len(set(classes)) != len(classes):
@@ -54,16 +77,26 @@ def parse_classes(text):
 
 def tool_parser(prog, description):
   """The flags every tool has; tools add their own."""
-  p = argparse.ArgumentParser(prog=f"python -m data_tools.{prog}", description=description,
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog=f"python -m data_tools.{prog}",
+    description=description,
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
   p.add_argument("src", metavar="SRC", help="dataset tree <SRC>/<split>/<class>/<file> (read only)")
   p.add_argument("--out", required=True, metavar="DST", help="new tree to write; never inside SRC")
   p.add_argument("--apply", action="store_true", help="carry out the plan (default: dry run)")
-  p.add_argument("--overwrite", action="store_true",
-                 help="replace or remove files in DST that this plan did not write")
+  p.add_argument(
+    "--overwrite",
+    action="store_true",
+    help="replace or remove files in DST that this plan did not write",
+  )
   p.add_argument("--copy", action="store_true", help="copy files instead of hard-linking them")
-  p.add_argument("--classes", type=parse_classes, default=FER4,
-                 help="class folders to read, comma-separated; others are reported and left out")
+  p.add_argument(
+    "--classes",
+    type=parse_classes,
+    default=FER4,
+    help="class folders to read, comma-separated; others are reported and left out",
+  )
   p.add_argument("--workers", type=int, default=0, help="decode processes (0 = one per core)")
   return p
 
@@ -84,6 +117,7 @@ def run_main(tool_fn, parser, argv):
 
 # ---------------------------------------------------------------------------- paths
 
+
 def _contains(outer, inner):
   return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
@@ -96,19 +130,30 @@ def check_output(dst, overwrite, **inputs):
   for flag, path in inputs.items():
     real = os.path.realpath(path)
     if _contains(real, real_dst) or _contains(real_dst, real):
-      raise ToolError(f"--out {dst}: overlaps {flag} {path}; the output must be a separate folder "
-                      "(the source is never written to)")
+      raise ToolError(
+        f"--out {dst}: overlaps {flag} {path}; the output must be a separate folder "
+        "(the source is never written to)"
+      )
   link = next(symlinks_under(dst), None)
   if link is not None:  # a write through it could land anywhere, the source included
-    raise ToolError(f"--out {dst}: holds the symlink {link} -> {os.path.realpath(link)}; the data tools "
-                    "write only into real folders: remove it or choose another --out")
-  if os.path.isdir(dst) and not overwrite and not any(
-      os.path.exists(os.path.join(dst, marker)) for marker in ("plan.json", "manifest.csv")):
+    raise ToolError(
+      f"--out {dst}: holds the symlink {link} -> {os.path.realpath(link)}; the data tools "
+      "write only into real folders: remove it or choose another --out"
+    )
+  if (
+    os.path.isdir(dst)
+    and not overwrite
+    and not any(
+      os.path.exists(os.path.join(dst, marker)) for marker in ("plan.json", "manifest.csv")
+    )
+  ):
     # Cheap early check before any long work; `finish` checks file by file.
     data_file = next(files_under(dst, skip_outputs=True), None)
     if data_file is not None:
-      raise ToolError(f"--out {dst}: holds files not written by the data tools "
-                      f"(e.g. {os.path.join(dst, data_file)}); choose an empty folder")
+      raise ToolError(
+        f"--out {dst}: holds files not written by the data tools "
+        f"(e.g. {os.path.join(dst, data_file)}); choose an empty folder"
+      )
 
 
 def symlinks_under(root):
@@ -127,20 +172,25 @@ def files_under(root, skip_outputs=False):
   """
   for folder, dirs, files in os.walk(root):
     top = folder == root
-    dirs[:] = sorted(d for d in dirs
-                     if not d.startswith(".") and not (skip_outputs and top and d in OUTPUT_DIRS))
+    dirs[:] = sorted(
+      d for d in dirs if not d.startswith(".") and not (skip_outputs and top and d in OUTPUT_DIRS)
+    )
     for f in sorted(files):
-      if f.startswith(".") or (skip_outputs and (f.endswith(_WRITER_TMP) or
-                                                 (top and f.removesuffix(".tmp") in OUTPUT_FILES))):
+      if f.startswith(".") or (
+        skip_outputs
+        and (f.endswith(_WRITER_TMP) or (top and f.removesuffix(".tmp") in OUTPUT_FILES))
+      ):
         continue
       yield os.path.normpath(os.path.relpath(os.path.join(folder, f), root))
 
 
 # ---------------------------------------------------------------------------- reading a tree
 
+
 @dataclasses.dataclass
 class Entry:
   """What happens to one input file; one manifest row."""
+
   source_path: str  # absolute
   source_split: str  # '' for an unsplit tree or a file outside the tree's structure
   source_class: str
@@ -154,10 +204,18 @@ class Entry:
   data: bytes = dataclasses.field(default=None, repr=False)  # a new file's bytes (merge)
 
   def row(self):
-    return {"source_path": self.source_path, "source_split": self.source_split,
-            "source_class": self.source_class, "action": self.action, "split": self.split,
-            "class": self.class_name, "new_path": self.new_path, "reason": self.reason,
-            "group": self.group, "score": self.score}
+    return {
+      "source_path": self.source_path,
+      "source_split": self.source_split,
+      "source_class": self.source_class,
+      "action": self.action,
+      "split": self.split,
+      "class": self.class_name,
+      "new_path": self.new_path,
+      "reason": self.reason,
+      "group": self.group,
+      "score": self.score,
+    }
 
 
 @dataclasses.dataclass
@@ -170,7 +228,7 @@ class Tree:
   def rel(self, record):
     """A record's path inside its class folder (sub-folders kept)."""
     parts = os.path.relpath(record.path, self.root).split(os.sep)
-    return os.path.join(*parts[2 if self.layout == "split" else 1:])
+    return os.path.join(*parts[2 if self.layout == "split" else 1 :])
 
   def tree_path(self, record):
     """A record's path relative to the tree root (how review CSVs name files)."""
@@ -183,18 +241,24 @@ def read_tree(root, classes, allow_flat=False):
     raise ToolError(f"SRC {root}: no such folder")
   scan = folders.scan_tree(os.path.abspath(root), classes, classes_field="--classes")
   if scan.layout == "flat" and not allow_flat:
-    raise ToolError(f"SRC {root}: no train/val/test folders (an unsplit <root>/<class>/<file> tree); "
-                    "run `python -m data_tools.stratify` on it first")
+    raise ToolError(
+      f"SRC {root}: no train/val/test folders (an unsplit <root>/<class>/<file> tree); "
+      "run `python -m data_tools.stratify` on it first"
+    )
   not_read = []
   for path, reason in scan.skipped:
     if os.path.dirname(path) == scan.root and os.path.basename(path) in OUTPUT_FILES:
       continue
-    paths = [os.path.join(path, rel) for rel in files_under(path)] if os.path.isdir(path) else [path]
+    paths = (
+      [os.path.join(path, rel) for rel in files_under(path)] if os.path.isdir(path) else [path]
+    )
     for p in paths:
       not_read.append(Entry(p, "", "", "dropped", reason=f"not read: {reason}"))
   if not scan.files:
-    raise ToolError(f"SRC {root}: no images of the classes {', '.join(classes)} found "
-                    "(expected <SRC>/<split>/<class>/<file>)")
+    raise ToolError(
+      f"SRC {root}: no images of the classes {', '.join(classes)} found "
+      "(expected <SRC>/<split>/<class>/<file>)"
+    )
   return Tree(scan.root, scan.layout, scan.files, not_read)
 
 
@@ -205,8 +269,18 @@ def entry_for(tree, record, action, split=None, class_name=None, reason="", grou
   new_path = "" if action == "dropped" else os.path.join(split, class_name, tree.rel(record))
   if action == "dropped":
     split, class_name = "", ""
-  return Entry(record.path, record.split or "", record.class_name, action, split, class_name,
-               new_path, reason, str(group), str(score))
+  return Entry(
+    record.path,
+    record.split or "",
+    record.class_name,
+    action,
+    split,
+    class_name,
+    new_path,
+    reason,
+    str(group),
+    str(score),
+  )
 
 
 def split_readable(tree, records, ok, errors):
@@ -216,8 +290,11 @@ def split_readable(tree, records, ok, errors):
   """
   bad = dict(errors)
   readable = [r for r, good in zip(records, ok) if good]
-  dropped = [entry_for(tree, r, "dropped", reason=f"unreadable image: {bad[r.path]}")
-             for r, good in zip(records, ok) if not good]
+  dropped = [
+    entry_for(tree, r, "dropped", reason=f"unreadable image: {bad[r.path]}")
+    for r, good in zip(records, ok)
+    if not good
+  ]
   return readable, dropped
 
 
@@ -242,8 +319,16 @@ def resolve_name_clashes(entries):
 
 # ---------------------------------------------------------------------------- review CSVs
 
-REVIEW_COLUMNS = ("rank", "file", "split", "given_label", "suggested_label", "score", "reason",
-                  "decision")
+REVIEW_COLUMNS = (
+  "rank",
+  "file",
+  "split",
+  "given_label",
+  "suggested_label",
+  "score",
+  "reason",
+  "decision",
+)
 DECISIONS = "keep | drop | relabel (to suggested_label) | a class name | empty (= keep)"
 
 
@@ -262,6 +347,7 @@ def csv_text(rows, columns):
 
 
 # ---------------------------------------------------------------------------- plan and apply
+
 
 @dataclasses.dataclass
 class Plan:
@@ -293,7 +379,8 @@ def count_table(counts, classes, title):
   Split '' (an unsplit tree) is the column "unsplit".
   """
   splits = [s for s in SPLITS if any(k[0] == s for k in counts)] + sorted(
-      {k[0] for k in counts if k[0] not in SPLITS})
+    {k[0] for k in counts if k[0] not in SPLITS}
+  )
   totals = {s: sum(v for k, v in counts.items() if k[0] == s) for s in splits}
   width = max([len(c) for c in classes] + [8])
   lines = [title, f"  {'class':<{width}}" + "".join(f"{s or 'unsplit':>16}" for s in splits)]
@@ -384,20 +471,33 @@ def finish(plan, args):
   if foreign and not args.overwrite:
     shown = ", ".join(os.path.join(plan.dst, p) for p in foreign[:3])
     more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-    raise ToolError(f"--out {plan.dst}: holds {len(foreign)} file(s) this plan would not write "
-                    f"({shown}{more}); pass --overwrite to replace them or choose an empty folder")
+    raise ToolError(
+      f"--out {plan.dst}: holds {len(foreign)} file(s) this plan would not write "
+      f"({shown}{more}); pass --overwrite to replace them or choose an empty folder"
+    )
   counts = action_counts(plan.entries)
   to_write = [p for p in sorted(targets) if p not in in_place]
-  lines = [f"== {plan.tool}: {len(plan.entries):,} input files"
-           + "".join(f", {n:,} {a}" for a, n in counts.items() if n)]
+  lines = [
+    f"== {plan.tool}: {len(plan.entries):,} input files"
+    + "".join(f", {n:,} {a}" for a, n in counts.items() if n)
+  ]
   lines += plan.summary
   # What DST held before this run is not part of the plan: kept out of plan.json and summary.txt,
   # so that a re-run leaves them byte for byte as they were.
-  status = [f"DST {plan.dst}: {len(to_write):,} files to write, {len(in_place):,} already in place"
-            + (f", {len(foreign):,} foreign to remove (--overwrite)" if foreign else "")]
-  document = {"tool": plan.tool, "sources": plan.sources, "dst": plan.dst, "options": plan.options,
-              "applied": bool(args.apply), "counts": counts, "summary": lines,
-              "entries": [e.row() for e in plan.entries]}
+  status = [
+    f"DST {plan.dst}: {len(to_write):,} files to write, {len(in_place):,} already in place"
+    + (f", {len(foreign):,} foreign to remove (--overwrite)" if foreign else "")
+  ]
+  document = {
+    "tool": plan.tool,
+    "sources": plan.sources,
+    "dst": plan.dst,
+    "options": plan.options,
+    "applied": bool(args.apply),
+    "counts": counts,
+    "summary": lines,
+    "entries": [e.row() for e in plan.entries],
+  }
   os.makedirs(plan.dst, exist_ok=True)
   for name, content in plan.reports.items():
     _write_text(os.path.join(plan.dst, name), content)
@@ -408,12 +508,16 @@ def finish(plan, args):
       # and the same command then finishes the tree. (Nothing to do: a re-run changes nothing.)
       _write_text(plan_path, json.dumps({**document, "applied": False}, indent=1) + "\n")
     _apply(plan, args, targets, to_write, foreign)
-    _write_text(os.path.join(plan.dst, "manifest.csv"),
-                csv_text([e.row() for e in plan.entries], MANIFEST_COLUMNS))
+    _write_text(
+      os.path.join(plan.dst, "manifest.csv"),
+      csv_text([e.row() for e in plan.entries], MANIFEST_COLUMNS),
+    )
     status.append(f"applied: tree, manifest.csv and plan.json in {plan.dst}")
   else:
-    status.append(f"dry run: nothing changed; plan in {os.path.join(plan.dst, 'plan.json')}; "
-                  "re-run with --apply to carry it out")
+    status.append(
+      f"dry run: nothing changed; plan in {os.path.join(plan.dst, 'plan.json')}; "
+      "re-run with --apply to carry it out"
+    )
   _write_text(plan_path, json.dumps(document, indent=1) + "\n")
   _write_text(os.path.join(plan.dst, "summary.txt"), "\n".join(lines) + "\n")
   print("\n".join(lines + status))

@@ -33,6 +33,7 @@ labels. DST/duplicates.csv lists every candidate pair with its hash distance, si
 verdict; DST/pairs.csv and DST/pairs.png show the near pairs closest to --min_similarity for a
 person to confirm: fill `decision` (duplicate | distinct) and re-run with --review DST/pairs.csv.
 """
+
 import argparse
 import collections
 import csv
@@ -43,25 +44,32 @@ import os
 import sys
 
 import imagehash
-from matplotlib.figure import Figure
 import numpy as np
+from matplotlib.figure import Figure
 from PIL import Image
 from scipy import fft as scipy_fft
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from . import common
 from fer_jax.data import folders
 from fer_jax.data.progress import Progress
 
-HASHES = {"phash": imagehash.phash, "dhash": imagehash.dhash, "ahash": imagehash.average_hash,
-          "whash": imagehash.whash}
+from . import common
+
+HASHES = {
+  "phash": imagehash.phash,
+  "dhash": imagehash.dhash,
+  "ahash": imagehash.average_hash,
+  "whash": imagehash.whash,
+}
 MAX_THRESHOLD = 31  # t + 1 bands of 64 bits must each keep 2 bits
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # which copy of a leaked pair survives
 # Defaults chosen on the labelled real-face benchmark (benchmarks/dedup_quality.py,
 # docs/data_tools.md): precision and recall of grouping at 48x48.
-DEFAULT_THRESHOLD = 6  # pHash distances are even (32 bits set per code): 7 = 6; 8 costs 4x the search
+DEFAULT_THRESHOLD = (
+  6  # pHash distances are even (32 bits set per code): 7 = 6; 8 costs 4x the search
+)
 DEFAULT_SHIFT = 2
 DEFAULT_ZOOM = 0.08
 DEFAULT_MAX_SHIFT = 3
@@ -75,23 +83,53 @@ MAX_HOP_DEGREE = 32  # second-hop candidates only through images with at most th
 
 # ---------------------------------------------------------------------------- hashing
 
+
 def add_hash_flags(parser):
   parser.add_argument("--hash", choices=sorted(HASHES), default="phash", help="perceptual hash")
-  parser.add_argument("--threshold", type=int, default=DEFAULT_THRESHOLD,
-                      help=f"max differing bits (of 64) of a candidate pair, 0..{MAX_THRESHOLD}")
-  parser.add_argument("--no_mirror", dest="mirror", action="store_false",
-                      help="do not match horizontally flipped copies (matching them: %(default)s)")
-  parser.add_argument("--shift", type=int, default=DEFAULT_SHIFT, choices=(0, 1, 2, 3),
-                      help="also hash each image moved by this many px in 8 directions (0: off)")
-  parser.add_argument("--zoom", type=float, default=DEFAULT_ZOOM,
-                      help="also hash each image zoomed in and out by this fraction, and verify "
-                           "at these scales (0: off)")
-  parser.add_argument("--max_shift", type=int, default=DEFAULT_MAX_SHIFT,
-                      help="verification: largest translation (px) searched between two images")
-  parser.add_argument("--min_similarity", type=float, default=DEFAULT_MIN_SIMILARITY,
-                      help="verification: normalised cross-correlation a near duplicate reaches")
-  parser.add_argument("--image_size", type=int, default=48,
-                      help="side the images are decoded to before hashing (the dataset's size)")
+  parser.add_argument(
+    "--threshold",
+    type=int,
+    default=DEFAULT_THRESHOLD,
+    help=f"max differing bits (of 64) of a candidate pair, 0..{MAX_THRESHOLD}",
+  )
+  parser.add_argument(
+    "--no_mirror",
+    dest="mirror",
+    action="store_false",
+    help="do not match horizontally flipped copies (matching them: %(default)s)",
+  )
+  parser.add_argument(
+    "--shift",
+    type=int,
+    default=DEFAULT_SHIFT,
+    choices=(0, 1, 2, 3),
+    help="also hash each image moved by this many px in 8 directions (0: off)",
+  )
+  parser.add_argument(
+    "--zoom",
+    type=float,
+    default=DEFAULT_ZOOM,
+    help="also hash each image zoomed in and out by this fraction, and verify "
+    "at these scales (0: off)",
+  )
+  parser.add_argument(
+    "--max_shift",
+    type=int,
+    default=DEFAULT_MAX_SHIFT,
+    help="verification: largest translation (px) searched between two images",
+  )
+  parser.add_argument(
+    "--min_similarity",
+    type=float,
+    default=DEFAULT_MIN_SIMILARITY,
+    help="verification: normalised cross-correlation a near duplicate reaches",
+  )
+  parser.add_argument(
+    "--image_size",
+    type=int,
+    default=48,
+    help="side the images are decoded to before hashing (the dataset's size)",
+  )
 
 
 def default_settings():
@@ -109,7 +147,9 @@ def check_hash_flags(args):
   if not 0 <= args.zoom <= 0.3:
     raise common.ToolError(f"--zoom: must be in 0..0.3, got {args.zoom}")
   if not 0 <= args.max_shift <= args.image_size // 8:
-    raise common.ToolError(f"--max_shift: must be in 0..{args.image_size // 8}, got {args.max_shift}")
+    raise common.ToolError(
+      f"--max_shift: must be in 0..{args.image_size // 8}, got {args.max_shift}"
+    )
   if not 0 < args.min_similarity <= 1:
     raise common.ToolError(f"--min_similarity: must be in (0, 1], got {args.min_similarity}")
 
@@ -117,9 +157,10 @@ def check_hash_flags(args):
 def _translate(pixels, dy, dx):
   """The image moved by (dy, dx) pixels, the uncovered border filled with its edge pixels."""
   h, w = pixels.shape[:2]
-  padded = np.pad(pixels, ((abs(dy), abs(dy)), (abs(dx), abs(dx))) + ((0, 0),) * (pixels.ndim - 2),
-                  mode="edge")
-  return padded[abs(dy) - dy:abs(dy) - dy + h, abs(dx) - dx:abs(dx) - dx + w]
+  padded = np.pad(
+    pixels, ((abs(dy), abs(dy)), (abs(dx), abs(dx))) + ((0, 0),) * (pixels.ndim - 2), mode="edge"
+  )
+  return padded[abs(dy) - dy : abs(dy) - dy + h, abs(dx) - dx : abs(dx) - dx + w]
 
 
 @functools.lru_cache(maxsize=16)
@@ -143,9 +184,14 @@ def _zoom(pixels, scale):
 
 def variant_kinds(mirror, shift, zoom):
   """Names of the transformed copies hashed besides the image itself, in column order."""
-  offsets = [(dy * shift, dx * shift) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
-  return ((["mirrored"] if mirror else []) + [f"shifted {dy:+d},{dx:+d}" for dy, dx in offsets if shift]
-          + [f"zoomed {s:.2f}" for s in zoom_scales(zoom) if s != 1])
+  offsets = [
+    (dy * shift, dx * shift) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)
+  ]
+  return (
+    (["mirrored"] if mirror else [])
+    + [f"shifted {dy:+d},{dx:+d}" for dy, dx in offsets if shift]
+    + [f"zoomed {s:.2f}" for s in zoom_scales(zoom) if s != 1]
+  )
 
 
 def zoom_scales(zoom):
@@ -174,8 +220,9 @@ def _hash_chunk(images, method, kinds):
   for k, pixels in enumerate(images):
     digests[k] = int.from_bytes(hashlib.blake2b(pixels.tobytes(), digest_size=8).digest(), "big")
     for v, kind in enumerate([None] + kinds):
-      bits[v, k] = fn(Image.fromarray(pixels if kind is None else np.ascontiguousarray(
-          _variant(pixels, kind)))).hash.ravel()
+      bits[v, k] = fn(
+        Image.fromarray(pixels if kind is None else np.ascontiguousarray(_variant(pixels, kind)))
+      ).hash.ravel()
   codes = np.stack([_pack(b) for b in bits], axis=1)
   return digests, codes[:, 0], codes[:, 1:]
 
@@ -208,24 +255,34 @@ def hash_images(images, settings, workers=1, label="hashing"):
   images = gray(images)
   progress = Progress(label, len(images))
   # The loader's pool: processes, or threads once JAX is imported (see folders.executor).
-  parts = dict(folders.map_chunks(functools.partial(_hash_chunk, method=settings.hash, kinds=kinds),
-                                  images, 256, workers, progress))
+  parts = dict(
+    folders.map_chunks(
+      functools.partial(_hash_chunk, method=settings.hash, kinds=kinds),
+      images,
+      256,
+      workers,
+      progress,
+    )
+  )
   progress.close()
   ordered = [parts[s] for s in sorted(parts)] or [
-      (np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros((0, len(kinds)), np.uint64))]
+    (np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros((0, len(kinds)), np.uint64))
+  ]
   return Hashes(*(np.concatenate([p[f] for p in ordered]) for f in range(3)), kinds)
 
 
 def decode_and_hash(paths, args, label="hashing"):
   """Decodes and hashes files -> (gray uint8 [n, S, S] of the readable ones, their Hashes,
   ok mask [N], [(path, reason)])."""
-  images, ok, errors = folders.decode_many(paths, args.image_size, 1, "bilinear", args.workers,
-                                           label="decoding")
+  images, ok, errors = folders.decode_many(
+    paths, args.image_size, 1, "bilinear", args.workers, label="decoding"
+  )
   images = gray(images[ok])
   return images, hash_images(images, args, args.workers, label), ok, errors
 
 
 # ---------------------------------------------------------------------------- verification
+
 
 def _blurred(images):
   return ndimage.gaussian_filter(images.astype(np.float32), (0, SIMILARITY_BLUR, SIMILARITY_BLUR))
@@ -238,9 +295,9 @@ def _similarity_chunk(a, b, max_shift, scales, mirror):
   margin = max(s, size // 6)
   h = size - 2 * margin  # the central two thirds of a are compared: borders and edge fill vary
   n = h * h
-  centre = a[:, margin:size - margin, margin:size - margin]
+  centre = a[:, margin : size - margin, margin : size - margin]
   centre = centre - centre.mean((1, 2), keepdims=True)
-  centre /= np.maximum(np.sqrt((centre ** 2).sum((1, 2), keepdims=True)), 1e-3)
+  centre /= np.maximum(np.sqrt((centre**2).sum((1, 2), keepdims=True)), 1e-3)
   shape = (h + 2 * s,) * 2
   conj_centre = np.conj(scipy_fft.rfft2(centre, shape))
   window = lambda c: c[:, h:, h:] - c[:, :-h, h:] - c[:, h:, :-h] + c[:, :-h, :-h]  # noqa: E731
@@ -248,16 +305,20 @@ def _similarity_chunk(a, b, max_shift, scales, mirror):
   for scale in scales:
     m = zoom_matrix(size, scale)
     zoomed = b if scale == 1 else m @ b @ m.T
-    region = np.ascontiguousarray(zoomed[:, margin - s:size - margin + s, margin - s:size - margin + s])
+    region = np.ascontiguousarray(
+      zoomed[:, margin - s : size - margin + s, margin - s : size - margin + s]
+    )
     # sums of every h x h window from integral images: the windows' means and norms
     sums = window(np.pad(region, ((0, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2))
     squares = window(np.pad(region * region, ((0, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2))
     norm = np.sqrt(np.maximum(squares - sums * sums / n, 1e-6))
-    for flip in ((False, True) if mirror else (False,)):
+    for flip in (False, True) if mirror else (False,):
       r = region[:, :, ::-1] if flip else region
       # correlation with every translation at once (the centre is zero-mean, unit-norm)
-      corr = scipy_fft.irfft2(scipy_fft.rfft2(r) * conj_centre, shape)[:, :2 * s + 1, :2 * s + 1]
-      best = np.maximum(best, (corr / np.maximum(norm[:, :, ::-1] if flip else norm, 1e-3)).max((1, 2)))
+      corr = scipy_fft.irfft2(scipy_fft.rfft2(r) * conj_centre, shape)[:, : 2 * s + 1, : 2 * s + 1]
+      best = np.maximum(
+        best, (corr / np.maximum(norm[:, :, ::-1] if flip else norm, 1e-3)).max((1, 2))
+      )
   return best
 
 
@@ -273,12 +334,14 @@ def similarity(images, i, j, settings, other=None):
   scales = zoom_scales(settings.zoom)
   for start in range(0, len(i), VERIFY_CHUNK):
     sl = slice(start, start + VERIFY_CHUNK)
-    out[sl] = _similarity_chunk(_blurred(images[i[sl]]), _blurred(other[j[sl]]), settings.max_shift,
-                                scales, settings.mirror)
+    out[sl] = _similarity_chunk(
+      _blurred(images[i[sl]]), _blurred(other[j[sl]]), settings.max_shift, scales, settings.mirror
+    )
   return out
 
 
 # ---------------------------------------------------------------------------- pairs and groups
+
 
 def hamming(a, b):
   return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int64)
@@ -335,7 +398,9 @@ def near_pairs(a, threshold, b=None):
     key_b = (b >> shift) & mask
     order = np.argsort(key_b, kind="stable")
     sorted_b = key_b[order]
-    flips = [np.uint64(0)] + ([np.uint64(1) << np.uint64(bit) for bit in range(width)] if radius else [])
+    flips = [np.uint64(0)] + (
+      [np.uint64(1) << np.uint64(bit) for bit in range(width)] if radius else []
+    )
     query = (((a >> shift) & mask)[None, :] ^ np.array(flips, np.uint64)[:, None]).ravel()
     lo = np.searchsorted(sorted_b, query, "left")
     hi = np.searchsorted(sorted_b, query, "right")
@@ -347,7 +412,9 @@ def near_pairs(a, threshold, b=None):
       x = a[i] ^ b[j]
       keep = np.bitwise_count(x) <= threshold
       for s, m, _ in bands[:k]:
-        keep &= np.bitwise_count((x >> s) & m) > radius  # qualified in an earlier band: reported there
+        keep &= (
+          np.bitwise_count((x >> s) & m) > radius
+        )  # qualified in an earlier band: reported there
       found.append((i[keep], j[keep], np.bitwise_count(x[keep]).astype(np.int64)))
   if not found:
     return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -390,14 +457,18 @@ def pair_match(hashes, i, j):
   """Hash distance and kind ('exact' | 'near' | 'mirrored' | 'shifted ..' | 'zoomed ..') of pairs (i, j)."""
   direct = hamming(hashes.code[i], hashes.code[j])
   # either image may be the transformed copy of the other
-  variant = np.minimum(hamming(hashes.code[i][:, None], hashes.variants[j]),
-                       hamming(hashes.variants[i], hashes.code[j][:, None]))
+  variant = np.minimum(
+    hamming(hashes.code[i][:, None], hashes.variants[j]),
+    hamming(hashes.variants[i], hashes.code[j][:, None]),
+  )
   distances = np.concatenate([direct[:, None], variant], axis=1)
   best = np.argmin(distances, axis=1)  # ties -> 'near'
   kinds = np.array(["near"] + hashes.kinds)
   exact = hashes.digest[i] == hashes.digest[j]
-  return (np.where(exact, 0, distances[np.arange(len(i)), best]),
-          np.where(exact, "exact", kinds[best]).astype(object))
+  return (
+    np.where(exact, 0, distances[np.arange(len(i)), best]),
+    np.where(exact, "exact", kinds[best]).astype(object),
+  )
 
 
 class Pairs:
@@ -454,7 +525,7 @@ def second_hop(pairs, n):
   known = set((pairs.i * n + pairs.j).tolist())
   found = set()
   for b in np.flatnonzero((np.diff(starts) >= 2) & (np.diff(starts) <= MAX_HOP_DEGREE)):
-    twins = np.sort(others[starts[b]:starts[b + 1]])
+    twins = np.sort(others[starts[b] : starts[b + 1]])
     a, c = np.triu_indices(len(twins), 1)
     found.update(k for k in (twins[a] * n + twins[c]).tolist() if k not in known)
   keys = np.array(sorted(found), np.int64)
@@ -477,7 +548,9 @@ def verify_pairs(images, hashes, i, j, settings, label="verifying"):
 def group_labels(n, pairs):
   """Connected components of the linked (exact or near) pairs -> group id per image (int64 [n])."""
   keep = pairs.linked
-  graph = coo_matrix((np.ones(int(keep.sum()), np.int8), (pairs.i[keep], pairs.j[keep])), shape=(n, n))
+  graph = coo_matrix(
+    (np.ones(int(keep.sum()), np.int8), (pairs.i[keep], pairs.j[keep])), shape=(n, n)
+  )
   return connected_components(graph, directed=False)[1].astype(np.int64)
 
 
@@ -499,10 +572,13 @@ def find_groups(images, settings, workers=1):
 
 # ---------------------------------------------------------------------------- policies
 
+
 def _best_copy_first(records, members):
   """Members in the order they are considered for keeping: earliest split, then the largest
   file (least compressed / largest original), then path."""
-  return sorted(members, key=lambda m: (SPLIT_ORDER[records[m].split], -records[m].size, records[m].path))
+  return sorted(
+    members, key=lambda m: (SPLIT_ORDER[records[m].split], -records[m].size, records[m].path)
+  )
 
 
 def decide(records, pairs, args, classes):
@@ -530,15 +606,24 @@ def decide(records, pairs, args, classes):
         found.append("label conflict")
     findings[m] = list(dict.fromkeys(found))
     conflicting = [(o, k) for o, k in neighbours[m] if label(o) != label(m)]
-    earlier = [(o, k) for o, k in neighbours[m]
-               if o in kept and SPLIT_ORDER[split(o)] < SPLIT_ORDER[split(m)]]
-    same = [(o, k) for o, k in neighbours[m] if o in kept and split(o) == split(m)
-            and (args.conflicts != "review" or label(o) == label(m))]
+    earlier = [
+      (o, k)
+      for o, k in neighbours[m]
+      if o in kept and SPLIT_ORDER[split(o)] < SPLIT_ORDER[split(m)]
+    ]
+    same = [
+      (o, k)
+      for o, k in neighbours[m]
+      if o in kept and split(o) == split(m) and (args.conflicts != "review" or label(o) == label(m))
+    ]
     most_similar = lambda twins: max(twins, key=lambda t: (pairs.similarity[t[1]], -t[0]))  # noqa: E731
     if args.conflicts == "drop" and conflicting:
       o, k = most_similar(conflicting)
-      outcome[m] = ("dropped", f"label conflict: {pairs.kind[k]} copy of {records[o].path} "
-                               f"({label(o)})", k)
+      outcome[m] = (
+        "dropped",
+        f"label conflict: {pairs.kind[k]} copy of {records[o].path} ({label(o)})",
+        k,
+      )
     elif args.leaks == "drop" and earlier:
       o, k = most_similar(earlier)
       outcome[m] = ("dropped", f"leak: {pairs.kind[k]} copy of {records[o].path} ({split(o)})", k)
@@ -546,27 +631,60 @@ def decide(records, pairs, args, classes):
       o, k = most_similar(same)
       outcome[m] = ("dropped", f"within-split {pairs.kind[k]} copy of {records[o].path}", k)
     else:
-      outcome[m] = ("kept", "kept: linked to " + ", ".join(
-          f"{records[o].path} ({pairs.kind[k]})" for o, k in neighbours[m][:3])
-          + (f" and {len(neighbours[m]) - 3} more" if len(neighbours[m]) > 3 else ""), None)
+      outcome[m] = (
+        "kept",
+        "kept: linked to "
+        + ", ".join(f"{records[o].path} ({pairs.kind[k]})" for o, k in neighbours[m][:3])
+        + (f" and {len(neighbours[m]) - 3} more" if len(neighbours[m]) > 3 else ""),
+        None,
+      )
       kept.add(m)
   review = []
   if args.conflicts == "review":
     for m in sorted(kept):
-      others = collections.Counter(label(o) for o, _ in neighbours[m] if o in kept and label(o) != label(m))
+      others = collections.Counter(
+        label(o) for o, _ in neighbours[m] if o in kept and label(o) != label(m)
+      )
       if others:
         suggested = max(others, key=lambda c: (others[c], -classes.index(c)))
-        review.append({"record": m, "given_label": label(m), "suggested_label": suggested,
-                       "reason": f"verified duplicate of an image labelled {suggested}"})
+        review.append(
+          {
+            "record": m,
+            "given_label": label(m),
+            "suggested_label": suggested,
+            "reason": f"verified duplicate of an image labelled {suggested}",
+          }
+        )
   return outcome, findings, review
 
 
 # ---------------------------------------------------------------------------- human review
 
-PAIR_COLUMNS = ("group", "file_a", "split_a", "class_a", "file_b", "split_b", "class_b",
-                "hash_distance", "match", "similarity", "verdict", "review", "outcome")
-REVIEW_PAIR_COLUMNS = ("rank", "file_a", "file_b", "hash_distance", "match", "similarity", "verdict",
-                       "decision")
+PAIR_COLUMNS = (
+  "group",
+  "file_a",
+  "split_a",
+  "class_a",
+  "file_b",
+  "split_b",
+  "class_b",
+  "hash_distance",
+  "match",
+  "similarity",
+  "verdict",
+  "review",
+  "outcome",
+)
+REVIEW_PAIR_COLUMNS = (
+  "rank",
+  "file_a",
+  "file_b",
+  "hash_distance",
+  "match",
+  "similarity",
+  "verdict",
+  "decision",
+)
 PAIR_DECISIONS = ("duplicate", "distinct")
 
 
@@ -586,13 +704,22 @@ def pairs_sheet(images, pairs, chosen, min_similarity):
     ax.axis("off")
   for ax, (rank, k) in zip(axes.ravel(), enumerate(chosen, 1)):
     a, b = images[pairs.i[k]], images[pairs.j[k]]
-    ax.imshow(np.concatenate([a, np.full((a.shape[0], 2), 255, np.uint8), b], axis=1), cmap="gray",
-              vmin=0, vmax=255)
-    ax.set_title(f"#{rank} sim {pairs.similarity[k]:.3f} ({pairs.verdict[k]})\n"
-                 f"hash {pairs.distance[k]} bits, {pairs.kind[k]}", fontsize=6.5)
+    ax.imshow(
+      np.concatenate([a, np.full((a.shape[0], 2), 255, np.uint8), b], axis=1),
+      cmap="gray",
+      vmin=0,
+      vmax=255,
+    )
+    ax.set_title(
+      f"#{rank} sim {pairs.similarity[k]:.3f} ({pairs.verdict[k]})\n"
+      f"hash {pairs.distance[k]} bits, {pairs.kind[k]}",
+      fontsize=6.5,
+    )
   if not len(chosen):
     axes[0, 0].text(0.5, 0.5, "no near pairs", ha="center", va="center")
-  fig.suptitle(f"Pairs closest to --min_similarity {min_similarity} (duplicate at or above)", fontsize=8)
+  fig.suptitle(
+    f"Pairs closest to --min_similarity {min_similarity} (duplicate at or above)", fontsize=8
+  )
   fig.tight_layout()
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=110)
@@ -616,16 +743,21 @@ def apply_pair_review(paths, pairs, tree, records):
           if not decision:
             continue
           if decision not in PAIR_DECISIONS:
-            raise common.ToolError(f"{where}: decision {row['decision']!r} is not one of "
-                                   f"{' | '.join(PAIR_DECISIONS)} | empty")
+            raise common.ToolError(
+              f"{where}: decision {row['decision']!r} is not one of "
+              f"{' | '.join(PAIR_DECISIONS)} | empty"
+            )
           ends = [index.get(os.path.normpath(row[c] or "")) for c in ("file_a", "file_b")]
           if None in ends:
-            raise common.ToolError(f"{where}: {row['file_a']!r} / {row['file_b']!r} are not images of "
-                                   f"SRC {tree.root}")
+            raise common.ToolError(
+              f"{where}: {row['file_a']!r} / {row['file_b']!r} are not images of SRC {tree.root}"
+            )
           k = by_pair.get((min(ends), max(ends)))
           if k is None:
-            raise common.ToolError(f"{where}: {row['file_a']} and {row['file_b']} are not a candidate "
-                                   "pair (duplicates.csv lists them all)")
+            raise common.ToolError(
+              f"{where}: {row['file_a']} and {row['file_b']} are not a candidate "
+              "pair (duplicates.csv lists them all)"
+            )
           if pairs.review[k] and pairs.review[k] != decision:
             raise common.ToolError(f"{where}: the pair has another decision in an earlier row")
           pairs.review[k] = decision
@@ -637,34 +769,48 @@ def apply_pair_review(paths, pairs, tree, records):
 
 # ---------------------------------------------------------------------------- the tool
 
+
 def summarise(pairs, outcome, findings, records, args, groups, classes):
   verdicts = collections.Counter(pairs.verdict)
   reviewed = collections.Counter(pairs.review[pairs.review != ""])
-  lines = [f"hash {args.hash}, threshold {args.threshold}, mirrored copies "
-           f"{'matched' if args.mirror else 'ignored'}, shifted {args.shift} px, zoomed {args.zoom}: "
-           f"{len(pairs):,} candidate pairs; verified (similarity >= {args.min_similarity}): "
-           f"{verdicts['exact']:,} exact, {verdicts['near']:,} near, {verdicts['distinct']:,} distinct"
-           + (f"; reviewed: " + ", ".join(f"{d} {n}" for d, n in reviewed.items()) if reviewed else "")]
+  lines = [
+    f"hash {args.hash}, threshold {args.threshold}, mirrored copies "
+    f"{'matched' if args.mirror else 'ignored'}, shifted {args.shift} px, zoomed {args.zoom}: "
+    f"{len(pairs):,} candidate pairs; verified (similarity >= {args.min_similarity}): "
+    f"{verdicts['exact']:,} exact, {verdicts['near']:,} near, {verdicts['distinct']:,} distinct"
+    + ("; reviewed: " + ", ".join(f"{d} {n}" for d, n in reviewed.items()) if reviewed else "")
+  ]
   if groups:
-    lines.append(f"  {len(groups):,} duplicate groups, {sum(map(len, groups)):,} images; largest "
-                 f"{max(map(len, groups))} images (no image is dropped for one it was not verified against)")
-  leaks = collections.Counter(f.split()[1] for fs in findings.values() for f in fs if f.startswith("leak"))
-  lines.append(f"cross-split leakage: {sum(leaks.values()):,} images"
-               + "".join(f", {d} {n:,}" for d, n in sorted(leaks.items()))
-               + f" (--leaks {args.leaks})")
-  within = collections.Counter(records[m].split for m, fs in findings.items()
-                               if any(f.startswith("within") for f in fs))
-  lines.append("within-split copies: " + (", ".join(f"{s} {within[s]:,} images" for s in common.SPLITS
-                                                   if within[s]) or "none")
-               + f" (--within {args.within})")
+    lines.append(
+      f"  {len(groups):,} duplicate groups, {sum(map(len, groups)):,} images; largest "
+      f"{max(map(len, groups))} images (no image is dropped for one it was not verified against)"
+    )
+  leaks = collections.Counter(
+    f.split()[1] for fs in findings.values() for f in fs if f.startswith("leak")
+  )
+  lines.append(
+    f"cross-split leakage: {sum(leaks.values()):,} images"
+    + "".join(f", {d} {n:,}" for d, n in sorted(leaks.items()))
+    + f" (--leaks {args.leaks})"
+  )
+  within = collections.Counter(
+    records[m].split for m, fs in findings.items() if any(f.startswith("within") for f in fs)
+  )
+  lines.append(
+    "within-split copies: "
+    + (", ".join(f"{s} {within[s]:,} images" for s in common.SPLITS if within[s]) or "none")
+    + f" (--within {args.within})"
+  )
   conflicts = collections.Counter()
   for k in np.flatnonzero(pairs.linked):
     a, b = records[pairs.i[k]].class_name, records[pairs.j[k]].class_name
     if a != b:
       conflicts["/".join(sorted((a, b), key=classes.index))] += 1
-  lines.append(f"label conflicts: {sum(conflicts.values()):,} pairs"
-               + "".join(f", {p} {n:,}" for p, n in conflicts.most_common())
-               + f" (--conflicts {args.conflicts})")
+  lines.append(
+    f"label conflicts: {sum(conflicts.values()):,} pairs"
+    + "".join(f", {p} {n:,}" for p, n in conflicts.most_common())
+    + f" (--conflicts {args.conflicts})"
+  )
   dropped = sum(action == "dropped" for action, _, _ in outcome.values())
   lines.append(f"dropped {dropped:,} images, each for a kept image it was verified against")
   return lines
@@ -675,16 +821,29 @@ def pair_rows(pairs, records, groups, outcome, tree):
   rows = []
   for k in range(len(pairs)):
     a, b = int(pairs.i[k]), int(pairs.j[k])
-    dropped = [side for side, m in (("a", a), ("b", b))
-               if m in outcome and outcome[m][0] == "dropped" and outcome[m][2] == k]
-    rows.append({"group": group_of.get(a, "") if pairs.linked[k] else "",
-                 "file_a": tree.tree_path(records[a]), "split_a": records[a].split,
-                 "class_a": records[a].class_name, "file_b": tree.tree_path(records[b]),
-                 "split_b": records[b].split, "class_b": records[b].class_name,
-                 "hash_distance": int(pairs.distance[k]), "match": pairs.kind[k],
-                 "similarity": f"{pairs.similarity[k]:.4f}", "verdict": pairs.verdict[k],
-                 "review": pairs.review[k], "decision": "",
-                 "outcome": f"{dropped[0]} dropped" if dropped else ""})
+    dropped = [
+      side
+      for side, m in (("a", a), ("b", b))
+      if m in outcome and outcome[m][0] == "dropped" and outcome[m][2] == k
+    ]
+    rows.append(
+      {
+        "group": group_of.get(a, "") if pairs.linked[k] else "",
+        "file_a": tree.tree_path(records[a]),
+        "split_a": records[a].split,
+        "class_a": records[a].class_name,
+        "file_b": tree.tree_path(records[b]),
+        "split_b": records[b].split,
+        "class_b": records[b].class_name,
+        "hash_distance": int(pairs.distance[k]),
+        "match": pairs.kind[k],
+        "similarity": f"{pairs.similarity[k]:.4f}",
+        "verdict": pairs.verdict[k],
+        "review": pairs.review[k],
+        "decision": "",
+        "outcome": f"{dropped[0]} dropped" if dropped else "",
+      }
+    )
   return rows
 
 
@@ -706,58 +865,112 @@ def plan_dedup(args):
     if m in outcome:
       action, reason, k = outcome[m]
       score = "" if k is None else f"{pairs.similarity[k]:.4f}"
-      entries.append(common.entry_for(tree, r, action, reason=reason, group=group_of[m], score=score))
+      entries.append(
+        common.entry_for(tree, r, action, reason=reason, group=group_of[m], score=score)
+      )
     else:
       entries.append(common.entry_for(tree, r, "kept"))
   entries.sort(key=lambda e: e.source_path)
   common.resolve_name_clashes(entries)
 
   new_path = {e.source_path: e.new_path for e in entries}
-  review_rows = [{"rank": k, "file": new_path[readable[v["record"]].path],
-                  "split": readable[v["record"]].split, "given_label": v["given_label"],
-                  "suggested_label": v["suggested_label"], "score": "", "reason": v["reason"],
-                  "decision": ""} for k, v in enumerate(reviews, 1)]
+  review_rows = [
+    {
+      "rank": k,
+      "file": new_path[readable[v["record"]].path],
+      "split": readable[v["record"]].split,
+      "given_label": v["given_label"],
+      "suggested_label": v["suggested_label"],
+      "score": "",
+      "reason": v["reason"],
+      "decision": "",
+    }
+    for k, v in enumerate(reviews, 1)
+  ]
   summary = summarise(pairs, outcome, findings, readable, args, groups, classes)
   if review_rows:
-    summary.append(f"  {len(review_rows)} conflicting images listed in conflicts.csv for review "
-                   "(paths relative to DST)")
+    summary.append(
+      f"  {len(review_rows)} conflicting images listed in conflicts.csv for review "
+      "(paths relative to DST)"
+    )
   rows = pair_rows(pairs, readable, groups, outcome, tree)
   chosen = borderline(pairs, args.min_similarity, args.review_pairs)
-  summary.append(f"review: DST/pairs.png and DST/pairs.csv show the {len(chosen)} near pairs closest to "
-                 f"--min_similarity; fill `decision` ({' | '.join(PAIR_DECISIONS)}) and re-run with "
-                 "--review DST/pairs.csv")
+  summary.append(
+    f"review: DST/pairs.png and DST/pairs.csv show the {len(chosen)} near pairs closest to "
+    f"--min_similarity; fill `decision` ({' | '.join(PAIR_DECISIONS)}) and re-run with "
+    "--review DST/pairs.csv"
+  )
   summary += common.split_class_table(entries, classes, "result (images per class and split):")
   reports_out = {
-      "duplicates.csv": common.csv_text(rows, PAIR_COLUMNS),
-      "pairs.csv": common.csv_text([{**rows[k], "rank": n} for n, k in enumerate(chosen, 1)],
-                                   REVIEW_PAIR_COLUMNS),
-      "pairs.png": pairs_sheet(images, pairs, chosen, args.min_similarity)}
+    "duplicates.csv": common.csv_text(rows, PAIR_COLUMNS),
+    "pairs.csv": common.csv_text(
+      [{**rows[k], "rank": n} for n, k in enumerate(chosen, 1)], REVIEW_PAIR_COLUMNS
+    ),
+    "pairs.png": pairs_sheet(images, pairs, chosen, args.min_similarity),
+  }
   if args.conflicts == "review":
     reports_out["conflicts.csv"] = common.review_csv(review_rows)
-  options = {k: getattr(args, k) for k in ("hash", "threshold", "mirror", "shift", "zoom", "max_shift",
-                                           "min_similarity", "image_size", "leaks", "within",
-                                           "conflicts", "review", "classes")}
-  return common.Plan("dedup", {"SRC": tree.root}, os.path.abspath(args.out), options, entries,
-                     summary, reports_out)
+  options = {
+    k: getattr(args, k)
+    for k in (
+      "hash",
+      "threshold",
+      "mirror",
+      "shift",
+      "zoom",
+      "max_shift",
+      "min_similarity",
+      "image_size",
+      "leaks",
+      "within",
+      "conflicts",
+      "review",
+      "classes",
+    )
+  }
+  return common.Plan(
+    "dedup", {"SRC": tree.root}, os.path.abspath(args.out), options, entries, summary, reports_out
+  )
 
 
 def build_parser():
   p = common.tool_parser("dedup", __doc__.split("\n")[0])
   add_hash_flags(p)
-  p.add_argument("--leaks", choices=("drop", "keep"), default="drop",
-                 help="drop: an image with a kept verified twin in an earlier split (train, val, "
-                      "test) is dropped")
-  p.add_argument("--within", choices=("keep-one", "keep-all"), default="keep-one",
-                 help="keep-one: an image with a kept verified twin in its split is dropped "
-                      "(the largest file is kept)")
-  p.add_argument("--conflicts", choices=("review", "drop", "keep"), default="review",
-                 help="verified pairs whose labels disagree: review = keep one per label and list "
-                      "them in conflicts.csv; drop = drop both; keep = ignore the labels")
-  p.add_argument("--review", action="append", default=[], metavar="CSV",
-                 help="reviewed pairs.csv (repeatable): decision duplicate | distinct overrides "
-                      "the verifier for that pair")
-  p.add_argument("--review_pairs", type=int, default=48,
-                 help="near pairs closest to --min_similarity shown in pairs.png / pairs.csv")
+  p.add_argument(
+    "--leaks",
+    choices=("drop", "keep"),
+    default="drop",
+    help="drop: an image with a kept verified twin in an earlier split (train, val, "
+    "test) is dropped",
+  )
+  p.add_argument(
+    "--within",
+    choices=("keep-one", "keep-all"),
+    default="keep-one",
+    help="keep-one: an image with a kept verified twin in its split is dropped "
+    "(the largest file is kept)",
+  )
+  p.add_argument(
+    "--conflicts",
+    choices=("review", "drop", "keep"),
+    default="review",
+    help="verified pairs whose labels disagree: review = keep one per label and list "
+    "them in conflicts.csv; drop = drop both; keep = ignore the labels",
+  )
+  p.add_argument(
+    "--review",
+    action="append",
+    default=[],
+    metavar="CSV",
+    help="reviewed pairs.csv (repeatable): decision duplicate | distinct overrides "
+    "the verifier for that pair",
+  )
+  p.add_argument(
+    "--review_pairs",
+    type=int,
+    default=48,
+    help="near pairs closest to --min_similarity shown in pairs.png / pairs.csv",
+  )
   return p
 
 

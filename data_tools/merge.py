@@ -22,6 +22,7 @@ class receives, in a --seed shuffled order, enough images for train to reach the
 val/test receive additions in the --ratios proportion to train's, so the new images spread
 across the splits like the rest. The summary shows the class shares before and after.
 """
+
 import collections
 import csv
 import functools
@@ -32,11 +33,10 @@ import sys
 import numpy as np
 from PIL import Image, ImageOps
 
-from . import common
-from . import dedup
-from . import stratify
 from fer_jax.data import folders
 from fer_jax.data.progress import Progress
+
+from . import common, dedup, stratify
 
 # AffectNet's expression ids (Mollahosseini et al. 2017); 8, 9, 10 are None, Uncertain, Non-Face.
 AFFECTNET_CLASSES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
@@ -47,6 +47,7 @@ PREFIX = "affectnet_"
 
 
 # ---------------------------------------------------------------------------- reading AffectNet
+
 
 class Candidate:
   """An AffectNet image that may be added: its file, AffectNet class and face box (or None)."""
@@ -76,10 +77,19 @@ def read_class_folders(root):
   for path in (os.path.join(root, rel) for rel in common.files_under(root)):
     expression = _folder_class(path, root)
     if not _is_image(path):
-      dropped.append(common.Entry(path, "", "", "dropped", reason="not read: not an image file (extension)"))
+      dropped.append(
+        common.Entry(path, "", "", "dropped", reason="not read: not an image file (extension)")
+      )
     elif expression is None:
-      dropped.append(common.Entry(path, "", "", "dropped",
-                                  reason="not read: no AffectNet class folder (name or id 0-7) above it"))
+      dropped.append(
+        common.Entry(
+          path,
+          "",
+          "",
+          "dropped",
+          reason="not read: no AffectNet class folder (name or id 0-7) above it",
+        )
+      )
     else:
       candidates.append(Candidate(path, expression))
   return candidates, dropped
@@ -108,8 +118,10 @@ def read_annotations(root, csv_paths):
       reader = csv.DictReader(f)
       missing = {PATH_COLUMN, EXPRESSION_COLUMN} - set(reader.fieldnames or [])
       if missing:
-        raise common.ToolError(f"--annotations {csv_path}: no column {', '.join(sorted(missing))} "
-                               f"(expected AffectNet's {PATH_COLUMN}, {EXPRESSION_COLUMN}, face_x, ...)")
+        raise common.ToolError(
+          f"--annotations {csv_path}: no column {', '.join(sorted(missing))} "
+          f"(expected AffectNet's {PATH_COLUMN}, {EXPRESSION_COLUMN}, face_x, ...)"
+        )
       for row in reader:
         where = f"--annotations {csv_path} line {reader.line_num}"
         path = os.path.normpath(os.path.join(root, row[PATH_COLUMN].strip()))
@@ -118,24 +130,38 @@ def read_annotations(root, csv_paths):
           expression_id = int(row[EXPRESSION_COLUMN])
         except ValueError:
           raise common.ToolError(
-              f"{where}: expression {row[EXPRESSION_COLUMN]!r} is not an id 0-10") from None
+            f"{where}: expression {row[EXPRESSION_COLUMN]!r} is not an id 0-10"
+          ) from None
         if not os.path.isfile(path):
-          dropped.append(common.Entry(path, "", "", "dropped",
-                                      reason="listed in the annotations, file missing"))
+          dropped.append(
+            common.Entry(path, "", "", "dropped", reason="listed in the annotations, file missing")
+          )
         elif expression_id in NOT_EMOTIONS:
-          dropped.append(common.Entry(path, "", "", "dropped", reason=(
-              f"AffectNet expression {expression_id} ({NOT_EMOTIONS[expression_id]}) is not an emotion")))
+          dropped.append(
+            common.Entry(
+              path,
+              "",
+              "",
+              "dropped",
+              reason=(
+                f"AffectNet expression {expression_id} ({NOT_EMOTIONS[expression_id]}) is not an emotion"
+              ),
+            )
+          )
         elif 0 <= expression_id < len(AFFECTNET_CLASSES):
           candidates.append(Candidate(path, AFFECTNET_CLASSES[expression_id], _box(row, where)))
         else:
           raise common.ToolError(f"{where}: expression {expression_id} is not an AffectNet id 0-10")
   for path in (os.path.join(root, rel) for rel in common.files_under(root)):
     if os.path.normpath(path) not in listed:
-      dropped.append(common.Entry(path, "", "", "dropped", reason="not read: not in the annotations"))
+      dropped.append(
+        common.Entry(path, "", "", "dropped", reason="not read: not in the annotations")
+      )
   return candidates, dropped
 
 
 # ---------------------------------------------------------------------------- conversion
+
 
 def crop_box(size, box):
   """A face box (x, y, w, h) clipped to an image of `size` (w, h) -> PIL crop box; None if empty."""
@@ -154,7 +180,9 @@ def convert(path, box, image_size, resize_filter):
       if box is not None:
         crop = crop_box(im.size, box)
         if crop is None:
-          raise folders.BadImage(path, f"face box {box} lies outside the {im.size[0]}x{im.size[1]} image")
+          raise folders.BadImage(
+            path, f"face box {box} lies outside the {im.size[0]}x{im.size[1]} image"
+          )
         im = im.crop(crop)
       pixels = folders.to_array(im, image_size, 1, resize_filter)
   except folders.BadImage:
@@ -179,12 +207,15 @@ def _convert_chunk(items, image_size, resize_filter):
 def convert_many(candidates, args):
   """[(pixels, png) or error reason] for each candidate, in order; in parallel."""
   items = [(c.path, c.box) for c in candidates]
-  fn = functools.partial(_convert_chunk, image_size=args.image_size, resize_filter=args.resize_filter)
+  fn = functools.partial(
+    _convert_chunk, image_size=args.image_size, resize_filter=args.resize_filter
+  )
   results = dict(folders.map_chunks(fn, items, 64, args.workers))
   return [r for s in sorted(results) for r in results[s]]
 
 
 # ---------------------------------------------------------------------------- balancing
+
 
 def additions(counts, share):
   """Train images to add per class so each under-represented class reaches `share` of the total.
@@ -197,8 +228,10 @@ def additions(counts, share):
   under = counts < share * counts.sum()
   for _ in range(len(counts) + 1):
     if share * under.sum() >= 1:
-      raise common.ToolError(f"--share {share:g}: {under.sum()} classes cannot all reach it "
-                             f"(at most {1 / share:g} classes can hold {share:.0%} each)")
+      raise common.ToolError(
+        f"--share {share:g}: {under.sum()} classes cannot all reach it "
+        f"(at most {1 / share:g} classes can hold {share:.0%} each)"
+      )
     final = counts[~under].sum() / (1 - share * under.sum()) if under.any() else counts.sum()
     grown = under | (counts < share * final)
     if (grown == under).all():
@@ -213,6 +246,7 @@ def split_quota(train_add, ratios):
 
 
 # ---------------------------------------------------------------------------- the tool
+
 
 def _duplicate_of(batch, reference, threshold):
   """For each image of `batch`: whether it duplicates any image of `reference` (Hashes)."""
@@ -257,8 +291,9 @@ def _take(hashes, idx):
 def _concat(parts, kinds):
   parts = [p for p in parts if len(p)]
   if not parts:
-    return dedup.Hashes(np.zeros(0, np.uint64), np.zeros(0, np.uint64),
-                        np.zeros((0, len(kinds)), np.uint64), kinds)
+    return dedup.Hashes(
+      np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros((0, len(kinds)), np.uint64), kinds
+    )
   fields = ("digest", "code", "variants")
   return dedup.Hashes(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields), kinds)
 
@@ -281,7 +316,9 @@ def plan_merge(args):
   entries += tree.not_read
 
   # the target as it is: kept whole; its hashes are what candidates must not duplicate
-  _, hashes, ok, errors = dedup.decode_and_hash([r.path for r in tree.files], args, label="hashing the dataset")
+  _, hashes, ok, errors = dedup.decode_and_hash(
+    [r.path for r in tree.files], args, label="hashing the dataset"
+  )
   readable, unreadable = common.split_readable(tree, tree.files, ok, errors)
   entries += [common.entry_for(tree, r, "kept") for r in readable] + unreadable
   before = collections.Counter((e.split, e.class_name) for e in entries if e.action == "kept")
@@ -294,8 +331,15 @@ def plan_merge(args):
   for cand in candidates:
     label = folders.match_class(cand.expression, classes)
     if label is None:
-      entries.append(common.Entry(cand.path, "", cand.expression, "dropped",
-                                  reason=f"AffectNet class {cand.expression!r} is not in --classes"))
+      entries.append(
+        common.Entry(
+          cand.path,
+          "",
+          cand.expression,
+          "dropped",
+          reason=f"AffectNet class {cand.expression!r} is not in --classes",
+        )
+      )
     else:
       by_class[classes[label]].append(cand)
   rng = np.random.default_rng(args.seed)
@@ -304,8 +348,16 @@ def plan_merge(args):
     pool = by_class.get(c, [])
     quota = split_quota(train_add, args.ratios)
     if quota.sum() == 0:
-      entries += [common.Entry(p.path, "", p.expression, "dropped",
-                               reason=f"not needed: {c} already >= {share:.1%} of train") for p in pool]
+      entries += [
+        common.Entry(
+          p.path,
+          "",
+          p.expression,
+          "dropped",
+          reason=f"not needed: {c} already >= {share:.1%} of train",
+        )
+        for p in pool
+      ]
       continue
     pool = [pool[k] for k in rng.permutation(len(pool))]
     chosen = []  # (candidate, png bytes)
@@ -313,69 +365,128 @@ def plan_merge(args):
     start = 0
     while len(chosen) < quota.sum() and start < len(pool):
       # a little more than needed: some will be duplicates or unreadable
-      batch = pool[start:start + max(32, int((quota.sum() - len(chosen)) * 1.25))]
+      batch = pool[start : start + max(32, int((quota.sum() - len(chosen)) * 1.25))]
       start += len(batch)
       converted = convert_many(batch, args)
       usable = [k for k, r in enumerate(converted) if not isinstance(r, str)]
       for k, r in enumerate(converted):
         if isinstance(r, str):
-          entries.append(common.Entry(batch[k].path, "", batch[k].expression, "dropped",
-                                      reason=f"unreadable image: {r}"))
+          entries.append(
+            common.Entry(
+              batch[k].path, "", batch[k].expression, "dropped", reason=f"unreadable image: {r}"
+            )
+          )
       if not usable:
         continue
-      batch_hashes = dedup.hash_images(np.stack([converted[k][0] for k in usable]), args, args.workers,
-                                       label=f"hashing AffectNet {c}")
+      batch_hashes = dedup.hash_images(
+        np.stack([converted[k][0] for k in usable]),
+        args,
+        args.workers,
+        label=f"hashing AffectNet {c}",
+      )
       reference = _concat([hashes] + accepted_hashes, batch_hashes.kinds)
-      rejected, keep = _select(batch_hashes, int(quota.sum()) - len(chosen), reference, args.threshold)
+      rejected, keep = _select(
+        batch_hashes, int(quota.sum()) - len(chosen), reference, args.threshold
+      )
       for k, reason in rejected.items():
-        entries.append(common.Entry(batch[usable[k]].path, "", batch[usable[k]].expression, "dropped",
-                                    reason=reason))
+        entries.append(
+          common.Entry(
+            batch[usable[k]].path, "", batch[usable[k]].expression, "dropped", reason=reason
+          )
+        )
       chosen += [(batch[usable[k]], converted[usable[k]][1]) for k in keep]
       accepted_hashes.append(_take(batch_hashes, keep))
       progress.update(len(keep))
     progress.close()
-    entries += [common.Entry(p.path, "", p.expression, "dropped", reason="not needed: class quota filled")
-                for p in pool[start:]]
+    entries += [
+      common.Entry(p.path, "", p.expression, "dropped", reason="not needed: class quota filled")
+      for p in pool[start:]
+    ]
     if len(chosen) < quota.sum():
-      shortfalls.append(f"{c}: {len(chosen):,} of {int(quota.sum()):,} wanted (AffectNet has no more usable)")
+      shortfalls.append(
+        f"{c}: {len(chosen):,} of {int(quota.sum()):,} wanted (AffectNet has no more usable)"
+      )
       quota = stratify.target_counts(len(chosen), quota / quota.sum())
     splits = np.repeat(np.arange(3), quota)
     for (cand, png), p in zip(chosen, splits):
-      name = PREFIX + os.path.splitext(os.path.relpath(cand.path, affectnet_root))[0].replace(os.sep, "_")
+      name = PREFIX + os.path.splitext(os.path.relpath(cand.path, affectnet_root))[0].replace(
+        os.sep, "_"
+      )
       split = common.SPLITS[p]
-      entries.append(common.Entry(cand.path, "", cand.expression, "added", split, c,
-                                  os.path.join(split, c, name + ".png"),
-                                  f"balance {c} towards {share:.1%} of train", data=png))
+      entries.append(
+        common.Entry(
+          cand.path,
+          "",
+          cand.expression,
+          "added",
+          split,
+          c,
+          os.path.join(split, c, name + ".png"),
+          f"balance {c} towards {share:.1%} of train",
+          data=png,
+        )
+      )
   entries.sort(key=lambda e: e.source_path)
 
   added = collections.Counter(e.class_name for e in entries if e.action == "added")
   mapped = collections.Counter(cand.expression for cand in candidates)
-  summary = [f"AffectNet {affectnet_root} ({'annotations' if args.annotations else 'class folders'}): "
-             + ", ".join(f"{k} {n:,}" for k, n in sorted(mapped.items())),
-             f"target share of train {share:.1%}; additions (all splits): "
-             + (", ".join(f"{c} {added[c]:,}" for c in classes if added[c]) or "none")]
+  summary = [
+    f"AffectNet {affectnet_root} ({'annotations' if args.annotations else 'class folders'}): "
+    + ", ".join(f"{k} {n:,}" for k, n in sorted(mapped.items())),
+    f"target share of train {share:.1%}; additions (all splits): "
+    + (", ".join(f"{c} {added[c]:,}" for c in classes if added[c]) or "none"),
+  ]
   summary += [f"  short: {s}" for s in shortfalls]
   summary += common.count_table(dict(before), classes, "before (images per class and split):")
   summary += common.split_class_table(entries, classes, "after:")
-  options = {"annotations": args.annotations, "share": share, "ratios": args.ratios, "seed": args.seed,
-             "hash": args.hash, "threshold": args.threshold, "mirror": args.mirror, "shift": args.shift,
-             "image_size": args.image_size, "resize_filter": args.resize_filter, "classes": args.classes}
-  return common.Plan("merge", {"SRC": tree.root, "--affectnet": affectnet_root}, os.path.abspath(args.out),
-                     options, entries, summary)
+  options = {
+    "annotations": args.annotations,
+    "share": share,
+    "ratios": args.ratios,
+    "seed": args.seed,
+    "hash": args.hash,
+    "threshold": args.threshold,
+    "mirror": args.mirror,
+    "shift": args.shift,
+    "image_size": args.image_size,
+    "resize_filter": args.resize_filter,
+    "classes": args.classes,
+  }
+  return common.Plan(
+    "merge",
+    {"SRC": tree.root, "--affectnet": affectnet_root},
+    os.path.abspath(args.out),
+    options,
+    entries,
+    summary,
+  )
 
 
 def build_parser():
   p = common.tool_parser("merge", __doc__.split("\n")[0])
   p.add_argument("--affectnet", required=True, metavar="DIR", help="AffectNet folder (read only)")
-  p.add_argument("--annotations", action="append", default=[], metavar="CSV",
-                 help="official AffectNet annotation CSV (repeatable); without it DIR has class folders")
-  p.add_argument("--share", type=float, default=None,
-                 help="share of train each under-represented class is raised to "
-                      "(%(default)s = 1 / number of classes)")
+  p.add_argument(
+    "--annotations",
+    action="append",
+    default=[],
+    metavar="CSV",
+    help="official AffectNet annotation CSV (repeatable); without it DIR has class folders",
+  )
+  p.add_argument(
+    "--share",
+    type=float,
+    default=None,
+    help="share of train each under-represented class is raised to "
+    "(%(default)s = 1 / number of classes)",
+  )
   stratify.add_ratio_flag(p)
   p.add_argument("--seed", type=int, default=42, help="order in which AffectNet images are taken")
-  p.add_argument("--resize_filter", default="bilinear", choices=sorted(folders.RESIZE_FILTERS),
-                 help="filter used to shrink AffectNet faces (the loader's config.data.resize_filter)")
+  p.add_argument(
+    "--resize_filter",
+    default="bilinear",
+    choices=sorted(folders.RESIZE_FILTERS),
+    help="filter used to shrink AffectNet faces (the loader's config.data.resize_filter)",
+  )
   dedup.add_hash_flags(p)
   return p
 

@@ -24,6 +24,7 @@ Step 2 reads reviewed CSVs (this tool's review.csv, dedup's conflicts.csv; `file
 to SRC) and writes the new tree: decision `relabel` moves the file to suggested_label's class
 folder, a class name moves it to that class, `drop` leaves it out, `keep` or empty keeps it.
 """
+
 import collections
 import csv
 import hashlib
@@ -33,15 +34,13 @@ import os
 import sys
 import zipfile
 
-from matplotlib.figure import Figure
 import numpy as np
+from matplotlib.figure import Figure
 
-from . import common
-from . import stratify
-from fer_jax import config_loading
-from fer_jax import data
-from fer_jax.data import folders
-from fer_jax.data import splits
+from fer_jax import config_loading, data
+from fer_jax.data import folders, splits
+
+from . import common, stratify
 
 # A judge trained as the study trains Model 0 (75 epochs): the `quick` variant's 5 epochs
 # leave it too weak on real data (it flagged a quarter of FER2013, mostly its own bias).
@@ -53,10 +52,13 @@ WEAK_RECALL = 0.3
 
 # ---------------------------------------------------------------------------- confident learning
 
+
 def class_thresholds(probs, labels):
   """t_j = mean p_j over the images labelled j (inf for a class with no images)."""
   k = probs.shape[1]
-  return np.array([probs[labels == j, j].mean() if np.any(labels == j) else np.inf for j in range(k)])
+  return np.array(
+    [probs[labels == j, j].mean() if np.any(labels == j) else np.inf for j in range(k)]
+  )
 
 
 def confident_joint(probs, labels, thresholds):
@@ -132,17 +134,26 @@ def judge_quality(probs, labels, k, fold_of):
   models. Each fold is judged too: one fold model that failed to train hides in the average."""
   right = np.argmax(probs, axis=1) == labels
   accuracy = float(np.mean(right))
-  recall = np.array([np.mean(right[labels == c]) if np.any(labels == c) else np.nan for c in range(k)])
+  recall = np.array(
+    [np.mean(right[labels == c]) if np.any(labels == c) else np.nan for c in range(k)]
+  )
   per_fold = np.array([np.mean(right[fold_of == f]) for f in np.unique(fold_of)])
   weak = per_fold.min() < WEAK_ACCURACY or np.nanmin(recall) < WEAK_RECALL
-  warning = (f"WARNING: weak judge (out-of-fold accuracy {accuracy:.1%}, lowest fold {per_fold.min():.1%}, "
-             f"lowest class recall {np.nanmin(recall):.1%}; wanted >= {WEAK_ACCURACY:.0%} in every fold "
-             f"and >= {WEAK_RECALL:.0%} per class): the suspects and the noise estimate then reflect the "
-             "model's errors more than the labels; train longer or choose a stronger --config") if weak else ""
+  warning = (
+    (
+      f"WARNING: weak judge (out-of-fold accuracy {accuracy:.1%}, lowest fold {per_fold.min():.1%}, "
+      f"lowest class recall {np.nanmin(recall):.1%}; wanted >= {WEAK_ACCURACY:.0%} in every fold "
+      f"and >= {WEAK_RECALL:.0%} per class): the suspects and the noise estimate then reflect the "
+      "model's errors more than the labels; train longer or choose a stronger --config"
+    )
+    if weak
+    else ""
+  )
   return accuracy, recall, per_fold, warning
 
 
 # ---------------------------------------------------------------------------- out-of-fold probabilities
+
 
 def _fingerprint(records, config, folds, seed):
   h = hashlib.sha256()
@@ -157,27 +168,42 @@ def out_of_fold_probs(images, labels, classes, config, folds, seed, workdir):
   """(class probabilities [N, K] for every image from the fold model that did not train on it,
   each image's fold [N])."""
   import jax
+
   from fer_jax.train import loop  # JAX starts here, only when a model is trained
+
   if not jax.config.jax_compilation_cache_dir:
     # The fold models share their programs (same model, same shapes): compile them once.
-    jax.config.update("jax_compilation_cache_dir", os.path.join(os.path.dirname(workdir), "jax_cache"))
+    jax.config.update(
+      "jax_compilation_cache_dir", os.path.join(os.path.dirname(workdir), "jax_cache")
+    )
   fold_of = stratify.assign_parts(labels, np.arange(len(labels)), [1 / folds] * folds, seed)
   probs = np.zeros((len(labels), len(classes)), np.float32)
   for f in range(folds):
     test_idx = np.flatnonzero(fold_of == f)
     rest = np.flatnonzero(fold_of != f)
-    keep, hold = splits.stratified_holdout(labels[rest], config.data.val_fraction, config.data.split_seed)
+    keep, hold = splits.stratified_holdout(
+      labels[rest], config.data.val_fraction, config.data.split_seed
+    )
     parts = {"train": rest[keep], "val": rest[hold], "test": test_idx}
-    dataset = data.Dataset(name=f"mislabel fold {f + 1}/{folds}", classes=tuple(classes), splits={
-        name: data.Split(images[idx], labels[idx].astype(np.int32)) for name, idx in parts.items()})
-    print(f"mislabel: fold {f + 1}/{folds}: train {len(parts['train']):,}, val {len(parts['val']):,}, "
-          f"scored {len(test_idx):,}", flush=True)
+    dataset = data.Dataset(
+      name=f"mislabel fold {f + 1}/{folds}",
+      classes=tuple(classes),
+      splits={
+        name: data.Split(images[idx], labels[idx].astype(np.int32)) for name, idx in parts.items()
+      },
+    )
+    print(
+      f"mislabel: fold {f + 1}/{folds}: train {len(parts['train']):,}, val {len(parts['val']):,}, "
+      f"scored {len(test_idx):,}",
+      flush=True,
+    )
     run_dir = os.path.join(workdir, f"fold_{f + 1}")
     loop.train_and_evaluate(config, run_dir, dataset=dataset)
     with np.load(os.path.join(run_dir, "test_predictions.npz"), allow_pickle=False) as z:
       if not np.array_equal(z["labels"], labels[test_idx]):
-        raise common.ToolError(f"{run_dir}: test_predictions.npz does not match this fold; "
-                               "delete the folder and re-run")
+        raise common.ToolError(
+          f"{run_dir}: test_predictions.npz does not match this fold; delete the folder and re-run"
+        )
       # The fold model's own softmax, not the calibrated one: confident learning's per-class
       # thresholds absorb miscalibration, and a temperature fitted on a small fold's val can
       # flatten a weak judge's probabilities to near-uniform (folds trained before calibration
@@ -187,6 +213,7 @@ def out_of_fold_probs(images, labels, classes, config, folds, seed, workdir):
 
 
 # ---------------------------------------------------------------------------- outputs
+
 
 def contact_sheet(images, rows, per_row=8):
   """PNG bytes: the suspects' images with 'given -> suggested' and both probabilities."""
@@ -200,8 +227,11 @@ def contact_sheet(images, rows, per_row=8):
   for ax, (image_idx, row) in zip(axes.ravel(), rows):
     image = images[image_idx]
     ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
-    ax.set_title(f"#{row['rank']} given {row['given_label']} {float(row['p_given']):.2f}\n"
-                 f"model: {row['suggested_label']} {float(row['p_suggested']):.2f}", fontsize=6.5)
+    ax.set_title(
+      f"#{row['rank']} given {row['given_label']} {float(row['p_given']):.2f}\n"
+      f"model: {row['suggested_label']} {float(row['p_suggested']):.2f}",
+      fontsize=6.5,
+    )
   if not rows:
     axes[0, 0].text(0.5, 0.5, "no suspects", ha="center", va="center")
   fig.suptitle("Label suspects, most confident contradiction first", fontsize=8)
@@ -223,6 +253,7 @@ def npz_bytes(**arrays):
 
 # ---------------------------------------------------------------------------- the two steps
 
+
 def load_config(args, classes):
   spec = args.config
   try:
@@ -237,24 +268,35 @@ def summary_lines(args, classes, labels, probs, fold_of, found, rows):
   accuracy, recall, per_fold, warning = judge_quality(probs, labels, len(classes), fold_of)
   n = len(labels)
   cells = collections.Counter(f"{row['given_label']}->{row['suggested_label']}" for row in rows)
-  estimated = {f"{classes[i]}->{classes[j]}": found.joint[i, j] * n for i in range(len(classes))
-               for j in range(len(classes)) if i != j and found.joint[i, j] * n >= 0.5}
-  lines = [f"{n:,} images scored out-of-fold by {args.config} ({args.folds} folds); "
-           f"out-of-fold accuracy {accuracy:.1%} (per fold: "
-           + ", ".join(f"{a:.1%}" for a in per_fold) + "); recall per class: "
-           + ", ".join(f"{c} {r:.1%}" for c, r in zip(classes, recall))]
+  estimated = {
+    f"{classes[i]}->{classes[j]}": found.joint[i, j] * n
+    for i in range(len(classes))
+    for j in range(len(classes))
+    if i != j and found.joint[i, j] * n >= 0.5
+  }
+  lines = [
+    f"{n:,} images scored out-of-fold by {args.config} ({args.folds} folds); "
+    f"out-of-fold accuracy {accuracy:.1%} (per fold: "
+    + ", ".join(f"{a:.1%}" for a in per_fold)
+    + "); recall per class: "
+    + ", ".join(f"{c} {r:.1%}" for c, r in zip(classes, recall))
+  ]
   lines += [warning] if warning else []
-  lines += ["class thresholds (mean self-confidence): "
-            + ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, found.thresholds)),
-            f"estimated label noise (confident learning, off-diagonal mass of the estimated joint): "
-            f"{found.noise_rate:.1%} = {found.noise_rate * n:,.0f} images; flagged {len(rows):,} "
-            f"suspects ({len(rows) / max(n, 1):.1%}); the judge's own confident errors count as noise, "
-            "so the weaker the judge, the more the estimate exceeds the true rate",
-            "  given->true: " + ", ".join(f"{k} {cells[k]} (est. {v:.0f})" for k, v in
-                                          sorted(estimated.items(), key=lambda kv: -kv[1])),
-            f"review: DST/review.csv (fill `decision`: {common.DECISIONS}), contact sheet "
-            f"DST/suspects.png (top {min(args.sheet, len(rows))}); then re-run with --review "
-            "DST/review.csv --apply"]
+  lines += [
+    "class thresholds (mean self-confidence): "
+    + ", ".join(f"{c} {t:.2f}" for c, t in zip(classes, found.thresholds)),
+    f"estimated label noise (confident learning, off-diagonal mass of the estimated joint): "
+    f"{found.noise_rate:.1%} = {found.noise_rate * n:,.0f} images; flagged {len(rows):,} "
+    f"suspects ({len(rows) / max(n, 1):.1%}); the judge's own confident errors count as noise, "
+    "so the weaker the judge, the more the estimate exceeds the true rate",
+    "  given->true: "
+    + ", ".join(
+      f"{k} {cells[k]} (est. {v:.0f})" for k, v in sorted(estimated.items(), key=lambda kv: -kv[1])
+    ),
+    f"review: DST/review.csv (fill `decision`: {common.DECISIONS}), contact sheet "
+    f"DST/suspects.png (top {min(args.sheet, len(rows))}); then re-run with --review "
+    "DST/review.csv --apply",
+  ]
   return lines
 
 
@@ -263,38 +305,63 @@ def plan_review(args, tree):
   classes = list(args.classes)
   config = load_config(args, classes)
   records = tree.files
-  images, ok, errors = folders.decode_many([r.path for r in records], config.data.image_size,
-                                           config.data.channels, config.data.resize_filter, args.workers)
+  images, ok, errors = folders.decode_many(
+    [r.path for r in records],
+    config.data.image_size,
+    config.data.channels,
+    config.data.resize_filter,
+    args.workers,
+  )
   records, unreadable = common.split_readable(tree, records, ok, errors)
   entries = list(tree.not_read) + unreadable
   images = images[ok]
   labels = np.array([r.label for r in records], np.int64)
   if np.bincount(labels, minlength=len(classes)).min() < args.folds:
-    raise common.ToolError(f"SRC {args.src}: every class needs at least --folds={args.folds} images")
-  workdir = os.path.join(os.path.abspath(args.out), ".mislabel_runs",
-                         _fingerprint(records, config, args.folds, args.seed))
-  probs, fold_of = out_of_fold_probs(images, labels, classes, config, args.folds, args.seed, workdir)
+    raise common.ToolError(
+      f"SRC {args.src}: every class needs at least --folds={args.folds} images"
+    )
+  workdir = os.path.join(
+    os.path.abspath(args.out),
+    ".mislabel_runs",
+    _fingerprint(records, config, args.folds, args.seed),
+  )
+  probs, fold_of = out_of_fold_probs(
+    images, labels, classes, config, args.folds, args.seed, workdir
+  )
 
   found = find_suspects(probs, labels)
   rows = []
   for rank, i in enumerate(found.ranked, 1):
     r, s = records[i], found.suggested[i]
-    rows.append({"rank": rank, "file": tree.tree_path(r), "split": r.split or "",
-                 "given_label": r.class_name, "suggested_label": classes[s],
-                 "score": f"{found.margin[i]:.4f}", "p_given": f"{probs[i, r.label]:.4f}",
-                 "p_suggested": f"{probs[i, s]:.4f}", "threshold": f"{found.thresholds[s]:.4f}",
-                 "reason": f"p({classes[s]}) {probs[i, s]:.2f} vs p({r.class_name}) {probs[i, r.label]:.2f}; "
-                           f"{r.class_name}->{classes[s]} estimated for {found.joint[r.label, s]:.1%} "
-                           "of the data",
-                 "decision": ""})
+    rows.append(
+      {
+        "rank": rank,
+        "file": tree.tree_path(r),
+        "split": r.split or "",
+        "given_label": r.class_name,
+        "suggested_label": classes[s],
+        "score": f"{found.margin[i]:.4f}",
+        "p_given": f"{probs[i, r.label]:.4f}",
+        "p_suggested": f"{probs[i, s]:.4f}",
+        "threshold": f"{found.thresholds[s]:.4f}",
+        "reason": f"p({classes[s]}) {probs[i, s]:.2f} vs p({r.class_name}) {probs[i, r.label]:.2f}; "
+        f"{r.class_name}->{classes[s]} estimated for {found.joint[r.label, s]:.1%} "
+        "of the data",
+        "decision": "",
+      }
+    )
   for r in records:
     entries.append(common.entry_for(tree, r, "kept"))
   summary = summary_lines(args, classes, labels, probs, fold_of, found, rows)
   reports = {
-      "review.csv": common.review_csv(rows, ["p_given", "p_suggested", "threshold"]),
-      "suspects.png": contact_sheet(images, list(zip(found.ranked, rows))[:args.sheet]),
-      "oof_probs.npz": npz_bytes(files=np.array([tree.tree_path(r) for r in records]),
-                                 labels=labels.astype(np.int32), probs=probs, fold=fold_of.astype(np.int32)),
+    "review.csv": common.review_csv(rows, ["p_given", "p_suggested", "threshold"]),
+    "suspects.png": contact_sheet(images, list(zip(found.ranked, rows))[: args.sheet]),
+    "oof_probs.npz": npz_bytes(
+      files=np.array([tree.tree_path(r) for r in records]),
+      labels=labels.astype(np.int32),
+      probs=probs,
+      fold=fold_of.astype(np.int32),
+    ),
   }
   return entries, summary, reports
 
@@ -341,9 +408,17 @@ def _decision(decision, row, classes, where):
   target = suggested if text == "relabel" else decision
   label = folders.match_class(target, classes)
   if label is None:
-    raise common.ToolError(f"{where}: decision {decision!r} is not one of {common.DECISIONS} "
-                           f"(classes: {', '.join(classes)})")
-  return ("relabelled", classes[label], f"review: relabel to {classes[label]} ({reason})", rank, score)
+    raise common.ToolError(
+      f"{where}: decision {decision!r} is not one of {common.DECISIONS} "
+      f"(classes: {', '.join(classes)})"
+    )
+  return (
+    "relabelled",
+    classes[label],
+    f"review: relabel to {classes[label]} ({reason})",
+    rank,
+    score,
+  )
 
 
 def plan_apply_review(args, tree):
@@ -355,15 +430,29 @@ def plan_apply_review(args, tree):
     action, new_class, reason, rank, score = decided.get(r.path, ("kept", "", "", "", ""))
     if action == "relabelled" and new_class == r.class_name:
       action, reason = "kept", f"review confirmed {new_class}"
-    entries.append(common.entry_for(tree, r, action, class_name=new_class or None, reason=reason,
-                                    group=f"rank {rank}" if rank else "", score=score))
+    entries.append(
+      common.entry_for(
+        tree,
+        r,
+        action,
+        class_name=new_class or None,
+        reason=reason,
+        group=f"rank {rank}" if rank else "",
+        score=score,
+      )
+    )
   counts = common.action_counts(entries)
   moves = {}
   for e in entries:
     if e.action == "relabelled":
-      moves[f"{e.source_class}->{e.class_name}"] = moves.get(f"{e.source_class}->{e.class_name}", 0) + 1
-  summary = [f"reviewed decisions from {', '.join(args.review)}: {counts['relabelled']} relabelled"
-             + "".join(f" ({k} {n})" for k, n in sorted(moves.items())) + f", {counts['dropped']} dropped"]
+      moves[f"{e.source_class}->{e.class_name}"] = (
+        moves.get(f"{e.source_class}->{e.class_name}", 0) + 1
+      )
+  summary = [
+    f"reviewed decisions from {', '.join(args.review)}: {counts['relabelled']} relabelled"
+    + "".join(f" ({k} {n})" for k, n in sorted(moves.items()))
+    + f", {counts['dropped']} dropped"
+  ]
   return entries, summary, {}
 
 
@@ -371,35 +460,58 @@ def plan_mislabel(args):
   if args.folds < 2:
     raise common.ToolError(f"--folds: need at least 2, got {args.folds}")
   if args.apply and not args.review:
-    raise common.ToolError("--apply needs --review CSV: run without --apply first, fill the "
-                           "`decision` column of DST/review.csv, then apply it")
+    raise common.ToolError(
+      "--apply needs --review CSV: run without --apply first, fill the "
+      "`decision` column of DST/review.csv, then apply it"
+    )
   common.check_output(args.out, args.overwrite, SRC=args.src)
   tree = common.read_tree(args.src, args.classes, allow_flat=True)
   step = plan_apply_review if args.review else plan_review
   entries, summary, reports = step(args, tree)
   entries.sort(key=lambda e: e.source_path)
   summary += common.split_class_table(entries, args.classes, "result (images per class and split):")
-  options = {"config": args.config, "set": args.set, "folds": args.folds, "seed": args.seed,
-             "review": args.review, "classes": args.classes}
-  return common.Plan("mislabel", {"SRC": tree.root}, os.path.abspath(args.out), options, entries,
-                     summary, reports)
+  options = {
+    "config": args.config,
+    "set": args.set,
+    "folds": args.folds,
+    "seed": args.seed,
+    "review": args.review,
+    "classes": args.classes,
+  }
+  return common.Plan(
+    "mislabel", {"SRC": tree.root}, os.path.abspath(args.out), options, entries, summary, reports
+  )
 
 
 def build_parser():
   p = common.tool_parser("mislabel", __doc__.split("\n")[0])
-  p.add_argument("--config", default=DEFAULT_CONFIG, help="model config file[:variant] trained per fold")
-  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                 help="config override, e.g. --set train.epochs=10 (repeatable)")
+  p.add_argument(
+    "--config", default=DEFAULT_CONFIG, help="model config file[:variant] trained per fold"
+  )
+  p.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="FIELD=VALUE",
+    help="config override, e.g. --set train.epochs=10 (repeatable)",
+  )
   p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
   p.add_argument("--seed", type=int, default=42, help="fold assignment seed")
   p.add_argument("--sheet", type=int, default=64, help="suspects shown in suspects.png")
-  p.add_argument("--review", action="append", default=[], metavar="CSV",
-                 help="reviewed review.csv / conflicts.csv to apply (repeatable); no training then")
+  p.add_argument(
+    "--review",
+    action="append",
+    default=[],
+    metavar="CSV",
+    help="reviewed review.csv / conflicts.csv to apply (repeatable); no training then",
+  )
   return p
 
 
 def main(argv=None):
-  return common.run_main(lambda args: common.finish(plan_mislabel(args), args), build_parser(), argv)
+  return common.run_main(
+    lambda args: common.finish(plan_mislabel(args), args), build_parser(), argv
+  )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ for its most common label), groups are shuffled by --seed, the largest placed fi
 goes to the split furthest below its target count; without duplicates this gives every class
 exactly round(count x ratio) images per split. The summary prints the achieved ratios per class.
 """
+
 import argparse
 import collections
 import os
@@ -17,24 +18,30 @@ import sys
 
 import numpy as np
 
-from . import common
-from . import dedup
+from . import common, dedup
 
 
 def parse_ratios(text):
   try:
     ratios = [float(r) for r in text.split(",")]
   except ValueError:
-    raise argparse.ArgumentTypeError(f"--ratios: expected three numbers like 0.8,0.1,0.1, got {text!r}")
+    raise argparse.ArgumentTypeError(
+      f"--ratios: expected three numbers like 0.8,0.1,0.1, got {text!r}"
+    )
   if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0:
     raise argparse.ArgumentTypeError(
-        f"--ratios: need train,val,test shares >= 0 with train > 0, got {text!r}")
+      f"--ratios: need train,val,test shares >= 0 with train > 0, got {text!r}"
+    )
   return tuple(r / sum(ratios) for r in ratios)
 
 
 def add_ratio_flag(parser):
-  parser.add_argument("--ratios", type=parse_ratios, default=(0.8, 0.1, 0.1),
-                      help="train,val,test shares (normalised to sum to 1)")
+  parser.add_argument(
+    "--ratios",
+    type=parse_ratios,
+    default=(0.8, 0.1, 0.1),
+    help="train,val,test shares (normalised to sum to 1)",
+  )
 
 
 def target_counts(n, ratios):
@@ -82,9 +89,13 @@ def achieved_table(entries, classes, ratios):
   counts = collections.Counter((e.class_name, e.split) for e in entries if e.action != "dropped")
   width = max(len(c) for c in list(classes) + ["total"])
   for c in list(classes) + ["total"]:
-    row = [counts[c, s] if c != "total" else sum(counts[k, s] for k in classes) for s in common.SPLITS]
+    row = [
+      counts[c, s] if c != "total" else sum(counts[k, s] for k in classes) for s in common.SPLITS
+    ]
     total = sum(row)
-    cells = "  ".join(f"{s} {n:>6,} ({n / total if total else 0:6.1%})" for s, n in zip(common.SPLITS, row))
+    cells = "  ".join(
+      f"{s} {n:>6,} ({n / total if total else 0:6.1%})" for s, n in zip(common.SPLITS, row)
+    )
     lines.append(f"  {c:<{width}} {total:>7,}   {cells}")
   return lines
 
@@ -110,33 +121,65 @@ def plan_stratify(args):
   for r, p, g in zip(records, parts, groups):
     split = common.SPLITS[p]
     action = "kept" if r.split == split else "moved"
-    reason = f"assigned to {split}" + (f" with its duplicate group of {sizes[g]}" if sizes[g] > 1 else "")
-    entries.append(common.entry_for(tree, r, action, split=split, reason=reason,
-                                    group=group_name.get(g, "")))
+    reason = f"assigned to {split}" + (
+      f" with its duplicate group of {sizes[g]}" if sizes[g] > 1 else ""
+    )
+    entries.append(
+      common.entry_for(tree, r, action, split=split, reason=reason, group=group_name.get(g, ""))
+    )
   entries.sort(key=lambda e: e.source_path)
-  how = (f"hash {args.hash}, threshold {args.threshold}, verified at {args.min_similarity}"
-         if args.groups else "--no_groups")
-  summary = [f"{len(records):,} images pooled from the {tree.layout} tree; "
-             f"{len(group_name):,} duplicate groups kept whole ({how}), seed {args.seed}"]
+  how = (
+    f"hash {args.hash}, threshold {args.threshold}, verified at {args.min_similarity}"
+    if args.groups
+    else "--no_groups"
+  )
+  summary = [
+    f"{len(records):,} images pooled from the {tree.layout} tree; "
+    f"{len(group_name):,} duplicate groups kept whole ({how}), seed {args.seed}"
+  ]
   summary += achieved_table(entries, classes, args.ratios)
-  options = {k: getattr(args, k) for k in ("ratios", "seed", "groups", "hash", "threshold", "mirror",
-                                           "shift", "zoom", "max_shift", "min_similarity", "image_size",
-                                           "classes")}
-  return common.Plan("stratify", {"SRC": tree.root}, os.path.abspath(args.out), options, entries, summary)
+  options = {
+    k: getattr(args, k)
+    for k in (
+      "ratios",
+      "seed",
+      "groups",
+      "hash",
+      "threshold",
+      "mirror",
+      "shift",
+      "zoom",
+      "max_shift",
+      "min_similarity",
+      "image_size",
+      "classes",
+    )
+  }
+  return common.Plan(
+    "stratify", {"SRC": tree.root}, os.path.abspath(args.out), options, entries, summary
+  )
 
 
 def build_parser():
   p = common.tool_parser("stratify", __doc__.split("\n")[0])
   add_ratio_flag(p)
-  p.add_argument("--seed", type=int, default=42, help="shuffling seed (the same seed gives the same split)")
-  p.add_argument("--no_groups", dest="groups", action="store_false",
-                 help="do not look for duplicates (each image is its own group)")
+  p.add_argument(
+    "--seed", type=int, default=42, help="shuffling seed (the same seed gives the same split)"
+  )
+  p.add_argument(
+    "--no_groups",
+    dest="groups",
+    action="store_false",
+    help="do not look for duplicates (each image is its own group)",
+  )
   dedup.add_hash_flags(p)
   return p
 
 
 def main(argv=None):
-  return common.run_main(lambda args: common.finish(plan_stratify(args), args), build_parser(), argv)
+  return common.run_main(
+    lambda args: common.finish(plan_stratify(args), args), build_parser(), argv
+  )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Each image gets its own random flip, rotation, zoom and contrast, as Keras's Ran
 RandomRotation, RandomZoom and RandomContrast layers do. Rotation and zoom are one affine
 resampling (bilinear, `fill_mode` at the borders: Keras's default 'reflect' is SciPy's 'reflect').
 """
+
 import jax
 import jax.numpy as jnp
 from jax.scipy import ndimage
@@ -19,8 +20,9 @@ def affine_resample(image, angle, scale, fill_mode="reflect"):
   """
   h, w, c = image.shape
   cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-  yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - cy,
-                        jnp.arange(w, dtype=jnp.float32) - cx, indexing="ij")
+  yy, xx = jnp.meshgrid(
+    jnp.arange(h, dtype=jnp.float32) - cy, jnp.arange(w, dtype=jnp.float32) - cx, indexing="ij"
+  )
   cos, sin = jnp.cos(angle), jnp.sin(angle)
   src_y = scale * (cos * yy - sin * xx) + cy
   src_x = scale * (sin * yy + cos * xx) + cx

@@ -10,6 +10,7 @@ batch_size=at_least(1), ...)` right after the section's fields (configs/common.p
 tests every declared field a config has, before a run creates anything, and lists every bad
 value on its own line.
 """
+
 import ast
 import dataclasses
 import importlib.util
@@ -25,6 +26,7 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Rule:
   """What a field's value must be: `test(value)` is True for a valid one; `text` says it."""
+
   test: object
   text: str
 
@@ -111,8 +113,9 @@ def _parse_text(field, text, current):
   try:
     value = ast.literal_eval(text)
   except (SyntaxError, ValueError):
-    raise ConfigError(f"--config.{field}={text}: not a valid {type(current).__name__} "
-                      f"(the field holds {current!r})") from None
+    raise ConfigError(
+      f"--config.{field}={text}: not a valid {type(current).__name__} (the field holds {current!r})"
+    ) from None
   if isinstance(current, tuple) and isinstance(value, (int, float, str)):
     value = (value,)  # "--config.model.widths=64" means a one-element tuple, as in config_flags
   return value
@@ -128,7 +131,9 @@ def _check_type(field, value, current):
     kinds = {type(v) for v in current}
     numeric = kinds <= {int, float}
     for v in value:
-      ok = (isinstance(v, (int, float)) and not isinstance(v, bool)) if numeric else type(v) in kinds
+      ok = (
+        (isinstance(v, (int, float)) and not isinstance(v, bool)) if numeric else type(v) in kinds
+      )
       if not ok:
         raise ConfigError(f"--config.{field}: element {v!r} does not match the field's {current!r}")
 
@@ -157,7 +162,12 @@ def resolve_path(path):
   """`path` as given, or for a relative `configs/...` path that is not here, the study's config of
   that name shipped with fer_jax (`fer_jax.configs`): the same commands work outside a checkout."""
   bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), path)
-  if not os.path.isabs(path) and not os.path.exists(path) and path.startswith("configs/") and os.path.exists(bundled):
+  if (
+    not os.path.isabs(path)
+    and not os.path.exists(path)
+    and path.startswith("configs/")
+    and os.path.exists(bundled)
+  ):
     return bundled
   return path
 

@@ -1,6 +1,7 @@
 """The study's losses: label-smoothed cross-entropy or focal loss, per-sample class weights,
 and Keras-style L2 (lambda * sum w^2 added to the loss) on selected kernels.
 """
+
 import re
 
 import jax
@@ -35,6 +36,7 @@ def per_sample_loss_fn(loss_cfg, num_classes):
     if loss_cfg.name == "focal":
       return focal(logits, targets, loss_cfg.focal_gamma, loss_cfg.focal_alpha)
     return cross_entropy(logits, targets)
+
   return loss
 
 
@@ -56,13 +58,16 @@ def class_weights(loss_cfg, counts):
 
 
 # Which kernels each L2 field covers, by the owning layer's name (see fer_jax/models/cnn.py).
-_L2_LAYERS = (("l2_conv", re.compile(r"^conv\d+_\d+$")),  # not the backbones' Keras names
-              ("l2_hidden_dense", re.compile(r"^dense\d+$")),
-              ("l2_output_dense", re.compile(r"^logits$")))
+_L2_LAYERS = (
+  ("l2_conv", re.compile(r"^conv\d+_\d+$")),  # not the backbones' Keras names
+  ("l2_hidden_dense", re.compile(r"^dense\d+$")),
+  ("l2_output_dense", re.compile(r"^logits$")),
+)
 
 
 def l2_coefficients(params, loss_cfg):
   """Pytree of per-parameter lambda: nonzero only on the kernels the config regularises."""
+
   def coeff(path, _):
     names = [p.key for p in path if hasattr(p, "key")]
     if names[-1] != "kernel":
@@ -71,9 +76,14 @@ def l2_coefficients(params, loss_cfg):
       if pattern.match(names[-2]):
         return float(loss_cfg[field])
     return 0.0
+
   return jax.tree_util.tree_map_with_path(coeff, params)
 
 
 def l2_penalty(params, coefficients):
-  terms = [lam * jnp.sum(jnp.square(w)) for w, lam in zip(jax.tree.leaves(params), jax.tree.leaves(coefficients)) if lam]
+  terms = [
+    lam * jnp.sum(jnp.square(w))
+    for w, lam in zip(jax.tree.leaves(params), jax.tree.leaves(coefficients))
+    if lam
+  ]
   return sum(terms) if terms else jnp.zeros((), jnp.float32)

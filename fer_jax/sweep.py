@@ -19,6 +19,7 @@ Runs go seed by seed (every config's seed 0 first) so an early comparison is com
 with --vectorize, config by config, all seeds of a config at once.
 A failing run is reported and the sweep goes on; at the end `fer_jax.report` aggregates the root.
 """
+
 import dataclasses
 import os
 import re
@@ -49,13 +50,21 @@ class Run:
 
   def command(self, python="python"):
     args = [python, "launch.py", f"--config={self.config}", f"--workdir={self.workdir}"]
-    args += [f"--config.{k}={config_loading.format_value(v)}" for k, v in self.all_overrides().items()]
+    args += [
+      f"--config.{k}={config_loading.format_value(v)}" for k, v in self.all_overrides().items()
+    ]
     return " ".join(shlex.quote(a) for a in args)
 
 
 # Overrides left out of directory names: where files live or how data is read, not what is trained.
-UNNAMED_FIELDS = ("data.root", "data.cache_dir", "data.num_workers", "train.log_every_steps",
-                  "model.init_from", "train.vectorize")
+UNNAMED_FIELDS = (
+  "data.root",
+  "data.cache_dir",
+  "data.num_workers",
+  "train.log_every_steps",
+  "model.init_from",
+  "train.vectorize",
+)
 
 
 def _slug(overrides):
@@ -72,7 +81,11 @@ def _slug(overrides):
 def group_name(config_spec, overrides):
   path, _, variant = config_spec.partition(":")
   name = os.path.splitext(os.path.basename(path))[0]
-  parts = [name] + ([variant.replace(",", "+")] if variant else []) + ([_slug(overrides)] if _slug(overrides) else [])
+  parts = (
+    [name]
+    + ([variant.replace(",", "+")] if variant else [])
+    + ([_slug(overrides)] if _slug(overrides) else [])
+  )
   return "-".join(parts)
 
 
@@ -98,12 +111,14 @@ def expand(entries, root, data_roots=None, extra_overrides=None, seeds=None, wei
       overrides["data.root"] = data_roots[stage]
     if entry.get("weights"):
       if not weights_dir:
-        raise ValueError(f"sweep entry {spec} starts from {entry['weights']}: pass --weights_dir=DIR "
-                         "holding it (docs/transfer.md says where to get it)")
+        raise ValueError(
+          f"sweep entry {spec} starts from {entry['weights']}: pass --weights_dir=DIR "
+          "holding it (docs/transfer.md says where to get it)"
+        )
       overrides["model.init_from"] = os.path.join(weights_dir, entry["weights"])
     overrides.update(config_loading.parse_overrides(extra_overrides or []))
     group = group_name(spec, overrides)
-    for seed in (seeds if seeds is not None else entry.get("seeds", (0,))):
+    for seed in seeds if seeds is not None else entry.get("seeds", (0,)):
       runs.append(Run(spec, overrides, int(seed), group, os.path.join(root, group, f"seed{seed}")))
   names = [r.workdir for r in runs]
   dupes = sorted({n for n in names if names.count(n) > 1})
@@ -147,6 +162,7 @@ def run_all(runs, train_fn=None):
   """Trains the runs one after another in this process; returns [(run, outcome, detail)]."""
   if train_fn is None:
     from fer_jax.train import loop
+
     train_fn = loop.train_and_evaluate
   results = []
   for i, run in enumerate(runs, 1):
@@ -168,6 +184,7 @@ def run_vectorized(runs, train_together=None):
   (`loop.train_together`), group after group; returns [(run, outcome, detail)]."""
   if train_together is None:
     from fer_jax.train import loop
+
     train_together = loop.train_together
   groups = {}
   for run in runs:
@@ -175,8 +192,11 @@ def run_vectorized(runs, train_together=None):
   results = []
   for i, (group, members) in enumerate(groups.items(), 1):
     todo = [r for r in members if r.status() != "finished"]
-    print(f"[{i}/{len(groups)}] {group} seeds {','.join(str(r.seed) for r in members)}: "
-          f"{len(todo)} to train together", flush=True)
+    print(
+      f"[{i}/{len(groups)}] {group} seeds {','.join(str(r.seed) for r in members)}: "
+      f"{len(todo)} to train together",
+      flush=True,
+    )
     results += [(r, "skipped", "already finished") for r in members if r not in todo]
     if not todo:
       continue
@@ -197,26 +217,43 @@ def load_spec(spec):
 
 def main():
   from fer_jax.platform import allocator
+
   allocator.use_tcmalloc()  # as launch.py: XLA:CPU steps without page faults
-  from absl import app
-  from absl import flags
-  from absl import logging
+  from absl import app, flags, logging
+
   spec_flag = flags.DEFINE_string("spec", None, "sweep spec file[:arg] defining get_sweep(arg)")
   configs_flag = flags.DEFINE_list("configs", [], "ad-hoc sweep: config files[:variant]")
   seeds_flag = flags.DEFINE_list("seeds", None, "seeds (replace the spec's); ad-hoc default 0")
-  set_flag = flags.DEFINE_multi_string("set", [], "override for every run, field=value (repeatable)")
+  set_flag = flags.DEFINE_multi_string(
+    "set", [], "override for every run, field=value (repeatable)"
+  )
   root_flag = flags.DEFINE_string("root", None, "directory of the sweep's runs")
-  emit_flag = flags.DEFINE_bool("emit", False, "print a launch.py command per unfinished run; train nothing")
-  vectorize_flag = flags.DEFINE_bool("vectorize", False, "train the seeds of each config together, as "
-                                     "members of one vmapped step (docs/scaling.md)")
+  emit_flag = flags.DEFINE_bool(
+    "emit", False, "print a launch.py command per unfinished run; train nothing"
+  )
+  vectorize_flag = flags.DEFINE_bool(
+    "vectorize",
+    False,
+    "train the seeds of each config together, as members of one vmapped step (docs/scaling.md)",
+  )
   python_flag = flags.DEFINE_string("python", "python", "interpreter named in --emit commands")
-  report_flag = flags.DEFINE_bool("report", True, "aggregate the root into report.md/.html at the end")
-  cache_flag = flags.DEFINE_bool("compile_cache", True, "share compiled XLA programs between runs "
-                                 "(seeds of one config compile once), in <root>/.jax_cache")
-  data_flags = {s: flags.DEFINE_string(s, "", f"dataset root for entries on the {s!r} data")
-                for s in DATA_FLAGS}
-  weights_flag = flags.DEFINE_string("weights_dir", "", "directory of pretrained weight files "
-                                     "(the transfer entries' Keras ImageNet .h5 files)")
+  report_flag = flags.DEFINE_bool(
+    "report", True, "aggregate the root into report.md/.html at the end"
+  )
+  cache_flag = flags.DEFINE_bool(
+    "compile_cache",
+    True,
+    "share compiled XLA programs between runs "
+    "(seeds of one config compile once), in <root>/.jax_cache",
+  )
+  data_flags = {
+    s: flags.DEFINE_string(s, "", f"dataset root for entries on the {s!r} data") for s in DATA_FLAGS
+  }
+  weights_flag = flags.DEFINE_string(
+    "weights_dir",
+    "",
+    "directory of pretrained weight files (the transfer entries' Keras ImageNet .h5 files)",
+  )
   flags.mark_flag_as_required("root")
 
   def run(argv):
@@ -228,12 +265,23 @@ def main():
     try:
       seeds = [int(s) for s in seeds_flag.value] if seeds_flag.value else None
     except ValueError:
-      sys.exit(f"error: --seeds={','.join(seeds_flag.value)}: seeds are integers, e.g. --seeds=0,1,2")
+      sys.exit(
+        f"error: --seeds={','.join(seeds_flag.value)}: seeds are integers, e.g. --seeds=0,1,2"
+      )
     try:
-      entries = (load_spec(spec_flag.value) if spec_flag.value
-                 else [{"config": c} for c in configs_flag.value])
-      runs = expand(entries, root_flag.value, {s: f.value for s, f in data_flags.items()},
-                    set_flag.value, seeds, weights_flag.value)
+      entries = (
+        load_spec(spec_flag.value)
+        if spec_flag.value
+        else [{"config": c} for c in configs_flag.value]
+      )
+      runs = expand(
+        entries,
+        root_flag.value,
+        {s: f.value for s, f in data_flags.items()},
+        set_flag.value,
+        seeds,
+        weights_flag.value,
+      )
       check_configs(runs)
     except ValueError as e:
       sys.exit(f"error: {e}")
@@ -241,11 +289,14 @@ def main():
       todo = [r for r in runs if r.status() != "finished"]
       for r in todo:
         print(r.command(python_flag.value))
-      print(f"# {len(todo)} of {len(runs)} runs to do; then: python -m fer_jax.report {root_flag.value}",
-            file=sys.stderr)
+      print(
+        f"# {len(todo)} of {len(runs)} runs to do; then: python -m fer_jax.report {root_flag.value}",
+        file=sys.stderr,
+      )
       return
     if cache_flag.value:
       import jax
+
       if not jax.config.jax_compilation_cache_dir:  # a cache the user configured wins
         jax.config.update("jax_compilation_cache_dir", os.path.join(root_flag.value, ".jax_cache"))
     results = run_vectorized(runs) if vectorize_flag.value else run_all(runs)
@@ -255,6 +306,7 @@ def main():
     failed = sum(outcome == "failed" for _, outcome, _ in results)
     if report_flag.value and len(results) > failed:
       from fer_jax.report import study
+
       summary = study.write_study_report(root_flag.value)
       print(summary["decision"]["verdict"])
       print(f"report: {os.path.join(root_flag.value, 'report.md')} and report.html")

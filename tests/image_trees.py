@@ -1,4 +1,5 @@
 """Generated image trees for the data-tool tests: face-like images, planted copies, digests."""
+
 import csv
 import hashlib
 import os
@@ -9,12 +10,13 @@ from PIL import Image
 from data_tools import dedup
 from fer_jax.data import FER4 as CLASSES
 
-
 # ---------------------------------------------------------------------------- generated data
 
+
 def _upsample(noise, size):
-  return np.asarray(Image.fromarray(noise.astype(np.float32), "F").resize((size, size),
-                                                                        Image.Resampling.BICUBIC))
+  return np.asarray(
+    Image.fromarray(noise.astype(np.float32), "F").resize((size, size), Image.Resampling.BICUBIC)
+  )
 
 
 def face_like(rng, size=48):
@@ -23,8 +25,12 @@ def face_like(rng, size=48):
   cy, cx = rng.uniform(18, 30, 2)
   ry, rx = rng.uniform(10, 18, 2)
   face = ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 < 1
-  image = 80 + 60 * face + _upsample(rng.normal(0, 25, (8, 8)), size) + _upsample(
-      rng.normal(0, 10, (16, 16)), size)
+  image = (
+    80
+    + 60 * face
+    + _upsample(rng.normal(0, 25, (8, 8)), size)
+    + _upsample(rng.normal(0, 10, (16, 16)), size)
+  )
   return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -34,12 +40,15 @@ def shifted(a, dy=1, dx=1):
 
 # transform name -> (function of a uint8 [48, 48] array, file extension, save options)
 TRANSFORMS = {
-    "resized": (lambda a: np.asarray(Image.fromarray(a).resize((96, 96), Image.Resampling.BICUBIC)),
-                ".png", {}),
-    "recompressed": (lambda a: a, ".jpg", {"quality": 40}),
-    "shifted": (shifted, ".png", {}),
-    "brighter": (lambda a: np.clip(a.astype(int) + 25, 0, 255).astype(np.uint8), ".png", {}),
-    "flipped": (lambda a: a[:, ::-1], ".png", {}),
+  "resized": (
+    lambda a: np.asarray(Image.fromarray(a).resize((96, 96), Image.Resampling.BICUBIC)),
+    ".png",
+    {},
+  ),
+  "recompressed": (lambda a: a, ".jpg", {"quality": 40}),
+  "shifted": (shifted, ".png", {}),
+  "brighter": (lambda a: np.clip(a.astype(int) + 25, 0, 255).astype(np.uint8), ".png", {}),
+  "flipped": (lambda a: a[:, ::-1], ".png", {}),
 }
 
 
@@ -55,15 +64,19 @@ def write_originals(root, counts, seed=0, classes=CLASSES):
   paths = {}
   for split, per_class in counts.items():
     for c in classes:
-      paths[split, c] = [save(os.path.join(root, split, c, f"{split}_{c}_{k:03d}.png"), face_like(rng))
-                         for k in range(per_class.get(c, 0))]
+      paths[split, c] = [
+        save(os.path.join(root, split, c, f"{split}_{c}_{k:03d}.png"), face_like(rng))
+        for k in range(per_class.get(c, 0))
+      ]
   return paths
 
 
 def plant_copy(root, original, split, class_name, transform, tag):
   fn, ext, options = TRANSFORMS[transform]
   array = np.asarray(Image.open(original))
-  return save(os.path.join(root, split, class_name, f"copy_{tag}_{transform}{ext}"), fn(array), **options)
+  return save(
+    os.path.join(root, split, class_name, f"copy_{tag}_{transform}{ext}"), fn(array), **options
+  )
 
 
 def tree_digest(root):

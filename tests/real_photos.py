@@ -5,6 +5,7 @@ scikit-image's astronaut and LFW subset come with the test extra. The insightfac
 (the Makefile's test set-up does it) into .cache/wheels and read as a zip: insightface is never
 installed. Where PyPI cannot be reached the tests that need that photo skip, saying so.
 """
+
 import glob
 import io
 import os
@@ -23,20 +24,38 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WHEELS = os.path.join(ROOT, ".cache", "wheels")
 INSIGHTFACE = "insightface==2.1"
 # t1.jpg's six faces (x, y, w, h), marked by eye on the photo; detectors must find each of them.
-T1_FACES = [(59, 268, 108, 127), (269, 149, 96, 115), (463, 269, 112, 147), (744, 343, 101, 131),
-            (905, 64, 99, 136), (1131, 273, 92, 123)]
-NO_FACE = ("coffee", "chelsea", "rocket", "brick", "grass", "page")  # scikit-image photos without a face
+T1_FACES = [
+  (59, 268, 108, 127),
+  (269, 149, 96, 115),
+  (463, 269, 112, 147),
+  (744, 343, 101, 131),
+  (905, 64, 99, 136),
+  (1131, 273, 92, 123),
+]
+NO_FACE = (
+  "coffee",
+  "chelsea",
+  "rocket",
+  "brick",
+  "grass",
+  "page",
+)  # scikit-image photos without a face
 
 
 def insightface_wheel():
   found = glob.glob(os.path.join(WHEELS, "insightface-*.whl"))
   if not found:
-    proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", INSIGHTFACE, "-d", WHEELS],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+      [sys.executable, "-m", "pip", "download", "-q", "--no-deps", INSIGHTFACE, "-d", WHEELS],
+      capture_output=True,
+      text=True,
+    )
     found = glob.glob(os.path.join(WHEELS, "insightface-*.whl"))
     if not found:
-      pytest.skip(f"cannot get the insightface wheel's photos (pip download {INSIGHTFACE} failed: "
-                  f"{proc.stderr.strip()[-200:]}); run `make test` with PyPI reachable")
+      pytest.skip(
+        f"cannot get the insightface wheel's photos (pip download {INSIGHTFACE} failed: "
+        f"{proc.stderr.strip()[-200:]}); run `make test` with PyPI reachable"
+      )
   return found[0]
 
 
@@ -88,6 +107,8 @@ def held_expression_clip(rgb, frames, seed=0, shift=3, noise=6.0, size=(640, 480
     canvas = Image.new("RGB", size, (90, 90, 90))
     dx, dy = rng.integers(-shift, shift + 1, 2)
     canvas.paste(im, ((w - im.width) // 2 + int(dx), (h - im.height) // 2 + int(dy)))
-    frame = np.asarray(canvas, np.float32) * (1 + rng.uniform(-0.06, 0.06)) + rng.normal(0, noise, (h, w, 3))
+    frame = np.asarray(canvas, np.float32) * (1 + rng.uniform(-0.06, 0.06)) + rng.normal(
+      0, noise, (h, w, 3)
+    )
     out.append(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
   return out

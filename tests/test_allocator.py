@@ -1,5 +1,6 @@
 """fer_jax.platform.allocator: entry points re-run themselves with tcmalloc, and that removes XLA:CPU's
 per-step page faults (the reason for it)."""
+
 import os
 import subprocess
 import sys
@@ -9,8 +10,10 @@ import pytest
 from fer_jax.platform import allocator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_tcmalloc = pytest.mark.skipif(allocator.find_tcmalloc() is None,
-                                    reason="tcmalloc not installed (make test installs libtcmalloc-minimal4)")
+needs_tcmalloc = pytest.mark.skipif(
+  allocator.find_tcmalloc() is None,
+  reason="tcmalloc not installed (make test installs libtcmalloc-minimal4)",
+)
 
 
 def test_preload_env_adds_tcmalloc_once_and_obeys_the_switch(monkeypatch):
@@ -24,9 +27,17 @@ def test_preload_env_adds_tcmalloc_once_and_obeys_the_switch(monkeypatch):
 
 
 def _python(code, **env):
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300,
-                       env={**{k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV_SWITCH)},
-                            **env})
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+    env={
+      **{k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV_SWITCH)},
+      **env,
+    },
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   return out.stdout.split()
 

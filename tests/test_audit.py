@@ -1,4 +1,5 @@
 """The dataset audit on a small tree with known duplicates, a leak with a conflicting label and a blank."""
+
 import json
 import os
 import shutil
@@ -15,7 +16,9 @@ def make_tree(root):
     for c in ("happy", "sad"):
       os.makedirs(root / split / c)
       for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (48, 48), np.uint8)).save(root / split / c / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (48, 48), np.uint8)).save(
+          root / split / c / f"{i}.png"
+        )
   shutil.copy(root / "train/happy/0.png", root / "train/happy/copy.png")  # within train
   shutil.copy(root / "train/happy/1.png", root / "test/sad/leak.png")  # across splits, other label
   Image.new("L", (48, 48), 0).save(root / "train/sad/blank.png")
@@ -26,8 +29,20 @@ def make_tree(root):
 
 def run(tmp_path, *extra):
   out = tmp_path / "out"
-  rc = audit.main([str(tmp_path / "faces"), "--out", str(out), "--classes", "happy,sad",
-                   "--cache_dir", str(tmp_path / "cache"), "--workers", "1", *extra])
+  rc = audit.main(
+    [
+      str(tmp_path / "faces"),
+      "--out",
+      str(out),
+      "--classes",
+      "happy,sad",
+      "--cache_dir",
+      str(tmp_path / "cache"),
+      "--workers",
+      "1",
+      *extra,
+    ]
+  )
   return rc, out
 
 
@@ -45,10 +60,16 @@ def test_audit_findings_and_files(tmp_path, capsys):
   happy_test = findings["classes"]["test"]["happy"]
   assert happy_test["count"] == 2
   assert [f.split(" (")[0] for f in happy_test["flags"]] == [
-      "under-represented", "differs from train by -6.7 pts"]
+    "under-represented",
+    "differs from train by -6.7 pts",
+  ]
   dups = findings["duplicates"]
-  assert (dups["groups"], dups["extra_copies"], dups["cross_split_groups"],
-          dups["conflicting_groups"]) == (2, 2, 1, 1)
+  assert (
+    dups["groups"],
+    dups["extra_copies"],
+    dups["cross_split_groups"],
+    dups["conflicting_groups"],
+  ) == (2, 2, 1, 1)
   leak = dups["list"][0]  # leaks and conflicts come first
   assert leak["cross_split"] and leak["conflicting_labels"] and leak["classes"] == ["happy", "sad"]
   assert sorted(os.path.basename(m["file"]) for m in leak["members"]) == ["1.png", "leak.png"]
@@ -71,19 +92,29 @@ def test_audit_reads_a_config_and_never_writes_into_the_data(tmp_path, capsys):
   make_tree(tmp_path / "faces")
   config_file = tmp_path / "my_config.py"
   config_file.write_text(
-      "from fer_jax.configs import common\n"
-      "def get_config(arg=None):\n"
-      "  c = common.base_config('mine')\n"
-      f"  c.data.root = {str(tmp_path / 'faces')!r}\n"
-      "  c.data.classes = ('happy', 'sad')\n"
-      f"  c.data.cache_dir = {str(tmp_path / 'cache')!r}\n"
-      "  return common.finalize(c, arg)\n")
+    "from fer_jax.configs import common\n"
+    "def get_config(arg=None):\n"
+    "  c = common.base_config('mine')\n"
+    f"  c.data.root = {str(tmp_path / 'faces')!r}\n"
+    "  c.data.classes = ('happy', 'sad')\n"
+    f"  c.data.cache_dir = {str(tmp_path / 'cache')!r}\n"
+    "  return common.finalize(c, arg)\n"
+  )
   out = tmp_path / "from_config"
   assert audit.main([str(config_file), "--out", str(out)]) == 0
   assert json.loads((out / "audit.json").read_text())["dataset"]["total"] == 20
   before = sorted(p for p, _, _ in os.walk(tmp_path / "faces"))
-  rc = audit.main([str(tmp_path / "faces"), "--out", str(tmp_path / "faces" / "audit"),
-                   "--classes", "happy,sad", "--cache_dir", str(tmp_path / "cache")])
+  rc = audit.main(
+    [
+      str(tmp_path / "faces"),
+      "--out",
+      str(tmp_path / "faces" / "audit"),
+      "--classes",
+      "happy,sad",
+      "--cache_dir",
+      str(tmp_path / "cache"),
+    ]
+  )
   assert rc == 2 and "inside the data root" in capsys.readouterr().err
   assert sorted(p for p, _, _ in os.walk(tmp_path / "faces")) == before
   assert audit.main([str(tmp_path / "nowhere")]) == 2
@@ -94,8 +125,11 @@ def test_audit_lists_images_with_no_detectable_face(tmp_path):
   """Real faces (scikit-image's LFW subset, 48x48) against its non-face patches, text and an icon."""
   from PIL import ImageDraw
   from skimage import data as skdata
+
   lfw = skdata.lfw_subset()
-  as_48 = lambda a: Image.fromarray((255 * a).round().astype(np.uint8)).resize((48, 48), Image.Resampling.BICUBIC)
+  as_48 = lambda a: Image.fromarray((255 * a).round().astype(np.uint8)).resize(
+    (48, 48), Image.Resampling.BICUBIC
+  )
   root = tmp_path / "faces"
   for c in ("happy", "sad"):
     os.makedirs(root / "train" / c)
@@ -111,7 +145,9 @@ def test_audit_lists_images_with_no_detectable_face(tmp_path):
   icon.save(root / "train" / "happy" / "icon.png")
   rc, out = run(tmp_path)
   assert rc == 0
-  listed = {os.path.basename(f["file"]) for f in json.loads((out / "audit.json").read_text())["no_face"]}
+  listed = {
+    os.path.basename(f["file"]) for f in json.loads((out / "audit.json").read_text())["no_face"]
+  }
   not_faces = {f"patch_{k}.png" for k in range(100, 110)} | {"text.png", "icon.png"}
   assert not_faces <= listed and len(listed - not_faces) <= 1, listed
   assert "images with no detectable face" in (out / "audit.md").read_text().lower()

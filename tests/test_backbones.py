@@ -5,6 +5,7 @@ Each Keras model gets random weights (fixed seed), is saved in the layout of the
 the same batch in inference mode. Small inputs keep the XLA compiles short; odd feature-map
 sizes (72 -> 9 -> 5 -> 3) exercise Keras's padding rules.
 """
+
 import os
 
 os.environ["KERAS_BACKEND"] = "jax"
@@ -15,19 +16,27 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
-
-from fer_jax.configs import efficientnet_b0, resnet50v2, vgg16 as vgg16_config  # noqa: E402
-from fer_jax import models  # noqa: E402
-from fer_jax.models import efficientnet, resnet_v2, vgg16  # noqa: E402
 from test_porting import keras_model  # noqa: E402
+
+from fer_jax import models  # noqa: E402
+from fer_jax.configs import efficientnet_b0, resnet50v2  # noqa: E402
+from fer_jax.configs import vgg16 as vgg16_config
+from fer_jax.models import efficientnet, resnet_v2, vgg16  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 # name, Keras builder, Flax module, its weights file, input side, input range, weight gain, Keras's count
 CASES = {
-    "vgg16": (keras.applications.VGG16, vgg16, 40, (-1, 1), 2.0, 14_714_688),
-    "resnet50v2": (keras.applications.ResNet50V2, resnet_v2, 72, (-1, 1), 0.5, 23_564_800),
-    "efficientnet_b0": (keras.applications.EfficientNetB0, efficientnet, 72, (0, 255), 2.0, 4_049_571),
+  "vgg16": (keras.applications.VGG16, vgg16, 40, (-1, 1), 2.0, 14_714_688),
+  "resnet50v2": (keras.applications.ResNet50V2, resnet_v2, 72, (-1, 1), 0.5, 23_564_800),
+  "efficientnet_b0": (
+    keras.applications.EfficientNetB0,
+    efficientnet,
+    72,
+    (0, 255),
+    2.0,
+    4_049_571,
+  ),
 }
 
 
@@ -46,8 +55,11 @@ def model_config(name, init_from):
 @pytest.mark.parametrize("name", list(CASES))
 def test_backbone_matches_keras(name, tmp_path):
   build_keras, module, size, (low, high), gain, keras_count = CASES[name]
-  reference = keras_model(lambda: build_keras(include_top=False, weights=None, input_shape=(size, size, 3)),
-                          seed=0, gain=gain)
+  reference = keras_model(
+    lambda: build_keras(include_top=False, weights=None, input_shape=(size, size, 3)),
+    seed=0,
+    gain=gain,
+  )
   assert reference.count_params() == keras_count
   path = str(tmp_path / module.WEIGHTS_FILE)
   with h5py.File(path, "w") as f:

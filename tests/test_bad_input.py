@@ -3,6 +3,7 @@ inputs each end in one clear line, never in a mixed run, a second writer or a tr
 
 Disk-full and read-only cases use small tmpfs mounts, which needs root (as the test machines run).
 """
+
 import contextlib
 import glob
 import json
@@ -17,14 +18,14 @@ import tempfile
 
 import numpy as np
 import pytest
+from image_trees import CLASSES, tree_digest, write_originals
 
 from data_tools import stratify
 from fer_jax import config_loading, data
-from fer_jax.evals import metrics
-from fer_jax.train import workdir_guard
 from fer_jax.data import cache, folders
+from fer_jax.evals import metrics
 from fer_jax.report import run_report, study
-from image_trees import CLASSES, tree_digest, write_originals
+from fer_jax.train import workdir_guard
 from tests.conftest import ROOT, TINY, launch, read_summary
 
 TWO_EPOCHS = ["--config.train.epochs=2", "--config.train.early_stopping=False"]
@@ -65,14 +66,19 @@ def unfinished_run(finished_run, tmp_path):
 
 
 def snapshot(workdir):
-  return {name: open(os.path.join(workdir, name), "rb").read() for name in ("config.json", "metrics.jsonl")}
+  return {
+    name: open(os.path.join(workdir, name), "rb").read()
+    for name in ("config.json", "metrics.jsonl")
+  }
 
 
 @contextlib.contextmanager
 def tmpfs(path, size="3m", read_only=False):
   os.makedirs(path, exist_ok=True)
-  subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if read_only else ""), "tmpfs", path],
-                 check=True)
+  subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if read_only else ""), "tmpfs", path],
+    check=True,
+  )
   try:
     yield path
   finally:
@@ -81,17 +87,25 @@ def tmpfs(path, size="3m", read_only=False):
 
 # --------------------------------------------------------------------------- 1. one config per workdir
 
+
 def test_resuming_with_other_settings_is_refused_and_changes_nothing(unfinished_run):
   before = snapshot(unfinished_run)
   proc = run_launch(unfinished_run, "--config.optim.lr=0.01", "--config.train.seed=7")
-  assert_one_error_line(proc, "holds a run of other settings", "optim.lr: 0.001 -> 0.01", "train.seed: 42 -> 7",
-                        "config.json")
+  assert_one_error_line(
+    proc,
+    "holds a run of other settings",
+    "optim.lr: 0.001 -> 0.01",
+    "train.seed: 42 -> 7",
+    "config.json",
+  )
   assert snapshot(unfinished_run) == before
   assert not os.path.exists(os.path.join(unfinished_run, "metrics.json"))
 
 
 def test_a_finished_run_of_another_config_is_refused(finished_run):
-  proc = launch(["--config=configs/b_pp.py:quick", f"--workdir={finished_run}", *TINY, *TWO_EPOCHS], check=False)
+  proc = launch(
+    ["--config=configs/b_pp.py:quick", f"--workdir={finished_run}", *TINY, *TWO_EPOCHS], check=False
+  )
   assert_one_error_line(proc, "holds a run of other settings", 'name: "model_0" -> "b_pp"')
 
 
@@ -102,13 +116,25 @@ def test_fields_that_change_nothing_trained_may_differ(finished_run):
 
 
 def test_config_differences_lists_every_trained_field():
-  saved = {"optim": {"lr": 1e-3}, "train": {"log_every_steps": 50, "seed": 1}, "model": {"widths": [4, 8]}}
-  now = {"optim": {"lr": 1e-3}, "train": {"log_every_steps": 5, "seed": 2}, "model": {"widths": (4, 8)},
-         "data": {"root": "x"}}
-  assert workdir_guard.config_differences(saved, now) == ['data.root: (absent) -> "x"', "train.seed: 1 -> 2"]
+  saved = {
+    "optim": {"lr": 1e-3},
+    "train": {"log_every_steps": 50, "seed": 1},
+    "model": {"widths": [4, 8]},
+  }
+  now = {
+    "optim": {"lr": 1e-3},
+    "train": {"log_every_steps": 5, "seed": 2},
+    "model": {"widths": (4, 8)},
+    "data": {"root": "x"},
+  }
+  assert workdir_guard.config_differences(saved, now) == [
+    'data.root: (absent) -> "x"',
+    "train.seed: 1 -> 2",
+  ]
 
 
 # --------------------------------------------------------------------------- 2. one writer per workdir
+
 
 def test_a_second_writer_is_refused_with_the_holders_pid_and_host(unfinished_run):
   before = snapshot(unfinished_run)
@@ -120,9 +146,16 @@ def test_a_second_writer_is_refused_with_the_holders_pid_and_host(unfinished_run
 
 def test_the_lock_of_a_killed_process_is_not_stale(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from fer_jax.train import workdir_guard\n"
-       f"with workdir_guard.lock({str(tmp_path)!r}):\n  print('locked', flush=True); time.sleep(60)"],
-      stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    [
+      sys.executable,
+      "-c",
+      "import sys, time; from fer_jax.train import workdir_guard\n"
+      f"with workdir_guard.lock({str(tmp_path)!r}):\n  print('locked', flush=True); time.sleep(60)",
+    ],
+    stdout=subprocess.PIPE,
+    text=True,
+    env=dict(os.environ, PYTHONPATH=ROOT),
+  )
   assert holder.stdout.readline().strip() == "locked"
   with pytest.raises(workdir_guard.WorkdirError, match=f"PID {holder.pid} "):
     with workdir_guard.lock(str(tmp_path)):
@@ -136,24 +169,36 @@ def test_the_lock_of_a_killed_process_is_not_stale(tmp_path):
 
 # --------------------------------------------------------------------------- 3. values out of range
 
+
 def test_out_of_range_values_are_listed_one_per_line_before_anything_is_created(tmp_path):
   workdir = tmp_path / "never"
-  proc = launch([MODEL_0, f"--workdir={workdir}", "--config.train.batch_size=-4",
-                 "--config.train.max_steps_per_epoch=-2", "--config.train.epochs=-5",
-                 "--config.data.classes=('happy',)", "--config.model.widths=(4,0,8)",
-                 "--config.model.bn_placement=after"], check=False)
+  proc = launch(
+    [
+      MODEL_0,
+      f"--workdir={workdir}",
+      "--config.train.batch_size=-4",
+      "--config.train.max_steps_per_epoch=-2",
+      "--config.train.epochs=-5",
+      "--config.data.classes=('happy',)",
+      "--config.model.widths=(4,0,8)",
+      "--config.model.bn_placement=after",
+    ],
+    check=False,
+  )
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert lines == [
-      "error: config.data.classes=('happy',): must be at least 2 distinct class names",
-      "error: config.model.widths=(4, 0, 8): must be at least 1 value(s), each >= 1",
-      "error: config.model.bn_placement=after: must be one of conv_bn_relu | conv_relu_bn | block_end | none",
-      "error: config.train.epochs=-5: must be >= 0",
-      "error: config.train.batch_size=-4: must be >= 1",
-      "error: config.train.max_steps_per_epoch=-2: must be >= 0",
+    "error: config.data.classes=('happy',): must be at least 2 distinct class names",
+    "error: config.model.widths=(4, 0, 8): must be at least 1 value(s), each >= 1",
+    "error: config.model.bn_placement=after: must be one of conv_bn_relu | conv_relu_bn | block_end | none",
+    "error: config.train.epochs=-5: must be >= 0",
+    "error: config.train.batch_size=-4: must be >= 1",
+    "error: config.train.max_steps_per_epoch=-2: must be >= 0",
   ]
   assert not workdir.exists()
-  zero = launch([MODEL_0, f"--workdir={workdir}", *TINY, "--config.train.batch_size=0"], check=False)
+  zero = launch(
+    [MODEL_0, f"--workdir={workdir}", *TINY, "--config.train.batch_size=0"], check=False
+  )
   assert_one_error_line(zero, "config.train.batch_size=0: must be >= 1")
 
 
@@ -162,39 +207,68 @@ def test_every_shipped_config_is_in_range():
     with open(path) as f:
       if "def get_config(" in f.read():
         config_loading.check_values(config_loading.load_config(path))
-  config_loading.check_values(config_loading.load_config(os.path.join(ROOT, "configs/color.py:rgb,quick")))
+  config_loading.check_values(
+    config_loading.load_config(os.path.join(ROOT, "configs/color.py:rgb,quick"))
+  )
 
 
 def test_ranges_declared_by_any_config_file_are_checked():
   # configs/transfer_common.py declares its own fields' ranges next to them, as common.py does.
   spec = os.path.join(ROOT, "configs/vgg16.py:quick")
   with pytest.raises(config_loading.ConfigError) as e:
-    config_loading.load_config(spec, {"model.input_size": 8, "model.backbone_mode": "thaw", "optim.lr": 0})
+    config_loading.load_config(
+      spec, {"model.input_size": 8, "model.backbone_mode": "thaw", "optim.lr": 0}
+    )
   assert str(e.value).splitlines() == [
-      "config.optim.lr=0.0: must be > 0",
-      "config.model.backbone_mode=thaw: must be one of freeze | finetune | train",
-      "config.model.input_size=8: must be >= 32"]
-  config_loading.load_config(os.path.join(ROOT, "configs/model_0.py"))  # has no such field: not checked
+    "config.optim.lr=0.0: must be > 0",
+    "config.model.backbone_mode=thaw: must be one of freeze | finetune | train",
+    "config.model.input_size=8: must be >= 32",
+  ]
+  config_loading.load_config(
+    os.path.join(ROOT, "configs/model_0.py")
+  )  # has no such field: not checked
 
 
 # --------------------------------------------------------------------------- 4. the cluster recipe
 
+
 def test_the_documented_emit_xargs_recipe_trains_the_runs(tmp_path):
   # Each emitted line must reach `sh -c` whole, as its script: `xargs -L1` split it into words,
   # so that sh ran `python` alone (and read nothing) and every run "succeeded" untrained.
-  for doc, recipe in (("docs/experiments.md", "xargs -d '\\n' -n1 -P4 sh -c < jobs.txt"),
-                      ("fer_jax/sweep.py", "--emit | xargs -d '\\\\n' -n1 -P2 sh -c")):
+  for doc, recipe in (
+    ("docs/experiments.md", "xargs -d '\\n' -n1 -P4 sh -c < jobs.txt"),
+    ("fer_jax/sweep.py", "--emit | xargs -d '\\\\n' -n1 -P2 sh -c"),
+  ):
     with open(os.path.join(ROOT, doc)) as f:
       assert recipe in f.read(), doc
   recipe = "xargs -d '\\n' -n1 -P2 sh -c"
   root = tmp_path / "sweep"
   cache = os.path.join(tempfile.gettempdir(), "fer_jax_test_cache")
-  sets = [f"--set={a.removeprefix('--config.')}" for a in TINY] + ["--set=train.epochs=1", f"--set=data.cache_dir={cache}"]
-  sweep = [sys.executable, "-m", "fer_jax.sweep", "--configs=configs/model_0.py:quick", "--seeds=0,1",
-           f"--root={root}", *sets, f"--python={sys.executable}", "--emit"]
+  sets = [f"--set={a.removeprefix('--config.')}" for a in TINY] + [
+    "--set=train.epochs=1",
+    f"--set=data.cache_dir={cache}",
+  ]
+  sweep = [
+    sys.executable,
+    "-m",
+    "fer_jax.sweep",
+    "--configs=configs/model_0.py:quick",
+    "--seeds=0,1",
+    f"--root={root}",
+    *sets,
+    f"--python={sys.executable}",
+    "--emit",
+  ]
   command = f"{shlex.join(sweep)} | {recipe}"
-  proc = subprocess.run(command, shell=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    command,
+    shell=True,
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=ROOT),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr
   finished = sorted(os.path.relpath(d, root) for d in study.find_runs(str(root)))
   assert len(finished) == 2 and {d.rsplit("/", 1)[1] for d in finished} == {"seed0", "seed1"}
@@ -203,19 +277,23 @@ def test_the_documented_emit_xargs_recipe_trains_the_runs(tmp_path):
 
 # --------------------------------------------------------------------------- 5. data tools and symlinks
 
+
 def test_a_symlink_inside_dst_is_refused_before_anything_is_written(tmp_path, capsys):
   src, dst = tmp_path / "src", tmp_path / "dst"
   write_originals(str(src), {"train": {c: 4 for c in CLASSES}, "test": {c: 2 for c in CLASSES}})
   before = tree_digest(src)
   dst.mkdir()
   os.symlink(src / "train", dst / "train")
-  assert stratify.main([str(src), "--out", str(dst), "--workers", "1", "--no_groups", "--apply"]) != 0
+  assert (
+    stratify.main([str(src), "--out", str(dst), "--workers", "1", "--no_groups", "--apply"]) != 0
+  )
   err = capsys.readouterr().err
   assert f"holds the symlink {dst / 'train'} -> {src / 'train'}" in err and "Traceback" not in err
   assert tree_digest(src) == before and sorted(os.listdir(dst)) == ["train"]
 
 
 # --------------------------------------------------------------------------- 6. disk full
+
 
 def _fill(disk, leave_kb):
   free = shutil.disk_usage(disk).free
@@ -228,8 +306,11 @@ def test_disk_full_while_checkpointing_is_one_line_naming_the_folder(tmp_path):
     _fill(disk, leave_kb=120)  # less than one checkpoint
     workdir = os.path.join(disk, "run")
     proc = run_launch(workdir)
-    assert_one_error_line(proc, f"error: no space left on device writing {workdir}/checkpoints (a checkpoint needs "
-                          "about", "MB are free); no checkpoint was saved yet; free space and rerun")
+    assert_one_error_line(
+      proc,
+      f"error: no space left on device writing {workdir}/checkpoints (a checkpoint needs about",
+      "MB are free); no checkpoint was saved yet; free space and rerun",
+    )
 
 
 def test_disk_full_while_reporting_names_the_last_good_checkpoint(unfinished_run, tmp_path):
@@ -238,11 +319,16 @@ def test_disk_full_while_reporting_names_the_last_good_checkpoint(unfinished_run
     shutil.copytree(unfinished_run, workdir, ignore=shutil.ignore_patterns("*.png", "report.md"))
     _fill(disk, leave_kb=8)  # the rerun evaluates on test, then cannot write its report
     proc = run_launch(workdir)
-    assert_one_error_line(proc, "error: no space left on device writing", "the last good checkpoint is epoch 2 "
-                          f"({workdir}/checkpoints/2)", "free space and rerun the same command to resume")
+    assert_one_error_line(
+      proc,
+      "error: no space left on device writing",
+      f"the last good checkpoint is epoch 2 ({workdir}/checkpoints/2)",
+      "free space and rerun the same command to resume",
+    )
 
 
 # --------------------------------------------------------------------------- 7. damaged checkpoints
+
 
 def _truncate_largest_file(folder):
   files = [p for p in glob.glob(os.path.join(folder, "**"), recursive=True) if os.path.isfile(p)]
@@ -270,7 +356,9 @@ def test_a_truncated_latest_checkpoint_is_named_and_the_advice_works(unfinished_
   proc = run_launch(unfinished_run)
   assert proc.returncode == 0, proc.stderr
   assert read_summary(unfinished_run)["epochs_run"] == 2
-  assert [r["epoch"] for r in map(json.loads, open(os.path.join(unfinished_run, "metrics.jsonl")))] == [1, 2]
+  assert [
+    r["epoch"] for r in map(json.loads, open(os.path.join(unfinished_run, "metrics.jsonl")))
+  ] == [1, 2]
 
 
 def test_a_truncated_best_checkpoint_is_named(unfinished_run, finished_run):
@@ -282,13 +370,27 @@ def test_a_truncated_best_checkpoint_is_named(unfinished_run, finished_run):
 
 # --------------------------------------------------------------------------- 8. Ctrl-C
 
+
 def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path):
   workdir = str(tmp_path / "run")
   cache = f"--config.data.cache_dir={os.path.join(tempfile.gettempdir(), 'fer_jax_test_cache')}"
-  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), MODEL_0, f"--workdir={workdir}", *TINY,
-                           "--config.train.epochs=200", "--config.train.early_stopping=False", cache],
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [
+      sys.executable,
+      os.path.join(ROOT, "launch.py"),
+      MODEL_0,
+      f"--workdir={workdir}",
+      *TINY,
+      "--config.train.epochs=200",
+      "--config.train.early_stopping=False",
+      cache,
+    ],
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=ROOT),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   for line in proc.stdout:
     if line.startswith("epoch 2/"):
       break
@@ -301,6 +403,7 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path):
 
 
 # --------------------------------------------------------------------------- 9. unusable paths
+
 
 def test_a_workdir_that_is_a_file_is_refused(tmp_path):
   path = tmp_path / "file"
@@ -316,8 +419,11 @@ def test_a_read_only_workdir_is_refused_in_one_line(tmp_path):
 
 
 def test_a_read_only_cache_dir_loads_uncached_with_a_warning(tmp_path, capsys):
-  built = data.Dataset("tiny", ("a", "b"), {"train": data.Split(np.zeros((2, 4, 4, 1), np.uint8),
-                                                               np.array([0, 1], np.int32))})
+  built = data.Dataset(
+    "tiny",
+    ("a", "b"),
+    {"train": data.Split(np.zeros((2, 4, 4, 1), np.uint8), np.array([0, 1], np.int32))},
+  )
   with tmpfs(str(tmp_path / "ro"), size="1m", read_only=True) as ro:
     dataset = cache.load_or_build(ro, "key", "fingerprint", lambda: built)
   assert dataset is built and dataset.report["cache"] == {"hit": False, "path": None}
@@ -339,13 +445,23 @@ def test_symlink_loops_in_a_data_tree_are_skipped_and_reported(tmp_path):
 
 # --------------------------------------------------------------------------- 11. one line each
 
+
 def _module(args, **kw):
-  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
-                        capture_output=True, text=True, timeout=120, **kw)
+  return subprocess.run(
+    [sys.executable, "-m", *args],
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=ROOT),
+    capture_output=True,
+    text=True,
+    timeout=120,
+    **kw,
+  )
 
 
 def test_sweep_with_a_seed_that_is_not_a_number(tmp_path):
-  proc = _module(["fer_jax.sweep", "--configs=configs/model_0.py", "--seeds=0,x", f"--root={tmp_path}", "--emit"])
+  proc = _module(
+    ["fer_jax.sweep", "--configs=configs/model_0.py", "--seeds=0,x", f"--root={tmp_path}", "--emit"]
+  )
   assert_one_error_line(proc, "--seeds=0,x: seeds are integers")
 
 
@@ -355,7 +471,7 @@ def test_report_on_an_empty_root_or_a_truncated_metrics_json(tmp_path, finished_
   run = tmp_path / "run"
   shutil.copytree(finished_run, run)
   text = (run / "metrics.json").read_text()
-  (run / "metrics.json").write_text(text[:len(text) // 2])
+  (run / "metrics.json").write_text(text[: len(text) // 2])
   proc = _module(["fer_jax.report", str(tmp_path)])
   assert_one_error_line(proc, f"error: {run / 'metrics.json'}: not valid JSON")
 
@@ -369,22 +485,38 @@ def test_a_config_file_without_get_config(tmp_path):
 
 # --------------------------------------------------------------------------- 12. data
 
+
 def test_a_cache_with_inconsistent_arrays_is_rebuilt(tmp_path, capsys):
-  good = data.Dataset("tiny", ("a", "b"), {"train": data.Split(np.zeros((2, 4, 4, 1), np.uint8),
-                                                              np.array([0, 1], np.int32))})
-  for bad in (data.Split(np.zeros((2, 4, 4, 1), np.uint8), np.array([0, 2], np.int32)),  # label 2 of 2 classes
-              data.Split(np.zeros((3, 4, 4, 1), np.uint8), np.array([0, 1], np.int32))):  # 3 images, 2 labels
+  good = data.Dataset(
+    "tiny",
+    ("a", "b"),
+    {"train": data.Split(np.zeros((2, 4, 4, 1), np.uint8), np.array([0, 1], np.int32))},
+  )
+  for bad in (
+    data.Split(
+      np.zeros((2, 4, 4, 1), np.uint8), np.array([0, 2], np.int32)
+    ),  # label 2 of 2 classes
+    data.Split(np.zeros((3, 4, 4, 1), np.uint8), np.array([0, 1], np.int32)),
+  ):  # 3 images, 2 labels
     cache.write(str(tmp_path / "key-fp.npz"), data.Dataset("tiny", ("a", "b"), {"train": bad}))
     dataset = cache.load_or_build(str(tmp_path), "key", "fp", lambda: good)
     assert dataset is good and dataset.report["cache"]["hit"] is False
     assert "unreadable" in capsys.readouterr().out
-    assert cache.load_or_build(str(tmp_path), "key", "fp", lambda: None).report["cache"]["hit"]  # rebuilt
+    assert cache.load_or_build(str(tmp_path), "key", "fp", lambda: None).report["cache"][
+      "hit"
+    ]  # rebuilt
 
 
 def test_a_test_split_missing_a_class_is_warned_and_reported(capsys):
-  split = lambda labels: data.Split(np.zeros((len(labels), 4, 4, 1), np.uint8), np.array(labels, np.int32))
-  ds = data.Dataset("tiny", ("a", "b", "c"), {"train": split([0, 1, 2]), "val": split([0, 1, 2]),
-                                              "test": split([0, 0, 1])}, {"root": "/data/tiny"})
+  split = lambda labels: data.Split(
+    np.zeros((len(labels), 4, 4, 1), np.uint8), np.array(labels, np.int32)
+  )
+  ds = data.Dataset(
+    "tiny",
+    ("a", "b", "c"),
+    {"train": split([0, 1, 2]), "val": split([0, 1, 2]), "test": split([0, 0, 1])},
+    {"root": "/data/tiny"},
+  )
   data.finalize(ds, None)
   assert "warning: no test images of class c in '/data/tiny'" in capsys.readouterr().out
   probs = np.eye(3)[[0, 1, 1]]

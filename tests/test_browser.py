@@ -5,6 +5,7 @@ Chromium comes from the test set-up (`apt-get install -y chromium`, see the Make
 own browser download is never used. The screenshot lands in .cache/browser/demo.png (docs/demo.png
 is a copy of one).
 """
+
 import os
 import socket
 import subprocess
@@ -14,20 +15,28 @@ import urllib.request
 
 import numpy as np
 import pytest
+import real_photos
+from conftest import ROOT
 from playwright.sync_api import sync_playwright
 
-from conftest import ROOT
-import real_photos
-
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+FLAGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+  "--use-fake-ui-for-media-stream",
+  "--use-fake-device-for-media-stream",
+]
 SCREENSHOT = os.path.join(ROOT, ".cache", "browser", "demo.png")
 
 
 def write_y4m(path, frames, fps=10):
   """frames (RGB uint8, even sides) -> a YUV4MPEG2 4:2:0 file, the format Chromium's fake camera plays."""
   import cv2
+
   h, w = frames[0].shape[:2]
   with open(path, "wb") as f:
     f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
@@ -45,8 +54,13 @@ def free_port():
 def server(tmp_path):
   port = free_port()
   log = open(tmp_path / "server.log", "w+")
-  proc = subprocess.Popen([sys.executable, "-m", "fer_jax.serve", f"--port={port}"], cwd=ROOT, stdout=log,
-                          stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=ROOT))
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "fer_jax.serve", f"--port={port}"],
+    cwd=ROOT,
+    stdout=log,
+    stderr=subprocess.STDOUT,
+    env=dict(os.environ, PYTHONPATH=ROOT),
+  )
   url = f"http://127.0.0.1:{port}"
   try:
     deadline = time.time() + 120
@@ -67,18 +81,26 @@ def server(tmp_path):
 
 
 def test_webcam_and_upload_show_boxes_and_answers(server, tmp_path):
-  assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing: `apt-get install -y chromium` (make test does it)"
+  assert os.path.exists(CHROMIUM), (
+    f"{CHROMIUM} is missing: `apt-get install -y chromium` (make test does it)"
+  )
   clip = tmp_path / "clip.y4m"
   write_y4m(clip, real_photos.held_expression_clip(real_photos.astronaut(), 20, size=(640, 480)))
   with sync_playwright() as p:
-    browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                args=[*FLAGS, f"--use-file-for-fake-video-capture={clip}"])
+    browser = p.chromium.launch(
+      executable_path=CHROMIUM,
+      headless=True,
+      args=[*FLAGS, f"--use-file-for-fake-video-capture={clip}"],
+    )
     try:
       page = browser.new_page(viewport={"width": 1280, "height": 820})
       page.goto(f"{server}/?autostart=1")
       page.wait_for_selector("#faces li.face", timeout=60_000)
-      page.wait_for_function("document.getElementById('stats').textContent.startsWith('fps ') && "
-                             "!document.getElementById('stats').textContent.includes('–')", timeout=30_000)
+      page.wait_for_function(
+        "document.getElementById('stats').textContent.startsWith('fps ') && "
+        "!document.getElementById('stats').textContent.includes('–')",
+        timeout=30_000,
+      )
       time.sleep(1.0)  # a few more frames, so the screenshot shows a steady, smoothed answer
       answer = page.locator("#faces li.face").first.get_attribute("data-answer")
       # The box is on the canvas: read a strip of pixels across the middle of the last answer's top
@@ -100,10 +122,15 @@ def test_webcam_and_upload_show_boxes_and_answers(server, tmp_path):
     finally:
       browser.close()
   print(f"browser: {answer} at {box}; {stats}")
-  assert answer == uploaded == "happy"  # the astronaut smiles, on the camera and in the uploaded photo
+  assert (
+    answer == uploaded == "happy"
+  )  # the astronaut smiles, on the camera and in the uploaded photo
   x, y, w, h = box
   fx, fy, fw, fh = real_photos.astronaut_face()
   scale = 480 / 512  # held_expression_clip fits the 512x512 photo into 640x480, centred
-  assert abs(x + w / 2 - (80 + (fx + fw / 2) * scale)) < 25 and abs(y + h / 2 - (fy + fh / 2) * scale) < 25, box
+  assert (
+    abs(x + w / 2 - (80 + (fx + fw / 2) * scale)) < 25
+    and abs(y + h / 2 - (fy + fh / 2) * scale) < 25
+  ), box
   rgb = np.array(strip).reshape(-1, 4)[:, :3]
   assert (np.abs(rgb - (0x28, 0xC8, 0x3C)).max(1) <= 40).any(), rgb  # the green box is drawn

@@ -1,11 +1,12 @@
 """The built-in synthetic faces: layout, determinism, class prototypes and difficulty."""
+
 import numpy as np
 import pytest
 
-from fer_jax.configs import common
 from fer_jax import data
-from fer_jax.report import plots
+from fer_jax.configs import common
 from fer_jax.data import builtin
+from fer_jax.report import plots
 
 FER7 = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
@@ -68,7 +69,9 @@ def test_classes_order_is_honoured():
 
 
 def test_fer2013_and_ferplus_classes_and_rgb():
-  ds = data.load(data_cfg(classes=FER7 + ("contempt",), builtin_per_class=8, channels=3, image_size=64))
+  ds = data.load(
+    data_cfg(classes=FER7 + ("contempt",), builtin_per_class=8, channels=3, image_size=64)
+  )
   assert ds.classes == FER7 + ("contempt",)
   images = ds.splits["train"].images
   assert images.shape == (64, 64, 64, 3)
@@ -88,7 +91,9 @@ def test_unknown_class_names_the_config_field():
     builtin.load(data_cfg(classes=("happy", "smirk")))
 
 
-@pytest.mark.parametrize("field,value", [("channels", 2), ("image_size", 8), ("builtin_per_class", 0)])
+@pytest.mark.parametrize(
+  "field,value", [("channels", 2), ("image_size", 8), ("builtin_per_class", 0)]
+)
 def test_bad_values_name_the_config_field(field, value):
   with pytest.raises(ValueError, match=rf"config\.data\.{field}"):
     builtin.load(data_cfg(**{field: value}))

@@ -1,4 +1,5 @@
 """Temperature scaling and the threshold from a target accuracy, on logits whose calibration is known."""
+
 import json
 
 import jax
@@ -6,8 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fer_jax.evals import calibration
-from fer_jax.evals import metrics
+from fer_jax.evals import calibration, metrics
 from tests.conftest import gaussian_logits
 
 
@@ -31,14 +31,20 @@ def test_temperature_undoes_over_and_underconfidence(sharpness):
   raw_ece, cal_ece = _ece(test_labels, test_logits), _ece(test_labels, test_logits, t)
   assert cal_ece < raw_ece / 3 and cal_ece < 0.03
   raw, cal = calibration.probabilities(test_logits), calibration.probabilities(test_logits, t)
-  np.testing.assert_array_equal(raw.argmax(1), cal.argmax(1))  # predictions, hence accuracy, unchanged
+  np.testing.assert_array_equal(
+    raw.argmax(1), cal.argmax(1)
+  )  # predictions, hence accuracy, unchanged
   assert calibration.nll(test_logits, test_labels, t) < calibration.nll(test_logits, test_labels)
 
 
 def test_temperature_one_changes_nothing_and_a_calibrated_model_keeps_it():
   labels, logits = _split(2, 1.0)
-  np.testing.assert_allclose(calibration.probabilities(logits, 1.0), jax.nn.softmax(logits, axis=-1), atol=1e-6)
-  np.testing.assert_allclose(calibration.probabilities(logits), calibration.probabilities(logits, 1.0))
+  np.testing.assert_allclose(
+    calibration.probabilities(logits, 1.0), jax.nn.softmax(logits, axis=-1), atol=1e-6
+  )
+  np.testing.assert_allclose(
+    calibration.probabilities(logits), calibration.probabilities(logits, 1.0)
+  )
   assert calibration.fit_temperature(logits, labels) == pytest.approx(1.0, abs=0.1)
   with pytest.raises(ValueError, match="empty"):
     calibration.fit_temperature(np.zeros((0, 4)), np.zeros(0, int))
@@ -55,12 +61,16 @@ def test_threshold_for_accuracy_is_the_lowest_reaching_the_target():
   assert calibration.threshold_for_accuracy(labels, probs, 0.66) == 0.6
   assert calibration.threshold_for_accuracy(labels, probs, 0.5) == 0.5
   assert calibration.threshold_for_accuracy(labels, probs, 1.0) == 0.9
-  assert calibration.threshold_for_accuracy(1 - labels, probs, 0.5) is None  # never reached: the caller answers nothing
+  assert (
+    calibration.threshold_for_accuracy(1 - labels, probs, 0.5) is None
+  )  # never reached: the caller answers nothing
 
 
 def test_calibrate_fits_t_and_picks_the_threshold_on_calibrated_val():
   labels, logits = _split(3, 3.0)
-  config = ml_collections.ConfigDict({"confidence_threshold": 0.7, "threshold_target_accuracy": 0.0})
+  config = ml_collections.ConfigDict(
+    {"confidence_threshold": 0.7, "threshold_target_accuracy": 0.0}
+  )
   cal, record = calibration.calibrate(logits, labels, config)
   assert cal.threshold == 0.7 and record["threshold_target_accuracy"] is None
   assert record["temperature"] == cal.temperature > 1
@@ -73,10 +83,14 @@ def test_calibrate_fits_t_and_picks_the_threshold_on_calibrated_val():
   assert record["val_rule"]["accuracy"] >= 0.9
   assert record["val_rule"] == metrics.confidence_rule(labels, probs, cal.threshold)
   below = np.max(probs, 1)[np.max(probs, 1) < cal.threshold].max()
-  assert metrics.confidence_rule(labels, probs, below)["accuracy"] < 0.9  # no lower threshold reaches it
+  assert (
+    metrics.confidence_rule(labels, probs, below)["accuracy"] < 0.9
+  )  # no lower threshold reaches it
 
   top = np.argmax(probs.max(1))
-  labels[top] = (probs[top].argmax() + 1) % 4  # the most confident face wrong: 100 % is out of reach
+  labels[top] = (
+    probs[top].argmax() + 1
+  ) % 4  # the most confident face wrong: 100 % is out of reach
   config.threshold_target_accuracy = 1.0
   assert calibration.calibrate(logits, labels, config)[0].threshold == 1.0  # so nothing is answered
 

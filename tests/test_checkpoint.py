@@ -1,4 +1,5 @@
 """One checkpoint manager keeps the latest epoch and the best by val accuracy, across restarts."""
+
 import os
 
 import jax.numpy as jnp

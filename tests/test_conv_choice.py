@@ -1,5 +1,6 @@
 """conv_impl='auto': the fastest measured implementation per conv layer, cached per CPU; and the
 CPU description that keys the cache and the benchmark's peak estimate."""
+
 import json
 import time
 
@@ -7,10 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from fer_jax.models.kernels import conv_choice
-from fer_jax.models.kernels import cpu_conv
-from fer_jax.platform import cpu_info
 from fer_jax.models import cnn
+from fer_jax.models.kernels import conv_choice, cpu_conv
+from fer_jax.platform import cpu_info
 
 SLOWED = "winograd"
 SLOWDOWN_S = 0.05  # far above any of these tiny layers' real times (< 5 ms)
@@ -39,23 +39,39 @@ def slowed_runners(calls):
     fast = out[SLOWED]
     out[SLOWED] = lambda: (time.sleep(SLOWDOWN_S), fast())
     return out
+
   return runners
 
 
 def tiny_cnn(conv_impl):
   # Two layer shapes with >= 32 input channels, where Winograd runs and is a real candidate.
-  return cnn.CNN(num_classes=4, widths=(32, 32), convs_per_block=1, bn_placement="conv_bn_relu",
-                 pool_after=(True, False), block_dropouts=(0.0, 0.0), head_pool="gap", head_pre_dropout=0.0,
-                 dense_widths=(), dense_bn=False, dense_dropouts=(), conv_impl=conv_impl)
+  return cnn.CNN(
+    num_classes=4,
+    widths=(32, 32),
+    convs_per_block=1,
+    bn_placement="conv_bn_relu",
+    pool_after=(True, False),
+    block_dropouts=(0.0, 0.0),
+    head_pool="gap",
+    head_pre_dropout=0.0,
+    dense_widths=(),
+    dense_bn=False,
+    dense_dropouts=(),
+    conv_impl=conv_impl,
+  )
 
 
 def train_gradients(model, images):
   variables = model.init(jax.random.key(0), images)
-  loss = lambda p: model.apply({**variables, "params": p}, images, train=True, mutable=["batch_stats"])[0].sum()
+  loss = lambda p: model.apply(
+    {**variables, "params": p}, images, train=True, mutable=["batch_stats"]
+  )[0].sum()
   return jax.jit(jax.grad(loss))(variables["params"])
 
 
-def test_auto_never_picks_a_slowed_implementation_and_caches_the_choice(measuring, monkeypatch, capsys):
+def test_auto_never_picks_a_slowed_implementation_and_caches_the_choice(
+  measuring, monkeypatch, capsys
+):
   calls = []
   monkeypatch.setattr(conv_choice, "layer_runners", slowed_runners(calls))
   images = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 32)).astype(np.float32)
@@ -71,7 +87,9 @@ def test_auto_never_picks_a_slowed_implementation_and_caches_the_choice(measurin
 
   # A new process on the same machine: the file answers, nothing is measured or re-written.
   monkeypatch.setattr(conv_choice, "_chosen", {})
-  monkeypatch.setattr(conv_choice, "layer_runners", lambda *args: pytest.fail(f"measured {args} again"))
+  monkeypatch.setattr(
+    conv_choice, "layer_runners", lambda *args: pytest.fail(f"measured {args} again")
+  )
   before = measuring.read_text()
   train_gradients(tiny_cnn("auto"), images)
   assert conv_choice.chosen() == choices
@@ -86,14 +104,18 @@ def test_real_timing_picks_the_fastest_of_unequal_runners():
 
 
 def test_an_explicit_conv_impl_is_never_measured(measuring, monkeypatch):
-  monkeypatch.setattr(conv_choice, "choose", lambda *args: pytest.fail("auto resolution for an explicit impl"))
+  monkeypatch.setattr(
+    conv_choice, "choose", lambda *args: pytest.fail("auto resolution for an explicit impl")
+  )
   train_gradients(tiny_cnn("im2col"), np.zeros((2, 8, 8, 32), np.float32))
   assert not measuring.exists()
 
 
 def test_unwritable_cache_keeps_choices_for_the_process(measuring, tmp_path, monkeypatch, capsys):
   (tmp_path / "a_file").write_text("")
-  monkeypatch.setenv(conv_choice.CACHE_DIR_ENV, str(tmp_path / "a_file" / "cache"))  # cannot be a directory
+  monkeypatch.setenv(
+    conv_choice.CACHE_DIR_ENV, str(tmp_path / "a_file" / "cache")
+  )  # cannot be a directory
   monkeypatch.setattr(conv_choice, "layer_runners", slowed_runners([]))
   first = conv_choice.choose((2, 8, 8, 32), (3, 3, 32, 8), np.float32)
   second = conv_choice.choose((2, 4, 4, 32), (3, 3, 32, 8), np.float32)
@@ -107,7 +129,12 @@ def test_a_corrupt_cache_file_is_ignored_and_replaced(measuring, monkeypatch, ca
   monkeypatch.setattr(conv_choice, "layer_runners", slowed_runners([]))
   impl = conv_choice.choose((2, 8, 8, 32), (3, 3, 32, 8), np.float32)
   assert "ignoring unreadable" in capsys.readouterr().err
-  assert json.loads(measuring.read_text())[conv_choice.machine_key()]["2x8x8x32 -> 8, 3x3, float32"]["impl"] == impl
+  assert (
+    json.loads(measuring.read_text())[conv_choice.machine_key()]["2x8x8x32 -> 8, 3x3, float32"][
+      "impl"
+    ]
+    == impl
+  )
 
 
 def test_nothing_is_measured_for_small_layers_or_unoptimised_programs(monkeypatch):
@@ -130,10 +157,14 @@ def cpu(vendor, family, model, flags):
 
 
 def test_fp32_peak_per_cpu_kind():
-  assert cpu("AuthenticAMD", 23, 1, "avx2 fma").fp32_flop_per_cycle() == 16  # Zen 1: 128-bit FMA halves
+  assert (
+    cpu("AuthenticAMD", 23, 1, "avx2 fma").fp32_flop_per_cycle() == 16
+  )  # Zen 1: 128-bit FMA halves
   assert cpu("AuthenticAMD", 23, 0x31, "avx2 fma").fp32_flop_per_cycle() == 32  # Zen 2
   assert cpu("AuthenticAMD", 25, 0x11, "avx2 fma avx512f").fp32_flop_per_cycle() == 32  # Zen 4
-  assert cpu("AuthenticAMD", 26, 2, "avx2 fma avx512f avx512_bf16").fp32_flop_per_cycle() == 64  # Zen 5
+  assert (
+    cpu("AuthenticAMD", 26, 2, "avx2 fma avx512f avx512_bf16").fp32_flop_per_cycle() == 64
+  )  # Zen 5
   assert cpu("GenuineIntel", 6, 143, "avx2 fma avx512f").fp32_flop_per_cycle() == 64
   assert cpu("GenuineIntel", 6, 85, "avx2 fma").fp32_flop_per_cycle() == 32
   assert cpu("", None, None, "").fp32_peak_flops() is None
@@ -145,4 +176,7 @@ def test_this_cpu_is_described_and_keys_the_cache():
   assert here.cores >= 1 and here.model_name
   assert here.describe().startswith(here.model_name)
   assert here.cache_key() in conv_choice.machine_key()
-  assert cpu("AuthenticAMD", 23, 1, "avx2 fma").cache_key() != cpu("AuthenticAMD", 26, 2, "avx2 fma").cache_key()
+  assert (
+    cpu("AuthenticAMD", 23, 1, "avx2 fma").cache_key()
+    != cpu("AuthenticAMD", 26, 2, "avx2 fma").cache_key()
+  )

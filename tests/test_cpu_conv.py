@@ -1,5 +1,6 @@
 """fer_jax.models.kernels.cpu_conv: every conv / pool implementation against XLA's, and a whole CNN's gradients in
 float32 against the same CNN in float64 with XLA's own gradients."""
+
 import os
 import subprocess
 import sys
@@ -10,8 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from fer_jax.models.kernels import cpu_conv
 from fer_jax.models import cnn
+from fer_jax.models.kernels import cpu_conv
 
 
 def relative_error(a, b):
@@ -63,7 +64,9 @@ assert jax.device_count() == 4 and err < 1e-4, err
 
 def test_winograd_gradients_on_a_batch_sharded_over_devices():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=120
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -91,7 +94,7 @@ def first_max_gradient(x, dy):
   dx = np.zeros_like(x)
   for i in range(h // 2):
     for j in range(w // 2):
-      win = x[:, 2 * i:2 * i + 2, 2 * j:2 * j + 2].reshape(n, 4, c)
+      win = x[:, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].reshape(n, 4, c)
       first = np.argmax(win, axis=1)  # NumPy's argmax returns the first maximum
       for b in range(n):
         for ch in range(c):
@@ -113,24 +116,42 @@ def test_max_pool_matches_xla_and_sends_ties_to_first_max(shape):
   np.testing.assert_array_equal(dx, first_max_gradient(x, dy))
   # Where no window ties, XLA's select_and_scatter must agree exactly.
   x_distinct = jax.random.normal(kx, shape)
-  np.testing.assert_array_equal(jax.vjp(lambda x: cpu_conv.max_pool_2x2(x, "im2col"), x_distinct)[1](dy)[0],
-                                jax.vjp(lambda x: cpu_conv.max_pool_2x2(x, "xla"), x_distinct)[1](dy)[0])
+  np.testing.assert_array_equal(
+    jax.vjp(lambda x: cpu_conv.max_pool_2x2(x, "im2col"), x_distinct)[1](dy)[0],
+    jax.vjp(lambda x: cpu_conv.max_pool_2x2(x, "xla"), x_distinct)[1](dy)[0],
+  )
 
 
 def small_cnn(bn_placement, conv_impl, dtype):
   # 14x14 -> pool 7x7 (odd: the pool drops a row and a column) -> pool 3x3. Widths 8 then 32 put
   # the im2col path on the first three convs and Winograd (7x7 in 4x4 tiles) on the last.
-  return cnn.CNN(num_classes=4, widths=(8, 32), convs_per_block=2, bn_placement=bn_placement,
-                 pool_after=(True, True), block_dropouts=(0.0, 0.0), head_pool="flatten",
-                 head_pre_dropout=0.0, dense_widths=(16,), dense_bn=True, dense_dropouts=(0.0,),
-                 conv_impl=conv_impl, dtype=dtype)
+  return cnn.CNN(
+    num_classes=4,
+    widths=(8, 32),
+    convs_per_block=2,
+    bn_placement=bn_placement,
+    pool_after=(True, True),
+    block_dropouts=(0.0, 0.0),
+    head_pool="flatten",
+    head_pre_dropout=0.0,
+    dense_widths=(16,),
+    dense_bn=True,
+    dense_dropouts=(0.0,),
+    conv_impl=conv_impl,
+    dtype=dtype,
+  )
 
 
 def loss_gradients(model, variables, images, labels):
   def loss(params):
-    logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, images, train=True,
-                            mutable=["batch_stats"])
+    logits, _ = model.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      images,
+      train=True,
+      mutable=["batch_stats"],
+    )
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
   return jax.jit(jax.grad(loss))(variables["params"])
 
 
@@ -141,8 +162,11 @@ def gradient_error(grads, reference):
   is below 0.1 % of the largest are measured on that absolute scale instead of their own.
   """
   floor = 1e-3 * max(np.max(np.abs(r)) for r in jax.tree.leaves(reference))
-  errors = jax.tree.map(lambda g, r: np.max(np.abs(np.asarray(g, np.float64) - r)) / max(np.max(np.abs(r)), floor),
-                        grads, reference)
+  errors = jax.tree.map(
+    lambda g, r: np.max(np.abs(np.asarray(g, np.float64) - r)) / max(np.max(np.abs(r)), floor),
+    grads,
+    reference,
+  )
   return float(max(jax.tree.leaves(errors)))
 
 
@@ -153,14 +177,19 @@ def test_whole_cnn_gradients_match_float64_xla(bn_placement):
   rng = np.random.default_rng(0)
   images = rng.uniform(0, 1, (4, 14, 14, 1)).astype(np.float32)
   labels = np.array([0, 1, 2, 3], np.int32)
-  variables = small_cnn(bn_placement, "xla", jnp.float32).init(jax.random.key(0), images, train=False)
+  variables = small_cnn(bn_placement, "xla", jnp.float32).init(
+    jax.random.key(0), images, train=False
+  )
   with jax.enable_x64(True):
     variables64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
-    reference = loss_gradients(small_cnn(bn_placement, "xla", jnp.float64), variables64,
-                               images.astype(np.float64), labels)
+    reference = loss_gradients(
+      small_cnn(bn_placement, "xla", jnp.float64), variables64, images.astype(np.float64), labels
+    )
     reference = jax.tree.map(np.asarray, reference)
   error = gradient_error(
-      loss_gradients(small_cnn(bn_placement, "winograd", jnp.float32), variables, images, labels), reference)
+    loss_gradients(small_cnn(bn_placement, "winograd", jnp.float32), variables, images, labels),
+    reference,
+  )
   # float32 itself is the limit: over 6 seeds XLA's own float32 gradients were 3e-6..5e-5 from
   # float64 with BN after ReLU and 2e-4..5e-4 with BN before it (4-image batch statistics), and
   # Winograd F(4x4, 3x3) (transform coefficients up to 8) at most 2.5e-4 / 5.5e-4. A misrouted

@@ -1,14 +1,16 @@
 """FER2013 and FER+ CSVs on disk: splits, label mapping, malformed rows, majority votes."""
+
 import numpy as np
 import pytest
 
-from fer_jax.configs import common
 from fer_jax import data
+from fer_jax.configs import common
 from fer_jax.data import fer2013
 
 FER7 = fer2013.FER2013_CLASSES
-FERPLUS_HEADER = ("Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,"
-                  "contempt,unknown,NF")
+FERPLUS_HEADER = (
+  "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+)
 
 
 def pixels(value, side=48):
@@ -53,8 +55,9 @@ def test_fer2013_splits_labels_and_pixels(tmp_path):
 
 def test_fer2013_all_seven_classes_resized_to_rgb(tmp_path):
   csv = write_fer2013(tmp_path / "fer2013.csv")
-  dataset = data.load(config(tmp_path, tmp_path / "cache", source="fer2013", classes=FER7,
-                             image_size=24, channels=3))
+  dataset = data.load(
+    config(tmp_path, tmp_path / "cache", source="fer2013", classes=FER7, image_size=24, channels=3)
+  )
   assert dataset.sizes() == {"train": 7, "val": 7, "test": 7}
   train = dataset.splits["train"]
   assert train.images.shape == (7, 24, 24, 3)
@@ -64,7 +67,9 @@ def test_fer2013_all_seven_classes_resized_to_rgb(tmp_path):
 
 
 def test_fer2013_malformed_rows_are_reported_with_line_numbers(tmp_path):
-  csv = write_fer2013(tmp_path / "fer2013.csv", extra_rows=[
+  csv = write_fer2013(
+    tmp_path / "fer2013.csv",
+    extra_rows=[
       f"3,{pixels(1, side=47)[:-2]},Training",  # line 23: 2208 pixels is not 48x48
       f"9,{pixels(1)},Training",  # line 24: emotion out of range
       f"4,{pixels(300)},Training",  # line 25: pixel value out of range
@@ -74,7 +79,8 @@ def test_fer2013_malformed_rows_are_reported_with_line_numbers(tmp_path):
       f"3,{pixels(5)},Training",  # line 29: fine
       "4,7,Training",  # line 30: one pixel is a square, but not a FER2013 face
       f"4,{pixels(2, side=24)},Training",  # line 31: square, but not 48x48
-  ])
+    ],
+  )
   dataset = data.load(config(csv, tmp_path / "cache"))
   skipped = {where.rsplit(":", 1)[1]: reason for where, reason in dataset.report["skipped"]}
   assert sorted(skipped) == ["23", "24", "25", "26", "27", "28", "30", "31"]
@@ -101,16 +107,38 @@ def test_fer2013_missing_column_names_the_file(tmp_path):
     data.load(config(tmp_path / "fer2013.csv", tmp_path / "cache"))
 
 
-def votes(neutral=0, happiness=0, surprise=0, sadness=0, anger=0, disgust=0, fear=0,
-          contempt=0, unknown=0, nf=0):
-  return dict(neutral=neutral, happiness=happiness, surprise=surprise, sadness=sadness,
-              anger=anger, disgust=disgust, fear=fear, contempt=contempt, unknown=unknown, nf=nf)
+def votes(
+  neutral=0,
+  happiness=0,
+  surprise=0,
+  sadness=0,
+  anger=0,
+  disgust=0,
+  fear=0,
+  contempt=0,
+  unknown=0,
+  nf=0,
+):
+  return dict(
+    neutral=neutral,
+    happiness=happiness,
+    surprise=surprise,
+    sadness=sadness,
+    anger=anger,
+    disgust=disgust,
+    fear=fear,
+    contempt=contempt,
+    unknown=unknown,
+    nf=nf,
+  )
 
 
 FER4 = common.FER4
 
 
-@pytest.mark.parametrize("row, options, expected", [
+@pytest.mark.parametrize(
+  "row, options, expected",
+  [
     (votes(happiness=7, neutral=3), {}, (0, None)),
     (votes(sadness=5, neutral=5), {}, (None, "tied vote")),
     (votes(sadness=5, neutral=5), {"ties": "first"}, (1, None)),  # neutral before sad in FER4
@@ -120,7 +148,8 @@ FER4 = common.FER4
     (votes(nf=6, surprise=4), {"unknown": "ignore"}, (3, None)),
     (votes(happiness=3, neutral=2), {"min_votes": 4}, (None, "fewer than 4 votes")),
     (votes(), {}, (None, "no votes")),
-])
+  ],
+)
 def test_ferplus_label(row, options, expected):
   assert fer2013.ferplus_label(row, FER4, **options) == expected
 
@@ -136,16 +165,17 @@ def write_ferplus(folder):
   rows = []
   for usage in ("Training", "PublicTest", "PrivateTest"):
     rows += [
-        (usage, "a.png", votes(happiness=8, neutral=2)),  # happy
-        (usage, "b.png", votes(neutral=6, sadness=4)),  # neutral
-        (usage, "c.png", votes(sadness=5, neutral=5)),  # tie sad/neutral
-        (usage, "d.png", votes(surprise=9, fear=1)),  # surprise
-        (usage, "e.png", votes(sadness=7, anger=3)),  # sad
-        (usage, "f.png", votes(unknown=6, sadness=4)),  # unknown wins
-        (usage, "", votes(happiness=10)),  # removed by FER+
+      (usage, "a.png", votes(happiness=8, neutral=2)),  # happy
+      (usage, "b.png", votes(neutral=6, sadness=4)),  # neutral
+      (usage, "c.png", votes(sadness=5, neutral=5)),  # tie sad/neutral
+      (usage, "d.png", votes(surprise=9, fear=1)),  # surprise
+      (usage, "e.png", votes(sadness=7, anger=3)),  # sad
+      (usage, "f.png", votes(unknown=6, sadness=4)),  # unknown wins
+      (usage, "", votes(happiness=10)),  # removed by FER+
     ]
   lines = [FERPLUS_HEADER] + [
-      f"{u},{name}," + ",".join(str(v) for v in r.values()) for u, name, r in rows]
+    f"{u},{name}," + ",".join(str(v) for v in r.values()) for u, name, r in rows
+  ]
   (folder / "fer2013new.csv").write_text("\n".join(lines) + "\n")
 
 
@@ -157,11 +187,18 @@ def test_ferplus_majority_vote(tmp_path):
   assert dataset.sizes() == {"train": 4, "val": 4, "test": 4}
   for split in data.SPLITS:
     assert [dataset.classes[i] for i in dataset.splits[split].labels] == [
-        "happy", "neutral", "surprise", "sad"]
+      "happy",
+      "neutral",
+      "surprise",
+      "sad",
+    ]
   # The pixels are the fer2013.csv row's: rows 0, 1, 3, 4 of each split (emotion 0, 1, 3, 4).
   assert [int(v) for v in dataset.splits["val"].images[:, 0, 0, 0]] == [1, 11, 31, 41]
-  assert dataset.report["dropped"] == {"tied vote": 3, "unknown or not-a-face wins": 3,
-                                       "removed by FER+ (no image name)": 3}
+  assert dataset.report["dropped"] == {
+    "tied vote": 3,
+    "unknown or not-a-face wins": 3,
+    "removed by FER+ (no image name)": 3,
+  }
   cfg.ferplus_ties = "first"
   with_ties = data.load(cfg)
   assert not with_ties.report["cache"]["hit"]  # a FER+ option is part of the cache key
@@ -169,7 +206,8 @@ def test_ferplus_majority_vote(tmp_path):
   assert dataset.classes[with_ties.splits["train"].labels[2]] == "neutral"
   # Pointing the root at fer2013new.csv selects FER+ by itself.
   assert data.load(config(tmp_path / "fer2013new.csv", tmp_path / "cache")).name.startswith(
-      "ferplus:")
+    "ferplus:"
+  )
 
 
 def test_ferplus_row_count_mismatch_and_malformed_votes(tmp_path):
@@ -180,7 +218,8 @@ def test_ferplus_row_count_mismatch_and_malformed_votes(tmp_path):
   new.write_text("\n".join(lines) + "\n")
   dataset = data.load(config(tmp_path, tmp_path / "cache", source="ferplus"), as_found=True)
   assert [(w.rsplit(":", 1)[1], r) for w, r in dataset.report["skipped"]] == [
-      ("3", "malformed row (vote counts are not integers)")]
+    ("3", "malformed row (vote counts are not integers)")
+  ]
   assert dataset.sizes()["train"] == 3
   new.write_text("\n".join(lines[:-1]) + "\n")
   with pytest.raises(ValueError, match="FER\\+ labels must match FER2013 row by row"):

@@ -1,4 +1,5 @@
 """Image folders on disk: every format and mode, broken files, split and class names, the cache."""
+
 import functools
 import io
 import os
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_jax.configs import common
 from fer_jax import data
+from fer_jax.configs import common
 from fer_jax.data import cache, folders
 
 CLASSES = ("happy", "neutral", "sad", "surprise")
@@ -168,8 +169,11 @@ class _Counter:
 def test_map_chunks_covers_every_chunk_once(monkeypatch, workers):
   monkeypatch.delitem(sys.modules, "jax", raising=False)
   progress = _Counter()
-  pairs = list(folders.map_chunks(functools.partial(_chunk_sum, offset=1000), list(range(150)), 64,
-                                  workers, progress))
+  pairs = list(
+    folders.map_chunks(
+      functools.partial(_chunk_sum, offset=1000), list(range(150)), 64, workers, progress
+    )
+  )
   assert sorted(s for s, _ in pairs) == [0, 64, 128]
   assert [x for _, r in sorted(pairs) for x in r] == list(range(1000, 1150))
   assert sorted(progress.updates) == [22, 64, 64]
@@ -188,14 +192,16 @@ def test_scan_tree_names_and_skips(tmp_path):
   (tmp_path / "README.md").write_text("x")
   scan = folders.scan_tree(tmp_path, CLASSES)
   assert scan.layout == "split"
-  got = sorted((os.path.relpath(f.path, tmp_path), f.split, f.label, f.class_name) for f in scan.files)
+  got = sorted(
+    (os.path.relpath(f.path, tmp_path), f.split, f.label, f.class_name) for f in scan.files
+  )
   assert got == [
-      ("PublicTest/surprised/000.png", "val", 3, "surprise"),
-      ("Training/Happiness/000.png", "train", 0, "happy"),
-      ("Training/Happiness/001.png", "train", 0, "happy"),
-      ("Training/SADNESS/batch1/000.png", "train", 2, "sad"),
-      ("Training/SADNESS/batch1/001.png", "train", 2, "sad"),
-      ("private_test/Neutral/000.png", "test", 1, "neutral"),
+    ("PublicTest/surprised/000.png", "val", 3, "surprise"),
+    ("Training/Happiness/000.png", "train", 0, "happy"),
+    ("Training/Happiness/001.png", "train", 0, "happy"),
+    ("Training/SADNESS/batch1/000.png", "train", 2, "sad"),
+    ("Training/SADNESS/batch1/001.png", "train", 2, "sad"),
+    ("private_test/Neutral/000.png", "test", 1, "neutral"),
   ]
   skipped = {os.path.relpath(p, tmp_path): reason for p, reason in scan.skipped}
   assert set(skipped) == {"README.md", "Training/contempt", "Training/Happiness/notes.txt", "extra"}
@@ -209,7 +215,10 @@ def test_scan_tree_without_split_level(tmp_path):
   scan = folders.scan_tree(tmp_path, CLASSES)
   assert scan.layout == "flat"
   assert sorted((f.split, f.class_name) for f in scan.files) == [
-      (None, "happy"), (None, "happy"), (None, "sad")]
+    (None, "happy"),
+    (None, "happy"),
+    (None, "sad"),
+  ]
 
 
 def test_match_class_aliases():
@@ -241,8 +250,12 @@ def test_load_folder(tmp_path):
   formats, broken = make_dataset(tmp_path / "faces")
   dataset = data.load(config(tmp_path / "faces", tmp_path / "cache"))
   assert dataset.sizes() == {"train": len(formats) + 30, "val": 8, "test": 12}
-  assert dataset.count_table()["train"] == {"happy": len(formats), "neutral": 10, "sad": 10,
-                                            "surprise": 10}
+  assert dataset.count_table()["train"] == {
+    "happy": len(formats),
+    "neutral": 10,
+    "sad": 10,
+    "surprise": 10,
+  }
   train = dataset.splits["train"]
   assert train.images.shape[1:] == (48, 48, 1) and train.images.dtype == np.uint8
   assert train.labels.dtype == np.int32
@@ -328,6 +341,7 @@ def test_cache_write_is_atomic(tmp_path, monkeypatch):
 
   def interrupted(*args, **kwargs):
     raise KeyboardInterrupt
+
   monkeypatch.setattr(np, "savez", interrupted)
   with pytest.raises(KeyboardInterrupt):
     data.load(config(root, cache_dir))

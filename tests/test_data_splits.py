@@ -4,14 +4,31 @@ import pytest
 from fer_jax.data import splits
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("train", "train"), ("Training", "train"), ("TRAIN", "train"),
-    ("val", "val"), ("Valid", "val"), ("validation", "val"), ("dev", "val"), ("eval", "val"),
-    ("PublicTest", "val"), ("public_test", "val"), ("public-test", "val"), ("Public", "val"),
-    ("test", "test"), ("Testing", "test"), ("PrivateTest", "test"), ("private_test", "test"),
+@pytest.mark.parametrize(
+  "name, expected",
+  [
+    ("train", "train"),
+    ("Training", "train"),
+    ("TRAIN", "train"),
+    ("val", "val"),
+    ("Valid", "val"),
+    ("validation", "val"),
+    ("dev", "val"),
+    ("eval", "val"),
+    ("PublicTest", "val"),
+    ("public_test", "val"),
+    ("public-test", "val"),
+    ("Public", "val"),
+    ("test", "test"),
+    ("Testing", "test"),
+    ("PrivateTest", "test"),
+    ("private_test", "test"),
     ("private", "test"),
-    ("extra", None), ("trainval", None), ("", None),
-])
+    ("extra", None),
+    ("trainval", None),
+    ("", None),
+  ],
+)
 def test_normalize_split(name, expected):
   assert splits.normalize_split(name) == expected
 

@@ -1,11 +1,12 @@
 """`source='tfds:<name>'` on a tiny dataset this test prepares with a real TFDS builder."""
+
 import sys
 
 import numpy as np
 import pytest
 
-from fer_jax.configs import common
 from fer_jax import data
+from fer_jax.configs import common
 
 NAMES = ["happiness", "sadness", "anger", "neutral", "surprised"]
 
@@ -17,12 +18,19 @@ def data_dir(tmp_path_factory):
 
   class FerJaxTinyFaces(tfds.core.GeneratorBasedBuilder):
     """Gray 40x40 faces in train and test; pixel value = 10 * label + example index."""
+
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          "image": tfds.features.Image(shape=(None, None, 1)),
-          "label": tfds.features.ClassLabel(names=NAMES)}))
+      return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {
+            "image": tfds.features.Image(shape=(None, None, 1)),
+            "label": tfds.features.ClassLabel(names=NAMES),
+          }
+        ),
+      )
 
     def _split_generators(self, dl_manager):
       return {"train": self._generate_examples(20), "test": self._generate_examples(10)}

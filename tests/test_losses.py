@@ -1,11 +1,12 @@
 """Losses against NumPy references of the study's formulas (docs/study.md)."""
+
 import jax
 import ml_collections
 import numpy as np
 import pytest
 
-from fer_jax.configs import b_p, c
 from fer_jax import losses, models
+from fer_jax.configs import b_p, c
 
 
 def _softmax(z):
@@ -14,7 +15,9 @@ def _softmax(z):
 
 
 def _loss_cfg(name, eps=0.1):
-  return ml_collections.ConfigDict(dict(name=name, label_smoothing=eps, focal_gamma=2.0, focal_alpha=0.25))
+  return ml_collections.ConfigDict(
+    dict(name=name, label_smoothing=eps, focal_gamma=2.0, focal_alpha=0.25)
+  )
 
 
 @pytest.fixture
@@ -54,7 +57,9 @@ def test_balanced_class_weights_formula():
   w = losses.balanced_class_weights(counts)
   np.testing.assert_allclose(w, counts.sum() / (4 * counts), rtol=1e-6)
   np.testing.assert_allclose((w * counts).sum(), counts.sum(), rtol=1e-6)  # weighted count = n
-  assert losses.balanced_class_weights([10, 0, 30])[1] == 0.0  # absent class: no weight, no division by 0
+  assert (
+    losses.balanced_class_weights([10, 0, 30])[1] == 0.0
+  )  # absent class: no weight, no division by 0
 
 
 def _cnn_params(config):
@@ -69,7 +74,9 @@ def test_l2_gradient_is_2_lambda_w_on_chosen_kernels_only():
   shapes = _cnn_params(config)
   leaves, treedef = jax.tree.flatten(shapes)
   keys = jax.random.split(jax.random.key(0), len(leaves))
-  params = jax.tree.unflatten(treedef, [jax.random.normal(k, s.shape) for k, s in zip(keys, leaves)])
+  params = jax.tree.unflatten(
+    treedef, [jax.random.normal(k, s.shape) for k, s in zip(keys, leaves)]
+  )
   coeff = losses.l2_coefficients(params, config.loss)
   grads = jax.grad(lambda p: losses.l2_penalty(p, coeff))(params)
   for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
@@ -84,7 +91,11 @@ def test_l2_gradient_is_2_lambda_w_on_chosen_kernels_only():
 def test_l2_model_c_covers_both_dense_kernels_only():
   config = c.get_config()
   coeff = losses.l2_coefficients(_cnn_params(config), config.loss)
-  chosen = {"/".join(p.key for p in path) for path, lam in jax.tree_util.tree_flatten_with_path(coeff)[0] if lam}
+  chosen = {
+    "/".join(p.key for p in path)
+    for path, lam in jax.tree_util.tree_flatten_with_path(coeff)[0]
+    if lam
+  }
   assert chosen == {"dense1/kernel", "logits/kernel"}
   assert coeff["dense1"]["kernel"] == 1e-3
 
@@ -94,7 +105,12 @@ def test_l2_conv_covers_the_cnn_convs_not_backbone_layers_named_conv():
   with config.unlocked():
     config.loss.l2_conv = 1e-4
   kernel = {"kernel": np.ones((3, 3, 1, 1), np.float32)}
-  params = {"conv1_1": kernel, "conv3_2": kernel, "conv1_conv": kernel,  # ResNet50V2's stem
-            "conv2d_7": kernel, "conv2_block1_1_conv": kernel}  # mini-XCEPTION's classifier, a ResNet block
+  params = {
+    "conv1_1": kernel,
+    "conv3_2": kernel,
+    "conv1_conv": kernel,  # ResNet50V2's stem
+    "conv2d_7": kernel,
+    "conv2_block1_1_conv": kernel,
+  }  # mini-XCEPTION's classifier, a ResNet block
   coeff = losses.l2_coefficients(params, config.loss)
   assert {name for name, v in coeff.items() if v["kernel"]} == {"conv1_1", "conv3_2"}

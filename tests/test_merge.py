@@ -1,14 +1,23 @@
 """data_tools.merge: AffectNet folders and annotations -> 48x48 gray, mapped, deduplicated, balanced."""
+
 import collections
 import csv
 import os
 
 import numpy as np
 import pytest
+from image_trees import (
+  CLASSES,
+  all_files,
+  face_like,
+  read_manifest,
+  save,
+  tree_digest,
+  write_originals,
+)
 from PIL import Image
 
 from data_tools import merge
-from image_trees import CLASSES, all_files, face_like, read_manifest, save, tree_digest, write_originals
 
 TRAIN = {"happy": 16, "neutral": 16, "sad": 16, "surprise": 6}
 
@@ -25,7 +34,9 @@ def affectnet_image(rng, size=128, box=None):
     return colour(face_like(rng, size), rng)
   image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
   x, y, w, h = box
-  image[y:y + h, x:x + w] = colour(np.asarray(Image.fromarray(face_like(rng, 96)).resize((w, h))), rng)
+  image[y : y + h, x : x + w] = colour(
+    np.asarray(Image.fromarray(face_like(rng, 96)).resize((w, h))), rng
+  )
   return image
 
 
@@ -64,9 +75,16 @@ def test_merge_class_folders(tmp_path, capsys):
   rng = np.random.default_rng(7)
   made = collections.defaultdict(list)
   for folder, n in (("surprise", 16), ("3", 4), ("contempt", 3), ("Anger", 3), ("happy", 3)):
-    for k in range(n):  # '3' is AffectNet's id of surprise; class folders may sit under split folders
-      made[folder].append(save(str(affectnet / "train_set" / folder / f"{folder}{k:02d}.jpg"),
-                               affectnet_image(rng, size=96 + 8 * (k % 4)), quality=95))
+    for k in range(
+      n
+    ):  # '3' is AffectNet's id of surprise; class folders may sit under split folders
+      made[folder].append(
+        save(
+          str(affectnet / "train_set" / folder / f"{folder}{k:02d}.jpg"),
+          affectnet_image(rng, size=96 + 8 * (k % 4)),
+          quality=95,
+        )
+      )
   # a resized colour copy of a target surprise image must not be added
   copy = np.asarray(Image.open(target["train", "surprise"][0]).convert("RGB").resize((160, 160)))
   twin = save(str(affectnet / "train_set" / "surprise" / "zz_twin.png"), copy)
@@ -95,8 +113,11 @@ def test_merge_class_folders(tmp_path, capsys):
     with Image.open(path) as im:
       assert im.mode == "L" and im.size == (48, 48)
       assert np.abs(np.asarray(im).astype(int) - expected_conversion(r["source_path"])).max() <= 1
-  train = collections.Counter(r["class"] for r in manifest.values()
-                              if r["split"] == "train" and r["action"] in ("kept", "added"))
+  train = collections.Counter(
+    r["class"]
+    for r in manifest.values()
+    if r["split"] == "train" and r["action"] in ("kept", "added")
+  )
   assert train["surprise"] / sum(train.values()) == pytest.approx(0.25)
   # idempotent: converted files are byte-identical on a re-run
   snapshot = tree_digest(dst)
@@ -113,9 +134,19 @@ def test_merge_annotations_crop_faces_and_map_labels(tmp_path, capsys):
     rel = f"{k % 3}/img{k:02d}.png"
     save(str(affectnet / rel), affectnet_image(rng, size=140, box=box))
     boxes[str(affectnet / rel)] = box
-    rows.append({"subDirectory_filePath": rel, "face_x": box[0], "face_y": box[1], "face_width": box[2],
-                 "face_height": box[3], "facial_landmarks": "", "expression": expression,
-                 "valence": 0.1, "arousal": 0.2})
+    rows.append(
+      {
+        "subDirectory_filePath": rel,
+        "face_x": box[0],
+        "face_y": box[1],
+        "face_width": box[2],
+        "face_height": box[3],
+        "facial_landmarks": "",
+        "expression": expression,
+        "valence": 0.1,
+        "arousal": 0.2,
+      }
+    )
   save(str(affectnet / "9" / "unlisted.png"), affectnet_image(rng))
   annotations = tmp_path / "training.csv"
   with open(annotations, "w", newline="") as f:
@@ -123,9 +154,27 @@ def test_merge_annotations_crop_faces_and_map_labels(tmp_path, capsys):
     writer.writeheader()
     writer.writerows(rows)
   classes = "happy,neutral,sad,surprise,angry"
-  assert merge.main([str(src), "--affectnet", str(affectnet), "--annotations", str(annotations),
-                     "--classes", classes, "--share", "0.2", "--out", str(dst), "--workers", "1",
-                     "--apply"]) == 0
+  assert (
+    merge.main(
+      [
+        str(src),
+        "--affectnet",
+        str(affectnet),
+        "--annotations",
+        str(annotations),
+        "--classes",
+        classes,
+        "--share",
+        "0.2",
+        "--out",
+        str(dst),
+        "--workers",
+        "1",
+        "--apply",
+      ]
+    )
+    == 0
+  )
   manifest = read_manifest(str(dst))
   added = [r for r in manifest.values() if r["action"] == "added"]
   # angry (AffectNet 'anger', id 6) has no target images: all 3 go in, short of the 20 % share;
@@ -136,10 +185,13 @@ def test_merge_annotations_crop_faces_and_map_labels(tmp_path, capsys):
     with Image.open(dst / r["new_path"]) as im:
       got = np.asarray(im).astype(int)
     assert np.abs(got - expected_conversion(r["source_path"], boxes[r["source_path"]])).max() <= 1
-  reasons = collections.Counter(r["reason"].split(" (")[0] for r in manifest.values()
-                                if r["action"] == "dropped")
+  reasons = collections.Counter(
+    r["reason"].split(" (")[0] for r in manifest.values() if r["action"] == "dropped"
+  )
   assert reasons["AffectNet expression 9"] == 1 and reasons["AffectNet expression 10"] == 1
-  assert manifest[str(affectnet / "9" / "unlisted.png")]["reason"] == "not read: not in the annotations"
+  assert (
+    manifest[str(affectnet / "9" / "unlisted.png")]["reason"] == "not read: not in the annotations"
+  )
 
 
 def test_merge_refuses_output_inside_affectnet(tmp_path, capsys):

@@ -1,4 +1,5 @@
 """Metrics against values worked out by hand (see the comments for the arithmetic)."""
+
 import json
 import math
 
@@ -26,8 +27,9 @@ def test_hand_worked_three_class_example():
   m = metrics.classification_metrics(LABELS, _probs(PREDS, CONF), CLASSES)
   json.dumps(m)  # must be serialisable as-is
   assert m["confusion"] == [[2, 1, 1], [1, 2, 0], [0, 1, 2]]
-  np.testing.assert_allclose(m["confusion_normalized"],
-                             [[.5, .25, .25], [1 / 3, 2 / 3, 0], [0, 1 / 3, 2 / 3]])
+  np.testing.assert_allclose(
+    m["confusion_normalized"], [[0.5, 0.25, 0.25], [1 / 3, 2 / 3, 0], [0, 1 / 3, 2 / 3]]
+  )
   assert m["accuracy"] == pytest.approx(0.6)
   # precision = tp / column sum (3, 4, 3); recall = tp / row sum (4, 3, 3)
   pc = m["per_class"]
@@ -41,7 +43,11 @@ def test_hand_worked_three_class_example():
   assert m["weighted_f1"] == pytest.approx((4 * 4 / 7 + 3 * 4 / 7 + 3 * 2 / 3) / 10)
   # Off-diagonal rates above 10 %, largest first (ties keep row order).
   assert [(x["true"], x["predicted"]) for x in m["main_confusions"]] == [
-      ("b", "a"), ("c", "b"), ("a", "b"), ("a", "c")]
+    ("b", "a"),
+    ("c", "b"),
+    ("a", "b"),
+    ("a", "c"),
+  ]
   assert m["main_confusions"][0]["rate"] == pytest.approx(1 / 3)
 
 
@@ -68,8 +74,14 @@ def test_calibration_and_confidence_rule():
 def test_zero_division_and_bad_input():
   # Class c is never true and never predicted; class b is never predicted.
   labels = np.array([0, 0, 1])
-  m = metrics.classification_metrics(labels, _probs(np.array([0, 0, 0]), np.full(3, .8)), CLASSES)
-  assert m["per_class"]["b"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1, "accuracy": 0.0}
+  m = metrics.classification_metrics(labels, _probs(np.array([0, 0, 0]), np.full(3, 0.8)), CLASSES)
+  assert m["per_class"]["b"] == {
+    "precision": 0.0,
+    "recall": 0.0,
+    "f1": 0.0,
+    "support": 1,
+    "accuracy": 0.0,
+  }
   assert m["per_class"]["c"]["support"] == 0 and m["confusion_normalized"][2] == [0, 0, 0]
   assert m["per_class"]["a"]["precision"] == pytest.approx(2 / 3)
   with pytest.raises(ValueError, match="3 classes"):
@@ -78,9 +90,19 @@ def test_zero_division_and_bad_input():
     metrics.classification_metrics(np.array([0, 3, 1]), np.ones((3, 3)) / 3, CLASSES)
 
 
-@pytest.mark.parametrize("gap,name", [
-    (15.1, "severe overfit"), (15.0, "high overfit"), (14.6, "high overfit"), (10.0, "moderate overfit"),
-    (5.0, "healthy"), (3.6, "healthy"), (0.0, "healthy"), (-5.7, "negative (check data / strong regularisation)")])
+@pytest.mark.parametrize(
+  "gap,name",
+  [
+    (15.1, "severe overfit"),
+    (15.0, "high overfit"),
+    (14.6, "high overfit"),
+    (10.0, "moderate overfit"),
+    (5.0, "healthy"),
+    (3.6, "healthy"),
+    (0.0, "healthy"),
+    (-5.7, "negative (check data / strong regularisation)"),
+  ],
+)
 def test_gap_diagnosis_bands(gap, name):
   assert metrics.gap_diagnosis(gap) == name
 
@@ -90,7 +112,9 @@ def test_negative_gap_read_with_the_eval_mode_gap():
   assert metrics.gap_diagnosis(-5.7, 2.0) == metrics.GAP_NEGATIVE_TRAIN_MODE
   assert "check data" not in metrics.gap_diagnosis(-5.7, 0.0)
   assert "check data" in metrics.gap_diagnosis(-5.7, -3.0)
-  assert metrics.gap_diagnosis(12.0, -1.0) == "high overfit"  # the bands read the running gap, as the study
+  assert (
+    metrics.gap_diagnosis(12.0, -1.0) == "high overfit"
+  )  # the bands read the running gap, as the study
 
 
 def test_nll_and_brier():
@@ -100,7 +124,8 @@ def test_nll_and_brier():
   # (0.3² + 0.2² + 0.1²) and (0.5² + 0.75² + 0.25²)
   assert cal["brier"] == pytest.approx((0.14 + 0.875) / 2)
   assert metrics.calibration(np.array([0]), np.array([[0.0, 1.0, 0.0]]))["nll"] == pytest.approx(
-      -math.log(metrics.PROB_FLOOR))
+    -math.log(metrics.PROB_FLOOR)
+  )
 
 
 def test_bootstrap_interval():

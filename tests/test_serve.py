@@ -1,15 +1,15 @@
 """fer_jax.inference.serve with FastAPI's TestClient: the page, photo uploads good and bad, and the WebSocket
 protocol (answers per frame, errors that keep the connection open, per-connection smoothing)."""
+
 import io
 
 import numpy as np
 import pytest
+import real_photos
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fer_jax.inference import scoring
-from fer_jax.inference import serve
-import real_photos
+from fer_jax.inference import scoring, serve
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 LIMITS = serve.Limits(max_upload_bytes=300_000, max_frame_bytes=200_000, max_pixels=2_000_000)
@@ -59,14 +59,17 @@ def test_too_many_faces_are_capped(client):
   assert len(body["faces"]) == 3 and body["dropped_faces"] >= 1
 
 
-@pytest.mark.parametrize("data,status,message", [
+@pytest.mark.parametrize(
+  "data,status,message",
+  [
     (b"", 400, "empty image"),
     (b"hello, not an image", 400, "not an image"),
     (real_photos.jpeg_bytes(real_photos.astronaut())[:4000], 400, "truncated"),
     (blank_png(5_000), 413, "pixel limit"),
     (blank_png(20_000), 413, "decompression-bomb limit"),  # over Pillow's own limit too
     (b"\xff" * 400_000, 413, "byte limit"),
-])
+  ],
+)
 def test_bad_uploads_get_4xx_and_the_server_keeps_serving(client, data, status, message):
   r = upload(client, data)
   assert r.status_code == status and message in r.json()["detail"]
@@ -82,16 +85,26 @@ def test_websocket_answers_frames_and_survives_bad_messages(client):
   with client.websocket_connect("/ws") as ws:
     ws.send_bytes(real_photos.jpeg_bytes(frames[0]))
     first = ws.receive_json()
-    assert len(first["faces"]) == 1 and first["faces"][0]["answer"] == "happy" and first["faces"][0]["track"] == 0
-    for bad, expected in [(b"", "empty image"), (b"junk", "not an image"), (b"\0" * 250_000, "byte limit"),
-                          (blank_png(5_000), "pixel limit")]:
+    assert (
+      len(first["faces"]) == 1
+      and first["faces"][0]["answer"] == "happy"
+      and first["faces"][0]["track"] == 0
+    )
+    for bad, expected in [
+      (b"", "empty image"),
+      (b"junk", "not an image"),
+      (b"\0" * 250_000, "byte limit"),
+      (blank_png(5_000), "pixel limit"),
+    ]:
       ws.send_bytes(bad)
       assert expected in ws.receive_json()["error"]
     ws.send_text("hello")
     assert "binary message" in ws.receive_json()["error"]
     ws.send_bytes(real_photos.jpeg_bytes(frames[1]))
     second = ws.receive_json()
-    assert second["faces"][0]["track"] == 0  # the same face, tracked across frames on this connection
+    assert (
+      second["faces"][0]["track"] == 0
+    )  # the same face, tracked across frames on this connection
     ws.send_bytes(real_photos.jpeg_bytes(np.zeros((240, 320, 3), np.uint8)))
     assert ws.receive_json()["faces"] == []
 

@@ -1,12 +1,13 @@
 """data_tools.stratify: stratified, group-aware, deterministic re-split."""
+
 import collections
 import os
 
 import numpy as np
 import pytest
+from image_trees import CLASSES, all_files, plant_copy, read_manifest, tree_digest, write_originals
 
 from data_tools import common, stratify
-from image_trees import CLASSES, all_files, plant_copy, read_manifest, tree_digest, write_originals
 
 
 def test_target_counts_sum_and_round():
@@ -31,7 +32,10 @@ def test_assign_parts_is_stratified_group_aware_and_seeded():
   shuffled = rng.permutation(len(labels))  # no groups: exact counts
   exact = stratify.assign_parts(labels[shuffled], np.arange(len(labels)), (0.8, 0.1, 0.1), seed=0)
   assert [list(np.bincount(exact[labels[shuffled] == c], minlength=3)) for c in range(3)] == [
-      [80, 10, 10], [48, 6, 6], [32, 4, 4]]
+    [80, 10, 10],
+    [48, 6, 6],
+    [32, 4, 4],
+  ]
 
 
 def test_parse_ratios():
@@ -42,22 +46,40 @@ def test_parse_ratios():
 
 def test_result_table_shows_an_unsplit_tree_as_its_own_column():
   entry = lambda split, c, action="kept": common.Entry(  # noqa: E731
-      source_path=f"/src/{c}.png", source_split=split, source_class=c, split=split, class_name=c, action=action)
-  lines = common.split_class_table([entry("", "happy"), entry("", "sad"), entry("", "sad"),
-                                    entry("", "sad", "dropped")], ("happy", "sad"), "result:")
+    source_path=f"/src/{c}.png",
+    source_split=split,
+    source_class=c,
+    split=split,
+    class_name=c,
+    action=action,
+  )
+  lines = common.split_class_table(
+    [entry("", "happy"), entry("", "sad"), entry("", "sad"), entry("", "sad", "dropped")],
+    ("happy", "sad"),
+    "result:",
+  )
   assert lines[1].split() == ["class", "unsplit"]
-  assert lines[2].split() == ["happy", "1", "(33.3%)"] and lines[3].split() == ["sad", "2", "(66.7%)"]
+  assert lines[2].split() == ["happy", "1", "(33.3%)"] and lines[3].split() == [
+    "sad",
+    "2",
+    "(66.7%)",
+  ]
   assert lines[4].split() == ["total", "3"]
 
 
 @pytest.mark.parametrize("layout", ["split", "flat"])
 def test_stratify_tree_keeps_duplicates_together(tmp_path, capsys, layout):
   src, dst = tmp_path / "src", tmp_path / "dst"
-  counts = {"train": {c: 14 for c in CLASSES}, "val": {c: 3 for c in CLASSES},
-            "test": {c: 3 for c in CLASSES}}
+  counts = {
+    "train": {c: 14 for c in CLASSES},
+    "val": {c: 3 for c in CLASSES},
+    "test": {c: 3 for c in CLASSES},
+  }
   paths = write_originals(str(src), counts)
-  twins = [plant_copy(str(src), paths["train", "sad"][k], "test", "sad", "recompressed", f"t{k}")
-           for k in range(3)]
+  twins = [
+    plant_copy(str(src), paths["train", "sad"][k], "test", "sad", "recompressed", f"t{k}")
+    for k in range(3)
+  ]
   if layout == "flat":  # <root>/<class>/<file>: move the split folders' content up
     for (split, c), ps in list(paths.items()):
       for p in ps:

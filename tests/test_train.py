@@ -1,5 +1,6 @@
 """End to end through launch.py on tiny built-in data: workdir, resume after SIGKILL, sharding,
 NaN detection, and bad input. Each run is a subprocess, as a user would start it."""
+
 import json
 import os
 import signal
@@ -11,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fer_jax.evals import calibration, metrics
 from fer_jax.platform import allocator
-from fer_jax.evals import calibration
-from fer_jax.evals import metrics
 from fer_jax.report import study
 from tests.conftest import ROOT, TINY, launch, read_summary
 
@@ -35,31 +35,59 @@ def _history(workdir):
 
 def test_run_leaves_a_complete_workdir(reference_run):
   workdir, stdout = reference_run
-  for name in ("config.json", "metrics.jsonl", "metrics.json", "report.md", "curves.png", "confusion.png",
-               "test_predictions.npz"):
+  for name in (
+    "config.json",
+    "metrics.jsonl",
+    "metrics.json",
+    "report.md",
+    "curves.png",
+    "confusion.png",
+    "test_predictions.npz",
+  ):
     assert os.path.exists(os.path.join(workdir, name)), name
   history = _history(workdir)
   assert [r["epoch"] for r in history] == [1, 2, 3]
   best_epoch = read_summary(workdir)["best"]["epoch"]
   # The best epoch and the latest, and the temperature fitted on the best one; nothing else.
-  assert set(os.listdir(os.path.join(workdir, "checkpoints"))) == {str(best_epoch), "3", "calibration.json"}
-  assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "gap", "lr", "epoch_time_s",
-          "images_per_s"} <= set(history[0])
+  assert set(os.listdir(os.path.join(workdir, "checkpoints"))) == {
+    str(best_epoch),
+    "3",
+    "calibration.json",
+  }
+  assert {
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "gap",
+    "lr",
+    "epoch_time_s",
+    "images_per_s",
+  } <= set(history[0])
   if allocator.find_tcmalloc():  # launch.py re-ran itself with it (fer_jax/platform/allocator.py)
     assert "malloc: tcmalloc" in stdout
   s = read_summary(workdir)
   best = max(history, key=lambda r: r["val_accuracy"])
   assert s["best"]["val_accuracy"] == best["val_accuracy"]
-  assert s["best"]["epoch"] == min(r["epoch"] for r in history if r["val_accuracy"] == best["val_accuracy"])
+  assert s["best"]["epoch"] == min(
+    r["epoch"] for r in history if r["val_accuracy"] == best["val_accuracy"]
+  )
   assert s["best"]["train_accuracy"] == history[s["best"]["epoch"] - 1]["train_accuracy"]
-  assert s["best"]["gap"] == pytest.approx((s["best"]["train_accuracy"] - s["best"]["val_accuracy"]) * 100)
+  assert s["best"]["gap"] == pytest.approx(
+    (s["best"]["train_accuracy"] - s["best"]["val_accuracy"]) * 100
+  )
   assert s["gap_diagnosis"]
   assert s["params"]["total"] > 0 and s["params"]["trainable"] <= s["params"]["total"]
   assert s["epochs_run"] == 3 and s["wall_time_s"] > 0 and s["images_per_s"] > 0
   test = s["test"]
   preds = np.load(os.path.join(workdir, "test_predictions.npz"))
   assert test["accuracy"] == pytest.approx(np.mean(preds["probs"].argmax(1) == preds["labels"]))
-  assert len(test["confusion"]) == 4 and set(test["per_class"]) == {"happy", "neutral", "sad", "surprise"}
+  assert len(test["confusion"]) == 4 and set(test["per_class"]) == {
+    "happy",
+    "neutral",
+    "sad",
+    "surprise",
+  }
   for k in ("precision", "recall", "f1", "support"):
     assert k in test["per_class"]["happy"]
   assert "loss" in test and "main_confusions" in test
@@ -69,13 +97,17 @@ def test_run_leaves_a_complete_workdir(reference_run):
   expected = calibration.probabilities(np.log(preds["raw_probs"]), cal.temperature)
   np.testing.assert_allclose(preds["probs"], expected, atol=1e-5)
   assert float(preds["temperature"]) == pytest.approx(cal.temperature)
-  assert test["calibration"]["ece"] == pytest.approx(metrics.calibration(preds["labels"], preds["probs"])["ece"],
-                                                     abs=1e-5)
+  assert test["calibration"]["ece"] == pytest.approx(
+    metrics.calibration(preds["labels"], preds["probs"])["ece"], abs=1e-5
+  )
   assert s["test_raw"]["calibration"]["ece"] == pytest.approx(
-      metrics.calibration(preds["labels"], preds["raw_probs"])["ece"], abs=1e-5)
+    metrics.calibration(preds["labels"], preds["raw_probs"])["ece"], abs=1e-5
+  )
   assert s["calibration"]["val_calibrated"]["nll"] <= s["calibration"]["val_raw"]["nll"] + 1e-9
   assert s["best"]["train_eval_images"] == s["dataset"]["sizes"]["val"]
-  assert s["best"]["gap_eval"] == pytest.approx((s["best"]["train_accuracy_eval"] - s["best"]["val_accuracy"]) * 100)
+  assert s["best"]["gap_eval"] == pytest.approx(
+    (s["best"]["train_accuracy_eval"] - s["best"]["val_accuracy"]) * 100
+  )
   assert s["gap_diagnosis"] == metrics.gap_diagnosis(s["best"]["gap"], s["best"]["gap_eval"])
   assert f"T = {cal.temperature:.3f}" in open(os.path.join(workdir, "report.md")).read()
   for png in ("curves.png", "confusion.png", "reliability.png", "coverage.png"):
@@ -88,11 +120,17 @@ def test_run_leaves_a_complete_workdir(reference_run):
 def test_zero_epochs_evaluates_the_initial_weights_as_epoch_0(tmp_path):
   # How peers with ported weights (mini_xception) are scored; the study report reads metrics.jsonl.
   workdir = str(tmp_path / "eval_only")
-  launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, "--config.train.epochs=0"])
+  launch(
+    ["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, "--config.train.epochs=0"]
+  )
   (row,) = _history(workdir)
   assert row["epoch"] == 0 and row["lr"] == 0 and 0 <= row["val_accuracy"] <= 1
   s = read_summary(workdir)
-  assert s["epochs_run"] == 0 and s["best"]["epoch"] == 0 and s["best"]["val_accuracy"] == row["val_accuracy"]
+  assert (
+    s["epochs_run"] == 0
+    and s["best"]["epoch"] == 0
+    and s["best"]["val_accuracy"] == row["val_accuracy"]
+  )
   assert study.load_run(workdir)["history"] == [row]
 
 
@@ -100,24 +138,41 @@ def test_finished_run_prints_summary_and_how_to_start_fresh(reference_run):
   workdir, _ = reference_run
   before = os.path.getmtime(os.path.join(workdir, "metrics.json"))
   proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *EPOCHS])
-  assert "finished" in proc.stdout and "new --workdir" in proc.stdout and "test accuracy" in proc.stdout
+  assert (
+    "finished" in proc.stdout and "new --workdir" in proc.stdout and "test accuracy" in proc.stdout
+  )
   assert f"temperature {calibration.load(workdir).temperature:.3f}" in proc.stdout
   assert os.path.getmtime(os.path.join(workdir, "metrics.json")) == before
 
 
 def _comparable(workdir):
   s = read_summary(workdir)
-  return ([(r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in _history(workdir)], s["test"]["accuracy"],
-          calibration.load(workdir).temperature)
+  return (
+    [(r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in _history(workdir)],
+    s["test"]["accuracy"],
+    calibration.load(workdir).temperature,
+  )
 
 
 def test_sigkill_then_resume_gives_the_same_result(reference_run, tmp_path):
   ref_dir, _ = reference_run
   workdir = str(tmp_path / "killed")
-  args = [sys.executable, os.path.join(ROOT, "launch.py"), "--config=configs/model_0.py:quick",
-          f"--workdir={workdir}", *TINY, *EPOCHS]
-  proc = subprocess.Popen(args, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  args = [
+    sys.executable,
+    os.path.join(ROOT, "launch.py"),
+    "--config=configs/model_0.py:quick",
+    f"--workdir={workdir}",
+    *TINY,
+    *EPOCHS,
+  ]
+  proc = subprocess.Popen(
+    args,
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=ROOT),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   for line in proc.stdout:
     if line.startswith("epoch 2/3"):
       proc.send_signal(signal.SIGKILL)
@@ -136,8 +191,10 @@ def test_sigkill_then_resume_gives_the_same_result(reference_run, tmp_path):
 def test_four_devices_match_one_device(reference_run, tmp_path):
   ref_dir, _ = reference_run
   workdir = str(tmp_path / "sharded")
-  proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *EPOCHS],
-                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  proc = launch(
+    ["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *EPOCHS],
+    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+  )
   assert "4 x cpu" in proc.stdout
   got, want = _comparable(workdir), _comparable(ref_dir)
   # Same maths, different reduction order across shards: losses equal up to float32 rounding
@@ -147,22 +204,29 @@ def test_four_devices_match_one_device(reference_run, tmp_path):
 
 def test_nan_loss_stops_naming_epoch_and_step(tmp_path):
   workdir = str(tmp_path / "nan")
-  proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, "--config.optim.lr=1e30"],
-                check=False)
+  proc = launch(
+    ["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, "--config.optim.lr=1e30"],
+    check=False,
+  )
   assert proc.returncode != 0
   assert "error: loss became" in proc.stderr and "at epoch 1, step" in proc.stderr
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(
+  "args,message",
+  [
     (["--config.data.root=/no/such/faces"], "config.data.root"),
     (["--config.model.name=resnet9000"], "config.model.name"),
     (["--config.train.epochs=many"], "config.train.epochs"),
     (["--config.train.epochz=3"], "epochz"),
     (["--config.eval.threshold_target_accuracy=90"], "config.eval.threshold_target_accuracy"),
-])
+  ],
+)
 def test_bad_input_is_one_line_and_leaves_no_workdir(tmp_path, args, message):
   workdir = tmp_path / "bad"
-  proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *args], check=False)
+  proc = launch(
+    ["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *args], check=False
+  )
   assert proc.returncode != 0
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and message in errors[0], proc.stderr
@@ -185,8 +249,15 @@ def _face_folder(root, empty_test=False):
 def test_own_image_folder_trains_and_reports_the_unreadable_file(tmp_path):
   _face_folder(tmp_path / "faces")
   workdir = tmp_path / "run"
-  proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY,
-                 f"--config.data.root={tmp_path / 'faces'}", "--config.train.epochs=1"])
+  proc = launch(
+    [
+      "--config=configs/model_0.py:quick",
+      f"--workdir={workdir}",
+      *TINY,
+      f"--config.data.root={tmp_path / 'faces'}",
+      "--config.train.epochs=1",
+    ]
+  )
   assert "broken.jpg" in proc.stdout + proc.stderr
   assert read_summary(workdir)["dataset"]["sizes"] == {"train": 32, "val": 8, "test": 8}
 
@@ -194,23 +265,33 @@ def test_own_image_folder_trains_and_reports_the_unreadable_file(tmp_path):
 def test_empty_split_is_an_error_naming_the_root(tmp_path):
   _face_folder(tmp_path / "faces", empty_test=True)
   workdir = tmp_path / "run"
-  proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY,
-                 f"--config.data.root={tmp_path / 'faces'}"], check=False)
+  proc = launch(
+    [
+      "--config=configs/model_0.py:quick",
+      f"--workdir={workdir}",
+      *TINY,
+      f"--config.data.root={tmp_path / 'faces'}",
+    ],
+    check=False,
+  )
   assert proc.returncode != 0 and "test" in proc.stderr and str(tmp_path / "faces") in proc.stderr
   assert not workdir.exists()
 
 
 def test_predict_uses_the_best_checkpoint_and_the_confidence_rule(reference_run, tmp_path):
-  from fer_jax.inference import scoring
-  from fer_jax.inference import predict
+  from fer_jax.inference import predict, scoring
+
   workdir, _ = reference_run
   scorer = scoring.Scorer.from_workdir(workdir)
   saved = np.load(os.path.join(workdir, "test_predictions.npz"))
   from fer_jax.data import builtin
+
   with open(os.path.join(workdir, "config.json")) as f:
     data_config = ml_collections.ConfigDict(json.load(f)["data"])
   test = builtin.load(data_config).splits["test"]
-  np.testing.assert_allclose(scorer.probabilities(test.images), saved["probs"], atol=1e-5)  # the evaluated weights
+  np.testing.assert_allclose(
+    scorer.probabilities(test.images), saved["probs"], atol=1e-5
+  )  # the evaluated weights
   # ... and the run's calibration: predict and the server answer with the calibrated probabilities.
   assert scorer.calibration == calibration.load(workdir) and scorer.calibration.temperature != 1.0
   assert scorer.calibration.temperature == pytest.approx(float(saved["temperature"]))

@@ -1,4 +1,5 @@
 """Transfer models: the study's heads and counts, preparation on device, freezing, weights, training."""
+
 import os
 
 os.environ["KERAS_BACKEND"] = "jax"
@@ -10,21 +11,28 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
 from PIL import Image  # noqa: E402
-
-from fer_jax.configs import efficientnet_b0, mini_xception as mini_config, resnet50v2, vgg16  # noqa: E402
-from fer_jax import data, models  # noqa: E402
-from fer_jax.train import optim
-from fer_jax.train import steps
-from fer_jax.models import transfer  # noqa: E402
 from test_porting import keras_model  # noqa: E402
+
+from fer_jax import data, models  # noqa: E402
+from fer_jax.configs import efficientnet_b0, resnet50v2, vgg16  # noqa: E402
+from fer_jax.configs import mini_xception as mini_config
+from fer_jax.models import transfer  # noqa: E402
+from fer_jax.train import optim, steps
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 CONFIGS = {"vgg16": vgg16, "resnet50v2": resnet50v2, "efficientnet_b0": efficientnet_b0}
 # docs/study.md: trainable parameters of the heads with 4 classes; totals add the frozen backbone and the
 # head's BatchNorm statistics (Keras's count_params).
-COUNTS = {"vgg16": (15_111_748, 396_036), "resnet50v2": (24_091_396, 526_084), "efficientnet_b0": (4_379_559, 329_476)}
-KERAS_BUILDERS = {"vgg16": keras.applications.VGG16, "resnet50v2": keras.applications.ResNet50V2,
-                  "efficientnet_b0": keras.applications.EfficientNetB0}
+COUNTS = {
+  "vgg16": (15_111_748, 396_036),
+  "resnet50v2": (24_091_396, 526_084),
+  "efficientnet_b0": (4_379_559, 329_476),
+}
+KERAS_BUILDERS = {
+  "vgg16": keras.applications.VGG16,
+  "resnet50v2": keras.applications.ResNet50V2,
+  "efficientnet_b0": keras.applications.EfficientNetB0,
+}
 
 
 def abstract(config, size=48, channels=1):
@@ -38,16 +46,22 @@ def test_parameter_counts_are_the_studys(name):
   _, variables = abstract(config)
   labels = models.param_labels(config.model, variables["params"])
   total, trainable = COUNTS[name]
-  assert models.count_params(variables, labels) == {"total": total, "trainable": trainable,
-                                                    "non_trainable": total - trainable}
+  assert models.count_params(variables, labels) == {
+    "total": total,
+    "trainable": trainable,
+    "non_trainable": total - trainable,
+  }
   assert set(jax.tree.leaves(labels["backbone"])) == {"frozen"}
 
 
-@pytest.mark.parametrize("name, tuned, frozen", [
+@pytest.mark.parametrize(
+  "name, tuned, frozen",
+  [
     ("vgg16", ["block5"], ["block4"]),
     ("resnet50v2", ["conv5_block1", "conv5_block3", "post_bn"], ["conv4_block6", "conv1_conv"]),
     ("efficientnet_b0", ["block7a", "top_conv", "top_bn"], ["block6d", "stem_conv"]),
-])
+  ],
+)
 def test_finetune_unfreezes_the_top_blocks(name, tuned, frozen):
   config = CONFIGS[name].get_config("finetune")
   _, variables = abstract(config)
@@ -65,18 +79,26 @@ def test_frozen_parameters_get_no_optimiser_state():
   labels = models.param_labels(config.model, variables["params"])
   state = jax.eval_shape(optim.build(config.optim, 10, labels).init, variables["params"])
   moments = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state) if x.ndim)
-  tuned = sum(int(np.prod(p.shape)) for p, l in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(labels))
-              if l != "frozen")
+  tuned = sum(
+    int(np.prod(p.shape))
+    for p, l in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(labels))
+    if l != "frozen"
+  )
   assert moments == 2 * tuned  # Adam's two moments, for the head and block5 only
 
 
 def test_preprocessing_matches_keras_applications():
   x = np.random.default_rng(0).uniform(0, 1, (2, 5, 5, 3)).astype(np.float32)
   apps = keras.applications
-  np.testing.assert_allclose(transfer.PREPROCESSING["caffe"](x), apps.vgg16.preprocess_input(x * 255.0), atol=1e-4)
-  np.testing.assert_allclose(transfer.PREPROCESSING["tf"](x), apps.resnet_v2.preprocess_input(x * 255.0), atol=1e-6)
-  np.testing.assert_allclose(transfer.PREPROCESSING["scale255"](x), apps.efficientnet.preprocess_input(x * 255.0),
-                             atol=1e-4)
+  np.testing.assert_allclose(
+    transfer.PREPROCESSING["caffe"](x), apps.vgg16.preprocess_input(x * 255.0), atol=1e-4
+  )
+  np.testing.assert_allclose(
+    transfer.PREPROCESSING["tf"](x), apps.resnet_v2.preprocess_input(x * 255.0), atol=1e-6
+  )
+  np.testing.assert_allclose(
+    transfer.PREPROCESSING["scale255"](x), apps.efficientnet.preprocess_input(x * 255.0), atol=1e-4
+  )
 
 
 def test_prepare_resizes_like_pillow_and_repeats_gray():
@@ -88,15 +110,19 @@ def test_prepare_resizes_like_pillow_and_repeats_gray():
   np.testing.assert_allclose(out[0, ..., 0], pillow, atol=1e-5)
   # Downsizing antialiases as Pillow does (its bilinear filter widens with the scale).
   small = np.asarray(transfer.prepare(gray[None, ..., None], 32, 1, "none"))[0, ..., 0]
-  np.testing.assert_allclose(small, np.asarray(Image.fromarray(gray, mode="F").resize((32, 32), Image.BILINEAR)),
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    small, np.asarray(Image.fromarray(gray, mode="F").resize((32, 32), Image.BILINEAR)), atol=1e-5
+  )
 
 
 def test_init_from_must_be_given_and_says_what_to_download(tmp_path):
   config = vgg16.get_config()
   _, variables = abstract(config)
-  with pytest.raises(ValueError, match="config.model.init_from is empty.*"
-                                       "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5.*storage.googleapis.com"):
+  with pytest.raises(
+    ValueError,
+    match="config.model.init_from is empty.*"
+    "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5.*storage.googleapis.com",
+  ):
     models.load_pretrained(config.model, variables)
   with config.unlocked():
     config.model.init_from = str(tmp_path / "nowhere.h5")
@@ -107,8 +133,14 @@ def test_init_from_must_be_given_and_says_what_to_download(tmp_path):
 def test_the_wrong_backbones_file_names_the_missing_layer(tmp_path):
   path = str(tmp_path / "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5")
   with h5py.File(path, "w") as f:
-    legacy_h5_format.save_weights_to_hdf5_group(f, keras_model(
-        lambda: keras.applications.ResNet50V2(include_top=False, weights=None, input_shape=(32, 32, 3))))
+    legacy_h5_format.save_weights_to_hdf5_group(
+      f,
+      keras_model(
+        lambda: keras.applications.ResNet50V2(
+          include_top=False, weights=None, input_shape=(32, 32, 3)
+        )
+      ),
+    )
   config = vgg16.get_config()
   with config.unlocked():
     config.model.init_from = path
@@ -121,11 +153,16 @@ def tiny_dataset(classes):
   rng = np.random.default_rng(0)
 
   def split(n):
-    return data.Split(images=rng.integers(0, 256, (n, 48, 48, 1), dtype=np.uint8),
-                      labels=np.arange(n, dtype=np.int32) % len(classes))
+    return data.Split(
+      images=rng.integers(0, 256, (n, 48, 48, 1), dtype=np.uint8),
+      labels=np.arange(n, dtype=np.int32) % len(classes),
+    )
 
-  return data.Dataset(name="tiny", classes=tuple(classes), splits={"train": split(16), "val": split(8),
-                                                                   "test": split(8)})
+  return data.Dataset(
+    name="tiny",
+    classes=tuple(classes),
+    splits={"train": split(16), "val": split(8), "test": split(8)},
+  )
 
 
 def quick_config(name, tmp_path, **model_overrides):
@@ -138,8 +175,12 @@ def quick_config(name, tmp_path, **model_overrides):
       config.model.input_size = 32
       config.model.init_from = str(tmp_path / "notop.h5")
       with h5py.File(config.model.init_from, "w") as f:
-        legacy_h5_format.save_weights_to_hdf5_group(f, keras_model(
-            lambda: KERAS_BUILDERS[name](include_top=False, weights=None, input_shape=(32, 32, 3))))
+        legacy_h5_format.save_weights_to_hdf5_group(
+          f,
+          keras_model(
+            lambda: KERAS_BUILDERS[name](include_top=False, weights=None, input_shape=(32, 32, 3))
+          ),
+        )
     config.model.update(model_overrides)
     config.train.batch_size, config.eval.batch_size = 8, 8
     config.train.epochs, config.train.max_steps_per_epoch = 1, 2
@@ -147,11 +188,21 @@ def quick_config(name, tmp_path, **model_overrides):
 
 
 def changed(before, after):
-  return any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
+  return any(
+    not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))
+  )
 
 
-@pytest.mark.parametrize("name, mode", [("vgg16", "freeze"), ("resnet50v2", "freeze"), ("efficientnet_b0", "freeze"),
-                                        ("mini_xception", "finetune"), ("mini_xception", "train")])
+@pytest.mark.parametrize(
+  "name, mode",
+  [
+    ("vgg16", "freeze"),
+    ("resnet50v2", "freeze"),
+    ("efficientnet_b0", "freeze"),
+    ("mini_xception", "finetune"),
+    ("mini_xception", "train"),
+  ],
+)
 def test_quick_variant_train_steps(name, mode, tmp_path):
   """Two of the training loop's own steps (fer_jax.train.steps: create_state with load_pretrained and the optax
   masks from param_labels, then the jitted train step) for each config, and each backbone mode.
@@ -164,7 +215,9 @@ def test_quick_variant_train_steps(name, mode, tmp_path):
   step = steps.make_train_step(config, model, tx, 4, param_labels=labels)
   images = tiny_dataset(config.data.classes).splits["train"]
   for i in range(2):
-    state, metrics = step(state, images.images[8 * i:8 * i + 8], images.labels[8 * i:8 * i + 8], jax.random.key(0))
+    state, metrics = step(
+      state, images.images[8 * i : 8 * i + 8], images.labels[8 * i : 8 * i + 8], jax.random.key(0)
+    )
     assert np.isfinite(float(metrics["loss"]))
   params, stats = state.params, state.batch_stats
   assert changed(before["params"]["head"], params["head"])
@@ -173,7 +226,9 @@ def test_quick_variant_train_steps(name, mode, tmp_path):
   if mode == "finetune":
     assert changed(before["params"]["backbone"]["module4"], params["backbone"]["module4"])
     assert not changed(before["params"]["backbone"]["conv2d_1"], params["backbone"]["conv2d_1"])
-  assert changed(before["batch_stats"].get("backbone", {}), stats.get("backbone", {})) == (mode == "train")
+  assert changed(before["batch_stats"].get("backbone", {}), stats.get("backbone", {})) == (
+    mode == "train"
+  )
 
 
 def test_frozen_parameters_cost_no_backward_pass():
@@ -187,7 +242,11 @@ def test_frozen_parameters_cost_no_backward_pass():
   batch = (np.zeros((8, 48, 48, 1), np.uint8), np.zeros(8, np.int32), jax.random.key(0))
 
   def flops(param_labels):
-    cost = steps.make_train_step(config, model, tx, 4, param_labels=param_labels).lower(state, *batch).compile()
+    cost = (
+      steps.make_train_step(config, model, tx, 4, param_labels=param_labels)
+      .lower(state, *batch)
+      .compile()
+    )
     cost = cost.cost_analysis()
     return (cost[0] if isinstance(cost, list) else cost)["flops"]
 

@@ -1,4 +1,5 @@
 """Seeds trained together as members of one vmapped step equal the same seeds trained one by one."""
+
 import json
 import os
 import subprocess
@@ -20,17 +21,28 @@ SEEDS = (1, 2, 3)  # seed 1 stops early after 3 epochs, seeds 2 and 3 after 2
 # the ReLU: before it (Model 0's order) the conv biases get a gradient of pure rounding noise, which
 # Adam scales to full steps, so vmap's other summation order would show up as different biases.
 OVERRIDES = {
-    "model.widths": (4, 8, 8), "model.dense_widths": (16,), "data.builtin_per_class": 24,
-    "model.bn_placement": "conv_relu_bn",
-    "train.batch_size": 8, "eval.batch_size": 8, "train.log_every_steps": 4, "train.epochs": 4,
-    "train.augment": True, "train.early_stopping": True, "train.early_stopping_patience": 1,
-    "optim.plateau_patience": 1, "train.vectorize": "vmap",  # the accelerators' way; CPU's "map" below
-    "data.cache_dir": os.path.join(tempfile.gettempdir(), "fer_jax_test_cache"),
+  "model.widths": (4, 8, 8),
+  "model.dense_widths": (16,),
+  "data.builtin_per_class": 24,
+  "model.bn_placement": "conv_relu_bn",
+  "train.batch_size": 8,
+  "eval.batch_size": 8,
+  "train.log_every_steps": 4,
+  "train.epochs": 4,
+  "train.augment": True,
+  "train.early_stopping": True,
+  "train.early_stopping_patience": 1,
+  "optim.plateau_patience": 1,
+  "train.vectorize": "vmap",  # the accelerators' way; CPU's "map" below
+  "data.cache_dir": os.path.join(tempfile.gettempdir(), "fer_jax_test_cache"),
 }
 
 
 def _configs():
-  return [config_loading.load_config("configs/model_0.py:quick", {**OVERRIDES, "train.seed": s}) for s in SEEDS]
+  return [
+    config_loading.load_config("configs/model_0.py:quick", {**OVERRIDES, "train.seed": s})
+    for s in SEEDS
+  ]
 
 
 def _history(workdir):
@@ -57,23 +69,35 @@ def separate_and_together(tmp_path_factory):
 def test_members_equal_separate_runs(separate_and_together):
   separate, together, summaries = separate_and_together
   epochs_run = [s["epochs_run"] for s in summaries]
-  assert min(epochs_run) < OVERRIDES["train.epochs"], "no member stopped early: the test would not cover it"
-  assert len(set(epochs_run)) > 1, "every member stopped at the same epoch: the test would not cover leaving"
+  assert min(epochs_run) < OVERRIDES["train.epochs"], (
+    "no member stopped early: the test would not cover it"
+  )
+  assert len(set(epochs_run)) > 1, (
+    "every member stopped at the same epoch: the test would not cover leaving"
+  )
   assert [s["seed"] for s in summaries] == list(SEEDS)
   for sep, tog, summary in zip(separate, together, summaries):
     assert _files(tog) == _files(sep)
     got, want = _history(tog), _history(sep)
     assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
     for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"):
-      np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=1e-4, err_msg=f"{tog} {key}")
+      np.testing.assert_allclose(
+        [r[key] for r in got], [r[key] for r in want], rtol=1e-4, err_msg=f"{tog} {key}"
+      )
     with open(os.path.join(sep, "metrics.json")) as f:
       ref = json.load(f)
-    assert summary["best"]["epoch"] == ref["best"]["epoch"] and summary["stopped_early"] == ref["stopped_early"]
+    assert (
+      summary["best"]["epoch"] == ref["best"]["epoch"]
+      and summary["stopped_early"] == ref["stopped_early"]
+    )
     assert summary["seed"] == ref["seed"] and summary["test"]["accuracy"] == ref["test"]["accuracy"]
     # Float32 rounding of grouped (vmapped) vs plain convolutions, a few epochs on: 1e-5 in the
     # losses above, up to ~1e-3 in single probabilities (the accuracies are equal exactly).
-    np.testing.assert_allclose(np.load(os.path.join(tog, "test_predictions.npz"))["probs"],
-                               np.load(os.path.join(sep, "test_predictions.npz"))["probs"], atol=2e-3)
+    np.testing.assert_allclose(
+      np.load(os.path.join(tog, "test_predictions.npz"))["probs"],
+      np.load(os.path.join(sep, "test_predictions.npz"))["probs"],
+      atol=2e-3,
+    )
     epochs = {d for d in os.listdir(os.path.join(tog, "checkpoints")) if d.isdigit()}
     assert epochs == {str(ref["best"]["epoch"]), str(ref["epochs_run"])}  # the best and the last
 
@@ -96,12 +120,20 @@ def test_members_on_device_groups_equal_separate_runs(separate_and_together, tmp
   """4 CPU devices, 2 members: each member on its own group of 2 devices."""
   separate, _, _ = separate_and_together
   workdirs = [str(tmp_path / f"seed{s}") for s in SEEDS[:2]]
-  script = (f"from fer_jax import config_loading\nfrom fer_jax.train import loop\n"
-            f"configs = [config_loading.load_config('configs/model_0.py:quick', {{**{OVERRIDES!r}, 'train.seed': s}})"
-            f" for s in {SEEDS[:2]!r}]\n"
-            f"loop.train_together(configs, {workdirs!r})\n")
-  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env=dict(os.environ, PYTHONPATH=ROOT, JAX_NUM_CPU_DEVICES="4"))
+  script = (
+    f"from fer_jax import config_loading\nfrom fer_jax.train import loop\n"
+    f"configs = [config_loading.load_config('configs/model_0.py:quick', {{**{OVERRIDES!r}, 'train.seed': s}})"
+    f" for s in {SEEDS[:2]!r}]\n"
+    f"loop.train_together(configs, {workdirs!r})\n"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", script],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, PYTHONPATH=ROOT, JAX_NUM_CPU_DEVICES="4"),
+  )
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
   assert "2 runs as members of one vectorized step, on 2 group(s) of 2 device(s)" in out.stdout
   for got_dir, want_dir in zip(workdirs, separate):
@@ -109,7 +141,9 @@ def test_members_on_device_groups_equal_separate_runs(separate_and_together, tmp
     assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
     # 2 devices per member sum its batch in another order than 1 device (as in test_train)
     for key in ("train_loss", "val_loss"):
-      np.testing.assert_allclose([r[key] for r in got], [r[key] for r in want], rtol=2e-3, err_msg=key)
+      np.testing.assert_allclose(
+        [r[key] for r in got], [r[key] for r in want], rtol=2e-3, err_msg=key
+      )
 
 
 def test_members_must_differ_only_in_seed():
@@ -123,8 +157,13 @@ def test_mapped_members_equal_plain_steps():
   """train.vectorize='map' (CPU's default): the members one after another in one program."""
   from fer_jax import models
   from fer_jax.train import steps
-  configs = [config_loading.load_config("configs/model_0.py:quick", {**OVERRIDES, "train.seed": s,
-                                                                     "train.vectorize": "map"}) for s in SEEDS]
+
+  configs = [
+    config_loading.load_config(
+      "configs/model_0.py:quick", {**OVERRIDES, "train.seed": s, "train.vectorize": "map"}
+    )
+    for s in SEEDS
+  ]
   model = models.build(configs[0].model, 4)
   states = []
   for config in configs:
@@ -135,7 +174,9 @@ def test_mapped_members_equal_plain_steps():
   y = rng.integers(0, 4, (len(SEEDS), 8))
   keys = jnp.stack([jax.random.key(s) for s in SEEDS])
   plain = steps.make_train_step(configs[0], model, tx, 4, param_labels=labels)
-  together = steps.make_train_step(configs[0], model, tx, 4, param_labels=labels, members=len(SEEDS))
+  together = steps.make_train_step(
+    configs[0], model, tx, 4, param_labels=labels, members=len(SEEDS)
+  )
   stacked = loop.stack(states)  # before the plain steps, which donate (delete) their states
   want = []
   for i, state in enumerate(states):
@@ -146,8 +187,11 @@ def test_mapped_members_equal_plain_steps():
     stacked, metrics = together(stacked, x, y, keys)
   for i, (state, m) in enumerate(want):
     np.testing.assert_allclose(metrics["loss"][i], m["loss"], rtol=1e-6)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-7), stacked.params,
-                 state.params)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-7),
+      stacked.params,
+      state.params,
+    )
 
 
 @pytest.mark.parametrize("impl", ["im2col", "winograd"])
@@ -161,7 +205,9 @@ def test_custom_conv_gradients_under_vmap(impl):
     return jnp.sum(cpu_conv.max_pool_2x2(jax.nn.relu(cpu_conv.conv2d_same(x, k, impl)), impl) ** 2)
 
   def reference(x, k):
-    return jnp.sum(cpu_conv.max_pool_2x2(jax.nn.relu(cpu_conv.conv2d_same(x, k, "xla")), "xla") ** 2)
+    return jnp.sum(
+      cpu_conv.max_pool_2x2(jax.nn.relu(cpu_conv.conv2d_same(x, k, "xla")), "xla") ** 2
+    )
 
   got = jax.vmap(jax.grad(loss, argnums=(0, 1)))(x, k)
   for m in range(3):

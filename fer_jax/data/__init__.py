@@ -9,6 +9,7 @@ Modules: `folders` (image folders), `fer2013` (FER2013 and FER+ CSVs), `tfds_sou
 (prepared TFDS datasets), `builtin` (synthetic faces), `splits` (split names, stratified
 hold-out), `cache` (.npz caches).
 """
+
 import collections
 import dataclasses
 import os
@@ -36,7 +37,9 @@ class Dataset:
   name: str  # short description of the source (used in reports)
   classes: tuple  # class names, in label order
   splits: dict  # split name -> Split
-  report: dict = dataclasses.field(default_factory=dict)  # load report: skipped files, moved images, cache
+  report: dict = dataclasses.field(
+    default_factory=dict
+  )  # load report: skipped files, moved images, cache
 
   def sizes(self):
     return {k: len(v) for k, v in self.splits.items()}
@@ -54,19 +57,24 @@ class Dataset:
     sizes = ", ".join(f"{k} {v}" for k, v in self.sizes().items())
     lines = [f"data: {self.name}: {sizes}"]
     if "cache" in r:
-      lines[0] += (f"; cache {'hit' if r['cache']['hit'] else 'built'}"
-                   f" ({r.get('load_seconds', 0):.1f} s)")
+      lines[0] += (
+        f"; cache {'hit' if r['cache']['hit'] else 'built'} ({r.get('load_seconds', 0):.1f} s)"
+      )
     if r.get("val_from_train"):
       v = r["val_from_train"]
-      lines.append(f"  no val split: {v['moved']} train images ({v['fraction']:.0%}) moved to val, "
-                   f"stratified by class, seed {v['seed']}")
+      lines.append(
+        f"  no val split: {v['moved']} train images ({v['fraction']:.0%}) moved to val, "
+        f"stratified by class, seed {v['seed']}"
+      )
     for what in ("skipped", "bad_files"):
       items = r.get(what) or []
       if items:
         reasons = collections.Counter(reason.split(" (")[0] for _, reason in items)
         counts = "; ".join(f"{n} {reason}" for reason, n in reasons.most_common())
-        lines.append(f"  {what.replace('_', ' ')}: {len(items)} ({counts}); "
-                     f"first: {items[0][0]}; all in Dataset.report[{what!r}]")
+        lines.append(
+          f"  {what.replace('_', ' ')}: {len(items)} ({counts}); "
+          f"first: {items[0][0]}; all in Dataset.report[{what!r}]"
+        )
     if r.get("dropped"):
       lines.append("  dropped: " + ", ".join(f"{n} {why}" for why, n in r["dropped"].items()))
     return "\n".join(lines)
@@ -74,9 +82,13 @@ class Dataset:
 
 def load_params(data_cfg, **source_options):
   """Everything that changes the arrays a source reads: part of the cache key."""
-  return dict(image_size=data_cfg.image_size, channels=data_cfg.channels,
-              resize_filter=data_cfg.resize_filter, classes=list(data_cfg.classes),
-              **source_options)
+  return dict(
+    image_size=data_cfg.image_size,
+    channels=data_cfg.channels,
+    resize_filter=data_cfg.resize_filter,
+    classes=list(data_cfg.classes),
+    **source_options,
+  )
 
 
 def resolve_source(data_cfg):
@@ -92,8 +104,10 @@ def resolve_source(data_cfg):
     return "ferplus" if os.path.basename(root).lower() == "fer2013new.csv" else "fer2013"
   if not os.path.exists(root):
     raise FileNotFoundError(f"config.data.root: {root!r} does not exist")
-  raise ValueError(f"config.data.root: {root!r} is neither a folder nor a .csv file; "
-                   "set config.data.source explicitly")
+  raise ValueError(
+    f"config.data.root: {root!r} is neither a folder nor a .csv file; "
+    "set config.data.source explicitly"
+  )
 
 
 def assemble(name, classes, parts, report):
@@ -101,11 +115,17 @@ def assemble(name, classes, parts, report):
 
   `parts` maps split -> (images, labels, paths). `report` must name the source's 'root'.
   """
-  out = {s: Split(np.ascontiguousarray(parts[s][0], np.uint8), np.asarray(parts[s][1], np.int32),
-                  parts[s][2]) for s in SPLITS if s in parts and len(parts[s][1])}
+  out = {
+    s: Split(
+      np.ascontiguousarray(parts[s][0], np.uint8), np.asarray(parts[s][1], np.int32), parts[s][2]
+    )
+    for s in SPLITS
+    if s in parts and len(parts[s][1])
+  }
   if not out:
-    raise ValueError(f"config.data.root: no images of the classes {', '.join(classes)} "
-                     f"in {report['root']!r}")
+    raise ValueError(
+      f"config.data.root: no images of the classes {', '.join(classes)} in {report['root']!r}"
+    )
   return Dataset(name, tuple(classes), out, report)
 
 
@@ -118,26 +138,34 @@ def finalize(dataset, data_cfg):
     raise ValueError(f"config.data.root: no train images found in {root!r}")
   if "val" not in parts:
     train = parts["train"]
-    keep, held = splits.stratified_holdout(train.labels, data_cfg.val_fraction,
-                                           data_cfg.split_seed)
-    pick = lambda idx: Split(train.images[idx], train.labels[idx],
-                             [train.paths[i] for i in idx] if train.paths else None)
+    keep, held = splits.stratified_holdout(train.labels, data_cfg.val_fraction, data_cfg.split_seed)
+    pick = lambda idx: Split(
+      train.images[idx], train.labels[idx], [train.paths[i] for i in idx] if train.paths else None
+    )
     parts["train"], parts["val"] = pick(keep), pick(held)
-    dataset.report["val_from_train"] = dict(fraction=data_cfg.val_fraction,
-                                            seed=data_cfg.split_seed, moved=len(held))
+    dataset.report["val_from_train"] = dict(
+      fraction=data_cfg.val_fraction, seed=data_cfg.split_seed, moved=len(held)
+    )
   if "test" not in parts:
-    raise ValueError(f"config.data.root: no test images found in {root!r}; add a test split "
-                     "(or re-split the data, e.g. with python -m data_tools.stratify)")
+    raise ValueError(
+      f"config.data.root: no test images found in {root!r}; add a test split "
+      "(or re-split the data, e.g. with python -m data_tools.stratify)"
+    )
   train_counts = np.bincount(parts["train"].labels, minlength=len(dataset.classes))
   if not train_counts.all():
     missing = [c for c, n in zip(dataset.classes, train_counts) if n == 0]
-    raise ValueError(f"config.data.root: no train images of class {', '.join(missing)} in "
-                     f"{root!r}; check the class folder names and config.data.classes")
+    raise ValueError(
+      f"config.data.root: no train images of class {', '.join(missing)} in "
+      f"{root!r}; check the class folder names and config.data.classes"
+    )
   test_counts = np.bincount(parts["test"].labels, minlength=len(dataset.classes))
   if not test_counts.all():
     missing = [c for c, n in zip(dataset.classes, test_counts) if n == 0]
-    print(f"warning: no test images of class {', '.join(missing)} in {root!r}: the test report "
-          "marks its recall and F1 'no test images'", flush=True)
+    print(
+      f"warning: no test images of class {', '.join(missing)} in {root!r}: the test report "
+      "marks its recall and F1 'no test images'",
+      flush=True,
+    )
   return Dataset(dataset.name, dataset.classes, {s: parts[s] for s in SPLITS}, dataset.report)
 
 
@@ -148,21 +176,27 @@ def load(data_cfg, verbose=True, as_found=False):
   what the audit reports on. Prints `Dataset.summary()` unless verbose=False.
   """
   from fer_jax.data import builtin
+
   source = resolve_source(data_cfg)
   if source == "builtin":
     return builtin.load(data_cfg)
   if source == "folder":
     from fer_jax.data import folders
+
     dataset = folders.load(data_cfg)
   elif source in ("fer2013", "ferplus"):
     from fer_jax.data import fer2013
+
     dataset = fer2013.load(data_cfg, ferplus=source == "ferplus")
   elif source.startswith("tfds:") and len(source) > len("tfds:"):
     from fer_jax.data import tfds_source
-    dataset = tfds_source.load(data_cfg, source[len("tfds:"):])
+
+    dataset = tfds_source.load(data_cfg, source[len("tfds:") :])
   else:
-    raise ValueError(f"config.data.source: unknown source {source!r}; use auto, builtin, folder, "
-                     "fer2013, ferplus or tfds:<name>")
+    raise ValueError(
+      f"config.data.source: unknown source {source!r}; use auto, builtin, folder, "
+      "fer2013, ferplus or tfds:<name>"
+    )
   if not as_found:
     dataset = finalize(dataset, data_cfg)
   if verbose:

@@ -3,6 +3,7 @@
 Both are pure functions of sizes and seeds, so every process of a multi-host run computes the
 same batches without talking to the others, and a resumed run repeats an epoch exactly.
 """
+
 import numpy as np
 
 
@@ -16,5 +17,5 @@ def padded_batches(num_examples, batch_size):
   for start in range(0, num_examples, batch_size):
     idx = np.arange(start, min(start + batch_size, num_examples))
     mask = np.ones(batch_size, np.float32)
-    mask[len(idx):] = 0.0
+    mask[len(idx) :] = 0.0
     yield np.pad(idx, (0, batch_size - len(idx))), mask

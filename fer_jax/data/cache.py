@@ -12,6 +12,7 @@ Files are written to a temporary name and moved into place (`os.replace`), so an
 build leaves no half-written cache. Arrays only, read with allow_pickle=False; the load report
 is stored as a JSON string.
 """
+
 import contextlib
 import glob
 import hashlib
@@ -37,7 +38,7 @@ def files_fingerprint(root, files):
   """sha256 over sorted (path relative to `root`, size, mtime_ns) of the source files."""
   # Slicing, not os.path.relpath: relpath costs more than the rest of a 25k-file cached load.
   prefix = os.path.join(os.fspath(root), "")
-  rel = lambda p: p[len(prefix):] if p.startswith(prefix) else p
+  rel = lambda p: p[len(prefix) :] if p.startswith(prefix) else p
   lines = sorted(f"{rel(os.fspath(p))}\0{size}\0{mtime_ns}" for p, size, mtime_ns in files)
   return digest("\n".join(lines), 16)
 
@@ -59,14 +60,23 @@ def cache_key(source, root, params, name=None):
   name = name or os.path.basename(os.path.normpath(root)) or "data"
   params = dict(params, format_version=FORMAT_VERSION)
   readable = lambda text: re.sub(r"[^A-Za-z0-9_.]+", "_", text)
-  return "-".join([readable(source), readable(name), digest(os.path.abspath(root), 8),
-                   digest(json.dumps(params, sort_keys=True, default=list), 8)])
+  return "-".join(
+    [
+      readable(source),
+      readable(name),
+      digest(os.path.abspath(root), 8),
+      digest(json.dumps(params, sort_keys=True, default=list), 8),
+    ]
+  )
 
 
 def write(path, dataset):
-  arrays = {"name": np.array(dataset.name), "classes": np.array(list(dataset.classes)),
-            "split_names": np.array(list(dataset.splits)),
-            "report": np.array(json.dumps(dataset.report))}
+  arrays = {
+    "name": np.array(dataset.name),
+    "classes": np.array(list(dataset.classes)),
+    "split_names": np.array(list(dataset.splits)),
+    "report": np.array(json.dumps(dataset.report)),
+  }
   for split, part in dataset.splits.items():
     arrays[f"{split}/images"] = part.images
     arrays[f"{split}/labels"] = part.labels
@@ -99,7 +109,9 @@ def read(path):
 def check_split(name, split, num_classes):
   images, labels = split.images, split.labels
   if images.dtype != np.uint8 or images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
-    raise ValueError(f"split {name}: images {images.dtype}{list(images.shape)} do not match labels {list(labels.shape)}")
+    raise ValueError(
+      f"split {name}: images {images.dtype}{list(images.shape)} do not match labels {list(labels.shape)}"
+    )
   if split.paths is not None and len(split.paths) != len(labels):
     raise ValueError(f"split {name}: {len(split.paths)} paths for {len(labels)} labels")
   if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
@@ -128,11 +140,18 @@ def load_or_build(cache_dir, key, fingerprint, build):
       dataset = build()
       try:
         write(path, dataset)
-      except OSError as e:  # a read-only or full cache folder costs a rebuild next time, nothing else
-        print(f"warning: cannot write the cache {path} ({e.strerror}); loaded without caching "
-              "(set config.data.cache_dir to a writable folder)", flush=True)
+      except (
+        OSError
+      ) as e:  # a read-only or full cache folder costs a rebuild next time, nothing else
+        print(
+          f"warning: cannot write the cache {path} ({e.strerror}); loaded without caching "
+          "(set config.data.cache_dir to a writable folder)",
+          flush=True,
+        )
         path = None
-      for stale in glob.glob(os.path.join(glob.escape(cache_dir), f"{glob.escape(key)}-*.npz")) if path else ():
+      for stale in (
+        glob.glob(os.path.join(glob.escape(cache_dir), f"{glob.escape(key)}-*.npz")) if path else ()
+      ):
         if stale != path:
           with contextlib.suppress(FileNotFoundError):  # another process got there first
             os.remove(stale)

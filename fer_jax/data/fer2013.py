@@ -11,6 +11,7 @@ votes over neutral, happiness, surprise, sadness, anger, disgust, fear, contempt
 NF (not a face). The label is the majority vote (`ferplus_label`); rows with an empty image
 name are faces the FER+ authors removed, and are dropped.
 """
+
 import collections
 import csv
 import dataclasses
@@ -24,16 +25,27 @@ from fer_jax.data import cache
 from fer_jax.data.folders import match_class, to_array
 from fer_jax.data.splits import normalize_split
 
-FER2013_SIDE = 48  # every row holds a 48x48 gray face; the loader resizes it to config.data.image_size
+FER2013_SIDE = (
+  48  # every row holds a 48x48 gray face; the loader resizes it to config.data.image_size
+)
 FER2013_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-FERPLUS_EMOTIONS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
-                    "contempt")
+FERPLUS_EMOTIONS = (
+  "neutral",
+  "happiness",
+  "surprise",
+  "sadness",
+  "anger",
+  "disgust",
+  "fear",
+  "contempt",
+)
 FERPLUS_NOT_EMOTIONS = ("unknown", "nf")  # lower-cased column names
 
 
 @dataclasses.dataclass
 class Row:
   """One CSV record: its line number, and either its fields or the reason it is malformed."""
+
   line: int
   fields: dict = None  # lower-cased column name -> text
   error: str = None
@@ -50,8 +62,10 @@ def read_csv(path, required):
     header = [h.strip().lower() for h in next(reader, [])]
     missing = [c for c in required if c not in header]
     if missing:
-      raise ValueError(f"config.data.root: {path} has no column {', '.join(missing)} "
-                       f"(header: {','.join(header) or 'empty'})")
+      raise ValueError(
+        f"config.data.root: {path} has no column {', '.join(missing)} "
+        f"(header: {','.join(header) or 'empty'})"
+      )
     rows = []
     for fields in reader:
       if not fields:
@@ -127,7 +141,10 @@ def _locate(root, ferplus):
     if not os.path.isfile(path):
       raise FileNotFoundError(f"config.data.root: no fer2013.csv in {root!r}")
     return path, None
-  pixels_csv, votes_csv = os.path.join(folder, "fer2013.csv"), os.path.join(folder, "fer2013new.csv")
+  pixels_csv, votes_csv = (
+    os.path.join(folder, "fer2013.csv"),
+    os.path.join(folder, "fer2013new.csv"),
+  )
   if os.path.isfile(root) and os.path.basename(root).lower() != "fer2013new.csv":
     pixels_csv = root  # the pixels CSV under another name, fer2013new.csv beside it
   for p in (pixels_csv, votes_csv):
@@ -144,8 +161,11 @@ def _to_size(pixels, data_cfg):
 
 
 def _ferplus_options(data_cfg):
-  return dict(ties=data_cfg.ferplus_ties, min_votes=int(data_cfg.ferplus_min_votes),
-              unknown=data_cfg.ferplus_unknown)
+  return dict(
+    ties=data_cfg.ferplus_ties,
+    min_votes=int(data_cfg.ferplus_min_votes),
+    unknown=data_cfg.ferplus_unknown,
+  )
 
 
 def _build(data_cfg, pixels_csv, votes_csv):
@@ -155,8 +175,10 @@ def _build(data_cfg, pixels_csv, votes_csv):
   if votes_csv:
     _, vote_rows = read_csv(votes_csv, FERPLUS_EMOTIONS + FERPLUS_NOT_EMOTIONS + ("image name",))
     if len(vote_rows) != len(rows):
-      raise ValueError(f"config.data.root: {votes_csv} has {len(vote_rows)} rows but "
-                       f"{pixels_csv} has {len(rows)}; FER+ labels must match FER2013 row by row")
+      raise ValueError(
+        f"config.data.root: {votes_csv} has {len(vote_rows)} rows but "
+        f"{pixels_csv} has {len(rows)}; FER+ labels must match FER2013 row by row"
+      )
     options = _ferplus_options(data_cfg)
   class_of = [match_class(name, classes) for name in FER2013_CLASSES]
   per_split = collections.defaultdict(lambda: ([], [], []))
@@ -183,11 +205,17 @@ def _build(data_cfg, pixels_csv, votes_csv):
     labels.append(label)
     paths.append(where)
   shape = (0, data_cfg.image_size, data_cfg.image_size, data_cfg.channels)
-  parts = {s: (np.stack(v[0]) if v[0] else np.zeros(shape, np.uint8), np.array(v[1], np.int32), v[2])
-           for s, v in per_split.items()}
+  parts = {
+    s: (np.stack(v[0]) if v[0] else np.zeros(shape, np.uint8), np.array(v[1], np.int32), v[2])
+    for s, v in per_split.items()
+  }
   source = "ferplus" if votes_csv else "fer2013"
-  report = {"source": source, "root": os.fspath(data_cfg.root), "skipped": skipped,
-            "dropped": dict(dropped)}
+  report = {
+    "source": source,
+    "root": os.fspath(data_cfg.root),
+    "skipped": skipped,
+    "dropped": dict(dropped),
+  }
   return data.assemble(f"{source}:{pixels_csv}", classes, parts, report)
 
 
@@ -216,5 +244,6 @@ def load(data_cfg, ferplus=False):
   # Keyed by the pixels CSV, so two CSVs in one folder (train.csv, test.csv) keep their own caches.
   key = cache.cache_key(source, pixels_csv, params)
   fingerprint = cache.files_fingerprint(os.path.dirname(pixels_csv), cache.stat_files(csvs))
-  return cache.load_or_build(data_cfg.cache_dir, key, fingerprint,
-                             lambda: _build(data_cfg, pixels_csv, votes_csv))
+  return cache.load_or_build(
+    data_cfg.cache_dir, key, fingerprint, lambda: _build(data_cfg, pixels_csv, votes_csv)
+  )

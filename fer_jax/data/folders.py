@@ -11,6 +11,7 @@ conversion would clip them); everything else goes through Pillow's `convert` to 
 luma) or 'RGB'. The image is resized with the configured filter only when its size differs,
 without keeping the aspect ratio (as Keras' `image_dataset_from_directory` did for the study).
 """
+
 import concurrent.futures
 import dataclasses
 import functools
@@ -29,25 +30,37 @@ from fer_jax.data.splits import name_key, normalize_split
 Image.init()
 # Extensions of formats Pillow can open (registered_extensions also lists save-only ones: PDF...).
 IMAGE_EXTENSIONS = frozenset(
-    ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+  ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN
+)
 
 RESIZE_FILTERS = {
-    "nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING,
+  "nearest": Image.Resampling.NEAREST,
+  "bilinear": Image.Resampling.BILINEAR,
+  "bicubic": Image.Resampling.BICUBIC,
+  "lanczos": Image.Resampling.LANCZOS,
+  "box": Image.Resampling.BOX,
+  "hamming": Image.Resampling.HAMMING,
 }
 
 # Folder names researchers use for the FER2013 / FER+ / AffectNet classes -> the canonical name.
 # Keys and values are compared after `name_key` (lower case, no '_', '-' or spaces).
 CLASS_ALIASES = {
-    "happiness": "happy", "joy": "happy", "joyful": "happy", "smile": "happy",
-    "sadness": "sad", "unhappy": "sad",
-    "surprised": "surprise", "surprize": "surprise",
-    "neutrality": "neutral",
-    "anger": "angry", "mad": "angry",
-    "disgusted": "disgust",
-    "fearful": "fear", "afraid": "fear", "scared": "fear",
-    "contemptuous": "contempt",
+  "happiness": "happy",
+  "joy": "happy",
+  "joyful": "happy",
+  "smile": "happy",
+  "sadness": "sad",
+  "unhappy": "sad",
+  "surprised": "surprise",
+  "surprize": "surprise",
+  "neutrality": "neutral",
+  "anger": "angry",
+  "mad": "angry",
+  "disgusted": "disgust",
+  "fearful": "fear",
+  "afraid": "fear",
+  "scared": "fear",
+  "contemptuous": "contempt",
 }
 
 _INT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -108,7 +121,9 @@ def _kind(entry, skipped):
     if entry.is_dir():
       target = os.path.realpath(entry.path)
       here = os.path.realpath(os.path.dirname(entry.path))
-      if here == target or here.startswith(target.rstrip(os.sep) + os.sep):  # walking it would never end
+      if here == target or here.startswith(
+        target.rstrip(os.sep) + os.sep
+      ):  # walking it would never end
         skipped.append((entry.path, "symlink loop (links back to a folder above it)"))
         return None
       return "dir"
@@ -190,7 +205,8 @@ def to_mode(im, channels):
     wide = np.asarray(im, dtype=np.int64)
     im = Image.fromarray(((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8), "L")
   elif im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-      im.mode == "P" and "transparency" in im.info):
+    im.mode == "P" and "transparency" in im.info
+  ):
     rgba = im.convert("RGBA")
     im = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
   return im.convert("L" if channels == 1 else "RGB")
@@ -201,8 +217,9 @@ def resample_filter(name):
   try:
     return RESIZE_FILTERS[name]
   except KeyError:
-    raise ValueError(f"config.data.resize_filter: unknown filter {name!r}; "
-                     f"use one of {', '.join(RESIZE_FILTERS)}") from None
+    raise ValueError(
+      f"config.data.resize_filter: unknown filter {name!r}; use one of {', '.join(RESIZE_FILTERS)}"
+    ) from None
 
 
 def _check_params(channels, resize_filter):
@@ -276,7 +293,9 @@ def executor(workers):
   """
   if "jax" in sys.modules:
     return concurrent.futures.ThreadPoolExecutor(workers)
-  return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+  return concurrent.futures.ProcessPoolExecutor(
+    workers, mp_context=multiprocessing.get_context("fork")
+  )
 
 
 def map_chunks(fn, items, chunk, workers=0, progress=None):
@@ -293,13 +312,13 @@ def map_chunks(fn, items, chunk, workers=0, progress=None):
   starts = range(0, n, chunk)
   if workers == 1 or n <= chunk:
     for s in starts:
-      result = fn(items[s:s + chunk])
+      result = fn(items[s : s + chunk])
       if progress is not None:
         progress.update(min(chunk, n - s))
       yield s, result
   else:
     with executor(workers) as pool:
-      futures = {pool.submit(fn, items[s:s + chunk]): s for s in starts}
+      futures = {pool.submit(fn, items[s : s + chunk]): s for s in starts}
       for fut in concurrent.futures.as_completed(futures):
         s = futures[fut]
         result = fut.result()
@@ -308,8 +327,9 @@ def map_chunks(fn, items, chunk, workers=0, progress=None):
         yield s, result
 
 
-def decode_many(paths, size, channels, resize_filter="bilinear", num_workers=0,
-                label="loading images"):
+def decode_many(
+  paths, size, channels, resize_filter="bilinear", num_workers=0, label="loading images"
+):
   """Decodes files in parallel -> (images uint8 [N, size, size, C], ok_mask bool [N], errors).
 
   `errors` lists (path, reason) for the files that failed; their rows in `images` are zero and
@@ -327,11 +347,14 @@ def decode_many(paths, size, channels, resize_filter="bilinear", num_workers=0,
   # Chunks amortise the inter-process transfer; ~8 per worker keeps the progress line moving.
   chunk = int(min(1024, max(64, -(-n // (workers * 8)))))
   progress = Progress(label, n)
-  decode = functools.partial(_decode_chunk, size=size, channels=channels, resize_filter=resize_filter)
-  for start, (chunk_images, chunk_ok, chunk_errors) in map_chunks(decode, paths, chunk, workers,
-                                                                  progress):
-    images[start:start + len(chunk_ok)] = chunk_images  # stored as each chunk arrives
-    ok[start:start + len(chunk_ok)] = chunk_ok
+  decode = functools.partial(
+    _decode_chunk, size=size, channels=channels, resize_filter=resize_filter
+  )
+  for start, (chunk_images, chunk_ok, chunk_errors) in map_chunks(
+    decode, paths, chunk, workers, progress
+  ):
+    images[start : start + len(chunk_ok)] = chunk_images  # stored as each chunk arrives
+    ok[start : start + len(chunk_ok)] = chunk_ok
     errors.extend(chunk_errors)
   progress.close()
   errors.sort()
@@ -348,16 +371,22 @@ def load(data_cfg):
   classes = tuple(data_cfg.classes)
   scan = scan_tree(root, classes)
   if not scan.files:
-    raise ValueError(f"config.data.root: no images of the classes {', '.join(classes)} "
-                     f"under {root!r} (expected <root>/<split>/<class>/<image>)")
+    raise ValueError(
+      f"config.data.root: no images of the classes {', '.join(classes)} "
+      f"under {root!r} (expected <root>/<split>/<class>/<image>)"
+    )
   params = data.load_params(data_cfg)
   key = cache.cache_key("folder", root, params)
   fingerprint = cache.files_fingerprint(root, [(f.path, f.size, f.mtime_ns) for f in scan.files])
 
   def build():
-    images, ok, bad_files = decode_many([f.path for f in scan.files], data_cfg.image_size,
-                                        data_cfg.channels, data_cfg.resize_filter,
-                                        data_cfg.num_workers)
+    images, ok, bad_files = decode_many(
+      [f.path for f in scan.files],
+      data_cfg.image_size,
+      data_cfg.channels,
+      data_cfg.resize_filter,
+      data_cfg.num_workers,
+    )
     split_of = np.array([f.split or "train" for f in scan.files])
     labels = np.array([f.label for f in scan.files], np.int32)
     parts = {}

@@ -3,12 +3,12 @@
 Hand-written because it is ten lines and the project has no tqdm dependency: on a terminal it
 redraws one line; in a log (CI, nohup) it prints a line roughly every 10 % so logs stay short.
 """
+
 import sys
 import time
 
 
 class Progress:
-
   def __init__(self, label, total, stream=None):
     self.label, self.total, self.done = label, total, 0
     self.stream = stream or sys.stderr

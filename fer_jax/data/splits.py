@@ -4,14 +4,24 @@
 `stratified_holdout` moves a seeded, per-class fraction of one split to another, which is how
 a missing val split is made (docs/study.md: 10 % of train, stratified by class, seed 42).
 """
+
 import numpy as np
 
 # Keys are lower-case with '_', '-' and spaces removed (see `name_key`).
 SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val", "dev": "val", "eval": "val",
-    "publictest": "val", "public": "val",
-    "test": "test", "testing": "test", "privatetest": "test", "private": "test",
+  "train": "train",
+  "training": "train",
+  "val": "val",
+  "valid": "val",
+  "validation": "val",
+  "dev": "val",
+  "eval": "val",
+  "publictest": "val",
+  "public": "val",
+  "test": "test",
+  "testing": "test",
+  "privatetest": "test",
+  "private": "test",
 }
 
 

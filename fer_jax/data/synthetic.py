@@ -23,10 +23,20 @@ through the face's position, scale and in-plane tilt (the `look`).
   look (nuisance; drawn by `sample_look`): position, scale, tilt, face shape, skin, hair,
     background texture, lighting, contrast, noise, edge softness and occluders.
 """
+
 import numpy as np
 
-EXPRESSION_PARAMS = ("mouth_lift", "mouth_open", "mouth_width", "mouth_asym", "teeth",
-                     "brow_raise", "brow_slant", "brow_arch", "eye_open")
+EXPRESSION_PARAMS = (
+  "mouth_lift",
+  "mouth_open",
+  "mouth_width",
+  "mouth_asym",
+  "teeth",
+  "brow_raise",
+  "brow_slant",
+  "brow_arch",
+  "eye_open",
+)
 
 # Fixed layout of a face, in face units (the expression moves parts around these).
 FACE_CENTER_V = 0.05
@@ -47,45 +57,49 @@ def sample_look(n, rng):
   uniform = lambda lo, hi: rng.uniform(lo, hi, n).astype(np.float32)
   coin = lambda p: rng.random(n) < p
   look = {
-      "scale": uniform(0.8, 1.12),  # FER crops are tight: the face fills most of the frame
-      "center_x": uniform(-0.12, 0.12),
-      "center_y": uniform(-0.1, 0.12),
-      "tilt": np.deg2rad(uniform(-16, 16)),
-      "face_width": uniform(0.68, 0.82),
-      "face_height": uniform(0.92, 1.08),
-      "skin": uniform(85, 205),
-      "hair": np.where(coin(0.7), uniform(10, 70), uniform(140, 230)).astype(np.float32),
-      "hairline": uniform(-0.95, -0.6),
-      "hair_slope": uniform(-0.25, 0.25),
-      "background": uniform(20, 235),
-      "bg_texture": uniform(0, 35),
-      "softness": uniform(0.9, 1.8),  # edge blur, in pixels (focus / compression)
-      "light_x": uniform(-0.35, 0.35),
-      "light_y": uniform(-0.25, 0.25),
-      "contrast": uniform(0.65, 1.3),
-      "brightness": uniform(-30, 30),
-      "noise": uniform(1, 9),
-      "gaze_u": uniform(-0.03, 0.03),
-      "gaze_v": uniform(-0.015, 0.015),
-      # occluders: a hand or object blob, a bar (microphone, scarf, text strip), glasses
-      "hand": coin(0.25),
-      "hand_u": uniform(-0.7, 0.7),
-      "hand_v": uniform(0.1, 1.0),
-      "hand_radius": uniform(0.18, 0.35),
-      "hand_tone": uniform(70, 220),
-      "bar": coin(0.15),
-      "bar_angle": np.deg2rad(uniform(-90, 90)),
-      "bar_offset": uniform(-0.9, 0.9),
-      "bar_half_width": uniform(0.03, 0.09),
-      "bar_tone": uniform(0, 255),
-      "glasses": coin(0.2),
-      "sunglasses": coin(0.25),  # among faces with glasses: dark lenses hide the eyes
+    "scale": uniform(0.8, 1.12),  # FER crops are tight: the face fills most of the frame
+    "center_x": uniform(-0.12, 0.12),
+    "center_y": uniform(-0.1, 0.12),
+    "tilt": np.deg2rad(uniform(-16, 16)),
+    "face_width": uniform(0.68, 0.82),
+    "face_height": uniform(0.92, 1.08),
+    "skin": uniform(85, 205),
+    "hair": np.where(coin(0.7), uniform(10, 70), uniform(140, 230)).astype(np.float32),
+    "hairline": uniform(-0.95, -0.6),
+    "hair_slope": uniform(-0.25, 0.25),
+    "background": uniform(20, 235),
+    "bg_texture": uniform(0, 35),
+    "softness": uniform(0.9, 1.8),  # edge blur, in pixels (focus / compression)
+    "light_x": uniform(-0.35, 0.35),
+    "light_y": uniform(-0.25, 0.25),
+    "contrast": uniform(0.65, 1.3),
+    "brightness": uniform(-30, 30),
+    "noise": uniform(1, 9),
+    "gaze_u": uniform(-0.03, 0.03),
+    "gaze_v": uniform(-0.015, 0.015),
+    # occluders: a hand or object blob, a bar (microphone, scarf, text strip), glasses
+    "hand": coin(0.25),
+    "hand_u": uniform(-0.7, 0.7),
+    "hand_v": uniform(0.1, 1.0),
+    "hand_radius": uniform(0.18, 0.35),
+    "hand_tone": uniform(70, 220),
+    "bar": coin(0.15),
+    "bar_angle": np.deg2rad(uniform(-90, 90)),
+    "bar_offset": uniform(-0.9, 0.9),
+    "bar_half_width": uniform(0.03, 0.09),
+    "bar_tone": uniform(0, 255),
+    "glasses": coin(0.2),
+    "sunglasses": coin(0.25),  # among faces with glasses: dark lenses hide the eyes
   }
   # texture: a few random low-frequency waves
-  look["bg_freq"] = (rng.uniform(2, 9, (n, 3, 2)) * rng.choice([-1, 1], (n, 3, 2))).astype(np.float32)
+  look["bg_freq"] = (rng.uniform(2, 9, (n, 3, 2)) * rng.choice([-1, 1], (n, 3, 2))).astype(
+    np.float32
+  )
   look["bg_phase"] = rng.uniform(0, 2 * np.pi, (n, 3)).astype(np.float32)
   # mild colour casts for RGB output (ignored for grayscale)
-  look["skin_tint"] = (np.array([1.07, 1.0, 0.88], np.float32) + rng.uniform(-0.04, 0.04, (n, 3))).astype(np.float32)
+  look["skin_tint"] = (
+    np.array([1.07, 1.0, 0.88], np.float32) + rng.uniform(-0.04, 0.04, (n, 3))
+  ).astype(np.float32)
   look["bg_tint"] = (1 + rng.uniform(-0.1, 0.1, (n, 3))).astype(np.float32)
   return look
 
@@ -117,7 +131,7 @@ def _coverage(signed_distance, aa):
 def _ellipse_distance(u, v, a, b):
   """Approximate signed distance to an axis-aligned ellipse (first order in the implicit function)."""
   k = np.sqrt((u / a) ** 2 + (v / b) ** 2)
-  grad = np.sqrt((u / a ** 2) ** 2 + (v / b ** 2) ** 2)
+  grad = np.sqrt((u / a**2) ** 2 + (v / b**2) ** 2)
   return k * (k - 1) / np.maximum(grad, 1e-6)
 
 
@@ -157,8 +171,10 @@ def _paint(img, lk, box, paint):
   px_per_unit = scale * size / 2
   margin = 3  # pixels: anti-aliasing reaches up to about one blurred pixel beyond an edge
   corners = []
-  for centre, offset, reach in ((lk["center_x"][:, 0, 0], cos * cu - sin * cv, np.abs(cos) * hu + np.abs(sin) * hv),
-                                (lk["center_y"][:, 0, 0], sin * cu + cos * cv, np.abs(sin) * hu + np.abs(cos) * hv)):
+  for centre, offset, reach in (
+    (lk["center_x"][:, 0, 0], cos * cu - sin * cv, np.abs(cos) * hu + np.abs(sin) * hv),
+    (lk["center_y"][:, 0, 0], sin * cu + cos * cv, np.abs(sin) * hu + np.abs(cos) * hv),
+  ):
     mid = (centre + scale * offset + 1) * size / 2 - 0.5  # window centre, in pixel indices
     extent = min(size, int(np.ceil(2 * np.max(reach * px_per_unit))) + 2 * margin + 1)
     first = np.clip(np.rint(mid - (extent - 1) / 2), 0, size - extent).astype(np.int64)
@@ -174,7 +190,7 @@ def _render(ex, lk, size):
   """Clean grayscale faces (float, 0..255) and the face's alpha, [n, size, size]."""
   ex = {k: _col(v) for k, v in ex.items()}
   lk = {k: (_col(v) if v.ndim == 1 else v) for k, v in lk.items()}
-  grid = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1)
+  grid = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
   x, y = grid[None, None, :], grid[None, :, None]
   u, v = _face_coords(x, y, lk)
   aa = lk["softness"] * (2 / size) / lk["scale"]  # one (blurred) pixel in face units
@@ -195,13 +211,19 @@ def _render(ex, lk, size):
   rim = (u / lk["face_width"]) ** 2 + (fv / lk["face_height"]) ** 2
   face_alpha = _coverage(face_d, aa)
   img = _over(img, s * (1 - 0.18 * np.clip(rim, 0, 1)), face_alpha)
-  hair_d = np.maximum(_ellipse_distance(u, fv, lk["face_width"] + 0.06, lk["face_height"] + 0.08),
-                      v - (lk["hairline"] + lk["hair_slope"] * u))
+  hair_d = np.maximum(
+    _ellipse_distance(u, fv, lk["face_width"] + 0.06, lk["face_height"] + 0.08),
+    v - (lk["hairline"] + lk["hair_slope"] * u),
+  )
   img = _over(img, lk["hair"], _coverage(hair_d, aa))
 
   # eyes, brows and glasses: one window per side reaching from the brow top to the lens bottom
-  brow_v = EYE_V - EYE_HALF_HEIGHT - ex["brow_raise"] - BROW_HALF_THICKNESS  # brow centre line at rest
-  top = np.max(EYE_V - brow_v + ex["brow_arch"] + np.abs(ex["brow_slant"]) / 2) + BROW_HALF_THICKNESS
+  brow_v = (
+    EYE_V - EYE_HALF_HEIGHT - ex["brow_raise"] - BROW_HALF_THICKNESS
+  )  # brow centre line at rest
+  top = (
+    np.max(EYE_V - brow_v + ex["brow_arch"] + np.abs(ex["brow_slant"]) / 2) + BROW_HALF_THICKNESS
+  )
   bottom = max(np.max(EYE_HALF_HEIGHT * ex["eye_open"]) + LID, LENS_HALF_HEIGHT + FRAME)
   half_u = max(BROW_HALF_WIDTH + BROW_HALF_THICKNESS, LENS_HALF_WIDTH + FRAME)
 
@@ -216,15 +238,23 @@ def _render(ex, lk, size):
       p = _over(p, 0.18 * s, np.minimum(iris, sclera))
       # the brow's inner end (towards the nose, t = -side) rises by brow_slant
       coeffs = (brow_v - ex["brow_arch"], side * ex["brow_slant"] / 2, ex["brow_arch"])
-      brow_d = _curve_band_distance(u, v, side * EYE_U, BROW_HALF_WIDTH, coeffs, BROW_HALF_THICKNESS)
+      brow_d = _curve_band_distance(
+        u, v, side * EYE_U, BROW_HALF_WIDTH, coeffs, BROW_HALF_THICKNESS
+      )
       p = _over(p, np.minimum(0.35 * s, lk["hair"]), _coverage(brow_d, aa))
       lens_d = _ellipse_distance(eu, ev, LENS_HALF_WIDTH, LENS_HALF_HEIGHT)
       p = _over(p, 20.0, _coverage(lens_d, aa) * (lk["glasses"] * lk["sunglasses"]))
       return _over(p, 25.0, _coverage(np.abs(lens_d) - FRAME, aa) * lk["glasses"])
+
     return paint
 
   for side in (-1, 1):
-    _paint(img, lk, (side * EYE_U, EYE_V + (bottom - top) / 2, half_u, (bottom + top) / 2), eye_and_brow(side))
+    _paint(
+      img,
+      lk,
+      (side * EYE_U, EYE_V + (bottom - top) / 2, half_u, (bottom + top) / 2),
+      eye_and_brow(side),
+    )
   bridge_v = EYE_V - 0.04
 
   def bridge(p, u, v):
@@ -235,7 +265,9 @@ def _render(ex, lk, size):
 
   def nostrils(p, u, v):
     for side in (-1, 1):
-      p = _over(p, 0.5 * s, _coverage(np.hypot(u - side * NOSTRIL_U, v - NOSTRIL_V) - NOSTRIL_RADIUS, aa))
+      p = _over(
+        p, 0.5 * s, _coverage(np.hypot(u - side * NOSTRIL_U, v - NOSTRIL_V) - NOSTRIL_RADIUS, aa)
+      )
     return p
 
   _paint(img, lk, (0, NOSTRIL_V, NOSTRIL_U + NOSTRIL_RADIUS, NOSTRIL_RADIUS), nostrils)
@@ -248,7 +280,9 @@ def _render(ex, lk, size):
     gap = ex["mouth_open"] * np.sqrt(np.clip(1 - t * t, 0, 1))
     across = (v - line) / np.sqrt(1 + slope * slope)
     along = np.abs(u) - ex["mouth_width"]
-    p = _over(p, 0.35 * s, _coverage(np.maximum(np.abs(across) - gap - LIP_HALF_THICKNESS, along), aa))
+    p = _over(
+      p, 0.35 * s, _coverage(np.maximum(np.abs(across) - gap - LIP_HALF_THICKNESS, along), aa)
+    )
     cavity = _coverage(np.maximum(np.abs(across) - gap, along), aa)
     p = _over(p, 0.12 * s, cavity)
     teeth = _coverage(np.maximum(across - (2 * ex["teeth"] - 1) * gap, along), aa)
@@ -261,14 +295,25 @@ def _render(ex, lk, size):
 
   # occluders, drawn before lighting so they are lit with the face
   def hand(p, u, v):
-    d = _ellipse_distance(u - lk["hand_u"], v - lk["hand_v"], lk["hand_radius"], HAND_ASPECT * lk["hand_radius"])
+    d = _ellipse_distance(
+      u - lk["hand_u"], v - lk["hand_v"], lk["hand_radius"], HAND_ASPECT * lk["hand_radius"]
+    )
     return _over(p, lk["hand_tone"], _coverage(d, aa) * lk["hand"])
 
   r = lk["hand_radius"][:, 0, 0]
-  _paint(img, lk, (lk["hand_u"][:, 0, 0], lk["hand_v"][:, 0, 0], np.max(r), HAND_ASPECT * np.max(r)), hand)
+  _paint(
+    img,
+    lk,
+    (lk["hand_u"][:, 0, 0], lk["hand_v"][:, 0, 0], np.max(r), HAND_ASPECT * np.max(r)),
+    hand,
+  )
   if lk["bar"].any():  # a straight band across the whole image
-    across_bar = np.abs(np.cos(lk["bar_angle"]) * x + np.sin(lk["bar_angle"]) * y - lk["bar_offset"])
-    img = _over(img, lk["bar_tone"], _coverage(across_bar - lk["bar_half_width"], 2 / size) * lk["bar"])
+    across_bar = np.abs(
+      np.cos(lk["bar_angle"]) * x + np.sin(lk["bar_angle"]) * y - lk["bar_offset"]
+    )
+    img = _over(
+      img, lk["bar_tone"], _coverage(across_bar - lk["bar_half_width"], 2 / size) * lk["bar"]
+    )
 
   # lighting gradient across the image, then contrast and brightness
   img = img * (1 + lk["light_x"] * x + lk["light_y"] * y)
@@ -281,8 +326,10 @@ def _finish(gray, face_alpha, lk, channels, rng):
   """Tints (RGB only), adds pixel noise and quantises to uint8 [n, H, W, channels]."""
   img = gray[..., None]
   if channels == 3:
-    tint = (face_alpha[..., None] * lk["skin_tint"][:, None, None, :]
-            + (1 - face_alpha[..., None]) * lk["bg_tint"][:, None, None, :])
+    tint = (
+      face_alpha[..., None] * lk["skin_tint"][:, None, None, :]
+      + (1 - face_alpha[..., None]) * lk["bg_tint"][:, None, None, :]
+    )
     img = img * tint
   img = img + rng.standard_normal(img.shape, np.float32) * lk["noise"][:, None, None, None]
   return np.clip(np.rint(img), 0, 255).astype(np.uint8)

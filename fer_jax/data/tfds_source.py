@@ -11,6 +11,7 @@ names; `config.data.tfds_splits` ('train=train[:90%],val=train[90%:],test=test')
 TensorFlow is imported here only, and only when this source is used: reading a prepared
 dataset needs it (the `tfds` extra: `pip install 'fer_jax[tfds]'`).
 """
+
 import collections
 
 import numpy as np
@@ -21,8 +22,10 @@ from fer_jax.data import cache
 from fer_jax.data.folders import match_class, to_array
 from fer_jax.data.splits import normalize_split
 
-INSTALL_HINT = ("reading TFDS datasets needs tensorflow-datasets and TensorFlow: "
-                "pip install 'fer_jax[tfds]' (or `make test`, which installs them)")
+INSTALL_HINT = (
+  "reading TFDS datasets needs tensorflow-datasets and TensorFlow: "
+  "pip install 'fer_jax[tfds]' (or `make test`, which installs them)"
+)
 
 
 def _import_tfds():
@@ -60,12 +63,16 @@ def _build(builder, tfds, data_cfg, split_map, skipped):
   features = builder.info.features
   for key in (image_key, label_key):
     if key not in features:
-      raise ValueError(f"config.data.tfds_{'image' if key == image_key else 'label'}_key: "
-                       f"{builder.name} has no feature {key!r} (features: {', '.join(features)})")
+      raise ValueError(
+        f"config.data.tfds_{'image' if key == image_key else 'label'}_key: "
+        f"{builder.name} has no feature {key!r} (features: {', '.join(features)})"
+      )
   names = getattr(features[label_key], "names", None)
   if not names:
-    raise ValueError(f"config.data.tfds_label_key: feature {label_key!r} of {builder.name} "
-                     "is not a ClassLabel with names")
+    raise ValueError(
+      f"config.data.tfds_label_key: feature {label_key!r} of {builder.name} "
+      "is not a ClassLabel with names"
+    )
   classes = tuple(data_cfg.classes)
   label_of = [match_class(n, classes) for n in names]
   size, channels = data_cfg.image_size, data_cfg.channels
@@ -82,15 +89,23 @@ def _build(builder, tfds, data_cfg, split_map, skipped):
           continue
         pixels = np.asarray(example[image_key], np.uint8)
         if pixels.shape != (size, size, channels):
-          pixels = to_array(Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels),
-                            size, channels, data_cfg.resize_filter)
+          pixels = to_array(
+            Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels),
+            size,
+            channels,
+            data_cfg.resize_filter,
+          )
         images.append(pixels)
         labels.append(label)
         paths.append(f"tfds:{builder.name}/{spec}/{i}")
     empty = np.zeros((0, size, size, channels), np.uint8)
     parts[split] = (np.stack(images) if images else empty, np.array(labels, np.int32), paths)
-  report = {"source": f"tfds:{builder.name}", "root": str(builder.data_dir), "skipped": skipped,
-            "dropped": dict(dropped)}
+  report = {
+    "source": f"tfds:{builder.name}",
+    "root": str(builder.data_dir),
+    "skipped": skipped,
+    "dropped": dict(dropped),
+  }
   return data.assemble(f"tfds:{builder.name}", classes, parts, report)
 
 
@@ -100,22 +115,35 @@ def load(data_cfg, name):
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # tfds raises DatasetNotFoundError, registry errors, ...
-    raise ValueError(f"config.data.source: TFDS dataset {name!r} not found in "
-                     f"{data_dir or 'the default data_dir'} ({type(e).__name__}: {e})") from None
+    raise ValueError(
+      f"config.data.source: TFDS dataset {name!r} not found in "
+      f"{data_dir or 'the default data_dir'} ({type(e).__name__}: {e})"
+    ) from None
   if not builder.is_prepared():
-    raise ValueError(f"config.data.source: TFDS dataset {name!r} is not prepared in "
-                     f"{builder.data_dir}; prepare it first (`tfds build {name} "
-                     f"--data_dir={data_dir or '...'}`)")
+    raise ValueError(
+      f"config.data.source: TFDS dataset {name!r} is not prepared in "
+      f"{builder.data_dir}; prepare it first (`tfds build {name} "
+      f"--data_dir={data_dir or '...'}`)"
+    )
   split_map, skipped = _split_map(builder, data_cfg)
-  params = data.load_params(data_cfg, tfds_splits=dict(split_map),
-                            image_key=data_cfg.tfds_image_key,
-                            label_key=data_cfg.tfds_label_key)
+  params = data.load_params(
+    data_cfg,
+    tfds_splits=dict(split_map),
+    image_key=data_cfg.tfds_image_key,
+    label_key=data_cfg.tfds_label_key,
+  )
   key = cache.cache_key("tfds", str(builder.data_dir), params, name=builder.name)
   # The prepared files are not always on a local disk (gs://), so the fingerprint is what
   # TFDS records about them: version and, per split, examples, bytes and shard lengths.
   info = builder.info
-  signature = [(str(info.version), s, v.num_examples, v.num_bytes, list(v.shard_lengths))
-               for s, v in sorted(info.splits.items())]
+  signature = [
+    (str(info.version), s, v.num_examples, v.num_bytes, list(v.shard_lengths))
+    for s, v in sorted(info.splits.items())
+  ]
   fingerprint = cache.digest(repr(signature), 16)
-  return cache.load_or_build(data_cfg.cache_dir, key, fingerprint,
-                             lambda: _build(builder, tfds, data_cfg, split_map, skipped))
+  return cache.load_or_build(
+    data_cfg.cache_dir,
+    key,
+    fingerprint,
+    lambda: _build(builder, tfds, data_cfg, split_map, skipped),
+  )

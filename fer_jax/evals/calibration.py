@@ -15,6 +15,7 @@ The saved threshold is the rule's: `config.eval.confidence_threshold`, or, when
 `config.eval.threshold_target_accuracy` is set, the lowest threshold whose answered val faces
 (calibrated) are right at least that often.
 """
+
 import dataclasses
 import json
 import os
@@ -22,11 +23,14 @@ import os
 import numpy as np
 from scipy import optimize, special
 
-from fer_jax.train import history
 from fer_jax.evals import metrics
+from fer_jax.train import history
 
 FILE = os.path.join("checkpoints", "calibration.json")
-LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]; a chance-level model reaches 55 (near-uniform probabilities)
+LOG_T_BOUNDS = (
+  -4.0,
+  4.0,
+)  # T in [0.018, 55]; a chance-level model reaches 55 (near-uniform probabilities)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +54,12 @@ def fit_temperature(logits, labels):
   labels = np.asarray(labels)
   if len(labels) == 0:
     raise ValueError("cannot fit a temperature on an empty split")
-  res = optimize.minimize_scalar(lambda log_t: nll(logits, labels, np.exp(log_t)), bounds=LOG_T_BOUNDS,
-                                 method="bounded", options={"xatol": 1e-4})
+  res = optimize.minimize_scalar(
+    lambda log_t: nll(logits, labels, np.exp(log_t)),
+    bounds=LOG_T_BOUNDS,
+    method="bounded",
+    options={"xatol": 1e-4},
+  )
   return float(np.exp(res.x))
 
 
@@ -85,10 +93,12 @@ def calibrate(val_logits, val_labels, eval_config):
     threshold = 1.0 if threshold is None else threshold
   cal = Calibration(temperature=temperature, threshold=threshold)
   record = {
-      "temperature": temperature, "threshold": threshold, "threshold_target_accuracy": target or None,
-      "val_raw": _scores(metrics.calibration(val_labels, raw)),
-      "val_calibrated": _scores(metrics.calibration(val_labels, calibrated)),
-      "val_rule": metrics.confidence_rule(val_labels, calibrated, threshold),
+    "temperature": temperature,
+    "threshold": threshold,
+    "threshold_target_accuracy": target or None,
+    "val_raw": _scores(metrics.calibration(val_labels, raw)),
+    "val_calibrated": _scores(metrics.calibration(val_labels, calibrated)),
+    "val_rule": metrics.confidence_rule(val_labels, calibrated, threshold),
   }
   return cal, record
 
@@ -109,9 +119,13 @@ def load(workdir, default_threshold=0.7):
   try:
     with open(path) as f:
       values = json.load(f)
-    cal = Calibration(temperature=float(values["temperature"]), threshold=float(values["threshold"]))
+    cal = Calibration(
+      temperature=float(values["temperature"]), threshold=float(values["threshold"])
+    )
   except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(f"{path}: unreadable calibration ({e}); delete it and rerun the same command to refit") from None
+    raise ValueError(
+      f"{path}: unreadable calibration ({e}); delete it and rerun the same command to refit"
+    ) from None
   if not (cal.temperature > 0 and 0.0 <= cal.threshold <= 1.0):
     raise ValueError(f"{path}: temperature must be > 0 and threshold in [0, 1], got {values}")
   return cal

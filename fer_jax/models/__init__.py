@@ -10,6 +10,7 @@ Every model is called as `model(x, train)` on float32 NHWC images in [0, 1] at t
 this package runs a model only through `apply`, which owns Linen's collections (`params`,
 `batch_stats`), the dropout rng and `mutable`.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,17 +18,19 @@ import numpy as np
 from fer_jax.models import cnn, efficientnet, mini_xception, resnet_v2, vgg16
 
 REGISTRY = {
-    "cnn": cnn,
-    "vgg16": vgg16,
-    "resnet50v2": resnet_v2,
-    "efficientnet_b0": efficientnet,
-    "mini_xception": mini_xception,
+  "cnn": cnn,
+  "vgg16": vgg16,
+  "resnet50v2": resnet_v2,
+  "efficientnet_b0": efficientnet,
+  "mini_xception": mini_xception,
 }
 
 
 def _module(model_cfg):
   if model_cfg.name not in REGISTRY:
-    raise ValueError(f"config.model.name: unknown model {model_cfg.name!r}; known: {', '.join(sorted(REGISTRY))}")
+    raise ValueError(
+      f"config.model.name: unknown model {model_cfg.name!r}; known: {', '.join(sorted(REGISTRY))}"
+    )
   return REGISTRY[model_cfg.name]
 
 
@@ -45,7 +48,9 @@ def load_pretrained(model_cfg, variables):
   """Variables with `model_cfg.init_from` loaded, for models that support it; unchanged otherwise."""
   fn = getattr(_module(model_cfg), "load_pretrained", None)
   if model_cfg.init_from and fn is None:
-    raise ValueError(f"config.model.init_from: model {model_cfg.name!r} cannot load pretrained weights")
+    raise ValueError(
+      f"config.model.init_from: model {model_cfg.name!r} cannot load pretrained weights"
+    )
   return fn(model_cfg, variables) if fn else variables
 
 
@@ -60,14 +65,18 @@ def apply(model, variables, x, *, train, rng=None):
   variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
   if not train:
     return model.apply(variables, x, train=False)
-  logits, updates = model.apply(variables, x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+  logits, updates = model.apply(
+    variables, x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+  )
   return logits, updates.get("batch_stats", variables["batch_stats"])
 
 
 def init_variables(model, input_shape, seed=0):
   """Initial {'params', 'batch_stats'} for a batch of `input_shape` = (H, W, C), jit-compiled."""
   x = jnp.zeros((1, *input_shape), jnp.float32)
-  return jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, train=False))(jax.random.key(seed))
+  return jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, train=False))(
+    jax.random.key(seed)
+  )
 
 
 def count_params(variables, labels=None):
@@ -76,7 +85,13 @@ def count_params(variables, labels=None):
   params = variables.get("params", {})
   frozen = 0
   if labels is not None:
-    frozen = int(sum(np.prod(p.shape) for p, l in zip(jax.tree.leaves(params), jax.tree.leaves(labels)) if l == "frozen"))
+    frozen = int(
+      sum(
+        np.prod(p.shape)
+        for p, l in zip(jax.tree.leaves(params), jax.tree.leaves(labels))
+        if l == "frozen"
+      )
+    )
   total = size(variables)
   non_trainable = size({k: v for k, v in variables.items() if k != "params"}) + frozen
   return {"total": total, "trainable": total - non_trainable, "non_trainable": non_trainable}

@@ -4,13 +4,13 @@ Layer names follow the structure (`conv{block}_{i}`, `bn{block}_{i}` / `bn{block
 `dense{j}_bn`, `logits`) so L2 masks, summaries and weight porting can select layers by name.
 Initialisers are Keras's (glorot-uniform kernels, zero biases) so training starts as the study's did.
 """
-from typing import Sequence
+
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fer_jax.models.kernels import conv_choice
-from fer_jax.models.kernels import cpu_conv
+from fer_jax.models.kernels import conv_choice, cpu_conv
 from fer_jax.models.layers import glorot
 
 BN_PLACEMENTS = ("conv_bn_relu", "conv_relu_bn", "block_end", "none")
@@ -19,6 +19,7 @@ BN_PLACEMENTS = ("conv_bn_relu", "conv_relu_bn", "block_end", "none")
 class Conv3x3(nn.Module):
   """'same' 3x3 convolution with bias, dispatching to fer_jax.models.kernels.cpu_conv for its gradient
   ('auto': the implementation fer_jax.models.kernels.conv_choice picks for this layer's shapes)."""
+
   features: int
   impl: str = "xla"
   dtype: jnp.dtype = jnp.float32
@@ -27,13 +28,16 @@ class Conv3x3(nn.Module):
   def __call__(self, x):
     kernel = self.param("kernel", glorot, (3, 3, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    impl = conv_choice.choose(x.shape, kernel.shape, self.dtype) if self.impl == "auto" else self.impl
+    impl = (
+      conv_choice.choose(x.shape, kernel.shape, self.dtype) if self.impl == "auto" else self.impl
+    )
     y = cpu_conv.conv2d_same(x.astype(self.dtype), kernel.astype(self.dtype), impl)
     return y + bias.astype(self.dtype)
 
 
 class CNN(nn.Module):
   """Blocks of 3x3 convs (+BN, pool, dropout), then a Flatten/GAP head with hidden Dense layers."""
+
   num_classes: int
   widths: Sequence[int]
   convs_per_block: int
@@ -51,8 +55,9 @@ class CNN(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def _bn(self, name, train):
-    return nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                        epsilon=self.bn_epsilon, name=name)
+    return nn.BatchNorm(
+      use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name
+    )
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -75,8 +80,16 @@ class CNN(nn.Module):
     x = x.reshape(x.shape[0], -1) if self.head_pool == "flatten" else jnp.mean(x, axis=(1, 2))
     if self.head_pre_dropout:
       x = nn.Dropout(self.head_pre_dropout, deterministic=not train)(x)
-    x = dense_head(x, self.num_classes, self.dense_widths, (self.dense_bn,) * len(self.dense_widths),
-                   self.dense_dropouts, lambda name: self._bn(name, train), self.dtype, train)
+    x = dense_head(
+      x,
+      self.num_classes,
+      self.dense_widths,
+      (self.dense_bn,) * len(self.dense_widths),
+      self.dense_dropouts,
+      lambda name: self._bn(name, train),
+      self.dtype,
+      train,
+    )
     return x.astype(jnp.float32)
 
 
@@ -99,10 +112,16 @@ def _check(cfg):
   """Fails on inconsistent lengths with the field's name, before any tracing."""
   n = len(cfg.widths)
   if cfg.bn_placement not in BN_PLACEMENTS:
-    raise ValueError(f"config.model.bn_placement: {cfg.bn_placement!r} is not one of {BN_PLACEMENTS}")
+    raise ValueError(
+      f"config.model.bn_placement: {cfg.bn_placement!r} is not one of {BN_PLACEMENTS}"
+    )
   if cfg.head_pool not in ("flatten", "gap"):
     raise ValueError(f"config.model.head_pool: {cfg.head_pool!r} is not 'flatten' or 'gap'")
-  for field, want in (("pool_after", n), ("block_dropouts", n), ("dense_dropouts", len(cfg.dense_widths))):
+  for field, want in (
+    ("pool_after", n),
+    ("block_dropouts", n),
+    ("dense_dropouts", len(cfg.dense_widths)),
+  ):
     if len(cfg[field]) != want:
       raise ValueError(f"config.model.{field}: has {len(cfg[field])} entries, needs {want}")
 
@@ -111,19 +130,19 @@ def build(cfg, num_classes):
   """The CNN described by config.model (see configs/common.py for each field)."""
   _check(cfg)
   return CNN(
-      num_classes=num_classes,
-      widths=tuple(cfg.widths),
-      convs_per_block=cfg.convs_per_block,
-      bn_placement=cfg.bn_placement,
-      pool_after=tuple(bool(p) for p in cfg.pool_after),
-      block_dropouts=tuple(cfg.block_dropouts),
-      head_pool=cfg.head_pool,
-      head_pre_dropout=cfg.head_pre_dropout,
-      dense_widths=tuple(cfg.dense_widths),
-      dense_bn=cfg.dense_bn,
-      dense_dropouts=tuple(cfg.dense_dropouts),
-      bn_momentum=cfg.bn_momentum,
-      bn_epsilon=cfg.bn_epsilon,
-      conv_impl=cpu_conv.resolve_impl(cfg.conv_impl),
-      dtype=jnp.dtype(cfg.dtype),
+    num_classes=num_classes,
+    widths=tuple(cfg.widths),
+    convs_per_block=cfg.convs_per_block,
+    bn_placement=cfg.bn_placement,
+    pool_after=tuple(bool(p) for p in cfg.pool_after),
+    block_dropouts=tuple(cfg.block_dropouts),
+    head_pool=cfg.head_pool,
+    head_pre_dropout=cfg.head_pre_dropout,
+    dense_widths=tuple(cfg.dense_widths),
+    dense_bn=cfg.dense_bn,
+    dense_dropouts=tuple(cfg.dense_dropouts),
+    bn_momentum=cfg.bn_momentum,
+    bn_epsilon=cfg.bn_epsilon,
+    conv_impl=cpu_conv.resolve_impl(cfg.conv_impl),
+    dtype=jnp.dtype(cfg.dtype),
   )

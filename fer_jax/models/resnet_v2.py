@@ -6,6 +6,7 @@ epsilon 1.001e-5, the stride on the *last* block of each stack, explicit zero pa
 the strided convs and the stem's max-pool. Layer names are Keras's (`conv2_block1_preact_bn`, ...),
 grouped by residual block, so `resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5` ports by name.
 """
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -24,6 +25,7 @@ EPSILON = 1.001e-5
 
 class PreactBlock(nn.Module):
   """Keras residual_block_v2: BN-ReLU pre-activation, 1x1 -> 3x3 (stride) -> 1x1 (4x filters)."""
+
   filters: int
   stride: int = 1
   conv_shortcut: bool = False
@@ -35,14 +37,33 @@ class PreactBlock(nn.Module):
     n, d, init = self.name, self.dtype, self.kernel_init
     preact = nn.relu(batch_norm(f"{n}_preact_bn", train, EPSILON, d)(x))
     if self.conv_shortcut:
-      shortcut = conv(4 * self.filters, 1, f"{n}_0_conv", strides=self.stride, padding="VALID", kernel_init=init,
-                      dtype=d)(preact)
+      shortcut = conv(
+        4 * self.filters,
+        1,
+        f"{n}_0_conv",
+        strides=self.stride,
+        padding="VALID",
+        kernel_init=init,
+        dtype=d,
+      )(preact)
     else:
-      shortcut = x[:, ::self.stride, ::self.stride] if self.stride > 1 else x  # MaxPooling2D(1, strides)
-    y = conv(self.filters, 1, f"{n}_1_conv", padding="VALID", use_bias=False, kernel_init=init, dtype=d)(preact)
+      shortcut = (
+        x[:, :: self.stride, :: self.stride] if self.stride > 1 else x
+      )  # MaxPooling2D(1, strides)
+    y = conv(
+      self.filters, 1, f"{n}_1_conv", padding="VALID", use_bias=False, kernel_init=init, dtype=d
+    )(preact)
     y = nn.relu(batch_norm(f"{n}_1_bn", train, EPSILON, d)(y))
-    y = conv(self.filters, 3, f"{n}_2_conv", strides=self.stride, padding=((1, 1), (1, 1)), use_bias=False,
-             kernel_init=init, dtype=d)(y)
+    y = conv(
+      self.filters,
+      3,
+      f"{n}_2_conv",
+      strides=self.stride,
+      padding=((1, 1), (1, 1)),
+      use_bias=False,
+      kernel_init=init,
+      dtype=d,
+    )(y)
     y = nn.relu(batch_norm(f"{n}_2_bn", train, EPSILON, d)(y))
     y = conv(4 * self.filters, 1, f"{n}_3_conv", padding="VALID", kernel_init=init, dtype=d)(y)
     return shortcut + y
@@ -55,13 +76,26 @@ class ResNet50V2(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):
     d = self.dtype
-    x = conv(64, 7, "conv1_conv", strides=2, padding=((3, 3), (3, 3)), kernel_init=self.kernel_init, dtype=d)(x)
+    x = conv(
+      64,
+      7,
+      "conv1_conv",
+      strides=2,
+      padding=((3, 3), (3, 3)),
+      kernel_init=self.kernel_init,
+      dtype=d,
+    )(x)
     x = nn.max_pool(zero_pad(x, ((1, 1), (1, 1))), (3, 3), strides=(2, 2), padding="VALID")
     for name, filters, blocks, stride in STACKS:
       for i in range(1, blocks + 1):
-        x = PreactBlock(filters, stride=stride if i == blocks else 1, conv_shortcut=i == 1,
-                        kernel_init=self.kernel_init, dtype=d,
-                        name=f"{name}_block{i}")(x, train)
+        x = PreactBlock(
+          filters,
+          stride=stride if i == blocks else 1,
+          conv_shortcut=i == 1,
+          kernel_init=self.kernel_init,
+          dtype=d,
+          name=f"{name}_block{i}",
+        )(x, train)
     return nn.relu(batch_norm("post_bn", train, EPSILON, d)(x))
 
 

@@ -1,4 +1,5 @@
 """A Keras-style `summary()`: every layer with its output shape and parameter count."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -37,9 +38,11 @@ def layer_rows(model, input_shape):
   paths = [p for p, _ in calls]
   rows = []
   for path, shape in calls:
-    if any(len(q) > len(path) and q[:len(path)] == path for q in paths):
+    if any(len(q) > len(path) and q[: len(path)] == path for q in paths):
       continue  # a container; its layers have rows of their own
-    n = _size(_subtree(variables.get("params", {}), path)) + _size(_subtree(variables.get("batch_stats", {}), path))
+    n = _size(_subtree(variables.get("params", {}), path)) + _size(
+      _subtree(variables.get("batch_stats", {}), path)
+    )
     rows.append(("/".join(path), tuple(shape), n))
   return rows, variables
 
@@ -52,11 +55,16 @@ def model_summary(config):
   labels = models.param_labels(config.model, variables["params"])
   counts = models.count_params(variables, labels)
   width = max([len(r[0]) for r in rows] + [20]) + 2
-  lines = [f'Model "{config.name}" ({config.model.name}), input {input_shape}, {num_classes} classes',
-           f"{'Layer':<{width}}{'Output shape':<24}{'Param #':>12}", "-" * (width + 36)]
+  lines = [
+    f'Model "{config.name}" ({config.model.name}), input {input_shape}, {num_classes} classes',
+    f"{'Layer':<{width}}{'Output shape':<24}{'Param #':>12}",
+    "-" * (width + 36),
+  ]
   lines += [f"{name:<{width}}{str((None,) + shape[1:]):<24}{n:>12,}" for name, shape, n in rows]
-  lines += ["-" * (width + 36),
-            f"Total params: {counts['total']:,}",
-            f"Trainable params: {counts['trainable']:,}",
-            f"Non-trainable params: {counts['non_trainable']:,}"]
+  lines += [
+    "-" * (width + 36),
+    f"Total params: {counts['total']:,}",
+    f"Trainable params: {counts['trainable']:,}",
+    f"Non-trainable params: {counts['non_trainable']:,}",
+  ]
   return "\n".join(lines)

@@ -13,6 +13,7 @@ The 224x224 images exist only inside the step, a batch at a time.
             rest frozen; backbone BatchNorm stays in inference mode (Keras's fine-tuning advice);
   train     the whole backbone trains, BatchNorm in training mode.
 """
+
 import os
 
 import flax.linen as nn
@@ -30,12 +31,16 @@ BACKBONE_MODES = ("freeze", "finetune", "train")
 # jax.distributed.initialize().
 _CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
 PREPROCESSING = {
-    "caffe": lambda x: x[..., ::-1] * 255.0 - _CAFFE_BGR_MEAN,  # VGG16: BGR, 0-255, ImageNet mean removed
-    "tf": lambda x: x * 2.0 - 1.0,  # ResNet50V2, mini-XCEPTION: [-1, 1]
-    "scale255": lambda x: x * 255.0,  # EfficientNet normalises 0-255 input itself
-    "none": lambda x: x,  # the study's raw [0, 1] feeding
+  "caffe": lambda x: (
+    x[..., ::-1] * 255.0 - _CAFFE_BGR_MEAN
+  ),  # VGG16: BGR, 0-255, ImageNet mean removed
+  "tf": lambda x: x * 2.0 - 1.0,  # ResNet50V2, mini-XCEPTION: [-1, 1]
+  "scale255": lambda x: x * 255.0,  # EfficientNet normalises 0-255 input itself
+  "none": lambda x: x,  # the study's raw [0, 1] feeding
 }
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # OpenCV's RGB -> gray, as the fer package converts
+_LUMA = np.array(
+  [0.299, 0.587, 0.114], np.float32
+)  # OpenCV's RGB -> gray, as the fer package converts
 
 
 def prepare(x, size, channels, preprocessing):
@@ -48,12 +53,15 @@ def prepare(x, size, channels, preprocessing):
   elif c == 3 and channels == 1:
     x = (x @ _LUMA)[..., None]
   elif c != channels:
-    raise ValueError(f"config.data.channels: {c} channels cannot feed a backbone that takes {channels}")
+    raise ValueError(
+      f"config.data.channels: {c} channels cannot feed a backbone that takes {channels}"
+    )
   return PREPROCESSING[preprocessing](x)
 
 
 class DenseHead(nn.Module):
   """The study's heads: GAP -> [Dense ReLU (-> BN) (-> dropout)]* -> Dense(num_classes)."""
+
   num_classes: int
   widths: tuple
   batch_norm: tuple
@@ -64,13 +72,21 @@ class DenseHead(nn.Module):
   @nn.compact
   def __call__(self, features, train=False):
     x = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
-    make_bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,  # noqa: E731
-                                        epsilon=1e-3, dtype=self.dtype, name=name)
-    return cnn.dense_head(x, self.num_classes, self.widths, self.batch_norm, self.dropouts, make_bn, self.dtype, train)
+    make_bn = lambda name: nn.BatchNorm(
+      use_running_average=not train,
+      momentum=self.bn_momentum,  # noqa: E731
+      epsilon=1e-3,
+      dtype=self.dtype,
+      name=name,
+    )
+    return cnn.dense_head(
+      x, self.num_classes, self.widths, self.batch_norm, self.dropouts, make_bn, self.dtype, train
+    )
 
 
 class TransferModel(nn.Module):
   """prepare -> backbone -> head; `backbone(x, train)` returns a feature map, `head(f, train)` logits."""
+
   backbone: nn.Module
   head: nn.Module
   input_size: int
@@ -94,11 +110,17 @@ def check(cfg, num_blocks, preprocessing):
   if mode not in BACKBONE_MODES:
     raise ValueError(f"config.model.backbone_mode: {mode!r} is not one of {BACKBONE_MODES}")
   if mode == "finetune" and not 1 <= cfg.finetune_blocks <= num_blocks:
-    raise ValueError(f"config.model.finetune_blocks: {cfg.finetune_blocks} is not in 1..{num_blocks}")
+    raise ValueError(
+      f"config.model.finetune_blocks: {cfg.finetune_blocks} is not in 1..{num_blocks}"
+    )
   if cfg.preprocessing not in preprocessing:
-    raise ValueError(f"config.model.preprocessing: {cfg.preprocessing!r} is not one of {tuple(preprocessing)}")
+    raise ValueError(
+      f"config.model.preprocessing: {cfg.preprocessing!r} is not one of {tuple(preprocessing)}"
+    )
   if cfg.input_size < 32:
-    raise ValueError(f"config.model.input_size: {cfg.input_size} is below the backbones' minimum of 32")
+    raise ValueError(
+      f"config.model.input_size: {cfg.input_size} is below the backbones' minimum of 32"
+    )
 
 
 def build(cfg, num_classes, backbone, preprocessing, num_blocks, channels=3, head=None):
@@ -108,11 +130,20 @@ def build(cfg, num_classes, backbone, preprocessing, num_blocks, channels=3, hea
   if head is None:
     widths, bns, rates = tuple(cfg.head_widths), tuple(cfg.head_bn), tuple(cfg.head_dropouts)
     if not len(widths) == len(bns) == len(rates):
-      raise ValueError(f"config.model.head_widths / head_bn / head_dropouts: lengths {len(widths)}, "
-                       f"{len(bns)}, {len(rates)} differ")
+      raise ValueError(
+        f"config.model.head_widths / head_bn / head_dropouts: lengths {len(widths)}, "
+        f"{len(bns)}, {len(rates)} differ"
+      )
     head = DenseHead(num_classes, widths, bns, rates, cfg.bn_momentum, dtype)
-  return TransferModel(backbone=backbone, head=head, input_size=cfg.input_size, channels=channels,
-                       preprocessing=preprocessing[cfg.preprocessing], backbone_mode=cfg.backbone_mode, dtype=dtype)
+  return TransferModel(
+    backbone=backbone,
+    head=head,
+    input_size=cfg.input_size,
+    channels=channels,
+    preprocessing=preprocessing[cfg.preprocessing],
+    backbone_mode=cfg.backbone_mode,
+    dtype=dtype,
+  )
 
 
 def backbone_kernel_init(cfg, keras_init):
@@ -129,16 +160,20 @@ def param_labels(cfg, params, blocks, top=()):
   block, which fine-tune with it. Other backbone layers (the stem) stay frozen when fine-tuning.
   """
   mode = cfg.backbone_mode
-  tuned = set(blocks[len(blocks) - cfg.finetune_blocks:]) | set(top)
+  tuned = set(blocks[len(blocks) - cfg.finetune_blocks :]) | set(top)
 
   def backbone_label(child):
     if mode == "finetune":
       return "finetune" if child in tuned else "frozen"
     return "train" if mode == "train" else "frozen"
 
-  labels = {key: jax.tree.map(lambda _: "train", tree) for key, tree in params.items() if key != "backbone"}
-  labels["backbone"] = {child: jax.tree.map(lambda _, l=backbone_label(child): l, tree)
-                        for child, tree in params["backbone"].items()}
+  labels = {
+    key: jax.tree.map(lambda _: "train", tree) for key, tree in params.items() if key != "backbone"
+  }
+  labels["backbone"] = {
+    child: jax.tree.map(lambda _, l=backbone_label(child): l, tree)
+    for child, tree in params["backbone"].items()
+  }
   return labels
 
 
@@ -147,23 +182,35 @@ def weights_path(init_from, needed):
   if init_from == "random":
     return None
   if not init_from:
-    raise ValueError(f"config.model.init_from is empty: this model needs {needed}, "
-                     "or --config.model.init_from=random for a random start")
+    raise ValueError(
+      f"config.model.init_from is empty: this model needs {needed}, "
+      "or --config.model.init_from=random for a random start"
+    )
   if not os.path.isfile(init_from):
     raise FileNotFoundError(f"config.model.init_from: no such file {init_from!r}")
   return init_from
 
 
-def load_backbone(cfg, variables, needed, *, init_from=None, scope=("backbone",), skip=(), allow_unused=True):
+def load_backbone(
+  cfg, variables, needed, *, init_from=None, scope=("backbone",), skip=(), allow_unused=True
+):
   """`variables` with the layers under `scope` filled from config.model.init_from (or `init_from`)."""
   path = weights_path(cfg.init_from if init_from is None else init_from, needed)
   if path is None:
     return variables
-  return port(variables, read_keras_h5(path), scope=scope, skip=skip, allow_unused=allow_unused,
-              source=f"config.model.init_from={path}")
+  return port(
+    variables,
+    read_keras_h5(path),
+    scope=scope,
+    skip=skip,
+    allow_unused=allow_unused,
+    source=f"config.model.init_from={path}",
+  )
 
 
 def keras_download(file_name, url):
   """What `weights_path` asks for when init_from is empty: the file, where Keras hosts it."""
-  return (f"the Keras ImageNet weights {file_name}: download {url} on a machine with internet "
-          f"(Keras caches it in ~/.keras/models/) and pass --config.model.init_from=/path/to/{file_name}")
+  return (
+    f"the Keras ImageNet weights {file_name}: download {url} on a machine with internet "
+    f"(Keras caches it in ~/.keras/models/) and pass --config.model.init_from=/path/to/{file_name}"
+  )

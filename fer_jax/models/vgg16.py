@@ -4,6 +4,7 @@ study's head (GAP -> Dense 512 ReLU -> BN -> dropout 0.5 -> Dense 256 ReLU -> dr
 Layer names are Keras's (`block1_conv1`, ...), grouped by block, so the ImageNet file
 `vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5` ports by name. 14,714,688 backbone parameters.
 """
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -19,6 +20,7 @@ PREPROCESSING = {"native": "caffe", "study": "none"}
 
 class VGGBlock(nn.Module):
   """`convs` 3x3 'same' ReLU convs, then a 2x2 max-pool."""
+
   features: int
   convs: int
   kernel_init: nn.initializers.Initializer = glorot
@@ -27,7 +29,11 @@ class VGGBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     for i in range(1, self.convs + 1):
-      x = nn.relu(conv(self.features, 3, f"{self.name}_conv{i}", kernel_init=self.kernel_init, dtype=self.dtype)(x))
+      x = nn.relu(
+        conv(
+          self.features, 3, f"{self.name}_conv{i}", kernel_init=self.kernel_init, dtype=self.dtype
+        )(x)
+      )
     return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 

@@ -14,6 +14,7 @@ themselves once with LD_PRELOAD naming tcmalloc (`use_tcmalloc`). FER_JAX_MALLOC
 this off. Measured on a 2-core Intel Xeon (AVX-512); the page faults come from glibc and the
 kernel, not the CPU, so other CPUs pay them too (how much there is not measured).
 """
+
 import ctypes.util
 import os
 import sys
@@ -79,5 +80,7 @@ def describe():
     return f"malloc: tcmalloc ({ENV_SWITCH}=system to use the C library's)"
   if _switched_off(os.environ):
     return f"malloc: the C library's ({ENV_SWITCH}=system)"
-  return ("malloc: the C library's; XLA:CPU steps ran 1.15-1.45x faster with tcmalloc on a Xeon "
-          "(Debian/Ubuntu: apt-get install libtcmalloc-minimal4; docs/performance.md)")
+  return (
+    "malloc: the C library's; XLA:CPU steps ran 1.15-1.45x faster with tcmalloc on a Xeon "
+    "(Debian/Ubuntu: apt-get install libtcmalloc-minimal4; docs/performance.md)"
+  )

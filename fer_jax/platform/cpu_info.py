@@ -3,13 +3,23 @@
 Speed figures only compare on the same CPU kind: the convolution that wins on an AVX2 Zen 1 loses
 on an AVX-512 Zen 5 (docs/performance.md), so every figure names the CPU it came from.
 """
+
 import dataclasses
 import hashlib
 import os
 import platform
 
 # The flags that decide which kernels run fast, in the order the benchmark prints them.
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+ISA_FLAGS = (
+  "avx2",
+  "fma",
+  "avx512f",
+  "avx512_vnni",
+  "avx512_bf16",
+  "avx512_fp16",
+  "amx_bf16",
+  "amx_tile",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +38,9 @@ class CPU:
   def describe(self):
     family = f"family {self.family} model {self.model}, " if self.family is not None else ""
     clock = f"{self.mhz / 1000:.2f} GHz, " if self.mhz else ""
-    return f"{self.model_name} ({family}{clock}{self.cores} cores; {' '.join(self.isa()) or 'no AVX2'})"
+    return (
+      f"{self.model_name} ({family}{clock}{self.cores} cores; {' '.join(self.isa()) or 'no AVX2'})"
+    )
 
   def cache_key(self):
     """Same key = same kernels run at the same relative speed; all flags count, hashed for length."""
@@ -83,7 +95,12 @@ def current():
   fields = _cpuinfo_fields()
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   mhz = fields.get("cpu MHz")
-  return CPU(model_name=fields.get("model name") or platform.processor() or platform.machine(),
-             vendor=fields.get("vendor_id", ""), family=_int(fields.get("cpu family")),
-             model=_int(fields.get("model")), flags=frozenset(fields.get("flags", "").split()),
-             cores=cores, mhz=float(mhz) if mhz else None)
+  return CPU(
+    model_name=fields.get("model name") or platform.processor() or platform.machine(),
+    vendor=fields.get("vendor_id", ""),
+    family=_int(fields.get("cpu family")),
+    model=_int(fields.get("model")),
+    flags=frozenset(fields.get("flags", "").split()),
+    cores=cores,
+    mhz=float(mhz) if mhz else None,
+  )

@@ -1,4 +1,5 @@
 """What launch.py prints when a run cannot go on: one line each, no traceback (docs/troubleshooting.md)."""
+
 import errno
 import os
 import sys
@@ -8,7 +9,9 @@ def config_flag_text(e, context):
   """The last line of a bad --config's exception message (config_flags wraps whole tracebacks)."""
   lines = [l.strip(" '\"\\") for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
   detail = lines[-1] if lines else type(e).__name__
-  if "has no attribute 'get_config" in detail:  # config_flags imports the file and calls get_config()
+  if (
+    "has no attribute 'get_config" in detail
+  ):  # config_flags imports the file and calls get_config()
     detail = "the config file defines no get_config(arg)"
   elif isinstance(e, (AttributeError, KeyError)):  # ConfigDict's unknown field: "Did you mean ..."
     detail = f"unknown field {lines[0]}. {detail}"
@@ -22,6 +25,7 @@ def error_lines(e):
 
 def last_saved_epoch(workdir):
   from fer_jax.train import checkpoint
+
   return checkpoint.last_saved_epoch(os.path.join(workdir, "checkpoints"))
 
 
@@ -30,11 +34,18 @@ def os_error_text(e, workdir):
   where = e.filename or workdir
   if e.errno == errno.ENOSPC:
     epoch = last_saved_epoch(workdir)
-    saved = (f"the last good checkpoint is epoch {epoch} ({os.path.join(workdir, 'checkpoints', str(epoch))})"
-             if epoch is not None else "no checkpoint was saved yet")
-    sizes = (e.strerror or "").partition(": ")[2]  # what a checkpoint needs and what is free, when known
-    return (f"error: no space left on device writing {where}{f' ({sizes})' if sizes else ''}; {saved}; "
-            "free space and rerun the same command to resume")
+    saved = (
+      f"the last good checkpoint is epoch {epoch} ({os.path.join(workdir, 'checkpoints', str(epoch))})"
+      if epoch is not None
+      else "no checkpoint was saved yet"
+    )
+    sizes = (e.strerror or "").partition(": ")[
+      2
+    ]  # what a checkpoint needs and what is free, when known
+    return (
+      f"error: no space left on device writing {where}{f' ({sizes})' if sizes else ''}; {saved}; "
+      "free space and rerun the same command to resume"
+    )
   if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
     return f"error: cannot write {where}: {e.strerror}; pass a writable --workdir (or config.data.cache_dir)"
   return None
@@ -55,7 +66,9 @@ def one_line_on_failure(train_fn, workdir):
   try:
     train_fn()
   except KeyboardInterrupt:
-    exit_with(f"interrupted after epoch {last_saved_epoch(workdir) or 0}; rerun the same command to resume")
+    exit_with(
+      f"interrupted after epoch {last_saved_epoch(workdir) or 0}; rerun the same command to resume"
+    )
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     exit_with(error_lines(e))
   except OSError as e:

@@ -7,10 +7,12 @@ epoch order from the seed, so no coordination is needed beyond the mesh. Host co
 values only through `to_host`: a global array that spans other processes' devices cannot be read
 directly.
 """
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 
 def configure_backend():
@@ -30,8 +32,11 @@ def make_mesh(member_groups=1):
   # Auto axes: GSPMD propagates the batch sharding through the model (jax.make_mesh's
   # default became Explicit sharding, which every op would have to spell out).
   n = jax.device_count()
-  return jax.make_mesh((member_groups, n // member_groups), ("member", "data"),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  return jax.make_mesh(
+    (member_groups, n // member_groups),
+    ("member", "data"),
+    axis_types=(jax.sharding.AxisType.Auto,) * 2,
+  )
 
 
 def replicated(mesh):
@@ -57,6 +62,7 @@ def put_members(tree, mesh):
     # A process-local value (the same on every process) becomes a global array shard by shard.
     value = np.asarray(x)
     return jax.make_array_from_callback(value.shape, members, lambda index: value[index])
+
   return jax.tree.map(put, tree)
 
 
@@ -73,14 +79,18 @@ def shard_batch(mesh, *arrays, stacked=False):
   Each process transfers only the rows of its own devices.
   """
   sharding = data_sharded(mesh, stacked)
-  return [jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in arrays]
+  return [
+    jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in arrays
+  ]
 
 
 def to_host(tree):
   """Device arrays -> NumPy, the same full values on every process (a collective when sharded
   over several processes, so every process must call it at the same point)."""
+
   def fetch(x):
     if x.is_fully_addressable or x.is_fully_replicated:
       return np.asarray(x)
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
   return jax.tree.map(fetch, tree)

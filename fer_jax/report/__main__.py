@@ -1,15 +1,22 @@
 """python -m fer_jax.report RUNS_DIR [--out=DIR] [--max_gap=10]: the study report of every run under RUNS_DIR."""
+
 import os
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from fer_jax.report.render import table, to_markdown
-from fer_jax.report.study import COMPARISON_HEADER, WINNER_MAX_GAP, comparison_rows, write_study_report
+from fer_jax.report.study import (
+  COMPARISON_HEADER,
+  WINNER_MAX_GAP,
+  comparison_rows,
+  write_study_report,
+)
 
 _OUT = flags.DEFINE_string("out", None, "where to write the report (default: the runs directory)")
-_MAX_GAP = flags.DEFINE_float("max_gap", WINNER_MAX_GAP, "winner: best val accuracy among mean gap < this")
+_MAX_GAP = flags.DEFINE_float(
+  "max_gap", WINNER_MAX_GAP, "winner: best val accuracy among mean gap < this"
+)
 
 
 def main(argv):

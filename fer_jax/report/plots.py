@@ -3,21 +3,26 @@
 Each `draw_*` function draws on a given Axes so the study report can tile them; the
 file-writing functions build a figure, draw, and save it.
 """
+
 import matplotlib
 
 matplotlib.use("Agg")
+import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402 (the backend is chosen first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-import numpy as np  # noqa: E402
 
 from fer_jax.evals import metrics  # noqa: E402
 
-
 # Shading of the train - val gap (points), bottom to top: the bands of metrics.gap_diagnosis.
 _BANDS = sorted(metrics.OVERFIT_BANDS)  # (5, moderate), (10, high), (15, severe)
-GAP_SHADES = tuple(zip([-100.0, 0.0] + [b for b, _ in _BANDS], [0.0] + [b for b, _ in _BANDS] + [200.0],
-                       ("#9ecae1", "#c7e9c0", "#fff3b0", "#fdd0a2", "#fcbba1"),
-                       ["negative", "healthy"] + [name.split()[0] for _, name in _BANDS]))
+GAP_SHADES = tuple(
+  zip(
+    [-100.0, 0.0] + [b for b, _ in _BANDS],
+    [0.0] + [b for b, _ in _BANDS] + [200.0],
+    ("#9ecae1", "#c7e9c0", "#fff3b0", "#fdd0a2", "#fcbba1"),
+    ["negative", "healthy"] + [name.split()[0] for _, name in _BANDS],
+  )
+)
 
 
 def short(label, width=32):
@@ -25,7 +30,7 @@ def short(label, width=32):
   if len(label) <= width:
     return label
   keep = (width - 1) // 2
-  return label[:keep] + "…" + label[-(width - 1 - keep):]
+  return label[:keep] + "…" + label[-(width - 1 - keep) :]
 
 
 def _save(fig, path):
@@ -43,13 +48,22 @@ def sample_grid(images, labels, classes, path, per_row=8, seed=None, title=""):
   rng = None if seed is None else np.random.default_rng(seed)
   for row, name in enumerate(classes):
     idx = np.flatnonzero(labels == row)
-    pick = idx[:per_row] if rng is None or not len(idx) else rng.choice(idx, min(per_row, len(idx)), replace=False)
+    pick = (
+      idx[:per_row]
+      if rng is None or not len(idx)
+      else rng.choice(idx, min(per_row, len(idx)), replace=False)
+    )
     for col, ax in enumerate(axes[row]):
       ax.axis("off")
       if col < len(pick):
         image = images[pick[col]]
-        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255,
-                  interpolation="nearest")
+        ax.imshow(
+          image[..., 0] if image.shape[-1] == 1 else image,
+          cmap="gray",
+          vmin=0,
+          vmax=255,
+          interpolation="nearest",
+        )
     axes[row, 0].set_title(f"{name} ({len(idx):,})", fontsize=8, loc="left")
   if title:
     fig.suptitle(title, fontsize=9)
@@ -135,8 +149,15 @@ def draw_confusion(ax, confusion_normalized, classes, title=""):
   ax.imshow(cm, cmap="Blues", vmin=0.0, vmax=1.0)
   for t in range(len(classes)):
     for p in range(len(classes)):
-      ax.text(p, t, f"{100 * cm[t, p]:.1f}%", ha="center", va="center", fontsize=8,
-              color="white" if cm[t, p] > 0.5 else "black")
+      ax.text(
+        p,
+        t,
+        f"{100 * cm[t, p]:.1f}%",
+        ha="center",
+        va="center",
+        fontsize=8,
+        color="white" if cm[t, p] > 0.5 else "black",
+      )
   ticks = range(len(classes))
   ax.set_xticks(ticks, classes, rotation=45, ha="right")
   ax.set_yticks(ticks, classes)
@@ -160,7 +181,7 @@ def confusion_grid(items, path):
   axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
   for ax, (title, cm, classes) in zip(axes, items):
     draw_confusion(ax, cm, classes, short(title))
-  for ax in axes[len(items):]:
+  for ax in axes[len(items) :]:
     ax.set_axis_off()
   _save(fig, path)
 
@@ -172,8 +193,12 @@ def reliability(items, path):
   top.plot([0, 1], [0, 1], color="grey", ls=":", label="perfect calibration")
   for label, cal in items:
     filled = [b for b in cal["bins"] if b["count"]]
-    line, = top.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled],
-                     marker="o", label=f"{short(label)} (ECE {cal['ece']:.3f})")
+    (line,) = top.plot(
+      [b["confidence"] for b in filled],
+      [b["accuracy"] for b in filled],
+      marker="o",
+      label=f"{short(label)} (ECE {cal['ece']:.3f})",
+    )
     centres = [(b["lower"] + b["upper"]) / 2 for b in cal["bins"]]
     bottom.plot(centres, [b["count"] for b in cal["bins"]], color=line.get_color(), marker=".")
   top.set_ylabel("accuracy")
@@ -193,10 +218,15 @@ def coverage_accuracy(items, path, threshold=0.7):
   cov_ax, acc_ax = fig.subplots(1, 2)
   for label, curve in items:
     ts = [c["threshold"] for c in curve]
-    line, = cov_ax.plot(ts, [100 * c["coverage"] for c in curve], marker=".", label=short(label))
+    (line,) = cov_ax.plot(ts, [100 * c["coverage"] for c in curve], marker=".", label=short(label))
     answered = [c for c in curve if c["accuracy"] is not None]
-    acc_ax.plot([100 * c["coverage"] for c in answered], [100 * c["accuracy"] for c in answered],
-                marker=".", color=line.get_color(), label=short(label))
+    acc_ax.plot(
+      [100 * c["coverage"] for c in answered],
+      [100 * c["accuracy"] for c in answered],
+      marker=".",
+      color=line.get_color(),
+      label=short(label),
+    )
     at = min(curve, key=lambda c: abs(c["threshold"] - threshold))
     if at["accuracy"] is not None:
       acc_ax.plot(100 * at["coverage"], 100 * at["accuracy"], "k*", ms=10)
@@ -221,8 +251,14 @@ def comparison_bars(rows, path):
   ax = fig.subplots()
   x = np.arange(len(rows))
   w = 0.38
-  ax.bar(x - w / 2, [r["val_mean"] for r in rows], w, yerr=[r["val_std"] for r in rows],
-         capsize=4, label="val accuracy (mean ± std over seeds)")
+  ax.bar(
+    x - w / 2,
+    [r["val_mean"] for r in rows],
+    w,
+    yerr=[r["val_std"] for r in rows],
+    capsize=4,
+    label="val accuracy (mean ± std over seeds)",
+  )
   test = np.array([r["test_mean"] for r in rows])
   err = np.array([test - [r["test_low"] for r in rows], [r["test_high"] for r in rows] - test])
   ax.bar(x + w / 2, test, w, yerr=err, capsize=4, label="test accuracy (bootstrap 95 % CI)")

@@ -4,12 +4,12 @@ A report is built as a list of blocks (heading, paragraph, bullets, table, image
 to markdown and, for studies, to HTML with the PNGs embedded; no markdown library is a
 dependency, and the two renderers are a few lines each.
 """
+
 import base64
 import html
 import os
 
 from fer_jax.evals import metrics
-
 
 # --------------------------------------------------------------------------- formatting
 
@@ -22,7 +22,9 @@ def run_title(name, variant):
 def markdown_table(header, rows):
   """Lines of a Markdown table; cells are formatted with str()."""
   return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-      "| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    "| " + " | ".join(str(c) for c in row) + " |" for row in rows
+  ]
+
 
 def pct(fraction, digits=2):
   return "—" if fraction is None else f"{100 * fraction:.{digits}f} %"
@@ -43,6 +45,7 @@ def gap_text(gap, eval_gap=None):
 
 
 # --------------------------------------------------------------------------- documents
+
 
 def heading(text, level=2):
   return ("heading", level, text)
@@ -102,8 +105,12 @@ def to_html(blocks, image_dir, title):
       with open(os.path.join(image_dir, block[1]), "rb") as f:
         data = base64.b64encode(f.read()).decode("ascii")
       out.append(f'<img alt="{esc(block[2])}" src="data:image/png;base64,{data}">')
-  style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-           "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-           "padding:3px 8px;text-align:right}th{background:#f0f0f0}img{max-width:100%}")
-  return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{esc(title)}</title>"
-          f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+  style = (
+    "body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+    "padding:3px 8px;text-align:right}th{background:#f0f0f0}img{max-width:100%}"
+  )
+  return (
+    f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+    f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+  )

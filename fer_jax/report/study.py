@@ -4,6 +4,7 @@ Runs in `<group>/seed<k>/` form one config's group; the winner is the best mean 
 among configs whose mean train − val gap is below WINNER_MAX_GAP points, tested against the
 runner-up with McNemar on the test predictions.
 """
+
 import json
 import os
 
@@ -11,14 +12,34 @@ import numpy as np
 
 from fer_jax.evals import metrics
 from fer_jax.report import plots
+from fer_jax.report.render import (
+  bullets,
+  heading,
+  image,
+  num,
+  para,
+  pct,
+  run_title,
+  seconds,
+  table,
+  to_html,
+  to_markdown,
+)
 from fer_jax.train.history import read_history
-from fer_jax.report.render import bullets, heading, image, num, para, pct, run_title, seconds, table, to_html, to_markdown
 
-STUDY_PLOTS = {"curves": "curves.png", "comparison": "comparison.png", "confusions": "confusions.png",
-               "reliability": "reliability.png", "reliability_raw": "reliability_raw.png",
-               "coverage": "coverage.png", "coverage_raw": "coverage_raw.png"}
+STUDY_PLOTS = {
+  "curves": "curves.png",
+  "comparison": "comparison.png",
+  "confusions": "confusions.png",
+  "reliability": "reliability.png",
+  "reliability_raw": "reliability_raw.png",
+  "coverage": "coverage.png",
+  "coverage_raw": "coverage_raw.png",
+}
 WINNER_MAX_GAP = 10.0  # the study's rule: best val accuracy among runs with gap < 10 points
-STUDY_RULE_THRESHOLD = 0.7  # the study's deployment rule; the comparison table shows the calibrated coverage at it
+STUDY_RULE_THRESHOLD = (
+  0.7  # the study's deployment rule; the comparison table shows the calibrated coverage at it
+)
 SIGNIFICANCE = 0.05
 
 
@@ -39,8 +60,10 @@ def load_run(run_dir):
     try:
       summary = json.load(f)
     except ValueError as e:
-      raise ValueError(f"{path}: not valid JSON ({e}); rerun that run's command to write it again, "
-                       "or move the run out of the folder") from None
+      raise ValueError(
+        f"{path}: not valid JSON ({e}); rerun that run's command to write it again, "
+        "or move the run out of the folder"
+      ) from None
   history = read_history(os.path.join(run_dir, "metrics.jsonl"))
   labels = probs = raw_probs = None
   npz = os.path.join(run_dir, "test_predictions.npz")
@@ -48,8 +71,14 @@ def load_run(run_dir):
     with np.load(npz, allow_pickle=False) as d:
       labels, probs = d["labels"], d["probs"]
       raw_probs = d["raw_probs"] if "raw_probs" in d.files else probs
-  return {"dir": run_dir, "summary": summary, "history": history, "labels": labels, "probs": probs,
-          "raw_probs": raw_probs}
+  return {
+    "dir": run_dir,
+    "summary": summary,
+    "history": history,
+    "labels": labels,
+    "probs": probs,
+    "raw_probs": raw_probs,
+  }
 
 
 def group_name(root, run_dir):
@@ -65,16 +94,20 @@ def _mean_std(values):
   v = np.asarray([x for x in values if x is not None], np.float64)
   if v.size == 0:
     return {"mean": None, "std": None, "values": []}
-  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else None,
-          "values": v.tolist()}
+  return {
+    "mean": float(v.mean()),
+    "std": float(v.std(ddof=1)) if v.size > 1 else None,
+    "values": v.tolist(),
+  }
 
 
 def _same_test_set(runs):
   """True when every run saved its test predictions, on one and the same test set."""
   first = runs[0]["labels"]
   return first is not None and all(
-      r["labels"] is not None and r["labels"].shape == first.shape and (r["labels"] == first).all()
-      for r in runs)
+    r["labels"] is not None and r["labels"].shape == first.shape and (r["labels"] == first).all()
+    for r in runs
+  )
 
 
 def summarize_group(name, runs):
@@ -84,21 +117,23 @@ def summarize_group(name, runs):
   sums = [r["summary"] for r in runs]
   conf = np.sum([s["test"]["confusion"] for s in sums], axis=0)
   g = {
-      "name": name, "config": run_title(s0["name"], s0.get("variant")),
-      "classes": classes, "seeds": [s.get("seed") for s in sums],
-      "runs": [r["dir"] for r in runs],  # relative to the study root
-      "val_accuracy": _mean_std(s["best"]["val_accuracy"] for s in sums),
-      "test_accuracy": _mean_std(s["test"]["accuracy"] for s in sums),
-      "test_loss": _mean_std(s["test"].get("loss") for s in sums),
-      "macro_f1": _mean_std(s["test"]["macro_f1"] for s in sums),
-      "gap": _mean_std(s["best"]["gap"] for s in sums),
-      "gap_eval": _mean_std(s["best"].get("gap_eval") for s in sums),
-      "temperature": _mean_std(s.get("calibration", {}).get("temperature", 1.0) for s in sums),
-      "best_epoch": _mean_std(s["best"]["epoch"] for s in sums),
-      "params": s0["params"],
-      "time_per_epoch_s": _mean_std(s.get("time_per_epoch_s") for s in sums),
-      "images_per_s": _mean_std(s.get("images_per_s") for s in sums),
-      "confusion_normalized": (conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)).tolist(),
+    "name": name,
+    "config": run_title(s0["name"], s0.get("variant")),
+    "classes": classes,
+    "seeds": [s.get("seed") for s in sums],
+    "runs": [r["dir"] for r in runs],  # relative to the study root
+    "val_accuracy": _mean_std(s["best"]["val_accuracy"] for s in sums),
+    "test_accuracy": _mean_std(s["test"]["accuracy"] for s in sums),
+    "test_loss": _mean_std(s["test"].get("loss") for s in sums),
+    "macro_f1": _mean_std(s["test"]["macro_f1"] for s in sums),
+    "gap": _mean_std(s["best"]["gap"] for s in sums),
+    "gap_eval": _mean_std(s["best"].get("gap_eval") for s in sums),
+    "temperature": _mean_std(s.get("calibration", {}).get("temperature", 1.0) for s in sums),
+    "best_epoch": _mean_std(s["best"]["epoch"] for s in sums),
+    "params": s0["params"],
+    "time_per_epoch_s": _mean_std(s.get("time_per_epoch_s") for s in sums),
+    "images_per_s": _mean_std(s.get("images_per_s") for s in sums),
+    "confusion_normalized": (conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)).tolist(),
   }
   g["gap_diagnosis"] = metrics.gap_diagnosis(g["gap"]["mean"], g["gap_eval"]["mean"])
   if _same_test_set(runs):
@@ -113,7 +148,9 @@ def summarize_group(name, runs):
       g[prefix + "calibration"] = pooled["calibration"]
       g[prefix + "confidence_rule"] = pooled["confidence_rule"]
       g[prefix + "coverage_curve"] = pooled["coverage_curve"]
-      g[prefix + "study_rule"] = metrics.confidence_rule(pooled_labels, pooled_probs, STUDY_RULE_THRESHOLD)
+      g[prefix + "study_rule"] = metrics.confidence_rule(
+        pooled_labels, pooled_probs, STUDY_RULE_THRESHOLD
+      )
   return g
 
 
@@ -124,7 +161,9 @@ def paired_tests(winner_runs, other_runs):
     if not _same_test_set([a, b]):
       continue
     r = metrics.mcnemar(a["labels"], a["probs"].argmax(axis=1), b["probs"].argmax(axis=1))
-    out.append({"seed_winner": a["summary"].get("seed"), "seed_other": b["summary"].get("seed"), **r})
+    out.append(
+      {"seed_winner": a["summary"].get("seed"), "seed_other": b["summary"].get("seed"), **r}
+    )
   return out
 
 
@@ -133,29 +172,47 @@ def pick_winner(groups, runs_by_group, max_gap=WINNER_MAX_GAP):
   eligible = [g for g in groups if g["gap"]["mean"] is not None and g["gap"]["mean"] < max_gap]
   eligible.sort(key=lambda g: -g["val_accuracy"]["mean"])
   if not eligible:
-    return {"winner": None, "runner_up": None, "tests": [], "verdict": (
-        f"No config has a mean train − val gap below {max_gap:g} points: no winner.")}
+    return {
+      "winner": None,
+      "runner_up": None,
+      "tests": [],
+      "verdict": (f"No config has a mean train − val gap below {max_gap:g} points: no winner."),
+    }
   win = eligible[0]
   if len(eligible) == 1:
-    return {"winner": win["name"], "runner_up": None, "tests": [], "verdict": (
-        f"{win['name']} is the only config with a gap below {max_gap:g} points.")}
+    return {
+      "winner": win["name"],
+      "runner_up": None,
+      "tests": [],
+      "verdict": (f"{win['name']} is the only config with a gap below {max_gap:g} points."),
+    }
   second = eligible[1]
   tests = paired_tests(runs_by_group[win["name"]], runs_by_group[second["name"]])
   diff = 100 * (win["val_accuracy"]["mean"] - second["val_accuracy"]["mean"])
-  stds = [100 * s for s in (win["val_accuracy"]["std"], second["val_accuracy"]["std"]) if s is not None]
+  stds = [
+    100 * s for s in (win["val_accuracy"]["std"], second["val_accuracy"]["std"]) if s is not None
+  ]
   spread = f"; seed std up to {max(stds):.2f} points" if stds else "; one seed each, spread unknown"
   significant = sum(t["p_value"] < SIGNIFICANCE for t in tests)
   if tests:
     p_values = ", ".join(f"{t['p_value']:.3g}" for t in tests)
-    test_text = (f"McNemar on the test predictions: p < {SIGNIFICANCE} in {significant} of {len(tests)} "
-                 f"seed pairs (p = {p_values}), so the two are "
-                 + ("distinguishable." if significant == len(tests) else "NOT reliably distinguishable."))
+    test_text = (
+      f"McNemar on the test predictions: p < {SIGNIFICANCE} in {significant} of {len(tests)} "
+      f"seed pairs (p = {p_values}), so the two are "
+      + ("distinguishable." if significant == len(tests) else "NOT reliably distinguishable.")
+    )
   else:
     test_text = "No paired test: the runs saved no test predictions on a common test set."
-  return {"winner": win["name"], "runner_up": second["name"], "tests": tests,
-          "distinguishable": bool(tests) and significant == len(tests),
-          "verdict": (f"Winner {win['name']} (best mean val accuracy among gap < {max_gap:g}); "
-                      f"runner-up {second['name']}, {diff:.2f} points behind{spread}. {test_text}")}
+  return {
+    "winner": win["name"],
+    "runner_up": second["name"],
+    "tests": tests,
+    "distinguishable": bool(tests) and significant == len(tests),
+    "verdict": (
+      f"Winner {win['name']} (best mean val accuracy among gap < {max_gap:g}); "
+      f"runner-up {second['name']}, {diff:.2f} points behind{spread}. {test_text}"
+    ),
+  }
 
 
 def aggregate(root, max_gap=WINNER_MAX_GAP):
@@ -175,8 +232,12 @@ def aggregate(root, max_gap=WINNER_MAX_GAP):
     runs.sort(key=lambda r: (r["summary"].get("seed") is None, r["summary"].get("seed")))
   groups = [summarize_group(name, runs) for name, runs in runs_by_group.items()]
   groups.sort(key=lambda g: -g["val_accuracy"]["mean"])  # best first, as the table reads
-  summary = {"root": os.path.abspath(root), "num_runs": len(dirs), "groups": groups,
-             "decision": pick_winner(groups, runs_by_group, max_gap)}
+  summary = {
+    "root": os.path.abspath(root),
+    "num_runs": len(dirs),
+    "groups": groups,
+    "decision": pick_winner(groups, runs_by_group, max_gap),
+  }
   return summary, runs_by_group
 
 
@@ -189,9 +250,20 @@ def _pm(stat, scale=100, fmt=".2f", unit=" %"):
   return text + unit
 
 
-COMPARISON_HEADER = ["config", "seeds", "val acc", "test acc [95 % CI]", "gap, diagnosis",
-                     "best epoch", "params", "time/epoch", "images/s", "macro F1", "ECE raw → calibrated",
-                     f"answered at {STUDY_RULE_THRESHOLD} (calibrated)"]
+COMPARISON_HEADER = [
+  "config",
+  "seeds",
+  "val acc",
+  "test acc [95 % CI]",
+  "gap, diagnosis",
+  "best epoch",
+  "params",
+  "time/epoch",
+  "images/s",
+  "macro F1",
+  "ECE raw → calibrated",
+  f"answered at {STUDY_RULE_THRESHOLD} (calibrated)",
+]
 
 
 def comparison_rows(groups, winner=None):
@@ -200,13 +272,24 @@ def comparison_rows(groups, winner=None):
     ci = g.get("test_ci")
     test = _pm(g["test_accuracy"], fmt=".2f", unit="")
     test += f" [{100 * ci['low']:.2f}, {100 * ci['high']:.2f}] %" if ci else " %"
-    rows.append([g["name"] + (" (winner)" if g["name"] == winner else ""), len(g["seeds"]), _pm(g["val_accuracy"]), test,
-                 f"{g['gap']['mean']:+.1f}, {g['gap_diagnosis']}",
-                 _pm(g["best_epoch"], scale=1, fmt=".1f", unit=""), num(g["params"]["total"]),
-                 seconds(g["time_per_epoch_s"]["mean"]), num(g["images_per_s"]["mean"], ",.1f"),
-                 _pm(g["macro_f1"], scale=1, fmt=".3f", unit=""),
-                 f"{g['raw_calibration']['ece']:.4f} → {g['calibration']['ece']:.4f}" if "calibration" in g else "—",
-                 pct(g["study_rule"]["coverage"], 1) if "calibration" in g else "—"])
+    rows.append(
+      [
+        g["name"] + (" (winner)" if g["name"] == winner else ""),
+        len(g["seeds"]),
+        _pm(g["val_accuracy"]),
+        test,
+        f"{g['gap']['mean']:+.1f}, {g['gap_diagnosis']}",
+        _pm(g["best_epoch"], scale=1, fmt=".1f", unit=""),
+        num(g["params"]["total"]),
+        seconds(g["time_per_epoch_s"]["mean"]),
+        num(g["images_per_s"]["mean"], ",.1f"),
+        _pm(g["macro_f1"], scale=1, fmt=".3f", unit=""),
+        f"{g['raw_calibration']['ece']:.4f} → {g['calibration']['ece']:.4f}"
+        if "calibration" in g
+        else "—",
+        pct(g["study_rule"]["coverage"], 1) if "calibration" in g else "—",
+      ]
+    )
   return rows
 
 
@@ -214,41 +297,100 @@ def study_blocks(summary):
   groups = summary["groups"]
   decision = summary["decision"]
   blocks = [
-      heading("Study report", 1),
-      para(f"{summary['num_runs']} runs in {len(groups)} configs under {summary['root']}. "
-           "Val accuracy is the best epoch's, mean ± sample std over seeds; test accuracy is the "
-           "seed mean with a 95 % bootstrap interval over test faces."),
-      table(COMPARISON_HEADER, comparison_rows(groups, decision["winner"])),
-      heading("Winner"),
-      para(decision["verdict"]),
+    heading("Study report", 1),
+    para(
+      f"{summary['num_runs']} runs in {len(groups)} configs under {summary['root']}. "
+      "Val accuracy is the best epoch's, mean ± sample std over seeds; test accuracy is the "
+      "seed mean with a 95 % bootstrap interval over test faces."
+    ),
+    table(COMPARISON_HEADER, comparison_rows(groups, decision["winner"])),
+    heading("Winner"),
+    para(decision["verdict"]),
   ]
   if decision["tests"]:
-    blocks.append(table(["winner seed", "runner-up seed", "b (winner only right)", "c (runner-up only right)",
-                         "statistic", "p", "test"],
-                        [[t["seed_winner"], t["seed_other"], t["b"], t["c"], f"{t['statistic']:.3f}",
-                          f"{t['p_value']:.4g}", t["method"]] for t in decision["tests"]]))
-  blocks += [image(STUDY_PLOTS["comparison"], "val and test accuracy per config"),
-             heading("Training curves"), image(STUDY_PLOTS["curves"], "val curves of every run"),
-             heading("Confusion matrices (test, all seeds pooled)"),
-             image(STUDY_PLOTS["confusions"], "confusion matrices")]
+    blocks.append(
+      table(
+        [
+          "winner seed",
+          "runner-up seed",
+          "b (winner only right)",
+          "c (runner-up only right)",
+          "statistic",
+          "p",
+          "test",
+        ],
+        [
+          [
+            t["seed_winner"],
+            t["seed_other"],
+            t["b"],
+            t["c"],
+            f"{t['statistic']:.3f}",
+            f"{t['p_value']:.4g}",
+            t["method"],
+          ]
+          for t in decision["tests"]
+        ],
+      )
+    )
+  blocks += [
+    image(STUDY_PLOTS["comparison"], "val and test accuracy per config"),
+    heading("Training curves"),
+    image(STUDY_PLOTS["curves"], "val curves of every run"),
+    heading("Confusion matrices (test, all seeds pooled)"),
+    image(STUDY_PLOTS["confusions"], "confusion matrices"),
+  ]
   calibrated = [g for g in groups if "calibration" in g]
   if calibrated:
     blocks += [
-        heading("Calibration and the confidence rule"),
-        para("ECE, NLL, Brier and reliability pool the test predictions of all seeds, raw and after each "
-             "run's temperature scaling (T, fitted on val; the mean over seeds). The rule answers only "
-             "faces whose top probability reaches the threshold; the rest are \"uncertain\"."),
-        table(["config", "T", "ECE raw", "ECE cal.", "NLL raw", "NLL cal.", "Brier raw", "Brier cal.",
-               "threshold", "faces answered raw", "faces answered cal.", "accuracy of answers cal."],
-              [[g["name"], _pm(g["temperature"], scale=1, fmt=".3f", unit=""),
-                *(f"{g[p + 'calibration'][k]:.4f}" for k in ("ece", "nll", "brier") for p in ("raw_", "")),
-                f"{g['confidence_rule']['threshold']:.2f}", pct(g["raw_confidence_rule"]["coverage"], 1),
-                pct(g["confidence_rule"]["coverage"], 1), pct(g["confidence_rule"]["accuracy"], 1)]
-               for g in calibrated]),
-        image(STUDY_PLOTS["reliability_raw"], "reliability diagrams, raw"),
-        image(STUDY_PLOTS["reliability"], "reliability diagrams, calibrated"),
-        image(STUDY_PLOTS["coverage_raw"], "coverage and accuracy against the confidence threshold, raw"),
-        image(STUDY_PLOTS["coverage"], "coverage and accuracy against the confidence threshold, calibrated")]
+      heading("Calibration and the confidence rule"),
+      para(
+        "ECE, NLL, Brier and reliability pool the test predictions of all seeds, raw and after each "
+        "run's temperature scaling (T, fitted on val; the mean over seeds). The rule answers only "
+        "faces whose top probability reaches the threshold; the rest are \"uncertain\"."
+      ),
+      table(
+        [
+          "config",
+          "T",
+          "ECE raw",
+          "ECE cal.",
+          "NLL raw",
+          "NLL cal.",
+          "Brier raw",
+          "Brier cal.",
+          "threshold",
+          "faces answered raw",
+          "faces answered cal.",
+          "accuracy of answers cal.",
+        ],
+        [
+          [
+            g["name"],
+            _pm(g["temperature"], scale=1, fmt=".3f", unit=""),
+            *(
+              f"{g[p + 'calibration'][k]:.4f}"
+              for k in ("ece", "nll", "brier")
+              for p in ("raw_", "")
+            ),
+            f"{g['confidence_rule']['threshold']:.2f}",
+            pct(g["raw_confidence_rule"]["coverage"], 1),
+            pct(g["confidence_rule"]["coverage"], 1),
+            pct(g["confidence_rule"]["accuracy"], 1),
+          ]
+          for g in calibrated
+        ],
+      ),
+      image(STUDY_PLOTS["reliability_raw"], "reliability diagrams, raw"),
+      image(STUDY_PLOTS["reliability"], "reliability diagrams, calibrated"),
+      image(
+        STUDY_PLOTS["coverage_raw"], "coverage and accuracy against the confidence threshold, raw"
+      ),
+      image(
+        STUDY_PLOTS["coverage"],
+        "coverage and accuracy against the confidence threshold, calibrated",
+      ),
+    ]
   blocks += [heading("Runs"), bullets(f"{g['name']}: " + ", ".join(g["runs"]) for g in groups)]
   return blocks
 
@@ -260,25 +402,38 @@ def write_study_report(root, out=None, max_gap=WINNER_MAX_GAP):
   summary, runs_by_group = aggregate(root, max_gap)
   groups = summary["groups"]
   path = lambda key: os.path.join(out, STUDY_PLOTS[key])  # noqa: E731
-  plots.overlaid_curves([(g["name"], [r["history"] for r in runs_by_group[g["name"]]]) for g in groups],
-                        path("curves"))
+  plots.overlaid_curves(
+    [(g["name"], [r["history"] for r in runs_by_group[g["name"]]]) for g in groups], path("curves")
+  )
   bars = []
   for g in groups:
     ci = g.get("test_ci") or {"low": g["test_accuracy"]["mean"], "high": g["test_accuracy"]["mean"]}
-    bars.append({"label": g["name"], "val_mean": 100 * g["val_accuracy"]["mean"],
-                 "val_std": 100 * (g["val_accuracy"]["std"] or 0.0),
-                 "test_mean": 100 * g["test_accuracy"]["mean"],
-                 "test_low": 100 * ci["low"], "test_high": 100 * ci["high"]})
+    bars.append(
+      {
+        "label": g["name"],
+        "val_mean": 100 * g["val_accuracy"]["mean"],
+        "val_std": 100 * (g["val_accuracy"]["std"] or 0.0),
+        "test_mean": 100 * g["test_accuracy"]["mean"],
+        "test_low": 100 * ci["low"],
+        "test_high": 100 * ci["high"],
+      }
+    )
   plots.comparison_bars(bars, path("comparison"))
-  plots.confusion_grid([(g["name"], g["confusion_normalized"], g["classes"]) for g in groups],
-                       path("confusions"))
+  plots.confusion_grid(
+    [(g["name"], g["confusion_normalized"], g["classes"]) for g in groups], path("confusions")
+  )
   calibrated = [g for g in groups if "calibration" in g]
   if calibrated:
     threshold = calibrated[0]["confidence_rule"]["threshold"]
     for prefix, suffix in (("", ""), ("raw_", "_raw")):
-      plots.reliability([(g["name"], g[prefix + "calibration"]) for g in calibrated], path("reliability" + suffix))
-      plots.coverage_accuracy([(g["name"], g[prefix + "coverage_curve"]) for g in calibrated],
-                              path("coverage" + suffix), threshold)
+      plots.reliability(
+        [(g["name"], g[prefix + "calibration"]) for g in calibrated], path("reliability" + suffix)
+      )
+      plots.coverage_accuracy(
+        [(g["name"], g[prefix + "coverage_curve"]) for g in calibrated],
+        path("coverage" + suffix),
+        threshold,
+      )
   blocks = study_blocks(summary)
   with open(os.path.join(out, "report.md"), "w") as f:
     f.write(to_markdown(blocks))

@@ -8,6 +8,7 @@ reached it, as EarlyStopping counts it), so the best survives however many epoch
 A save is committed atomically; a process killed during one resumes from the previous save and
 redoes the epoch, so the best epoch can never be skipped.
 """
+
 import contextlib
 import errno
 import os
@@ -48,23 +49,32 @@ def _disk_full_as_os_error(directory):
 
 
 class RunCheckpoints:
-
   def __init__(self, directory):
     self.directory = os.path.abspath(directory)
-    keep = ocp.checkpoint_managers.AnyPreservationPolicy([
+    keep = ocp.checkpoint_managers.AnyPreservationPolicy(
+      [
         ocp.checkpoint_managers.LatestN(n=1),
-        ocp.checkpoint_managers.BestN(get_metric_fn=_rank, reverse=False, n=1)])
-    options = ocp.CheckpointManagerOptions(preservation_policy=keep, best_fn=_rank, best_mode="max", create=True)
+        ocp.checkpoint_managers.BestN(get_metric_fn=_rank, reverse=False, n=1),
+      ]
+    )
+    options = ocp.CheckpointManagerOptions(
+      preservation_policy=keep, best_fn=_rank, best_mode="max", create=True
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, epoch, state, meta, val_accuracy):
     """Saves epoch `epoch` asynchronously; the manager keeps it while it is the latest or the best."""
-    if epoch in self.manager.all_steps():  # a rerun of an epoch whose save survived a crash: same content
+    if (
+      epoch in self.manager.all_steps()
+    ):  # a rerun of an epoch whose save survived a crash: same content
       return
     self._check_space(state)
     with _disk_full_as_os_error(self.directory):
-      self.manager.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                        metrics={"val_accuracy": float(val_accuracy), "epoch": epoch})
+      self.manager.save(
+        epoch,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        metrics={"val_accuracy": float(val_accuracy), "epoch": epoch},
+      )
 
   def _check_space(self, state):
     """Fails before a save that cannot fit: orbax would fail it in the background, where tensorstore's
@@ -72,20 +82,31 @@ class RunCheckpoints:
     need = sum(leaf.nbytes for leaf in jax.tree.leaves(state)) + SAVE_OVERHEAD_BYTES
     free = shutil.disk_usage(self.directory).free
     if free < need:
-      raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: a checkpoint needs about {need / 2**20:.1f} MB, "
-                    f"{free / 2**20:.1f} MB are free", self.directory)
+      raise OSError(
+        errno.ENOSPC,
+        f"{os.strerror(errno.ENOSPC)}: a checkpoint needs about {need / 2**20:.1f} MB, "
+        f"{free / 2**20:.1f} MB are free",
+        self.directory,
+      )
 
   def _restore(self, step, like_state, recovery=None):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                    meta=ocp.args.JsonRestore()))
+      restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+        ),
+      )
     except Exception as e:  # noqa: BLE001 -- orbax raises many kinds for a truncated or foreign checkpoint
       detail = (str(e).strip().splitlines() or [""])[0][:200]
-      recovery = recovery or (f"delete {self.directory} and rerun the same command to train this run again "
-                              "from epoch 1")
-      raise CheckpointError(f"checkpoint {self.directory}/{step} (epoch {step}) is unreadable "
-                            f"({type(e).__name__}: {detail}); {recovery}") from None
+      recovery = recovery or (
+        f"delete {self.directory} and rerun the same command to train this run again from epoch 1"
+      )
+      raise CheckpointError(
+        f"checkpoint {self.directory}/{step} (epoch {step}) is unreadable "
+        f"({type(e).__name__}: {detail}); {recovery}"
+      ) from None
     return restored.state, restored.meta
 
   def restore_latest(self, like_state):
@@ -93,17 +114,24 @@ class RunCheckpoints:
     step = self.manager.latest_step()
     if step is None:
       return None
-    older = [s for s in self.manager.all_steps() if s < step]  # the best epoch, kept apart from the latest
-    recovery = (f"delete {self.directory}/{step} and rerun the same command to resume from epoch {max(older)}"
-                if older else None)
+    older = [
+      s for s in self.manager.all_steps() if s < step
+    ]  # the best epoch, kept apart from the latest
+    recovery = (
+      f"delete {self.directory}/{step} and rerun the same command to resume from epoch {max(older)}"
+      if older
+      else None
+    )
     return self._restore(step, like_state, recovery)
 
   def restore_best(self, like_state, epoch=None):
     """(state, meta) of the best epoch, or None before the first save; `epoch`, when given, must be it."""
     found = self.manager.best_step()
     if epoch is not None and found != epoch:
-      raise RuntimeError(f"{self.directory}: expected the checkpoint of best epoch {epoch}, found "
-                         f"{'none' if found is None else f'epoch {found}'}")
+      raise RuntimeError(
+        f"{self.directory}: expected the checkpoint of best epoch {epoch}, found "
+        f"{'none' if found is None else f'epoch {found}'}"
+      )
     return None if found is None else self._restore(found, like_state)
 
   def close(self):

@@ -3,6 +3,7 @@
 Training appends rows and trims the ones a crash left beyond the last checkpoint; reports read
 them back. Only process 0 writes.
 """
+
 import json
 import os
 
@@ -19,10 +20,17 @@ def write_json(path, obj):
 
 def epoch_record(epoch, train_m, val_m, lr, seconds, images_per_s):
   """One row of metrics.jsonl."""
-  return {"epoch": epoch, "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
-          "val_loss": val_m["loss"], "val_accuracy": val_m["accuracy"],
-          "gap": (train_m["accuracy"] - val_m["accuracy"]) * 100, "lr": lr,
-          "epoch_time_s": seconds, "images_per_s": images_per_s}
+  return {
+    "epoch": epoch,
+    "train_loss": train_m["loss"],
+    "train_accuracy": train_m["accuracy"],
+    "val_loss": val_m["loss"],
+    "val_accuracy": val_m["accuracy"],
+    "gap": (train_m["accuracy"] - val_m["accuracy"]) * 100,
+    "lr": lr,
+    "epoch_time_s": seconds,
+    "images_per_s": images_per_s,
+  }
 
 
 def read_history(path, upto_epoch=None):

@@ -6,6 +6,7 @@ The plateau factor is an injected hyperparameter `lr_factor` of the optimiser st
 set by name (`optax.tree.get/set`), so the jitted step never recompiles when it changes and a
 checkpoint of the state carries it.
 """
+
 import dataclasses
 import math
 
@@ -17,25 +18,32 @@ def schedule(optim_cfg, steps_per_epoch):
   if optim_cfg.schedule == "constant":
     return optax.constant_schedule(optim_cfg.lr)
   if optim_cfg.schedule == "cosine":
-    return optax.cosine_decay_schedule(optim_cfg.lr, decay_steps=steps_per_epoch * optim_cfg.cosine_epochs,
-                                       alpha=optim_cfg.cosine_alpha)
+    return optax.cosine_decay_schedule(
+      optim_cfg.lr,
+      decay_steps=steps_per_epoch * optim_cfg.cosine_epochs,
+      alpha=optim_cfg.cosine_alpha,
+    )
   raise ValueError(f"config.optim.schedule: {optim_cfg.schedule!r}; use constant | cosine")
 
 
 def _adam(optim_cfg, learning_rate):
-  return optax.chain(optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps),
-                     optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(
+    optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps),
+    optax.scale_by_learning_rate(learning_rate),
+  )
 
 
 def build(optim_cfg, steps_per_epoch, param_labels):
   """Adam for 'train' params, Adam at finetune_lr for 'finetune', nothing (no state) for 'frozen'."""
   groups = {
-      "train": _adam(optim_cfg, schedule(optim_cfg, steps_per_epoch)),
-      "finetune": _adam(optim_cfg, optim_cfg.finetune_lr),
-      "frozen": optax.set_to_zero(),
+    "train": _adam(optim_cfg, schedule(optim_cfg, steps_per_epoch)),
+    "finetune": _adam(optim_cfg, optim_cfg.finetune_lr),
+    "frozen": optax.set_to_zero(),
   }
-  return optax.chain(optax.multi_transform(groups, param_labels),
-                     optax.inject_hyperparams(_plateau_scale)(lr_factor=1.0))
+  return optax.chain(
+    optax.multi_transform(groups, param_labels),
+    optax.inject_hyperparams(_plateau_scale)(lr_factor=1.0),
+  )
 
 
 def _plateau_scale(lr_factor):
@@ -58,6 +66,7 @@ def learning_rate(optim_cfg, steps_per_epoch, step, factor):
 @dataclasses.dataclass
 class Plateau:
   """Keras ReduceLROnPlateau (mode 'min', min_delta 1e-4, no cooldown) acting on a lr factor."""
+
   factor: float
   patience: int
   min_lr: float
@@ -80,6 +89,7 @@ class Plateau:
 @dataclasses.dataclass
 class EarlyStopping:
   """Keras EarlyStopping (mode 'max', min_delta 0): stop after `patience` epochs without a new best."""
+
   patience: int
   best: float = -math.inf
   best_epoch: int = 0

@@ -8,11 +8,12 @@ resumed run draws exactly the numbers an uninterrupted one would.
 keys stacked on a leading axis and the step `jax.vmap`ped (or `lax.map`ped, see `over_members`)
 over it, so each member computes what its own run would.
 """
+
 import flax
 import jax
 import jax.numpy as jnp
-from jax import lax
 import optax
+from jax import lax
 
 from fer_jax import augment, losses, models
 from fer_jax.train import optim
@@ -39,8 +40,12 @@ def create_state(config, model, input_shape, steps_per_epoch, param_labels=None)
   if param_labels is None:
     param_labels = models.param_labels(config.model, variables["params"])
   tx = optim.build(config.optim, steps_per_epoch, param_labels)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                     batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=variables["params"],
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(variables["params"]),
+  )
   return state, tx, param_labels
 
 
@@ -61,8 +66,11 @@ def over_members(fn, members, in_axes, how="auto"):
   if members == 1:  # a plain run: no batching rules, no loop
 
     def single(*args):
-      args = [a if axis is None else jax.tree.map(lambda x: x[0], a) for a, axis in zip(args, in_axes)]
+      args = [
+        a if axis is None else jax.tree.map(lambda x: x[0], a) for a, axis in zip(args, in_axes)
+      ]
       return jax.tree.map(lambda x: x[None], fn(*args))
+
     return single
   if how == "auto":
     how = "map" if jax.default_backend() == "cpu" else "vmap"
@@ -75,11 +83,15 @@ def over_members(fn, members, in_axes, how="auto"):
     def one(member_args):
       it = iter(member_args)
       return fn(*[next(it) if axis == 0 else a for a, axis in zip(args, in_axes)])
+
     return lax.map(one, [a for a, axis in zip(args, in_axes) if axis == 0])
+
   return mapped
 
 
-def make_train_step(config, model, tx, num_classes, class_weights=None, *, param_labels, members=None):
+def make_train_step(
+  config, model, tx, num_classes, class_weights=None, *, param_labels, members=None
+):
   """Returns jitted `(state, images_u8, labels, rng) -> (state, metrics)`; the state is donated.
 
   `members=S`: every argument and output has a leading axis of S runs (see the module doc).
@@ -89,10 +101,14 @@ def make_train_step(config, model, tx, num_classes, class_weights=None, *, param
   the parameters that train).
   """
   per_sample = losses.per_sample_loss_fn(config.loss, num_classes)
-  weights = jnp.ones(num_classes) if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+  weights = (
+    jnp.ones(num_classes) if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+  )
 
   def train_step(state, images_u8, labels, rng):
-    l2_coeff = losses.l2_coefficients(state.params, config.loss)  # Python floats, fixed at trace time
+    l2_coeff = losses.l2_coefficients(
+      state.params, config.loss
+    )  # Python floats, fixed at trace time
     key = jax.random.fold_in(rng, state.step)
     aug_key, dropout_key = jax.random.split(key)
     x = to_float(images_u8)
@@ -103,22 +119,34 @@ def make_train_step(config, model, tx, num_classes, class_weights=None, *, param
       # Frozen parameters get no gradient: the optimiser would drop it, but grad_norm reads every
       # gradient, which made XLA run the backward pass through all frozen blocks of a fine-tuned
       # backbone (2.7x the FLOPs for VGG16 finetune, docs/performance.md).
-      params = jax.tree.map(lambda p, l: lax.stop_gradient(p) if l == "frozen" else p, params, param_labels)
-      logits, batch_stats = models.apply(model, {"params": params, "batch_stats": state.batch_stats}, x,
-                                         train=True, rng=dropout_key)
+      params = jax.tree.map(
+        lambda p, l: lax.stop_gradient(p) if l == "frozen" else p, params, param_labels
+      )
+      logits, batch_stats = models.apply(
+        model, {"params": params, "batch_stats": state.batch_stats}, x, train=True, rng=dropout_key
+      )
       # Keras's class_weight scales each sample's loss; the mean is still over the batch size.
       data_loss = jnp.mean(per_sample(logits, labels) * weights[labels])
       return data_loss + losses.l2_penalty(params, l2_coeff), (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     deltas, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1, params=jax.tree.map(jnp.add, state.params, deltas),
-                              batch_stats=batch_stats, opt_state=opt_state)
-    metrics = {"loss": loss, "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
-               "grad_norm": optax.tree.norm(grads)}
+    new_state = state.replace(
+      step=state.step + 1,
+      params=jax.tree.map(jnp.add, state.params, deltas),
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+    )
+    metrics = {
+      "loss": loss,
+      "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
+      "grad_norm": optax.tree.norm(grads),
+    }
     return new_state, metrics
 
-  return jax.jit(over_members(train_step, members, (0, 0, 0, 0), config.train.vectorize), donate_argnums=0)
+  return jax.jit(
+    over_members(train_step, members, (0, 0, 0, 0), config.train.vectorize), donate_argnums=0
+  )
 
 
 def make_eval_step(config, model, num_classes, members=None):
@@ -134,9 +162,11 @@ def make_eval_step(config, model, num_classes, members=None):
 
   def eval_step(state, images_u8, labels, mask):
     logits = models.apply(model, state.variables(), to_float(images_u8), train=False)
-    sums = {"loss": jnp.sum(per_sample(logits, labels) * mask),
-            "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-            "count": jnp.sum(mask)}
+    sums = {
+      "loss": jnp.sum(per_sample(logits, labels) * mask),
+      "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+      "count": jnp.sum(mask),
+    }
     return sums, logits
 
   return jax.jit(over_members(eval_step, members, (0, None, None, None), config.train.vectorize))

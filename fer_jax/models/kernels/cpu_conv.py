@@ -13,6 +13,7 @@
 Any impl but 'xla' also gives 2x2 max-pool a backward pass from the argmax found in the forward
 pass (XLA:CPU's `select_and_scatter` is slow). Measurements: docs/performance.md.
 """
+
 import functools
 
 import jax
@@ -29,7 +30,9 @@ def resolve_impl(conv_impl):
   if conv_impl == "auto":
     return "auto" if jax.default_backend() == "cpu" else "xla"
   if conv_impl not in IMPLS:
-    raise ValueError(f"config.model.conv_impl: unknown {conv_impl!r}; use auto | {' | '.join(IMPLS)}")
+    raise ValueError(
+      f"config.model.conv_impl: unknown {conv_impl!r}; use auto | {' | '.join(IMPLS)}"
+    )
   return conv_impl
 
 
@@ -47,7 +50,7 @@ def max_pool_2x2(x, impl="xla"):
   if impl == "xla":
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
   # Keras 'valid' drops an odd last row/column; the slice's gradient pads it back with zeros.
-  return _max_pool_even(x[:, :x.shape[1] - x.shape[1] % 2, :x.shape[2] - x.shape[2] % 2])
+  return _max_pool_even(x[:, : x.shape[1] - x.shape[1] % 2, : x.shape[2] - x.shape[2] % 2])
 
 
 def _conv(x, kernel):
@@ -62,13 +65,18 @@ def _input_grad_kernel(kernel):
 
 # ---- im2col weight gradient ----
 
+
 def _im2col_weight_grad(x, dy, k):
   """Sum over (n, h, w) of the k*k shifted copies of x times dy: one matrix product."""
   n, h, w, c = x.shape
   r = k // 2
   xp = jnp.pad(x, ((0, 0), (r, r), (r, r), (0, 0)))
-  patches = jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(k) for j in range(k)], axis=-1)
-  return lax.dot_general(patches, dy, (((0, 1, 2), (0, 1, 2)), ((), ()))).reshape(k, k, c, dy.shape[-1])
+  patches = jnp.concatenate(
+    [xp[:, i : i + h, j : j + w] for i in range(k) for j in range(k)], axis=-1
+  )
+  return lax.dot_general(patches, dy, (((0, 1, 2), (0, 1, 2)), ((), ()))).reshape(
+    k, k, c, dy.shape[-1]
+  )
 
 
 @jax.custom_vjp
@@ -82,7 +90,9 @@ def _conv_im2col_fwd(x, kernel):
 
 def _conv_im2col_bwd(res, dy):
   x, kernel = res
-  return _conv(dy, _input_grad_kernel(kernel)), _im2col_weight_grad(x, dy, kernel.shape[0]).astype(kernel.dtype)
+  return _conv(dy, _input_grad_kernel(kernel)), _im2col_weight_grad(x, dy, kernel.shape[0]).astype(
+    kernel.dtype
+  )
 
 
 _conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
@@ -95,11 +105,31 @@ _conv_im2col.defvjp(_conv_im2col_fwd, _conv_im2col_bwd)
 # products along a leading axis too: as XLA:CPU elementwise fusions they were either re-read from
 # memory 36 times or recomputed inside their consumers' fusions (measured: slower than im2col).
 _TILE = 4  # output tile side; input tiles are 6x6 at stride 4
-_BT = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
-                [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
-_G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
-               [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64)
-_AT = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)
+_BT = np.array(
+  [
+    [4, 0, -5, 0, 1, 0],
+    [0, -4, -4, 1, 1, 0],
+    [0, 4, -4, -1, 1, 0],
+    [0, -2, -1, 2, 1, 0],
+    [0, 2, -1, -2, 1, 0],
+    [0, 4, 0, -5, 0, 1],
+  ],
+  np.float64,
+)
+_G = np.array(
+  [
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+  ],
+  np.float64,
+)
+_AT = np.array(
+  [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64
+)
 
 
 def _winograd_pays(x, kernel):
@@ -118,8 +148,12 @@ def _sandwich(matrix, grid):
 
   Used on kernel-sized arrays, where this is cheaper than a product XLA would transpose for.
   """
+
   def combine(items):
-    return [functools.reduce(jnp.add, [it * float(c) for c, it in zip(row, items) if c]) for row in matrix]
+    return [
+      functools.reduce(jnp.add, [it * float(c) for c, it in zip(row, items) if c]) for row in matrix
+    ]
+
   cols = [combine([row[j] for row in grid]) for j in range(len(grid[0]))]
   return [combine([col[r] for col in cols]) for r in range(len(matrix))]
 
@@ -134,8 +168,12 @@ def _winograd_input(x):
   th, tw = _tile_counts(h, w)
   a = _TILE + 2
   xp = jnp.pad(x, ((0, 0), (1, _TILE * th + 1 - h), (1, _TILE * tw + 1 - w), (0, 0)))
-  rows = _along(_BT, jnp.stack([xp[:, i:i + _TILE * th:_TILE] for i in range(a)]))  # [6, n, th, W', c]
-  v = _along(_BT, jnp.stack([rows[:, :, :, j:j + _TILE * tw:_TILE] for j in range(a)]))  # [6(col), 6(row), ...]
+  rows = _along(
+    _BT, jnp.stack([xp[:, i : i + _TILE * th : _TILE] for i in range(a)])
+  )  # [6, n, th, W', c]
+  v = _along(
+    _BT, jnp.stack([rows[:, :, :, j : j + _TILE * tw : _TILE] for j in range(a)])
+  )  # [6(col), 6(row), ...]
   return jnp.swapaxes(v, 0, 1).reshape(a * a, n * th * tw, c)
 
 
@@ -144,7 +182,9 @@ def _winograd_conv(x, kernel):
   n, h, w, _ = x.shape
   th, tw = _tile_counts(h, w)
   v = _winograd_input(x)
-  u = jnp.stack([a for row in _sandwich(_G, [[kernel[i, j] for j in range(3)] for i in range(3)]) for a in row])
+  u = jnp.stack(
+    [a for row in _sandwich(_G, [[kernel[i, j] for j in range(3)] for i in range(3)]) for a in row]
+  )
   prods = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))  # [36, tiles, O]
   y = _along(np.kron(_AT, _AT), prods)  # [16 (row, col in the output tile), tiles, O]
   y = jnp.transpose(y.reshape(_TILE, _TILE, n, th, tw, -1), (2, 3, 0, 4, 1, 5))
@@ -157,7 +197,9 @@ def _winograd_weight_grad(v, dy):
   th, tw = _tile_counts(h, w)
   a = _TILE + 2
   dyp = jnp.pad(dy, ((0, 0), (0, _TILE * th - h), (0, _TILE * tw - w), (0, 0)))
-  tiles = jnp.transpose(dyp.reshape(n, th, _TILE, tw, _TILE, o), (2, 4, 0, 1, 3, 5)).reshape(_TILE**2, -1, o)
+  tiles = jnp.transpose(dyp.reshape(n, th, _TILE, tw, _TILE, o), (2, 4, 0, 1, 3, 5)).reshape(
+    _TILE**2, -1, o
+  )
   dm = _along(np.kron(_AT, _AT).T, tiles)  # [36, tiles, O]
   du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))))  # [36, C, O]
   dw = _sandwich(_G.T, [[du[a * i + j] for j in range(a)] for i in range(a)])
@@ -176,13 +218,16 @@ def _conv_winograd_fwd(x, kernel):
 
 def _conv_winograd_bwd(res, dy):
   v, kernel = res
-  return _winograd_conv(dy, _input_grad_kernel(kernel))[0], _winograd_weight_grad(v, dy).astype(kernel.dtype)
+  return _winograd_conv(dy, _input_grad_kernel(kernel))[0], _winograd_weight_grad(v, dy).astype(
+    kernel.dtype
+  )
 
 
 _conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd)
 
 
 # ---- 2x2 max-pool with an argmax backward ----
+
 
 @jax.custom_vjp
 def _max_pool_even(x):
@@ -196,8 +241,11 @@ def _max_pool_even_fwd(x):
   y = jnp.max(win, axis=(2, 4))
   # The first maximum in window order (row-major) takes the whole gradient: after ReLU many
   # windows tie at 0, and the gradient must go to one input, not be split or duplicated.
-  first = jnp.where(win[:, :, 0, :, 0] == y, 0,
-                    jnp.where(win[:, :, 0, :, 1] == y, 1, jnp.where(win[:, :, 1, :, 0] == y, 2, 3)))
+  first = jnp.where(
+    win[:, :, 0, :, 0] == y,
+    0,
+    jnp.where(win[:, :, 0, :, 1] == y, 1, jnp.where(win[:, :, 1, :, 0] == y, 2, 3)),
+  )
   return y, first.astype(jnp.int8)
 
 

