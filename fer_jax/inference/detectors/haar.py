@@ -1,9 +1,9 @@
-"""OpenCV's Haar cascade (Viola-Jones); `fer` uses the same detector (with the default cascade; alt2,
-used here, found more of the test photos' faces with fewer false boxes).
+"""OpenCV's Haar cascade (Viola-Jones); `fer` uses the same detector (with the default cascade;
+alt2, used here, found more of the test photos' faces with fewer false boxes).
 
-Needs `opencv-python-headless>=4.8,<5`: its wheel ships the cascade XML files (cv2.data.haarcascades);
-OpenCV 5 drops both CascadeClassifier and the files. Scores are the cascade's final-stage weights
-(about 0 to 10; a higher value is a surer face).
+Needs `opencv-python-headless>=4.8,<5`: its wheel ships the cascade XML files
+(cv2.data.haarcascades); OpenCV 5 drops both CascadeClassifier and the files. Scores are the
+cascade's final-stage weights (about 0 to 10; a higher value is a surer face).
 """
 
 import os

