@@ -1,4 +1,5 @@
-"""`python -m fer_jax.predict PHOTO|FOLDER|VIDEO ...`: the command line of fer_jax/inference/predict.py."""
+"""`python -m fer_jax.predict PHOTO|FOLDER|VIDEO ...`: the command line of
+fer_jax/inference/predict.py."""
 
 from absl import app
 

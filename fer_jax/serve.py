@@ -1,4 +1,5 @@
-"""`python -m fer_jax.serve [--workdir=runs/x] [--port=8000]`: the web demo (fer_jax/inference/serve/)."""
+"""`python -m fer_jax.serve [--workdir=runs/x] [--port=8000]`: the web demo
+(fer_jax/inference/serve/)."""
 
 from absl import app
 

@@ -167,7 +167,7 @@ def test_workdir_restores_the_model_variables_without_an_optimiser(tiny_run, mon
   monkeypatch.setattr(steps, "create_state", no_optimiser)
   scorer = scoring.Scorer.from_workdir(tiny_run)
   np.testing.assert_array_equal(scorer.logits(crops), np.asarray(before))
-  assert scorer.note == ""  # a finished run: calibrated
+  assert scorer.warning == ""  # a finished run: calibrated
 
 
 def test_a_run_without_calibration_is_said_to_be_uncalibrated(tiny_run, tmp_path, capsys):
@@ -183,9 +183,9 @@ def test_a_run_without_calibration_is_said_to_be_uncalibrated(tiny_run, tmp_path
   )
   photo = save_photo(tmp_path / "face.png", astronaut_crops(48)[0, ..., 0])
   _, err = run_predict([f"--workdir={workdir}", "--crops", photo], capsys)
-  notes = [line for line in err.splitlines() if line.startswith("note:")]
-  assert len(notes) == 1 and "no checkpoints/calibration.json" in notes[0]
-  assert "uncalibrated (T = 1)" in notes[0]
+  warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+  assert len(warnings) == 1 and "no checkpoints/calibration.json" in warnings[0]
+  assert "uncalibrated (T = 1)" in warnings[0]
 
 
 def write_run_config(workdir, saved):

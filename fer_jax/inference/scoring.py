@@ -32,7 +32,7 @@ class Scorer:
   resize_filter: str
   calibration: calibration.Calibration
   apply: callable  # jitted (uint8 crops [B, S, S, C]) -> logits [B, classes]
-  note: str = ""  # what a user should know before trusting the answers (predict and serve say it)
+  warning: str = ""  # what a user should know before trusting the answers (predict, serve say it)
 
   @classmethod
   def default(cls, classes=None):
@@ -92,7 +92,7 @@ class Scorer:
     cal = calibration.load(workdir, default_threshold=config.eval.confidence_threshold)
     scorer = cls.from_variables(f"{config.name} ({workdir})", config, model, variables, cal)
     if not os.path.exists(os.path.join(workdir, calibration.FILE)):
-      scorer.note = (
+      scorer.warning = (
         f"{workdir} has no {calibration.FILE} (a run writes it when it finishes): probabilities "
         f"are uncalibrated (T = 1) and the threshold is the config's {cal.threshold:g}; rerun "
         "the run's training command to finish it"

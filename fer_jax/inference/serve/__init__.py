@@ -1,4 +1,5 @@
-"""The web demo: a FastAPI app serving one HTML page, a photo upload endpoint and a WebSocket for webcam frames.
+"""The web demo: a FastAPI app serving one HTML page, a photo upload endpoint and a WebSocket for
+webcam frames.
 
   python -m fer_jax.serve            # http://127.0.0.1:8000 (also `make demo`)
 
@@ -8,9 +9,10 @@ machine lowers the frame rate instead of building a queue. Each connection has i
 tracker, so webcam answers are smoothed over frames as predict.py smooths videos.
 
 Bad input never takes the server down: oversized uploads and frames, images over the pixel cap
-(decompression bombs) get 413; non-images, truncated and empty images get 400 (upload) or an
-{"error": ...} message (WebSocket, which stays open); frames with more faces than the cap are
-scored on the largest ones and say how many were dropped.
+(decompression bombs) get 413 (an upload as soon as its bytes pass the limit, whether it declared
+its length or not, so nothing oversized is buffered or written to disk); non-images, truncated
+and empty images get 400 (upload) or an {"error": ...} message (WebSocket, which stays open);
+frames with more faces than the cap are scored on the largest ones and say how many were dropped.
 """
 
 import dataclasses
@@ -18,17 +20,10 @@ import io
 import os
 import time
 
-from fastapi import (
-  FastAPI,
-  File,
-  HTTPException,
-  Request,
-  UploadFile,
-  WebSocket,
-  WebSocketDisconnect,
-)
+from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from fer_jax.data import folders
 from fer_jax.inference import detectors, scoring
@@ -43,6 +38,11 @@ class Limits:
   max_pixels: int = 25_000_000  # decoded size of either, checked from the header before decoding
 
 
+FORM_OVERHEAD_BYTES = 64 * 1024  # an upload's multipart headers and boundaries around the photo
+DEFAULT_DETECTION = scoring.Detection()
+DEFAULT_LIMITS = Limits()
+
+
 def face_json(result, classes):
   f = result.face
   return {
@@ -54,7 +54,7 @@ def face_json(result, classes):
   }
 
 
-def create_app(scorer, detection=scoring.Detection(), limits=Limits(), smoothing=0.5):
+def create_app(scorer, detection=DEFAULT_DETECTION, limits=DEFAULT_LIMITS, smoothing=0.5):
   """The demo app around a ready scoring.Scorer."""
   app = FastAPI(title="fer_jax demo", docs_url=None, redoc_url=None)
 
@@ -97,15 +97,27 @@ def create_app(scorer, detection=scoring.Detection(), limits=Limits(), smoothing
     }
 
   @app.post("/api/predict")
-  async def predict(request: Request, image: UploadFile = File(...)):
+  async def predict(request: Request):
+    too_large = f"is over the {limits.max_upload_bytes:,}-byte limit"
     declared = int(request.headers.get("content-length") or 0)
-    if (
-      declared > limits.max_upload_bytes + 64 * 1024
-    ):  # refuse before reading it all (64 KiB: form overhead)
-      raise HTTPException(
-        413, f"upload of {declared:,} bytes is over the {limits.max_upload_bytes:,}-byte limit"
-      )
-    data = await image.read(limits.max_upload_bytes + 1)
+    if declared > limits.max_upload_bytes + FORM_OVERHEAD_BYTES:  # refused before reading any
+      raise HTTPException(413, f"upload of {declared:,} bytes {too_large}")
+    # Counted as it arrives: a chunked upload declares no length, and parsing the form first
+    # would spool all of it to disk before its size could be known.
+    body = bytearray()
+    async for chunk in request.stream():
+      body += chunk
+      if len(body) > limits.max_upload_bytes + FORM_OVERHEAD_BYTES:
+        raise HTTPException(413, f"upload of over {len(body):,} bytes {too_large}")
+
+    async def whole_body():
+      return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    async with Request(request.scope, whole_body).form(max_files=1) as form:
+      image = form.get("image")
+      if not isinstance(image, UploadFile):
+        raise HTTPException(422, "send the photo as the form's file field 'image'")
+      data = await image.read()
     return await run_in_threadpool(score, data, image.filename or "upload", limits.max_upload_bytes)
 
   @app.websocket("/ws")

@@ -1,5 +1,11 @@
-"""python -m fer_jax.serve [--workdir=runs/x] [--port=8000]: the web demo on http://127.0.0.1:8000."""
+"""python -m fer_jax.serve [--workdir=runs/x] [--port=8000]: the web demo on http://127.0.0.1:8000.
 
+The port is checked before the model loads, so a port another server holds fails in one line
+before the demo's address is printed.
+"""
+
+import errno
+import socket
 import sys
 
 import numpy as np
@@ -33,6 +39,26 @@ _SMOOTHING = flags.DEFINE_float(
 )
 
 
+def check_port(host, port):
+  """Exits with one line when `host`:`port` cannot be listened on; binds as uvicorn does."""
+  try:
+    family, kind, proto, _, address = socket.getaddrinfo(
+      host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+  except socket.gaierror as e:
+    sys.exit(f"error: --host {host}: {e.strerror}")
+  with socket.socket(family, kind, proto) as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # uvicorn's option: TIME_WAIT is free
+    try:
+      s.bind(address)
+    except OSError as e:
+      if e.errno == errno.EADDRINUSE:
+        sys.exit(
+          f"error: port {port} on {host} is in use; stop what holds it or pass another --port"
+        )
+      sys.exit(f"error: cannot listen on {host}:{port}: {e.strerror}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -44,6 +70,7 @@ def main(argv):
     raise app.UsageError(f"--max_faces must be at least 1, got {_MAX_FACES.value}")
   if _DETECT_SIDE.value < 0:
     raise app.UsageError(f"--detect_side must be 0 or more, got {_DETECT_SIDE.value}")
+  check_port(_HOST.value, _PORT.value)
   import uvicorn
 
   from fer_jax.inference import scoring, serve
@@ -52,9 +79,7 @@ def main(argv):
     _DETECTOR.value, max_faces=_MAX_FACES.value, max_side=_DETECT_SIDE.value
   )
   try:
-    scoring.find_faces(
-      np.zeros((8, 8, 3), np.uint8), detection
-    )  # load the detector before the first frame
+    scoring.find_faces(np.zeros((8, 8, 3), np.uint8), detection)  # loads it before a frame comes
     scorer = (
       scoring.Scorer.from_workdir(_WORKDIR.value)
       if _WORKDIR.value
@@ -62,9 +87,12 @@ def main(argv):
     )
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
+  if scorer.warning:
+    print(f"warning: {scorer.warning}", file=sys.stderr)
+  # Compiled now, so that the first frame is answered as fast as the next ones.
   scorer.probabilities(
     np.zeros((1, scorer.image_size, scorer.image_size, scorer.channels), np.uint8)
-  )  # compile
+  )
   print(
     f"fer_jax demo: http://{_HOST.value}:{_PORT.value}  (model: {scorer.name}; Ctrl-C stops)",
     flush=True,
