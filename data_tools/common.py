@@ -118,10 +118,6 @@ def run_main(tool_fn, parser, argv):
 # ---------------------------------------------------------------------------- paths
 
 
-def _contains(outer, inner):
-  return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
-
-
 def check_output(dst, overwrite, **inputs):
   """Refuses a DST that is, holds or sits inside any input path (flag name -> path)."""
   real_dst = os.path.realpath(dst)
@@ -129,7 +125,7 @@ def check_output(dst, overwrite, **inputs):
     raise ToolError(f"--out {dst}: exists and is not a folder")
   for flag, path in inputs.items():
     real = os.path.realpath(path)
-    if _contains(real, real_dst) or _contains(real_dst, real):
+    if folders.contains(real, real_dst) or folders.contains(real_dst, real):
       raise ToolError(
         f"--out {dst}: overlaps {flag} {path}; the output must be a separate folder "
         "(the source is never written to)"
@@ -249,9 +245,10 @@ def read_tree(root, classes, allow_flat=False):
   for path, reason in scan.skipped:
     if os.path.dirname(path) == scan.root and os.path.basename(path) in OUTPUT_FILES:
       continue
-    paths = (
-      [os.path.join(path, rel) for rel in files_under(path)] if os.path.isdir(path) else [path]
-    )
+    # A skipped class or split folder stands for its files; a skipped link (a loop, or one to
+    # files read where they live) is one entry: listing through it would list them again.
+    expand = os.path.isdir(path) and not os.path.islink(path)
+    paths = [os.path.join(path, rel) for rel in files_under(path)] if expand else [path]
     for p in paths:
       not_read.append(Entry(p, "", "", "dropped", reason=f"not read: {reason}"))
   if not scan.files:

@@ -99,3 +99,11 @@ def read_manifest(dst):
 
 def all_files(root):
   return sorted(os.path.join(folder, f) for folder, _, files in os.walk(root) for f in files)
+
+
+def link_class_folders(root, split="train", a="happy", b="sad"):
+  """The loop `ln -s ../b root/split/a/to_b; ln -s ../a root/split/b/to_a` -> the two links."""
+  links = (os.path.join(root, split, a, f"to_{b}"), os.path.join(root, split, b, f"to_{a}"))
+  os.symlink(os.path.join("..", b), links[0])
+  os.symlink(os.path.join("..", a), links[1])
+  return links
