@@ -75,6 +75,17 @@ def parse_classes(text):
   return classes
 
 
+def parse_seed(text):
+  """--seed: a whole number >= 0 (numpy's generators take no negative seeds)."""
+  try:
+    seed = int(text)
+  except ValueError:
+    seed = -1
+  if seed < 0:
+    raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+  return seed
+
+
 def tool_parser(prog, description):
   """The flags every tool has; tools add their own."""
   p = argparse.ArgumentParser(

@@ -549,7 +549,7 @@ def build_parser():
     "(%(default)s = 1 / number of classes)",
   )
   stratify.add_ratio_flag(p)
-  p.add_argument("--seed", type=int, default=42, help="order in which AffectNet images are taken")
+  p.add_argument("--seed", type=common.parse_seed, default=42, help="order in which AffectNet images are taken")
   p.add_argument(
     "--resize_filter",
     default="bilinear",

@@ -496,7 +496,7 @@ def build_parser():
     help="config override, e.g. --set train.epochs=10 (repeatable)",
   )
   p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
-  p.add_argument("--seed", type=int, default=42, help="fold assignment seed")
+  p.add_argument("--seed", type=common.parse_seed, default=42, help="fold assignment seed")
   p.add_argument("--sheet", type=int, default=64, help="suspects shown in suspects.png")
   p.add_argument(
     "--review",

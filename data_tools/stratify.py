@@ -164,7 +164,7 @@ def build_parser():
   p = common.tool_parser("stratify", __doc__.split("\n")[0])
   add_ratio_flag(p)
   p.add_argument(
-    "--seed", type=int, default=42, help="shuffling seed (the same seed gives the same split)"
+    "--seed", type=common.parse_seed, default=42, help="shuffling seed (the same seed gives the same split)"
   )
   p.add_argument(
     "--no_groups",
