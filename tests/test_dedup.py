@@ -12,6 +12,7 @@ from image_trees import (
   TRANSFORMS,
   all_files,
   face_like,
+  link_class_folders,
   plant_copy,
   read_manifest,
   save,
@@ -363,3 +364,18 @@ def test_dedup_review_overrides_the_verifier_for_a_pair(tmp_path, capsys):
     writer.writerows(rows)
   assert run(dedup, *argv, "--out", tmp_path / "third", "--review", tmp_path / "reviewed.csv") == 2
   assert "decision 'maybe' is not one of duplicate | distinct" in capsys.readouterr().err
+
+
+def test_dedup_sees_no_copies_in_class_folders_linked_to_each_other(tmp_path, capsys):
+  """Read through `train/happy/to_sad -> ../sad`, every sad face was a happy copy of itself."""
+  src, dst = tmp_path / "src", tmp_path / "dst"
+  write_originals(str(src), {"train": {c: 3 for c in CLASSES}, "val": {c: 1 for c in CLASSES}})
+  links = link_class_folders(str(src))
+  os.mkfifo(src / "val" / "sad" / "pipe.png")
+  assert run(dedup, src, "--out", dst, "--workers", "1", "--apply") == 0
+  assert "label conflicts: 0 pairs" in capsys.readouterr().out
+  manifest = read_manifest(dst)
+  assert collections.Counter(r["action"] for r in manifest.values()) == {"kept": 16, "dropped": 3}
+  for path in [*links, str(src / "val" / "sad" / "pipe.png")]:
+    assert manifest[path]["reason"].startswith("not read: ")
+  assert not (dst / "train" / "happy" / "to_sad").exists()

@@ -259,3 +259,27 @@ def test_annotation_paths_outside_the_affectnet_folder_are_refused(tmp_path, cap
     f"--affectnet {affectnet}; annotation paths are relative to the AffectNet folder\n"
   )
   assert not (tmp_path / "dst").exists()
+
+
+def test_affectnet_class_folders_linked_to_each_other_are_read_once_each(tmp_path):
+  src, affectnet, dst = tmp_path / "src", tmp_path / "affectnet", tmp_path / "dst"
+  make_target(str(src))
+  rng = np.random.default_rng(8)
+  for folder in ("surprise", "sad"):
+    for k in range(3):
+      save(str(affectnet / folder / f"{k}.png"), affectnet_image(rng))
+  os.symlink("../sad", affectnet / "surprise" / "to_sad")
+  os.symlink("../surprise", affectnet / "sad" / "to_surprise")
+  os.mkfifo(affectnet / "surprise" / "pipe.png")
+  args = [str(src), "--affectnet", str(affectnet), "--out", str(dst), "--workers", "1"]
+  assert merge.main(args) == 0
+  with open(dst / "plan.json") as f:
+    entries = [e for e in json.load(f)["entries"] if e["source_path"].startswith(str(affectnet))]
+  assert len(entries) == 9  # 6 images, 2 links, 1 pipe
+  added = {
+    os.path.basename(os.path.dirname(e["source_path"])) for e in entries if e["action"] == "added"
+  }
+  assert added == {"surprise"}  # the sad faces never came in as surprise through the link
+  reasons = {os.path.basename(e["source_path"]): e["reason"] for e in entries}
+  assert reasons["pipe.png"] == "not read: not a regular file (named pipe)"
+  assert reasons["to_sad"].startswith("not read: symlink to a file or folder scanned elsewhere")
