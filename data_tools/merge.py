@@ -10,6 +10,8 @@ AffectNet as users have it, either
   - image files under DIR plus the official annotation CSVs (--annotations, repeatable) with
     the columns subDirectory_filePath (relative to DIR), expression (0-7; 8-10 = none,
     uncertain, no face are left out) and optionally face_x, face_y, face_width, face_height.
+    A path outside DIR is refused. A file the CSVs label differently is left out and its rows
+    listed in DST/conflicts.csv.
 Each image is cropped to its face box when there is one, converted to the dataset's format
 (gray, --image_size, as the loader decodes; fer_jax.data.folders.to_array) and stored as a new
 PNG named `affectnet_<path under DIR>.png`. AffectNet classes map to --classes by name

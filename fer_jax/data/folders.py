@@ -4,6 +4,9 @@ Layouts: `<root>/<split>/<class>/<file>` (split names normalised by `splits.norm
 or, for unsplit data, `<root>/<class>/<file>` (every file gets split=None). Files may sit in
 sub-folders of a class folder. Anything that is not used is listed in `ScanResult.skipped`
 with a reason, never guessed: unknown split folders, classes not in the list, non-image files.
+Every path is resolved and each real file used once, where it lives (links between class
+folders, links to what the tree holds anyway and loops are skipped); only regular files are
+opened (a named pipe called x.png would block its reader). See `_Walk`.
 
 Pixels: EXIF orientation applied; transparent images (RGBA, LA, P with transparency) are
 composited on BLACK; 16/32-bit integer images are scaled from 0..65535 to 0..255 (Pillow's own
