@@ -8,7 +8,8 @@ happens to every file (`Entry`), and hands the `Plan` to `finish`:
     `DST/manifest.csv` and `DST/plan.json`.
 The source is never written to: DST may not be SRC, inside it, or hold it, nor hold a symlink
 (a write through one could land in SRC). Files already in DST that the plan would write
-identically are left alone, so re-running is idempotent; any other file in DST is foreign, and the run stops naming it unless `--overwrite`.
+identically are left alone, so re-running is idempotent; any other file in DST is foreign, and
+the run stops naming it unless `--overwrite`.
 Files in DST are replaced by rename, never rewritten in place: a hard-linked file shares its
 bytes with the source, and writing into it would change the source.
 """
@@ -243,7 +244,7 @@ class Tree:
 
 
 def read_tree(root, classes, allow_flat=False):
-  """Scans `root` (see fer_jax.data.folders.scan_tree); every unused file becomes a dropped Entry."""
+  """Scans `root` (fer_jax.data.folders.scan_tree); every unused file becomes a dropped Entry."""
   if not os.path.isdir(root):
     raise ToolError(f"SRC {root}: no such folder")
   scan = folders.scan_tree(os.path.abspath(root), classes, classes_field="--classes")
@@ -271,7 +272,7 @@ def read_tree(root, classes, allow_flat=False):
 
 
 def entry_for(tree, record, action, split=None, class_name=None, reason="", group="", score=""):
-  """The Entry of a file that goes to `split`/`class_name` (default: where it was), or is dropped."""
+  """The Entry of a file going to `split`/`class_name` (default: where it was), or dropped."""
   split = split or record.split or ""
   class_name = class_name or record.class_name
   new_path = "" if action == "dropped" else os.path.join(split, class_name, tree.rel(record))

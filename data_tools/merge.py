@@ -1,6 +1,7 @@
 """Adds AffectNet images to the under-represented classes of a dataset (the study's migration).
 
-  python -m data_tools.merge SRC --affectnet DIR [--annotations training.csv ...] --out DST [--apply]
+  python -m data_tools.merge SRC --affectnet DIR [--annotations training.csv ...] --out DST
+      [--apply]
       [--share 0.25] [--ratios 0.8,0.1,0.1] [--seed 42] [--hash phash --threshold 6]
 
 AffectNet as users have it, either
@@ -551,7 +552,9 @@ def build_parser():
     "(%(default)s = 1 / number of classes)",
   )
   stratify.add_ratio_flag(p)
-  p.add_argument("--seed", type=common.parse_seed, default=42, help="order in which AffectNet images are taken")
+  p.add_argument(
+    "--seed", type=common.parse_seed, default=42, help="order in which AffectNet images are taken"
+  )
   p.add_argument(
     "--resize_filter",
     default="bilinear",

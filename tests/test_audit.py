@@ -1,4 +1,4 @@
-"""The dataset audit on a small tree with known duplicates, a leak with a conflicting label and a blank."""
+"""The dataset audit on a small tree with known duplicates, a mislabelled leak and a blank."""
 
 import json
 import os
@@ -126,14 +126,17 @@ def test_audit_reads_a_config_and_never_writes_into_the_data(tmp_path, capsys):
 
 
 def test_audit_lists_images_with_no_detectable_face(tmp_path):
-  """Real faces (scikit-image's LFW subset, 48x48) against its non-face patches, text and an icon."""
+  """Real faces (scikit-image's LFW subset, 48x48) against its non-faces, text and an icon."""
   from PIL import ImageDraw
   from skimage import data as skdata
 
   lfw = skdata.lfw_subset()
-  as_48 = lambda a: Image.fromarray((255 * a).round().astype(np.uint8)).resize(
-    (48, 48), Image.Resampling.BICUBIC
-  )
+
+  def as_48(a):
+    return Image.fromarray((255 * a).round().astype(np.uint8)).resize(
+      (48, 48), Image.Resampling.BICUBIC
+    )
+
   root = tmp_path / "faces"
   for c in ("happy", "sad"):
     os.makedirs(root / "train" / c)

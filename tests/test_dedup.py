@@ -138,7 +138,7 @@ def test_a_chain_never_drops_an_image_for_one_it_was_not_verified_against(larges
   pairs = chain([0.95, 0.95, 0.5], ["near", "near", "distinct"])
   outcome, findings, _ = dedup.decide(records, pairs, args, ["happy"])
   linked = {(0, 1), (1, 0), (1, 2), (2, 1)}
-  for m, (action, reason, k) in outcome.items():
+  for m, (action, _, k) in outcome.items():
     if action == "dropped":
       twin = ({int(pairs.i[k]), int(pairs.j[k])} - {m}).pop()
       assert (m, twin) in linked and outcome[twin][0] == "kept", (m, outcome)

@@ -1,4 +1,4 @@
-"""data_tools.merge: AffectNet folders and annotations -> 48x48 gray, mapped, deduplicated, balanced."""
+"""data_tools.merge: AffectNet folders and annotations -> 48x48 gray, mapped, deduped, balanced."""
 
 import collections
 import csv

@@ -90,7 +90,7 @@ def test_stratify_tree_keeps_duplicates_together(tmp_path, capsys, layout):
     for k in range(3)
   ]
   if layout == "flat":  # <root>/<class>/<file>: move the split folders' content up
-    for (split, c), ps in list(paths.items()):
+    for (_, c), ps in list(paths.items()):
       for p in ps:
         os.renames(p, os.path.join(src, c, os.path.basename(p)))
     for p in twins:

@@ -47,7 +47,10 @@ def files_fingerprint(root, files):
   """sha256 over sorted (path relative to `root`, size, mtime_ns) of the source files."""
   # Slicing, not os.path.relpath: relpath costs more than the rest of a 25k-file cached load.
   prefix = os.path.join(os.fspath(root), "")
-  rel = lambda p: p[len(prefix) :] if p.startswith(prefix) else p
+
+  def rel(p):
+    return p[len(prefix) :] if p.startswith(prefix) else p
+
   lines = sorted(f"{rel(os.fspath(p))}\0{size}\0{mtime_ns}" for p, size, mtime_ns in files)
   return digest("\n".join(lines), 16)
 
@@ -68,7 +71,10 @@ def cache_key(source, root, params, name=None):
   """
   name = name or os.path.basename(os.path.normpath(root)) or "data"
   params = dict(params, format_version=FORMAT_VERSION)
-  readable = lambda text: re.sub(r"[^A-Za-z0-9_.]+", "_", text)
+
+  def readable(text):
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text)
+
   return "-".join(
     [
       readable(source),
@@ -153,7 +159,8 @@ def check_split(name, split, num_classes):
   images, labels = split.images, split.labels
   if images.dtype != np.uint8 or images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
     raise ValueError(
-      f"split {name}: images {images.dtype}{list(images.shape)} do not match labels {list(labels.shape)}"
+      f"split {name}: images {images.dtype}{list(images.shape)} do not match "
+      f"labels {list(labels.shape)}"
     )
   if split.paths is not None and len(split.paths) != len(labels):
     raise ValueError(f"split {name}: {len(split.paths)} paths for {len(labels)} labels")
