@@ -165,6 +165,17 @@ def _expression_name(expression_id):
   return NOT_EMOTIONS.get(expression_id) or AFFECTNET_CLASSES[expression_id]
 
 
+def _unusable(path):
+  """Why the listed file `path` cannot be read, or None for a regular file."""
+  try:
+    kind = folders.file_kind(os.stat(path).st_mode)
+  except FileNotFoundError:
+    return "listed in the annotations, file missing"
+  except OSError as e:  # a link loop, no permission
+    return f"not read: unreadable ({e.strerror})"
+  return None if kind == "file" else f"not read: not a regular file ({kind})"
+
+
 def read_annotations(root, csv_paths):
   """(candidates, dropped entries, conflict rows) from the official annotation CSVs.
 
@@ -197,20 +208,13 @@ def read_annotations(root, csv_paths):
         for li in listings
       ]
       continue
-    try:
-      kind = folders.file_kind(os.stat(first.path).st_mode)
-    except FileNotFoundError:
-      kind = None
-    if kind is None:
-      reason = "listed in the annotations, file missing"
-    elif kind != "file":
-      reason = f"not read: not a regular file ({kind})"
-    elif first.expression_id in NOT_EMOTIONS:
+    reason = _unusable(first.path)
+    if reason is None and first.expression_id in NOT_EMOTIONS:
       reason = (
         f"AffectNet expression {first.expression_id} "
         f"({NOT_EMOTIONS[first.expression_id]}) is not an emotion"
       )
-    else:
+    if reason is None:
       candidates.append(Candidate(first.path, AFFECTNET_CLASSES[first.expression_id], first.box))
       continue
     dropped.append(common.Entry(first.path, "", "", "dropped", reason=reason))

@@ -218,7 +218,10 @@ def test_annotations_that_disagree_are_reported_and_the_file_left_out(tmp_path, 
   rng = np.random.default_rng(4)
   for k in range(4):
     save(str(affectnet / "1" / f"{k}.png"), affectnet_image(rng))
-  first = write_annotations(tmp_path / "a.csv", [(f"1/{k}.png", 3) for k in range(4)])
+  os.mkfifo(affectnet / "1" / "pipe.png")  # listed: never opened
+  first = write_annotations(
+    tmp_path / "a.csv", [(f"1/{k}.png", 3) for k in range(4)] + [("1/pipe.png", 3)]
+  )
   # 1.png: surprise in a.csv, happy here; 2.png: surprise in both (spelt another way): no conflict
   second = write_annotations(tmp_path / "b.csv", [("1/1.png", 1), ("1/../1/2.png", 3)])
   args = [str(src), "--affectnet", str(affectnet), "--out", str(dst), "--workers", "1"]
@@ -235,11 +238,13 @@ def test_annotations_that_disagree_are_reported_and_the_file_left_out(tmp_path, 
   paths = collections.Counter(e["source_path"] for e in entries)
   assert max(paths.values()) == 1  # each file once, however the rows spell its path
   assert sorted(p for p in paths if p.startswith(str(affectnet))) == [
-    str(affectnet / "1" / f"{k}.png") for k in range(4)
+    str(affectnet / "1" / name) for name in ("0.png", "1.png", "2.png", "3.png", "pipe.png")
   ]
   conflict = next(e for e in entries if e["source_path"] == str(affectnet / "1" / "1.png"))
   assert conflict["action"] == "dropped"
   assert conflict["reason"].startswith("label conflict in the annotations")
+  pipe = next(e for e in entries if e["source_path"] == str(affectnet / "1" / "pipe.png"))
+  assert pipe["reason"] == "not read: not a regular file (named pipe)"
 
 
 @pytest.mark.parametrize("name", ["../outside.png", "1/../../outside.png", "ABSOLUTE"])
