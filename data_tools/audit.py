@@ -12,8 +12,9 @@ works on data that is not ready to train on. Findings:
     val/test shares beyond +-5 points of train's;
   - source image sizes, modes and formats (image folders), and the files the loader skipped;
   - near-constant (blank) images: pixel standard deviation below --blank_std;
-  - images with no detectable face (fer_jax.inference.detectors' Haar cascade on the image padded and
-    enlarged: tight 48x48 crops leave the cascade no margin): blank frames, text, icons;
+  - images with no detectable face (fer_jax.inference.detectors' Haar cascade on the image
+    padded and enlarged: tight 48x48 crops leave the cascade no margin): blank frames, text,
+    icons;
   - duplicates within and across splits, with conflicting labels called out: exact (equal
     decoded pixels) and near (hash candidates verified on the pixels), decided exactly as
     `python -m data_tools.dedup` decides with its default flags, so the two never disagree;
@@ -121,7 +122,10 @@ def file_findings(dataset):
         formats["unreadable now"] += 1
     progress.update(len(paths[start : start + 1000]))
   progress.close()
-  top = lambda counter: dict(counter.most_common())
+
+  def top(counter):
+    return dict(counter.most_common())
+
   return {"files": len(paths), "sizes": top(sizes), "modes": top(modes), "formats": top(formats)}
 
 
@@ -316,8 +320,11 @@ def console_summary(findings, out_dir):
 def markdown(findings):
   ds = findings["dataset"]
   root = ds["root"] or ""
+
   # Files under the root are shown relative to it; audit.json keeps full paths.
-  rel = lambda p: os.path.relpath(p, root) if root and p.startswith(root + os.sep) else p
+  def rel(p):
+    return os.path.relpath(p, root) if root and p.startswith(root + os.sep) else p
+
   md = [
     f"# Dataset audit: {ds['name']}",
     "",

@@ -8,7 +8,8 @@ happens to every file (`Entry`), and hands the `Plan` to `finish`:
     `DST/manifest.csv` and `DST/plan.json`.
 The source is never written to: DST may not be SRC, inside it, or hold it, nor hold a symlink
 (a write through one could land in SRC). Files already in DST that the plan would write
-identically are left alone, so re-running is idempotent; any other file in DST is foreign, and the run stops naming it unless `--overwrite`.
+identically are left alone, so re-running is idempotent; any other file in DST is foreign, and
+the run stops naming it unless `--overwrite`.
 Files in DST are replaced by rename, never rewritten in place: a hard-linked file shares its
 bytes with the source, and writing into it would change the source.
 """
@@ -75,6 +76,17 @@ def parse_classes(text):
   return classes
 
 
+def parse_seed(text):
+  """--seed: a whole number >= 0 (numpy's generators take no negative seeds)."""
+  try:
+    seed = int(text)
+  except ValueError:
+    seed = -1
+  if seed < 0:
+    raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+  return seed
+
+
 def tool_parser(prog, description):
   """The flags every tool has; tools add their own."""
   p = argparse.ArgumentParser(
@@ -118,10 +130,6 @@ def run_main(tool_fn, parser, argv):
 # ---------------------------------------------------------------------------- paths
 
 
-def _contains(outer, inner):
-  return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
-
-
 def check_output(dst, overwrite, **inputs):
   """Refuses a DST that is, holds or sits inside any input path (flag name -> path)."""
   real_dst = os.path.realpath(dst)
@@ -129,7 +137,7 @@ def check_output(dst, overwrite, **inputs):
     raise ToolError(f"--out {dst}: exists and is not a folder")
   for flag, path in inputs.items():
     real = os.path.realpath(path)
-    if _contains(real, real_dst) or _contains(real_dst, real):
+    if folders.contains(real, real_dst) or folders.contains(real_dst, real):
       raise ToolError(
         f"--out {dst}: overlaps {flag} {path}; the output must be a separate folder "
         "(the source is never written to)"
@@ -236,7 +244,7 @@ class Tree:
 
 
 def read_tree(root, classes, allow_flat=False):
-  """Scans `root` (see fer_jax.data.folders.scan_tree); every unused file becomes a dropped Entry."""
+  """Scans `root` (fer_jax.data.folders.scan_tree); every unused file becomes a dropped Entry."""
   if not os.path.isdir(root):
     raise ToolError(f"SRC {root}: no such folder")
   scan = folders.scan_tree(os.path.abspath(root), classes, classes_field="--classes")
@@ -249,9 +257,10 @@ def read_tree(root, classes, allow_flat=False):
   for path, reason in scan.skipped:
     if os.path.dirname(path) == scan.root and os.path.basename(path) in OUTPUT_FILES:
       continue
-    paths = (
-      [os.path.join(path, rel) for rel in files_under(path)] if os.path.isdir(path) else [path]
-    )
+    # A skipped class or split folder stands for its files; a skipped link (a loop, or one to
+    # files read where they live) is one entry: listing through it would list them again.
+    expand = os.path.isdir(path) and not os.path.islink(path)
+    paths = [os.path.join(path, rel) for rel in files_under(path)] if expand else [path]
     for p in paths:
       not_read.append(Entry(p, "", "", "dropped", reason=f"not read: {reason}"))
   if not scan.files:
@@ -263,7 +272,7 @@ def read_tree(root, classes, allow_flat=False):
 
 
 def entry_for(tree, record, action, split=None, class_name=None, reason="", group="", score=""):
-  """The Entry of a file that goes to `split`/`class_name` (default: where it was), or is dropped."""
+  """The Entry of a file going to `split`/`class_name` (default: where it was), or dropped."""
   split = split or record.split or ""
   class_name = class_name or record.class_name
   new_path = "" if action == "dropped" else os.path.join(split, class_name, tree.rel(record))

@@ -424,7 +424,8 @@ def near_pairs(a, threshold, b=None):
 
 
 def duplicate_pairs(hashes, threshold, other=None):
-  """Index arrays (i, j) of the duplicate pairs within `hashes` (i < j) or between hashes[i] and other[j].
+  """Index arrays (i, j) of the duplicate pairs within `hashes` (i < j), or between hashes[i] and
+  other[j].
 
   A pair is a duplicate when its digests are equal, its codes differ in at most `threshold`
   bits, or one image's code is that close to a variant (mirror, shift, zoom) of the other's.
@@ -454,7 +455,10 @@ def duplicate_pairs(hashes, threshold, other=None):
 
 
 def pair_match(hashes, i, j):
-  """Hash distance and kind ('exact' | 'near' | 'mirrored' | 'shifted ..' | 'zoomed ..') of pairs (i, j)."""
+  """Hash distance and kind of pairs (i, j).
+
+  Kinds: 'exact' | 'near' | 'mirrored' | 'shifted ..' | 'zoomed ..'.
+  """
   direct = hamming(hashes.code[i], hashes.code[j])
   # either image may be the transformed copy of the other
   variant = np.minimum(
@@ -727,7 +731,10 @@ def pairs_sheet(images, pairs, chosen, min_similarity):
 
 
 def apply_pair_review(paths, pairs, tree, records):
-  """Overrides verdicts with a person's decisions from reviewed pairs.csv files (paths relative to SRC)."""
+  """Overrides verdicts with a person's decisions from reviewed pairs.csv files.
+
+  Their paths are relative to SRC.
+  """
   index = {tree.tree_path(r): n for n, r in enumerate(records)}
   by_pair = {(int(a), int(b)): k for k, (a, b) in enumerate(zip(pairs.i, pairs.j))}
   for path in paths:

@@ -1,6 +1,7 @@
 """Adds AffectNet images to the under-represented classes of a dataset (the study's migration).
 
-  python -m data_tools.merge SRC --affectnet DIR [--annotations training.csv ...] --out DST [--apply]
+  python -m data_tools.merge SRC --affectnet DIR [--annotations training.csv ...] --out DST
+      [--apply]
       [--share 0.25] [--ratios 0.8,0.1,0.1] [--seed 42] [--hash phash --threshold 6]
 
 AffectNet as users have it, either
@@ -10,6 +11,8 @@ AffectNet as users have it, either
   - image files under DIR plus the official annotation CSVs (--annotations, repeatable) with
     the columns subDirectory_filePath (relative to DIR), expression (0-7; 8-10 = none,
     uncertain, no face are left out) and optionally face_x, face_y, face_width, face_height.
+    A path outside DIR is refused. A file the CSVs label differently is left out and its rows
+    listed in DST/conflicts.csv.
 Each image is cropped to its face box when there is one, converted to the dataset's format
 (gray, --image_size, as the loader decodes; fer_jax.data.folders.to_array) and stored as a new
 PNG named `affectnet_<path under DIR>.png`. AffectNet classes map to --classes by name
@@ -71,10 +74,16 @@ def _folder_class(path, root):
   return None
 
 
+def _not_read(skipped):
+  """Dropped entries for what `folders.find_files` skipped (loops, links, special files)."""
+  return [common.Entry(p, "", "", "dropped", reason=f"not read: {reason}") for p, reason in skipped]
+
+
 def read_class_folders(root):
   """(candidates, dropped entries) of a folder-per-class AffectNet."""
-  candidates, dropped = [], []
-  for path in (os.path.join(root, rel) for rel in common.files_under(root)):
+  paths, skipped = folders.find_files(root)
+  candidates, dropped = [], _not_read(skipped)
+  for path in paths:
     expression = _folder_class(path, root)
     if not _is_image(path):
       dropped.append(
@@ -106,58 +115,117 @@ def _box(row, where):
   return x, y, w, h
 
 
-def read_annotations(root, csv_paths):
-  """(candidates, dropped entries) from the official annotation CSVs; unlisted files are dropped."""
-  candidates, dropped, listed = [], [], set()
-  for csv_path in csv_paths:
-    try:
-      f = open(csv_path, newline="", encoding="utf-8-sig")
-    except FileNotFoundError:
-      raise common.ToolError(f"--annotations {csv_path}: no such file") from None
-    with f:
-      reader = csv.DictReader(f)
-      missing = {PATH_COLUMN, EXPRESSION_COLUMN} - set(reader.fieldnames or [])
-      if missing:
-        raise common.ToolError(
-          f"--annotations {csv_path}: no column {', '.join(sorted(missing))} "
-          f"(expected AffectNet's {PATH_COLUMN}, {EXPRESSION_COLUMN}, face_x, ...)"
-        )
-      for row in reader:
-        where = f"--annotations {csv_path} line {reader.line_num}"
-        path = os.path.normpath(os.path.join(root, row[PATH_COLUMN].strip()))
-        listed.add(path)
-        try:
-          expression_id = int(row[EXPRESSION_COLUMN])
-        except ValueError:
-          raise common.ToolError(
-            f"{where}: expression {row[EXPRESSION_COLUMN]!r} is not an id 0-10"
-          ) from None
-        if not os.path.isfile(path):
-          dropped.append(
-            common.Entry(path, "", "", "dropped", reason="listed in the annotations, file missing")
-          )
-        elif expression_id in NOT_EMOTIONS:
-          dropped.append(
-            common.Entry(
-              path,
-              "",
-              "",
-              "dropped",
-              reason=(
-                f"AffectNet expression {expression_id} ({NOT_EMOTIONS[expression_id]}) is not an emotion"
-              ),
-            )
-          )
-        elif 0 <= expression_id < len(AFFECTNET_CLASSES):
-          candidates.append(Candidate(path, AFFECTNET_CLASSES[expression_id], _box(row, where)))
-        else:
-          raise common.ToolError(f"{where}: expression {expression_id} is not an AffectNet id 0-10")
-  for path in (os.path.join(root, rel) for rel in common.files_under(root)):
-    if os.path.normpath(path) not in listed:
-      dropped.append(
-        common.Entry(path, "", "", "dropped", reason="not read: not in the annotations")
+CONFLICT_COLUMNS = ("file", "annotations", "expression", "class")
+
+
+class _Listing:
+  """One annotation row: the file it names, its expression id, face box and CSV line."""
+
+  def __init__(self, path, expression_id, box, where):
+    self.path, self.expression_id, self.box, self.where = path, expression_id, box, where
+
+
+def _read_listings(root, csv_path):
+  """The `_Listing` of each row of one annotation CSV; a bad row is a ToolError naming it."""
+  try:
+    f = open(csv_path, newline="", encoding="utf-8-sig")
+  except FileNotFoundError:
+    raise common.ToolError(f"--annotations {csv_path}: no such file") from None
+  listings = []
+  with f:
+    reader = csv.DictReader(f)
+    missing = {PATH_COLUMN, EXPRESSION_COLUMN} - set(reader.fieldnames or [])
+    if missing:
+      raise common.ToolError(
+        f"--annotations {csv_path}: no column {', '.join(sorted(missing))} "
+        f"(expected AffectNet's {PATH_COLUMN}, {EXPRESSION_COLUMN}, face_x, ...)"
       )
-  return candidates, dropped
+    for row in reader:
+      where = f"--annotations {csv_path} line {reader.line_num}"
+      name = row[PATH_COLUMN].strip()
+      path = os.path.normpath(os.path.join(root, name))
+      if not folders.contains(root, path):  # '../x.jpg' or '/etc/x.jpg': not AffectNet's to read
+        raise common.ToolError(
+          f"{where}: {PATH_COLUMN} {name!r} lies outside --affectnet {root}; "
+          "annotation paths are relative to the AffectNet folder"
+        )
+      try:
+        expression_id = int(row[EXPRESSION_COLUMN])
+      except ValueError:
+        raise common.ToolError(
+          f"{where}: expression {row[EXPRESSION_COLUMN]!r} is not an id 0-10"
+        ) from None
+      if not (0 <= expression_id < len(AFFECTNET_CLASSES) or expression_id in NOT_EMOTIONS):
+        raise common.ToolError(f"{where}: expression {expression_id} is not an AffectNet id 0-10")
+      listings.append(_Listing(path, expression_id, _box(row, where), where))
+  return listings
+
+
+def _expression_name(expression_id):
+  return NOT_EMOTIONS.get(expression_id) or AFFECTNET_CLASSES[expression_id]
+
+
+def _unusable(path):
+  """Why the listed file `path` cannot be read, or None for a regular file."""
+  try:
+    kind = folders.file_kind(os.stat(path).st_mode)
+  except FileNotFoundError:
+    return "listed in the annotations, file missing"
+  except OSError as e:  # a link loop, no permission
+    return f"not read: unreadable ({e.strerror})"
+  return None if kind == "file" else f"not read: not a regular file ({kind})"
+
+
+def read_annotations(root, csv_paths):
+  """(candidates, dropped entries, conflict rows) from the official annotation CSVs.
+
+  A file is one real file, however the rows spell its path. A file listed twice with the same
+  expression is read once; with different expressions it is left out, and each of its rows
+  becomes a conflict row (CONFLICT_COLUMNS) for DST/conflicts.csv. Files under `root` that no
+  row lists are dropped.
+  """
+  by_file = collections.defaultdict(list)  # real path -> its listings, in CSV order
+  for csv_path in csv_paths:
+    for listing in _read_listings(root, csv_path):
+      by_file[os.path.realpath(listing.path)].append(listing)
+  candidates, dropped, conflicts = [], [], []
+  for listings in by_file.values():
+    first = listings[0]
+    if len({li.expression_id for li in listings}) > 1:
+      said = "; ".join(f"{li.where}: {_expression_name(li.expression_id)}" for li in listings)
+      dropped.append(
+        common.Entry(
+          first.path, "", "", "dropped", reason=f"label conflict in the annotations ({said})"
+        )
+      )
+      conflicts += [
+        {
+          "file": os.path.relpath(li.path, root),
+          "annotations": li.where.removeprefix("--annotations "),
+          "expression": li.expression_id,
+          "class": _expression_name(li.expression_id),
+        }
+        for li in listings
+      ]
+      continue
+    reason = _unusable(first.path)
+    if reason is None and first.expression_id in NOT_EMOTIONS:
+      reason = (
+        f"AffectNet expression {first.expression_id} "
+        f"({NOT_EMOTIONS[first.expression_id]}) is not an emotion"
+      )
+    if reason is None:
+      candidates.append(Candidate(first.path, AFFECTNET_CLASSES[first.expression_id], first.box))
+      continue
+    dropped.append(common.Entry(first.path, "", "", "dropped", reason=reason))
+  paths, skipped = folders.find_files(root)
+  dropped += _not_read((p, r) for p, r in skipped if os.path.realpath(p) not in by_file)
+  dropped += [
+    common.Entry(path, "", "", "dropped", reason="not read: not in the annotations")
+    for path in paths
+    if os.path.realpath(path) not in by_file
+  ]
+  return candidates, dropped, conflicts
 
 
 # ---------------------------------------------------------------------------- conversion
@@ -309,8 +377,9 @@ def plan_merge(args):
   share = args.share if args.share is not None else 1 / len(classes)
   tree = common.read_tree(args.src, args.classes)
   affectnet_root = os.path.abspath(args.affectnet)
+  conflicts = []
   if args.annotations:
-    candidates, entries = read_annotations(affectnet_root, args.annotations)
+    candidates, entries, conflicts = read_annotations(affectnet_root, args.annotations)
   else:
     candidates, entries = read_class_folders(affectnet_root)
   entries += tree.not_read
@@ -437,6 +506,12 @@ def plan_merge(args):
     + (", ".join(f"{c} {added[c]:,}" for c in classes if added[c]) or "none"),
   ]
   summary += [f"  short: {s}" for s in shortfalls]
+  if conflicts:
+    files = len({row["file"] for row in conflicts})
+    summary.append(
+      f"warning: {files:,} files are labelled differently by the annotation CSVs: left out, "
+      "their rows listed in conflicts.csv (correct the CSVs to use them)"
+    )
   summary += common.count_table(dict(before), classes, "before (images per class and split):")
   summary += common.split_class_table(entries, classes, "after:")
   options = {
@@ -459,6 +534,7 @@ def plan_merge(args):
     options,
     entries,
     summary,
+    reports={"conflicts.csv": common.csv_text(conflicts, CONFLICT_COLUMNS)} if conflicts else {},
   )
 
 
@@ -480,7 +556,9 @@ def build_parser():
     "(%(default)s = 1 / number of classes)",
   )
   stratify.add_ratio_flag(p)
-  p.add_argument("--seed", type=int, default=42, help="order in which AffectNet images are taken")
+  p.add_argument(
+    "--seed", type=common.parse_seed, default=42, help="order in which AffectNet images are taken"
+  )
   p.add_argument(
     "--resize_filter",
     default="bilinear",

@@ -9,15 +9,15 @@ Step 1 pools every image of SRC, splits them into --folds stratified folds and t
 stratified val hold-out of config.data.val_fraction, test = the fold), so every image gets
 class probabilities from a model that never saw it (out-of-fold). The default judge is Model 0
 trained as the study trains it; the summary prints its out-of-fold accuracy (overall and per
-fold) and recall per class and warns when it is weak. Confident learning (Northcutt et al. 2021) then sets a
-threshold per class, t_j = the mean probability of class j over the images labelled j; counts
-the images labelled i whose most probable class above its threshold is j (the confident
-joint); calibrates it to the label counts into an estimate Q of the joint distribution of
-given and true labels; and flags n * Q[i, j] images labelled i, those with the largest margin
-p_j - p_i (prune by noise rate). So the number flagged follows the estimated noise, the
-off-diagonal mass of Q, printed next to it. Suspects are ranked by the margin p_suggested -
-p_given. Writes DST/review.csv (ranked), DST/suspects.png (contact
-sheet of the top --sheet suspects with both labels) and DST/oof_probs.npz; the tree is unchanged.
+fold) and recall per class and warns when it is weak. Confident learning (Northcutt et al.
+2021) then sets a threshold per class, t_j = the mean probability of class j over the images
+labelled j; counts the images labelled i whose most probable class above its threshold is j
+(the confident joint); calibrates it to the label counts into an estimate Q of the joint
+distribution of given and true labels; and flags n * Q[i, j] images labelled i, those with the
+largest margin p_j - p_i (prune by noise rate). So the number flagged follows the estimated
+noise, the off-diagonal mass of Q, printed next to it. Suspects are ranked by the margin
+p_suggested - p_given. Writes DST/review.csv (ranked), DST/suspects.png (contact sheet of the
+top --sheet suspects with both labels) and DST/oof_probs.npz; the tree is unchanged.
 Fold runs live in DST/.mislabel_runs/<fingerprint>/ and are reused when nothing changed.
 
 Step 2 reads reviewed CSVs (this tool's review.csv, dedup's conflicts.csv; `file` is relative
@@ -141,7 +141,8 @@ def judge_quality(probs, labels, k, fold_of):
   weak = per_fold.min() < WEAK_ACCURACY or np.nanmin(recall) < WEAK_RECALL
   warning = (
     (
-      f"WARNING: weak judge (out-of-fold accuracy {accuracy:.1%}, lowest fold {per_fold.min():.1%}, "
+      f"WARNING: weak judge (out-of-fold accuracy {accuracy:.1%}, "
+      f"lowest fold {per_fold.min():.1%}, "
       f"lowest class recall {np.nanmin(recall):.1%}; wanted >= {WEAK_ACCURACY:.0%} in every fold "
       f"and >= {WEAK_RECALL:.0%} per class): the suspects and the noise estimate then reflect the "
       "model's errors more than the labels; train longer or choose a stronger --config"
@@ -152,7 +153,7 @@ def judge_quality(probs, labels, k, fold_of):
   return accuracy, recall, per_fold, warning
 
 
-# ---------------------------------------------------------------------------- out-of-fold probabilities
+# ------------------------------------------------------------------ out-of-fold probabilities
 
 
 def _fingerprint(records, config, folds, seed):
@@ -344,7 +345,8 @@ def plan_review(args, tree):
         "p_given": f"{probs[i, r.label]:.4f}",
         "p_suggested": f"{probs[i, s]:.4f}",
         "threshold": f"{found.thresholds[s]:.4f}",
-        "reason": f"p({classes[s]}) {probs[i, s]:.2f} vs p({r.class_name}) {probs[i, r.label]:.2f}; "
+        "reason": f"p({classes[s]}) {probs[i, s]:.2f} vs "
+        f"p({r.class_name}) {probs[i, r.label]:.2f}; "
         f"{r.class_name}->{classes[s]} estimated for {found.joint[r.label, s]:.1%} "
         "of the data",
         "decision": "",
@@ -496,7 +498,7 @@ def build_parser():
     help="config override, e.g. --set train.epochs=10 (repeatable)",
   )
   p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
-  p.add_argument("--seed", type=int, default=42, help="fold assignment seed")
+  p.add_argument("--seed", type=common.parse_seed, default=42, help="fold assignment seed")
   p.add_argument("--sheet", type=int, default=64, help="suspects shown in suspects.png")
   p.add_argument(
     "--review",

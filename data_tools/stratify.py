@@ -1,4 +1,4 @@
-"""Re-splits a dataset by class into train/val/test (80/10/10 by default), keeping duplicates together.
+"""Re-splits a dataset by class into train/val/test (80/10/10 by default), duplicates together.
 
   python -m data_tools.stratify SRC --out DST [--apply] [--ratios 0.8,0.1,0.1] [--seed 42]
       [--hash phash --threshold 6 | --no_groups]
@@ -27,7 +27,7 @@ def parse_ratios(text):
   except ValueError:
     raise argparse.ArgumentTypeError(
       f"--ratios: expected three numbers like 0.8,0.1,0.1, got {text!r}"
-    )
+    ) from None
   if len(ratios) != 3 or min(ratios) < 0 or ratios[0] <= 0:
     raise argparse.ArgumentTypeError(
       f"--ratios: need train,val,test shares >= 0 with train > 0, got {text!r}"
@@ -45,7 +45,7 @@ def add_ratio_flag(parser):
 
 
 def target_counts(n, ratios):
-  """n split by `ratios` into integers summing to n (largest remainder; ties to the earlier part)."""
+  """n split by `ratios` into integers summing to n (largest remainder; ties to the earlier)."""
   exact = np.asarray(ratios, float) * n
   counts = np.floor(exact).astype(int)
   rest = n - counts.sum()
@@ -66,7 +66,7 @@ def assign_parts(labels, groups, ratios, seed):
   for idx, g in enumerate(groups):
     members[g].append(idx)
   by_class = collections.defaultdict(list)
-  for g, idx in members.items():
+  for idx in members.values():
     votes = collections.Counter(labels[idx].tolist())
     by_class[max(votes, key=lambda c: (votes[c], -c))].append(idx)
   rng = np.random.default_rng(seed)
@@ -164,7 +164,10 @@ def build_parser():
   p = common.tool_parser("stratify", __doc__.split("\n")[0])
   add_ratio_flag(p)
   p.add_argument(
-    "--seed", type=int, default=42, help="shuffling seed (the same seed gives the same split)"
+    "--seed",
+    type=common.parse_seed,
+    default=42,
+    help="shuffling seed (the same seed gives the same split)",
   )
   p.add_argument(
     "--no_groups",

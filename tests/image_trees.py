@@ -20,7 +20,10 @@ def _upsample(noise, size):
 
 
 def face_like(rng, size=48):
-  """A bright ellipse at a random place on textured background: distinct images are >= 10 bits apart."""
+  """A bright ellipse at a random place on a textured background.
+
+  Distinct images are >= 10 bits apart.
+  """
   y, x = np.mgrid[0:size, 0:size] * (48 / size)
   cy, cx = rng.uniform(18, 30, 2)
   ry, rx = rng.uniform(10, 18, 2)
@@ -80,9 +83,9 @@ def plant_copy(root, original, split, class_name, transform, tag):
 
 
 def tree_digest(root):
-  """sha256 over every file's relative path, bytes and mtime: changes if anything in the tree does."""
+  """sha256 over every file's relative path, bytes and mtime: changes if anything in it does."""
   h = hashlib.sha256()
-  for folder, dirs, files in sorted(os.walk(root)):
+  for folder, _, files in sorted(os.walk(root)):
     for f in sorted(files):
       p = os.path.join(folder, f)
       h.update(os.path.relpath(p, root).encode())
@@ -99,3 +102,11 @@ def read_manifest(dst):
 
 def all_files(root):
   return sorted(os.path.join(folder, f) for folder, _, files in os.walk(root) for f in files)
+
+
+def link_class_folders(root, split="train", a="happy", b="sad"):
+  """The loop `ln -s ../b root/split/a/to_b; ln -s ../a root/split/b/to_a` -> the two links."""
+  links = (os.path.join(root, split, a, f"to_{b}"), os.path.join(root, split, b, f"to_{a}"))
+  os.symlink(os.path.join("..", b), links[0])
+  os.symlink(os.path.join("..", a), links[1])
+  return links

@@ -1,10 +1,14 @@
-"""The dataset audit on a small tree with known duplicates, a leak with a conflicting label and a blank."""
+"""The dataset audit on a small tree with known duplicates, a mislabelled leak and a blank."""
 
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
+from conftest import ROOT
+from image_trees import link_class_folders
 from PIL import Image
 
 from data_tools import audit
@@ -122,14 +126,17 @@ def test_audit_reads_a_config_and_never_writes_into_the_data(tmp_path, capsys):
 
 
 def test_audit_lists_images_with_no_detectable_face(tmp_path):
-  """Real faces (scikit-image's LFW subset, 48x48) against its non-face patches, text and an icon."""
+  """Real faces (scikit-image's LFW subset, 48x48) against its non-faces, text and an icon."""
   from PIL import ImageDraw
   from skimage import data as skdata
 
   lfw = skdata.lfw_subset()
-  as_48 = lambda a: Image.fromarray((255 * a).round().astype(np.uint8)).resize(
-    (48, 48), Image.Resampling.BICUBIC
-  )
+
+  def as_48(a):
+    return Image.fromarray((255 * a).round().astype(np.uint8)).resize(
+      (48, 48), Image.Resampling.BICUBIC
+    )
+
   root = tmp_path / "faces"
   for c in ("happy", "sad"):
     os.makedirs(root / "train" / c)
@@ -151,3 +158,29 @@ def test_audit_lists_images_with_no_detectable_face(tmp_path):
   not_faces = {f"patch_{k}.png" for k in range(100, 110)} | {"text.png", "icon.png"}
   assert not_faces <= listed and len(listed - not_faces) <= 1, listed
   assert "images with no detectable face" in (out / "audit.md").read_text().lower()
+
+
+def test_audit_reads_each_face_once_and_never_opens_a_named_pipe(tmp_path):
+  """`ln -s ../sad faces/train/happy/to_sad; ln -s ../happy faces/train/sad/to_happy` and
+  `mkfifo faces/train/sad/pipe.png`: the audit once read sad faces as happy, and hung."""
+  make_tree(tmp_path / "faces")
+  links = link_class_folders(str(tmp_path / "faces"))
+  os.mkfifo(tmp_path / "faces" / "train" / "sad" / "pipe.png")
+  out, cache_dir = tmp_path / "out", tmp_path / "cache"
+  command = [sys.executable, "-m", "data_tools.audit", str(tmp_path / "faces"), "--out", str(out)]
+  proc = subprocess.run(
+    [*command, "--classes", "happy,sad", "--cache_dir", str(cache_dir), "--workers", "1"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,  # a deadline for a hang, far above the seconds it takes
+  )
+  assert proc.returncode == 0, proc.stderr
+  findings = json.loads((out / "audit.json").read_text())
+  assert findings["dataset"]["sizes"] == {"train": 15, "test": 5}  # as test_audit_findings_...
+  assert findings["classes"]["train"]["happy"]["count"] == 7
+  skipped = dict(findings["loader"]["skipped"])
+  assert skipped[str(tmp_path / "faces/train/sad/pipe.png")] == "not a regular file (named pipe)"
+  assert all(
+    skipped[link].startswith("symlink to a file or folder scanned elsewhere") for link in links
+  )

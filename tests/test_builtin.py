@@ -54,8 +54,11 @@ def test_same_seed_same_bytes_and_other_seed_other_faces(small):
     np.testing.assert_array_equal(again.splits[name].labels, small.splits[name].labels)
     assert not np.array_equal(other.splits[name].images, small.splits[name].images)
   assert other.name == "builtin-faces(seed=1)"
+
   # splits come from independent sub-seeds: no face is shared between them
-  faces_of = lambda name: {img.tobytes() for img in small.splits[name].images}
+  def faces_of(name):
+    return {img.tobytes() for img in small.splits[name].images}
+
   assert not faces_of("train") & faces_of("val") and not faces_of("train") & faces_of("test")
   assert not faces_of("val") & faces_of("test")
 

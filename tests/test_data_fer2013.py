@@ -227,3 +227,42 @@ def test_ferplus_row_count_mismatch_and_malformed_votes(tmp_path):
   (tmp_path / "fer2013new.csv").unlink()
   with pytest.raises(FileNotFoundError, match="FER\\+ needs fer2013new.csv"):
     data.load(config(tmp_path, tmp_path / "cache", source="ferplus"))
+
+
+def test_a_csv_saved_with_a_byte_order_mark_reads_as_without(tmp_path):
+  path = write_fer2013(tmp_path / "fer2013.csv")
+  path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # a spreadsheet's "CSV UTF-8"
+  assert data.load(config(path, tmp_path / "cache")).sizes() == {"train": 4, "val": 4, "test": 4}
+
+
+def write_ferplus_numbered(folder):
+  """FER+ as its authors wrote it: one fer<N>.png per row, N counting up; the lines of the file."""
+  write_fer2013(folder / "fer2013.csv")
+  lines = [FERPLUS_HEADER]
+  for n, usage in enumerate(["Training"] * 7 + ["PublicTest"] * 7 + ["PrivateTest"] * 7):
+    winner = ("happiness", "neutral", "sadness", "surprise")[n % 4]
+    lines.append(f"{usage},fer{n:07d}.png," + ",".join(map(str, votes(**{winner: 10}).values())))
+  (folder / "fer2013new.csv").write_text("\n".join(lines) + "\n")
+  return lines
+
+
+@pytest.mark.parametrize(
+  "change, message",
+  [
+    ("usage", "fer2013new.csv:8: Usage 'PublicTest', but {pixels}:8 is 'Training'"),
+    ("order", "fer2013new.csv:4: image name 'fer0000001.png' does not come after line 3's"),
+  ],
+)
+def test_ferplus_votes_that_do_not_follow_the_pixels_are_refused(tmp_path, change, message):
+  lines = write_ferplus_numbered(tmp_path)
+  cfg = config(tmp_path, tmp_path / "cache", source="ferplus")
+  assert data.load(cfg).sizes() == {"train": 7, "val": 7, "test": 7}  # aligned: accepted
+  if change == "usage":  # the last Training row marked PublicTest: the file is not aligned
+    lines[7] = lines[7].replace("Training", "PublicTest")
+  else:  # two rows swapped
+    lines[2:4] = [lines[3], lines[2]]
+  (tmp_path / "fer2013new.csv").write_text("\n".join(lines) + "\n")
+  with pytest.raises(ValueError) as error:
+    data.load(cfg)
+  assert message.format(pixels=tmp_path / "fer2013.csv") in str(error.value)
+  assert "FER+ votes must follow fer2013.csv row by row" in str(error.value)

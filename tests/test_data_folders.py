@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from image_trees import link_class_folders, write_originals
 from PIL import Image
 
 from fer_jax import data
@@ -374,3 +375,64 @@ def test_errors_name_the_config_field(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="no images.*empty"):
     data.load(config(tmp_path / "empty", tmp_path / "cache"))
+
+
+def loop_tree(root):
+  """A split tree whose happy and sad train folders link to each other: 3 images per folder."""
+  originals = write_originals(str(root), {s: {c: 3 for c in CLASSES} for s in data.SPLITS})
+  return originals, link_class_folders(str(root))
+
+
+def test_a_symlink_loop_between_class_folders_reads_each_face_once_in_its_own_class(tmp_path):
+  originals, links = loop_tree(tmp_path / "faces")
+  scan = folders.scan_tree(tmp_path / "faces", CLASSES)
+  expected = sorted((p, s, c) for (s, c), paths in originals.items() for p in paths)
+  assert sorted((f.path, f.split, f.class_name) for f in scan.files) == expected
+  reasons = dict(scan.skipped)
+  assert sorted(reasons) == sorted(links)
+  assert reasons[links[0]] == (
+    f"symlink to a file or folder scanned elsewhere (as {tmp_path / 'faces/train/sad'})"
+  )
+  dataset = data.load(config(tmp_path / "faces", tmp_path / "cache"))
+  assert dataset.count_table()["train"] == {c: 3 for c in CLASSES}
+  assert "2 symlink to a file or folder scanned elsewhere" in dataset.summary()
+
+
+def test_links_out_of_the_tree_are_read_once_and_links_within_it_not_at_all(tmp_path):
+  elsewhere = write_originals(str(tmp_path / "elsewhere"), {"train": {"happy": 2}})
+  faces = tmp_path / "faces"
+  write_originals(str(faces), {s: {c: 1 for c in CLASSES} for s in data.SPLITS})
+  happy = faces / "train" / "happy"
+  os.symlink(tmp_path / "elsewhere" / "train" / "happy", happy / "more")  # read: not in the tree
+  os.symlink(tmp_path / "elsewhere" / "train" / "happy", happy / "again")  # the same folder
+  os.symlink(elsewhere["train", "happy"][0], faces / "train" / "sad" / "one.png")  # a file in it
+  os.symlink(faces / "test" / "sad" / "test_sad_000.png", happy / "x.png")  # a file in the tree
+  scan = folders.scan_tree(faces, CLASSES)
+  train_happy = [f.path for f in scan.files if f.split == "train" and f.class_name == "happy"]
+  assert train_happy == sorted(
+    [str(happy / "train_happy_000.png")]
+    + [str(happy / "again" / os.path.basename(p)) for p in elsewhere["train", "happy"]]
+  )  # 'again' sorts first, so it is the link that is followed
+  reasons = {os.path.relpath(p, faces): r.split(" (")[0] for p, r in scan.skipped}
+  assert reasons == {
+    "train/happy/more": "symlink to a file or folder scanned elsewhere",
+    "train/happy/x.png": "symlink to a file or folder scanned elsewhere",
+    "train/sad/one.png": "symlink to a file or folder scanned elsewhere",
+  }
+  paths, skipped = folders.find_files(faces)
+  assert len(paths) == 12 + 2 and len(skipped) == 3
+
+
+def test_only_regular_files_are_opened(tmp_path):
+  faces = tmp_path / "faces"
+  write_originals(str(faces), {s: {c: 1 for c in CLASSES} for s in data.SPLITS})
+  os.mkfifo(faces / "train" / "sad" / "pipe.png")
+  os.mkfifo(tmp_path / "elsewhere.png")
+  os.symlink(tmp_path / "elsewhere.png", faces / "train" / "sad" / "to_pipe.png")
+  scan = folders.scan_tree(faces, CLASSES)
+  assert len(scan.files) == 12
+  assert sorted((os.path.relpath(p, faces), r) for p, r in scan.skipped) == [
+    ("train/sad/pipe.png", "not a regular file (named pipe)"),
+    ("train/sad/to_pipe.png", "not a regular file (named pipe)"),
+  ]
+  assert data.load(config(faces, tmp_path / "cache")).sizes() == {"train": 4, "val": 4, "test": 4}

@@ -12,6 +12,7 @@ from image_trees import (
   TRANSFORMS,
   all_files,
   face_like,
+  link_class_folders,
   plant_copy,
   read_manifest,
   save,
@@ -137,7 +138,7 @@ def test_a_chain_never_drops_an_image_for_one_it_was_not_verified_against(larges
   pairs = chain([0.95, 0.95, 0.5], ["near", "near", "distinct"])
   outcome, findings, _ = dedup.decide(records, pairs, args, ["happy"])
   linked = {(0, 1), (1, 0), (1, 2), (2, 1)}
-  for m, (action, reason, k) in outcome.items():
+  for m, (action, _, k) in outcome.items():
     if action == "dropped":
       twin = ({int(pairs.i[k]), int(pairs.j[k])} - {m}).pop()
       assert (m, twin) in linked and outcome[twin][0] == "kept", (m, outcome)
@@ -363,3 +364,18 @@ def test_dedup_review_overrides_the_verifier_for_a_pair(tmp_path, capsys):
     writer.writerows(rows)
   assert run(dedup, *argv, "--out", tmp_path / "third", "--review", tmp_path / "reviewed.csv") == 2
   assert "decision 'maybe' is not one of duplicate | distinct" in capsys.readouterr().err
+
+
+def test_dedup_sees_no_copies_in_class_folders_linked_to_each_other(tmp_path, capsys):
+  """Read through `train/happy/to_sad -> ../sad`, every sad face was a happy copy of itself."""
+  src, dst = tmp_path / "src", tmp_path / "dst"
+  write_originals(str(src), {"train": {c: 3 for c in CLASSES}, "val": {c: 1 for c in CLASSES}})
+  links = link_class_folders(str(src))
+  os.mkfifo(src / "val" / "sad" / "pipe.png")
+  assert run(dedup, src, "--out", dst, "--workers", "1", "--apply") == 0
+  assert "label conflicts: 0 pairs" in capsys.readouterr().out
+  manifest = read_manifest(dst)
+  assert collections.Counter(r["action"] for r in manifest.values()) == {"kept": 16, "dropped": 3}
+  for path in [*links, str(src / "val" / "sad" / "pipe.png")]:
+    assert manifest[path]["reason"].startswith("not read: ")
+  assert not (dst / "train" / "happy" / "to_sad").exists()

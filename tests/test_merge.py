@@ -1,7 +1,8 @@
-"""data_tools.merge: AffectNet folders and annotations -> 48x48 gray, mapped, deduplicated, balanced."""
+"""data_tools.merge: AffectNet folders and annotations -> 48x48 gray, mapped, deduped, balanced."""
 
 import collections
 import csv
+import json
 import os
 
 import numpy as np
@@ -200,3 +201,90 @@ def test_merge_refuses_output_inside_affectnet(tmp_path, capsys):
   save(str(affectnet / "surprise" / "a.png"), affectnet_image(np.random.default_rng(0)))
   assert merge.main([str(src), "--affectnet", str(affectnet), "--out", str(affectnet / "out")]) == 2
   assert "overlaps --affectnet" in capsys.readouterr().err
+
+
+def write_annotations(path, rows):
+  """An annotation CSV of (subDirectory_filePath, expression) rows."""
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["subDirectory_filePath", "expression"])
+    writer.writerows(rows)
+  return path
+
+
+def test_annotations_that_disagree_are_reported_and_the_file_left_out(tmp_path, capsys):
+  src, affectnet, dst = tmp_path / "src", tmp_path / "affectnet", tmp_path / "dst"
+  make_target(str(src))
+  rng = np.random.default_rng(4)
+  for k in range(4):
+    save(str(affectnet / "1" / f"{k}.png"), affectnet_image(rng))
+  os.mkfifo(affectnet / "1" / "pipe.png")  # listed: never opened
+  first = write_annotations(
+    tmp_path / "a.csv", [(f"1/{k}.png", 3) for k in range(4)] + [("1/pipe.png", 3)]
+  )
+  # 1.png: surprise in a.csv, happy here; 2.png: surprise in both (spelt another way): no conflict
+  second = write_annotations(tmp_path / "b.csv", [("1/1.png", 1), ("1/../1/2.png", 3)])
+  args = [str(src), "--affectnet", str(affectnet), "--out", str(dst), "--workers", "1"]
+  assert merge.main([*args, "--annotations", str(first), "--annotations", str(second)]) == 0
+  out = capsys.readouterr().out
+  assert "warning: 1 files are labelled differently by the annotation CSVs" in out
+  with open(dst / "conflicts.csv") as f:
+    assert list(csv.DictReader(f)) == [
+      {"file": "1/1.png", "annotations": f"{first} line 3", "expression": "3", "class": "surprise"},
+      {"file": "1/1.png", "annotations": f"{second} line 2", "expression": "1", "class": "happy"},
+    ]
+  with open(dst / "plan.json") as f:
+    entries = json.load(f)["entries"]
+  paths = collections.Counter(e["source_path"] for e in entries)
+  assert max(paths.values()) == 1  # each file once, however the rows spell its path
+  assert sorted(p for p in paths if p.startswith(str(affectnet))) == [
+    str(affectnet / "1" / name) for name in ("0.png", "1.png", "2.png", "3.png", "pipe.png")
+  ]
+  conflict = next(e for e in entries if e["source_path"] == str(affectnet / "1" / "1.png"))
+  assert conflict["action"] == "dropped"
+  assert conflict["reason"].startswith("label conflict in the annotations")
+  pipe = next(e for e in entries if e["source_path"] == str(affectnet / "1" / "pipe.png"))
+  assert pipe["reason"] == "not read: not a regular file (named pipe)"
+
+
+@pytest.mark.parametrize("name", ["../outside.png", "1/../../outside.png", "ABSOLUTE"])
+def test_annotation_paths_outside_the_affectnet_folder_are_refused(tmp_path, capsys, name):
+  src, affectnet = tmp_path / "src", tmp_path / "affectnet"
+  make_target(str(src))
+  rng = np.random.default_rng(5)
+  save(str(affectnet / "1" / "0.png"), affectnet_image(rng))
+  save(str(tmp_path / "outside.png"), affectnet_image(rng))
+  name = str(tmp_path / "outside.png") if name == "ABSOLUTE" else name
+  annotations = write_annotations(tmp_path / "a.csv", [("1/0.png", 3), (name, 3)])
+  args = [str(src), "--affectnet", str(affectnet), "--out", str(tmp_path / "dst")]
+  assert merge.main([*args, "--annotations", str(annotations)]) == 2
+  err = capsys.readouterr().err
+  assert err == (
+    f"error: --annotations {annotations} line 3: subDirectory_filePath {name!r} lies outside "
+    f"--affectnet {affectnet}; annotation paths are relative to the AffectNet folder\n"
+  )
+  assert not (tmp_path / "dst").exists()
+
+
+def test_affectnet_class_folders_linked_to_each_other_are_read_once_each(tmp_path):
+  src, affectnet, dst = tmp_path / "src", tmp_path / "affectnet", tmp_path / "dst"
+  make_target(str(src))
+  rng = np.random.default_rng(8)
+  for folder in ("surprise", "sad"):
+    for k in range(3):
+      save(str(affectnet / folder / f"{k}.png"), affectnet_image(rng))
+  os.symlink("../sad", affectnet / "surprise" / "to_sad")
+  os.symlink("../surprise", affectnet / "sad" / "to_surprise")
+  os.mkfifo(affectnet / "surprise" / "pipe.png")
+  args = [str(src), "--affectnet", str(affectnet), "--out", str(dst), "--workers", "1"]
+  assert merge.main(args) == 0
+  with open(dst / "plan.json") as f:
+    entries = [e for e in json.load(f)["entries"] if e["source_path"].startswith(str(affectnet))]
+  assert len(entries) == 9  # 6 images, 2 links, 1 pipe
+  added = {
+    os.path.basename(os.path.dirname(e["source_path"])) for e in entries if e["action"] == "added"
+  }
+  assert added == {"surprise"}  # the sad faces never came in as surprise through the link
+  reasons = {os.path.basename(e["source_path"]): e["reason"] for e in entries}
+  assert reasons["pipe.png"] == "not read: not a regular file (named pipe)"
+  assert reasons["to_sad"].startswith("not read: symlink to a file or folder scanned elsewhere")

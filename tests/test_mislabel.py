@@ -1,4 +1,4 @@
-"""data_tools.mislabel: confident learning, out-of-fold training with fer_jax, review application."""
+"""data_tools.mislabel: confident learning, out-of-fold training with fer_jax, applying reviews."""
 
 import csv
 import os
@@ -36,7 +36,7 @@ def quadrant_image(rng, label, size=24):
 
 
 def write_quadrant_tree(root, per_class, flips, seed=0, split="train"):
-  """per_class images of each class; `flips` of them saved under a wrong class. Returns the flipped paths."""
+  """per_class images of each class, `flips` of them saved under a wrong class -> flipped paths."""
   rng = np.random.default_rng(seed)
   flipped = []
   for c in range(len(CLASSES)):
@@ -195,7 +195,10 @@ def test_mislabel_applies_decisions_and_rejects_bad_reviews(tmp_path, capsys):
   assert mislabel.main([str(src), "--out", str(dst), "--review", str(review), "--apply"]) == 0
   manifest = read_manifest(str(dst))
   assert sorted(manifest) == all_files(str(src))
-  row = lambda rel: manifest[str(src / rel)]
+
+  def row(rel):
+    return manifest[str(src / rel)]
+
   relabelled = row("train/happy/q0_000.png")
   assert (relabelled["action"], relabelled["class"]) == ("relabelled", "sad")
   assert row("val/neutral/q1_000.png")["new_path"] == os.path.join("val", "surprise", "q1_000.png")

@@ -1,4 +1,4 @@
-"""The study's cleaning sequence end to end on generated data, each step's output the next one's input:
+"""The study's cleaning sequence end to end on generated data, each step's output the next's input:
 
 audit -> dedup -> mislabel (train, review, apply) -> stratify -> merge (AffectNet) -> audit
 """
@@ -85,7 +85,10 @@ def test_cleaning_pipeline_end_to_end(tmp_path, capsys):
   src, affectnet, flips = make_study_data(str(tmp_path))
   before = tree_digest(src), tree_digest(affectnet)
   cache = str(tmp_path / "cache")
-  step = lambda name: str(tmp_path / name)
+
+  def step(name):
+    return str(tmp_path / name)
+
   common = ["--workers", "1"]
 
   first = run_audit(src, step("audit_before"), cache)

@@ -1,11 +1,20 @@
 """data_tools.stratify: stratified, group-aware, deterministic re-split."""
 
 import collections
+import json
 import os
 
 import numpy as np
 import pytest
-from image_trees import CLASSES, all_files, plant_copy, read_manifest, tree_digest, write_originals
+from image_trees import (
+  CLASSES,
+  all_files,
+  link_class_folders,
+  plant_copy,
+  read_manifest,
+  tree_digest,
+  write_originals,
+)
 
 from data_tools import common, stratify
 
@@ -81,7 +90,7 @@ def test_stratify_tree_keeps_duplicates_together(tmp_path, capsys, layout):
     for k in range(3)
   ]
   if layout == "flat":  # <root>/<class>/<file>: move the split folders' content up
-    for (split, c), ps in list(paths.items()):
+    for (_, c), ps in list(paths.items()):
       for p in ps:
         os.renames(p, os.path.join(src, c, os.path.basename(p)))
     for p in twins:
@@ -136,3 +145,32 @@ def test_an_interrupted_apply_is_finished_by_the_same_command(tmp_path, monkeypa
   tree = lambda root: sorted(os.path.relpath(p, root) for p in all_files(str(root)))  # noqa: E731
   assert tree(cut) == tree(tmp_path / "whole")
   assert read_manifest(str(cut)).keys() == read_manifest(str(tmp_path / "whole")).keys()
+
+
+def test_class_folders_linked_to_each_other_are_read_once_each(tmp_path, capsys):
+  """The issue's tree: 56 images and `train/happy/to_sad -> ../sad`, `train/sad/to_happy ->
+  ../happy`; the plan once held 856 files, sad faces labelled happy."""
+  src, dst = tmp_path / "src", tmp_path / "dst"
+  counts = {"train": {c: 10 for c in CLASSES}, "val": {c: 2 for c in CLASSES}, "test": {"sad": 8}}
+  paths = write_originals(str(src), counts)
+  links = link_class_folders(str(src))
+  assert stratify.main([str(src), "--out", str(dst), "--workers", "1", "--no_groups"]) == 0
+  assert "== stratify: 58 input files, " in capsys.readouterr().out
+  with open(dst / "plan.json") as f:
+    entries = {e["source_path"]: e for e in json.load(f)["entries"]}
+  assert sorted(entries) == sorted([*links, *(p for ps in paths.values() for p in ps)])
+  for (_, c), ps in paths.items():
+    assert all(entries[p]["class"] == c for p in ps)
+  assert [entries[link]["action"] for link in links] == ["dropped", "dropped"]
+
+
+def test_a_negative_seed_is_refused_in_one_line(tmp_path, capsys):
+  write_originals(str(tmp_path / "src"), {"train": {c: 2 for c in CLASSES}})
+  with pytest.raises(SystemExit) as exit_:
+    stratify.main([str(tmp_path / "src"), "--out", str(tmp_path / "dst"), "--seed", "-5"])
+  assert exit_.value.code == 2
+  err = capsys.readouterr().err
+  assert err.splitlines()[-1].endswith(
+    "error: argument --seed: must be a whole number >= 0, got '-5'"
+  )
+  assert "Traceback" not in err and not (tmp_path / "dst").exists()

@@ -139,9 +139,12 @@ def finalize(dataset, data_cfg):
   if "val" not in parts:
     train = parts["train"]
     keep, held = splits.stratified_holdout(train.labels, data_cfg.val_fraction, data_cfg.split_seed)
-    pick = lambda idx: Split(
-      train.images[idx], train.labels[idx], [train.paths[i] for i in idx] if train.paths else None
-    )
+
+    def pick(idx):
+      return Split(
+        train.images[idx], train.labels[idx], [train.paths[i] for i in idx] if train.paths else None
+      )
+
     parts["train"], parts["val"] = pick(keep), pick(held)
     dataset.report["val_from_train"] = dict(
       fraction=data_cfg.val_fraction, seed=data_cfg.split_seed, moved=len(held)

@@ -116,7 +116,9 @@ def sample_expressions(labels, classes, rng):
 
 
 def generate(classes, per_class, size=48, channels=1, seed=0):
-  """(images uint8 [N, size, size, channels], labels int32 [N], expression dict), class-balanced, shuffled.
+  """(images uint8 [N, size, size, channels], labels int32 [N], expression dict).
+
+  Class-balanced and shuffled.
 
   `seed` is anything np.random.default_rng accepts (an int, a SeedSequence).
   """
@@ -138,7 +140,8 @@ def generate_splits(data_cfg):
     )
   if data_cfg.image_size < 16:
     raise ValueError(
-      f"config.data.image_size: the built-in faces need at least 16 pixels, got {data_cfg.image_size}"
+      "config.data.image_size: the built-in faces need at least 16 pixels, "
+      f"got {data_cfg.image_size}"
     )
   splits = {}
   for i, name in enumerate(data.SPLITS):

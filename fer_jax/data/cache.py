@@ -9,8 +9,12 @@ A cache file is `<cache_dir>/<source>-<name>-<root hash>-<params hash>-<files ha
   or touching a file gives a new name and a rebuild; the stale file of the same dataset and
   parameters is then removed.
 Files are written to a temporary name and moved into place (`os.replace`), so an interrupted
-build leaves no half-written cache. Arrays only, read with allow_pickle=False; the load report
-is stored as a JSON string.
+build leaves no half-written cache. The temporary name, `.tmp-<host>-<pid>-<random>.npz`, says
+who writes it: a writer killed mid-write (SIGKILL, power loss) leaves it behind, and the next
+load from that cache folder removes it once its writer is gone: on this host, when no process
+<pid> runs; a file from another host (a shared cache folder) or of the old `.tmp-<random>.npz`
+form, when it is unmodified for STALE_SECONDS. Arrays only, read with allow_pickle=False; the
+load report is stored as a JSON string.
 """
 
 import contextlib
@@ -19,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 import time
 import zipfile
@@ -28,6 +33,10 @@ import numpy as np
 from fer_jax import data
 
 FORMAT_VERSION = 1  # bump when the loaders change what they produce for the same inputs
+TMP_PREFIX = ".tmp-"
+# A temp file whose writer cannot be asked (another host) is stale after this long unmodified:
+# np.savez writes continuously, so a live writer touches it within seconds.
+STALE_SECONDS = 24 * 3600
 
 
 def digest(text, n):
@@ -38,7 +47,10 @@ def files_fingerprint(root, files):
   """sha256 over sorted (path relative to `root`, size, mtime_ns) of the source files."""
   # Slicing, not os.path.relpath: relpath costs more than the rest of a 25k-file cached load.
   prefix = os.path.join(os.fspath(root), "")
-  rel = lambda p: p[len(prefix) :] if p.startswith(prefix) else p
+
+  def rel(p):
+    return p[len(prefix) :] if p.startswith(prefix) else p
+
   lines = sorted(f"{rel(os.fspath(p))}\0{size}\0{mtime_ns}" for p, size, mtime_ns in files)
   return digest("\n".join(lines), 16)
 
@@ -59,7 +71,10 @@ def cache_key(source, root, params, name=None):
   """
   name = name or os.path.basename(os.path.normpath(root)) or "data"
   params = dict(params, format_version=FORMAT_VERSION)
-  readable = lambda text: re.sub(r"[^A-Za-z0-9_.]+", "_", text)
+
+  def readable(text):
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text)
+
   return "-".join(
     [
       readable(source),
@@ -84,7 +99,8 @@ def write(path, dataset):
       arrays[f"{split}/paths"] = np.array(part.paths, dtype=str)
   directory = os.path.dirname(path) or "."
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
+  prefix = f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".npz")
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, **arrays)
@@ -92,6 +108,39 @@ def write(path, dataset):
   except BaseException:
     os.remove(tmp)
     raise
+
+
+def _running(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
+
+
+def _writer_gone(path, host, now):
+  """Whether the cache writer of the temp file `path` is gone; see the module docstring."""
+  writer = os.path.basename(path).removeprefix(TMP_PREFIX).rpartition("-")[0]  # '<host>-<pid>'
+  writer_host, _, pid = writer.rpartition("-")
+  if writer_host == host and pid.isdigit():
+    return not _running(int(pid))
+  try:
+    return now - os.path.getmtime(path) > STALE_SECONDS
+  except FileNotFoundError:  # its writer finished or another cleaner got there first
+    return False
+
+
+def remove_stale_temps(cache_dir):
+  """Removes the temp files that killed cache writers left in `cache_dir`; returns how many."""
+  host, now, removed = socket.gethostname(), time.time(), 0
+  for path in glob.glob(os.path.join(glob.escape(cache_dir), f"{TMP_PREFIX}*.npz")):
+    if _writer_gone(path, host, now):
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+        removed += 1
+  return removed
 
 
 def read(path):
@@ -110,7 +159,8 @@ def check_split(name, split, num_classes):
   images, labels = split.images, split.labels
   if images.dtype != np.uint8 or images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
     raise ValueError(
-      f"split {name}: images {images.dtype}{list(images.shape)} do not match labels {list(labels.shape)}"
+      f"split {name}: images {images.dtype}{list(images.shape)} do not match "
+      f"labels {list(labels.shape)}"
     )
   if split.paths is not None and len(split.paths) != len(labels):
     raise ValueError(f"split {name}: {len(split.paths)} paths for {len(labels)} labels")
@@ -129,6 +179,8 @@ def load_or_build(cache_dir, key, fingerprint, build):
     dataset = build()
     dataset.report["cache"] = {"hit": False, "path": None}
   else:
+    if removed := remove_stale_temps(cache_dir):
+      print(f"cache {cache_dir}: removed {removed} temp file(s) of killed cache writes", flush=True)
     path = os.path.join(cache_dir, f"{key}-{fingerprint}.npz")
     dataset, hit = None, False
     if os.path.exists(path):

@@ -9,13 +9,16 @@ their line numbers.
 FER+: `fer2013new.csv` holds, for each row of `fer2013.csv` in the same order, ten annotators'
 votes over neutral, happiness, surprise, sadness, anger, disgust, fear, contempt, unknown and
 NF (not a face). The label is the majority vote (`ferplus_label`); rows with an empty image
-name are faces the FER+ authors removed, and are dropped.
+name are faces the FER+ authors removed, and are dropped. Votes that do not follow the pixels
+row by row (another row count, a Usage that differs, `fer<N>.png` names out of order) are
+refused, naming the first such row. Both CSVs may start with a UTF-8 byte-order mark.
 """
 
 import collections
 import csv
 import dataclasses
 import os
+import re
 
 import numpy as np
 from PIL import Image
@@ -57,7 +60,8 @@ def read_csv(path, required):
   Rows whose field count differs from the header's come back with an error. A missing
   required column is a ValueError naming the file.
   """
-  with open(path, newline="") as f:
+  # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark, glued to the first name.
+  with open(path, newline="", encoding="utf-8-sig") as f:
     reader = csv.reader(f)
     header = [h.strip().lower() for h in next(reader, [])]
     missing = [c for c in required if c not in header]
@@ -179,6 +183,7 @@ def _build(data_cfg, pixels_csv, votes_csv):
         f"config.data.root: {votes_csv} has {len(vote_rows)} rows but "
         f"{pixels_csv} has {len(rows)}; FER+ labels must match FER2013 row by row"
       )
+    check_votes_follow_pixels(rows, vote_rows, pixels_csv, votes_csv)
     options = _ferplus_options(data_cfg)
   class_of = [match_class(name, classes) for name in FER2013_CLASSES]
   per_split = collections.defaultdict(lambda: ([], [], []))
@@ -217,6 +222,33 @@ def _build(data_cfg, pixels_csv, votes_csv):
     "dropped": dict(dropped),
   }
   return data.assemble(f"{source}:{pixels_csv}", classes, parts, report)
+
+
+def check_votes_follow_pixels(rows, vote_rows, pixels_csv, votes_csv):
+  """Refuses FER+ votes that are not row by row those of `pixels_csv`: the first vote row whose
+  Usage differs from its pixels row's, or whose image name `fer<N>.png` does not come after the
+  previous one (FER+ numbers its faces in the order of fer2013.csv), is a ValueError naming it.
+  """
+  previous = None  # (number, line) of the last fer<N>.png name
+  for row, votes in zip(rows, vote_rows):
+    if row.error or votes.error:
+      continue  # listed as malformed by the loader
+    usage, vote_usage = (r.fields.get("usage", "").strip() for r in (row, votes))
+    if usage and vote_usage and usage.lower() != vote_usage.lower():
+      problem = f"Usage {vote_usage!r}, but {pixels_csv}:{row.line} is {usage!r}"
+    else:
+      name = votes.fields["image name"].strip()
+      number = re.fullmatch(r"fer(\d+)\.png", name, re.IGNORECASE)
+      if number is None:
+        continue
+      if previous is None or int(number[1]) > previous[0]:
+        previous = int(number[1]), votes.line
+        continue
+      problem = f"image name {name!r} does not come after line {previous[1]}'s"
+    raise ValueError(
+      f"config.data.root: {votes_csv}:{votes.line}: {problem}; FER+ votes must follow "
+      f"{os.path.basename(pixels_csv)} row by row (are both files from the same, unsorted copy?)"
+    )
 
 
 def _vote_label(row, votes_csv, classes, options, skipped):

@@ -4,6 +4,9 @@ Layouts: `<root>/<split>/<class>/<file>` (split names normalised by `splits.norm
 or, for unsplit data, `<root>/<class>/<file>` (every file gets split=None). Files may sit in
 sub-folders of a class folder. Anything that is not used is listed in `ScanResult.skipped`
 with a reason, never guessed: unknown split folders, classes not in the list, non-image files.
+Every path is resolved and each real file used once, where it lives (links between class
+folders, links to what the tree holds anyway and loops are skipped); only regular files are
+opened (a named pipe called x.png would block its reader). See `_Walk`.
 
 Pixels: EXIF orientation applied; transparent images (RGBA, LA, P with transparency) are
 composited on BLACK; 16/32-bit integer images are scaled from 0..65535 to 0..255 (Pillow's own
@@ -12,11 +15,13 @@ luma) or 'RGB'. The image is resized with the configured filter only when its si
 without keeping the aspect ratio (as Keras' `image_dataset_from_directory` did for the study).
 """
 
+import collections
 import concurrent.futures
 import dataclasses
 import functools
 import multiprocessing
 import os
+import stat
 import sys
 
 import numpy as np
@@ -96,7 +101,7 @@ class ScanResult:
 
 
 def canonical_class(name):
-  """A class name as researchers spell it ('Happiness', 'sad_ness', 'Surprised') -> its canonical name."""
+  """A class name as researchers spell it ('Happiness', 'sad_ness', 'Surprised') -> canonical."""
   k = name_key(name)
   return CLASS_ALIASES.get(k, k)
 
@@ -115,55 +120,120 @@ def _visible(entries):
   return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
 
 
-def _kind(entry, skipped):
-  """'dir' | 'file' for a usable entry; None, recorded in `skipped`, for a broken or looping link."""
-  try:
-    if entry.is_dir():
-      target = os.path.realpath(entry.path)
-      here = os.path.realpath(os.path.dirname(entry.path))
-      if here == target or here.startswith(
-        target.rstrip(os.sep) + os.sep
-      ):  # walking it would never end
-        skipped.append((entry.path, "symlink loop (links back to a folder above it)"))
-        return None
-      return "dir"
-    entry.stat()  # a dangling or self-referencing symlink fails here
+def file_kind(mode):
+  """'dir' | 'file' for a folder or regular file (an `os.stat` st_mode); else what it is."""
+  if stat.S_ISDIR(mode):
+    return "dir"
+  if stat.S_ISREG(mode):
     return "file"
-  except OSError as e:
-    skipped.append((entry.path, f"unreadable ({e.strerror})"))
-    return None
+  for test, name in _SPECIAL_FILES:
+    if test(mode):
+      return name
+  return "special file"
 
 
-def _walk_files(folder, skipped):
-  with os.scandir(folder) as it:
-    entries = _visible(it)
-  for e in entries:
-    kind = _kind(e, skipped)
-    if kind == "dir":
-      yield from _walk_files(e.path, skipped)
-    elif kind == "file":
-      yield e
+_SPECIAL_FILES = (
+  (stat.S_ISFIFO, "named pipe"),
+  (stat.S_ISSOCK, "socket"),
+  (stat.S_ISCHR, "character device"),
+  (stat.S_ISBLK, "block device"),
+)
 
 
-def _scan_class_folders(folder, split, classes, classes_field, files, skipped):
-  with os.scandir(folder) as it:
-    entries = _visible(it)
-  for e in entries:
-    kind = _kind(e, skipped)
-    if kind == "file":
-      skipped.append((e.path, "file outside a class folder"))
-    if kind != "dir":
-      continue
-    label = match_class(e.name, classes)
-    if label is None:
-      skipped.append((e.path, f"class folder {e.name!r} is not in {classes_field}"))
-      continue
-    for f in _walk_files(e.path, skipped):
-      if os.path.splitext(f.name)[1].lower() not in IMAGE_EXTENSIONS:
-        skipped.append((f.path, "not an image file (extension)"))
+class _Walk:
+  """Reaches every real file and folder of a tree once, where it lives; see `scan_tree`.
+
+  The tree is first walked without following symlinks; then each symlink is resolved, in
+  path order, and followed only when its target lies outside everything reached so far. So a
+  face is read once, under the class folder it really lives in, however links point between
+  class folders; a link out of the tree (`train/happy -> /data/happy`) is read, once.
+  Only folders and regular files are used: a named pipe named `x.png` would block its reader.
+  """
+
+  def __init__(self, root):
+    self.skipped = []  # (path, reason)
+    self.found = {os.path.realpath(root): root}  # real path -> path as found
+    self.links = collections.deque()  # (path, name, visit): followed after the tree in place
+
+  def folder(self, path, real, visit):
+    """Calls visit(path, name, real, kind) for each visible entry of `path`; links wait."""
+    try:
+      with os.scandir(path) as it:
+        entries = _visible(it)
+    except OSError as e:
+      self.skipped.append((path, f"unreadable ({e.strerror})"))
+      return
+    for e in entries:
+      if e.is_symlink():
+        self.links.append((e.path, e.name, visit))
+      elif e.is_dir(follow_symlinks=False):
+        self._reach(e.path, e.name, os.path.join(real, e.name), "dir", visit)
+      elif e.is_file(follow_symlinks=False):
+        self._reach(e.path, e.name, os.path.join(real, e.name), "file", visit)
+      else:
+        self._reach(e.path, e.name, None, file_kind(e.stat(follow_symlinks=False).st_mode), visit)
+
+  def follow_links(self):
+    while self.links:
+      path, name, visit = self.links.popleft()
+      try:
+        mode = os.stat(path).st_mode  # a dangling or self-referencing symlink fails here
+      except OSError as e:
+        self.skipped.append((path, f"unreadable ({e.strerror})"))
         continue
-      st = f.stat()
-      files.append(FileRecord(f.path, split, label, classes[label], st.st_size, st.st_mtime_ns))
+      real = os.path.realpath(path)
+      owner = self._found_above(real)
+      if owner is None:
+        self._reach(path, name, real, file_kind(mode), visit)
+      elif contains(real, os.path.realpath(os.path.dirname(path))):
+        self.skipped.append((path, "symlink loop (links back to a folder above it)"))
+      else:
+        shown = os.path.normpath(os.path.join(self.found[owner], os.path.relpath(real, owner)))
+        self.skipped.append((path, f"symlink to a file or folder scanned elsewhere (as {shown})"))
+
+  def _found_above(self, real):
+    """`real` or the nearest folder above it that the walk reached, or None."""
+    while real not in self.found:
+      parent = os.path.dirname(real)
+      if parent == real:
+        return None
+      real = parent
+    return real
+
+  def _reach(self, path, name, real, kind, visit):
+    if kind not in ("dir", "file"):
+      self.skipped.append((path, f"not a regular file ({kind})"))
+      return
+    if real in self.found:  # inside a followed link, a folder another link reached first
+      self.skipped.append((path, f"file or folder scanned elsewhere (as {self.found[real]})"))
+      return
+    self.found[real] = path
+    visit(path, name, real, kind)
+
+
+def contains(outer, inner):
+  """Whether path `inner` is `outer` or lies under it (both absolute and normalised)."""
+  return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def find_files(root):
+  """(paths, skipped): every regular file under `root` once, sorted, as `scan_tree` walks.
+
+  `skipped` lists (path, reason) for what was not used: symlink loops, links to files or
+  folders already reached, dangling links, named pipes and other special files.
+  """
+  root = os.fspath(root)
+  walk, paths = _Walk(root), []
+
+  def visit(path, name, real, kind):
+    if kind == "dir":
+      walk.folder(path, real, visit)
+    else:
+      paths.append(path)
+
+  walk.folder(root, os.path.realpath(root), visit)
+  walk.follow_links()
+  return sorted(paths), walk.skipped
 
 
 def scan_tree(root, classes, classes_field="config.data.classes"):
@@ -173,6 +243,8 @@ def scan_tree(root, classes, classes_field="config.data.classes"):
 
   The tree has split folders if any top-level folder is a known split name; then every other
   top-level folder is reported as an unknown split. Otherwise top-level folders are classes.
+  Every real file is used once, under the folder it lives in (see `_Walk`): a symlink to a
+  file or folder the scan reaches anyway is skipped and listed, as is a symlink loop.
   """
   root = os.fspath(root)
   if not os.path.isdir(root):
@@ -180,23 +252,46 @@ def scan_tree(root, classes, classes_field="config.data.classes"):
     raise FileNotFoundError(f"config.data.root: image folder {root!r} {what}")
   classes = tuple(classes)
   with os.scandir(root) as it:
-    top = _visible(it)
-  split_of = {e.name: normalize_split(e.name) for e in top if e.is_dir()}
-  files, skipped = [], []
-  if any(split_of.values()):
-    layout = "split"
-    for e in top:
-      if not e.is_dir():
-        skipped.append((e.path, "file outside a split folder"))
-      elif split_of[e.name] is None:
-        skipped.append((e.path, f"unknown split folder {e.name!r} (expected train, val or test)"))
+    split_layout = any(e.is_dir() and normalize_split(e.name) for e in _visible(it))
+  walk, files = _Walk(root), []
+
+  def in_class(split, label):
+    def visit(path, name, real, kind):
+      if kind == "dir":
+        walk.folder(path, real, visit)
+      elif os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+        walk.skipped.append((path, "not an image file (extension)"))
       else:
-        _scan_class_folders(e.path, split_of[e.name], classes, classes_field, files, skipped)
-  else:
-    layout = "flat"
-    _scan_class_folders(root, None, classes, classes_field, files, skipped)
+        st = os.stat(path)
+        files.append(FileRecord(path, split, label, classes[label], st.st_size, st.st_mtime_ns))
+
+    return visit
+
+  def class_folders(split):
+    def visit(path, name, real, kind):
+      label = match_class(name, classes)
+      if kind != "dir":
+        walk.skipped.append((path, "file outside a class folder"))
+      elif label is None:
+        walk.skipped.append((path, f"class folder {name!r} is not in {classes_field}"))
+      else:
+        walk.folder(path, real, in_class(split, label))
+
+    return visit
+
+  def split_folders(path, name, real, kind):
+    split = normalize_split(name)
+    if kind != "dir":
+      walk.skipped.append((path, "file outside a split folder"))
+    elif split is None:
+      walk.skipped.append((path, f"unknown split folder {name!r} (expected train, val or test)"))
+    else:
+      walk.folder(path, real, class_folders(split))
+
+  walk.folder(root, os.path.realpath(root), split_folders if split_layout else class_folders(None))
+  walk.follow_links()
   files.sort(key=lambda f: f.path)
-  return ScanResult(root, layout, files, skipped)
+  return ScanResult(root, "split" if split_layout else "flat", files, walk.skipped)
 
 
 def to_mode(im, channels):

@@ -64,5 +64,8 @@ def stratified_holdout(labels, fraction, seed):
       n_out = 0
     holdout.append(idx[:n_out])
     keep.append(idx[n_out:])
-  as_sorted = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+  def as_sorted(parts):
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
   return as_sorted(keep).astype(np.int64), as_sorted(holdout).astype(np.int64)

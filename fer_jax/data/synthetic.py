@@ -54,8 +54,13 @@ CHUNK = 128  # images drawn at once: keeps temporaries small enough to stay in c
 
 def sample_look(n, rng):
   """Per-image nuisance: where the face is, how it looks, lighting, noise and occluders."""
-  uniform = lambda lo, hi: rng.uniform(lo, hi, n).astype(np.float32)
-  coin = lambda p: rng.random(n) < p
+
+  def uniform(lo, hi):
+    return rng.uniform(lo, hi, n).astype(np.float32)
+
+  def coin(p):
+    return rng.random(n) < p
+
   look = {
     "scale": uniform(0.8, 1.12),  # FER crops are tight: the face fills most of the frame
     "center_x": uniform(-0.12, 0.12),
@@ -104,6 +109,11 @@ def sample_look(n, rng):
   return look
 
 
+def _rows(arrays, sl):
+  """The rows `sl` of every array of a dict."""
+  return {k: v[sl] for k, v in arrays.items()}
+
+
 def draw(expression, look, size, channels, rng):
   """uint8 [N, size, size, channels] faces; `rng` supplies the pixel noise."""
   if channels not in (1, 3):
@@ -112,9 +122,9 @@ def draw(expression, look, size, channels, rng):
   out = np.empty((n, size, size, channels), np.uint8)
   for start in range(0, n, CHUNK):
     sl = slice(start, min(start + CHUNK, n))
-    part = lambda d: {k: v[sl] for k, v in d.items()}
-    gray, face_alpha = _render(part(expression), part(look), size)
-    out[sl] = _finish(gray, face_alpha, part(look), channels, rng)
+    part_look = _rows(look, sl)
+    gray, face_alpha = _render(_rows(expression, sl), part_look, size)
+    out[sl] = _finish(gray, face_alpha, part_look, channels, rng)
   return out
 
 
@@ -129,14 +139,17 @@ def _coverage(signed_distance, aa):
 
 
 def _ellipse_distance(u, v, a, b):
-  """Approximate signed distance to an axis-aligned ellipse (first order in the implicit function)."""
+  """Approximate signed distance to an axis-aligned ellipse (first order in its implicit form)."""
   k = np.sqrt((u / a) ** 2 + (v / b) ** 2)
   grad = np.sqrt((u / a**2) ** 2 + (v / b**2) ** 2)
   return k * (k - 1) / np.maximum(grad, 1e-6)
 
 
 def _curve_band_distance(u, v, center_u, half_width, coeffs, half_thickness):
-  """Signed distance to a thick curve v = c0 + c1 t + c2 t^2, t = (u - center_u) / half_width in [-1, 1]."""
+  """Signed distance to a thick curve v = c0 + c1 t + c2 t^2.
+
+  t = (u - center_u) / half_width, in [-1, 1].
+  """
   c0, c1, c2 = coeffs
   t = (u - center_u) / half_width
   slope = (c1 + 2 * c2 * t) / half_width
@@ -180,7 +193,10 @@ def _paint(img, lk, box, paint):
     first = np.clip(np.rint(mid - (extent - 1) / 2), 0, size - extent).astype(np.int64)
     corners.append(first[:, None] + np.arange(extent))
   rows, cols = corners[1], corners[0]
-  grid = lambda i: ((i + 0.5) / size * 2 - 1).astype(np.float32)
+
+  def grid(i):
+    return ((i + 0.5) / size * 2 - 1).astype(np.float32)
+
   u, v = _face_coords(grid(cols)[:, None, :], grid(rows)[:, :, None], lk)
   index = (np.arange(n)[:, None, None] * size + rows[:, :, None]) * size + cols[:, None, :]
   np.put(img, index, paint(np.take(img, index), u, v))
