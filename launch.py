@@ -75,7 +75,7 @@ def main(argv):
     )
   try:
     config = _CONFIG.value
-    config.name  # config_flags loads the file lazily: a missing file fails here
+    name = config.name  # config_flags loads the file lazily: a missing file fails here
   except OSError as e:
     run_errors.exit_with(run_errors.config_flag_text(e, "--config"))
   from fer_jax import config_loading
@@ -92,7 +92,7 @@ def main(argv):
   from fer_jax.train import loop
 
   workdir = _WORKDIR.value or os.path.join(
-    "runs", config.name + (f"-{config.variant}" if config.variant else "")
+    "runs", name + (f"-{config.variant}" if config.variant else "")
   )
   if jax.process_index() == 0:
     on_cpu = f"; {allocator.describe()}" if jax.default_backend() == "cpu" else ""

@@ -39,13 +39,14 @@ def build(model_cfg, num_classes):
 
 
 def param_labels(model_cfg, params):
-  """'train' | 'finetune' | 'frozen' for every parameter; all 'train' unless the model says otherwise."""
+  """'train' | 'finetune' | 'frozen' for every parameter; all 'train' unless the model says
+  otherwise."""
   fn = getattr(_module(model_cfg), "param_labels", None)
   return fn(model_cfg, params) if fn else jax.tree.map(lambda _: "train", params)
 
 
 def load_pretrained(model_cfg, variables):
-  """Variables with `model_cfg.init_from` loaded, for models that support it; unchanged otherwise."""
+  """`variables` with `model_cfg.init_from` loaded, for models that support it; else unchanged."""
   fn = getattr(_module(model_cfg), "load_pretrained", None)
   if model_cfg.init_from and fn is None:
     raise ValueError(
@@ -80,16 +81,20 @@ def init_variables(model, input_shape, seed=0):
 
 
 def count_params(variables, labels=None):
-  """Keras-style counts: total = params + batch_stats; non-trainable = batch_stats + frozen params."""
-  size = lambda tree: int(sum(np.prod(a.shape) for a in jax.tree.leaves(tree)))
+  """Keras-style counts: total = params + batch_stats; non-trainable = batch_stats + frozen
+  params."""
+
+  def size(tree):
+    return int(sum(np.prod(a.shape) for a in jax.tree.leaves(tree)))
+
   params = variables.get("params", {})
   frozen = 0
   if labels is not None:
     frozen = int(
       sum(
         np.prod(p.shape)
-        for p, l in zip(jax.tree.leaves(params), jax.tree.leaves(labels))
-        if l == "frozen"
+        for p, label in zip(jax.tree.leaves(params), jax.tree.leaves(labels))
+        if label == "frozen"
       )
     )
   total = size(variables)

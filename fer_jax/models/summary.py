@@ -19,7 +19,7 @@ def _subtree(tree, path):
 
 
 def layer_rows(model, input_shape):
-  """(layer path, output shape, params) of every leaf layer, in call order; shapes only, no compute."""
+  """(layer path, output shape, params) of each leaf layer in call order; traces shapes only."""
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
   key = jax.random.key(0)
   calls = []

@@ -42,13 +42,16 @@ class CPU:
       f"{self.model_name} ({family}{clock}{self.cores} cores; {' '.join(self.isa()) or 'no AVX2'})"
     )
 
-  def cache_key(self):
-    """Same key = same kernels run at the same relative speed; all flags count, hashed for length."""
+  def cache_key(self) -> str:
+    """Same key: same kernels at the same relative speed. All flags count, hashed for length."""
     flags = hashlib.sha1(" ".join(sorted(self.flags)).encode()).hexdigest()[:10]
-    return f"{self.vendor} {self.model_name} f{self.family}m{self.model} flags:{flags} cores:{self.cores}"
+    return (
+      f"{self.vendor} {self.model_name} f{self.family}m{self.model} flags:{flags} "
+      f"cores:{self.cores}"
+    )
 
   def fp32_flop_per_cycle(self):
-    """Peak float32 FLOP per cycle per core from the ISA (FMA = 2 FLOP per lane), or None if unknown.
+    """Peak float32 FLOP per cycle per core from the ISA (FMA = 2 FLOP per lane); None if unknown.
 
     Zen 1 (AMD family 23 before model 0x30) splits 256-bit FMAs in two 128-bit halves; Zen 4
     (family 25) runs AVX-512 on 256-bit units; Zen 2/3 have two 256-bit FMA units; Zen 5 and

@@ -44,7 +44,8 @@ def replicated(mesh):
 
 
 def data_sharded(mesh, stacked=False):
-  """Rows over 'data'; `stacked`: members over 'member', each member's rows (second axis) over 'data'."""
+  """Rows over 'data'; `stacked`: members over 'member', each member's rows (second axis) over
+  'data'."""
   return NamedSharding(mesh, P("member", "data") if stacked else P("data"))
 
 

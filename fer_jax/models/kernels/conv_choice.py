@@ -1,14 +1,15 @@
-"""conv_impl='auto' on CPU: each 3x3 conv layer shape runs the implementation measured fastest for it.
+"""conv_impl='auto' on CPU: each 3x3 conv layer shape runs the implementation measured fastest for
+it.
 
-Which of fer_jax.models.kernels.cpu_conv's implementations wins depends on the CPU (Winograd won every B++ layer
-on an AVX2 Zen 1; on AVX-512 CPUs XLA's own kernels win some), so the first time a layer shape is
-traced, its forward pass and both gradients are timed with each implementation on random data
-(interleaved, the fastest of a few calls after a warm-up: on a shared machine other load only
-ever adds time) and the fastest is used. Choices are kept in
-a JSON file keyed by the CPU (model, family, all ISA flags, cores), the jax/jaxlib versions,
-XLA_FLAGS and the allocator (fer_jax/platform/allocator.py: page faults slow the big-buffer implementations
-most), then by layer shape (batch included) and dtype, so later runs on the same kind of
-machine measure nothing. Each choice is printed once per process.
+Which of fer_jax.models.kernels.cpu_conv's implementations wins depends on the CPU (Winograd won
+every B++ layer on an AVX2 Zen 1; on AVX-512 CPUs XLA's own kernels win some), so the first time a
+layer shape is traced, its forward pass and both gradients are timed with each implementation on
+random data (interleaved, the fastest of a few calls after a warm-up: on a shared machine other
+load only ever adds time) and the fastest is used. Choices are kept in a JSON file keyed by the
+CPU (model, family, all ISA flags, cores), the jax/jaxlib versions, XLA_FLAGS and the allocator
+(fer_jax/platform/allocator.py: page faults slow the big-buffer implementations most), then by
+layer shape (batch included) and dtype, so later runs on the same kind of machine measure
+nothing. Each choice is printed once per process.
 
 The file is `$FER_JAX_CACHE_DIR/conv_choice.json`, default `~/.cache/fer_jax/` (or
 `$XDG_CACHE_HOME/fer_jax/`). It is replaced atomically, so concurrent writers never leave a torn
@@ -56,10 +57,11 @@ def cache_path():
   return os.path.join(root, "conv_choice.json")
 
 
-def machine_key():
+def machine_key() -> str:
+  malloc = "tcmalloc" if allocator.loaded() else "system"
   return (
     f"{cpu_info.current().cache_key()} jax {jax.__version__} jaxlib {jaxlib.__version__} "
-    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')} malloc={'tcmalloc' if allocator.loaded() else 'system'}"
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')} malloc={malloc}"
   )
 
 
