@@ -2,7 +2,8 @@
 
 --config=FILE[:VARIANT]   an ml_collections config file; overrides as --config.optim.lr=1e-3
 --workdir=DIR             default runs/<config name>[-<variant>]; an unfinished run there resumes
---summary                 print the model's layers and parameter counts, then exit (no data, no training)
+--summary                 print the model's layers and parameter counts, then exit (no data, no
+                          training)
 --distributed             one process of a multi-process run (docs/scaling.md); JAX detects the
                           cluster on Cloud TPU, SLURM, Open MPI and Kubernetes, elsewhere add
                           --coordinator_address=HOST:PORT --num_processes=N --process_id=I
