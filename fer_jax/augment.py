@@ -54,7 +54,7 @@ def augment_image(key, image, train_cfg):
   return image
 
 
-def augment_batch(key, images, train_cfg):
+def augment_batch(key, images, train_cfg) -> jax.Array:
   """Random soft augmentation of float images [B, H, W, C] in [0, 1], independent per image."""
   if train_cfg.fill_mode not in FILL_MODES:
     raise ValueError(f"config.train.fill_mode: {train_cfg.fill_mode!r} is not one of {FILL_MODES}")

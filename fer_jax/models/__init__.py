@@ -11,6 +11,7 @@ this package runs a model only through `apply`, which owns Linen's collections (
 `batch_stats`), the dropout rng and `mutable`.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +35,7 @@ def _module(model_cfg):
   return REGISTRY[model_cfg.name]
 
 
-def build(model_cfg, num_classes):
+def build(model_cfg, num_classes) -> nn.Module:
   return _module(model_cfg).build(model_cfg, num_classes)
 
 
@@ -72,7 +73,7 @@ def apply(model, variables, x, *, train, rng=None):
   return logits, updates.get("batch_stats", variables["batch_stats"])
 
 
-def init_variables(model, input_shape, seed=0):
+def init_variables(model, input_shape, seed=0) -> dict:
   """Initial {'params', 'batch_stats'} for a batch of `input_shape` = (H, W, C), jit-compiled."""
   x = jnp.zeros((1, *input_shape), jnp.float32)
   return jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, train=False))(
@@ -80,7 +81,7 @@ def init_variables(model, input_shape, seed=0):
   )
 
 
-def count_params(variables, labels=None):
+def count_params(variables, labels=None) -> dict[str, int]:
   """Keras-style counts: total = params + batch_stats; non-trainable = batch_stats + frozen
   params."""
 

@@ -128,7 +128,7 @@ def _check(cfg):
       raise ValueError(f"config.model.{field}: has {len(cfg[field])} entries, needs {want}")
 
 
-def build(cfg, num_classes):
+def build(cfg, num_classes) -> nn.Module:
   """The CNN described by config.model (see configs/common.py for each field)."""
   _check(cfg)
   return CNN(

@@ -132,7 +132,7 @@ class EfficientNetB0(nn.Module):
     return nn.swish(batch_norm("top_bn", train, dtype=d)(x))
 
 
-def build(cfg, num_classes):
+def build(cfg, num_classes) -> nn.Module:
   backbone = EfficientNetB0(
     cfg.imagenet_rescale, transfer.backbone_kernel_init(cfg, conv_init), jnp.dtype(cfg.dtype)
   )

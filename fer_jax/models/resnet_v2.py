@@ -99,7 +99,7 @@ class ResNet50V2(nn.Module):
     return nn.relu(batch_norm("post_bn", train, EPSILON, d)(x))
 
 
-def build(cfg, num_classes):
+def build(cfg, num_classes) -> nn.Module:
   backbone = ResNet50V2(transfer.backbone_kernel_init(cfg, glorot), jnp.dtype(cfg.dtype))
   return transfer.build(cfg, num_classes, backbone, PREPROCESSING, len(BLOCKS))
 

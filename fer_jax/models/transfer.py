@@ -127,7 +127,9 @@ def check(cfg, num_blocks, preprocessing):
     )
 
 
-def build(cfg, num_classes, backbone, preprocessing, num_blocks, channels=3, head=None):
+def build(
+  cfg, num_classes, backbone, preprocessing, num_blocks, channels=3, head=None
+) -> TransferModel:
   """A TransferModel from config.model.
 
   `preprocessing` maps 'native' / 'study' to PREPROCESSING keys.
@@ -184,7 +186,7 @@ def param_labels(cfg, params, blocks, top=()):
   return labels
 
 
-def weights_path(init_from, needed):
+def weights_path(init_from, needed) -> str | None:
   """config.model.init_from as a path; None for 'random'.
 
   `needed` tells what to pass when it is empty.
@@ -219,7 +221,7 @@ def load_backbone(
   )
 
 
-def keras_download(file_name, url):
+def keras_download(file_name, url) -> str:
   """What `weights_path` asks for when init_from is empty: the file, where Keras hosts it."""
   return (
     f"the Keras ImageNet weights {file_name}: download {url} on a machine with internet "

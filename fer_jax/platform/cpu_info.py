@@ -42,7 +42,7 @@ class CPU:
       f"{self.model_name} ({family}{clock}{self.cores} cores; {' '.join(self.isa()) or 'no AVX2'})"
     )
 
-  def cache_key(self) -> str:
+  def cache_key(self):
     """Same key: same kernels at the same relative speed. All flags count, hashed for length."""
     flags = hashlib.sha1(" ".join(sorted(self.flags)).encode()).hexdigest()[:10]
     return (
@@ -50,7 +50,7 @@ class CPU:
       f"cores:{self.cores}"
     )
 
-  def fp32_flop_per_cycle(self):
+  def fp32_flop_per_cycle(self) -> int | None:
     """Peak float32 FLOP per cycle per core from the ISA (FMA = 2 FLOP per lane); None if unknown.
 
     Zen 1 (AMD family 23 before model 0x30) splits 256-bit FMAs in two 128-bit halves; Zen 4
@@ -70,7 +70,7 @@ class CPU:
       return 64 if wide else 32
     return None
 
-  def fp32_peak_flops(self):
+  def fp32_peak_flops(self) -> float | None:
     per_cycle = self.fp32_flop_per_cycle()
     return self.cores * self.mhz * 1e6 * per_cycle if per_cycle and self.mhz else None
 
@@ -94,7 +94,7 @@ def _int(text):
   return int(text) if text and text.isdigit() else None
 
 
-def current():
+def current() -> CPU:
   fields = _cpuinfo_fields()
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   mhz = fields.get("cpu MHz")

@@ -6,6 +6,7 @@ docs/troubleshooting.md lists the messages.
 import errno
 import os
 import sys
+from typing import NoReturn
 
 
 def config_flag_text(e, context):
@@ -22,18 +23,18 @@ def config_flag_text(e, context):
   return f"error: {detail} ({context})"
 
 
-def error_lines(e):
+def error_lines(e) -> str:
   """`error: ...` for each line of an error message (a bad config lists one field per line)."""
   return "\n".join(f"error: {line}" for line in str(e).splitlines())
 
 
-def last_saved_epoch(workdir):
+def last_saved_epoch(workdir) -> int | None:
   from fer_jax.train import checkpoint
 
   return checkpoint.last_saved_epoch(os.path.join(workdir, "checkpoints"))
 
 
-def os_error_text(e, workdir):
+def os_error_text(e, workdir) -> str | None:
   """One line for a failed write: disk full, read-only or permission denied; None for others."""
   where = e.filename or workdir
   if e.errno == errno.ENOSPC:
@@ -58,7 +59,7 @@ def os_error_text(e, workdir):
   return None
 
 
-def exit_with(text):
+def exit_with(text) -> NoReturn:
   """Exits with `text` as the last thing printed.
 
   Background work that the error cut short (orbax reading the same damaged checkpoint on another

@@ -26,7 +26,7 @@ NHWC_HWIO = ("NHWC", "HWIO", "NHWC")  # dimension numbers of every conv here
 IMPLS = ("xla", "im2col", "winograd")
 
 
-def resolve_impl(conv_impl):
+def resolve_impl(conv_impl) -> str:
   """config.model.conv_impl -> what the model runs: one of IMPLS, or 'auto' (per layer, on CPU)."""
   if conv_impl == "auto":
     return "auto" if jax.default_backend() == "cpu" else "xla"

@@ -71,7 +71,7 @@ def _read_keras3(group, layers):
     _read_keras3(sub, layers)
 
 
-def read_keras_h5(path):
+def read_keras_h5(path) -> dict[str, list[tuple[str, np.ndarray]]]:
   """{layer name: [(weight name, array), ...] in Keras's order} for every layer with weights."""
   layers = {}
   try:
