@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/b_pp.py:quick
 WORKDIR ?= runs/b_pp-quick
 
-.PHONY: run test bench demo clean
+.PHONY: run test lint bench demo clean
 
 $(VENV)/.base: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -37,11 +37,20 @@ $(VENV)/.bench: $(VENV)/.base
 	$(PY) -m pip install -q -e '.[bench]'
 	touch $@
 
+$(VENV)/.lint: $(VENV)/.base
+	$(PY) -m pip install -q -e '.[lint]'
+	touch $@
+
 run: $(VENV)/.base
 	$(PY) launch.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q -n 2 tests
+
+# Settings in pyproject.toml ([tool.ruff]); `ruff format .` applies what the check reports.
+lint: $(VENV)/.lint
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks.train_throughput

@@ -2,7 +2,8 @@
 
 --config=FILE[:VARIANT]   an ml_collections config file; overrides as --config.optim.lr=1e-3
 --workdir=DIR             default runs/<config name>[-<variant>]; an unfinished run there resumes
---summary                 print the model's layers and parameter counts, then exit (no data, no training)
+--summary                 print the model's layers and parameter counts, then exit (no data, no
+                          training)
 --distributed             one process of a multi-process run (docs/scaling.md); JAX detects the
                           cluster on Cloud TPU, SLURM, Open MPI and Kubernetes, elsewhere add
                           --coordinator_address=HOST:PORT --num_processes=N --process_id=I
@@ -75,7 +76,7 @@ def main(argv):
     )
   try:
     config = _CONFIG.value
-    config.name  # config_flags loads the file lazily: a missing file fails here
+    name = config.name  # config_flags loads the file lazily: a missing file fails here
   except OSError as e:
     run_errors.exit_with(run_errors.config_flag_text(e, "--config"))
   from fer_jax import config_loading
@@ -92,7 +93,7 @@ def main(argv):
   from fer_jax.train import loop
 
   workdir = _WORKDIR.value or os.path.join(
-    "runs", config.name + (f"-{config.variant}" if config.variant else "")
+    "runs", name + (f"-{config.variant}" if config.variant else "")
   )
   if jax.process_index() == 0:
     on_cpu = f"; {allocator.describe()}" if jax.default_backend() == "cpu" else ""

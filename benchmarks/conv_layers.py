@@ -1,11 +1,12 @@
-"""Per conv layer: forward + input and kernel gradients of each fer_jax.models.kernels.cpu_conv implementation,
-at batch 64 on the layer shapes of B++ and Model 0, interleaved on the same data (what
-conv_impl='auto' measures per layer, fer_jax/models/kernels/conv_choice.py).
+"""Per conv layer: forward + input and kernel gradients of each fer_jax.models.kernels.cpu_conv
+implementation, at batch 64 on the layer shapes of B++ and Model 0, interleaved on the same data
+(what conv_impl='auto' measures per layer, fer_jax/models/kernels/conv_choice.py).
 
   python benchmarks/conv_layers.py [--repeats=5] [--dtype=float32] [--batch=64]
 
 Prints milliseconds per layer (the fastest of --repeats interleaved calls, and their median)
-and the CPU it ran on. Runs with tcmalloc where installed, as training does (fer_jax/platform/allocator.py).
+and the CPU it ran on. Runs with tcmalloc where installed, as training does
+(fer_jax/platform/allocator.py).
 Try XLA options by setting XLA_FLAGS for the whole command.
 """
 
@@ -39,17 +40,18 @@ _BATCH = flags.DEFINE_integer("batch", 64, "batch size")
 def main(argv):
   del argv
   print(
-    f"CPU: {cpu_info.current().describe()}\njax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
-    f"{allocator.describe()}\nbatch {_BATCH.value}, {_DTYPE.value}; ms per layer: fastest / median of {_REPEATS.value}"
+    f"CPU: {cpu_info.current().describe()}\n"
+    f"jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+    f"{allocator.describe()}\n"
+    f"batch {_BATCH.value}, {_DTYPE.value}; ms per layer: fastest / median of {_REPEATS.value}"
   )
   print(f"{'model':8s} {'layer':18s}" + "".join(f"{impl:>18s}" for impl in cpu_conv.IMPLS))
   totals = {}
   for model, size, c, o in LAYERS:
     runners = conv_choice.layer_runners((_BATCH.value, size, size, c), (3, 3, c, o), _DTYPE.value)
     times = {name: [] for name in runners}
-    for _ in range(
-      _REPEATS.value
-    ):  # one fastest_seconds call per round: interleaved, and all samples kept
+    # one fastest_seconds call per round: interleaved, and all samples kept
+    for _ in range(_REPEATS.value):
       for name, seconds in conv_choice.fastest_seconds(runners, repeats=1).items():
         times[name].append(seconds)
     for name, t in times.items():

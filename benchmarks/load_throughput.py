@@ -12,6 +12,7 @@ Targets (2 cores): cold < 15 s, cached < 1 s. Figures measured on this project's
 are in docs/data.md.
 """
 
+import functools
 import os
 import shutil
 import time
@@ -45,9 +46,8 @@ def make_folder(root, n):
   start = time.perf_counter()
   for i in range(n):
     split = "train" if i % 10 < 8 else ("val" if i % 10 == 8 else "test")
-    folder = os.path.join(
-      root, split, CLASSES[i // 10 % len(CLASSES)]
-    )  # every class in every split
+    # every class in every split
+    folder = os.path.join(root, split, CLASSES[i // 10 % len(CLASSES)])
     os.makedirs(folder, exist_ok=True)
     coarse = rng.integers(0, 256, (12, 12), dtype=np.uint8)
     face = Image.fromarray(coarse).resize((48, 48), Image.Resampling.BICUBIC)
@@ -75,7 +75,8 @@ def main(argv):
     f"load average {os.getloadavg()[0]:.1f}"
   )
   print(
-    f"cold load   {cold:6.2f} s wall, {cold_cpu:6.2f} s CPU  ({n / cold:,.0f} img/s)   target < 15 s"
+    f"cold load   {cold:6.2f} s wall, {cold_cpu:6.2f} s CPU  ({n / cold:,.0f} img/s)   "
+    "target < 15 s"
   )
   print(
     f"cached load {cached:6.2f} s wall, {cached_cpu:6.2f} s CPU                     target < 1 s"
@@ -85,7 +86,7 @@ def main(argv):
     paths = [f.path for f in folders.scan_tree(root, CLASSES).files]
     runs = [("1 process", 1)] + [(f"{workers} processes", workers)] * (workers > 1)
     results = [
-      (name, *timed(lambda: folders.decode_many(paths, 48, 1, num_workers=w))[1:])
+      (name, *timed(functools.partial(folders.decode_many, paths, 48, 1, num_workers=w))[1:])
       for name, w in runs
     ]
     import jax  # noqa: F401  (from here on decode_many uses threads, as in training)

@@ -183,7 +183,8 @@ def main(_):
     else "ambiguous faces kept"
   )
   print(
-    f"{result['images']:,} built-in faces, {base}, {result['planted']:.1%} labels flipped; judge {f.config} "
+    f"{result['images']:,} built-in faces, {base}, {result['planted']:.1%} labels flipped; "
+    f"judge {f.config} "
     f"{' '.join(f.set)}, {f.folds} folds: out-of-fold accuracy {result['accuracy']:.1%} (per fold "
     + ", ".join(f"{a:.1%}" for a in result["fold_accuracy"])
     + "; per class "

@@ -51,7 +51,8 @@ def _gray_square(image, box=None):
 
 
 def fetch_insightface(cache_dir):
-  """Path of the insightface wheel in `cache_dir` (downloaded once), or (None, why it is missing)."""
+  """(path of the insightface wheel in `cache_dir`, downloaded once, ""), or (None, why it is
+  missing)."""
   os.makedirs(cache_dir, exist_ok=True)
   version = INSIGHTFACE.split("==")[1]
   wheel = os.path.join(cache_dir, f"insightface-{version}-py3-none-any.whl")
@@ -194,6 +195,11 @@ def duplicate_benchmark(images, seed=0, copies=None):
   return np.stack(out), np.array(source), np.array(made)
 
 
+def _pairs(counts):
+  """Pairs within groups of these sizes."""
+  return (counts * (counts - 1) // 2).sum()
+
+
 def pair_scores(found_i, found_j, groups, source):
   """Pair-counting precision and recall of a grouping against the true sources.
 
@@ -204,8 +210,7 @@ def pair_scores(found_i, found_j, groups, source):
   link_true = np.sum(source[found_i] == source[found_j])
   joint = np.zeros((groups.max() + 1, source.max() + 1), np.int64)
   np.add.at(joint, (groups, source), 1)
-  pairs = lambda n: (n * (n - 1) // 2).sum()
-  together, both = pairs(np.bincount(groups)), pairs(joint)
+  together, both = _pairs(np.bincount(groups)), _pairs(joint)
   return {
     "links": (link_true / max(len(found_i), 1), link_true / max(true_pairs, 1)),
     "groups": (both / max(together, 1), both / max(true_pairs, 1)),

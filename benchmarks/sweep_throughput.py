@@ -1,4 +1,4 @@
-"""Sweep throughput: S seeds of one config trained together (one vmapped step) against the same S
+r"""Sweep throughput: S seeds of one config trained together (one vmapped step) against the same S
 runs one after another, and the share of a step the host spends feeding batches.
 
 For Model 0 and B++ at batch 64 on 48x48x1 images, times steady-state steps (after compilation
@@ -12,7 +12,8 @@ and warm-up) of fer_jax's real train step (`steps.make_train_step(members=S)`):
   host feed    one run's step as `loop.train_epoch` feeds it (rows gathered from the host
                arrays in epoch order, then transferred every step) against data on device
 
-  python benchmarks/sweep_throughput.py [--members=1,2,4,8] [--models=model_0,b_pp] [--steps=3] [--how=map,vmap]
+  python benchmarks/sweep_throughput.py [--members=1,2,4,8] [--models=model_0,b_pp] \
+    [--steps=3] [--how=map,vmap]
 
 Prints total images/s and the ratios to sequential per S. Figures for this project's
 machine are in docs/scaling.md. On a shared machine wall times depend on the other load:
@@ -25,10 +26,9 @@ import sys
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(
-  0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-)  # run as a script from anywhere
-from benchmarks.timing import timed  # noqa: E402
+# run as a script from anywhere
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.timing import timed
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 BATCH, SIZE, CLASSES, POOL = 64, 48, 4, 1024
@@ -42,7 +42,8 @@ _HOW = flags.DEFINE_list("how", ["map", "vmap"], "config.train.vectorize modes t
 
 
 def measure(step, n_steps):
-  """Seconds per call of `step()` (which blocks until done), after a compiling and a warm-up call."""
+  """Seconds per call of `step()` (which blocks until done), after a compiling and a warm-up
+  call."""
   step()
   step()
   _, wall, _ = timed(lambda: [step() for _ in range(n_steps)])
@@ -61,9 +62,8 @@ def model_rows(name, member_counts, n_steps, modes):
   config = config_loading.load_config(os.path.join(CONFIGS, f"{name}.py"))
   model = models.build(config.model, CLASSES)
   rng = np.random.default_rng(0)
-  pool_images = rng.integers(
-    0, 256, (POOL, SIZE, SIZE, 1), dtype=np.uint8
-  )  # a train split to draw batches from
+  # a train split to draw batches from
+  pool_images = rng.integers(0, 256, (POOL, SIZE, SIZE, 1), dtype=np.uint8)
   pool_labels = (np.arange(POOL) % CLASSES).astype(np.int32)
   class_weights = losses.class_weights(config.loss, np.bincount(pool_labels, minlength=CLASSES))
   mesh = sharding.make_mesh()
@@ -98,6 +98,22 @@ def model_rows(name, member_counts, n_steps, modes):
 
     return run
 
+  def host_fed_step(step, holder, keys):
+    order = batching.epoch_order(POOL, 0, 1)
+    position = [0]
+
+    def run():  # what loop.train_epoch does per step
+      s = position[0] % (POOL // BATCH)
+      position[0] += 1
+      idx = np.sort(order[s * BATCH : (s + 1) * BATCH])
+      x, y = sharding.shard_batch(
+        mesh, pool_images[idx][None], pool_labels[idx][None], stacked=True
+      )
+      holder[0], metrics = step(holder[0], x, y, keys)
+      jax.block_until_ready(metrics)
+
+    return run
+
   rows = {}
   for members in member_counts:
     rows[members] = {}
@@ -108,20 +124,7 @@ def model_rows(name, member_counts, n_steps, modes):
       rows[members][key] = measure(on_device_step(step, holder, keys, members), n_steps)
       print(f"  {name} S={members} {key}: {rows[members][key]:.3f} s/step", flush=True)
     if members == 1:
-      order = batching.epoch_order(POOL, 0, 1)
-      position = [0]
-
-      def host_fed():  # what loop.train_epoch does per step
-        s = position[0] % (POOL // BATCH)
-        position[0] += 1
-        idx = np.sort(order[s * BATCH : (s + 1) * BATCH])
-        x, y = sharding.shard_batch(
-          mesh, pool_images[idx][None], pool_labels[idx][None], stacked=True
-        )
-        holder[0], metrics = step(holder[0], x, y, keys)
-        jax.block_until_ready(metrics)
-
-      rows[members]["host_fed"] = measure(host_fed, n_steps)
+      rows[members]["host_fed"] = measure(host_fed_step(step, holder, keys), n_steps)
   return rows
 
 
@@ -134,7 +137,8 @@ def main(argv):
   sharding.configure_backend()
   member_counts = sorted({1, *(int(m) for m in _MEMBERS.value)})
   print(
-    f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; "
+    f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}, "
+    f"{os.cpu_count()} CPUs; "
     f"batch {BATCH} per member",
     flush=True,
   )
@@ -149,18 +153,15 @@ def main(argv):
   for name, rows in results.items():
     sequential = BATCH / rows[1]["plain"]
     for members in member_counts[1:]:
-      cells = [
-        f"{members * BATCH / rows[members][m]:.1f} | {members * BATCH / rows[members][m] / sequential:.2f}x"
-        for m in modes
-      ]
+      images_per_s = [members * BATCH / rows[members][m] for m in modes]
+      cells = [f"{ips:.1f} | {ips / sequential:.2f}x" for ips in images_per_s]
       print(f"| {name} | {members} | {sequential:.1f} | " + " | ".join(cells) + " |")
   print("\n| model | step, data on device | step, fed from host | host share of a step |")
   print("|---|---|---|---|")
   for name, rows in results.items():
     device_s, host_s = rows[1]["plain"], rows[1]["host_fed"]
-    print(
-      f"| {name} | {device_s * 1000:.0f} ms | {host_s * 1000:.0f} ms | {max(0.0, 1 - device_s / host_s):.1%} |"
-    )
+    host_share = max(0.0, 1 - device_s / host_s)
+    print(f"| {name} | {device_s * 1000:.0f} ms | {host_s * 1000:.0f} ms | {host_share:.1%} |")
 
 
 if __name__ == "__main__":

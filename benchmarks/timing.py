@@ -10,7 +10,11 @@ def timed(fn):
   On a shared machine the wall time depends on the other load; the CPU time much less so,
   and CPU time / cores is what the wall time would be on idle cores with perfect scaling.
   """
-  cpu = lambda t: t.user + t.system + t.children_user + t.children_system  # noqa: E731
-  start, start_cpu = time.perf_counter(), cpu(os.times())
+  start, start_cpu = time.perf_counter(), _cpu_seconds()
   out = fn()
-  return out, time.perf_counter() - start, cpu(os.times()) - start_cpu
+  return out, time.perf_counter() - start, _cpu_seconds() - start_cpu
+
+
+def _cpu_seconds():
+  t = os.times()
+  return t.user + t.system + t.children_user + t.children_system

@@ -3,9 +3,10 @@
 Times steady-state training steps (after compilation and warm-up) at batch 64 on 48x48x1
 images, for Model 0 and B++, each framework in its own process:
 
-  fer_jax         the real step (fer_jax.train.steps.make_train_step) with conv_impl='auto': on CPU,
-                  per conv layer the implementation measured fastest on this CPU
-                  (fer_jax/models/kernels/conv_choice.py; measured on first use, then cached on disk)
+  fer_jax         the real step (fer_jax.train.steps.make_train_step) with conv_impl='auto': on
+                  CPU, per conv layer the implementation measured fastest on this CPU
+                  (fer_jax/models/kernels/conv_choice.py; measured on first use, then cached on
+                  disk)
   fer_jax_winograd  the same step with conv_impl='winograd'
   fer_jax_im2col  the same step with conv_impl='im2col'
   fer_jax_xla     the same step with conv_impl='xla' (XLA's own convolution gradients)
@@ -14,16 +15,18 @@ images, for Model 0 and B++, each framework in its own process:
   keras_tf_xla    Keras 3 on TensorFlow, jit_compile=True (TF through XLA)
   keras_jax       Keras 3 on JAX (jitted by Keras, XLA's convolution gradients)
   keras_tf_tcmalloc  keras_tf with tcmalloc preloaded, as every fer_jax process runs
-                  (fer_jax/platform/allocator.py; launch.py does it itself): the same allocator on both sides
+                  (fer_jax/platform/allocator.py; launch.py does it itself): the same allocator
+                  on both sides
 
 The Keras frameworks run as their users run them, with the C library's malloc, except
 keras_tf_tcmalloc. Each line says which allocator its process had.
 
-The Keras models are the study's (docs/study.md): B++ with its augmentation layers inside the model,
-focal loss and L2; class weights; trained with `train_on_batch` on one fixed in-memory batch, so
-no framework's input pipeline is measured. Keras refuses to jit a model holding RandomRotation /
-RandomZoom, so for keras_tf_xla and keras_jax B++'s augmentation layers run eagerly on each
-batch before the jitted step (as they would in a tf.data pipeline), inside the timed step.
+The Keras models are the study's (docs/study.md): B++ with its augmentation layers inside the
+model, focal loss and L2; class weights; trained with `train_on_batch` on one fixed in-memory
+batch, so no framework's input pipeline is measured. Keras refuses to jit a model holding
+RandomRotation / RandomZoom, so for keras_tf_xla and keras_jax B++'s augmentation layers run
+eagerly on each batch before the jitted step (as they would in a tf.data pipeline), inside the
+timed step.
 Parameter counts are printed as a check that the models match.
 
 It prints the CPU (model, family, ISA flags, cores: figures only compare on the same CPU kind),
@@ -154,7 +157,10 @@ def fer_jax_worker(model_name, conv_impl):
 
 
 def keras_model(keras, model_name):
-  """The study's Model 0 or B++ in Keras 3 (docs/study.md): (augmentation layers, the rest, loss, lr)."""
+  """The study's Model 0 or B++ in Keras 3 (docs/study.md).
+
+  Returns (augmentation layers, the rest, loss, lr).
+  """
   layers, l2 = keras.layers, keras.regularizers.L2
   augmentation = []
   if model_name == "model_0":
@@ -218,14 +224,14 @@ def keras_worker(model_name, backend, jit_compile):
 
   def step():
     inputs = augment(x, training=True) if augment else x
-    model.train_on_batch(
-      inputs, y, class_weight=class_weight
-    )  # returns host values: the step is done
+    # train_on_batch returns host values: the step is done
+    model.train_on_batch(inputs, y, class_weight=class_weight)
 
   return model.count_params(), step, {}  # the augmentation layers have no weights
 
 
-# framework -> (model name -> (parameter count, step function, extra figures)), each called in its own process
+# framework -> (model name -> (parameter count, step function, extra figures)), each called in its
+# own process
 WORKERS = {
   "fer_jax": lambda model_name: fer_jax_worker(model_name, "auto"),
   "fer_jax_winograd": lambda model_name: fer_jax_worker(model_name, "winograd"),
@@ -266,7 +272,7 @@ def run_worker(framework, model_name):
     allocator.preload_env() if framework in WITH_TCMALLOC else os.environ, TF_CPP_MIN_LOG_LEVEL="2"
   )
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
   if proc.returncode != 0 or not lines:
     raise RuntimeError(
       f"{framework} on {model_name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
@@ -286,7 +292,10 @@ def ratio_text(results, model_name, den):
 
 def print_table(results, model_names, frameworks):
   others = [f for f in frameworks if f != "fer_jax"]
-  cell = lambda key: f"{images_per_s(results[key]):.1f}" if key in results else "-"
+
+  def cell(key):
+    return f"{images_per_s(results[key]):.1f}" if key in results else "-"
+
   print(f"\nimages/s (median step){'':2s}" + "".join(f"{f:>18s}" for f in frameworks))
   for model_name in model_names:
     print(f"{model_name:24s}" + "".join(f"{cell((model_name, f)):>18s}" for f in frameworks))
@@ -299,8 +308,12 @@ def print_table(results, model_names, frameworks):
 
 
 def print_flop(results, model_names, frameworks, peak):
-  """Per fer_jax step: FLOP (XLA's count and the direct-convolution count), FLOP/s, share of peak."""
-  share = lambda flop_s: f" = {100 * flop_s / peak:4.1f} % of peak" if peak else ""  # noqa: E731
+  """Per fer_jax step: FLOP (XLA's count and the direct-convolution count), FLOP/s, share of
+  peak."""
+
+  def share(flop_s):
+    return f" = {100 * flop_s / peak:4.1f} % of peak" if peak else ""
+
   print(
     f"\nFLOP per step (XLA cost analysis) and achieved FLOP/s; fp32 peak: "
     f"{f'{peak / 1e9:.0f} GFLOP/s' if peak else 'unknown for this CPU'}"
@@ -311,10 +324,12 @@ def print_flop(results, model_names, frameworks, peak):
       if not r or "flop" not in r:
         continue
       seconds = float(np.median(r["wall_s"]))
+      counted, direct = r["flop"], r["direct_flop"]
       print(
-        f"  {model_name:8s} {framework:17s} counted {r['flop'] / 1e9:6.1f} G -> {r['flop'] / seconds / 1e9:6.1f} "
-        f"GFLOP/s{share(r['flop'] / seconds)};  direct-conv {r['direct_flop'] / 1e9:6.1f} G -> "
-        f"{r['direct_flop'] / seconds / 1e9:6.1f} GFLOP/s{share(r['direct_flop'] / seconds)}"
+        f"  {model_name:8s} {framework:17s} counted {counted / 1e9:6.1f} G -> "
+        f"{counted / seconds / 1e9:6.1f} GFLOP/s{share(counted / seconds)};  "
+        f"direct-conv {direct / 1e9:6.1f} G -> "
+        f"{direct / seconds / 1e9:6.1f} GFLOP/s{share(direct / seconds)}"
       )
   for model_name in model_names:
     chosen = results.get((model_name, "fer_jax"), {}).get("chosen")
@@ -351,15 +366,15 @@ def main(argv):
         load = os.getloadavg()[0]
         try:
           r = run_worker(framework, model_name)
-        except (
-          RuntimeError
-        ) as e:  # one framework failing (e.g. TensorFlow missing) spoils no other figure
+        except RuntimeError as e:
+          # one framework failing (e.g. TensorFlow missing) spoils no other figure
           print(f"  {model_name:8s} {framework:17s} FAILED: {e}", flush=True)
           continue
         print(
           f"  {model_name:8s} {framework:17s} {images_per_s(r):7.1f} img/s   median step "
           f"{np.median(r['wall_s']):.3f} s wall, {np.median(r['cpu_s']):.3f} s CPU   first step "
-          f"{r['first_s']:5.1f} s   {r['params']:,} params   malloc {r['malloc']}   load avg before {load:.1f}",
+          f"{r['first_s']:5.1f} s   {r['params']:,} params   malloc {r['malloc']}   "
+          f"load avg before {load:.1f}",
           flush=True,
         )
         pooled = results.setdefault((model_name, framework), {**r, "wall_s": [], "cpu_s": []})
@@ -370,8 +385,8 @@ def main(argv):
   per_cycle = here.fp32_flop_per_cycle()
   if per_cycle:
     print(
-      f"(peak = {here.cores} cores x {here.mhz / 1000:.2f} GHz x {per_cycle} fp32 FLOP/cycle from the ISA; "
-      f"turbo or AVX-512 clock limits move it)"
+      f"(peak = {here.cores} cores x {here.mhz / 1000:.2f} GHz x {per_cycle} fp32 FLOP/cycle "
+      "from the ISA; turbo or AVX-512 clock limits move it)"
     )
 
 

@@ -26,7 +26,10 @@ def affine_resample(image, angle, scale, fill_mode="reflect"):
   cos, sin = jnp.cos(angle), jnp.sin(angle)
   src_y = scale * (cos * yy - sin * xx) + cy
   src_x = scale * (sin * yy + cos * xx) + cx
-  sample = lambda ch: ndimage.map_coordinates(ch, [src_y, src_x], order=1, mode=fill_mode, cval=0.0)
+
+  def sample(ch):
+    return ndimage.map_coordinates(ch, [src_y, src_x], order=1, mode=fill_mode, cval=0.0)
+
   return jax.vmap(sample, in_axes=2, out_axes=2)(image)
 
 
@@ -51,7 +54,7 @@ def augment_image(key, image, train_cfg):
   return image
 
 
-def augment_batch(key, images, train_cfg):
+def augment_batch(key, images, train_cfg) -> jax.Array:
   """Random soft augmentation of float images [B, H, W, C] in [0, 1], independent per image."""
   if train_cfg.fill_mode not in FILL_MODES:
     raise ValueError(f"config.train.fill_mode: {train_cfg.fill_mode!r} is not one of {FILL_MODES}")

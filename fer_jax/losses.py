@@ -3,6 +3,7 @@ and Keras-style L2 (lambda * sum w^2 added to the loss) on selected kernels.
 """
 
 import re
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ def focal(logits, targets, gamma, alpha):
   return jnp.sum(targets * alpha * (1.0 - p) ** gamma * -jnp.log(p), axis=-1)
 
 
-def per_sample_loss_fn(loss_cfg, num_classes):
+def per_sample_loss_fn(loss_cfg, num_classes) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """(logits, int labels) -> per-sample loss, unweighted."""
   if loss_cfg.name not in ("cross_entropy", "focal"):
     raise ValueError(f"config.loss.name: unknown loss {loss_cfg.name!r}; use cross_entropy | focal")
@@ -40,7 +41,7 @@ def per_sample_loss_fn(loss_cfg, num_classes):
   return loss
 
 
-def balanced_class_weights(counts):
+def balanced_class_weights(counts) -> np.ndarray:
   """sklearn's 'balanced': n_samples / (n_classes * count_c); classes absent from train get 0."""
   counts = np.asarray(counts, np.float64)
   present = counts > 0
@@ -49,7 +50,7 @@ def balanced_class_weights(counts):
   return weights.astype(np.float32)
 
 
-def class_weights(loss_cfg, counts):
+def class_weights(loss_cfg, counts) -> np.ndarray:
   if loss_cfg.class_weights == "balanced":
     return balanced_class_weights(counts)
   if loss_cfg.class_weights == "none":
@@ -80,7 +81,7 @@ def l2_coefficients(params, loss_cfg):
   return jax.tree_util.tree_map_with_path(coeff, params)
 
 
-def l2_penalty(params, coefficients):
+def l2_penalty(params, coefficients) -> jax.Array:
   terms = [
     lam * jnp.sum(jnp.square(w))
     for w, lam in zip(jax.tree.leaves(params), jax.tree.leaves(coefficients))

@@ -1,5 +1,6 @@
 """Shared test set-up: XLA settings for fast compiles, and helpers to run launch.py in a
-subprocess on tiny built-in data. (The repo root is on sys.path through setup.cfg's pytest pythonpath.)"""
+subprocess on tiny built-in data. (The repo root is on sys.path through setup.cfg's pytest
+pythonpath.)"""
 
 import json
 import os
@@ -11,10 +12,12 @@ import numpy as np
 import pytest
 
 # XLA:CPU's optimising passes dominate test time (10x on tiny models); numerics are unaffected.
-# It also keeps conv_impl='auto' from timing layers (fer_jax/models/kernels/conv_choice.py), so no test measures.
+# It also keeps conv_impl='auto' from timing layers (fer_jax/models/kernels/conv_choice.py), so no
+# test measures.
 # Set before any test imports jax; subprocesses inherit it.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
-# What fer_jax.platform.sharding.configure_backend sets on CPU, for tests that trace models outside a run.
+# What fer_jax.platform.sharding.configure_backend sets on CPU, for tests that trace models outside
+# a run.
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +36,8 @@ TINY = [
 def launch(args, env=None, timeout=300, check=True):
   """Runs launch.py with `args`; returns the CompletedProcess (stdout + stderr as text)."""
   full_env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
-  cache = f"--config.data.cache_dir={os.path.join(tempfile.gettempdir(), 'fer_jax_test_cache')}"  # not in the repo
+  cache_dir = os.path.join(tempfile.gettempdir(), "fer_jax_test_cache")  # not in the repo
+  cache = f"--config.data.cache_dir={cache_dir}"
   proc = subprocess.run(
     [sys.executable, os.path.join(ROOT, "launch.py"), *args, cache],
     cwd=ROOT,

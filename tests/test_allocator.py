@@ -1,5 +1,5 @@
-"""fer_jax.platform.allocator: entry points re-run themselves with tcmalloc, and that removes XLA:CPU's
-per-step page faults (the reason for it)."""
+"""fer_jax.platform.allocator: entry points re-run themselves with tcmalloc, and that removes
+XLA:CPU's per-step page faults (the reason for it)."""
 
 import os
 import subprocess
@@ -44,7 +44,10 @@ def _python(code, **env):
 
 @needs_tcmalloc
 def test_use_tcmalloc_reexecutes_the_command_with_it():
-  code = "import sys; from fer_jax.platform import allocator; allocator.use_tcmalloc(); print(allocator.loaded(), *sys.argv[1:])"
+  code = (
+    "import sys; from fer_jax.platform import allocator; allocator.use_tcmalloc(); "
+    "print(allocator.loaded(), *sys.argv[1:])"
+  )
   assert _python(code) == ["True"]
   assert _python(code, **{allocator.ENV_SWITCH: "system"}) == ["False"]
 
@@ -55,7 +58,8 @@ PAGE_FAULTS = """
 import resource, statistics, jax, jax.numpy as jnp
 from fer_jax.platform import allocator
 allocator.use_tcmalloc()
-step = jax.jit(lambda x: jnp.sin(x[:, None] * x[None, :2048]) @ x[:2048, None])  # a 256 MB temporary
+# a 256 MB temporary
+step = jax.jit(lambda x: jnp.sin(x[:, None] * x[None, :2048]) @ x[:2048, None])
 x = jnp.ones((32768,), jnp.float32)
 for _ in range(3):
   step(x).block_until_ready()

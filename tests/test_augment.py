@@ -40,9 +40,8 @@ def test_flip_mirrors_exactly(images):
 
 
 def test_contrast_keeps_mean_and_range():
-  x = jax.random.uniform(
-    jax.random.key(1), (12, 12, 1), minval=0.3, maxval=0.7
-  )  # no clipping at 0.95-1.05
+  # no clipping at 0.95-1.05
+  x = jax.random.uniform(jax.random.key(1), (12, 12, 1), minval=0.3, maxval=0.7)
   for factor in (0.95, 1.05):
     y = augment.adjust_contrast(x, factor)
     np.testing.assert_allclose(jnp.mean(y), jnp.mean(x), atol=1e-6)

@@ -10,22 +10,22 @@ import os
 
 os.environ["KERAS_BACKEND"] = "jax"
 
-import h5py  # noqa: E402
-import jax  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
-from test_porting import keras_model  # noqa: E402
+import h5py
+import jax
+import keras
+import numpy as np
+import pytest
+from keras.src.legacy.saving import legacy_h5_format
+from test_porting import keras_model
 
-from fer_jax import models  # noqa: E402
-from fer_jax.configs import efficientnet_b0, resnet50v2  # noqa: E402
+from fer_jax import models
+from fer_jax.configs import efficientnet_b0, resnet50v2
 from fer_jax.configs import vgg16 as vgg16_config
-from fer_jax.models import efficientnet, resnet_v2, vgg16  # noqa: E402
+from fer_jax.models import efficientnet, resnet_v2, vgg16
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-# name, Keras builder, Flax module, its weights file, input side, input range, weight gain, Keras's count
+# name: Keras builder, Flax module, input side, input range, weight gain, Keras's count
 CASES = {
   "vgg16": (keras.applications.VGG16, vgg16, 40, (-1, 1), 2.0, 14_714_688),
   "resnet50v2": (keras.applications.ResNet50V2, resnet_v2, 72, (-1, 1), 0.5, 23_564_800),

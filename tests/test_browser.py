@@ -1,5 +1,6 @@
 """End to end in a real browser: Debian's Chromium, driven by Playwright, its fake camera playing a
-clip made from a real face photo, against `python -m fer_jax.serve`; a box and an answer must appear.
+clip made from a real face photo, against `python -m fer_jax.serve`; a box and an answer must
+appear.
 
 Chromium comes from the test set-up (`apt-get install -y chromium`, see the Makefile); Playwright's
 own browser download is never used. The screenshot lands in .cache/browser/demo.png (docs/demo.png
@@ -34,7 +35,7 @@ SCREENSHOT = os.path.join(ROOT, ".cache", "browser", "demo.png")
 
 
 def write_y4m(path, frames, fps=10):
-  """frames (RGB uint8, even sides) -> a YUV4MPEG2 4:2:0 file, the format Chromium's fake camera plays."""
+  """frames (RGB uint8, even sides) -> a YUV4MPEG2 4:2:0 file, as Chromium's fake camera plays."""
   import cv2
 
   h, w = frames[0].shape[:2]
@@ -71,7 +72,7 @@ def server(tmp_path):
       except OSError:
         if proc.poll() is not None or time.time() > deadline:
           log.seek(0)
-          raise AssertionError(f"fer_jax.serve did not start:\n{log.read()}")
+          raise AssertionError(f"fer_jax.serve did not start:\n{log.read()}") from None
         time.sleep(0.5)
     yield url
   finally:
@@ -108,7 +109,8 @@ def test_webcam_and_upload_show_boxes_and_answers(server, tmp_path):
       box, strip = page.evaluate("""() => {
           const [x, y, w, h] = last.faces[0].box;
           const ctx = document.getElementById('live').getContext('2d');
-          return [[x, y, w, h], Array.from(ctx.getImageData(x + Math.round(w / 2), Math.max(0, y - 6), 1, 13).data)];
+          const strip = ctx.getImageData(x + Math.round(w / 2), Math.max(0, y - 6), 1, 13);
+          return [[x, y, w, h], Array.from(strip.data)];
       }""")
       photo = tmp_path / "astronaut.jpg"
       photo.write_bytes(real_photos.jpeg_bytes(real_photos.astronaut()))
@@ -122,9 +124,8 @@ def test_webcam_and_upload_show_boxes_and_answers(server, tmp_path):
     finally:
       browser.close()
   print(f"browser: {answer} at {box}; {stats}")
-  assert (
-    answer == uploaded == "happy"
-  )  # the astronaut smiles, on the camera and in the uploaded photo
+  # the astronaut smiles, on the camera and in the uploaded photo
+  assert answer == uploaded == "happy"
   x, y, w, h = box
   fx, fy, fw, fh = real_photos.astronaut_face()
   scale = 480 / 512  # held_expression_clip fits the 512x512 photo into 640x480, centred

@@ -63,9 +63,11 @@ def tiny_cnn(conv_impl):
 
 def train_gradients(model, images):
   variables = model.init(jax.random.key(0), images)
-  loss = lambda p: model.apply(
-    {**variables, "params": p}, images, train=True, mutable=["batch_stats"]
-  )[0].sum()
+
+  def loss(p):
+    logits, _ = model.apply({**variables, "params": p}, images, train=True, mutable=["batch_stats"])
+    return logits.sum()
+
   return jax.jit(jax.grad(loss))(variables["params"])
 
 
@@ -113,9 +115,8 @@ def test_an_explicit_conv_impl_is_never_measured(measuring, monkeypatch):
 
 def test_unwritable_cache_keeps_choices_for_the_process(measuring, tmp_path, monkeypatch, capsys):
   (tmp_path / "a_file").write_text("")
-  monkeypatch.setenv(
-    conv_choice.CACHE_DIR_ENV, str(tmp_path / "a_file" / "cache")
-  )  # cannot be a directory
+  # cannot be a directory
+  monkeypatch.setenv(conv_choice.CACHE_DIR_ENV, str(tmp_path / "a_file" / "cache"))
   monkeypatch.setattr(conv_choice, "layer_runners", slowed_runners([]))
   first = conv_choice.choose((2, 8, 8, 32), (3, 3, 32, 8), np.float32)
   second = conv_choice.choose((2, 4, 4, 32), (3, 3, 32, 8), np.float32)
@@ -157,14 +158,12 @@ def cpu(vendor, family, model, flags):
 
 
 def test_fp32_peak_per_cpu_kind():
-  assert (
-    cpu("AuthenticAMD", 23, 1, "avx2 fma").fp32_flop_per_cycle() == 16
-  )  # Zen 1: 128-bit FMA halves
+  # Zen 1: 128-bit FMA halves
+  assert cpu("AuthenticAMD", 23, 1, "avx2 fma").fp32_flop_per_cycle() == 16
   assert cpu("AuthenticAMD", 23, 0x31, "avx2 fma").fp32_flop_per_cycle() == 32  # Zen 2
   assert cpu("AuthenticAMD", 25, 0x11, "avx2 fma avx512f").fp32_flop_per_cycle() == 32  # Zen 4
-  assert (
-    cpu("AuthenticAMD", 26, 2, "avx2 fma avx512f avx512_bf16").fp32_flop_per_cycle() == 64
-  )  # Zen 5
+  # Zen 5
+  assert cpu("AuthenticAMD", 26, 2, "avx2 fma avx512f avx512_bf16").fp32_flop_per_cycle() == 64
   assert cpu("GenuineIntel", 6, 143, "avx2 fma avx512f").fp32_flop_per_cycle() == 64
   assert cpu("GenuineIntel", 6, 85, "avx2 fma").fp32_flop_per_cycle() == 32
   assert cpu("", None, None, "").fp32_peak_flops() is None

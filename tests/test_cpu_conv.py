@@ -1,5 +1,5 @@
-"""fer_jax.models.kernels.cpu_conv: every conv / pool implementation against XLA's, and a whole CNN's gradients in
-float32 against the same CNN in float64 with XLA's own gradients."""
+"""fer_jax.models.kernels.cpu_conv: every conv / pool implementation against XLA's, and a whole
+CNN's gradients in float32 against the same CNN in float64 with XLA's own gradients."""
 
 import os
 import subprocess
@@ -53,7 +53,9 @@ from fer_jax.models.kernels import cpu_conv
 mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 x = jax.random.normal(jax.random.key(0), (8, 10, 10, 32))
 k = jax.random.normal(jax.random.key(1), (3, 3, 32, 16)) / 17
-loss = lambda x, k: jnp.sum(cpu_conv.max_pool_2x2(jax.nn.relu(cpu_conv.conv2d_same(x, k, "winograd")), "winograd") ** 2)
+def loss(x, k):
+  y = jax.nn.relu(cpu_conv.conv2d_same(x, k, "winograd"))
+  return jnp.sum(cpu_conv.max_pool_2x2(y, "winograd") ** 2)
 grads = jax.jit(jax.grad(loss, argnums=(0, 1)))
 want = grads(x, k)
 got = grads(jax.device_put(x, NamedSharding(mesh, P("data"))), k)

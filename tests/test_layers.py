@@ -1,4 +1,5 @@
-"""fer_jax.models.layers: the CPU depthwise convolution (shifted multiply-adds) equals XLA's grouped one."""
+"""fer_jax.models.layers: the CPU depthwise convolution (shifted multiply-adds) equals XLA's grouped
+one."""
 
 import jax
 import jax.numpy as jnp
@@ -24,16 +25,23 @@ def test_depthwise_shift_add_matches_grouped_conv_values_and_gradients(shape, k,
   c = shape[-1]
   x = jnp.asarray(rng.normal(size=shape), jnp.float32)
   w = jnp.asarray(rng.normal(size=(k, k, c, 1)), jnp.float32)
-  grouped = lambda x, w: lax.conv_general_dilated(
-    x,
-    w.reshape(k, k, 1, c),
-    (stride, stride),
-    padding,
-    dimension_numbers=cpu_conv.NHWC_HWIO,
-    feature_group_count=c,
-  )
-  shift_add = lambda x, w: layers._depthwise_shift_add(x, w[:, :, :, 0], stride, padding)
+
+  def grouped(x, w):
+    return lax.conv_general_dilated(
+      x,
+      w.reshape(k, k, 1, c),
+      (stride, stride),
+      padding,
+      dimension_numbers=cpu_conv.NHWC_HWIO,
+      feature_group_count=c,
+    )
+
+  def shift_add(x, w):
+    return layers._depthwise_shift_add(x, w[:, :, :, 0], stride, padding)
+
+  def gradients(f):
+    return jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
+
   np.testing.assert_allclose(shift_add(x, w), grouped(x, w), rtol=1e-5, atol=1e-5)
-  loss = lambda f: jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
-  for got, want in zip(loss(shift_add), loss(grouped)):
+  for got, want in zip(gradients(shift_add), gradients(grouped)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

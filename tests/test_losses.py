@@ -57,9 +57,8 @@ def test_balanced_class_weights_formula():
   w = losses.balanced_class_weights(counts)
   np.testing.assert_allclose(w, counts.sum() / (4 * counts), rtol=1e-6)
   np.testing.assert_allclose((w * counts).sum(), counts.sum(), rtol=1e-6)  # weighted count = n
-  assert (
-    losses.balanced_class_weights([10, 0, 30])[1] == 0.0
-  )  # absent class: no weight, no division by 0
+  # absent class: no weight, no division by 0
+  assert losses.balanced_class_weights([10, 0, 30])[1] == 0.0
 
 
 def _cnn_params(config):

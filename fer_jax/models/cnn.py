@@ -2,7 +2,8 @@
 
 Layer names follow the structure (`conv{block}_{i}`, `bn{block}_{i}` / `bn{block}`, `dense{j}`,
 `dense{j}_bn`, `logits`) so L2 masks, summaries and weight porting can select layers by name.
-Initialisers are Keras's (glorot-uniform kernels, zero biases) so training starts as the study's did.
+Initialisers are Keras's (glorot-uniform kernels, zero biases) so training starts as the study's
+did.
 """
 
 from collections.abc import Sequence
@@ -17,8 +18,9 @@ BN_PLACEMENTS = ("conv_bn_relu", "conv_relu_bn", "block_end", "none")
 
 
 class Conv3x3(nn.Module):
-  """'same' 3x3 convolution with bias, dispatching to fer_jax.models.kernels.cpu_conv for its gradient
-  ('auto': the implementation fer_jax.models.kernels.conv_choice picks for this layer's shapes)."""
+  """'same' 3x3 convolution with bias, dispatching to fer_jax.models.kernels.cpu_conv for its
+  gradient ('auto': the implementation fer_jax.models.kernels.conv_choice picks for this layer's
+  shapes)."""
 
   features: int
   impl: str = "xla"
@@ -126,7 +128,7 @@ def _check(cfg):
       raise ValueError(f"config.model.{field}: has {len(cfg[field])} entries, needs {want}")
 
 
-def build(cfg, num_classes):
+def build(cfg, num_classes) -> nn.Module:
   """The CNN described by config.model (see configs/common.py for each field)."""
   _check(cfg)
   return CNN(

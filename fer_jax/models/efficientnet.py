@@ -1,5 +1,5 @@
-"""EfficientNetB0 transfer: Keras Applications' EfficientNetB0 (include_top=False) in Flax, layer for
-layer, with the study's head (GAP -> Dense 256 ReLU -> BN -> dropout 0.5 -> Dense).
+"""EfficientNetB0 transfer: Keras Applications' EfficientNetB0 (include_top=False) in Flax, layer
+for layer, with the study's head (GAP -> Dense 256 ReLU -> BN -> dropout 0.5 -> Dense).
 
 The backbone takes 0-255 RGB and normalises it itself (Rescaling 1/255, then Normalization with
 ImageNet mean and variance). Keras's ImageNet model adds a Rescaling by 1/sqrt(stddev) after the
@@ -50,7 +50,7 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
 
 
 class MBConv(nn.Module):
-  """keras.applications.efficientnet.block: expand 1x1 -> depthwise -> SE -> project 1x1 (+ skip)."""
+  """keras.applications.efficientnet.block: expand 1x1 -> depthwise -> SE -> project 1x1 (+skip)."""
 
   kernel_size: int
   filters_in: int
@@ -132,7 +132,7 @@ class EfficientNetB0(nn.Module):
     return nn.swish(batch_norm("top_bn", train, dtype=d)(x))
 
 
-def build(cfg, num_classes):
+def build(cfg, num_classes) -> nn.Module:
   backbone = EfficientNetB0(
     cfg.imagenet_rescale, transfer.backbone_kernel_init(cfg, conv_init), jnp.dtype(cfg.dtype)
   )

@@ -48,7 +48,7 @@ def batch_norm(name, train, epsilon=1e-3, dtype=jnp.float32):
 
 
 def correct_pad(x, kernel_size):
-  """keras.applications.imagenet_utils.correct_pad: the zero padding before a stride-2 'valid' conv."""
+  """keras.applications.imagenet_utils.correct_pad: zero padding before a stride-2 'valid' conv."""
   pads = []
   for size in x.shape[1:3]:
     adjust = 1 - size % 2

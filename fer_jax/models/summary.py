@@ -18,8 +18,9 @@ def _subtree(tree, path):
   return tree
 
 
-def layer_rows(model, input_shape):
-  """(layer path, output shape, params) of every leaf layer, in call order; shapes only, no compute."""
+def layer_rows(model, input_shape) -> tuple[list[tuple[str, tuple, int]], dict]:
+  """((layer path, output shape, params) of each leaf layer in call order, the variables' shapes);
+  traces shapes only."""
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
   key = jax.random.key(0)
   calls = []
@@ -47,7 +48,7 @@ def layer_rows(model, input_shape):
   return rows, variables
 
 
-def model_summary(config):
+def model_summary(config) -> str:
   num_classes = len(config.data.classes)
   model = models.build(config.model, num_classes)
   input_shape = (config.data.image_size, config.data.image_size, config.data.channels)

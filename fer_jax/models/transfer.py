@@ -31,16 +31,14 @@ BACKBONE_MODES = ("freeze", "finetune", "train")
 # jax.distributed.initialize().
 _CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
 PREPROCESSING = {
-  "caffe": lambda x: (
-    x[..., ::-1] * 255.0 - _CAFFE_BGR_MEAN
-  ),  # VGG16: BGR, 0-255, ImageNet mean removed
+  # VGG16: BGR, 0-255, ImageNet mean removed
+  "caffe": lambda x: x[..., ::-1] * 255.0 - _CAFFE_BGR_MEAN,
   "tf": lambda x: x * 2.0 - 1.0,  # ResNet50V2, mini-XCEPTION: [-1, 1]
   "scale255": lambda x: x * 255.0,  # EfficientNet normalises 0-255 input itself
   "none": lambda x: x,  # the study's raw [0, 1] feeding
 }
-_LUMA = np.array(
-  [0.299, 0.587, 0.114], np.float32
-)  # OpenCV's RGB -> gray, as the fer package converts
+# OpenCV's RGB -> gray, as the fer package converts
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def prepare(x, size, channels, preprocessing):
@@ -72,20 +70,26 @@ class DenseHead(nn.Module):
   @nn.compact
   def __call__(self, features, train=False):
     x = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
-    make_bn = lambda name: nn.BatchNorm(
-      use_running_average=not train,
-      momentum=self.bn_momentum,  # noqa: E731
-      epsilon=1e-3,
-      dtype=self.dtype,
-      name=name,
-    )
+
+    def make_bn(name):
+      return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=self.bn_momentum,
+        epsilon=1e-3,
+        dtype=self.dtype,
+        name=name,
+      )
+
     return cnn.dense_head(
       x, self.num_classes, self.widths, self.batch_norm, self.dropouts, make_bn, self.dtype, train
     )
 
 
 class TransferModel(nn.Module):
-  """prepare -> backbone -> head; `backbone(x, train)` returns a feature map, `head(f, train)` logits."""
+  """prepare -> backbone -> head.
+
+  `backbone(x, train)` returns a feature map, `head(f, train)` logits.
+  """
 
   backbone: nn.Module
   head: nn.Module
@@ -123,8 +127,13 @@ def check(cfg, num_blocks, preprocessing):
     )
 
 
-def build(cfg, num_classes, backbone, preprocessing, num_blocks, channels=3, head=None):
-  """A TransferModel from config.model; `preprocessing` maps 'native' / 'study' to PREPROCESSING keys."""
+def build(
+  cfg, num_classes, backbone, preprocessing, num_blocks, channels=3, head=None
+) -> TransferModel:
+  """A TransferModel from config.model.
+
+  `preprocessing` maps 'native' / 'study' to PREPROCESSING keys.
+  """
   check(cfg, num_blocks, preprocessing)
   dtype = jnp.dtype(cfg.dtype)
   if head is None:
@@ -147,9 +156,9 @@ def build(cfg, num_classes, backbone, preprocessing, num_blocks, channels=3, hea
 
 
 def backbone_kernel_init(cfg, keras_init):
-  """Keras's initialiser for a random backbone; zeros when load_pretrained will overwrite every kernel
-  (it fails on any it cannot fill): compiling the random initialisers of a large backbone takes
-  XLA:CPU long (docs/performance.md), for values that would be thrown away."""
+  """Keras's initialiser for a random backbone; zeros when load_pretrained will overwrite every
+  kernel (it fails on any it cannot fill): compiling the random initialisers of a large backbone
+  takes XLA:CPU long (docs/performance.md), for values that would be thrown away."""
   return keras_init if cfg.init_from in ("", "random") else nn.initializers.zeros
 
 
@@ -167,18 +176,21 @@ def param_labels(cfg, params, blocks, top=()):
       return "finetune" if child in tuned else "frozen"
     return "train" if mode == "train" else "frozen"
 
-  labels = {
-    key: jax.tree.map(lambda _: "train", tree) for key, tree in params.items() if key != "backbone"
-  }
+  def fill(tree, label):
+    return jax.tree.map(lambda _: label, tree)
+
+  labels = {key: fill(tree, "train") for key, tree in params.items() if key != "backbone"}
   labels["backbone"] = {
-    child: jax.tree.map(lambda _, l=backbone_label(child): l, tree)
-    for child, tree in params["backbone"].items()
+    child: fill(tree, backbone_label(child)) for child, tree in params["backbone"].items()
   }
   return labels
 
 
-def weights_path(init_from, needed):
-  """config.model.init_from as a path; None for 'random'. `needed` tells what to pass when it is empty."""
+def weights_path(init_from, needed) -> str | None:
+  """config.model.init_from as a path; None for 'random'.
+
+  `needed` tells what to pass when it is empty.
+  """
   if init_from == "random":
     return None
   if not init_from:
@@ -194,7 +206,8 @@ def weights_path(init_from, needed):
 def load_backbone(
   cfg, variables, needed, *, init_from=None, scope=("backbone",), skip=(), allow_unused=True
 ):
-  """`variables` with the layers under `scope` filled from config.model.init_from (or `init_from`)."""
+  """`variables` with the layers under `scope` filled from config.model.init_from (or
+  `init_from`)."""
   path = weights_path(cfg.init_from if init_from is None else init_from, needed)
   if path is None:
     return variables
@@ -208,7 +221,7 @@ def load_backbone(
   )
 
 
-def keras_download(file_name, url):
+def keras_download(file_name, url) -> str:
   """What `weights_path` asks for when init_from is empty: the file, where Keras hosts it."""
   return (
     f"the Keras ImageNet weights {file_name}: download {url} on a machine with internet "

@@ -49,7 +49,7 @@ class VGG16(nn.Module):
     return x
 
 
-def build(cfg, num_classes):
+def build(cfg, num_classes) -> nn.Module:
   backbone = VGG16(transfer.backbone_kernel_init(cfg, glorot), jnp.dtype(cfg.dtype))
   return transfer.build(cfg, num_classes, backbone, PREPROCESSING, len(BLOCKS))
 

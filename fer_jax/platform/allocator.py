@@ -25,7 +25,7 @@ _TRIED = "FER_JAX_MALLOC_TRIED"  # set before the re-exec, so a failed preload n
 _LIBRARIES = ("tcmalloc_minimal", "tcmalloc")
 
 
-def find_tcmalloc():
+def find_tcmalloc() -> str | None:
   """The shared-library name of an installed tcmalloc (LD_PRELOAD resolves it), or None."""
   for name in _LIBRARIES:
     found = ctypes.util.find_library(name)
@@ -47,7 +47,7 @@ def _switched_off(env):
   return env.get(ENV_SWITCH) == "system"
 
 
-def preload_env(env=None):
+def preload_env(env=None) -> dict[str, str]:
   """A copy of `env` (default os.environ) whose processes start with tcmalloc where it is
   installed and not switched off; unchanged otherwise."""
   env = dict(os.environ if env is None else env)

@@ -43,12 +43,15 @@ class CPU:
     )
 
   def cache_key(self):
-    """Same key = same kernels run at the same relative speed; all flags count, hashed for length."""
+    """Same key: same kernels at the same relative speed. All flags count, hashed for length."""
     flags = hashlib.sha1(" ".join(sorted(self.flags)).encode()).hexdigest()[:10]
-    return f"{self.vendor} {self.model_name} f{self.family}m{self.model} flags:{flags} cores:{self.cores}"
+    return (
+      f"{self.vendor} {self.model_name} f{self.family}m{self.model} flags:{flags} "
+      f"cores:{self.cores}"
+    )
 
-  def fp32_flop_per_cycle(self):
-    """Peak float32 FLOP per cycle per core from the ISA (FMA = 2 FLOP per lane), or None if unknown.
+  def fp32_flop_per_cycle(self) -> int | None:
+    """Peak float32 FLOP per cycle per core from the ISA (FMA = 2 FLOP per lane); None if unknown.
 
     Zen 1 (AMD family 23 before model 0x30) splits 256-bit FMAs in two 128-bit halves; Zen 4
     (family 25) runs AVX-512 on 256-bit units; Zen 2/3 have two 256-bit FMA units; Zen 5 and
@@ -67,7 +70,7 @@ class CPU:
       return 64 if wide else 32
     return None
 
-  def fp32_peak_flops(self):
+  def fp32_peak_flops(self) -> float | None:
     per_cycle = self.fp32_flop_per_cycle()
     return self.cores * self.mhz * 1e6 * per_cycle if per_cycle and self.mhz else None
 
@@ -91,7 +94,7 @@ def _int(text):
   return int(text) if text and text.isdigit() else None
 
 
-def current():
+def current() -> CPU:
   fields = _cpuinfo_fields()
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   mhz = fields.get("cpu MHz")

@@ -1,61 +1,70 @@
-"""What launch.py prints when a run cannot go on: one line each, no traceback (docs/troubleshooting.md)."""
+"""What launch.py prints when a run cannot go on: one line each, no traceback.
+
+docs/troubleshooting.md lists the messages.
+"""
 
 import errno
 import os
 import sys
+from typing import NoReturn
 
 
 def config_flag_text(e, context):
   """The last line of a bad --config's exception message (config_flags wraps whole tracebacks)."""
-  lines = [l.strip(" '\"\\") for l in str(e).replace("\\n", "\n").splitlines() if l.strip()]
+  lines = [
+    line.strip(" '\"\\") for line in str(e).replace("\\n", "\n").splitlines() if line.strip()
+  ]
   detail = lines[-1] if lines else type(e).__name__
-  if (
-    "has no attribute 'get_config" in detail
-  ):  # config_flags imports the file and calls get_config()
+  # config_flags imports the file and calls get_config()
+  if "has no attribute 'get_config" in detail:
     detail = "the config file defines no get_config(arg)"
   elif isinstance(e, (AttributeError, KeyError)):  # ConfigDict's unknown field: "Did you mean ..."
     detail = f"unknown field {lines[0]}. {detail}"
   return f"error: {detail} ({context})"
 
 
-def error_lines(e):
+def error_lines(e) -> str:
   """`error: ...` for each line of an error message (a bad config lists one field per line)."""
   return "\n".join(f"error: {line}" for line in str(e).splitlines())
 
 
-def last_saved_epoch(workdir):
+def last_saved_epoch(workdir) -> int | None:
   from fer_jax.train import checkpoint
 
   return checkpoint.last_saved_epoch(os.path.join(workdir, "checkpoints"))
 
 
-def os_error_text(e, workdir):
+def os_error_text(e, workdir) -> str | None:
   """One line for a failed write: disk full, read-only or permission denied; None for others."""
   where = e.filename or workdir
   if e.errno == errno.ENOSPC:
     epoch = last_saved_epoch(workdir)
     saved = (
-      f"the last good checkpoint is epoch {epoch} ({os.path.join(workdir, 'checkpoints', str(epoch))})"
+      f"the last good checkpoint is epoch {epoch} "
+      f"({os.path.join(workdir, 'checkpoints', str(epoch))})"
       if epoch is not None
       else "no checkpoint was saved yet"
     )
-    sizes = (e.strerror or "").partition(": ")[
-      2
-    ]  # what a checkpoint needs and what is free, when known
+    # what a checkpoint needs and what is free, when known
+    sizes = (e.strerror or "").partition(": ")[2]
     return (
       f"error: no space left on device writing {where}{f' ({sizes})' if sizes else ''}; {saved}; "
       "free space and rerun the same command to resume"
     )
   if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-    return f"error: cannot write {where}: {e.strerror}; pass a writable --workdir (or config.data.cache_dir)"
+    return (
+      f"error: cannot write {where}: {e.strerror}; "
+      "pass a writable --workdir (or config.data.cache_dir)"
+    )
   return None
 
 
-def exit_with(text):
+def exit_with(text) -> NoReturn:
   """Exits with `text` as the last thing printed.
 
   Background work that the error cut short (orbax reading the same damaged checkpoint on another
-  thread, say) would otherwise print 'Exception ignored' tracebacks while the interpreter shuts down.
+  thread, say) would otherwise print 'Exception ignored' tracebacks while the interpreter shuts
+  down.
   """
   sys.unraisablehook = lambda _: None
   sys.exit(text)

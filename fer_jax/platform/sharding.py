@@ -26,7 +26,7 @@ def configure_backend():
     jax.config.update("jax_threefry_partitionable", False)
 
 
-def make_mesh(member_groups=1):
+def make_mesh(member_groups=1) -> jax.sharding.Mesh:
   """Axes 'member' (groups of devices that each train some members of a vectorized run; 1 for a
   plain run) x 'data' (the devices of a group, which split its batches)."""
   # Auto axes: GSPMD propagates the batch sharding through the model (jax.make_mesh's
@@ -39,12 +39,13 @@ def make_mesh(member_groups=1):
   )
 
 
-def replicated(mesh):
+def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def data_sharded(mesh, stacked=False):
-  """Rows over 'data'; `stacked`: members over 'member', each member's rows (second axis) over 'data'."""
+def data_sharded(mesh, stacked=False) -> NamedSharding:
+  """Rows over 'data'; `stacked`: members over 'member', each member's rows (second axis) over
+  'data'."""
   return NamedSharding(mesh, P("member", "data") if stacked else P("data"))
 
 
@@ -72,7 +73,7 @@ def check_batch_size(batch_size, field):
     raise ValueError(f"{field}={batch_size} must be a multiple of the {n} devices")
 
 
-def shard_batch(mesh, *arrays, stacked=False):
+def shard_batch(mesh, *arrays, stacked=False) -> list[jax.Array]:
   """Global host arrays (same on every process) -> arrays sharded over 'data' (their rows, or
   with `stacked` their second axis, behind a leading axis of members).
 

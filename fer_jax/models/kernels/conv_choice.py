@@ -1,14 +1,15 @@
-"""conv_impl='auto' on CPU: each 3x3 conv layer shape runs the implementation measured fastest for it.
+"""conv_impl='auto' on CPU: each 3x3 conv layer shape runs the implementation measured fastest for
+it.
 
-Which of fer_jax.models.kernels.cpu_conv's implementations wins depends on the CPU (Winograd won every B++ layer
-on an AVX2 Zen 1; on AVX-512 CPUs XLA's own kernels win some), so the first time a layer shape is
-traced, its forward pass and both gradients are timed with each implementation on random data
-(interleaved, the fastest of a few calls after a warm-up: on a shared machine other load only
-ever adds time) and the fastest is used. Choices are kept in
-a JSON file keyed by the CPU (model, family, all ISA flags, cores), the jax/jaxlib versions,
-XLA_FLAGS and the allocator (fer_jax/platform/allocator.py: page faults slow the big-buffer implementations
-most), then by layer shape (batch included) and dtype, so later runs on the same kind of
-machine measure nothing. Each choice is printed once per process.
+Which of fer_jax.models.kernels.cpu_conv's implementations wins depends on the CPU (Winograd won
+every B++ layer on an AVX2 Zen 1; on AVX-512 CPUs XLA's own kernels win some), so the first time a
+layer shape is traced, its forward pass and both gradients are timed with each implementation on
+random data (interleaved, the fastest of a few calls after a warm-up: on a shared machine other
+load only ever adds time) and the fastest is used. Choices are kept in a JSON file keyed by the
+CPU (model, family, all ISA flags, cores), the jax/jaxlib versions, XLA_FLAGS and the allocator
+(fer_jax/platform/allocator.py: page faults slow the big-buffer implementations most), then by
+layer shape (batch included) and dtype, so later runs on the same kind of machine measure
+nothing. Each choice is printed once per process.
 
 The file is `$FER_JAX_CACHE_DIR/conv_choice.json`, default `~/.cache/fer_jax/` (or
 `$XDG_CACHE_HOME/fer_jax/`). It is replaced atomically, so concurrent writers never leave a torn
@@ -21,11 +22,13 @@ with JAX_DISABLE_MOST_OPTIMIZATIONS (as the test suite does) run DEFAULT.
 """
 
 import concurrent.futures
+import functools
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -57,9 +60,10 @@ def cache_path():
 
 
 def machine_key():
+  malloc = "tcmalloc" if allocator.loaded() else "system"
   return (
     f"{cpu_info.current().cache_key()} jax {jax.__version__} jaxlib {jaxlib.__version__} "
-    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')} malloc={'tcmalloc' if allocator.loaded() else 'system'}"
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')} malloc={malloc}"
   )
 
 
@@ -69,7 +73,7 @@ def layer_key(x_shape, kernel_shape, dtype):
   return f"{n}x{h}x{w}x{c} -> {o}, {kh}x{kw}, {jnp.dtype(dtype).name}"
 
 
-def chosen():
+def chosen() -> dict[str, str]:
   """{layer key: implementation} of every conv traced with 'auto' in this process so far."""
   return dict(_chosen)
 
@@ -80,7 +84,7 @@ def worth_measuring(x_shape, kernel_shape):
   return flop >= MIN_MEASURED_FLOP and not jax.config.read("jax_disable_most_optimizations")
 
 
-def choose(x_shape, kernel_shape, dtype):
+def choose(x_shape, kernel_shape, dtype) -> str:
   """The implementation for a 'same' conv of these shapes: cached, measured now, or DEFAULT."""
   key = layer_key(x_shape, kernel_shape, dtype)
   if key in _chosen:
@@ -111,12 +115,12 @@ def choose(x_shape, kernel_shape, dtype):
   return impl
 
 
-def measure(x_shape, kernel_shape, dtype):
+def measure(x_shape, kernel_shape, dtype) -> dict[str, float]:
   """{implementation: seconds} of forward + input and kernel gradients on random data."""
   return fastest_seconds(layer_runners(x_shape, kernel_shape, dtype))
 
 
-def layer_runners(x_shape, kernel_shape, dtype):
+def layer_runners(x_shape, kernel_shape, dtype) -> dict[str, Callable[[], object]]:
   """{implementation: a call that runs the layer's forward pass and both gradients and waits}."""
   kx, kk, kd = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, x_shape, dtype)
@@ -124,16 +128,13 @@ def layer_runners(x_shape, kernel_shape, dtype):
   dy = jax.random.normal(kd, x_shape[:3] + kernel_shape[-1:], dtype)
   runners = {}
   for impl in CANDIDATES:
-    grads = jax.jit(
-      lambda x, k, dy, impl=impl: jax.vjp(lambda x, k: cpu_conv.conv2d_same(x, k, impl), x, k)[1](
-        dy
-      )
-    )
+    conv = functools.partial(cpu_conv.conv2d_same, impl=impl)
+    grads = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(conv, x, k)[1](dy))
     runners[impl] = lambda grads=grads: jax.block_until_ready(grads(x, kernel, dy))
   return runners
 
 
-def fastest_seconds(runners, repeats=REPEATS, clock=time.perf_counter):
+def fastest_seconds(runners, repeats=REPEATS, clock=time.perf_counter) -> dict[str, float]:
   """{name: the fastest of `repeats` calls in seconds}, after one untimed call each (compilation);
   the calls are interleaved so that a change in the machine's other load hits all alike."""
   for run in runners.values():

