@@ -71,7 +71,7 @@ def one_of(*choices) -> Rule:
   prefixes = tuple(c.partition("<")[0] for c in choices if c not in exact)
 
   def test(v):
-    return v in exact or (isinstance(v, str) and v.startswith(prefixes) and bool(prefixes))
+    return v in exact or (isinstance(v, str) and v.startswith(prefixes))
 
   return Rule(test, "one of " + " | ".join(map(str, choices)), notes)
 
@@ -122,7 +122,8 @@ class Field:
 
 
 def section(*tables) -> ml_collections.ConfigDict:
-  """A new config section with every field of `tables` ({name: Field} each) at its default."""
+  """A new config section with every field of `tables` at its default; a table is
+  {name: Field | table}, a nested table making a nested section."""
   return add_fields(ml_collections.ConfigDict(), *tables)
 
 
@@ -130,7 +131,7 @@ def add_fields(config_section, *tables):
   """Adds every field of `tables` at its default to `config_section` (before it is locked)."""
   for table in tables:
     for name, decl in table.items():
-      config_section[name] = decl.default
+      config_section[name] = decl.default if isinstance(decl, Field) else section(decl)
   return config_section
 
 
@@ -184,7 +185,7 @@ def check_values(config):
   for field in sorted(values.keys() - declared.keys()):
     errors.append(
       f"config.{field}={format_value(values[field])}: not a declared field "
-      "(each field is declared in configs/common.py)"
+      "(declare it in configs/common.py)"
     )
   if errors:
     raise ConfigError("\n".join(errors))

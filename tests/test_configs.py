@@ -90,7 +90,7 @@ def test_a_bad_value_and_an_undeclared_field_are_named_one_per_line():
     "config.loss.name=x: must be one of cross_entropy | focal",
     "config.train.batch_size=0: must be >= 1",
     "config.train.seed=1.5: must be an int",
-    "config.model.typo=3: not a declared field (each field is declared in configs/common.py)",
+    "config.model.typo=3: not a declared field (declare it in configs/common.py)",
   ]
 
 
@@ -127,6 +127,18 @@ def test_choices_with_meanings_and_name_patterns():
   assert source.rule.text.startswith("one of auto | builtin")
   assert "auto: built-in faces" in source.rule.notes
   assert one_of(1, 3).test(3) and not one_of(1, 3).test(2)
+
+
+def test_a_nested_table_is_a_nested_section_checked_like_any_other():
+  # As a section whose entries have settings of their own (an evaluator's, say) would be.
+  table = {
+    "top": Field(1, "one", at_least(0)),
+    "inner": {"rate": Field(0.5, "a rate", at_least(0))},
+  }
+  config = config_loading.section(table)
+  assert config.to_dict() == {"top": 1, "inner": {"rate": 0.5}}
+  assert set(config_loading.declarations({"s": table})) == {"s.top", "s.inner.rate"}
+  assert config_loading.leaves(config) == {"top": 1, "inner.rate": 0.5}
 
 
 def test_a_field_declared_twice_is_an_error():
