@@ -1,7 +1,7 @@
 """Model B++: the B+ network trained with focal loss (gamma 2, alpha 0.25).
 
   python launch.py --config=configs/b_pp.py --workdir=runs/b_pp --config.data.root=/path/to/merged
-  python launch.py --config=configs/b_pp.py:quick       # built-in faces, a few minutes on 2 CPU cores
+  python launch.py --config=configs/b_pp.py:quick   # built-in faces, minutes on 2 CPU cores
 Study (+AffectNet): best val 85.30 %, train 87.35 %, gap +2.0, epoch 51 of 71, 6.0 min.
 3,509,444 parameters.
 """

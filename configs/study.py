@@ -3,7 +3,7 @@
   python -m fer_jax.sweep --spec=configs/study.py --root=runs/study --weights_dir=/data/keras \\
       --original=/data/original --cleaned=/data/stratified --merged=/data/merged
   python -m fer_jax.sweep --spec=configs/study.py:quick --root=runs/quick   # built-in faces
-  python -m fer_jax.report runs/study                                        # (the sweep also runs it)
+  python -m fer_jax.report runs/study   # (the sweep also runs it)
 
 Stages: `original` = the data as found (Model 0); `cleaned` = after dedup, relabel and the
 80/10/10 re-split (A, B, C); `merged` = cleaned + AffectNet (B+, B++, D, colour mode, and the

@@ -1,21 +1,30 @@
-"""Loads a config file the way `--config=path[:variant] --config.a.b=v` does, from code.
+"""Loads a config file the way `--config=path[:variant] --config.a.b=v` does, from code, and checks
+every value of a config against the fields' declarations.
 
 `load_config("configs/b_pp.py:quick", {"optim.lr": 1e-3})` imports the file by path, calls
 `get_config("quick")`, and applies each override with a type check against the field it
 replaces. String values are parsed as on the command line (`"1e-3"`, `"true"`, `"(32, 64)"`);
 other values are used as given. Errors are one line naming the file or the field.
 
-Valid values are declared next to the fields, in the config files: `valid("train",
-batch_size=at_least(1), ...)` right after the section's fields (configs/common.py). `check_values`
-tests every declared field a config has, before a run creates anything, and lists every bad
-value on its own line.
+Every field of every config is declared once, in configs/common.py: a `Field(default,
+"description", rule)` in a table per section (`common.DATA`, `common.MODEL`, ...; fields that
+only some models have are in tables of their own, which those configs add with `add_fields`).
+The default fixes the field's type; the rule (`at_least(1)`, `one_of("a", "b")`, ...) gives the
+check, the error's "must be ..." and the documentation's range or choices. `check_values` always
+reads `common.FIELDS`, so a config is checked in full whatever else was imported; it names every
+bad value and every field nobody declared, one per line. `python -m fer_jax.config_loading
+--fields` prints every declaration as documentation (docs/config_fields.md).
 """
 
 import ast
 import dataclasses
 import importlib.util
 import os
+import sys
+from collections.abc import Callable
+from typing import Any
 
+import ml_collections
 from ml_collections.config_flags import config_path
 
 
@@ -25,63 +34,183 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-  """What a field's value must be: `test(value)` is True for a valid one; `text` says it."""
+  """What a field's value must be: `test(value)` is True for a valid one; `text` says it;
+  `notes` says what the choices mean, for the documentation."""
 
-  test: object
+  test: Callable[[Any], bool]
   text: str
+  notes: str = ""
 
 
-def at_least(low):
+def at_least(low) -> Rule:
   return Rule(lambda v: v >= low, f">= {low}")
 
 
-def above(low):
+def above(low) -> Rule:
   return Rule(lambda v: v > low, f"> {low}")
 
 
-def fraction(high_open=False):
-  """[0, 1], or [0, 1) with `high_open` (dropout rates, smoothing: 1 would leave no signal)."""
-  if high_open:
-    return Rule(lambda v: 0 <= v < 1, "in [0, 1)")
-  return Rule(lambda v: 0 <= v <= 1, "in [0, 1]")
+def fraction(low_open=False, high_open=False) -> Rule:
+  """In [0, 1], with either end open: a dropout rate of 1 would leave no signal, a val share of
+  0 no val split."""
+  low, high = "(" if low_open else "[", ")" if high_open else "]"
+  return Rule(
+    lambda v: (0 < v if low_open else 0 <= v) and (v < 1 if high_open else v <= 1),
+    f"in {low}0, 1{high}",
+  )
 
 
-def one_of(*choices):
-  return Rule(lambda v: v in choices, "one of " + " | ".join(map(str, choices)))
+def one_of(*choices) -> Rule:
+  """One of `choices`; or given one dict {choice: what it means}, one of its keys, the meanings
+  going into the documentation. A choice written `prefix<name>` accepts `prefix` and any name."""
+  notes = ""
+  if len(choices) == 1 and isinstance(choices[0], dict):
+    notes = "; ".join(f"{c}: {meaning}" for c, meaning in choices[0].items())
+    choices = tuple(choices[0])
+  exact = [c for c in choices if not (isinstance(c, str) and "<" in c)]
+  prefixes = tuple(c.partition("<")[0] for c in choices if c not in exact)
+
+  def test(v):
+    return v in exact or (isinstance(v, str) and v.startswith(prefixes))
+
+  return Rule(test, "one of " + " | ".join(map(str, choices)), notes)
 
 
-def each(rule, min_len=0):
+def each(rule, min_len=0) -> Rule:
   """A tuple of at least `min_len` elements, each valid under `rule`."""
   need = f"at least {min_len} value(s), each " if min_len else "values each "
   return Rule(lambda v: len(v) >= min_len and all(rule.test(x) for x in v), need + rule.text)
 
 
-# "section.field" -> Rule, filled by `valid` as the config modules are imported.
-VALID = {}
+def distinct_names(min_len=0) -> Rule:
+  """A tuple of distinct (class) names, at least `min_len` of them."""
+  need = f"at least {min_len} distinct class names" if min_len else "distinct class names"
+  return Rule(lambda v: len(set(v)) == len(v) >= min_len, need)
 
 
-def valid(section, **rules):
-  """Declares the valid values of fields of `section` ("train", "data", ...); see the module doc."""
-  for field, rule in rules.items():
-    VALID[f"{section}.{field}"] = rule
+_TYPE_NAMES = {bool: "a bool", int: "an int", float: "a number", str: "a string", tuple: "a tuple"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One config field, declared once: `default` (a new config's value; its type is the field's),
+  a one-line `doc`, and the `rule` its value must follow (None: any value of the type)."""
+
+  default: Any
+  doc: str
+  rule: Rule | None = None
+
+  def problem(self, value) -> str | None:
+    """What `value` must be, when it is not valid for this field; None when it is."""
+    kind = type(self.default)
+    if kind is bool:
+      typed = isinstance(value, bool)
+    elif kind in (int, float):  # an int is a valid float, as ConfigDict lets it be
+      numbers = int if kind is int else (int, float)
+      typed = isinstance(value, numbers) and not isinstance(value, bool)
+    else:  # a tuple read back from JSON is a list
+      typed = isinstance(value, (tuple, list) if kind is tuple else kind)
+    if not typed:
+      return _TYPE_NAMES.get(kind, kind.__name__)
+    if self.rule is None:
+      return None
+    try:
+      ok = self.rule.test(value)
+    except TypeError:
+      ok = False
+    return None if ok else self.rule.text
+
+
+def section(*tables) -> ml_collections.ConfigDict:
+  """A new config section with every field of `tables` at its default; a table is
+  {name: Field | table}, a nested table making a nested section."""
+  return add_fields(ml_collections.ConfigDict(), *tables)
+
+
+def add_fields(config_section, *tables):
+  """Adds every field of `tables` at its default to `config_section` (before it is locked)."""
+  for table in tables:
+    for name, decl in table.items():
+      config_section[name] = decl.default if isinstance(decl, Field) else section(decl)
+  return config_section
+
+
+def declarations(tables, prefix="") -> dict:
+  """{"section.field": Field} of nested tables: {name: Field | table | (tables of one section)}.
+  A field declared twice (in two tables of a section) is an error."""
+  out = {}
+  for name, entry in tables.items():
+    path = prefix + name
+    if isinstance(entry, Field):
+      out[path] = entry
+      continue
+    for table in entry if isinstance(entry, tuple) else (entry,):
+      for key, decl in declarations(table, path + ".").items():
+        if key in out:
+          raise ValueError(f"config field {key} is declared twice")
+        out[key] = decl
+  return out
+
+
+def declared_fields() -> dict:
+  """Every declared field of every config, {"section.field": Field}, from configs/common.py."""
+  # Imported here: configs/common.py builds its tables with this module's helpers.
+  from fer_jax.configs import common
+
+  return declarations(common.FIELDS)
+
+
+def leaves(config, prefix="") -> dict:
+  """{"section.field": value} of every value of `config` that is not itself a section."""
+  out = {}
+  for name, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(leaves(value, f"{prefix}{name}."))
+    else:
+      out[f"{prefix}{name}"] = value
+  return out
 
 
 def check_values(config):
-  """Raises ConfigError listing, one per line, every declared field whose value is not valid."""
+  """Raises ConfigError listing, one per line, every field whose value its declaration does not
+  allow (in the declarations' order) and every field of `config` that nobody declared."""
+  declared = declared_fields()
+  values = leaves(config)
   errors = []
-  for field, rule in VALID.items():
-    try:
-      value = config_path.get_value(field, config)
-    except (KeyError, AttributeError):
-      continue  # a field this config does not have (rules of another config file)
-    try:
-      ok = rule.test(value)
-    except TypeError:
-      ok = False
-    if not ok:
-      errors.append(f"config.{field}={format_value(value)}: must be {rule.text}")
+  for field, decl in declared.items():
+    if field in values:  # a field of some configs only (a transfer model's, say) may be absent
+      need = decl.problem(values[field])
+      if need:
+        errors.append(f"config.{field}={format_value(values[field])}: must be {need}")
+  for field in sorted(values.keys() - declared.keys()):
+    errors.append(
+      f"config.{field}={format_value(values[field])}: not a declared field "
+      "(declare it in configs/common.py)"
+    )
   if errors:
     raise ConfigError("\n".join(errors))
+
+
+def fields_markdown() -> str:
+  """Every declared field as a Markdown list by section: type, default, description, rule."""
+  lines = [
+    "# Config fields",
+    "",
+    "Generated from the declarations in configs/common.py by "
+    "`python -m fer_jax.config_loading --fields`; do not edit by hand.",
+  ]
+  section_name = None
+  for field, decl in declared_fields().items():
+    head = field.rpartition(".")[0] or "top level"
+    if head != section_name:
+      section_name = head
+      lines += ["", f"## {head}", ""]
+    kind = type(decl.default).__name__
+    text = f"- `{field}` ({kind}, default `{decl.default!r}`): {decl.doc}."
+    if decl.rule:
+      text += f" Must be {decl.rule.text}" + (f" ({decl.rule.notes})." if decl.rule.notes else ".")
+    lines.append(text)
+  return "\n".join(lines) + "\n"
 
 
 def parse_overrides(items):
@@ -122,7 +251,8 @@ def _parse_text(field, text, current):
 
 
 def _check_type(field, value, current):
-  """ConfigDict checks scalar types on assignment; bools as ints and tuple elements it lets through."""
+  """ConfigDict checks scalar types on assignment; bools as ints and tuple elements it lets
+  through."""
   if isinstance(value, bool) and isinstance(current, int) and not isinstance(current, bool):
     raise ConfigError(f"--config.{field}: expected an int, got the bool {value!r}")
   if isinstance(current, tuple) and current:
@@ -235,3 +365,12 @@ def load_run_config(workdir):
     # The messages speak of command-line overrides; here each is a value saved in config.json.
     detail = "; ".join(str(e).replace("--config.", "").splitlines())
     raise ConfigError(f"{path} does not fit configs/{name}.py: {detail}") from None
+
+
+if __name__ == "__main__":
+  if sys.argv[1:] != ["--fields"]:
+    sys.exit("usage: python -m fer_jax.config_loading --fields   (every config field, as Markdown)")
+  # Through the package's module, whose Field class configs/common.py uses (this one is __main__).
+  from fer_jax import config_loading
+
+  print(config_loading.fields_markdown(), end="")
