@@ -337,8 +337,9 @@ def load_run_config(workdir):
   """The config a run was trained with, rebuilt as training builds one and checked as training
   checks it: `<workdir>/config.json` names the config file (configs/<name>.py, found as
   `resolve_path` finds it) and its variant; `get_config(variant)` gives the fields, each saved value
-  is applied as a type-checked override, then `check_values`. Raises a one-line ConfigError naming
-  config.json when it is missing, unreadable or does not fit its config file."""
+  is applied as a type-checked override, then `check_values`. A run of a config file outside
+  configs/ is rebuilt from its saved values, each checked against its field's declaration. Raises
+  a one-line ConfigError naming config.json when it is missing, unreadable or does not fit."""
   import json
 
   from fer_jax.train import workdir_guard
@@ -355,16 +356,38 @@ def load_run_config(workdir):
   variant = saved.get("variant", "") if isinstance(saved, dict) else None
   if not (isinstance(name, str) and name.isidentifier() and isinstance(variant, str)):
     raise ConfigError(f"{path}: not a fer_jax run's config (no valid name and variant)")
-  if not os.path.isfile(resolve_path(f"configs/{name}.py")):
-    raise ConfigError(
-      f"{path} names config {name!r}, but there is no configs/{name}.py to build it"
-    )
   try:
-    return load_config(f"configs/{name}.py:{variant}", workdir_guard.flat_fields(saved))
+    if os.path.isfile(resolve_path(f"configs/{name}.py")):
+      return load_config(f"configs/{name}.py:{variant}", workdir_guard.flat_fields(saved))
+    # Trained from a config file of its own: the saved values, checked field by field against
+    # the declarations (every field of every config is declared in configs/common.py).
+    return _from_declarations(saved)
   except ConfigError as e:
     # The messages speak of command-line overrides; here each is a value saved in config.json.
     detail = "; ".join(str(e).replace("--config.", "").splitlines())
-    raise ConfigError(f"{path} does not fit configs/{name}.py: {detail}") from None
+    raise ConfigError(f"{path} does not fit its config's fields: {detail}") from None
+
+
+def _from_declarations(saved) -> ml_collections.ConfigDict:
+  """A locked config of the saved values (JSON lists back to the tuples their fields hold),
+  checked as every config is."""
+  declared = declared_fields()
+
+  def build(values, prefix):
+    config = ml_collections.ConfigDict()
+    for name, value in values.items():
+      if isinstance(value, dict):
+        config[name] = build(value, f"{prefix}{name}.")
+      else:
+        decl = declared.get(prefix + name)
+        is_tuple = decl is not None and isinstance(decl.default, tuple)
+        config[name] = tuple(value) if is_tuple and isinstance(value, list) else value
+    return config
+
+  config = build(saved, "")
+  check_values(config)
+  config.lock()
+  return config
 
 
 if __name__ == "__main__":

@@ -212,6 +212,17 @@ def test_every_configs_saved_config_loads_back_as_itself(name, tmp_path):
     assert config_loading.load_run_config(str(tmp_path)).to_dict() == config.to_dict()
 
 
+def test_a_run_of_a_config_file_outside_configs_loads_from_its_declared_fields(tmp_path):
+  config = config_loading.load_config("configs/b_pp.py:quick")
+  saved = config.to_dict()
+  saved["name"] = "my_own_config"  # trained from a file of its own, not in configs/
+  write_run_config(str(tmp_path), saved)
+  loaded = config_loading.load_run_config(str(tmp_path))
+  assert loaded.to_dict() == saved and loaded.model.widths == config.model.widths  # tuples again
+  with pytest.raises(AttributeError):
+    loaded.model.nonsense = 1  # locked, as training's configs are
+
+
 def _edited(edit):
   saved = config_loading.load_config("configs/model_0.py:quick").to_dict()
   edit(saved)
@@ -223,7 +234,14 @@ def _edited(edit):
   [
     ("{not json", "unreadable (Expecting property name"),
     ("[]", "not a fer_jax run's config"),
-    (_edited(lambda c: c.update(name="no_such_config")), "there is no configs/no_such_config.py"),
+    (
+      _edited(lambda c: c.update(name="own_config", model={**c["model"], "dtype": "float16"})),
+      "model.dtype=float16: must be one of float32 | bfloat16",
+    ),
+    (
+      _edited(lambda c: c.update(name="own_config", model={**c["model"], "nonsense": 1})),
+      "model.nonsense=1: not a declared field",
+    ),
     (_edited(lambda c: c.update(name="../../etc")), "not a fer_jax run's config"),
     (_edited(lambda c: c["model"].update(nonsense=1)), "model.nonsense: no such config field"),
     (_edited(lambda c: c["optim"].update(lr="fast")), "optim.lr=fast: not a valid float"),
