@@ -56,7 +56,8 @@ def model_rows(name, member_counts, n_steps, modes):
   from fer_jax import config_loading, losses, models
   from fer_jax.data import batching
   from fer_jax.platform import sharding
-  from fer_jax.train import loop, steps
+  from fer_jax.train import steps
+  from fer_jax.train.members import stack
 
   config = config_loading.load_config(os.path.join(CONFIGS, f"{name}.py"))
   model = models.build(config.model, CLASSES)
@@ -78,19 +79,31 @@ def model_rows(name, member_counts, n_steps, modes):
         config_s, model, (SIZE, SIZE, 1), steps_per_epoch=100
       )
       states.append(state)
+    # One member is a plain run: the plain step (no member axis).
     step = steps.make_train_step(
-      config_s, model, tx, CLASSES, class_weights, param_labels=labels_tree, members=members
+      config_s,
+      model,
+      tx,
+      CLASSES,
+      class_weights,
+      param_labels=labels_tree,
+      members=members if members > 1 else None,
     )
+    if members == 1:
+      return step, sharding.replicate(states[0], mesh), sharding.replicate(jax.random.key(0), mesh)
     keys = sharding.put_members(jnp.stack([jax.random.key(s) for s in range(members)]), mesh)
-    return step, sharding.put_members(loop.stack(states), mesh), keys
+    return step, sharding.put_members(stack(states), mesh), keys
 
   def on_device_step(step, holder, keys, members):
-    x, y = sharding.shard_batch(
-      mesh,
-      np.stack([pool_images[:BATCH]] * members),
-      np.stack([pool_labels[:BATCH]] * members),
-      stacked=True,
-    )
+    if members == 1:
+      x, y = sharding.shard_batch(mesh, pool_images[:BATCH], pool_labels[:BATCH])
+    else:
+      x, y = sharding.shard_batch(
+        mesh,
+        np.stack([pool_images[:BATCH]] * members),
+        np.stack([pool_labels[:BATCH]] * members),
+        stacked=True,
+      )
 
     def run():
       holder[0], metrics = step(holder[0], x, y, keys)
@@ -115,9 +128,7 @@ def model_rows(name, member_counts, n_steps, modes):
         s = position[0] % (POOL // BATCH)
         position[0] += 1
         idx = np.sort(order[s * BATCH : (s + 1) * BATCH])
-        x, y = sharding.shard_batch(
-          mesh, pool_images[idx][None], pool_labels[idx][None], stacked=True
-        )
+        x, y = sharding.shard_batch(mesh, pool_images[idx], pool_labels[idx])
         holder[0], metrics = step(holder[0], x, y, keys)
         jax.block_until_ready(metrics)
 

@@ -1,13 +1,14 @@
 """Defaults shared by every study config; each model file changes only what the study changed.
 
 A config is a nested ConfigDict with the sections `data`, `model`, `loss`, `optim`,
-`train`, `eval`. Every field carries a short comment; docs/study.md tells the study's values.
+`train`, `eval`, `evals`. Every field carries a short comment; docs/study.md tells the
+study's values.
 """
 
 import ml_collections
 
 from fer_jax.config_loading import Rule, above, at_least, each, fraction, one_of, valid
-from fer_jax.data import FER4
+from fer_jax.data import FER4, SPLITS
 
 # Each section's valid values follow its fields; config_loading.check_values tests them all
 # before a run creates anything.
@@ -228,6 +229,29 @@ valid(
 )
 
 
+def evals_config():
+  """What runs on the best epoch's weights when training ends (fer_jax/evals/common.py).
+
+  One entry per evaluator: `type` names its module in fer_jax/evals/, the other fields are its
+  settings. Entries run in name order, each after the entries it reads.
+  """
+  e = ml_collections.ConfigDict()
+  # temperature and confidence threshold (config.eval) fitted on `split`
+  e.calibration = ml_collections.ConfigDict({"type": "calibration", "split": "val"})
+  # eval-mode train accuracy on as many train images as val (drawn with `subset_seed`), its gap
+  e.train_gap = ml_collections.ConfigDict({"type": "train_gap", "subset_seed": 0})
+  # metrics and predictions of `split` with the temperature and threshold of entry `calibration`
+  e.test = ml_collections.ConfigDict(
+    {"type": "classification", "split": "test", "calibration": "calibration"}
+  )
+  return e
+
+
+valid("evals.calibration", split=one_of(*SPLITS))
+valid("evals.train_gap", subset_seed=at_least(0))
+valid("evals.test", split=one_of(*SPLITS))
+
+
 def base_config(name):
   c = ml_collections.ConfigDict()
   c.name = name  # config name; the default workdir is runs/<name>[-<variant>]
@@ -238,6 +262,7 @@ def base_config(name):
   c.optim = optim_config()
   c.train = train_config()
   c.eval = eval_config()
+  c.evals = evals_config()
   return c
 
 

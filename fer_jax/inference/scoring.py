@@ -56,7 +56,7 @@ class Scorer:
       size,
       1,
       "bilinear",
-      calibration.Calibration(threshold=DEFAULT_THRESHOLD),
+      calibration.Calibration(temperature=1.0, threshold=DEFAULT_THRESHOLD),
       _jitted_logits(model, variables),
     )
 

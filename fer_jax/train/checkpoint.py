@@ -63,7 +63,8 @@ class RunCheckpoints:
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, epoch, state, meta, val_accuracy):
-    """Saves epoch `epoch` asynchronously; the manager keeps it while it is the latest or the best."""
+    """Saves epoch `epoch` asynchronously; the manager keeps it while it is the latest or the
+    best."""
     if (
       epoch in self.manager.all_steps()
     ):  # a rerun of an epoch whose save survived a crash: same content
@@ -77,8 +78,8 @@ class RunCheckpoints:
       )
 
   def _check_space(self, state):
-    """Fails before a save that cannot fit: orbax would fail it in the background, where tensorstore's
-    pending writes then print tracebacks, before the error reaches this thread."""
+    """Fails before a save that cannot fit: orbax would fail it in the background, where
+    tensorstore's pending writes then print tracebacks, before the error reaches this thread."""
     need = sum(leaf.nbytes for leaf in jax.tree.leaves(state)) + SAVE_OVERHEAD_BYTES
     free = shutil.disk_usage(self.directory).free
     if free < need:
@@ -125,7 +126,8 @@ class RunCheckpoints:
     return self._restore(step, like_state, recovery)
 
   def restore_best(self, like_state, epoch=None):
-    """(state, meta) of the best epoch, or None before the first save; `epoch`, when given, must be it."""
+    """(state, meta) of the best epoch, or None before the first save; `epoch`, when given, must
+    be it."""
     found = self.manager.best_step()
     if epoch is not None and found != epoch:
       raise RuntimeError(

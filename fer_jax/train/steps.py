@@ -1,12 +1,15 @@
-"""The jitted train and eval steps: pure functions of (state, batch, rng).
+"""The train state and factories of the jitted steps a run calls.
 
-The host feeds uint8 images; conversion to float, augmentation, the forward pass, loss and
-update all run on device. Randomness is the run's key folded with the step number, so a
-resumed run draws exactly the numbers an uninterrupted one would.
+`make_train_step` returns `(state, images_u8, labels, rng) -> (state, metrics)`, `make_eval_step`
+`(state, images_u8, labels, mask) -> (sums, logits)` (no randomness: eval mode) and `make_l2_fn`
+`params -> L2 penalty`; each is built once per run from its config, model and optimiser. The host
+feeds uint8 images; conversion to float, augmentation, the forward pass, loss and update all run
+on device. Randomness is the run's key folded with the step number, so a resumed run draws
+exactly the numbers an uninterrupted one would.
 
-`members=S` gives the same step over S runs at once (seeds of one config): states, batches and
-keys stacked on a leading axis and the step `jax.vmap`ped (or `lax.map`ped, see `over_members`)
-over it, so each member computes what its own run would.
+`members=S` (S >= 2, vectorized seeds: train/members.py) gives the same step over S runs at once:
+states, batches and keys stacked on a leading axis and the step `jax.vmap`ped (or `lax.map`ped,
+see `over_members`) over it, so each member computes what its own run would.
 """
 
 import flax
@@ -53,25 +56,17 @@ def to_float(images_u8):
   return images_u8.astype(jnp.float32) / 255.0
 
 
-def over_members(fn, members, in_axes, how="auto"):
+def over_members(fn, members, in_axes, how):
   """`fn` over a leading member axis of the arguments marked 0 in `in_axes` (and of every output).
 
-  members None: `fn` itself. `how` (config.train.vectorize): 'vmap' batches the members into one
-  computation; 'map' runs them one after another inside one program (`lax.map`): the same values,
-  XLA's plain kernels, one dispatch for all members. 'auto': 'map' on CPU, where XLA's batched
-  (grouped) convolutions ran 2-3x slower than one member after another, 'vmap' elsewhere.
+  members None (a plain run): `fn` itself. `how` (config.train.vectorize): 'vmap' batches the
+  members into one computation; 'map' runs them one after another inside one program
+  (`lax.map`): the same values, XLA's plain kernels, one dispatch for all members. 'auto': 'map'
+  on CPU, where XLA's batched (grouped) convolutions ran 2-3x slower than one member after
+  another, 'vmap' elsewhere.
   """
   if members is None:
     return fn
-  if members == 1:  # a plain run: no batching rules, no loop
-
-    def single(*args):
-      args = [
-        a if axis is None else jax.tree.map(lambda x: x[0], a) for a, axis in zip(args, in_axes)
-      ]
-      return jax.tree.map(lambda x: x[None], fn(*args))
-
-    return single
   if how == "auto":
     how = "map" if jax.default_backend() == "cpu" else "vmap"
   if how == "vmap":
@@ -120,7 +115,7 @@ def make_train_step(
       # gradient, which made XLA run the backward pass through all frozen blocks of a fine-tuned
       # backbone (2.7x the FLOPs for VGG16 finetune, docs/performance.md).
       params = jax.tree.map(
-        lambda p, l: lax.stop_gradient(p) if l == "frozen" else p, params, param_labels
+        lambda p, label: lax.stop_gradient(p) if label == "frozen" else p, params, param_labels
       )
       logits, batch_stats = models.apply(
         model, {"params": params, "batch_stats": state.batch_stats}, x, train=True, rng=dropout_key
