@@ -12,7 +12,8 @@ and warm-up) of fer_jax's real train step (`steps.make_train_step(members=S)`):
   host feed    one run's step as `loop.train_epoch` feeds it (rows gathered from the host
                arrays in epoch order, then transferred every step) against data on device
 
-  python benchmarks/sweep_throughput.py [--members=1,2,4,8] [--models=model_0,b_pp] [--steps=3] [--how=map,vmap]
+  python benchmarks/sweep_throughput.py [--members=1,2,4,8] [--models=model_0,b_pp] [--steps=3] \\
+    [--how=map,vmap]
 
 Prints total images/s and the ratios to sequential per S. Figures for this project's
 machine are in docs/scaling.md. On a shared machine wall times depend on the other load:
@@ -42,7 +43,8 @@ _HOW = flags.DEFINE_list("how", ["map", "vmap"], "config.train.vectorize modes t
 
 
 def measure(step, n_steps):
-  """Seconds per call of `step()` (which blocks until done), after a compiling and a warm-up call."""
+  """Seconds per call of `step()` (which blocks until done), after a compiling and a warm-up
+  call."""
   step()
   step()
   _, wall, _ = timed(lambda: [step() for _ in range(n_steps)])
@@ -111,6 +113,21 @@ def model_rows(name, member_counts, n_steps, modes):
 
     return run
 
+  def host_fed_step(step, holder, keys):
+    """What loop.train_epoch does per step: rows gathered in epoch order, then transferred."""
+    order = batching.epoch_order(POOL, 0, 1)
+    position = [0]
+
+    def run():
+      s = position[0] % (POOL // BATCH)
+      position[0] += 1
+      idx = np.sort(order[s * BATCH : (s + 1) * BATCH])
+      x, y = sharding.shard_batch(mesh, pool_images[idx], pool_labels[idx])
+      holder[0], metrics = step(holder[0], x, y, keys)
+      jax.block_until_ready(metrics)
+
+    return run
+
   rows = {}
   for members in member_counts:
     rows[members] = {}
@@ -121,18 +138,7 @@ def model_rows(name, member_counts, n_steps, modes):
       rows[members][key] = measure(on_device_step(step, holder, keys, members), n_steps)
       print(f"  {name} S={members} {key}: {rows[members][key]:.3f} s/step", flush=True)
     if members == 1:
-      order = batching.epoch_order(POOL, 0, 1)
-      position = [0]
-
-      def host_fed():  # what loop.train_epoch does per step
-        s = position[0] % (POOL // BATCH)
-        position[0] += 1
-        idx = np.sort(order[s * BATCH : (s + 1) * BATCH])
-        x, y = sharding.shard_batch(mesh, pool_images[idx], pool_labels[idx])
-        holder[0], metrics = step(holder[0], x, y, keys)
-        jax.block_until_ready(metrics)
-
-      rows[members]["host_fed"] = measure(host_fed, n_steps)
+      rows[members]["host_fed"] = measure(host_fed_step(step, holder, keys), n_steps)
   return rows
 
 
@@ -145,8 +151,8 @@ def main(argv):
   sharding.configure_backend()
   member_counts = sorted({1, *(int(m) for m in _MEMBERS.value)})
   print(
-    f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs; "
-    f"batch {BATCH} per member",
+    f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}, "
+    f"{os.cpu_count()} CPUs; batch {BATCH} per member",
     flush=True,
   )
   modes = _HOW.value
@@ -160,18 +166,15 @@ def main(argv):
   for name, rows in results.items():
     sequential = BATCH / rows[1]["plain"]
     for members in member_counts[1:]:
-      cells = [
-        f"{members * BATCH / rows[members][m]:.1f} | {members * BATCH / rows[members][m] / sequential:.2f}x"
-        for m in modes
-      ]
+      speeds = [members * BATCH / rows[members][m] for m in modes]
+      cells = [f"{speed:.1f} | {speed / sequential:.2f}x" for speed in speeds]
       print(f"| {name} | {members} | {sequential:.1f} | " + " | ".join(cells) + " |")
   print("\n| model | step, data on device | step, fed from host | host share of a step |")
   print("|---|---|---|---|")
   for name, rows in results.items():
     device_s, host_s = rows[1]["plain"], rows[1]["host_fed"]
-    print(
-      f"| {name} | {device_s * 1000:.0f} ms | {host_s * 1000:.0f} ms | {max(0.0, 1 - device_s / host_s):.1%} |"
-    )
+    share = max(0.0, 1 - device_s / host_s)
+    print(f"| {name} | {device_s * 1000:.0f} ms | {host_s * 1000:.0f} ms | {share:.1%} |")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@
   # the seeds of each config trained together, as members of one vmapped step
   python -m fer_jax.sweep --configs=configs/b_pp.py --seeds=0,1,2,3 --root=runs/bpp --vectorize
   # one launch.py command per unfinished run, for a job array or TPU VMs
-  python -m fer_jax.sweep --spec=configs/study.py --root=runs/study ... --emit \\
-    | xargs -d '\\n' -n1 -P2 sh -c
+  python -m fer_jax.sweep --spec=configs/study.py --root=runs/study \\
+    --emit | xargs -d '\\n' -n1 -P2 sh -c
 
 Each run's workdir is `<root>/<config>[-<variant>][-<overrides>]/seed<k>/`, a normal launch.py
 workdir. A run with metrics.json is finished and skipped; one with only checkpoints/ resumes.
