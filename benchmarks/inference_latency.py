@@ -80,7 +80,9 @@ def scorer(name):
   model = models.build(config.model, len(config.data.classes))
   d = config.data
   variables = models.init_variables(model, (d.image_size, d.image_size, d.channels))
-  return scoring.Scorer.from_variables(name, config, model, variables, calibration.Calibration())
+  return scoring.Scorer.from_variables(
+    name, config, model, variables, calibration.Calibration(1.0, config.eval.confidence_threshold)
+  )
 
 
 def percentiles(times):

@@ -12,8 +12,8 @@ and warm-up) of fer_jax's real train step (`steps.make_train_step(members=S)`):
   host feed    one run's step as `loop.train_epoch` feeds it (rows gathered from the host
                arrays in epoch order, then transferred every step) against data on device
 
-  python benchmarks/sweep_throughput.py [--members=1,2,4,8] [--models=model_0,b_pp] \
-    [--steps=3] [--how=map,vmap]
+  python benchmarks/sweep_throughput.py [--members=1,2,4,8] [--models=model_0,b_pp] [--steps=3] \\
+    [--how=map,vmap]
 
 Prints total images/s and the ratios to sequential per S. Figures for this project's
 machine are in docs/scaling.md. On a shared machine wall times depend on the other load:
@@ -57,7 +57,8 @@ def model_rows(name, member_counts, n_steps, modes):
   from fer_jax import config_loading, losses, models
   from fer_jax.data import batching
   from fer_jax.platform import sharding
-  from fer_jax.train import loop, steps
+  from fer_jax.train import steps
+  from fer_jax.train.members import stack
 
   config = config_loading.load_config(os.path.join(CONFIGS, f"{name}.py"))
   model = models.build(config.model, CLASSES)
@@ -78,19 +79,31 @@ def model_rows(name, member_counts, n_steps, modes):
         config_s, model, (SIZE, SIZE, 1), steps_per_epoch=100
       )
       states.append(state)
+    # One member is a plain run: the plain step (no member axis).
     step = steps.make_train_step(
-      config_s, model, tx, CLASSES, class_weights, param_labels=labels_tree, members=members
+      config_s,
+      model,
+      tx,
+      CLASSES,
+      class_weights,
+      param_labels=labels_tree,
+      members=members if members > 1 else None,
     )
+    if members == 1:
+      return step, sharding.replicate(states[0], mesh), sharding.replicate(jax.random.key(0), mesh)
     keys = sharding.put_members(jnp.stack([jax.random.key(s) for s in range(members)]), mesh)
-    return step, sharding.put_members(loop.stack(states), mesh), keys
+    return step, sharding.put_members(stack(states), mesh), keys
 
   def on_device_step(step, holder, keys, members):
-    x, y = sharding.shard_batch(
-      mesh,
-      np.stack([pool_images[:BATCH]] * members),
-      np.stack([pool_labels[:BATCH]] * members),
-      stacked=True,
-    )
+    if members == 1:
+      x, y = sharding.shard_batch(mesh, pool_images[:BATCH], pool_labels[:BATCH])
+    else:
+      x, y = sharding.shard_batch(
+        mesh,
+        np.stack([pool_images[:BATCH]] * members),
+        np.stack([pool_labels[:BATCH]] * members),
+        stacked=True,
+      )
 
     def run():
       holder[0], metrics = step(holder[0], x, y, keys)
@@ -99,16 +112,15 @@ def model_rows(name, member_counts, n_steps, modes):
     return run
 
   def host_fed_step(step, holder, keys):
+    """What loop.train_epoch does per step: rows gathered in epoch order, then transferred."""
     order = batching.epoch_order(POOL, 0, 1)
     position = [0]
 
-    def run():  # what loop.train_epoch does per step
+    def run():
       s = position[0] % (POOL // BATCH)
       position[0] += 1
       idx = np.sort(order[s * BATCH : (s + 1) * BATCH])
-      x, y = sharding.shard_batch(
-        mesh, pool_images[idx][None], pool_labels[idx][None], stacked=True
-      )
+      x, y = sharding.shard_batch(mesh, pool_images[idx], pool_labels[idx])
       holder[0], metrics = step(holder[0], x, y, keys)
       jax.block_until_ready(metrics)
 
@@ -138,8 +150,7 @@ def main(argv):
   member_counts = sorted({1, *(int(m) for m in _MEMBERS.value)})
   print(
     f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}, "
-    f"{os.cpu_count()} CPUs; "
-    f"batch {BATCH} per member",
+    f"{os.cpu_count()} CPUs; batch {BATCH} per member",
     flush=True,
   )
   modes = _HOW.value
@@ -153,15 +164,15 @@ def main(argv):
   for name, rows in results.items():
     sequential = BATCH / rows[1]["plain"]
     for members in member_counts[1:]:
-      images_per_s = [members * BATCH / rows[members][m] for m in modes]
-      cells = [f"{ips:.1f} | {ips / sequential:.2f}x" for ips in images_per_s]
+      speeds = [members * BATCH / rows[members][m] for m in modes]
+      cells = [f"{speed:.1f} | {speed / sequential:.2f}x" for speed in speeds]
       print(f"| {name} | {members} | {sequential:.1f} | " + " | ".join(cells) + " |")
   print("\n| model | step, data on device | step, fed from host | host share of a step |")
   print("|---|---|---|---|")
   for name, rows in results.items():
     device_s, host_s = rows[1]["plain"], rows[1]["host_fed"]
-    host_share = max(0.0, 1 - device_s / host_s)
-    print(f"| {name} | {device_s * 1000:.0f} ms | {host_s * 1000:.0f} ms | {host_share:.1%} |")
+    share = max(0.0, 1 - device_s / host_s)
+    print(f"| {name} | {device_s * 1000:.0f} ms | {host_s * 1000:.0f} ms | {share:.1%} |")
 
 
 if __name__ == "__main__":

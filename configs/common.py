@@ -2,9 +2,9 @@
 file changes only what the study changed.
 
 A config is a nested ConfigDict with the fields `name` and `variant` and the sections `data`,
-`model`, `loss`, `optim`, `train`, `eval`. Each field is a `Field(default, "description", rule)`
-in its section's table below: the default fixes its type, and the rule gives its valid range or
-choices. `fer_jax.config_loading.check_values` checks every value of a config against FIELDS
+`model`, `loss`, `optim`, `train`, `eval`, `evals` (the evaluators that end a run). Each field is
+a `Field(default, "description", rule)` in its section's table below: the default fixes its
+type, and the rule gives its valid range or choices. `fer_jax.config_loading.check_values` checks every value of a config against FIELDS
 (which holds every table, those of fields only some models have too) before a run creates
 anything, and `python -m fer_jax.config_loading --fields` prints them all (docs/config_fields.md).
 A new field is one line in a table; a field only some configs have goes in a table of its own
@@ -24,7 +24,7 @@ from fer_jax.config_loading import (
   one_of,
   section,
 )
-from fer_jax.data import FER4
+from fer_jax.data import FER4, SPLITS
 
 TOP = {
   "name": Field("", "config name; the default workdir is runs/<name>[-<variant>]"),
@@ -344,6 +344,30 @@ EVAL = {
   ),
 }
 
+# What runs on the best epoch's weights when training ends (fer_jax/evals/common.py): one entry
+# per evaluator, whose `type` names its module in fer_jax/evals/ and whose other fields are its
+# settings. Entries run in name order, each after the entries it reads. A new evaluator is a
+# module and an entry here.
+EVALS = {
+  "calibration": {
+    "type": Field("calibration", "evaluator module: temperature and confidence threshold"),
+    "split": Field(
+      "val", "the split the temperature and threshold (config.eval) are fitted on", one_of(*SPLITS)
+    ),
+  },
+  "train_gap": {
+    "type": Field("train_gap", "evaluator module: eval-mode train accuracy and its gap to val"),
+    "subset_seed": Field(
+      0, "seed of the train subset (as many images as val) it is measured on", at_least(0)
+    ),
+  },
+  "test": {
+    "type": Field("classification", "evaluator module: metrics and predictions of a split"),
+    "split": Field("test", "the split it measures", one_of(*SPLITS)),
+    "calibration": Field("calibration", "the entry whose temperature and threshold it applies"),
+  },
+}
+
 # Every declaration, as config_loading.check_values reads it: a section's tables in a tuple.
 FIELDS = {
   **TOP,
@@ -353,6 +377,7 @@ FIELDS = {
   "optim": OPTIM,
   "train": TRAIN,
   "eval": EVAL,
+  "evals": EVALS,
 }
 
 
@@ -380,6 +405,10 @@ def eval_config():
   return section(EVAL)
 
 
+def evals_config():
+  return section(EVALS)
+
+
 def base_config(name):
   c = section(TOP)
   c.name = name
@@ -389,6 +418,7 @@ def base_config(name):
   c.optim = optim_config()
   c.train = train_config()
   c.eval = eval_config()
+  c.evals = evals_config()
   return c
 
 

@@ -11,7 +11,8 @@
   # the seeds of each config trained together, as members of one vmapped step
   python -m fer_jax.sweep --configs=configs/b_pp.py --seeds=0,1,2,3 --root=runs/bpp --vectorize
   # one launch.py command per unfinished run, for a job array or TPU VMs
-  python -m fer_jax.sweep --spec=configs/study.py --root=runs/study ... --emit | xargs -d '\\n' -n1 -P2 sh -c
+  python -m fer_jax.sweep --spec=configs/study.py --root=runs/study \\
+    --emit | xargs -d '\\n' -n1 -P2 sh -c
 
 Each run's workdir is `<root>/<config>[-<variant>][-<overrides>]/seed<k>/`, a normal launch.py
 workdir. A run with metrics.json is finished and skipped; one with only checkpoints/ resumes.
@@ -181,11 +182,11 @@ def run_all(runs, train_fn=None):
 
 def run_vectorized(runs, train_together=None):
   """Trains each group's unfinished seeds together, as members of one vectorized step
-  (`loop.train_together`), group after group; returns [(run, outcome, detail)]."""
+  (`members.train_together`), group after group; returns [(run, outcome, detail)]."""
   if train_together is None:
-    from fer_jax.train import loop
+    from fer_jax.train import members
 
-    train_together = loop.train_together
+    train_together = members.train_together
   groups = {}
   for run in runs:
     groups.setdefault(run.group, []).append(run)
@@ -290,7 +291,8 @@ def main():
       for r in todo:
         print(r.command(python_flag.value))
       print(
-        f"# {len(todo)} of {len(runs)} runs to do; then: python -m fer_jax.report {root_flag.value}",
+        f"# {len(todo)} of {len(runs)} runs to do; "
+        f"then: python -m fer_jax.report {root_flag.value}",
         file=sys.stderr,
       )
       return

@@ -520,7 +520,7 @@ def test_a_test_split_missing_a_class_is_warned_and_reported(capsys):
   data.finalize(ds, None)
   assert "warning: no test images of class c in '/data/tiny'" in capsys.readouterr().out
   probs = np.eye(3)[[0, 1, 1]]
-  test = metrics.classification_metrics(ds.splits["test"].labels, probs, list(ds.classes))
+  test = metrics.classification_metrics(ds.splits["test"].labels, probs, list(ds.classes), 0.7)
   _, header, rows = run_report.classification_table(test, list(ds.classes))
   row_c = dict(zip(header, rows[2]))
   assert row_c["class"] == "c" and row_c["support"] == "0"

@@ -1,4 +1,5 @@
-"""Temperature scaling and the threshold from a target accuracy, on logits whose calibration is known."""
+"""Temperature scaling and the threshold from a target accuracy, on logits whose calibration is
+known."""
 
 import json
 
@@ -26,7 +27,8 @@ def test_temperature_undoes_over_and_underconfidence(sharpness):
   val_labels, val_logits = _split(0, sharpness)
   test_labels, test_logits = _split(1, sharpness)
   t = calibration.fit_temperature(val_logits, val_labels)
-  # The calibrated logits are the raw ones / sharpness: T > 1 for an overconfident model, < 1 for an underconfident one.
+  # The calibrated logits are the raw ones / sharpness: T > 1 for an overconfident model, < 1 for
+  # an underconfident one.
   assert t == pytest.approx(sharpness, rel=0.15)
   raw_ece, cal_ece = _ece(test_labels, test_logits), _ece(test_labels, test_logits, t)
   assert cal_ece < raw_ece / 3 and cal_ece < 0.03
@@ -99,10 +101,10 @@ def test_save_load_and_runs_without_calibration(tmp_path):
   (tmp_path / "checkpoints").mkdir()
   assert calibration.load(str(tmp_path), default_threshold=0.6) == calibration.Calibration(1.0, 0.6)
   calibration.save(str(tmp_path), calibration.Calibration(temperature=1.7, threshold=0.55))
-  assert calibration.load(str(tmp_path)) == calibration.Calibration(1.7, 0.55)
+  assert calibration.load(str(tmp_path), 0.6) == calibration.Calibration(1.7, 0.55)
   (tmp_path / calibration.FILE).write_text(json.dumps({"temperature": -1, "threshold": 0.5}))
   with pytest.raises(ValueError, match="temperature must be > 0"):
-    calibration.load(str(tmp_path))
+    calibration.load(str(tmp_path), 0.6)
   (tmp_path / calibration.FILE).write_text("{not json")
   with pytest.raises(ValueError, match="calibration.json: unreadable"):
-    calibration.load(str(tmp_path))
+    calibration.load(str(tmp_path), 0.6)

@@ -24,7 +24,7 @@ def _probs(preds, conf, k=3):
 
 
 def test_hand_worked_three_class_example():
-  m = metrics.classification_metrics(LABELS, _probs(PREDS, CONF), CLASSES)
+  m = metrics.classification_metrics(LABELS, _probs(PREDS, CONF), CLASSES, 0.7)
   json.dumps(m)  # must be serialisable as-is
   assert m["confusion"] == [[2, 1, 1], [1, 2, 0], [0, 1, 2]]
   np.testing.assert_allclose(
@@ -52,7 +52,7 @@ def test_hand_worked_three_class_example():
 
 
 def test_calibration_and_confidence_rule():
-  m = metrics.classification_metrics(LABELS, _probs(PREDS, CONF), CLASSES)
+  m = metrics.classification_metrics(LABELS, _probs(PREDS, CONF), CLASSES, 0.7)
   # Bins of 1/15: {.78, .75} right -> 2 x .235; {.62, .65} wrong -> 2 x .635; singletons
   # .90 r .10, .52 w .52, .95 r .05, .85 r .15, .72 r .28, .42 w .42; sum 3.26 over 10 faces.
   assert m["calibration"]["ece"] == pytest.approx(0.326)
@@ -74,7 +74,9 @@ def test_calibration_and_confidence_rule():
 def test_zero_division_and_bad_input():
   # Class c is never true and never predicted; class b is never predicted.
   labels = np.array([0, 0, 1])
-  m = metrics.classification_metrics(labels, _probs(np.array([0, 0, 0]), np.full(3, 0.8)), CLASSES)
+  m = metrics.classification_metrics(
+    labels, _probs(np.array([0, 0, 0]), np.full(3, 0.8)), CLASSES, 0.7
+  )
   assert m["per_class"]["b"] == {
     "precision": 0.0,
     "recall": 0.0,
@@ -85,9 +87,9 @@ def test_zero_division_and_bad_input():
   assert m["per_class"]["c"]["support"] == 0 and m["confusion_normalized"][2] == [0, 0, 0]
   assert m["per_class"]["a"]["precision"] == pytest.approx(2 / 3)
   with pytest.raises(ValueError, match="3 classes"):
-    metrics.classification_metrics(labels, np.ones((3, 4)) / 4, CLASSES)
+    metrics.classification_metrics(labels, np.ones((3, 4)) / 4, CLASSES, 0.7)
   with pytest.raises(ValueError, match="labels must lie"):
-    metrics.classification_metrics(np.array([0, 3, 1]), np.ones((3, 3)) / 3, CLASSES)
+    metrics.classification_metrics(np.array([0, 3, 1]), np.ones((3, 3)) / 3, CLASSES, 0.7)
 
 
 @pytest.mark.parametrize(

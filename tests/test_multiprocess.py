@@ -31,7 +31,8 @@ def _free_port():
 
 
 def _start_processes(workdir, extra=()):
-  """Two launch.py processes of one distributed run, 2 CPU devices each; process 0's output is piped."""
+  """Two launch.py processes of one distributed run, 2 CPU devices each; process 0's output is
+  piped."""
   port = _free_port()
   procs = []
   for pid in range(2):

@@ -1,4 +1,5 @@
-"""Optimiser and callbacks: schedules, frozen groups, plateau and early stopping on scripted metrics."""
+"""Optimiser and callbacks: schedules, frozen groups, plateau and early stopping on scripted
+metrics."""
 
 import jax.numpy as jnp
 import numpy as np

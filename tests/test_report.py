@@ -18,7 +18,8 @@ CLASSES = ("happy", "neutral", "sad", "surprise")
 
 
 def _fake_logits(rng, n, skill):
-  """(labels, logits): more accurate for a higher `skill`, overconfident (twice the calibrated logits)."""
+  """(labels, logits): more accurate for a higher `skill`, overconfident (twice the calibrated
+  logits)."""
   labels = np.arange(n, dtype=np.int32) % len(CLASSES)
   return labels, gaussian_logits(rng, labels, separation=2 * skill, sharpness=2.0)
 
@@ -171,14 +172,14 @@ def test_run_report_with_a_threshold_from_a_target_accuracy(tmp_path):
   md = (tmp_path / "report.md").read_text()
   cal, rule = summary["calibration"], summary["test"]["confidence_rule"]
   assert cal["val_rule"]["accuracy"] >= 0.9 and rule["threshold"] == cal["threshold"] != 0.7
-  assert calibration.load(str(tmp_path)).threshold == cal["threshold"]
+  assert calibration.load(str(tmp_path), 0.7).threshold == cal["threshold"]
   assert (
-    f"Threshold {cal['threshold']:.2f}: the lowest whose answered val faces (calibrated) are right at least 90.0 %"
-    in md
+    f"Threshold {cal['threshold']:.2f}: the lowest whose answered val faces (calibrated) are "
+    "right at least 90.0 %" in md
   )
   assert (
-    f"Calibrated: At confidence ≥ {cal['threshold']:.2f}, {100 * rule['coverage']:.1f} % of faces get an answer"
-    in md
+    f"Calibrated: At confidence ≥ {cal['threshold']:.2f}, {100 * rule['coverage']:.1f} % of "
+    "faces get an answer" in md
   )
 
 
@@ -259,7 +260,8 @@ def test_study_aggregation_and_report_text(tmp_path):
     assert needle in md, needle
   # The study pools the calibrated probabilities and the raw ones, and reads each run's T.
   temps = [
-    calibration.load(os.path.join(str(tmp_path), "b_p", f"seed{k}")).temperature for k in (0, 1)
+    calibration.load(os.path.join(str(tmp_path), "b_p", f"seed{k}"), 0.7).temperature
+    for k in (0, 1)
   ]
   assert b_p["temperature"]["mean"] == pytest.approx(np.mean(temps))
   assert b_p["calibration"]["ece"] < b_p["raw_calibration"]["ece"]

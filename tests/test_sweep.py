@@ -1,4 +1,5 @@
-"""Config loading, sweep expansion and running, and a real two-config x two-seed sweep end to end."""
+"""Config loading, sweep expansion and running, and a real two-config x two-seed sweep end to
+end."""
 
 import json
 import os
@@ -21,7 +22,8 @@ def _in_repo(monkeypatch):
 
 
 def test_loading_any_config_leaves_the_jax_backend_unstarted():
-  # launch.py parses --config before jax.distributed.initialize(), which fails once a backend exists.
+  # launch.py parses --config before jax.distributed.initialize(), which fails once a backend
+  # exists.
   code = (
     "import glob; from jax._src import xla_bridge; from fer_jax import config_loading\n"
     "for f in sorted(glob.glob('configs/*.py')):\n"

@@ -91,8 +91,9 @@ def test_run_leaves_a_complete_workdir(reference_run):
   for k in ("precision", "recall", "f1", "support"):
     assert k in test["per_class"]["happy"]
   assert "loss" in test and "main_confusions" in test
-  # Calibrated on val: T saved next to the checkpoints and in metrics.json, test figures from calibrated probs.
-  cal = calibration.load(workdir)
+  # Calibrated on val: T saved next to the checkpoints and in metrics.json, test figures from
+  # calibrated probs.
+  cal = calibration.load(workdir, 0.7)
   assert cal.temperature == pytest.approx(s["calibration"]["temperature"]) and cal.threshold == 0.7
   expected = calibration.probabilities(np.log(preds["raw_probs"]), cal.temperature)
   np.testing.assert_allclose(preds["probs"], expected, atol=1e-5)
@@ -115,6 +116,43 @@ def test_run_leaves_a_complete_workdir(reference_run):
       assert im.size[0] > 200
   assert "epoch 3/3" in stdout and "test accuracy" in stdout and "gap" in stdout
   assert f"temperature {cal.temperature:.3f}" in stdout and "eval mode: train" in stdout
+
+
+def test_default_evals_give_the_metrics_json_of_every_run(reference_run):
+  """config.evals' default entries (calibration, train_gap, test) write today's metrics.json."""
+  s = read_summary(reference_run[0])
+  assert list(s) == [
+    "name",
+    "variant",
+    "seed",
+    "classes",
+    "model",
+    "dataset",
+    "params",
+    "best",
+    "gap_diagnosis",
+    "calibration",
+    "test",
+    "test_raw",
+    "epochs_run",
+    "stopped_early",
+    "wall_time_s",
+    "train_time_s",
+    "time_per_epoch_s",
+    "images_per_s",
+    "system",
+  ]
+  assert list(s["best"]) == [
+    "epoch",
+    "val_accuracy",
+    "val_loss",
+    "train_accuracy",
+    "train_loss",
+    "gap",
+    "train_accuracy_eval",
+    "gap_eval",
+    "train_eval_images",
+  ]
 
 
 def test_zero_epochs_evaluates_the_initial_weights_as_epoch_0(tmp_path):
@@ -141,7 +179,7 @@ def test_finished_run_prints_summary_and_how_to_start_fresh(reference_run):
   assert (
     "finished" in proc.stdout and "new --workdir" in proc.stdout and "test accuracy" in proc.stdout
   )
-  assert f"temperature {calibration.load(workdir).temperature:.3f}" in proc.stdout
+  assert f"temperature {calibration.load(workdir, 0.7).temperature:.3f}" in proc.stdout
   assert os.path.getmtime(os.path.join(workdir, "metrics.json")) == before
 
 
@@ -150,7 +188,7 @@ def _comparable(workdir):
   return (
     [(r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in _history(workdir)],
     s["test"]["accuracy"],
-    calibration.load(workdir).temperature,
+    calibration.load(workdir, 0.7).temperature,
   )
 
 
@@ -228,7 +266,7 @@ def test_bad_input_is_one_line_and_leaves_no_workdir(tmp_path, args, message):
     ["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *args], check=False
   )
   assert proc.returncode != 0
-  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and message in errors[0], proc.stderr
   assert "Traceback" not in proc.stderr
   assert not workdir.exists()
@@ -293,7 +331,9 @@ def test_predict_uses_the_best_checkpoint_and_the_confidence_rule(reference_run,
     scorer.probabilities(test.images), saved["probs"], atol=1e-5
   )  # the evaluated weights
   # ... and the run's calibration: predict and the server answer with the calibrated probabilities.
-  assert scorer.calibration == calibration.load(workdir) and scorer.calibration.temperature != 1.0
+  assert (
+    scorer.calibration == calibration.load(workdir, 0.7) and scorer.calibration.temperature != 1.0
+  )
   assert scorer.calibration.temperature == pytest.approx(float(saved["temperature"]))
   for i, im in enumerate(test.images[:3]):
     Image.fromarray(im[..., 0]).save(tmp_path / f"face{i}.png")

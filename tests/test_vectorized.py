@@ -13,7 +13,7 @@ import pytest
 
 from fer_jax import config_loading
 from fer_jax.models.kernels import cpu_conv
-from fer_jax.train import loop
+from fer_jax.train import loop, members
 from tests.conftest import ROOT
 
 SEEDS = (1, 2, 3)  # seed 1 stops early after 3 epochs, seeds 2 and 3 after 2
@@ -62,7 +62,7 @@ def separate_and_together(tmp_path_factory):
   for config, workdir in zip(configs, separate):
     loop.train_and_evaluate(config, workdir)
   together = [str(root / f"together{s}") for s in SEEDS]
-  summaries = loop.train_together(configs, together)
+  summaries = members.train_together(configs, together)
   return separate, together, summaries
 
 
@@ -111,7 +111,7 @@ def test_members_differ_from_each_other(separate_and_together):
 def test_finished_members_are_reported_not_retrained(separate_and_together):
   _, together, summaries = separate_and_together
   before = [os.path.getmtime(os.path.join(w, "metrics.json")) for w in together]
-  again = loop.train_together(_configs(), together)
+  again = members.train_together(_configs(), together)
   assert [s["best"] for s in again] == [s["best"] for s in summaries]
   assert [os.path.getmtime(os.path.join(w, "metrics.json")) for w in together] == before
 
@@ -121,10 +121,10 @@ def test_members_on_device_groups_equal_separate_runs(separate_and_together, tmp
   separate, _, _ = separate_and_together
   workdirs = [str(tmp_path / f"seed{s}") for s in SEEDS[:2]]
   script = (
-    f"from fer_jax import config_loading\nfrom fer_jax.train import loop\n"
-    f"configs = [config_loading.load_config('configs/model_0.py:quick', {{**{OVERRIDES!r}, 'train.seed': s}})"
-    f" for s in {SEEDS[:2]!r}]\n"
-    f"loop.train_together(configs, {workdirs!r})\n"
+    f"from fer_jax import config_loading\nfrom fer_jax.train import members\n"
+    f"configs = [config_loading.load_config('configs/model_0.py:quick', "
+    f"{{**{OVERRIDES!r}, 'train.seed': s}}) for s in {SEEDS[:2]!r}]\n"
+    f"members.train_together(configs, {workdirs!r})\n"
   )
   out = subprocess.run(
     [sys.executable, "-c", script],
@@ -150,7 +150,7 @@ def test_members_must_differ_only_in_seed():
   configs = _configs()
   other = config_loading.load_config("configs/model_0.py:quick", {**OVERRIDES, "optim.lr": 0.1})
   with pytest.raises(ValueError, match="optim.lr"):
-    loop.train_together([configs[0], other], ["/nonexistent/a", "/nonexistent/b"])
+    members.train_together([configs[0], other], ["/nonexistent/a", "/nonexistent/b"])
 
 
 def test_mapped_members_equal_plain_steps():
@@ -177,7 +177,7 @@ def test_mapped_members_equal_plain_steps():
   together = steps.make_train_step(
     configs[0], model, tx, 4, param_labels=labels, members=len(SEEDS)
   )
-  stacked = loop.stack(states)  # before the plain steps, which donate (delete) their states
+  stacked = members.stack(states)  # before the plain steps, which donate (delete) their states
   want = []
   for i, state in enumerate(states):
     for _ in range(2):
@@ -187,11 +187,8 @@ def test_mapped_members_equal_plain_steps():
     stacked, metrics = together(stacked, x, y, keys)
   for i, (state, m) in enumerate(want):
     np.testing.assert_allclose(metrics["loss"][i], m["loss"], rtol=1e-6)
-    jax.tree.map(
-      lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-7),
-      stacked.params,
-      state.params,
-    )
+    for got, plain_leaf in zip(jax.tree.leaves(stacked.params), jax.tree.leaves(state.params)):
+      np.testing.assert_allclose(got[i], plain_leaf, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("impl", ["im2col", "winograd"])

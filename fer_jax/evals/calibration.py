@@ -1,4 +1,5 @@
-"""Temperature scaling (Guo et al. 2017): one scalar T fitted on val so confidences mean what they say.
+"""Temperature scaling (Guo et al. 2017): one scalar T fitted on val, so that confidences mean what
+they say.
 
 A run fits T on the best checkpoint's val logits and saves it in `checkpoints/calibration.json`
 next to the weights; every place where probabilities leave fer_jax (test metrics, predict, the
@@ -14,6 +15,10 @@ for B++ (0.889 vs 0.909) but not for Model 0 (1.247 vs 1.233), with 148-300 val 
 The saved threshold is the rule's: `config.eval.confidence_threshold`, or, when
 `config.eval.threshold_target_accuracy` is set, the lowest threshold whose answered val faces
 (calibrated) are right at least that often.
+
+As an evaluator (`config.evals` entry `type="calibration"`, evals/common.py), `Evaluator` fits both
+on the best weights' logits of its `split`, records them in metrics.json under "calibration",
+saves calibration.json and returns the `Calibration` for the evaluators that read it.
 """
 
 import dataclasses
@@ -35,12 +40,13 @@ LOG_T_BOUNDS = (
 
 @dataclasses.dataclass(frozen=True)
 class Calibration:
-  temperature: float = 1.0
-  threshold: float = 0.7  # the confidence below which an answer is "uncertain"
+  temperature: float  # 1 = the raw probabilities
+  threshold: float  # the confidence below which an answer is "uncertain"
 
 
 def probabilities(logits, temperature=1.0):
-  """softmax(logits / T); log-probabilities are valid logits too (softmax ignores a per-row shift)."""
+  """softmax(logits / T); log-probabilities are valid logits too (softmax ignores a per-row
+  shift)."""
   return special.softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
 
 
@@ -50,7 +56,8 @@ def nll(logits, labels, temperature=1.0):
 
 
 def fit_temperature(logits, labels):
-  """The T > 0 minimising the mean negative log-likelihood of `labels` (a 1-D convex search in log T)."""
+  """The T > 0 minimising the mean negative log-likelihood of `labels` (a 1-D convex search in
+  log T)."""
   labels = np.asarray(labels)
   if len(labels) == 0:
     raise ValueError("cannot fit a temperature on an empty split")
@@ -64,7 +71,8 @@ def fit_temperature(logits, labels):
 
 
 def threshold_for_accuracy(labels, probs, target):
-  """The lowest threshold whose answered faces (top probability >= it) are right >= `target` of the time.
+  """The lowest threshold whose answered faces (top probability >= it) are right >= `target` of
+  the time.
 
   The threshold is the top probability of the least confident face it answers; None when no
   threshold reaches the target (not even answering only the most confident face).
@@ -81,7 +89,8 @@ def threshold_for_accuracy(labels, probs, target):
 
 
 def calibrate(val_logits, val_labels, eval_config):
-  """Fits T and picks the threshold on val; returns (Calibration, what metrics.json records of it)."""
+  """Fits T and picks the threshold on val; returns (Calibration, what metrics.json records of
+  it)."""
   val_labels = np.asarray(val_labels)
   temperature = fit_temperature(val_logits, val_labels)
   raw, calibrated = probabilities(val_logits), probabilities(val_logits, temperature)
@@ -111,11 +120,12 @@ def save(workdir, calibration):
   history.write_json(os.path.join(workdir, FILE), dataclasses.asdict(calibration))
 
 
-def load(workdir, default_threshold=0.7):
-  """The run's calibration; T = 1 and `default_threshold` for a run that has none (trained before it existed)."""
+def load(workdir, default_threshold):
+  """The run's calibration; T = 1 and `default_threshold` (its config.eval.confidence_threshold)
+  for a run that has none (trained before it existed)."""
   path = os.path.join(workdir, FILE)
   if not os.path.exists(path):
-    return Calibration(threshold=default_threshold)
+    return Calibration(temperature=1.0, threshold=default_threshold)
   try:
     with open(path) as f:
       values = json.load(f)
@@ -129,3 +139,21 @@ def load(workdir, default_threshold=0.7):
   if not (cal.temperature > 0 and 0.0 <= cal.threshold <= 1.0):
     raise ValueError(f"{path}: temperature must be > 0 and threshold in [0, 1], got {values}")
   return cal
+
+
+class Evaluator:
+  """Fits the temperature and threshold on the best weights' logits of `split` (module doc)."""
+
+  reads = ()
+
+  def __init__(self, split):
+    self.split = split
+
+  def run(self, ctx, results):
+    split = ctx.dataset.splits[self.split]
+    _, logits = ctx.evaluate(split)
+    cal, record = calibrate(logits, split.labels, ctx.config.eval)
+    ctx.summary["calibration"] = record
+    if ctx.writes:
+      save(ctx.workdir, cal)
+    return cal

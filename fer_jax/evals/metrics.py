@@ -105,7 +105,7 @@ def confidence_rule(labels, probs, threshold):
   }
 
 
-def classification_metrics(labels, probs, classes, confidence_threshold=0.7):
+def classification_metrics(labels, probs, classes, confidence_threshold):
   """All test-set metrics of one run, from the true labels and the predicted probabilities."""
   labels, probs = _check(labels, probs, classes)
   k = len(classes)
@@ -148,7 +148,7 @@ def classification_metrics(labels, probs, classes, confidence_threshold=0.7):
   }
 
 
-def confidence_metrics(labels, probs, confidence_threshold=0.7):
+def confidence_metrics(labels, probs, confidence_threshold):
   """What depends on the confidences (not only on the predictions): calibration and the rule."""
   return {
     "calibration": calibration(labels, probs),

@@ -58,7 +58,7 @@ class Scorer:
       1,
       "bilinear",
       # Not a run: no fitted temperature, and the threshold is the study's deployment rule.
-      calibration.Calibration(threshold=common.eval_config().confidence_threshold),
+      calibration.Calibration(temperature=1.0, threshold=common.eval_config().confidence_threshold),
       _jitted_logits(model, variables),
     )
 

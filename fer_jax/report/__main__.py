@@ -1,4 +1,7 @@
-"""python -m fer_jax.report RUNS_DIR [--out=DIR] [--max_gap=10]: the study report of every run under RUNS_DIR."""
+"""The study report of every run under RUNS_DIR:
+
+python -m fer_jax.report RUNS_DIR [--out=DIR] [--max_gap=10]
+"""
 
 import os
 import sys

@@ -187,7 +187,8 @@ def confusion_grid(items, path):
 
 
 def reliability(items, path):
-  """Reliability diagram (accuracy against confidence per bin) and bin counts; items: [(label, calibration)]."""
+  """Reliability diagram (accuracy against confidence per bin) and bin counts; items: [(label,
+  calibration)]."""
   fig = Figure(figsize=(6, 6.5))
   top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
   top.plot([0, 1], [0, 1], color="grey", ls=":", label="perfect calibration")
@@ -212,8 +213,9 @@ def reliability(items, path):
   _save(fig, path)
 
 
-def coverage_accuracy(items, path, threshold=0.7):
-  """Coverage and accuracy of answered faces against the confidence threshold; items: [(label, curve)]."""
+def coverage_accuracy(items, path, threshold):
+  """Coverage and accuracy of answered faces against the confidence threshold, marked at the rule's
+  `threshold`; items: [(label, curve)]."""
   fig = Figure(figsize=(11, 4.5))
   cov_ax, acc_ax = fig.subplots(1, 2)
   for label, curve in items:

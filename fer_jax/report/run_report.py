@@ -1,4 +1,5 @@
-"""One run's report: report.md with the test-set sections, curves, confusion and reliability PNGs."""
+"""One run's report: report.md with the test-set sections, curves, confusion and reliability
+PNGs."""
 
 import os
 
@@ -28,7 +29,9 @@ RUN_PLOTS = {
 
 def classification_table(test, classes):
   # A class without test images has no recall (and so no F1): say so rather than print 0.
-  undefined = lambda m, k: f"{m[k]:.3f}" if m["support"] else "no test images"
+  def undefined(m, k):
+    return f"{m[k]:.3f}" if m["support"] else "no test images"
+
   rows = [
     [c, f"{m['precision']:.3f}", undefined(m, "recall"), undefined(m, "f1"), m["support"]]
     for c, m in ((c, test["per_class"][c]) for c in classes)
@@ -105,10 +108,11 @@ def calibration_blocks(summary):
   ]
   return [
     para(
-      f"Temperature scaling: T = {cal['temperature']:.3f}, fitted on the best checkpoint's val logits "
-      "(minimum val NLL). T > 1 softens overconfident probabilities, T < 1 sharpens underconfident ones; "
-      "the predicted classes do not change. Every other probability in this report, and `probs` in "
-      "test_predictions.npz, is calibrated; `raw_probs` holds the ones before."
+      f"Temperature scaling: T = {cal['temperature']:.3f}, fitted on the best checkpoint's val "
+      "logits (minimum val NLL). T > 1 softens overconfident probabilities, T < 1 sharpens "
+      "underconfident ones; the predicted classes do not change. Every other probability in "
+      "this report, and `probs` in test_predictions.npz, is calibrated; `raw_probs` holds the "
+      "ones before."
     ),
     table(["", "raw", "calibrated"], rows),
     image(RUN_PLOTS["reliability"], "reliability diagram, raw and calibrated"),
@@ -122,8 +126,8 @@ def rule_blocks(summary):
   if target:
     val = cal["val_rule"]
     source = (
-      f"Threshold {cal['threshold']:.2f}: the lowest whose answered val faces (calibrated) are right "
-      f"at least {pct(target, 1)} of the time (on val: {pct(val['coverage'], 1)} answered, "
+      f"Threshold {cal['threshold']:.2f}: the lowest whose answered val faces (calibrated) are "
+      f"right at least {pct(target, 1)} of the time (on val: {pct(val['coverage'], 1)} answered, "
       f"{pct(val['accuracy'], 1)} of them right)."
     )
   else:
@@ -137,6 +141,19 @@ def rule_blocks(summary):
       RUN_PLOTS["coverage"],
       "faces answered and their accuracy against the threshold, raw and calibrated",
     ),
+  ]
+
+
+def eval_mode_rows(best):
+  """The train accuracy and gap in eval mode (none when config.evals has no train_gap entry)."""
+  if "gap_eval" not in best:
+    return []
+  return [
+    [
+      f"train accuracy at best (eval mode, {best['train_eval_images']} train faces)",
+      pct(best["train_accuracy_eval"]),
+    ],
+    ["train − val gap (eval mode)", f"{best['gap_eval']:+.1f} points"],
   ]
 
 
@@ -167,12 +184,8 @@ def run_blocks(summary):
         ["best val accuracy", pct(best["val_accuracy"])],
         ["best epoch", f"{best['epoch']} of {summary.get('epochs_run', '?')}{stop}"],
         ["train accuracy at best (running, train mode)", pct(best["train_accuracy"])],
-        ["train − val gap", gap_text(best["gap"], best["gap_eval"])],
-        [
-          f"train accuracy at best (eval mode, {best['train_eval_images']} train faces)",
-          pct(best["train_accuracy_eval"]),
-        ],
-        ["train − val gap (eval mode)", f"{best['gap_eval']:+.1f} points"],
+        ["train − val gap", gap_text(best["gap"], best.get("gap_eval"))],
+        *eval_mode_rows(best),
         ["test accuracy", pct(test["accuracy"])],
         ["test loss", num(test.get("loss"), ".4f")],
         ["test macro F1", f"{test['macro_f1']:.3f}"],
@@ -214,7 +227,8 @@ def run_blocks(summary):
 
 
 def write_run_report(workdir, summary, history):
-  """Writes report.md, curves.png, confusion.png, reliability.png and coverage.png of one run into `workdir`."""
+  """Writes report.md, curves.png, confusion.png, reliability.png and coverage.png of one run
+  into `workdir`."""
   test, raw = summary["test"], summary["test_raw"]
   title = run_title(summary["name"], summary.get("variant"))
   path = lambda key: os.path.join(workdir, RUN_PLOTS[key])  # noqa: E731

@@ -34,7 +34,8 @@ def _adam(optim_cfg, learning_rate):
 
 
 def build(optim_cfg, steps_per_epoch, param_labels):
-  """Adam for 'train' params, Adam at finetune_lr for 'finetune', nothing (no state) for 'frozen'."""
+  """Adam for 'train' params, Adam at finetune_lr for 'finetune', nothing (no state) for
+  'frozen'."""
   groups = {
     "train": _adam(optim_cfg, schedule(optim_cfg, steps_per_epoch)),
     "finetune": _adam(optim_cfg, optim_cfg.finetune_lr),
@@ -88,7 +89,8 @@ class Plateau:
 
 @dataclasses.dataclass
 class EarlyStopping:
-  """Keras EarlyStopping (mode 'max', min_delta 0): stop after `patience` epochs without a new best."""
+  """Keras EarlyStopping (mode 'max', min_delta 0): stop after `patience` epochs without a new
+  best."""
 
   patience: int
   best: float = -math.inf

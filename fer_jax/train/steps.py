@@ -1,12 +1,15 @@
-"""The jitted train and eval steps: pure functions of (state, batch, rng).
+"""The train state and factories of the jitted steps a run calls.
 
-The host feeds uint8 images; conversion to float, augmentation, the forward pass, loss and
-update all run on device. Randomness is the run's key folded with the step number, so a
-resumed run draws exactly the numbers an uninterrupted one would.
+`make_train_step` returns `(state, images_u8, labels, rng) -> (state, metrics)`, `make_eval_step`
+`(state, images_u8, labels, mask) -> (sums, logits)` (no randomness: eval mode) and `make_l2_fn`
+`params -> L2 penalty`; each is built once per run from its config, model and optimiser. The host
+feeds uint8 images; conversion to float, augmentation, the forward pass, loss and update all run
+on device. Randomness is the run's key folded with the step number, so a resumed run draws
+exactly the numbers an uninterrupted one would.
 
-`members=S` gives the same step over S runs at once (seeds of one config): states, batches and
-keys stacked on a leading axis and the step `jax.vmap`ped (or `lax.map`ped, see `over_members`)
-over it, so each member computes what its own run would.
+`members=S` (S >= 2, vectorized seeds: train/members.py) gives the same step over S runs at once:
+states, batches and keys stacked on a leading axis and the step `jax.vmap`ped (or `lax.map`ped,
+see `over_members`) over it, so each member computes what its own run would.
 """
 
 import flax
@@ -49,25 +52,17 @@ def create_state(config, model, input_shape, steps_per_epoch, param_labels=None)
   return state, tx, param_labels
 
 
-def over_members(fn, members, in_axes, how="auto"):
+def over_members(fn, members, in_axes, how):
   """`fn` over a leading member axis of the arguments marked 0 in `in_axes` (and of every output).
 
-  members None: `fn` itself. `how` (config.train.vectorize): 'vmap' batches the members into one
-  computation; 'map' runs them one after another inside one program (`lax.map`): the same values,
-  XLA's plain kernels, one dispatch for all members. 'auto': 'map' on CPU, where XLA's batched
-  (grouped) convolutions ran 2-3x slower than one member after another, 'vmap' elsewhere.
+  members None (a plain run): `fn` itself. `how` (config.train.vectorize): 'vmap' batches the
+  members into one computation; 'map' runs them one after another inside one program
+  (`lax.map`): the same values, XLA's plain kernels, one dispatch for all members. 'auto': 'map'
+  on CPU, where XLA's batched (grouped) convolutions ran 2-3x slower than one member after
+  another, 'vmap' elsewhere.
   """
   if members is None:
     return fn
-  if members == 1:  # a plain run: no batching rules, no loop
-
-    def single(*args):
-      args = [
-        a if axis is None else jax.tree.map(lambda x: x[0], a) for a, axis in zip(args, in_axes)
-      ]
-      return jax.tree.map(lambda x: x[None], fn(*args))
-
-    return single
   if how == "auto":
     how = "map" if jax.default_backend() == "cpu" else "vmap"
   if how == "vmap":

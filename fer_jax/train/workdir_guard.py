@@ -41,15 +41,19 @@ def flat_fields(tree, prefix=""):
 
 
 def config_differences(saved, config):
-  """['field: saved -> now', ...] for the fields of two config dicts that differ (safe fields left out)."""
+  """['field: saved -> now', ...] for the fields of two config dicts that differ (safe fields left
+  out)."""
   now = flat_fields(json.loads(json.dumps(config)))  # tuples as the saved JSON holds them: lists
   saved = flat_fields(saved)
   missing = object()
+
+  def show(v):
+    return "(absent)" if v is missing else json.dumps(v)
+
   diffs = []
   for field in sorted(set(saved) | set(now)):
     before, after = saved.get(field, missing), now.get(field, missing)
     if field not in RESUME_SAFE_FIELDS and before != after:
-      show = lambda v: "(absent)" if v is missing else json.dumps(v)
       diffs.append(f"{field}: {show(before)} -> {show(after)}")
   return diffs
 
