@@ -2,16 +2,16 @@
 file changes only what the study changed.
 
 A config is a nested ConfigDict with the fields `name` and `variant` and the sections `data`,
-`model`, `loss`, `optim`, `train`, `eval`, `evals` (the evaluators that end a run). Each field is
-a `Field(default, "description", rule)` in its section's table below: the default fixes its
-type, and the rule gives its valid range or choices. `fer_jax.config_loading.check_values` checks every value of a config against FIELDS
-(which holds every table, those of fields only some models have too) before a run creates
-anything, and `python -m fer_jax.config_loading --fields` prints them all (docs/config_fields.md).
-A new field is one line in a table; a field only some configs have goes in a table of its own
-that those configs add with `config_loading.add_fields`; a new section is a table, a function
-returning `section(TABLE)` called in base_config, and an entry in FIELDS. After any change,
-regenerate docs/config_fields.md (tests/test_configs.py says when it is stale). docs/study.md
-tells the study's values.
+`model`, `loss`, `optim`, `train`, `eval`, `evals` (the evaluators that end a run). Each field is a
+`Field(default, "description", rule)` in its section's table below: the default fixes its type, and
+the rule gives its valid range or choices. `fer_jax.config_loading.check_values` checks every value
+of a config against FIELDS (which holds every table, those of fields only some models have too)
+before a run creates anything, and `python -m fer_jax.config_loading --fields` prints them all
+(docs/config_fields.md). A new field is one line in a table; a field only some configs have goes in
+a table of its own that those configs add with `config_loading.add_fields`; a new section is a
+table, a function returning `section(TABLE)` called in base_config, and an entry in FIELDS. After
+any change, regenerate docs/config_fields.md (tests/test_configs.py says when it is stale).
+docs/study.md tells the study's values.
 """
 
 from fer_jax.config_loading import (
