@@ -134,6 +134,21 @@ def test_config_differences_lists_every_trained_field():
   ]
 
 
+def test_a_workdir_from_before_a_field_existed_resumes_when_the_field_keeps_its_default():
+  """A run trained before config.evals existed ran today's default evaluators: its workdir is
+  the same run; a changed new field, or an absent field not at its default, still differs."""
+  now = config_loading.load_config("configs/model_0.py:quick").to_dict()
+  saved = json.loads(json.dumps({k: v for k, v in now.items() if k != "evals"}))  # as read back
+  assert workdir_guard.config_differences(saved, now) == []
+  now["evals"]["test"]["split"] = "val"
+  saved["data"].pop("root")
+  now["data"]["root"] = "/faces"
+  assert workdir_guard.config_differences(saved, now) == [
+    'data.root: (absent) -> "/faces"',
+    'evals.test.split: (absent) -> "val"',
+  ]
+
+
 # ------------------------------------------------------------------------ 2. one writer per workdir
 
 

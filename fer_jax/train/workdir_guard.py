@@ -11,6 +11,8 @@ import json
 import os
 import socket
 
+from fer_jax.config_loading import declared_fields
+
 # Fields that may differ between the saved config and a resumed one: where data is cached, how
 # it is read, how often progress is printed and how seeds share a program (train.vectorize: the
 # same values) change nothing that is trained or measured.
@@ -50,9 +52,14 @@ def config_differences(saved, config):
   def show(v):
     return "(absent)" if v is missing else json.dumps(v)
 
+  # A workdir written before a field existed ran as the field's default does (a new field's
+  # default keeps what fer_jax did before it), so that is no difference.
+  defaults = {k: json.loads(json.dumps(f.default)) for k, f in declared_fields().items()}
   diffs = []
   for field in sorted(set(saved) | set(now)):
     before, after = saved.get(field, missing), now.get(field, missing)
+    if before is missing and field in defaults and after == defaults[field]:
+      continue
     if field not in RESUME_SAFE_FIELDS and before != after:
       diffs.append(f"{field}: {show(before)} -> {show(after)}")
   return diffs
