@@ -42,7 +42,7 @@ from fer_jax.inference import detectors
 from fer_jax.report import plots
 from fer_jax.report.render import markdown_table
 
-from . import common, dedup
+from . import common, hashing, verify
 
 TARGET_SPLIT = {"train": 0.8, "val": 0.1, "test": 0.1}
 FLAG_POINTS = 5.0  # a share this many percentage points off its target is flagged
@@ -159,7 +159,7 @@ def duplicate_findings(dataset, workers=1):
   if not where:
     return []
   images = np.concatenate([sp.images for sp in dataset.splits.values()])
-  pairs, groups = dedup.find_groups(images, dedup.default_settings(), workers)
+  pairs, groups = verify.find_groups(images, hashing.default_settings(), workers)
   exact_pairs = {
     (int(a), int(b)) for a, b, kind in zip(pairs.i, pairs.j, pairs.kind) if kind == "exact"
   }

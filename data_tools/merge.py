@@ -39,7 +39,7 @@ from PIL import Image, ImageOps
 from fer_jax.data import folders
 from fer_jax.data.progress import Progress
 
-from . import common, dedup, stratify
+from . import common, hashing, stratify
 
 # AffectNet's expression ids (Mollahosseini et al. 2017); 8, 9, 10 are None, Uncertain, Non-Face.
 AFFECTNET_CLASSES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
@@ -320,14 +320,14 @@ def _duplicate_of(batch, reference, threshold):
   """For each image of `batch`: whether it duplicates any image of `reference` (Hashes)."""
   found = np.zeros(len(batch), bool)
   if len(reference) and len(batch):
-    found[dedup.duplicate_pairs(batch, threshold, reference)[0]] = True
+    found[hashing.duplicate_pairs(batch, threshold, reference)[0]] = True
   return found
 
 
 def _earlier_twins(batch, threshold):
   """{j: [i < j, ...]}: the earlier images of `batch` each image duplicates."""
   twins = collections.defaultdict(list)
-  for i, j in zip(*dedup.duplicate_pairs(batch, threshold)):
+  for i, j in zip(*hashing.duplicate_pairs(batch, threshold)):
     twins[int(j)].append(int(i))
   return twins
 
@@ -353,21 +353,21 @@ def _select(batch, need, reference, threshold):
 
 def _take(hashes, idx):
   idx = np.asarray(idx, int)
-  return dedup.Hashes(hashes.digest[idx], hashes.code[idx], hashes.variants[idx], hashes.kinds)
+  return hashing.Hashes(hashes.digest[idx], hashes.code[idx], hashes.variants[idx], hashes.kinds)
 
 
 def _concat(parts, kinds):
   parts = [p for p in parts if len(p)]
   if not parts:
-    return dedup.Hashes(
+    return hashing.Hashes(
       np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros((0, len(kinds)), np.uint64), kinds
     )
   fields = ("digest", "code", "variants")
-  return dedup.Hashes(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields), kinds)
+  return hashing.Hashes(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields), kinds)
 
 
 def plan_merge(args):
-  dedup.check_hash_flags(args)
+  hashing.check_hash_flags(args)
   if args.share is not None and not 0 < args.share < 1:
     raise common.ToolError(f"--share: must be in (0, 1), got {args.share}")
   if not os.path.isdir(args.affectnet):
@@ -385,7 +385,7 @@ def plan_merge(args):
   entries += tree.not_read
 
   # the target as it is: kept whole; its hashes are what candidates must not duplicate
-  _, hashes, ok, errors = dedup.decode_and_hash(
+  _, hashes, ok, errors = hashing.decode_and_hash(
     [r.path for r in tree.files], args, label="hashing the dataset"
   )
   readable, unreadable = common.split_readable(tree, tree.files, ok, errors)
@@ -447,7 +447,7 @@ def plan_merge(args):
           )
       if not usable:
         continue
-      batch_hashes = dedup.hash_images(
+      batch_hashes = hashing.hash_images(
         np.stack([converted[k][0] for k in usable]),
         args,
         args.workers,
@@ -565,7 +565,7 @@ def build_parser():
     choices=sorted(folders.RESIZE_FILTERS),
     help="filter used to shrink AffectNet faces (the loader's config.data.resize_filter)",
   )
-  dedup.add_hash_flags(p)
+  hashing.add_hash_flags(p)
   return p
 
 
