@@ -43,7 +43,7 @@ import sys
 
 import numpy as np
 
-from . import common, hashing, verify
+from . import common, hashing, verify, writing
 
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}  # which copy of a leaked pair survives
 
@@ -297,7 +297,7 @@ def plan_dedup(args):
       "classes",
     )
   }
-  return common.Plan(
+  return writing.Plan(
     "dedup", {"SRC": tree.root}, os.path.abspath(args.out), options, entries, summary, reports_out
   )
 
@@ -344,7 +344,7 @@ def build_parser():
 
 
 def main(argv=None):
-  return common.run_main(lambda args: common.finish(plan_dedup(args), args), build_parser(), argv)
+  return common.run_main(lambda args: writing.finish(plan_dedup(args), args), build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from PIL import Image, ImageOps
 from fer_jax.data import folders
 from fer_jax.data.progress import Progress
 
-from . import common, hashing, stratify
+from . import common, hashing, stratify, writing
 
 # AffectNet's expression ids (Mollahosseini et al. 2017); 8, 9, 10 are None, Uncertain, Non-Face.
 AFFECTNET_CLASSES = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
@@ -527,7 +527,7 @@ def plan_merge(args):
     "resize_filter": args.resize_filter,
     "classes": args.classes,
   }
-  return common.Plan(
+  return writing.Plan(
     "merge",
     {"SRC": tree.root, "--affectnet": affectnet_root},
     os.path.abspath(args.out),
@@ -570,7 +570,7 @@ def build_parser():
 
 
 def main(argv=None):
-  return common.run_main(lambda args: common.finish(plan_merge(args), args), build_parser(), argv)
+  return common.run_main(lambda args: writing.finish(plan_merge(args), args), build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 from fer_jax import config_loading, data
 from fer_jax.data import folders, splits
 
-from . import common, stratify
+from . import common, stratify, writing
 
 # A judge trained as the study trains Model 0 (75 epochs): the `quick` variant's 5 epochs
 # leave it too weak on real data (it flagged a quarter of FER2013, mostly its own bias).
@@ -443,7 +443,7 @@ def plan_apply_review(args, tree):
         score=score,
       )
     )
-  counts = common.action_counts(entries)
+  counts = writing.action_counts(entries)
   moves = {}
   for e in entries:
     if e.action == "relabelled":
@@ -480,7 +480,7 @@ def plan_mislabel(args):
     "review": args.review,
     "classes": args.classes,
   }
-  return common.Plan(
+  return writing.Plan(
     "mislabel", {"SRC": tree.root}, os.path.abspath(args.out), options, entries, summary, reports
   )
 
@@ -512,7 +512,7 @@ def build_parser():
 
 def main(argv=None):
   return common.run_main(
-    lambda args: common.finish(plan_mislabel(args), args), build_parser(), argv
+    lambda args: writing.finish(plan_mislabel(args), args), build_parser(), argv
   )
 
 

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from . import common, hashing, verify
+from . import common, hashing, verify, writing
 
 
 def parse_ratios(text):
@@ -155,7 +155,7 @@ def plan_stratify(args):
       "classes",
     )
   }
-  return common.Plan(
+  return writing.Plan(
     "stratify", {"SRC": tree.root}, os.path.abspath(args.out), options, entries, summary
   )
 
@@ -181,7 +181,7 @@ def build_parser():
 
 def main(argv=None):
   return common.run_main(
-    lambda args: common.finish(plan_stratify(args), args), build_parser(), argv
+    lambda args: writing.finish(plan_stratify(args), args), build_parser(), argv
   )
 
 
