@@ -26,8 +26,6 @@ PATH_COLUMN, EXPRESSION_COLUMN = "subDirectory_filePath", "expression"
 BOX_COLUMNS = ("face_x", "face_y", "face_width", "face_height")
 
 
-
-
 # ---------------------------------------------------------------------------- reading AffectNet
 
 
@@ -259,5 +257,3 @@ def convert_many(candidates, args):
   )
   results = dict(folders.map_chunks(fn, items, 64, args.workers))
   return [r for s in sorted(results) for r in results[s]]
-
-
