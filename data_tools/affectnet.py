@@ -15,7 +15,7 @@ import os
 
 from PIL import Image, ImageOps
 
-from fer_jax.data import folders
+from fer_jax.data import file_tree, folders
 
 from . import common
 
@@ -37,7 +37,7 @@ class Candidate:
 
 
 def _is_image(path):
-  return os.path.splitext(path)[1].lower() in folders.IMAGE_EXTENSIONS
+  return os.path.splitext(path)[1].lower() in file_tree.IMAGE_EXTENSIONS
 
 
 def _folder_class(path, root):
@@ -45,20 +45,20 @@ def _folder_class(path, root):
   for part in reversed(os.path.relpath(os.path.dirname(path), root).split(os.sep)):
     if part.isdigit() and int(part) < len(AFFECTNET_CLASSES):
       return AFFECTNET_CLASSES[int(part)]
-    label = folders.match_class(part, AFFECTNET_CLASSES)
+    label = file_tree.match_class(part, AFFECTNET_CLASSES)
     if label is not None:
       return AFFECTNET_CLASSES[label]
   return None
 
 
 def _not_read(skipped):
-  """Dropped entries for what `folders.find_files` skipped (loops, links, special files)."""
+  """Dropped entries for what `file_tree.find_files` skipped (loops, links, special files)."""
   return [common.Entry(p, "", "", "dropped", reason=f"not read: {reason}") for p, reason in skipped]
 
 
 def read_class_folders(root):
   """(candidates, dropped entries) of a folder-per-class AffectNet."""
-  paths, skipped = folders.find_files(root)
+  paths, skipped = file_tree.find_files(root)
   candidates, dropped = [], _not_read(skipped)
   for path in paths:
     expression = _folder_class(path, root)
@@ -121,7 +121,7 @@ def _read_listings(root, csv_path):
       where = f"--annotations {csv_path} line {reader.line_num}"
       name = row[PATH_COLUMN].strip()
       path = os.path.normpath(os.path.join(root, name))
-      if not folders.contains(root, path):  # '../x.jpg' or '/etc/x.jpg': not AffectNet's to read
+      if not file_tree.contains(root, path):  # '../x.jpg' or '/etc/x.jpg': not AffectNet's to read
         raise common.ToolError(
           f"{where}: {PATH_COLUMN} {name!r} lies outside --affectnet {root}; "
           "annotation paths are relative to the AffectNet folder"
@@ -145,7 +145,7 @@ def _expression_name(expression_id):
 def _unusable(path):
   """Why the listed file `path` cannot be read, or None for a regular file."""
   try:
-    kind = folders.file_kind(os.stat(path).st_mode)
+    kind = file_tree.file_kind(os.stat(path).st_mode)
   except FileNotFoundError:
     return "listed in the annotations, file missing"
   except OSError as e:  # a link loop, no permission
@@ -195,7 +195,7 @@ def read_annotations(root, csv_paths):
       candidates.append(Candidate(first.path, AFFECTNET_CLASSES[first.expression_id], first.box))
       continue
     dropped.append(common.Entry(first.path, "", "", "dropped", reason=reason))
-  paths, skipped = folders.find_files(root)
+  paths, skipped = file_tree.find_files(root)
   dropped += _not_read((p, r) for p, r in skipped if os.path.realpath(p) not in by_file)
   dropped += [
     common.Entry(path, "", "", "dropped", reason="not read: not in the annotations")

@@ -16,7 +16,7 @@ import io
 import os
 import sys
 
-from fer_jax.data import FER4, SPLITS, folders
+from fer_jax.data import FER4, SPLITS, file_tree, folders
 
 ACTIONS = ("kept", "moved", "relabelled", "dropped", "added")
 
@@ -117,7 +117,7 @@ def check_output(dst, overwrite, **inputs):
     raise ToolError(f"--out {dst}: exists and is not a folder")
   for flag, path in inputs.items():
     real = os.path.realpath(path)
-    if folders.contains(real, real_dst) or folders.contains(real_dst, real):
+    if file_tree.contains(real, real_dst) or file_tree.contains(real_dst, real):
       raise ToolError(
         f"--out {dst}: overlaps {flag} {path}; the output must be a separate folder "
         "(the source is never written to)"
@@ -210,7 +210,7 @@ class Entry:
 class Tree:
   root: str  # absolute
   layout: str  # 'split' | 'flat'
-  files: list  # folders.FileRecord, sorted by path
+  files: list  # file_tree.FileRecord, sorted by path
   not_read: list  # Entry ('dropped') for every file the scan did not use
 
   def rel(self, record):
@@ -224,10 +224,10 @@ class Tree:
 
 
 def read_tree(root, classes, allow_flat=False):
-  """Scans `root` (fer_jax.data.folders.scan_tree); every unused file becomes a dropped Entry."""
+  """Scans `root` (fer_jax.data.file_tree.scan_tree); every unused file becomes a dropped Entry."""
   if not os.path.isdir(root):
     raise ToolError(f"SRC {root}: no such folder")
-  scan = folders.scan_tree(os.path.abspath(root), classes, classes_field="--classes")
+  scan = file_tree.scan_tree(os.path.abspath(root), classes, classes_field="--classes")
   if scan.layout == "flat" and not allow_flat:
     raise ToolError(
       f"SRC {root}: no train/val/test folders (an unsplit <root>/<class>/<file> tree); "

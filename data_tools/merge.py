@@ -35,7 +35,7 @@ import sys
 
 import numpy as np
 
-from fer_jax.data import folders
+from fer_jax.data import file_tree, folders
 from fer_jax.data.progress import Progress
 
 from . import affectnet, common, hashing, stratify, writing
@@ -159,7 +159,7 @@ def plan_merge(args):
 
   by_class = collections.defaultdict(list)
   for cand in candidates:
-    label = folders.match_class(cand.expression, classes)
+    label = file_tree.match_class(cand.expression, classes)
     if label is None:
       entries.append(
         common.Entry(

@@ -41,7 +41,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fer_jax import config_loading
-from fer_jax.data import folders
+from fer_jax.data import file_tree, folders
 
 from . import common, judge, writing
 
@@ -257,7 +257,7 @@ def _decision(decision, row, classes, where):
   if text == "drop":
     return ("dropped", "", f"review: drop ({reason})", rank, score)
   target = suggested if text == "relabel" else decision
-  label = folders.match_class(target, classes)
+  label = file_tree.match_class(target, classes)
   if label is None:
     raise common.ToolError(
       f"{where}: decision {decision!r} is not one of {common.DECISIONS} "

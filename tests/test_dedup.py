@@ -106,7 +106,7 @@ def test_second_hop_proposes_the_pairs_linked_through_a_common_twin():
 
 
 def records_for(splits, sizes, classes=None):
-  """Minimal stand-ins for folders.FileRecord: what `decide` reads."""
+  """Minimal stand-ins for file_tree.FileRecord: what `decide` reads."""
   Record = collections.namedtuple("Record", "path split class_name size")
   classes = classes or ["happy"] * len(splits)
   return [
