@@ -21,16 +21,20 @@ from absl import app, flags
 
 from benchmarks import real_faces
 from benchmarks.timing import timed
-from data_tools import dedup
+from data_tools import hashing, verify
 
 
 def define_flags():
   """Defined only when run as a program: tests import this module next to others with flags."""
-  flags.DEFINE_integer("threshold", dedup.DEFAULT_THRESHOLD, "hash candidates: max differing bits")
-  flags.DEFINE_integer("shift", dedup.DEFAULT_SHIFT, "hash candidates: shifted copies (px)")
-  flags.DEFINE_float("zoom", dedup.DEFAULT_ZOOM, "hash candidates and verifier: zoom fraction")
-  flags.DEFINE_integer("max_shift", dedup.DEFAULT_MAX_SHIFT, "verifier: translations searched (px)")
-  flags.DEFINE_float("min_similarity", dedup.DEFAULT_MIN_SIMILARITY, "verifier threshold")
+  flags.DEFINE_integer(
+    "threshold", hashing.DEFAULT_THRESHOLD, "hash candidates: max differing bits"
+  )
+  flags.DEFINE_integer("shift", hashing.DEFAULT_SHIFT, "hash candidates: shifted copies (px)")
+  flags.DEFINE_float("zoom", hashing.DEFAULT_ZOOM, "hash candidates and verifier: zoom fraction")
+  flags.DEFINE_integer(
+    "max_shift", hashing.DEFAULT_MAX_SHIFT, "verifier: translations searched (px)"
+  )
+  flags.DEFINE_float("min_similarity", hashing.DEFAULT_MIN_SIMILARITY, "verifier threshold")
   flags.DEFINE_string("hash", "phash", "perceptual hash")
   flags.DEFINE_bool("mirror", True, "match mirrored copies")
   flags.DEFINE_string(
@@ -57,8 +61,8 @@ def settings():
 
 def evaluate(images, source, made, s, workers=0):
   """dedup's decision on the labelled set -> dict of figures (see the module docstring)."""
-  hashes = dedup.hash_images(images, s, workers, label="hashing")
-  pairs = dedup.find_pairs(images, hashes, s)
+  hashes = hashing.hash_images(images, s, workers, label="hashing")
+  pairs = verify.find_pairs(images, hashes, s)
   same = source[pairs.i] == source[pairs.j]
   result = {
     "pairs": pairs,
@@ -76,7 +80,7 @@ def evaluate(images, source, made, s, workers=0):
   scores = {}
   for t in sorted(set(_SWEEP) | {s.min_similarity}):
     keep = (pairs.kind == "exact") | (pairs.similarity >= t)
-    sub = dedup.Pairs(
+    sub = verify.Pairs(
       pairs.i[keep],
       pairs.j[keep],
       pairs.distance[keep],
@@ -85,7 +89,7 @@ def evaluate(images, source, made, s, workers=0):
       pairs.verdict[keep],
     )
     sub.verdict[:] = "near"
-    scores[t] = real_faces.pair_scores(sub.i, sub.j, dedup.group_labels(len(images), sub), source)
+    scores[t] = real_faces.pair_scores(sub.i, sub.j, verify.group_labels(len(images), sub), source)
   result["scores"] = scores
   return result
 
@@ -125,7 +129,7 @@ def main(_):
       f"{sc['groups'][1]:>13.2%}{mark}"
     )
   iu = np.triu_indices(len(faces), 1)
-  alone = dedup.similarity(images, iu[0], iu[1], s)
+  alone = verify.similarity(images, iu[0], iu[1], s)
   print(
     f"verifier alone on all {len(alone):,} pairs of distinct originals: max similarity "
     f"{alone.max():.3f}, {(alone >= s.min_similarity).sum()} at or above {s.min_similarity}"

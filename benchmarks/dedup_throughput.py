@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks.timing import timed
-from data_tools import dedup
+from data_tools import hashing, verify
 
 _HASHES = flags.DEFINE_integer("hashes", 100_000, "images in total (random + planted)")
 _PLANTED = flags.DEFINE_integer("planted", 5_000, "near-duplicate images among them")
@@ -48,13 +48,13 @@ def brute_force(codes, threshold):
 
 def main(_):
   rng = np.random.default_rng(0)
-  settings = dedup.default_settings()
+  settings = hashing.default_settings()
   n, t = _HASHES.value, settings.threshold
-  kinds = dedup.variant_kinds(settings.mirror, settings.shift, settings.zoom)
+  kinds = hashing.variant_kinds(settings.mirror, settings.shift, settings.zoom)
   base = random_codes(rng, n - _PLANTED.value)
   copies, originals = plant(rng, base, _PLANTED.value, t)
   codes = np.concatenate([base, copies])
-  hashes = dedup.Hashes(
+  hashes = hashing.Hashes(
     np.arange(n, dtype=np.uint64), codes, random_codes(rng, (n, len(kinds))), kinds
   )
   images = rng.integers(0, 256, (n, 48, 48), dtype=np.uint8)
@@ -65,14 +65,14 @@ def main(_):
     f"threshold {t}, min_similarity {settings.min_similarity}"
   )
 
-  (i, j), search_s, search_cpu = timed(lambda: dedup.duplicate_pairs(hashes, t))
+  (i, j), search_s, search_cpu = timed(lambda: hashing.duplicate_pairs(hashes, t))
   print(f"candidate search: {search_s:6.2f} s (CPU {search_cpu:.2f} s)  {len(i):,} candidate pairs")
-  pairs, verify_s, verify_cpu = timed(lambda: dedup.verify_pairs(images, hashes, i, j, settings))
+  pairs, verify_s, verify_cpu = timed(lambda: verify.verify_pairs(images, hashes, i, j, settings))
   print(
     f"match kinds + verification of {len(pairs):,} pairs: "
     f"{verify_s:6.2f} s (CPU {verify_cpu:.2f} s)"
   )
-  labels, group_s, group_cpu = timed(lambda: dedup.group_labels(n, pairs))
+  labels, group_s, group_cpu = timed(lambda: verify.group_labels(n, pairs))
   print(
     f"grouping (connected components): {group_s:6.2f} s (CPU {group_cpu:.2f} s)  "
     f"{n - len(np.unique(labels)):,} images in groups"
@@ -86,7 +86,7 @@ def main(_):
     f"{len(planted & linked):,} verified; random pairs verified: {len(linked - planted):,}"
   )
   sub = codes[rng.choice(n, _CHECK.value, replace=False)]
-  si, sj, _ = dedup.near_pairs(sub, t)
+  si, sj, _ = hashing.near_pairs(sub, t)
   agrees = set(zip(si.tolist(), sj.tolist())) == brute_force(sub, t)
   print(f"brute-force cross-check on {_CHECK.value:,} codes: {'equal' if agrees else 'DIFFERENT'}")
   total = search_s + verify_s + group_s

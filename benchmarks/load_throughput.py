@@ -24,7 +24,7 @@ from PIL import Image
 from benchmarks.timing import timed
 from fer_jax import data
 from fer_jax.configs import common
-from fer_jax.data import folders
+from fer_jax.data import file_tree, folders
 
 _IMAGES = flags.DEFINE_integer("images", 25_000, "JPEGs in the benchmark folder")
 _WORKDIR = flags.DEFINE_string(
@@ -83,7 +83,7 @@ def main(argv):
   )
 
   if _COMPARE.value:
-    paths = [f.path for f in folders.scan_tree(root, CLASSES).files]
+    paths = [f.path for f in file_tree.scan_tree(root, CLASSES).files]
     runs = [("1 process", 1)] + [(f"{workers} processes", workers)] * (workers > 1)
     results = [
       (name, *timed(functools.partial(folders.decode_many, paths, 48, 1, num_workers=w))[1:])

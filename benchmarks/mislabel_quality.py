@@ -29,7 +29,7 @@ from PIL import Image
 from scipy import stats
 
 from benchmarks.timing import timed
-from data_tools import mislabel
+from data_tools import judge, mislabel
 from fer_jax.data import FER4, builtin, synthetic
 
 # The benchmark's judge: Model 0 narrowed to the small CNN of docs/builtin_data.md, a few minutes
@@ -131,8 +131,8 @@ def planted_flip_run(
     rows = list(csv.DictReader(f))
   with np.load(os.path.join(dst, "oof_probs.npz"), allow_pickle=False) as z:
     probs, labels, fold_of = z["probs"], z["labels"], z["fold"]
-  found = mislabel.find_suspects(probs, labels)
-  accuracy, recall, per_fold, _ = mislabel.judge_quality(probs, labels, len(FER4), fold_of)
+  found = judge.find_suspects(probs, labels)
+  accuracy, recall, per_fold, _ = judge.judge_quality(probs, labels, len(FER4), fold_of)
   flagged = {r["file"] for r in rows}
   hits = flagged & set(truth)
   fixed = sum(truth[r["file"]] == r["suggested_label"] for r in rows if r["file"] in truth)

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from . import common, dedup
+from . import common, hashing, verify, writing
 
 
 def parse_ratios(text):
@@ -101,17 +101,17 @@ def achieved_table(entries, classes, ratios):
 
 
 def plan_stratify(args):
-  dedup.check_hash_flags(args)
+  hashing.check_hash_flags(args)
   common.check_output(args.out, args.overwrite, SRC=args.src)
   classes = list(args.classes)
   tree = common.read_tree(args.src, args.classes, allow_flat=True)
   records = tree.files
   entries = list(tree.not_read)
   if args.groups:
-    images, hashes, ok, errors = dedup.decode_and_hash([r.path for r in records], args)
+    images, hashes, ok, errors = hashing.decode_and_hash([r.path for r in records], args)
     records, unreadable = common.split_readable(tree, records, ok, errors)
     entries += unreadable
-    groups = dedup.group_labels(len(records), dedup.find_pairs(images, hashes, args))
+    groups = verify.group_labels(len(records), verify.find_pairs(images, hashes, args))
   else:
     groups = np.arange(len(records))
   labels = np.array([r.label for r in records])
@@ -155,7 +155,7 @@ def plan_stratify(args):
       "classes",
     )
   }
-  return common.Plan(
+  return writing.Plan(
     "stratify", {"SRC": tree.root}, os.path.abspath(args.out), options, entries, summary
   )
 
@@ -175,13 +175,13 @@ def build_parser():
     action="store_false",
     help="do not look for duplicates (each image is its own group)",
   )
-  dedup.add_hash_flags(p)
+  hashing.add_hash_flags(p)
   return p
 
 
 def main(argv=None):
   return common.run_main(
-    lambda args: common.finish(plan_stratify(args), args), build_parser(), argv
+    lambda args: writing.finish(plan_stratify(args), args), build_parser(), argv
   )
 
 

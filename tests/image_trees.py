@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from data_tools import dedup
+from data_tools import hashing
 from fer_jax.data import FER4 as CLASSES
 
 # ---------------------------------------------------------------------------- generated data
@@ -38,7 +38,7 @@ def face_like(rng, size=48):
 
 
 def shifted(a, dy=1, dx=1):
-  return np.asarray(dedup._translate(a, dy, dx))
+  return np.asarray(hashing._translate(a, dy, dx))
 
 
 # transform name -> (function of a uint8 [48, 48] array, file extension, save options)

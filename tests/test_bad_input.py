@@ -22,7 +22,7 @@ from image_trees import CLASSES, tree_digest, write_originals
 
 from data_tools import stratify
 from fer_jax import config_loading, data
-from fer_jax.data import cache, folders
+from fer_jax.data import cache, file_tree
 from fer_jax.evals import metrics
 from fer_jax.report import run_report, study
 from fer_jax.train import workdir_guard
@@ -451,7 +451,7 @@ def test_symlink_loops_in_a_data_tree_are_skipped_and_reported(tmp_path):
   happy = tmp_path / "train" / "happy"
   os.symlink("..", happy / "up")  # a folder link back to train/: walking it never ends
   os.symlink("self.png", happy / "self.png")  # a file link to itself: ELOOP
-  scan = folders.scan_tree(str(tmp_path), CLASSES)
+  scan = file_tree.scan_tree(str(tmp_path), CLASSES)
   assert len(scan.files) == 2 * len(CLASSES)
   reasons = dict(scan.skipped)
   assert reasons[str(happy / "up")].startswith("symlink loop")

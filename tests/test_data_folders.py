@@ -12,7 +12,7 @@ from PIL import Image
 
 from fer_jax import data
 from fer_jax.configs import common
-from fer_jax.data import cache, folders
+from fer_jax.data import cache, file_tree, folders
 
 CLASSES = ("happy", "neutral", "sad", "surprise")
 
@@ -191,7 +191,7 @@ def test_scan_tree_names_and_skips(tmp_path):
   (tmp_path / "Training" / "Happiness" / "notes.txt").write_text("x")
   (tmp_path / "Training" / "Happiness" / ".DS_Store").write_text("x")
   (tmp_path / "README.md").write_text("x")
-  scan = folders.scan_tree(tmp_path, CLASSES)
+  scan = file_tree.scan_tree(tmp_path, CLASSES)
   assert scan.layout == "split"
   got = sorted(
     (os.path.relpath(f.path, tmp_path), f.split, f.label, f.class_name) for f in scan.files
@@ -213,7 +213,7 @@ def test_scan_tree_names_and_skips(tmp_path):
 def test_scan_tree_without_split_level(tmp_path):
   write_class(tmp_path / "happy", 2)
   write_class(tmp_path / "Sad", 1)
-  scan = folders.scan_tree(tmp_path, CLASSES)
+  scan = file_tree.scan_tree(tmp_path, CLASSES)
   assert scan.layout == "flat"
   assert sorted((f.split, f.class_name) for f in scan.files) == [
     (None, "happy"),
@@ -223,12 +223,12 @@ def test_scan_tree_without_split_level(tmp_path):
 
 
 def test_match_class_aliases():
-  assert folders.match_class("Happiness", CLASSES) == 0
-  assert folders.match_class("sad-ness", CLASSES) == 2
-  assert folders.match_class("Surprised", CLASSES) == 3
-  assert folders.match_class("anger", CLASSES) is None
-  assert folders.match_class("anger", ("angry", "happy")) == 0
-  assert folders.match_class("fearful", ("Fear",)) == 0
+  assert file_tree.match_class("Happiness", CLASSES) == 0
+  assert file_tree.match_class("sad-ness", CLASSES) == 2
+  assert file_tree.match_class("Surprised", CLASSES) == 3
+  assert file_tree.match_class("anger", CLASSES) is None
+  assert file_tree.match_class("anger", ("angry", "happy")) == 0
+  assert file_tree.match_class("fearful", ("Fear",)) == 0
 
 
 def make_dataset(root, with_val=True):
@@ -385,7 +385,7 @@ def loop_tree(root):
 
 def test_a_symlink_loop_between_class_folders_reads_each_face_once_in_its_own_class(tmp_path):
   originals, links = loop_tree(tmp_path / "faces")
-  scan = folders.scan_tree(tmp_path / "faces", CLASSES)
+  scan = file_tree.scan_tree(tmp_path / "faces", CLASSES)
   expected = sorted((p, s, c) for (s, c), paths in originals.items() for p in paths)
   assert sorted((f.path, f.split, f.class_name) for f in scan.files) == expected
   reasons = dict(scan.skipped)
@@ -407,7 +407,7 @@ def test_links_out_of_the_tree_are_read_once_and_links_within_it_not_at_all(tmp_
   os.symlink(tmp_path / "elsewhere" / "train" / "happy", happy / "again")  # the same folder
   os.symlink(elsewhere["train", "happy"][0], faces / "train" / "sad" / "one.png")  # a file in it
   os.symlink(faces / "test" / "sad" / "test_sad_000.png", happy / "x.png")  # a file in the tree
-  scan = folders.scan_tree(faces, CLASSES)
+  scan = file_tree.scan_tree(faces, CLASSES)
   train_happy = [f.path for f in scan.files if f.split == "train" and f.class_name == "happy"]
   assert train_happy == sorted(
     [str(happy / "train_happy_000.png")]
@@ -419,7 +419,7 @@ def test_links_out_of_the_tree_are_read_once_and_links_within_it_not_at_all(tmp_
     "train/happy/x.png": "symlink to a file or folder scanned elsewhere",
     "train/sad/one.png": "symlink to a file or folder scanned elsewhere",
   }
-  paths, skipped = folders.find_files(faces)
+  paths, skipped = file_tree.find_files(faces)
   assert len(paths) == 12 + 2 and len(skipped) == 3
 
 
@@ -429,7 +429,7 @@ def test_only_regular_files_are_opened(tmp_path):
   os.mkfifo(faces / "train" / "sad" / "pipe.png")
   os.mkfifo(tmp_path / "elsewhere.png")
   os.symlink(tmp_path / "elsewhere.png", faces / "train" / "sad" / "to_pipe.png")
-  scan = folders.scan_tree(faces, CLASSES)
+  scan = file_tree.scan_tree(faces, CLASSES)
   assert len(scan.files) == 12
   assert sorted((os.path.relpath(p, faces), r) for p, r in scan.skipped) == [
     ("train/sad/pipe.png", "not a regular file (named pipe)"),

@@ -1,4 +1,4 @@
-"""data_tools.dedup: the pair search against brute force, and the tool on a generated tree."""
+"""data_tools.dedup, .hashing, .verify: the pair search against brute force, and the tool."""
 
 import collections
 import csv
@@ -22,7 +22,7 @@ from image_trees import (
 )
 from PIL import Image
 
-from data_tools import dedup
+from data_tools import dedup, hashing, verify
 
 
 def brute_force(a, t, b=None):
@@ -43,19 +43,19 @@ def test_near_pairs_equals_brute_force(threshold):
     for bit in rng.choice(64, rng.integers(0, threshold + 3), replace=False):
       copies[k] ^= np.uint64(1) << np.uint64(bit)
   codes = np.concatenate([base, copies, base[:5]])  # plus exact repeats
-  i, j, d = dedup.near_pairs(codes, threshold)
+  i, j, d = hashing.near_pairs(codes, threshold)
   assert set(zip(i.tolist(), j.tolist())) == brute_force(codes, threshold)
   assert np.all(i < j) and np.array_equal(d, np.bitwise_count(codes[i] ^ codes[j]))
   other = rng.permutation(codes)
-  ci, cj, _ = dedup.near_pairs(codes, threshold, other)
+  ci, cj, _ = hashing.near_pairs(codes, threshold, other)
   assert set(zip(ci.tolist(), cj.tolist())) == brute_force(codes, threshold, other)
 
 
 def test_every_transform_is_matched_and_distinct_images_are_not():
   rng = np.random.default_rng(1)
   originals = np.stack([face_like(rng) for _ in range(40)])
-  settings = dedup.default_settings()
-  assert dedup.find_groups(originals, settings)[1] == []
+  settings = hashing.default_settings()
+  assert verify.find_groups(originals, settings)[1] == []
   for name, (fn, _, _) in TRANSFORMS.items():
     copies = np.stack(
       [
@@ -63,33 +63,35 @@ def test_every_transform_is_matched_and_distinct_images_are_not():
         for a in originals
       ]
     )
-    _, groups = dedup.find_groups(np.concatenate([originals, copies]), settings)
+    _, groups = verify.find_groups(np.concatenate([originals, copies]), settings)
     assert sorted(groups) == [[k, k + 40] for k in range(40)], name
 
 
 def test_similarity_finds_shifted_zoomed_and_mirrored_copies_but_not_other_images():
   rng = np.random.default_rng(2)
   a = np.stack([face_like(rng) for _ in range(6)])
-  settings = dedup.default_settings()
+  settings = hashing.default_settings()
   copies = {
     "shifted 3 px": np.stack([shifted(x, 3, -2) for x in a]),
-    "zoomed": np.stack([dedup._zoom(x, 1.08) for x in a]),
+    "zoomed": np.stack([hashing._zoom(x, 1.08) for x in a]),
     "mirrored": a[:, :, ::-1],
     "darker, less contrast": (a * 0.6 + 10).astype(np.uint8),
   }
   k = np.arange(6)
   for name, b in copies.items():
-    sim = dedup.similarity(np.concatenate([a, b]), k, k + 6, settings)
+    sim = verify.similarity(np.concatenate([a, b]), k, k + 6, settings)
     assert np.all(sim > 0.95), (name, sim)
-  others = dedup.similarity(a, k, (k + 1) % 6, settings)
+  others = verify.similarity(a, k, (k + 1) % 6, settings)
   assert np.all(others < 0.9), others
   settings.mirror = False
-  assert np.all(dedup.similarity(np.concatenate([a, copies["mirrored"]]), k, k + 6, settings) < 0.9)
+  assert np.all(
+    verify.similarity(np.concatenate([a, copies["mirrored"]]), k, k + 6, settings) < 0.9
+  )
 
 
 def test_second_hop_proposes_the_pairs_linked_through_a_common_twin():
   # 0-1 and 1-2 linked, 2-3 distinct, 4-5 linked: only 0-2 is new (1-3 and 3-x are not linked)
-  pairs = dedup.Pairs(
+  pairs = verify.Pairs(
     np.array([0, 1, 2, 4]),
     np.array([1, 2, 3, 5]),
     np.zeros(4, int),
@@ -97,14 +99,14 @@ def test_second_hop_proposes_the_pairs_linked_through_a_common_twin():
     np.array([0.95, 0.95, 0.5, 0.99], np.float32),
     np.array(["near", "near", "distinct", "exact"], object),
   )
-  i, j = dedup.second_hop(pairs, 6)
+  i, j = verify.second_hop(pairs, 6)
   assert list(zip(i.tolist(), j.tolist())) == [(0, 2)]
   pairs.verdict[2] = "near"  # 2-3 linked as well: 1-3 joins, through 2
-  assert sorted(zip(*(x.tolist() for x in dedup.second_hop(pairs, 6)))) == [(0, 2), (1, 3)]
+  assert sorted(zip(*(x.tolist() for x in verify.second_hop(pairs, 6)))) == [(0, 2), (1, 3)]
 
 
 def records_for(splits, sizes, classes=None):
-  """Minimal stand-ins for folders.FileRecord: what `decide` reads."""
+  """Minimal stand-ins for file_tree.FileRecord: what `decide` reads."""
   Record = collections.namedtuple("Record", "path split class_name size")
   classes = classes or ["happy"] * len(splits)
   return [
@@ -116,7 +118,7 @@ def records_for(splits, sizes, classes=None):
 def chain(similarities, verdicts):
   """Pairs A-B, B-C, A-C (images 0, 1, 2) with the given similarities and verdicts."""
   n = len(verdicts)
-  return dedup.Pairs(
+  return verify.Pairs(
     np.array([0, 1, 0][:n]),
     np.array([1, 2, 2][:n]),
     np.full(n, 5),
@@ -151,7 +153,7 @@ def test_a_chain_never_drops_an_image_for_one_it_was_not_verified_against(larges
 
 def test_translate_moves_the_image_and_fills_with_edges():
   a = np.arange(16, dtype=np.uint8).reshape(4, 4)
-  moved = dedup._translate(a, 1, -1)
+  moved = hashing._translate(a, 1, -1)
   assert np.array_equal(moved[1:, :-1], a[:-1, 1:])
   assert np.array_equal(moved[0, :-1], a[0, 1:]) and np.array_equal(moved[:, -1], moved[:, -2])
 

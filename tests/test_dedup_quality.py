@@ -13,7 +13,7 @@ from image_trees import read_manifest
 from PIL import Image
 
 from benchmarks import dedup_quality, real_faces
-from data_tools import audit, dedup
+from data_tools import audit, dedup, hashing
 
 CACHE = os.path.join(tempfile.gettempdir(), "fer_jax_wheels")
 
@@ -37,8 +37,8 @@ def test_defaults_separate_copies_from_other_faces_on_real_faces(faces):
   images, names, _ = faces
   assert len(images) >= 101 and images.dtype == np.uint8
   data, source, made = real_faces.duplicate_benchmark(images)
-  result = dedup_quality.evaluate(data, source, made, dedup.default_settings(), workers=1)
-  precision, recall = result["scores"][dedup.DEFAULT_MIN_SIMILARITY]["groups"]
+  result = dedup_quality.evaluate(data, source, made, hashing.default_settings(), workers=1)
+  precision, recall = result["scores"][hashing.DEFAULT_MIN_SIMILARITY]["groups"]
   # Measured 100 % / 99.1 % (docs/data_tools.md); bounds loose enough not to flake.
   assert precision >= 0.98 and recall >= 0.95, result["scores"]
   # Copies linked directly to their original: measured 96-100 % for every kind (a 3 px shift,
@@ -46,7 +46,9 @@ def test_defaults_separate_copies_from_other_faces_on_real_faces(faces):
   direct = result["per_copy"]
   assert min(direct.values()) >= 0.9, direct
   # the hard negatives: the hash proposes distinct faces, the verifier turns them down
-  assert result["hard_negatives"] > 0 and result["hard_negative_max"] < dedup.DEFAULT_MIN_SIMILARITY
+  assert (
+    result["hard_negatives"] > 0 and result["hard_negative_max"] < hashing.DEFAULT_MIN_SIMILARITY
+  )
 
 
 def test_dedup_on_a_tree_of_real_faces_drops_copies_only(tmp_path, faces):

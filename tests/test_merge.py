@@ -18,7 +18,7 @@ from image_trees import (
 )
 from PIL import Image
 
-from data_tools import merge
+from data_tools import affectnet, merge
 
 TRAIN = {"happy": 16, "neutral": 16, "sad": 16, "surprise": 6}
 
@@ -66,8 +66,8 @@ def test_additions_reach_the_share():
 
 
 def test_crop_box_clips_to_the_image():
-  assert merge.crop_box((100, 80), (-5, 10, 50, 200)) == (0, 10, 45, 80)
-  assert merge.crop_box((100, 80), (150, 10, 20, 20)) is None
+  assert affectnet.crop_box((100, 80), (-5, 10, 50, 200)) == (0, 10, 45, 80)
+  assert affectnet.crop_box((100, 80), (150, 10, 20, 20)) is None
 
 
 def test_merge_class_folders(tmp_path, capsys):

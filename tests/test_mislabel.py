@@ -8,7 +8,7 @@ import pytest
 from image_trees import CLASSES, all_files, read_manifest, save, tree_digest
 
 from benchmarks import mislabel_quality
-from data_tools import mislabel
+from data_tools import judge, mislabel
 
 # A tiny CNN that learns the quadrant task below in a few dozen steps.
 TINY = [
@@ -71,14 +71,14 @@ def test_confident_joint_and_noise_estimate_by_hand():
       [0.1, 0.9],
     ]
   )
-  thresholds = mislabel.class_thresholds(probs, labels)
+  thresholds = judge.class_thresholds(probs, labels)
   assert thresholds == pytest.approx([(0.9 + 0.8 + 0.3) / 3, (0.8 + 0.55 + 0.4 + 0.9) / 4])
   # image 2: p1 0.7 >= t1 0.6625 -> (0, 1); image 4: 0.55 reaches neither threshold -> not counted
-  joint = mislabel.confident_joint(probs, labels, thresholds)
+  joint = judge.confident_joint(probs, labels, thresholds)
   assert joint.tolist() == [[2, 1], [0, 2]]
-  q = mislabel.estimate_joint(joint, labels, 2)  # row 0 scaled to 3 images, row 1 to 4
+  q = judge.estimate_joint(joint, labels, 2)  # row 0 scaled to 3 images, row 1 to 4
   assert q == pytest.approx(np.array([[2, 1], [0, 4]]) / 7)
-  found = mislabel.find_suspects(probs, labels)
+  found = judge.find_suspects(probs, labels)
   assert found.noise_rate == pytest.approx(1 / 7)
   assert (
     list(found.ranked) == [2] and found.suggested[2] == 1 and found.margin[2] == pytest.approx(0.4)
@@ -97,7 +97,7 @@ def test_noise_estimate_follows_planted_flips(rate):
   logits[np.arange(n), truth] += 3.0
   probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
   labels, flipped = plant_flips(truth, rate, k, rng)
-  found = mislabel.find_suspects(probs, labels)
+  found = judge.find_suspects(probs, labels)
   flagged = np.zeros(n, bool)
   flagged[found.ranked] = True
   precision, recall = flipped[flagged].mean(), flagged[flipped].mean()
@@ -232,7 +232,7 @@ def test_a_weak_judge_is_called_out_on_builtin_faces(tmp_path, capsys):
     str(tmp_path), 60, 0.08, 2, "configs/model_0.py", small, workers=1
   )
   out = capsys.readouterr().out
-  assert result["accuracy"] < mislabel.WEAK_ACCURACY and "WARNING: weak judge" in out
+  assert result["accuracy"] < judge.WEAK_ACCURACY and "WARNING: weak judge" in out
   assert f"flagged {result['flagged']:,} suspects" in out and "out-of-fold accuracy" in out
   assert len(result["fold_accuracy"]) == 2 and "(per fold: " in out and "lowest fold" in out
 

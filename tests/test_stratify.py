@@ -16,7 +16,7 @@ from image_trees import (
   write_originals,
 )
 
-from data_tools import common, stratify
+from data_tools import common, stratify, writing
 
 
 def test_target_counts_sum_and_round():
@@ -124,7 +124,7 @@ def test_an_interrupted_apply_is_finished_by_the_same_command(tmp_path, monkeypa
   argv = [str(src), "--workers", "1", "--apply", "--no_groups"]
   assert stratify.main(argv + ["--out", str(tmp_path / "whole")]) == 0
 
-  place, calls = common._Writer.place, []
+  place, calls = writing._Writer.place, []
 
   def place_then_die(self, entry, path):  # the process dies while writing the 6th file
     calls.append(path)
@@ -136,11 +136,11 @@ def test_an_interrupted_apply_is_finished_by_the_same_command(tmp_path, monkeypa
     place(self, entry, path)
 
   cut = tmp_path / "cut"
-  monkeypatch.setattr(common._Writer, "place", place_then_die)
+  monkeypatch.setattr(writing._Writer, "place", place_then_die)
   with pytest.raises(KeyboardInterrupt):
     stratify.main(argv + ["--out", str(cut)])
   assert not (cut / "manifest.csv").exists()
-  monkeypatch.setattr(common._Writer, "place", place)
+  monkeypatch.setattr(writing._Writer, "place", place)
   assert stratify.main(argv + ["--out", str(cut)]) == 0  # no --overwrite needed
   tree = lambda root: sorted(os.path.relpath(p, root) for p in all_files(str(root)))  # noqa: E731
   assert tree(cut) == tree(tmp_path / "whole")

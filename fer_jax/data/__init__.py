@@ -5,9 +5,9 @@ source returns the same thing: per split ('train', 'val', 'test') uint8 images [
 and int32 labels indexing `config.data.classes`. Images stay uint8 on the host; the float
 conversion, augmentation and any resizing happen on device.
 
-Modules: `folders` (image folders), `fer2013` (FER2013 and FER+ CSVs), `tfds_source`
-(prepared TFDS datasets), `builtin` (synthetic faces), `splits` (split names, stratified
-hold-out), `cache` (.npz caches).
+Modules: `file_tree` (finding an image folder's files), `folders` (decoding them), `fer2013`
+(FER2013 and FER+ CSVs), `tfds_source` (prepared TFDS datasets), `builtin` (synthetic faces),
+`splits` (split names, stratified hold-out), `cache` (.npz caches).
 """
 
 import collections

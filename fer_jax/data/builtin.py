@@ -11,7 +11,7 @@ from its own sub-seed. See docs/builtin_data.md.
 import numpy as np
 
 from fer_jax import data
-from fer_jax.data import folders, synthetic
+from fer_jax.data import file_tree, synthetic
 
 # Expression prototypes: class -> {parameter: (mean, std)}; unlisted parameters take NEUTRAL's.
 # Values are in face units (see synthetic.py); stds are wide enough that neighbours overlap.
@@ -94,7 +94,7 @@ SPLIT_SIZE = {
 
 def prototype(name):
   """The (mean, std) of every expression parameter for class `name`."""
-  key = folders.canonical_class(name)  # FER+ and AffectNet spell classes as nouns
+  key = file_tree.canonical_class(name)  # FER+ and AffectNet spell classes as nouns
   if key not in PROTOTYPES:
     raise ValueError(
       f"config.data.classes: the built-in faces have no class {name!r}; "

@@ -19,7 +19,8 @@ from PIL import Image
 
 from fer_jax import data
 from fer_jax.data import cache
-from fer_jax.data.folders import match_class, to_array
+from fer_jax.data.file_tree import match_class
+from fer_jax.data.folders import to_array
 from fer_jax.data.splits import normalize_split
 
 INSTALL_HINT = (

@@ -24,7 +24,7 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
-from fer_jax.data import folders
+from fer_jax.data import file_tree, folders
 
 VIDEO_EXTENSIONS = frozenset(
   {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".y4m"}
@@ -77,22 +77,22 @@ def printable(name):
 
 def _media_extension(name):
   ext = os.path.splitext(name)[1].lower()
-  return ext in folders.IMAGE_EXTENSIONS or ext in VIDEO_EXTENSIONS
+  return ext in file_tree.IMAGE_EXTENSIONS or ext in VIDEO_EXTENSIONS
 
 
 def input_paths(inputs):
   """(paths, skipped): the files named, and the photos and videos inside the folders named, each
-  real file once (links and special files as the data loader walks them: folders.find_files);
+  real file once (links and special files as the data loader walks them: file_tree.find_files);
   `skipped` lists (path, reason) for what cannot be opened safely (a named pipe would block)."""
   paths, skipped = [], []
   for item in inputs:
     if os.path.isdir(item):
-      found, not_used = folders.find_files(item)
+      found, not_used = file_tree.find_files(item)
       paths += [p for p in found if _media_extension(os.path.basename(p))]
       skipped += not_used
       continue
     try:
-      kind = folders.file_kind(os.stat(item).st_mode)
+      kind = file_tree.file_kind(os.stat(item).st_mode)
     except FileNotFoundError:
       raise FileNotFoundError(f"no such photo, video or folder: {printable(item)!r}") from None
     except OSError as e:  # a link loop, no permission
