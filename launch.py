@@ -6,7 +6,8 @@
                           training)
 --distributed             one process of a multi-process run (docs/scaling.md); JAX detects the
                           cluster on Cloud TPU, SLURM, Open MPI and Kubernetes, elsewhere add
-                          --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+                          --coordinator_address=HOST:PORT --num_processes=N --process_id=I;
+                          every process checks that the others hold the same settings
 """
 
 import logging as std_logging
@@ -42,6 +43,11 @@ _HEARTBEAT = flags.DEFINE_integer(
   "--distributed: seconds without a heartbeat "
   "from a process before the others stop with an error (JAX's default).",
 )
+_INIT_TIMEOUT = flags.DEFINE_integer(
+  "initialization_timeout",
+  300,
+  "--distributed: seconds to wait for every process to connect to the coordinator (JAX's default).",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -65,15 +71,8 @@ def main(argv):
     logging.get_absl_logger().addFilter(
       lambda r: not (r.levelno >= std_logging.ERROR and f"{os.sep}orbax{os.sep}" in r.pathname)
     )
-  import jax  # after flag parsing, so --help stays fast
-
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize(
-      _COORDINATOR.value,
-      _NUM_PROCESSES.value,
-      _PROCESS_ID.value,
-      heartbeat_timeout_seconds=_HEARTBEAT.value,
-    )
+  # The config is loaded and checked before connecting: a bad one is refused at once, not after
+  # waiting for the other processes.
   try:
     config = _CONFIG.value
     name = config.name  # config_flags loads the file lazily: a missing file fails here
@@ -90,11 +89,27 @@ def main(argv):
 
     print(summary.model_summary(config))
     return
-  from fer_jax.train import loop
-
   workdir = _WORKDIR.value or os.path.join(
     "runs", name + (f"-{config.variant}" if config.variant else "")
   )
+  if _DISTRIBUTED.value:
+    from fer_jax.platform import multiprocess
+
+    try:
+      multiprocess.initialize(
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        _INIT_TIMEOUT.value,
+        _HEARTBEAT.value,
+      )
+      multiprocess.check_same_settings(config, workdir, _INIT_TIMEOUT.value)
+    except multiprocess.DistributedError as e:
+      run_errors.exit_with(f"error: {e}")
+  import jax  # after flag parsing, so --help stays fast
+
+  from fer_jax.train import loop
+
   if jax.process_index() == 0:
     on_cpu = f"; {allocator.describe()}" if jax.default_backend() == "cpu" else ""
     print(

@@ -1,5 +1,6 @@
 """Multi-process training as a cluster starts it: 2 local processes x 2 CPU devices, against one
-process with 4 devices; resume after both die; one dying process stops the other."""
+process with 4 devices; resume after both die; processes with different settings refuse to train
+together; bad flags and a lone process say so in one line."""
 
 import json
 import os
@@ -30,12 +31,12 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start_processes(workdir, extra=()):
-  """Two launch.py processes of one distributed run, 2 CPU devices each; process 0's output is
-  piped."""
+def _start_processes(workdir, extra=(), per_process=((), ()), count=2):
+  """`count` launch.py processes of one distributed run, 2 CPU devices each, `per_process[i]`
+  added to process i's flags; their output (stdout and stderr) is piped."""
   port = _free_port()
   procs = []
-  for pid in range(2):
+  for pid in range(count):
     args = [
       sys.executable,
       os.path.join(ROOT, "launch.py"),
@@ -46,6 +47,7 @@ def _start_processes(workdir, extra=()):
       "--num_processes=2",
       f"--process_id={pid}",
       *extra,
+      *per_process[pid],
     ]
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_NUM_CPU_DEVICES="2")
     procs.append(
@@ -124,3 +126,59 @@ def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp
     and ckpts.manager.best_step() == s["best"]["epoch"]
   )
   ckpts.close()
+
+
+def test_processes_with_different_settings_refuse_together(tmp_path):
+  workdir = str(tmp_path / "mixed")
+  # Where each host caches the data may differ; the learning rate and the seed may not.
+  procs = _start_processes(
+    workdir,
+    per_process=(
+      (),
+      (
+        "--config.optim.lr=0.01",
+        "--config.train.seed=7",
+        "--config.data.cache_dir=" + str(tmp_path / "cache1"),
+      ),
+    ),
+  )
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  want = (
+    "error: the processes of this run hold different settings (process 1 differs from process 0 "
+    "in optim.lr: 0.001 -> 0.01; train.seed: 42 -> 7); start every process with the same "
+    "--config, overrides and --workdir"
+  )
+  for p, out in zip(procs, outs, strict=True):
+    assert p.returncode != 0, out
+    assert out.strip().splitlines()[-1] == want, out
+    assert "Traceback" not in out
+  assert not os.path.exists(workdir)  # refused before anything was written
+
+
+def test_process_id_out_of_range_is_one_line():
+  proc = launch(
+    [
+      *ARGS,
+      "--distributed",
+      "--coordinator_address=localhost:1",
+      "--num_processes=2",
+      "--process_id=2",
+    ],
+    check=False,
+  )
+  assert proc.returncode != 0
+  assert proc.stdout + proc.stderr == (
+    "error: --process_id=2 with --num_processes=2: the processes are numbered 0 to 1; "
+    "give each process its own number in that range\n"
+  )
+
+
+def test_a_lone_process_says_what_it_waits_for(tmp_path):
+  (proc,) = _start_processes(str(tmp_path / "lone"), count=1)
+  try:
+    line = _wait_for_line(proc, "process 0:")
+  finally:
+    proc.kill()
+    proc.communicate(timeout=60)
+  assert "waiting up to 300 s (--initialization_timeout) for all 2 processes" in line
+  assert "to connect to the coordinator at localhost:" in line
