@@ -313,7 +313,7 @@ def test_runs_of_different_classes_are_named_with_their_classes(tmp_path):
   )
   assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
   last = result.stderr.strip().splitlines()[-1]
-  assert f"error: {tmp_path / 'runs'}: the runs have different classes (" in last, last
+  assert f"error: {tmp_path / 'runs'}: runs of different classes (" in last, last
   assert f"a/seed0: {', '.join(CLASSES)}; b/seed0: happy, sad)" in last, last
 
 

@@ -232,9 +232,7 @@ def aggregate(root, max_gap=WINNER_MAX_GAP):
     by_classes.setdefault(", ".join(run["summary"]["classes"]), []).append(run["dir"])
   if len(by_classes) > 1:
     kinds = "; ".join(f"{', '.join(d)}: {c}" for c, d in by_classes.items())
-    raise ValueError(
-      f"{root}: the runs have different classes ({kinds}); report each class set apart"
-    )
+    raise ValueError(f"{root}: runs of different classes ({kinds}); report each class set apart")
   for runs in runs_by_group.values():
     runs.sort(key=lambda r: (r["summary"].get("seed") is None, r["summary"].get("seed")))
   groups = [summarize_group(name, runs) for name, runs in runs_by_group.items()]
