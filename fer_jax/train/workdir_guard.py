@@ -140,6 +140,17 @@ def check_same_data(meta, fingerprint, checkpoints_dir):
     )
 
 
+def lock_holder(fd) -> str:
+  """Who holds the lock file `fd` ("PID 1234 on host node7"), as its holder wrote it."""
+  return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+
+
+def name_holder(fd):
+  """Writes this process into the lock file `fd` it has just locked, for `lock_holder`."""
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+
+
 @contextlib.contextmanager
 def lock(workdir):
   """Holds an exclusive lock on `workdir` (created if needed) while the block runs.
@@ -162,12 +173,11 @@ def lock(workdir):
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
       raise WorkdirError(
-        f"{workdir} is in use by {holder}; wait for that run to end, or pass another --workdir"
+        f"{workdir} is in use by {lock_holder(fd)}; wait for that run to end, or pass another "
+        "--workdir"
       ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+    name_holder(fd)
     try:
       yield
     except BaseException:
