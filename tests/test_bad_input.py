@@ -469,6 +469,26 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path):
   assert epoch >= 2 and last.endswith("; rerun the same command to resume"), last
 
 
+@pytest.mark.parametrize("then", [None, RuntimeError("a library's error after it")])
+def test_a_ctrl_c_that_library_code_swallows_still_ends_the_run(then):
+  from fer_jax.platform import run_errors
+
+  def swallowing_run():
+    try:
+      signal.raise_signal(signal.SIGINT)  # the handler runs here, as if mid-way in a library
+    except BaseException:  # noqa: BLE001 -- what a finalizer or a broad library handler does
+      pass
+    if then is not None:
+      raise then
+
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      run_errors.interruptible(swallowing_run)
+  finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    run_errors._interrupted.clear()
+
+
 # --------------------------------------------------------------------------- 9. unusable paths
 
 

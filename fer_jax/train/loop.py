@@ -25,7 +25,7 @@ import numpy as np
 from fer_jax import config_loading, data, losses, models
 from fer_jax.data import batching
 from fer_jax.evals import common as evals_common
-from fer_jax.platform import sharding
+from fer_jax.platform import run_errors, sharding
 from fer_jax.report import render, run_report
 from fer_jax.report import summary as report_summary
 from fer_jax.train import checkpoint, history, optim, steps, workdir_guard
@@ -359,6 +359,7 @@ def save_epoch(run, state, end, prefix=""):
     )
   if run.done:
     run.state = state
+  run_errors.stop_if_interrupted()
 
 
 def end_fit(run):
