@@ -48,11 +48,13 @@ def test_run_leaves_a_complete_workdir(reference_run):
   history = _history(workdir)
   assert [r["epoch"] for r in history] == [1, 2, 3]
   best_epoch = read_summary(workdir)["best"]["epoch"]
-  # The best epoch and the latest, and the temperature fitted on the best one; nothing else.
+  # The best epoch and the latest, the temperature fitted on the best one and the config they
+  # were trained with; nothing else.
   assert set(os.listdir(os.path.join(workdir, "checkpoints"))) == {
     str(best_epoch),
     "3",
     "calibration.json",
+    "config.json",
   }
   assert {
     "train_loss",
