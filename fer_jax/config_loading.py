@@ -171,9 +171,32 @@ def leaves(config, prefix="") -> dict:
   return out
 
 
+def check_complete(config):
+  """Raises a one-line ConfigError naming every section of configs/common.py's FIELDS that
+  `config` lacks, and every field it lacks of a section's first (always present) table; the
+  tables of some models only may be absent."""
+  from fer_jax.configs import common
+
+  missing = []
+  for name, entry in common.FIELDS.items():
+    if name not in config:
+      missing.append(f"config.{name}")
+    elif not isinstance(entry, Field):
+      table = entry[0] if isinstance(entry, tuple) else entry
+      fields = [k for k, v in table.items() if isinstance(v, Field) and k not in config[name]]
+      missing += [f"config.{name}.{k}" for k in fields]
+  if missing:
+    raise ConfigError(
+      f"{', '.join(missing)}: missing from the config get_config() returned; build it on "
+      "common.base_config(name) (configs/common.py), which has every section and field"
+    )
+
+
 def check_values(config):
   """Raises ConfigError listing, one per line, every field whose value its declaration does not
-  allow (in the declarations' order) and every field of `config` that nobody declared."""
+  allow (in the declarations' order) and every field of `config` that nobody declared; first, in
+  one line, the sections and fields it lacks (`check_complete`)."""
+  check_complete(config)
   declared = declared_fields()
   values = leaves(config)
   errors = []
@@ -325,8 +348,9 @@ def load_config(spec, overrides=None):
     config = module.get_config(variant or None)
   except ValueError as e:  # e.g. an unknown variant
     raise ConfigError(f"config {spec}: {e}") from None
-  if not hasattr(config, "train"):
+  if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"config {path}: get_config() did not return a fer_jax config")
+  check_complete(config)
   config.lock()
   apply_overrides(config, overrides or {})
   check_values(config)

@@ -21,7 +21,9 @@ with --vectorize, config by config, all seeds of a config at once.
 A failing run is reported and the sweep goes on; at the end `fer_jax.report` aggregates the root.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import re
 import shlex
@@ -31,6 +33,35 @@ import traceback
 from fer_jax import config_loading
 
 DATA_FLAGS = ("original", "cleaned", "merged")  # the study's three dataset stages
+
+
+ROOT_LOCK = ".sweep.lock"
+
+
+@contextlib.contextmanager
+def root_lock(root):
+  """Holds `root` while this sweep trains and reports its runs. A second sweep on the same root
+  waits for the first to end (saying who holds it), then skips the runs that one finished: two
+  sweeps at once would each fail on every run the other is training."""
+  from fer_jax.train import workdir_guard
+
+  os.makedirs(root, exist_ok=True)
+  fd = os.open(os.path.join(root, ROOT_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      print(
+        f"waiting for the sweep of {workdir_guard.lock_holder(fd)}, which holds {root}; this "
+        "one goes on when that one ends, skipping the runs it finished",
+        file=sys.stderr,
+        flush=True,
+      )
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    workdir_guard.name_holder(fd)
+    yield
+  finally:
+    os.close(fd)
 
 
 @dataclasses.dataclass
@@ -301,17 +332,18 @@ def main():
 
       if not jax.config.jax_compilation_cache_dir:  # a cache the user configured wins
         jax.config.update("jax_compilation_cache_dir", os.path.join(root_flag.value, ".jax_cache"))
-    results = run_vectorized(runs) if vectorize_flag.value else run_all(runs)
-    print("\nsweep summary")
-    for r, outcome, detail in results:
-      print(f"  {outcome:8s} {r.group}/seed{r.seed}  {detail}")
-    failed = sum(outcome == "failed" for _, outcome, _ in results)
-    if report_flag.value and len(results) > failed:
-      from fer_jax.report import study
+    with root_lock(root_flag.value):
+      results = run_vectorized(runs) if vectorize_flag.value else run_all(runs)
+      print("\nsweep summary")
+      for r, outcome, detail in results:
+        print(f"  {outcome:8s} {r.group}/seed{r.seed}  {detail}")
+      failed = sum(outcome == "failed" for _, outcome, _ in results)
+      if report_flag.value and len(results) > failed:
+        from fer_jax.report import study
 
-      summary = study.write_study_report(root_flag.value)
-      print(summary["decision"]["verdict"])
-      print(f"report: {os.path.join(root_flag.value, 'report.md')} and report.html")
+        summary = study.write_study_report(root_flag.value)
+        print(summary["decision"]["verdict"])
+        print(f"report: {os.path.join(root_flag.value, 'report.md')} and report.html")
     if failed:
       sys.exit(f"{failed} of {len(runs)} runs failed; rerun the same command to retry them")
 

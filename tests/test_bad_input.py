@@ -103,6 +103,28 @@ def test_resuming_with_other_settings_is_refused_and_changes_nothing(unfinished_
   assert not os.path.exists(os.path.join(unfinished_run, "metrics.json"))
 
 
+def test_copied_checkpoints_without_config_json_are_checked_against_their_own_config(
+  unfinished_run, tmp_path
+):
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(os.path.join(unfinished_run, "checkpoints"), os.path.join(workdir, "checkpoints"))
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  proc = run_launch(workdir, "--config.optim.lr=0.01", "--config.train.seed=7")
+  ckpt_config = os.path.join(workdir, "checkpoints", "config.json")
+  assert_one_error_line(
+    proc, "holds a run of other settings", "optim.lr", "train.seed", f"settings in {ckpt_config}"
+  )
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+  assert not os.path.exists(os.path.join(workdir, "config.json"))
+
+
+def test_checkpoints_from_before_they_carried_their_config_resume(unfinished_run):
+  os.remove(os.path.join(unfinished_run, "checkpoints", "config.json"))
+  proc = run_launch(unfinished_run)
+  assert proc.returncode == 0, proc.stderr
+  assert f"Resuming {unfinished_run} after epoch 2" in proc.stdout
+
+
 def test_a_finished_run_of_another_config_is_refused(finished_run):
   proc = launch(
     ["--config=configs/b_pp.py:quick", f"--workdir={finished_run}", *TINY, *TWO_EPOCHS], check=False
@@ -217,6 +239,29 @@ def test_out_of_range_values_are_listed_one_per_line_before_anything_is_created(
     [MODEL_0, f"--workdir={workdir}", *TINY, "--config.train.batch_size=0"], check=False
   )
   assert_one_error_line(zero, "config.train.batch_size=0: must be >= 1")
+
+
+def test_a_config_lacking_sections_is_named_in_one_line(tmp_path):
+  path = tmp_path / "partial.py"
+  path.write_text(
+    "import ml_collections\n"
+    "from fer_jax.configs import common\n\n\n"
+    "def get_config(arg=None):\n"
+    "  model = common.model_config()\n"
+    "  del model.name\n"
+    "  return ml_collections.ConfigDict(\n"
+    "    {'name': 'partial', 'variant': '', 'data': common.data_config(), 'model': model}\n"
+    "  )\n"
+  )
+  want = (
+    "config.model.name, config.loss, config.optim, config.train, config.eval, config.evals: "
+    "missing from the config"
+  )
+  proc = launch([f"--config={path}", f"--workdir={tmp_path / 'run'}"], check=False)
+  assert_one_error_line(proc, want, "common.base_config(name)")
+  with pytest.raises(config_loading.ConfigError, match=want):
+    config_loading.load_config(str(path), {"optim.lr": "0.1"})
+  assert not (tmp_path / "run").exists()
 
 
 def test_every_shipped_config_is_in_range():
@@ -383,6 +428,13 @@ def test_a_truncated_best_checkpoint_is_named(unfinished_run, finished_run):
   assert_one_error_line(proc, f"checkpoints/{best} (epoch {best}) is unreadable")
 
 
+def test_a_lock_that_is_a_folder_is_named_in_one_line(tmp_path):
+  workdir = str(tmp_path / "run")
+  os.makedirs(os.path.join(workdir, workdir_guard.LOCK_FILE))
+  proc = run_launch(workdir)
+  assert_one_error_line(proc, f"{workdir}/.lock is a folder", "move it out of the workdir")
+
+
 # --------------------------------------------------------------------------- 8. Ctrl-C
 
 
@@ -415,6 +467,26 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path):
   last = err.strip().splitlines()[-1]
   epoch = int(last.split("interrupted after epoch ")[1].split(";")[0])
   assert epoch >= 2 and last.endswith("; rerun the same command to resume"), last
+
+
+@pytest.mark.parametrize("then", [None, RuntimeError("a library's error after it")])
+def test_a_ctrl_c_that_library_code_swallows_still_ends_the_run(then):
+  from fer_jax.platform import run_errors
+
+  def swallowing_run():
+    try:
+      signal.raise_signal(signal.SIGINT)  # the handler runs here, as if mid-way in a library
+    except BaseException:  # noqa: BLE001 -- what a finalizer or a broad library handler does
+      pass
+    if then is not None:
+      raise then
+
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      run_errors.interruptible(swallowing_run)
+  finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    run_errors._interrupted.clear()
 
 
 # --------------------------------------------------------------------------- 9. unusable paths

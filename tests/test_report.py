@@ -299,6 +299,24 @@ def test_command_line_writes_the_study_report(tmp_path):
   )
 
 
+def test_runs_of_different_classes_are_named_with_their_classes(tmp_path):
+  fake_run(tmp_path / "runs" / "a" / "seed0", "a", 0, skill=0.85)
+  fake_run(tmp_path / "runs" / "b" / "seed0", "b", 0, skill=0.8)
+  path = tmp_path / "runs" / "b" / "seed0" / "metrics.json"
+  summary = json.loads(path.read_text())
+  path.write_text(json.dumps({**summary, "classes": ["happy", "sad"]}))
+  result = subprocess.run(
+    [sys.executable, "-m", "fer_jax.report", str(tmp_path / "runs")],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert f"error: {tmp_path / 'runs'}: runs of different classes (" in last, last
+  assert f"a/seed0: {', '.join(CLASSES)}; b/seed0: happy, sad)" in last, last
+
+
 def test_runs_from_before_calibration_count_as_temperature_one(tmp_path):
   run_dir = tmp_path / "old" / "seed0"
   summary, _ = fake_run(run_dir, "old", 0, skill=0.8)

@@ -220,6 +220,25 @@ def test_cli_emit_checks_every_config_first(tmp_path):
   assert bad.returncode != 0 and "--config.optim.lrr: no such config field" in bad.stderr
 
 
+def test_a_second_sweep_on_a_root_waits_for_the_first_naming_it(tmp_path):
+  root = str(tmp_path / "root")
+  (run,) = sweep.expand([{"config": "configs/model_0.py:quick"}], root)
+  os.makedirs(run.workdir)
+  open(os.path.join(run.workdir, "metrics.json"), "w").close()  # finished: nothing to train
+  cmd = [sys.executable, "-m", "fer_jax.sweep", "--configs=configs/model_0.py:quick"]
+  cmd += [f"--root={root}", "--report=false", "--compile_cache=false"]
+  with sweep.root_lock(root):  # the first sweep
+    proc = subprocess.Popen(
+      cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    waiting = proc.stderr.readline()
+    assert f"waiting for the sweep of PID {os.getpid()} on host" in waiting, waiting
+    assert proc.poll() is None
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err
+  assert "skipped  model_0-quick/seed0  already finished" in out
+
+
 # Small enough to train in seconds: tiny widths, two steps per epoch, no augmentation.
 TINY = [
   "data.builtin_per_class=16",

@@ -48,11 +48,13 @@ def test_run_leaves_a_complete_workdir(reference_run):
   history = _history(workdir)
   assert [r["epoch"] for r in history] == [1, 2, 3]
   best_epoch = read_summary(workdir)["best"]["epoch"]
-  # The best epoch and the latest, and the temperature fitted on the best one; nothing else.
+  # The best epoch and the latest, the temperature fitted on the best one and the config they
+  # were trained with; nothing else.
   assert set(os.listdir(os.path.join(workdir, "checkpoints"))) == {
     str(best_epoch),
     "3",
     "calibration.json",
+    "config.json",
   }
   assert {
     "train_loss",
@@ -248,6 +250,8 @@ def test_nan_loss_stops_naming_epoch_and_step(tmp_path):
   )
   assert proc.returncode != 0
   assert "error: loss became" in proc.stderr and "at epoch 1, step" in proc.stderr
+  # the advised rerun with a lower lr is another config: the line says how to start afresh
+  assert f"pass a new --workdir (or delete {workdir})" in proc.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize(
@@ -298,6 +302,21 @@ def test_own_image_folder_trains_and_reports_the_unreadable_file(tmp_path):
   )
   assert "broken.jpg" in proc.stdout + proc.stderr
   assert read_summary(workdir)["dataset"]["sizes"] == {"train": 32, "val": 8, "test": 8}
+
+
+def test_data_relabelled_between_a_kill_and_the_resume_is_refused(tmp_path):
+  faces, workdir = tmp_path / "faces", tmp_path / "run"
+  _face_folder(faces)
+  args = ["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY]
+  launch([*args, f"--config.data.root={faces}", "--config.train.epochs=1"])
+  os.remove(workdir / "metrics.json")  # as if killed before its test evaluation
+  os.rename(faces / "train" / "happy" / "0.png", faces / "train" / "sad" / "happy_0.png")
+  proc = launch([*args, f"--config.data.root={faces}", "--config.train.epochs=1"], check=False)
+  last = proc.stderr.strip().splitlines()[-1]
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+  assert f"the data changed since {workdir}/checkpoints/1 was saved" in last, last
+  assert "pass a new --workdir to train afresh" in last
+  assert not (workdir / "metrics.json").exists()
 
 
 def test_empty_split_is_an_error_naming_the_root(tmp_path):

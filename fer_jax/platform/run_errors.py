@@ -5,8 +5,12 @@ docs/troubleshooting.md lists the messages.
 
 import errno
 import os
+import signal
 import sys
+import threading
 from typing import NoReturn
+
+_interrupted = threading.Event()
 
 
 def config_flag_text(e, context):
@@ -67,13 +71,42 @@ def exit_with(text) -> NoReturn:
   down.
   """
   sys.unraisablehook = lambda _: None
+  threading.excepthook = lambda _: None
   sys.exit(text)
+
+
+def _on_sigint(signum, frame):
+  _interrupted.set()
+  raise KeyboardInterrupt
+
+
+def stop_if_interrupted():
+  """Raises KeyboardInterrupt after a Ctrl-C whose own KeyboardInterrupt was swallowed (raised in
+  a finalizer, or in library code that catches BaseException); a no-op outside
+  `interruptible`."""
+  if _interrupted.is_set():
+    raise KeyboardInterrupt
+
+
+def interruptible(train_fn):
+  """Runs `train_fn` so that Ctrl-C always ends it in KeyboardInterrupt, whatever the timing: the
+  interrupt is also recorded, for `stop_if_interrupted` (train.loop calls it after each epoch's
+  save) and for the end, so that one swallowed or turned into another error on the way still
+  stops the run."""
+  signal.signal(signal.SIGINT, _on_sigint)
+  try:
+    train_fn()
+  except Exception:
+    if _interrupted.is_set():
+      raise KeyboardInterrupt from None
+    raise
+  stop_if_interrupted()
 
 
 def one_line_on_failure(train_fn, workdir):
   """Runs `train_fn`; Ctrl-C, bad input, a full disk or a read-only folder end it with one line."""
   try:
-    train_fn()
+    interruptible(train_fn)
   except KeyboardInterrupt:
     exit_with(
       f"interrupted after epoch {last_saved_epoch(workdir) or 0}; rerun the same command to resume"

@@ -115,13 +115,12 @@ def _same_test_set(runs):
 def summarize_group(name, runs):
   """Seed statistics of one group; test-set figures pool the seeds' predictions when saved."""
   s0 = runs[0]["summary"]
-  classes = list(s0["classes"])
   sums = [r["summary"] for r in runs]
   conf = np.sum([s["test"]["confusion"] for s in sums], axis=0)
   g = {
     "name": name,
     "config": run_title(s0["name"], s0.get("variant")),
-    "classes": classes,
+    "classes": list(s0["classes"]),
     "seeds": [s.get("seed") for s in sums],
     "runs": [r["dir"] for r in runs],  # relative to the study root
     "val_accuracy": _mean_std(s["best"]["val_accuracy"] for s in sums),
@@ -225,11 +224,15 @@ def aggregate(root, max_gap=WINNER_MAX_GAP):
   dirs = find_runs(root)
   if not dirs:
     raise FileNotFoundError(f"{root}: no run directories (with metrics.json) found")
-  runs_by_group = {}
+  runs_by_group, by_classes = {}, {}  # by_classes: their confusions cannot be pooled or paired
   for d in dirs:
     run = load_run(d)
     run["dir"] = os.path.relpath(d, root)
     runs_by_group.setdefault(group_name(root, d), []).append(run)
+    by_classes.setdefault(", ".join(run["summary"]["classes"]), []).append(run["dir"])
+  if len(by_classes) > 1:
+    kinds = "; ".join(f"{', '.join(d)}: {c}" for c, d in by_classes.items())
+    raise ValueError(f"{root}: runs of different classes ({kinds}); report each class set apart")
   for runs in runs_by_group.values():
     runs.sort(key=lambda r: (r["summary"].get("seed") is None, r["summary"].get("seed")))
   groups = [summarize_group(name, runs) for name, runs in runs_by_group.items()]

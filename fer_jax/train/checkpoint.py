@@ -103,6 +103,9 @@ class RunCheckpoints:
       recovery = recovery or (
         f"delete {self.directory} and rerun the same command to train this run again from epoch 1"
       )
+      # now: orbax's background threads, left to the interpreter's exit, would print tracebacks
+      with contextlib.suppress(Exception):
+        self.manager.close()
       raise CheckpointError(
         f"checkpoint {self.directory}/{step} (epoch {step}) is unreadable "
         f"({type(e).__name__}: {detail}); {recovery}"

@@ -25,7 +25,7 @@ import numpy as np
 from fer_jax import config_loading, data, losses, models
 from fer_jax.data import batching
 from fer_jax.evals import common as evals_common
-from fer_jax.platform import sharding
+from fer_jax.platform import run_errors, sharding
 from fer_jax.report import render, run_report
 from fer_jax.report import summary as report_summary
 from fer_jax.train import checkpoint, history, optim, steps, workdir_guard
@@ -56,6 +56,7 @@ class ResumeState:
   elapsed_s: float = 0.0
   plateau: dict = None
   early: dict = None
+  data: str = None  # workdir_guard.data_fingerprint of what the run trains on
 
 
 class EvalPass:
@@ -172,8 +173,8 @@ def restore_or_start(config, workdir, dataset=None, mesh=None):
   )
 
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:  # before any checkpoint: a workdir's checkpoints have their config
-    history.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  # before any checkpoint: a workdir's checkpoints have their config
+  workdir_guard.record_config(config, workdir, writes=jax.process_index() == 0)
   ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
   plateau = optim.Plateau(
     config.optim.plateau_factor, config.optim.plateau_patience, config.optim.plateau_min_lr
@@ -181,11 +182,12 @@ def restore_or_start(config, workdir, dataset=None, mesh=None):
   early = optim.EarlyStopping(
     config.train.early_stopping_patience if config.train.early_stopping else math.inf
   )
-  resume = ResumeState()
+  resume = ResumeState(data=workdir_guard.data_fingerprint(ds))
   restored = ckpts.restore_latest(state)
   if restored is not None:
     state, meta = restored
-    resume = ResumeState(**meta)
+    workdir_guard.check_same_data(meta, resume.data, ckpts.directory)
+    resume = ResumeState(**{**meta, "data": resume.data})
     plateau = dataclasses.replace(plateau, **resume.plateau)
     early = dataclasses.replace(early, **resume.early)
     log(f"Resuming {workdir} after epoch {resume.epoch}.")
@@ -224,7 +226,8 @@ def check_finite(run, losses_so_far, first_step, where=""):
   if bad.size:
     raise FloatingPointError(
       f"loss became {losses_so_far[bad[0]]} at epoch {run.resume.epoch + 1}, step "
-      f"{first_step + int(bad[0])}{where}: lower config.optim.lr or check the data"
+      f"{first_step + int(bad[0])}{where}: lower config.optim.lr or check the data, then "
+      f"start afresh: pass a new --workdir (or delete {run.workdir})"
     )
 
 
@@ -320,6 +323,7 @@ def end_epoch(run, train_m, val_m, step_count, factor, epoch_start):
     elapsed_s=run.resume.elapsed_s + time.perf_counter() - epoch_start,
     plateau=dataclasses.asdict(run.plateau),
     early=dataclasses.asdict(run.early),
+    data=run.resume.data,
   )
   run.done = run.stopped_early or epoch >= config.train.epochs
   return {
@@ -355,6 +359,7 @@ def save_epoch(run, state, end, prefix=""):
     )
   if run.done:
     run.state = state
+  run_errors.stop_if_interrupted()
 
 
 def end_fit(run):

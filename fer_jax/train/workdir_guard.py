@@ -1,17 +1,23 @@
-"""Guards of a run's workdir: one config per workdir, one writer at a time.
+"""Guards of a run's workdir: one config and one data set per workdir, one writer at a time.
 
-`check_same_config` compares a config with the `config.json` a workdir already holds, so that a
-resumed (or finished) run is never continued with other settings; `lock` keeps a second process
-from writing into a workdir that another one is training in.
+`check_same_config` compares a config with the `config.json` a workdir already holds, and with
+the copy in its `checkpoints/` (which travels with a copied checkpoints folder), so that a
+resumed (or finished) run is never continued with other settings; `check_same_data` compares the
+data with the fingerprint every checkpoint carries; `lock` keeps a second process from writing
+into a workdir that another one is training in.
 """
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import socket
 
+import numpy as np
+
 from fer_jax.config_loading import declared_fields
+from fer_jax.train import history
 
 # Fields that may differ between the saved config and a resumed one: where data is cached, how
 # it is read, how often progress is printed and how seeds share a program (train.vectorize: the
@@ -25,6 +31,8 @@ RESUME_SAFE_FIELDS = (
 )
 
 LOCK_FILE = ".lock"
+# Where a run's config is recorded: the workdir's own, and the copy that goes with its checkpoints.
+CONFIG_FILES = ("config.json", os.path.join("checkpoints", "config.json"))
 
 
 class WorkdirError(ValueError):
@@ -71,10 +79,25 @@ def check_usable(workdir):
     raise WorkdirError(f"--workdir {workdir}: is a file, not a folder; pass a folder for the run")
 
 
+def record_config(config, workdir, writes=True):
+  """Writes `config` as the workdir's config.json and as checkpoints/config.json (when `writes`:
+  on the process that writes the run's files)."""
+  if writes:
+    os.makedirs(os.path.join(workdir, "checkpoints"), exist_ok=True)
+    for name in CONFIG_FILES:
+      history.write_json(os.path.join(workdir, name), config.to_dict())
+
+
 def check_same_config(config, workdir):
-  """Refuses to continue a workdir whose config.json differs from `config` in a trained field."""
+  """Refuses to continue a workdir whose config.json, or the config its checkpoints were trained
+  with, differs from `config` in a trained field (checkpoints saved before they carried a config
+  are checked against config.json only)."""
   check_usable(workdir)
-  path = os.path.join(workdir, "config.json")
+  for name in CONFIG_FILES:
+    _check_saved_config(config, workdir, os.path.join(workdir, name))
+
+
+def _check_saved_config(config, workdir, path):
   if not os.path.exists(path):
     return
   try:
@@ -93,6 +116,41 @@ def check_same_config(config, workdir):
     )
 
 
+def data_fingerprint(dataset) -> str:
+  """A digest of a data set's classes, images and labels: a resumed run must train on the same."""
+  h = hashlib.blake2b(json.dumps(list(dataset.classes)).encode(), digest_size=8)
+  for name in sorted(dataset.splits):
+    split = dataset.splits[name]
+    h.update(name.encode())
+    for array in (split.labels, split.images):
+      h.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+  return h.hexdigest()
+
+
+def check_same_data(meta, fingerprint, checkpoints_dir):
+  """Refuses to resume from a checkpoint (its `meta`) that was trained on other data (images moved
+  between class folders, added or removed since); a checkpoint saved before checkpoints carried a
+  fingerprint resumes unchecked."""
+  saved = meta.get("data")
+  if saved is not None and saved != fingerprint:
+    raise WorkdirError(
+      f"the data changed since {checkpoints_dir}/{meta['epoch']} was saved (images or labels "
+      f"differ; fingerprint {saved} -> {fingerprint}): resuming would train one run on two data "
+      "sets; restore the data it started with and rerun, or pass a new --workdir to train afresh"
+    )
+
+
+def lock_holder(fd) -> str:
+  """Who holds the lock file `fd` ("PID 1234 on host node7"), as its holder wrote it."""
+  return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+
+
+def name_holder(fd):
+  """Writes this process into the lock file `fd` it has just locked, for `lock_holder`."""
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+
+
 @contextlib.contextmanager
 def lock(workdir):
   """Holds an exclusive lock on `workdir` (created if needed) while the block runs.
@@ -104,17 +162,22 @@ def lock(workdir):
   created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except IsADirectoryError:
+    raise WorkdirError(
+      f"{path} is a folder, not the lock file a run keeps there: move it out of the workdir "
+      "(or delete it) and rerun"
+    ) from None
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
       raise WorkdirError(
-        f"{workdir} is in use by {holder}; wait for that run to end, or pass another --workdir"
+        f"{workdir} is in use by {lock_holder(fd)}; wait for that run to end, or pass another "
+        "--workdir"
       ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+    name_holder(fd)
     try:
       yield
     except BaseException:
