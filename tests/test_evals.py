@@ -9,6 +9,7 @@ import pytest
 
 import fer_jax.evals
 from fer_jax import config_loading
+from fer_jax.configs import common as config_common
 from fer_jax.evals import common
 from fer_jax.train import loop
 
@@ -54,6 +55,15 @@ def probe_module(tmp_path, monkeypatch):
   """fer_jax/evals/probe.py, as a researcher would add it (here in a folder on the package path)."""
   (tmp_path / "probe.py").write_text(PROBE)
   monkeypatch.setattr(fer_jax.evals, "__path__", [*fer_jax.evals.__path__, str(tmp_path)])
+  # ... and its entry's fields declared in configs/common.py's EVALS, as every config field is
+  # (the tests below name the entry `probe` or `a_probe`).
+  entry = {
+    "type": config_loading.Field("probe", "evaluator module: a probe of the context"),
+    "split": config_loading.Field("val", "the split it measures"),
+    "reads_entry": config_loading.Field("test", "the entry whose result it reads"),
+  }
+  for name in ("probe", "a_probe"):
+    monkeypatch.setitem(config_common.EVALS, name, entry)
 
 
 def test_default_evals_run_calibration_and_test_in_order():
