@@ -280,22 +280,8 @@ def plan_dedup(args):
   if args.conflicts == "review":
     reports_out["conflicts.csv"] = common.review_csv(review_rows)
   options = {
-    k: getattr(args, k)
-    for k in (
-      "hash",
-      "threshold",
-      "mirror",
-      "shift",
-      "zoom",
-      "max_shift",
-      "min_similarity",
-      "image_size",
-      "leaks",
-      "within",
-      "conflicts",
-      "review",
-      "classes",
-    )
+    **hashing.hash_flag_values(args),
+    **{k: getattr(args, k) for k in ("leaks", "within", "conflicts", "review", "classes")},
   }
   return writing.Plan(
     "dedup", {"SRC": tree.root}, os.path.abspath(args.out), options, entries, summary, reports_out

@@ -100,6 +100,11 @@ def default_settings():
   return parser.parse_args([])
 
 
+def hash_flag_values(args) -> dict:
+  """{flag: value} of the hash and verification flags (those `add_hash_flags` defines) in `args`."""
+  return {k: getattr(args, k) for k in vars(default_settings())}
+
+
 def check_hash_flags(args):
   if not 0 <= args.threshold <= MAX_THRESHOLD:
     raise common.ToolError(f"--threshold: must be in 0..{MAX_THRESHOLD}, got {args.threshold}")

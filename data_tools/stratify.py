@@ -139,21 +139,9 @@ def plan_stratify(args):
   ]
   summary += achieved_table(entries, classes, args.ratios)
   options = {
-    k: getattr(args, k)
-    for k in (
-      "ratios",
-      "seed",
-      "groups",
-      "hash",
-      "threshold",
-      "mirror",
-      "shift",
-      "zoom",
-      "max_shift",
-      "min_similarity",
-      "image_size",
-      "classes",
-    )
+    **{k: getattr(args, k) for k in ("ratios", "seed", "groups")},
+    **hashing.hash_flag_values(args),
+    "classes": args.classes,
   }
   return writing.Plan(
     "stratify", {"SRC": tree.root}, os.path.abspath(args.out), options, entries, summary

@@ -279,15 +279,9 @@ def main(argv):
 
   try:
     detectors.detector(_DETECTOR.value)  # an uninstalled backend fails here, before the model loads
-    scorer = (
-      scoring.Scorer.from_workdir(_WORKDIR.value)
-      if _WORKDIR.value
-      else scoring.Scorer.default(_CLASSES.value)
-    )
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  if scorer.warning:
-    print(f"warning: {scorer.warning}", file=sys.stderr)
+  scorer = scoring.Scorer.for_command_line(_WORKDIR.value, _CLASSES.value)
   detection = scoring.Detection(
     _DETECTOR.value,
     detectors.FER_MARGIN if _MARGIN.value is None else _MARGIN.value,

@@ -11,6 +11,7 @@ predict.py (photos, folders, videos) and serve/ (the web demo) are thin layers o
 
 import dataclasses
 import os
+import sys
 
 import numpy as np
 
@@ -97,6 +98,19 @@ class Scorer:
         f"are uncalibrated (T = 1) and the threshold is the config's {cal.threshold:g}; rerun "
         "the run's training command to finish it"
       )
+    return scorer
+
+  @classmethod
+  def for_command_line(cls, workdir, classes):
+    """What predict and serve ask for: a run's scorer (`workdir`) or the default model's
+    (`classes`); a bad run or model ends the command in one line, a run without calibration
+    gets a warning line."""
+    try:
+      scorer = cls.from_workdir(workdir) if workdir else cls.default(classes)
+    except (FileNotFoundError, ValueError) as e:
+      sys.exit(f"error: {e}")
+    if scorer.warning:
+      print(f"warning: {scorer.warning}", file=sys.stderr)
     return scorer
 
   @classmethod

@@ -80,15 +80,9 @@ def main(argv):
   )
   try:
     scoring.find_faces(np.zeros((8, 8, 3), np.uint8), detection)  # loads it before a frame comes
-    scorer = (
-      scoring.Scorer.from_workdir(_WORKDIR.value)
-      if _WORKDIR.value
-      else scoring.Scorer.default(_CLASSES.value)
-    )
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  if scorer.warning:
-    print(f"warning: {scorer.warning}", file=sys.stderr)
+  scorer = scoring.Scorer.for_command_line(_WORKDIR.value, _CLASSES.value)
   # Compiled now, so that the first frame is answered as fast as the next ones.
   scorer.probabilities(
     np.zeros((1, scorer.image_size, scorer.image_size, scorer.channels), np.uint8)
