@@ -19,6 +19,7 @@ bad value and every field nobody declared, one per line. `python -m fer_jax.conf
 import ast
 import dataclasses
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -190,6 +191,25 @@ def check_complete(config):
       f"{', '.join(missing)}: missing from the config get_config() returned; build it on "
       "common.base_config(name) (configs/common.py), which has every section and field"
     )
+
+
+ABSENT = object()  # a field one of two configs lacks, for field_differences' `same`
+
+
+def field_differences(before, after, same=None) -> list[str]:
+  """['field: before -> after', ...] (values as JSON, "(absent)" for a missing one) for the fields
+  of two flat {field: value} dicts that differ, in field order; `same(field, before, after)`
+  (ABSENT for a missing value) may declare a difference none."""
+
+  def show(v):
+    return "(absent)" if v is ABSENT else json.dumps(v)
+
+  diffs = []
+  for field in sorted(before.keys() | after.keys()):
+    a, b = before.get(field, ABSENT), after.get(field, ABSENT)
+    if a != b and not (same and same(field, a, b)):
+      diffs.append(f"{field}: {show(a)} -> {show(b)}")
+  return diffs
 
 
 def check_values(config):
@@ -364,8 +384,6 @@ def load_run_config(workdir):
   is applied as a type-checked override, then `check_values`. A run of a config file outside
   configs/ is rebuilt from its saved values, each checked against its field's declaration. Raises
   a one-line ConfigError naming config.json when it is missing, unreadable or does not fit."""
-  import json
-
   from fer_jax.train import workdir_guard
 
   path = os.path.join(workdir, "config.json")

@@ -8,7 +8,7 @@ messages are listed in docs/troubleshooting.md.
 
 import json
 
-from fer_jax.config_loading import leaves
+from fer_jax.config_loading import field_differences, leaves
 
 # Settings of one host alone: where it caches the decoded data and how many threads read it.
 HOST_LOCAL_FIELDS = ("data.cache_dir", "data.num_workers")
@@ -85,20 +85,6 @@ def settings_of(config, workdir) -> dict:
   return json.loads(json.dumps(values, default=str))
 
 
-def settings_differences(reference, other) -> list[str]:
-  """['field: value here -> value there', ...] for the fields where two settings dicts differ."""
-  missing = object()
-
-  def show(v):
-    return "(absent)" if v is missing else json.dumps(v)
-
-  return [
-    f"{field}: {show(reference.get(field, missing))} -> {show(other.get(field, missing))}"
-    for field in sorted(reference.keys() | other.keys())
-    if reference.get(field, missing) != other.get(field, missing)
-  ]
-
-
 def check_same_settings(config, workdir, timeout_s):
   """Refuses, on every process alike, a run whose processes hold different settings.
 
@@ -118,7 +104,7 @@ def check_same_settings(config, workdir, timeout_s):
     problems = []
     for i in range(1, n):
       theirs = json.loads(client.blocking_key_value_get(f"{_SETTINGS_KEY}{i}", timeout_ms))
-      diffs = settings_differences(mine, theirs)
+      diffs = field_differences(mine, theirs)
       if diffs:
         problems.append(f"process {i} differs from process 0 in {'; '.join(diffs)}")
     client.key_value_set(_VERDICT_KEY, " | ".join(problems))

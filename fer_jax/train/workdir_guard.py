@@ -16,7 +16,7 @@ import socket
 
 import numpy as np
 
-from fer_jax.config_loading import declared_fields
+from fer_jax.config_loading import ABSENT, declared_fields, field_differences
 from fer_jax.train import history
 
 # Fields that may differ between the saved config and a resumed one: where data is cached, how
@@ -54,23 +54,15 @@ def config_differences(saved, config):
   """['field: saved -> now', ...] for the fields of two config dicts that differ (safe fields left
   out)."""
   now = flat_fields(json.loads(json.dumps(config)))  # tuples as the saved JSON holds them: lists
-  saved = flat_fields(saved)
-  missing = object()
-
-  def show(v):
-    return "(absent)" if v is missing else json.dumps(v)
-
   # A workdir written before a field existed ran as the field's default does (a new field's
   # default keeps what fer_jax did before it), so that is no difference.
   defaults = {k: json.loads(json.dumps(f.default)) for k, f in declared_fields().items()}
-  diffs = []
-  for field in sorted(set(saved) | set(now)):
-    before, after = saved.get(field, missing), now.get(field, missing)
-    if before is missing and field in defaults and after == defaults[field]:
-      continue
-    if field not in RESUME_SAFE_FIELDS and before != after:
-      diffs.append(f"{field}: {show(before)} -> {show(after)}")
-  return diffs
+
+  def same(field, before, after):
+    new_at_default = before is ABSENT and field in defaults and after == defaults[field]
+    return field in RESUME_SAFE_FIELDS or new_at_default
+
+  return field_differences(flat_fields(saved), now, same)
 
 
 def check_usable(workdir):
