@@ -304,6 +304,9 @@ TRAIN = {
   "flip": Field(True, "horizontal flip, p = 0.5"),
   "rotation": Field(0.05, "max rotation, fraction of a full turn (0.05 = 18 degrees)", fraction()),
   "zoom": Field(0.05, "max zoom in/out, fraction", fraction(high_open=True)),
+  "shift": Field(
+    0.0, "max shift (translation) up/down and left/right, fraction of the side", fraction()
+  ),
   "contrast": Field(
     0.05, "contrast factor uniform in [1 - c, 1 + c] around the image mean", fraction()
   ),

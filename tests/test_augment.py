@@ -10,7 +10,7 @@ from fer_jax import augment
 
 
 def _cfg(**overrides):
-  cfg = dict(flip=False, rotation=0.0, zoom=0.0, contrast=0.0, fill_mode="reflect")
+  cfg = dict(flip=False, rotation=0.0, zoom=0.0, shift=0.0, contrast=0.0, fill_mode="reflect")
   cfg.update(overrides)
   return ml_collections.ConfigDict(cfg)
 
@@ -67,6 +67,28 @@ def test_full_augmentation_in_range_random_per_image_and_deterministic(images):
   assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
   assert not np.allclose(out[0], out[1])  # one key per image
   np.testing.assert_array_equal(out, augment.augment_batch(jax.random.key(7), same, cfg))
+
+
+def test_shift_moves_the_content_by_whole_pixels_and_leaves_other_draws_alone(images):
+  dot = jnp.zeros((9, 9, 1)).at[4, 4, 0].set(1.0)
+  out = augment.affine_resample(dot, 0.0, 1.0, "constant", shift=(2.0, -1.0))
+  assert np.unravel_index(int(jnp.argmax(out)), out.shape)[:2] == (6, 3)  # 2 down, 1 left
+  # Shifts stay within the fraction of the side, and adding them leaves the flip, rotation,
+  # zoom and contrast draws of a config without shift as they were (same keys).
+  key = jax.random.key(5)
+  cfg = _cfg(flip=True, rotation=0.05, zoom=0.05, contrast=0.05)
+  plain = augment.augment_batch(key, images, cfg)
+  shifted = augment.augment_batch(
+    key, images, _cfg(flip=True, rotation=0.05, zoom=0.05, contrast=0.05, shift=0.1)
+  )
+  assert not np.allclose(plain, shifted)
+  again = augment.augment_batch(key, images, cfg)
+  np.testing.assert_array_equal(plain, again)
+  dots = jnp.repeat(dot[None], 16, axis=0)
+  moved = augment.augment_batch(key, dots, _cfg(shift=0.25))
+  peaks = [np.unravel_index(int(jnp.argmax(m)), m.shape)[:2] for m in moved]
+  assert all(abs(r - 4) <= 9 * 0.25 + 1 and abs(c - 4) <= 9 * 0.25 + 1 for r, c in peaks)
+  assert len(set(peaks)) > 4  # each image its own shift
 
 
 def test_unknown_fill_mode_names_the_field(images):
