@@ -102,6 +102,7 @@ def main(argv):
         _PROCESS_ID.value,
         _INIT_TIMEOUT.value,
         _HEARTBEAT.value,
+        workdir,
       )
       multiprocess.check_same_settings(config, workdir, _INIT_TIMEOUT.value)
     except multiprocess.DistributedError as e:

@@ -25,6 +25,9 @@ ARGS = [
 ]
 
 
+_FATAL = "Terminating process because the JAX distributed service detected fatal errors"
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -82,9 +85,17 @@ def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp
   workdir = str(tmp_path / "two_processes")
   procs = _start_processes(workdir)
   _wait_for_line(procs[0], "epoch 2/3")
-  for p in procs:
-    p.send_signal(signal.SIGKILL)
-    p.wait(timeout=60)
+  # The coordinator dies; JAX aborts the other process, which first says so in our words.
+  procs[0].send_signal(signal.SIGKILL)
+  procs[0].wait(timeout=60)
+  out1 = procs[1].communicate(timeout=120)[0]
+  assert procs[1].returncode != 0, out1
+  said = (
+    "error: process 1: the distributed run lost process 0 (the coordinator) (killed, crashed, "
+    "out of memory or unreachable), so JAX stops every process now; start all 2 processes "
+    f"again with the same command and training resumes from the last checkpoint in {workdir}\n"
+  )
+  assert said in out1 and out1.index(said) < out1.index(_FATAL), out1
   assert not os.path.exists(os.path.join(workdir, "metrics.json"))
 
   procs = _start_processes(workdir)

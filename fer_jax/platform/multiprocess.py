@@ -57,11 +57,17 @@ def waiting_line(coordinator, num_processes, process_id, timeout_s) -> str:
   )
 
 
-def initialize(coordinator, num_processes, process_id, initialization_timeout, heartbeat_timeout):
-  """Checks the flags, says what it waits for, then jax.distributed.initialize()."""
+def initialize(
+  coordinator, num_processes, process_id, initialization_timeout, heartbeat_timeout, workdir
+):
+  """Checks the flags, says what it waits for, then jax.distributed.initialize(); from then on a
+  lost peer is announced in one line before JAX's abort (peer_loss)."""
   import jax
 
+  from fer_jax.platform import peer_loss
+
   check_flags(coordinator, num_processes, process_id)
+  peer_loss.route_stderr(process_id, num_processes, workdir)
   print(waiting_line(coordinator, num_processes, process_id, initialization_timeout), flush=True)
   try:
     jax.distributed.initialize(
