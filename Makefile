@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/b_pp.py:quick
 WORKDIR ?= runs/b_pp-quick
+ONNX_DIR ?=
 
 .PHONY: run test lint bench demo clean
 
@@ -75,8 +76,10 @@ lint: $(VENV)/.lint
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks.train_throughput
 
+# ONNX_DIR=DIR (an export: python -m fer_jax.export --format=onnx --out=DIR) turns on the page's
+# in-browser mode.
 demo: $(VENV)/.demo $(WEB)/.done
-	$(PY) -m fer_jax.serve
+	$(PY) -m fer_jax.serve $(if $(ONNX_DIR),--onnx_dir=$(ONNX_DIR))
 
 clean:
 	rm -rf $(VENV) runs .cache
