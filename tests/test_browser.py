@@ -224,8 +224,16 @@ def test_server_mode_answers_tracks_records_and_stops_cleanly(server, browser, t
   page.screenshot(path=SCREENSHOT)
   stats = page.locator("#stats").text_content()
 
-  # Stop: no frame, figures, overlays or faces left, and no error.
-  page.click("#stop")
+  # Stop, pressed while a frame is being encoded (once a TypeError: the frame was then sent on the
+  # closed connection): no frame, figures, overlays or faces left, and no error.
+  page.evaluate("""() => new Promise(done => {
+      const encode = HTMLCanvasElement.prototype.toBlob;
+      HTMLCanvasElement.prototype.toBlob = function (callback, ...args) {
+        HTMLCanvasElement.prototype.toBlob = encode;
+        document.getElementById('stop').click();
+        encode.call(this, blob => { callback(blob); done(); }, ...args);
+      };
+  })""")
   page.wait_for_function(f"document.getElementById('stats').textContent === '{IDLE_STATS}'")
   cleared = page.evaluate("""() => {
       const c = document.getElementById('live');
