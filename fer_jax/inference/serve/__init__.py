@@ -24,6 +24,7 @@ written by `python -m fer_jax.export --format=onnx`); /api/info says whether bot
 import dataclasses
 import io
 import os
+import threading
 import time
 
 from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
@@ -96,6 +97,7 @@ def create_app(
   web_missing = missing_files(web_dir, WEB_FILES)
   model_missing = missing_files(onnx_dir, MODEL_FILES)
   counts = {"frames_scored": 0}  # uploads and WebSocket frames: the in-browser mode sends none
+  counting = threading.Lock()  # frames are scored on the thread pool
 
   def detection_for(request_detector):
     """The server's Detection, or one with the backend a request asked for (400 if unknown)."""
@@ -125,7 +127,8 @@ def create_app(
       raise HTTPException(400, str(e)) from None
     found, dropped = scoring.find_faces(rgb, detection)
     results = scoring.score_faces(scorer, rgb, found, detection, tracker=tracker)
-    counts["frames_scored"] += 1
+    with counting:
+      counts["frames_scored"] += 1
     return {
       "width": rgb.shape[1],
       "height": rgb.shape[0],
