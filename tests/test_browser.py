@@ -202,7 +202,6 @@ def test_server_mode_answers_tracks_records_and_stops_cleanly(server, browser, t
       }
       return n;
   }""")
-  page.locator("#faces li.face canvas.timeline").first.screenshot(path=tmp_path / "timeline.png")
   assert happy_line >= 3, happy_line
   for rect in overlays.values():  # label and bars inside the 640x480 canvas
     assert rect["x"] >= 0 and rect["y"] >= 0

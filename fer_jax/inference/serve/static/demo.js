@@ -234,14 +234,17 @@ async function scorePhoto(ev) {
     (msg.dropped_faces ? `<li>${msg.dropped_faces} more faces not scored (cap per frame)</li>` : "");
 }
 
-// The detector list: the server's backends, or BlazeFace alone in the browser.
-function syncDetectors() {
+// The detector list (the server's backends, or BlazeFace alone in the browser) and the model line.
+function syncMode() {
   const sel = $("detector"), browser = $("mode").value === "browser";
   const names = browser ? ["blazeface"] : info.detectors;
   const keep = sel.dataset.server || info.detector;
   sel.innerHTML = names.map(n => `<option>${esc(n)}</option>`).join("");
   sel.value = browser ? "blazeface" : keep;
   sel.disabled = browser;
+  $("model").innerHTML = browser
+    ? "<small>model: the exported ONNX model (/model/model.onnx), run in this page</small>"
+    : `<small>model: ${esc(info.model)} · uncertain below ${info.threshold}</small>`;
 }
 
 function restartIfRunning() {
@@ -250,14 +253,13 @@ function restartIfRunning() {
 
 async function init() {
   info = await (await fetch("/api/info")).json();
-  $("model").innerHTML = `<small>model: ${esc(info.model)} · uncertain below ${info.threshold}</small>`;
   const params = new URLSearchParams(location.search), ib = info.in_browser;
   $("mode").querySelector('[value="browser"]').disabled = !ib.available;
   $("modenote").textContent = ib.available ? "" : `in-browser mode off: ${ib.why_not}`;
   if (params.get("mode") === "browser" && ib.available) $("mode").value = "browser";
   $("detector").dataset.server = params.get("detector") || info.detector;
-  syncDetectors();
-  $("mode").onchange = () => { syncDetectors(); restartIfRunning(); };
+  syncMode();
+  $("mode").onchange = () => { syncMode(); restartIfRunning(); };
   $("detector").onchange = () => { $("detector").dataset.server = $("detector").value; restartIfRunning(); };
   $("start").onclick = start;
   $("stop").onclick = stop;
