@@ -1,9 +1,9 @@
-"""The web demo: a FastAPI app serving one HTML page, a photo upload endpoint and a WebSocket for
-webcam frames.
+"""The web demo: a FastAPI app serving one page (static/: index.html and its scripts), a photo
+upload endpoint and a WebSocket for webcam frames.
 
   python -m fer_jax.serve            # http://127.0.0.1:8000 (also `make demo`)
 
-The page (static/index.html) takes the webcam with getUserMedia and sends one JPEG frame at a time
+The page (static/demo.js) takes the webcam with getUserMedia and sends one JPEG frame at a time
 over the WebSocket; it sends the next only when the answer for the last has come back, so a slow
 machine lowers the frame rate instead of building a queue. Each connection has its own face
 tracker, so webcam answers are smoothed over frames as predict.py smooths videos.
