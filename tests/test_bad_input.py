@@ -570,6 +570,17 @@ def test_a_config_file_without_get_config(tmp_path):
   assert_one_error_line(proc, "the config file defines no get_config(arg)")
 
 
+def test_a_missing_config_file_and_an_unknown_field_are_named_plainly(tmp_path):
+  proc = launch(["--config=configs/nope.py", f"--workdir={tmp_path / 'run'}"], check=False)
+  assert_one_error_line(proc, "error: no config file configs/nope.py (--config=configs/nope.py")
+  for field, said in (
+    ("nope", "unknown field nope ("),
+    ("widthz", 'unknown field widthz. Did you'),
+  ):
+    proc = launch([MODEL_0, f"--config.model.{field}=1"], check=False)
+    assert_one_error_line(proc, said)
+
+
 # --------------------------------------------------------------------------- 12. data
 
 

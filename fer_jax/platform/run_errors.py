@@ -5,6 +5,7 @@ docs/troubleshooting.md lists the messages.
 
 import errno
 import os
+import re
 import signal
 import sys
 import threading
@@ -19,11 +20,15 @@ def config_flag_text(e, context):
     line.strip(" '\"\\") for line in str(e).replace("\\n", "\n").splitlines() if line.strip()
   ]
   detail = lines[-1] if lines else type(e).__name__
+  missing = re.search(r"No such file or directory: '([^']*)'", str(e))
   # config_flags imports the file and calls get_config()
   if "has no attribute 'get_config" in detail:
     detail = "the config file defines no get_config(arg)"
+  elif missing:
+    detail = f"no config file {missing.group(1)}"
   elif isinstance(e, (AttributeError, KeyError)):  # ConfigDict's unknown field: "Did you mean ..."
-    detail = f"unknown field {lines[0]}. {detail}"
+    field = lines[0] if lines else "?"
+    detail = f"unknown field {field}" + (f". {detail}" if detail != field else "")
   return f"error: {detail} ({context})"
 
 
