@@ -124,6 +124,9 @@ def test_video_rows_per_face_per_frame_with_stable_track_ids(tmp_path, capsys):
   video = cv2.VideoCapture(str(tmp_path / "boxed.mp4"))
   ok, first = video.read()
   assert ok and first.shape == (240, 480, 3) and int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+  run([clip, f"--annotate={tmp_path / 'ann'}"], capsys)  # a folder: <name>.annotated.mp4 in it
+  video = cv2.VideoCapture(str(tmp_path / "ann" / "clip.annotated.mp4"))
+  assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
   with pytest.raises(app.UsageError, match="exists; it is never replaced"):
     run([clip, f"--annotate={tmp_path / 'boxed.mp4'}"], capsys)
   with pytest.raises(app.UsageError, match="takes one video input"):
