@@ -358,6 +358,17 @@ def test_an_uncertain_label_keeps_its_lean_and_stays_in_the_frame(scorer):
   corner = dataclasses.replace(unsure, face=detectors.Face(470, 0, 40, 40, 1.0))
   drawn = scoring.annotate(rgb, [corner])
   amber = (255, 176, 0)
-  # The label's background: from the frame's right edge leftwards past the box (to fit), at the
-  # box's top inside it (no room above).
-  assert tuple(drawn[2, 511]) == amber and tuple(drawn[2, 400]) == amber
+  # The label's background: from the frame's right edge leftwards past the box (to fit), below
+  # the box (no room above it).
+  assert tuple(drawn[41, 511]) == amber and tuple(drawn[41, 400]) == amber
+
+
+def test_a_label_avoids_the_other_faces_and_the_frame_edges():
+  left_face = detectors.Face(10, 100, 40, 40, 1.0)
+  other_box = (60, 70, 100, 110)  # the box of a face beside it, a little higher
+  # Above the left face the 90 x 18 label would cover the right face's box: it goes below.
+  assert scoring.label_place(left_face, (90, 18), (512, 512), [other_box]) == (10, 141)
+  assert scoring.label_place(left_face, (90, 18), (512, 512), []) == (10, 82)  # nothing in the way
+  # At the frame's top-right corner: moved left to fit, and below the box (no room above).
+  corner = detectors.Face(480, 0, 30, 30, 1.0)
+  assert scoring.label_place(corner, (90, 18), (512, 512), []) == (512 - 90, 31)

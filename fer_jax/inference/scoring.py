@@ -295,30 +295,50 @@ def flicker(answers_per_frame):
   return changes / max(1, len(answers_per_frame) - 1)
 
 
+def _overlap(a, b):
+  """Whether rectangles (x0, y0, x1, y1) a and b overlap."""
+  return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def label_place(face, size, frame_size, avoid):
+  """(left, top) of a label of `size` (w, h) for `face`: above its box, below it, or inside its
+  top, the first that stays in the frame and covers none of the `avoid` rectangles (the other
+  faces' boxes and the labels placed so far); where each would cover one, the first in the
+  frame. Moved left where the frame's right edge would cut it."""
+  (w, h), (width, height) = size, frame_size
+  left = min(max(0, face.x), max(0, width - w))
+  tops = [t for t in (face.y - h, face.y + face.h + 1, face.y) if 0 <= t <= height - h]
+  tops = tops or [max(0, min(face.y, height - h))]
+  for top in tops:
+    if not any(_overlap((left, top, left + w, top + h), a) for a in avoid):
+      return left, top
+  return left, tops[0]
+
+
 def annotate(rgb, results):
-  """A copy of the frame with each face's box and label (green answered, amber uncertain); the
-  label sits above the box, or inside its top where there is no room, and never past the frame's
-  edges."""
+  """A copy of the frame with each face's box and label (green answered, amber uncertain), each
+  label inside the frame and off the other faces (label_place)."""
   import cv2
 
   out = np.ascontiguousarray(rgb).copy()
   height, width = out.shape[:2]
   thick = max(1, round(max(rgb.shape[:2]) / 400))
   scale, font = 0.5 * thick, cv2.FONT_HERSHEY_SIMPLEX
-  for r in results:
-    f = r.face
+  boxes = [(r.face.x, r.face.y, r.face.x + r.face.w, r.face.y + r.face.h) for r in results]
+  placed = []
+  for i, r in enumerate(results):
     color = (255, 176, 0) if r.answer == UNCERTAIN else (40, 200, 60)
-    cv2.rectangle(out, (f.x, f.y), (f.x + f.w, f.y + f.h), color, thick)
+    cv2.rectangle(out, boxes[i][:2], boxes[i][2:], color, thick)
     # OpenCV's Hershey fonts are ASCII: the label's " · " is drawn as a dot between two parts.
     parts = r.label().split(" · ")
     sizes = [cv2.getTextSize(p, font, scale, thick) for p in parts]
     gap = sizes[0][0][1] if len(parts) > 1 else 0
-    tw = sum(w for (w, _), _ in sizes) + gap * (len(parts) - 1)
+    tw = sum(w for (w, _), _ in sizes) + gap * (len(parts) - 1) + 4
     th, base = sizes[0][0][1], sizes[0][1]
-    box_h = th + base + 2
-    left = min(max(0, f.x), max(0, width - tw - 4))
-    top = f.y - box_h if f.y - box_h >= 0 else max(0, min(f.y, height - box_h))
-    cv2.rectangle(out, (left, top), (left + tw + 4, top + box_h), color, -1)
+    avoid = boxes[:i] + boxes[i + 1 :] + placed
+    left, top = label_place(r.face, (tw, th + base + 2), (width, height), avoid)
+    placed.append((left, top, left + tw, top + th + base + 2))
+    cv2.rectangle(out, placed[-1][:2], placed[-1][2:], color, -1)
     x = left + 2
     for k, (part, ((w, _), _)) in enumerate(zip(parts, sizes)):
       if k:
