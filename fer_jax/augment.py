@@ -2,7 +2,8 @@
 
 Each image gets its own random flip, rotation, zoom, shift and contrast, as Keras's RandomFlip,
 RandomRotation, RandomZoom, RandomTranslation and RandomContrast layers do. Rotation, zoom and
-shift are one affine resampling (bilinear, `fill_mode` at the borders: Keras's default 'reflect' is SciPy's 'reflect').
+shift are one affine resampling (bilinear, `fill_mode` at the borders: Keras's default 'reflect'
+is SciPy's 'reflect').
 """
 
 import jax
