@@ -148,7 +148,9 @@ class RunCheckpoints:
 def restore_best_variables(directory, like_variables):
   """The model variables {'params', 'batch_stats'} of a run's best epoch, or None before its first
   save: only those leaves of the saved train state are read (orbax's partial restore), so a
-  scorer needs neither an optimiser nor the optimiser state's bytes.
+  scorer needs neither an optimiser nor the optimiser state's bytes. A run that kept an average
+  of its weights (config.optim.ema_decay, train/ema.py) was evaluated and calibrated with it:
+  then the average is what is read.
 
   `like_variables` gives their structure, shapes and dtypes (arrays or jax.ShapeDtypeStruct, e.g.
   `jax.eval_shape` of the model's init); they are restored onto the first local device. A
@@ -161,11 +163,17 @@ def restore_best_variables(directory, like_variables):
     lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), like_variables
   )
   options = ocp.CheckpointManagerOptions(best_fn=_rank, best_mode="max", create=False)
-  manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  manager = ocp.CheckpointManager(
+    os.path.abspath(directory), options=options, item_handlers=handlers
+  )
   try:
     step = manager.best_step()
     if step is None:
       return None
+    averaged = manager.item_metadata(step)["state"].tree.get("ema") is not None
+    if averaged:
+      abstract = {"ema": abstract}
     try:
       restored = manager.restore(
         step,
@@ -186,4 +194,4 @@ def restore_best_variables(directory, like_variables):
       ) from None
   finally:
     manager.close()
-  return restored.state
+  return restored.state["ema"] if averaged else restored.state
