@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fer_jax import config_loading, models
+from fer_jax.report import study
 from fer_jax.train import checkpoint, ema, loop, members, steps
 
 DECAY = 0.9
@@ -23,6 +24,7 @@ OVERRIDES = {
   "train.epochs": 3,
   "train.early_stopping": False,
   "optim.ema_decay": DECAY,
+  "eval.tta": "flip",  # end to end with test-time augmentation too
   "train.seed": 1,
   "data.cache_dir": os.path.join(tempfile.gettempdir(), "fer_jax_test_cache"),
 }
@@ -134,18 +136,24 @@ def test_the_best_checkpoint_holds_the_average_and_the_scorer_reads_it(reference
   assert not all(np.allclose(a, b) for a, b in live)  # the average, not the live weights
   report = open(os.path.join(ref_dir, "report.md")).read()
   assert f"EMA of the parameters and BatchNorm statistics, decay {DECAY:g}" in report
+  assert "test accuracy with TTA flip, 2 views" in report
 
 
 def test_vectorized_members_with_ema_equal_separate_runs(reference_run, tmp_path):
   ref_dir, ref = reference_run
   configs = [_config(), _config(**{"train.seed": 2})]
-  summaries = members.train_together(configs, [str(tmp_path / "s1"), str(tmp_path / "s2")])
+  workdirs = [tmp_path / "model_0" / "seed1", tmp_path / "model_0" / "seed2"]
+  summaries = members.train_together(configs, [str(w) for w in workdirs])
   for key in ("train_loss", "val_loss", "val_accuracy"):
     np.testing.assert_allclose(
-      [r[key] for r in _history(tmp_path / "s1")],
-      [r[key] for r in _history(ref_dir)],
-      rtol=1e-4,
+      [r[key] for r in _history(workdirs[0])], [r[key] for r in _history(ref_dir)], rtol=1e-4
     )
   assert summaries[0]["test"]["accuracy"] == ref["test"]["accuracy"]
+  assert summaries[0]["test_tta"]["accuracy"] == ref["test_tta"]["accuracy"]
   assert summaries[1]["weights"] == f"ema {DECAY:g}"
-  assert _history(tmp_path / "s2")[0]["train_loss"] != _history(ref_dir)[0]["train_loss"]
+  assert _history(workdirs[1])[0]["train_loss"] != _history(ref_dir)[0]["train_loss"]
+  # the two members as one seed ensemble, with and without TTA (fer_jax/report/seeds.py)
+  (group,) = study.aggregate(str(tmp_path))[0]["groups"]
+  assert set(group["ensemble"]) == {"plain", "TTA"}
+  plain = group["ensemble"]["plain"]
+  assert plain["member_accuracy"]["values"] == [s["test"]["accuracy"] for s in summaries]
