@@ -5,6 +5,7 @@ import json
 import os
 import tempfile
 
+import flax
 import jax
 import numpy as np
 import pytest
@@ -157,3 +158,18 @@ def test_vectorized_members_with_ema_equal_separate_runs(reference_run, tmp_path
   assert set(group["ensemble"]) == {"plain", "TTA"}
   plain = group["ensemble"]["plain"]
   assert plain["member_accuracy"]["values"] == [s["test"]["accuracy"] for s in summaries]
+
+
+def test_a_checkpoint_from_before_weight_averaging_restores(tmp_path):
+  config = _config(**{"optim.ema_decay": 0.0})
+  state, _, _ = steps.create_state(config, models.build(config.model, 4), (48, 48, 1), 10)
+  old = flax.serialization.to_state_dict(state)  # what runs saved before TrainState.ema
+  del old["ema"]
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path))
+  ckpts.save(1, old, {"epoch": 1}, val_accuracy=0.5)
+  ckpts.close()
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path))
+  restored, meta = ckpts.restore_latest(state)
+  ckpts.close()
+  assert meta == {"epoch": 1} and restored.ema is None
+  _assert_trees_close(restored.variables(), state.variables(), rtol=0, atol=0)
