@@ -284,6 +284,13 @@ OPTIM = {
   "finetune_lr": Field(
     1e-5, "transfer 'finetune': learning rate of the unfrozen backbone blocks", at_least(0)
   ),
+  "ema_decay": Field(
+    0.0,
+    "> 0: every evaluation (val per epoch, the best epoch, the evaluators, predict) uses an "
+    "exponential moving average of the parameters and BatchNorm statistics with this decay "
+    "(e.g. 0.999; warm-up min(decay, (1 + t) / (10 + t))); 0 = the live weights",
+    fraction(high_open=True),
+  ),
 }
 
 TRAIN = {
@@ -344,6 +351,20 @@ EVAL = {
     "right at least this often (e.g. 0.9), fitted after temperature scaling; "
     "0 = use confidence_threshold",
     fraction(),
+  ),
+  "tta": Field(
+    "none",
+    "test-time augmentation of the evaluators: their figures with it are reported beside the "
+    "plain ones, with a temperature and threshold of their own (fitted on the averaged val "
+    "probabilities)",
+    one_of(
+      {
+        "none": "none",
+        "flip": "the mean probabilities of each face and its mirror image (2 views)",
+        "flip+shifts": "of the face and its mirror, each also shifted by 2 pixels up, down, "
+        "left and right, edges repeated (10 views)",
+      }
+    ),
   ),
 }
 

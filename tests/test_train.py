@@ -129,6 +129,7 @@ def test_default_evals_give_the_metrics_json_of_every_run(reference_run):
     "seed",
     "classes",
     "model",
+    "weights",
     "dataset",
     "params",
     "best",

@@ -18,7 +18,11 @@ The saved threshold is the rule's: `config.eval.confidence_threshold`, or, when
 
 As an evaluator (`config.evals` entry `type="calibration"`, evals/common.py), `Evaluator` fits both
 on the best weights' logits of its `split`, records them in metrics.json under "calibration",
-saves calibration.json and returns the `Calibration` for the evaluators that read it.
+saves calibration.json and returns the `Calibration` for the evaluators that read it. With
+test-time augmentation (`config.eval.tta`, evals/tta.py) it fits a second pair on the split's
+averaged TTA probabilities, for the TTA figures (`Calibration.tta`, "calibration"."tta" in
+metrics.json, "tta" in calibration.json); predict and the server, which score one view, keep the
+plain pair.
 """
 
 import dataclasses
@@ -28,7 +32,7 @@ import os
 import numpy as np
 from scipy import optimize, special
 
-from fer_jax.evals import metrics
+from fer_jax.evals import metrics, tta
 from fer_jax.train import history
 
 FILE = os.path.join("checkpoints", "calibration.json")
@@ -42,6 +46,7 @@ LOG_T_BOUNDS = (
 class Calibration:
   temperature: float  # 1 = the raw probabilities
   threshold: float  # the confidence below which an answer is "uncertain"
+  tta: "Calibration" = None  # of the test-time-augmented probabilities (config.eval.tta; tta.py)
 
 
 def probabilities(logits, temperature=1.0):
@@ -151,8 +156,20 @@ class Evaluator:
 
   def run(self, ctx, results):
     split = ctx.dataset.splits[self.split]
-    _, logits = ctx.evaluate(split)
+    split_m, logits = ctx.evaluate(split)
     cal, record = calibrate(logits, split.labels, ctx.config.eval)
+    mode = ctx.config.eval.tta
+    if mode != "none":
+      tta_m, tta_logits = tta.evaluate(ctx.evaluate, split, mode)
+      tta_cal, tta_record = calibrate(tta_logits, split.labels, ctx.config.eval)
+      record["tta"] = {
+        "views": mode,
+        "num_views": tta_m["views"],
+        "accuracy": tta_m["accuracy"],
+        "plain_accuracy": split_m["accuracy"],
+        **tta_record,
+      }
+      cal = dataclasses.replace(cal, tta=tta_cal)
     ctx.summary["calibration"] = record
     if ctx.writes:
       save(ctx.workdir, cal)

@@ -4,15 +4,22 @@ With the temperature and threshold of the calibration entry it reads (`calibrati
 weights' `split` (test by default) gets metrics.json's `<split>` record from the calibrated
 probabilities (accuracy, F1, confusions, calibration, the confidence rule; "loss" is the
 training loss of the raw logits) and `<split>_raw` from the raw ones (calibration and the
-rule), and `<split>_predictions.npz` holds labels, probs, raw_probs and the temperature.
+rule), and `<split>_predictions.npz` holds labels, probs, raw_probs, the temperature and the
+split's `fingerprint` (a digest of its classes, images and labels: the study report refuses to
+average runs tested on different sets into an ensemble). With test-time augmentation
+(`config.eval.tta`) the same figures of the averaged views, calibrated with the TTA temperature,
+go beside them as `<split>_tta` and `<split>_tta_raw`, and into the .npz as tta_probs,
+tta_raw_probs and tta_temperature.
 """
 
+import dataclasses
 import os
 
 import numpy as np
 
 from fer_jax.evals import calibration as calibration_lib
-from fer_jax.evals import metrics
+from fer_jax.evals import metrics, tta
+from fer_jax.train import workdir_guard
 
 
 class Evaluator:
@@ -37,12 +44,32 @@ class Evaluator:
     ctx.summary[f"{self.split}_raw"] = metrics.confidence_metrics(
       split.labels, raw_probs, cal.threshold
     )
+    fingerprint = workdir_guard.data_fingerprint(
+      dataclasses.replace(ctx.dataset, splits={self.split: split})
+    )
+    arrays = {"probs": probs, "raw_probs": raw_probs, "temperature": cal.temperature}
+    if cal.tta is not None:
+      arrays.update(self.tta_figures(ctx, split, cal.tta))
     if ctx.writes:
       np.savez(
         os.path.join(ctx.workdir, f"{self.split}_predictions.npz"),
         labels=split.labels.astype(np.int32),
-        probs=probs.astype(np.float32),
-        raw_probs=raw_probs.astype(np.float32),
-        temperature=np.float32(cal.temperature),
+        fingerprint=np.str_(fingerprint),
+        **{k: np.asarray(v, np.float32) for k, v in arrays.items()},
       )
     return record
+
+  def tta_figures(self, ctx, split, cal):
+    """Adds `<split>_tta` and `<split>_tta_raw` to the summary; returns their arrays."""
+    mode = ctx.config.eval.tta
+    tta_m, log_probs = tta.evaluate(ctx.evaluate, split, mode)
+    raw_probs = calibration_lib.probabilities(log_probs)
+    probs = calibration_lib.probabilities(log_probs, cal.temperature)
+    record = metrics.classification_metrics(
+      split.labels, probs, list(ctx.dataset.classes), cal.threshold
+    )
+    ctx.summary[f"{self.split}_tta"] = {"views": mode, "num_views": tta_m["views"], **record}
+    ctx.summary[f"{self.split}_tta_raw"] = metrics.confidence_metrics(
+      split.labels, raw_probs, cal.threshold
+    )
+    return {"tta_probs": probs, "tta_raw_probs": raw_probs, "tta_temperature": cal.temperature}

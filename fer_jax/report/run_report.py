@@ -157,6 +157,35 @@ def eval_mode_rows(best):
   ]
 
 
+def weights_text(weights):
+  if weights == "plain":
+    return "the live weights"
+  decay = weights.split()[-1]
+  return f"EMA of the parameters and BatchNorm statistics, decay {decay} (best epoch chosen by it)"
+
+
+def tta_rows(summary):
+  """Test-time augmentation's figures beside the plain ones (none when config.eval.tta is none)."""
+  if "test_tta" not in summary:
+    return []
+  tta, raw, val = summary["test_tta"], summary["test_tta_raw"], summary["calibration"]["tta"]
+  views = f"TTA {tta['views']}, {tta['num_views']} views"
+  rule = tta["confidence_rule"]
+  return [
+    [
+      f"val accuracy with {views} (plain)",
+      f"{pct(val['accuracy'])} ({pct(val['plain_accuracy'])})",
+    ],
+    [f"test accuracy with {views}", pct(tta["accuracy"])],
+    [f"test macro F1 with {views}", f"{tta['macro_f1']:.3f}"],
+    [
+      f"test ECE with {views}, raw → calibrated (T = {val['temperature']:.3f})",
+      f"{raw['calibration']['ece']:.4f} → {tta['calibration']['ece']:.4f}",
+    ],
+    [f"answered at {rule['threshold']:.2f} with {views}", pct(rule["coverage"], 1)],
+  ]
+
+
 def system_bullets(system):
   if not isinstance(system, dict):
     return bullets([str(system)])
@@ -186,9 +215,11 @@ def run_blocks(summary):
         ["train accuracy at best (running, train mode)", pct(best["train_accuracy"])],
         ["train − val gap", gap_text(best["gap"], best.get("gap_eval"))],
         *eval_mode_rows(best),
+        ["weights evaluated", weights_text(summary.get("weights", "plain"))],
         ["test accuracy", pct(test["accuracy"])],
         ["test loss", num(test.get("loss"), ".4f")],
         ["test macro F1", f"{test['macro_f1']:.3f}"],
+        *tta_rows(summary),
       ],
     ),
     heading("Training curves"),

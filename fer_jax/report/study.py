@@ -12,7 +12,7 @@ import numpy as np
 
 from fer_jax.configs import common
 from fer_jax.evals import metrics
-from fer_jax.report import plots
+from fer_jax.report import plots, seeds
 from fer_jax.report.render import (
   bullets,
   heading,
@@ -52,11 +52,8 @@ def find_runs(root):
 
 
 def load_run(run_dir):
-  """metrics.json, metrics.jsonl and (when present) test_predictions.npz of one run.
-
-  `probs` are calibrated and `raw_probs` the ones before; a run from before calibration saved
-  only raw `probs`, which then serve as both (its temperature is 1).
-  """
+  """metrics.json, metrics.jsonl and (when present) test_predictions.npz of one run
+  (seeds.load_predictions: `probs` are calibrated, `raw_probs` the ones before)."""
   path = os.path.join(run_dir, "metrics.json")
   with open(path) as f:
     try:
@@ -67,20 +64,8 @@ def load_run(run_dir):
         "or move the run out of the folder"
       ) from None
   history = read_history(os.path.join(run_dir, "metrics.jsonl"))
-  labels = probs = raw_probs = None
-  npz = os.path.join(run_dir, "test_predictions.npz")
-  if os.path.exists(npz):
-    with np.load(npz, allow_pickle=False) as d:
-      labels, probs = d["labels"], d["probs"]
-      raw_probs = d["raw_probs"] if "raw_probs" in d.files else probs
-  return {
-    "dir": run_dir,
-    "summary": summary,
-    "history": history,
-    "labels": labels,
-    "probs": probs,
-    "raw_probs": raw_probs,
-  }
+  predictions = seeds.load_predictions(os.path.join(run_dir, "test_predictions.npz"))
+  return {"dir": run_dir, "summary": summary, "history": history, **predictions}
 
 
 def group_name(root, run_dir):
@@ -90,17 +75,6 @@ def group_name(root, run_dir):
   if tail.startswith("seed") and tail[4:].isdigit() and head:
     return head
   return rel
-
-
-def _mean_std(values):
-  v = np.asarray([x for x in values if x is not None], np.float64)
-  if v.size == 0:
-    return {"mean": None, "std": None, "values": []}
-  return {
-    "mean": float(v.mean()),
-    "std": float(v.std(ddof=1)) if v.size > 1 else None,
-    "values": v.tolist(),
-  }
 
 
 def _same_test_set(runs):
@@ -123,20 +97,21 @@ def summarize_group(name, runs):
     "classes": list(s0["classes"]),
     "seeds": [s.get("seed") for s in sums],
     "runs": [r["dir"] for r in runs],  # relative to the study root
-    "val_accuracy": _mean_std(s["best"]["val_accuracy"] for s in sums),
-    "test_accuracy": _mean_std(s["test"]["accuracy"] for s in sums),
-    "test_loss": _mean_std(s["test"].get("loss") for s in sums),
-    "macro_f1": _mean_std(s["test"]["macro_f1"] for s in sums),
-    "gap": _mean_std(s["best"]["gap"] for s in sums),
-    "gap_eval": _mean_std(s["best"].get("gap_eval") for s in sums),
-    "temperature": _mean_std(s.get("calibration", {}).get("temperature", 1.0) for s in sums),
-    "best_epoch": _mean_std(s["best"]["epoch"] for s in sums),
+    "val_accuracy": seeds.mean_std(s["best"]["val_accuracy"] for s in sums),
+    "test_accuracy": seeds.mean_std(s["test"]["accuracy"] for s in sums),
+    "test_loss": seeds.mean_std(s["test"].get("loss") for s in sums),
+    "macro_f1": seeds.mean_std(s["test"]["macro_f1"] for s in sums),
+    "gap": seeds.mean_std(s["best"]["gap"] for s in sums),
+    "gap_eval": seeds.mean_std(s["best"].get("gap_eval") for s in sums),
+    "temperature": seeds.mean_std(s.get("calibration", {}).get("temperature", 1.0) for s in sums),
+    "best_epoch": seeds.mean_std(s["best"]["epoch"] for s in sums),
     "params": s0["params"],
-    "time_per_epoch_s": _mean_std(s.get("time_per_epoch_s") for s in sums),
-    "images_per_s": _mean_std(s.get("images_per_s") for s in sums),
+    "time_per_epoch_s": seeds.mean_std(s.get("time_per_epoch_s") for s in sums),
+    "images_per_s": seeds.mean_std(s.get("images_per_s") for s in sums),
     "confusion_normalized": (conf / np.maximum(conf.sum(axis=1, keepdims=True), 1)).tolist(),
   }
   g["gap_diagnosis"] = metrics.gap_diagnosis(g["gap"]["mean"], g["gap_eval"]["mean"])
+  g["ensemble"] = seeds.ensemble(name, runs, STUDY_RULE_THRESHOLD)
   if _same_test_set(runs):
     labels = runs[0]["labels"]
     preds = np.stack([r["probs"].argmax(axis=1) for r in runs])
@@ -246,15 +221,6 @@ def aggregate(root, max_gap=WINNER_MAX_GAP):
   return summary, runs_by_group
 
 
-def _pm(stat, scale=100, fmt=".2f", unit=" %"):
-  if stat["mean"] is None:
-    return "—"
-  text = f"{scale * stat['mean']:{fmt}}"
-  if stat["std"] is not None:
-    text += f" ± {scale * stat['std']:{fmt}}"
-  return text + unit
-
-
 COMPARISON_HEADER = [
   "config",
   "seeds",
@@ -275,20 +241,20 @@ def comparison_rows(groups, winner=None):
   rows = []
   for g in groups:
     ci = g.get("test_ci")
-    test = _pm(g["test_accuracy"], fmt=".2f", unit="")
+    test = seeds.pm(g["test_accuracy"], fmt=".2f", unit="")
     test += f" [{100 * ci['low']:.2f}, {100 * ci['high']:.2f}] %" if ci else " %"
     rows.append(
       [
         g["name"] + (" (winner)" if g["name"] == winner else ""),
         len(g["seeds"]),
-        _pm(g["val_accuracy"]),
+        seeds.pm(g["val_accuracy"]),
         test,
         f"{g['gap']['mean']:+.1f}, {g['gap_diagnosis']}",
-        _pm(g["best_epoch"], scale=1, fmt=".1f", unit=""),
+        seeds.pm(g["best_epoch"], scale=1, fmt=".1f", unit=""),
         num(g["params"]["total"]),
         seconds(g["time_per_epoch_s"]["mean"]),
         num(g["images_per_s"]["mean"], ",.1f"),
-        _pm(g["macro_f1"], scale=1, fmt=".3f", unit=""),
+        seeds.pm(g["macro_f1"], scale=1, fmt=".3f", unit=""),
         f"{g['raw_calibration']['ece']:.4f} → {g['calibration']['ece']:.4f}"
         if "calibration" in g
         else "—",
@@ -372,7 +338,7 @@ def study_blocks(summary):
         [
           [
             g["name"],
-            _pm(g["temperature"], scale=1, fmt=".3f", unit=""),
+            seeds.pm(g["temperature"], scale=1, fmt=".3f", unit=""),
             *(
               f"{g[p + 'calibration'][k]:.4f}"
               for k in ("ece", "nll", "brier")
@@ -396,6 +362,7 @@ def study_blocks(summary):
         "coverage and accuracy against the confidence threshold, calibrated",
       ),
     ]
+  blocks += seeds.ensemble_blocks(groups, STUDY_RULE_THRESHOLD)
   blocks += [heading("Runs"), bullets(f"{g['name']}: " + ", ".join(g["runs"]) for g in groups)]
   return blocks
 

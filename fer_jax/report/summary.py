@@ -41,6 +41,8 @@ def run_fields(config, ds, history, best_epoch, param_counts) -> dict:
     "seed": config.train.seed,
     "classes": list(ds.classes),
     "model": config.model.name,
+    # what every evaluation used, the best epoch's choice included (train/ema.py)
+    "weights": f"ema {config.optim.ema_decay:g}" if config.optim.ema_decay else "plain",
     "dataset": {"name": ds.name, "sizes": ds.sizes()},
     "params": param_counts,
     "best": {
@@ -88,13 +90,35 @@ def format_summary(summary) -> str:
         else ""
       ),
       f"test accuracy {test['accuracy']:.2%}  loss {test['loss']:.4f}  "
-      f"macro F1 {test['macro_f1']:.3f}",
+      f"macro F1 {test['macro_f1']:.3f}" + weights_note(summary),
+      *tta_lines(summary),
       *calibration_lines(summary),
       f"params {p['total']:,} ({p['trainable']:,} trainable)  "
       f"time {summary['wall_time_s'] / 60:.1f} min "
       f"({summary['time_per_epoch_s']:.1f} s/epoch, {summary['images_per_s']:.0f} img/s)",
     ]
   )
+
+
+def weights_note(summary) -> str:
+  """Which weights the figures are of, when not the live ones (runs from before say nothing)."""
+  weights = summary.get("weights", "plain")
+  return "" if weights == "plain" else f"  (weights: {weights})"
+
+
+def tta_lines(summary) -> list:
+  """Test accuracy with test-time augmentation beside the plain one (none without TTA)."""
+  if "test_tta" not in summary:
+    return []
+  tta, raw, plain = summary["test_tta"], summary["test_tta_raw"], summary["test"]
+  return [
+    f"with TTA ({tta['views']}, {tta['num_views']} views): test accuracy {tta['accuracy']:.2%} "
+    f"({100 * (tta['accuracy'] - plain['accuracy']):+.2f} points)  macro F1 "
+    f"{tta['macro_f1']:.3f}  ECE {raw['calibration']['ece']:.4f} -> "
+    f"{tta['calibration']['ece']:.4f} (T {summary['calibration']['tta']['temperature']:.3f}); "
+    f"answered at {tta['confidence_rule']['threshold']:.2f}: "
+    f"{tta['confidence_rule']['coverage']:.1%}",
+  ]
 
 
 def calibration_lines(summary) -> list:

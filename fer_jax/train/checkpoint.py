@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 
+import flax
 import jax
 import orbax.checkpoint as ocp
 
@@ -60,7 +61,8 @@ class RunCheckpoints:
     options = ocp.CheckpointManagerOptions(
       preservation_policy=keep, best_fn=_rank, best_mode="max", create=True
     )
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   def save(self, epoch, state, meta, val_accuracy):
     """Saves epoch `epoch` asynchronously; the manager keeps it while it is the latest or best."""
@@ -92,6 +94,12 @@ class RunCheckpoints:
   def _restore(self, step, like_state, recovery=None):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_state)
     try:
+      # A checkpoint from before weight averaging (train/ema.py) has no `ema`: a run without it
+      # restores the rest.
+      legacy = getattr(like_state, "ema", False) is None and "ema" not in self._saved_keys(step)
+      if legacy:
+        abstract = flax.serialization.to_state_dict(abstract)
+        del abstract["ema"]
       restored = self.manager.restore(
         step,
         args=ocp.args.Composite(
@@ -110,7 +118,13 @@ class RunCheckpoints:
         f"checkpoint {self.directory}/{step} (epoch {step}) is unreadable "
         f"({type(e).__name__}: {detail}); {recovery}"
       ) from None
-    return restored.state, restored.meta
+    state = restored.state
+    if legacy:
+      state = flax.serialization.from_state_dict(like_state, {**state, "ema": None})
+    return state, restored.meta
+
+  def _saved_keys(self, step):
+    return set(self.manager.item_metadata(step)["state"].tree)
 
   def restore_latest(self, like_state):
     """(state, meta) of the last completed epoch, or None for a fresh run."""
@@ -148,7 +162,9 @@ class RunCheckpoints:
 def restore_best_variables(directory, like_variables):
   """The model variables {'params', 'batch_stats'} of a run's best epoch, or None before its first
   save: only those leaves of the saved train state are read (orbax's partial restore), so a
-  scorer needs neither an optimiser nor the optimiser state's bytes.
+  scorer needs neither an optimiser nor the optimiser state's bytes. A run that kept an average
+  of its weights (config.optim.ema_decay, train/ema.py) was evaluated and calibrated with it:
+  then the average is what is read.
 
   `like_variables` gives their structure, shapes and dtypes (arrays or jax.ShapeDtypeStruct, e.g.
   `jax.eval_shape` of the model's init); they are restored onto the first local device. A
@@ -161,11 +177,17 @@ def restore_best_variables(directory, like_variables):
     lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), like_variables
   )
   options = ocp.CheckpointManagerOptions(best_fn=_rank, best_mode="max", create=False)
-  manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  manager = ocp.CheckpointManager(
+    os.path.abspath(directory), options=options, item_handlers=handlers
+  )
   try:
     step = manager.best_step()
     if step is None:
       return None
+    averaged = manager.item_metadata(step)["state"].tree.get("ema") is not None
+    if averaged:
+      abstract = {"ema": abstract}
     try:
       restored = manager.restore(
         step,
@@ -186,4 +208,4 @@ def restore_best_variables(directory, like_variables):
       ) from None
   finally:
     manager.close()
-  return restored.state
+  return restored.state["ema"] if averaged else restored.state

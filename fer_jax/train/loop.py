@@ -85,7 +85,7 @@ class EvalPass:
       batch_sums, batch_logits = sharding.to_host(self.eval_step(state, x, y, m))
       sums = {k: sums[k] + v for k, v in batch_sums.items()}
       logits.append(batch_logits[..., mask > 0, :])
-    loss = sums["loss"] / sums["count"] + sharding.to_host(self.l2(state.params))
+    loss = sums["loss"] / sums["count"] + sharding.to_host(self.l2(state))
     return loss, sums["correct"] / sums["count"], np.concatenate(logits, axis=-2)
 
 

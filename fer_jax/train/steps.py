@@ -2,7 +2,7 @@
 
 `make_train_step` returns `(state, images_u8, labels, rng) -> (state, metrics)`, `make_eval_step`
 `(state, images_u8, labels, mask) -> (sums, logits)` (no randomness: eval mode) and `make_l2_fn`
-`params -> L2 penalty`; each is built once per run from its config, model and optimiser. The host
+`state -> L2 penalty`; each is built once per run from its config, model and optimiser. The host
 feeds uint8 images; conversion to float, augmentation, the forward pass, loss and update all run
 on device. Randomness is the run's key folded with the step number, so a resumed run draws
 exactly the numbers an uninterrupted one would.
@@ -19,7 +19,7 @@ import optax
 from jax import lax
 
 from fer_jax import augment, losses, models
-from fer_jax.train import optim
+from fer_jax.train import ema, optim
 
 
 @flax.struct.dataclass
@@ -28,9 +28,14 @@ class TrainState:
   params: dict
   batch_stats: dict
   opt_state: tuple
+  ema: dict = None  # {"params", "batch_stats"} averaged (config.optim.ema_decay > 0; train/ema.py)
 
   def variables(self):
     return {"params": self.params, "batch_stats": self.batch_stats}
+
+  def eval_variables(self):
+    """The weights every evaluation uses: the average when the run keeps one, else the live ones."""
+    return self.variables() if self.ema is None else self.ema
 
 
 def create_state(config, model, input_shape, steps_per_epoch, param_labels=None):
@@ -48,6 +53,7 @@ def create_state(config, model, input_shape, steps_per_epoch, param_labels=None)
     params=variables["params"],
     batch_stats=variables.get("batch_stats", {}),
     opt_state=tx.init(variables["params"]),
+    ema=ema.init(variables, config.optim.ema_decay),
   )
   return state, tx, param_labels
 
@@ -122,11 +128,18 @@ def make_train_step(
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     deltas, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(jnp.add, state.params, deltas)
     new_state = state.replace(
       step=state.step + 1,
-      params=jax.tree.map(jnp.add, state.params, deltas),
+      params=params,
       batch_stats=batch_stats,
       opt_state=opt_state,
+      ema=ema.update(
+        state.ema,
+        {"params": params, "batch_stats": batch_stats},
+        state.step,
+        config.optim.ema_decay,
+      ),
     )
     metrics = {
       "loss": loss,
@@ -152,7 +165,7 @@ def make_eval_step(config, model, num_classes, members=None):
   per_sample = losses.per_sample_loss_fn(config.loss, num_classes)
 
   def eval_step(state, images_u8, labels, mask):
-    logits = models.apply(model, state.variables(), models.to_float(images_u8), train=False)
+    logits = models.apply(model, state.eval_variables(), models.to_float(images_u8), train=False)
     sums = {
       "loss": jnp.sum(per_sample(logits, labels) * mask),
       "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
@@ -164,6 +177,11 @@ def make_eval_step(config, model, num_classes, members=None):
 
 
 def make_l2_fn(config, members=None):
-  """Jitted params -> the config's L2 penalty (the regularisation term of Keras's val_loss)."""
-  l2 = lambda params: losses.l2_penalty(params, losses.l2_coefficients(params, config.loss))  # noqa: E731
+  """Jitted state -> the config's L2 penalty of the weights evaluations use (the regularisation
+  term of Keras's val_loss)."""
+
+  def l2(state):
+    params = state.eval_variables()["params"]
+    return losses.l2_penalty(params, losses.l2_coefficients(params, config.loss))
+
   return jax.jit(over_members(l2, members, (0,), config.train.vectorize))
