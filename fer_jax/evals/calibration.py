@@ -30,7 +30,7 @@ import json
 import os
 
 import numpy as np
-from scipy import optimize, special
+from scipy import special
 
 from fer_jax.evals import metrics, tta
 from fer_jax.train import history
@@ -66,6 +66,8 @@ def fit_temperature(logits, labels):
   labels = np.asarray(labels)
   if len(labels) == 0:
     raise ValueError("cannot fit a temperature on an empty split")
+  from scipy import optimize  # 1 s of CPU to import; predict and serve never fit
+
   res = optimize.minimize_scalar(
     lambda log_t: nll(logits, labels, np.exp(log_t)),
     bounds=LOG_T_BOUNDS,

@@ -8,7 +8,6 @@ precision + recall is 0. Macro averages run over every configured class, present
 """
 
 import numpy as np
-from scipy import stats
 
 ECE_BINS = 15  # equal-width confidence bins (Guo et al. 2017)
 MAIN_CONFUSION_RATE = 0.10  # the study listed misclassifications above 10 % of a class
@@ -217,6 +216,10 @@ def mcnemar(labels, preds_a, preds_b):
   of b against b + c at p = 0.5 for few discordant pairs, otherwise the chi-square (1 dof) test
   of Edwards' continuity-corrected statistic (scipy.stats).
   """
+  # Imported here: scipy.stats costs 1.6 s of CPU, which predict and serve (they import this
+  # module through calibration) would pay at every start without using it.
+  from scipy import stats
+
   labels = np.asarray(labels)
   right_a = np.asarray(preds_a) == labels
   right_b = np.asarray(preds_b) == labels
