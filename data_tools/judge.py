@@ -64,7 +64,10 @@ def find_suspects(probs, labels):
   others = probs.copy()
   others[rows, labels] = -np.inf
   best_other = np.argmax(others, axis=1)
-  flagged = cleanlab.filter.find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+  # n_jobs=1: cleanlab's worker pool would fork a process that has JAX's threads running
+  flagged = cleanlab.filter.find_label_issues(
+    labels, probs, filter_by="prune_by_noise_rate", n_jobs=1
+  )
   suggested = np.where(flagged, best_other, -1)
   margin = np.where(flagged, probs[rows, best_other] - given, np.nan)
   found = np.flatnonzero(flagged)
