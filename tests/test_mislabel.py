@@ -74,9 +74,9 @@ def test_confident_joint_and_noise_estimate_by_hand():
   thresholds = judge.class_thresholds(probs, labels)
   assert thresholds == pytest.approx([(0.9 + 0.8 + 0.3) / 3, (0.8 + 0.55 + 0.4 + 0.9) / 4])
   # image 2: p1 0.7 >= t1 0.6625 -> (0, 1); image 4: 0.55 reaches neither threshold -> not counted
-  joint = judge.confident_joint(probs, labels, thresholds)
+  joint = judge.confident_joint(probs, labels)
   assert joint.tolist() == [[2, 1], [0, 2]]
-  q = judge.estimate_joint(joint, labels, 2)  # row 0 scaled to 3 images, row 1 to 4
+  q = judge.estimate_joint(probs, labels)  # row 0 scaled to 3 images, row 1 to 4
   assert q == pytest.approx(np.array([[2, 1], [0, 4]]) / 7)
   found = judge.find_suspects(probs, labels)
   assert found.noise_rate == pytest.approx(1 / 7)
