@@ -19,6 +19,9 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
 # What fer_jax.platform.sharding.configure_backend sets on CPU, for tests that trace models outside
 # a run.
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
+# predict's and serve's persistent compilation cache (fer_jax/inference/compile_cache.py) stays
+# off, so no test reads or fills the user's ~/.cache/fer_jax; the test of the cache turns it on.
+os.environ.setdefault("FER_JAX_COMPILE_CACHE", "off")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

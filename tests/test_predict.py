@@ -20,9 +20,8 @@ from fer_jax.inference import compile_cache, predict
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FER2013 = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-# The tests' predict runs (in this process and in subprocesses) leave the user's cache alone;
-# test_a_second_run_loads_the_compiled_model_from_the_cache names its own.
-os.environ.setdefault(compile_cache.ENV, "off")
+# conftest turns the compilation cache off for every test;
+# test_a_second_run_loads_the_compiled_model_from_the_cache names a cache of its own.
 
 
 def run(args, capsys):
