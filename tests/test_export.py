@@ -148,6 +148,7 @@ def test_onnx_names_and_free_batch_in_the_graph(exported):
   assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
 def test_tflite_signature_has_a_free_batch(exported):
   import tensorflow as tf
 

@@ -3,7 +3,7 @@
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from fer_jax.inference import export
 
@@ -24,6 +24,8 @@ _OUT = flags.DEFINE_string(
 
 
 def main(argv):
+  if not any(a.startswith(("--verbosity", "-v")) for a in sys.argv):
+    logging.set_verbosity(logging.WARNING)  # JAX's backend probing, TF's SavedModel steps
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   from fer_jax.inference import scoring

@@ -2,10 +2,14 @@
 TFLite converter, built-in TFLite operators only (no TensorFlow ops, so the LiteRT runtime alone
 runs it); checked with TensorFlow's TFLite interpreter."""
 
+import os
 import warnings
 
-import tensorflow as tf
-from jax.experimental import jax2tf
+# TensorFlow's C++ info and warning lines (CUDA probing, MLIR passes) say nothing about the export.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+from jax.experimental import jax2tf  # noqa: E402
 
 CONVERTER = f"jax2tf + TFLiteConverter (tensorflow {tf.__version__})"
 RUNTIME = f"tf.lite.Interpreter (tensorflow {tf.__version__})"
