@@ -67,11 +67,13 @@ class Scorer:
     )
 
   @classmethod
-  def from_workdir(cls, workdir):
+  def from_workdir(cls, workdir, conv_impl=None):
     """A run's best checkpoint, with its calibrated temperature and threshold.
 
     The run's config is loaded and checked as training loads it (config_loading.load_run_config)
-    and only the model's variables are restored: no optimiser is built.
+    and only the model's variables are restored: no optimiser is built. `conv_impl` replaces the
+    run's config.model.conv_impl (export traces XLA's own convolutions: 'auto' chooses per
+    concrete batch size).
     """
     import functools
 
@@ -82,6 +84,8 @@ class Scorer:
     from fer_jax.train import checkpoint
 
     config = config_loading.load_run_config(workdir)
+    if conv_impl:
+      config.model.conv_impl = conv_impl
     sharding.configure_backend()
     d = config.data
     model = models.build(config.model, len(d.classes))
@@ -104,15 +108,15 @@ class Scorer:
     return scorer
 
   @classmethod
-  def for_command_line(cls, workdir, classes):
-    """What predict and serve ask for: a run's scorer (`workdir`) or the default model's
+  def for_command_line(cls, workdir, classes, conv_impl=None):
+    """What predict, serve and export ask for: a run's scorer (`workdir`) or the default model's
     (`classes`); a bad run or model ends the command in one line, a run without calibration
     gets a warning line. Compiled programs are cached on disk (compile_cache)."""
     from fer_jax.inference import compile_cache
 
     compile_cache.enable()
     try:
-      scorer = cls.from_workdir(workdir) if workdir else cls.default(classes)
+      scorer = cls.from_workdir(workdir, conv_impl) if workdir else cls.default(classes)
     except (FileNotFoundError, ValueError) as e:
       sys.exit(f"error: {e}")
     if scorer.warning:

@@ -87,18 +87,14 @@ def _depthwise_shift_add(x, kernel, strides, padding):
   x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   out_h = (x.shape[1] - k) // strides + 1
   out_w = (x.shape[2] - k) // strides + 1
+  n, _, _, c = x.shape
   y = 0
   for i in range(k):
     for j in range(k):
-      y = (
-        y
-        + x[
-          :,
-          i : i + strides * (out_h - 1) + 1 : strides,
-          j : j + strides * (out_w - 1) + 1 : strides,
-        ]
-        * kernel[i, j]
-      )
+      # lax.slice rather than indexing: with a symbolic batch (fer_jax.export) indexing becomes a
+      # gather that converters reject.
+      end = (n, i + strides * (out_h - 1) + 1, j + strides * (out_w - 1) + 1, c)
+      y = y + lax.slice(x, (0, i, j, 0), end, (1, strides, strides, 1)) * kernel[i, j]
   return y
 
 

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from jax import lax
 
 from fer_jax.data.fer2013 import FER2013_CLASSES
 from fer_jax.models import transfer
@@ -57,7 +58,8 @@ class XceptionModule(nn.Module):
     x = nn.relu(batch_norm(f"batch_normalization_{3 * m + 1}", train, dtype=d)(x))
     x = SeparableConv2D(self.features, 3, False, init, d, name=f"separable_conv2d_{2 * m}")(x)
     x = batch_norm(f"batch_normalization_{3 * m + 2}", train, dtype=d)(x)
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME") + residual
+    # window_shape by name: jax2onnx's stand-in for nn.max_pool (fer_jax.export) takes no other.
+    return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="SAME") + residual
 
 
 class MiniXception(nn.Module):
@@ -101,7 +103,11 @@ class ConvHead(nn.Module):
       conv(self.num_outputs, 3, CLASSIFIER, dtype=self.dtype)(features).astype(jnp.float32),
       axis=(1, 2),
     )
-    return y[..., jnp.array(self.select)] if self.select else y
+    if not self.select:
+      return y
+    # Slices rather than indexing with an array: a gather, which converters reject with a
+    # symbolic batch (fer_jax.export).
+    return jnp.concatenate([lax.slice_in_dim(y, i, i + 1, axis=-1) for i in self.select], -1)
 
 
 def _head(cfg, num_classes, dtype):

@@ -85,7 +85,10 @@ class ResNet50V2(nn.Module):
       kernel_init=self.kernel_init,
       dtype=d,
     )(x)
-    x = nn.max_pool(zero_pad(x, ((1, 1), (1, 1))), (3, 3), strides=(2, 2), padding="VALID")
+    # window_shape by name: jax2onnx's stand-in for nn.max_pool (fer_jax.export) takes no other.
+    x = nn.max_pool(
+      zero_pad(x, ((1, 1), (1, 1))), window_shape=(3, 3), strides=(2, 2), padding="VALID"
+    )
     for name, filters, blocks, stride in STACKS:
       for i in range(1, blocks + 1):
         x = PreactBlock(

@@ -34,7 +34,8 @@ class VGGBlock(nn.Module):
           self.features, 3, f"{self.name}_conv{i}", kernel_init=self.kernel_init, dtype=self.dtype
         )(x)
       )
-    return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    # window_shape by name: jax2onnx's stand-in for nn.max_pool (fer_jax.export) takes no other.
+    return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
 
 
 class VGG16(nn.Module):

@@ -17,6 +17,7 @@ pass (XLA:CPU's `select_and_scatter` is slow). Measurements: docs/performance.md
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,7 +50,8 @@ def conv2d_same(x, kernel, impl="xla"):
 def max_pool_2x2(x, impl="xla"):
   """2x2 max-pool, stride 2, 'valid' padding (Keras MaxPooling2D default)."""
   if impl == "xla":
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    # Flax's pool is this reduce_window; converters (jax2onnx, fer_jax.export) know it as a pool.
+    return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
   # Keras 'valid' drops an odd last row/column; the slice's gradient pads it back with zeros.
   return _max_pool_even(x[:, : x.shape[1] - x.shape[1] % 2, : x.shape[2] - x.shape[2] % 2])
 
