@@ -77,10 +77,15 @@ lint: $(VENV)/.lint
 bench: $(VENV)/.bench
 	$(PY) -m benchmarks.train_throughput
 
-# ONNX_DIR=DIR (an export: python -m fer_jax.export --format=onnx --out=DIR) turns on the page's
-# in-browser mode.
-demo: $(VENV)/.demo $(WEB)/.done
-	$(PY) -m fer_jax.serve $(if $(ONNX_DIR),--onnx_dir=$(ONNX_DIR))
+# The page's in-browser mode runs the served model exported as ONNX: the default model's export
+# is made once into .cache/export-onnx; ONNX_DIR=DIR serves another (python -m fer_jax.export
+# --workdir=RUN --format=onnx --out=DIR, with WORKDIR's run served: add ARGS=--workdir=RUN).
+DEMO_ONNX := .cache/export-onnx
+$(DEMO_ONNX)/model.json: $(VENV)/.demo
+	$(PY) -m fer_jax.export --format=onnx --out=$(DEMO_ONNX)
+
+demo: $(VENV)/.demo $(WEB)/.done $(if $(ONNX_DIR),,$(DEMO_ONNX)/model.json)
+	$(PY) -m fer_jax.serve --onnx_dir=$(or $(ONNX_DIR),$(DEMO_ONNX)) $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .cache
