@@ -88,6 +88,7 @@ def exported(tmp_path_factory, scorers, tiny_run):
       proc = run_cli(f"--workdir={tiny_run}", f"--format={fmt}", f"--out={out}")
       assert proc.returncode == 0, proc.stderr[-3000:]
       assert f"wrote {export.model_path(out, fmt)}" in proc.stdout
+      assert "DEBUG" not in proc.stdout + proc.stderr  # converters' chatter stays out
     else:
       if model == "run":
         scorer = scoring.Scorer.from_workdir(tiny_run, conv_impl="xla")
@@ -146,6 +147,10 @@ def test_onnx_names_and_free_batch_in_the_graph(exported):
   in_dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
   assert in_dims == ["batch", 64, 64, 1]
   assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+  # Shapes agree with what ONNX infers (jax2onnx's own annotations did not, and onnxruntime-web
+  # refused such a model: "Can't merge shape info").
+  model = onnx.load(export.model_path(exported("default", "onnx"), "onnx"))
+  onnx.shape_inference.infer_shapes(model, strict_mode=True)
 
 
 @pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")

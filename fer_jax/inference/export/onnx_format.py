@@ -1,10 +1,13 @@
 """ONNX through jax2onnx, which turns the traced JAX function into ONNX operators (convolutions,
 batch norms and pools stay single operators); checked with onnxruntime."""
 
+import contextlib
 import importlib.metadata
+import io
 import logging
 
 import jax2onnx
+import onnx
 import onnxruntime
 
 CONVERTER = f"jax2onnx {importlib.metadata.version('jax2onnx')}"
@@ -18,22 +21,27 @@ logging.getLogger("jax2onnx").setLevel(logging.ERROR)
 
 
 def write(fn, face_shape, path):
-  jax2onnx.to_onnx(
-    fn,
-    [("batch", *face_shape)],
-    model_name="fer_jax",
-    opset=OPSET,
-    input_names=["faces"],
-    output_names=["probabilities"],
-    return_mode="file",
-    output_path=path,
-  )
+  # jax2onnx 0.13's Conv plugin print()s a DEBUG block per convolution (hundreds of lines).
+  with contextlib.redirect_stdout(io.StringIO()):
+    jax2onnx.to_onnx(
+      fn,
+      [("batch", *face_shape)],
+      model_name="fer_jax",
+      opset=OPSET,
+      input_names=["faces"],
+      output_names=["probabilities"],
+      return_mode="file",
+      output_path=path,
+    )
+  # jax2onnx 0.13 annotates intermediate tensors with JAX's NHWC shapes where its graph holds
+  # NCHW; onnxruntime (Python) merges them leniently with a warning, onnxruntime-web refuses the
+  # model. The annotations are optional: without them each runtime infers the shapes itself.
+  model = onnx.load(path)
+  del model.graph.value_info[:]
+  onnx.checker.check_model(model, full_check=True)
+  onnx.save(model, path)
 
 
 def load(path):
-  options = onnxruntime.SessionOptions()
-  options.log_severity_level = (
-    3  # errors only: not a shape-annotation warning jax2onnx's graphs give
-  )
-  session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+  session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
   return lambda faces: session.run(["probabilities"], {"faces": faces})[0]
