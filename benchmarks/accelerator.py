@@ -22,9 +22,10 @@ user's run with those settings does:
    channels-last, bfloat16 autocast) on the same device, in its own process, where torch is
    installed; one line saying it is skipped where not.
 
---quick shrinks all of it (B++ only, at an eighth of its width, batch 32, 640 faces, 3 steps a
-row, 2 seeds, 2 epochs, PyTorch uncompiled) so that it runs on a CPU; its figures only show that
-everything runs. The other flags shrink it further (the test suite's smoke test) or trim it.
+--quick shrinks all of it (B++ only, at an eighth of its width, batch 32, the baseline and the
+all-three rows, 640 faces, 3 steps a row, 2 seeds, 2 epochs, XLA's optimisations off as in the
+test suite, PyTorch uncompiled) so that it runs on a CPU; its figures only show that everything
+runs. The other flags shrink it further (the test suite's smoke test) or trim it.
 Figures: docs/performance.md.
 """
 
@@ -65,7 +66,9 @@ _WIDTHS = flags.DEFINE_string(
   "widths", None, "conv widths of every network, e.g. 8,16,32 (default the configs'; quick /8)"
 )
 _TORCH = flags.DEFINE_bool("torch", True, "time the PyTorch peer where torch is installed")
-_VARIANTS = flags.DEFINE_list("variants", None, "indices of VARIANTS to time (default all)")
+_VARIANTS = flags.DEFINE_list(
+  "variants", None, "indices of VARIANTS to time (default all; quick 0,4)"
+)
 
 # One-factor-at-a-time rows: the baseline is the loop shaped for the CPU; each row changes one
 # setting, the last all three.
@@ -94,6 +97,8 @@ def settings():
     "members": [int(s) for s in _MEMBERS.value or ((1, 2) if quick else (1, 2, 4, 8))],
     "full_epochs": _FULL_EPOCHS.value or (2 if quick else None),
     "widths": _WIDTHS.value or ("8,16,32" if quick else None),
+    # quick: the baseline and all three changes at once
+    "variants": _VARIANTS.value or (["0", "4"] if quick else None),
   }
 
 
@@ -173,7 +178,7 @@ def step_rows(knobs, dataset):
   for name in knobs["models"]:
     for batch in knobs["batches"]:
       base = None
-      for variant, overrides in variants(_FEEDING.value, _VARIANTS.value):
+      for variant, overrides in variants(_FEEDING.value, knobs["variants"]):
         r = rate(name, {**overrides, "train.batch_size": batch}, knobs, dataset)
         rates[name, batch, variant] = r
         base = base or r  # the first row timed: the baseline unless --variants left it out
@@ -251,6 +256,9 @@ def main(argv):
   from fer_jax import data
 
   logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
+  if _QUICK.value:
+    # its figures mean nothing: compile as the test suite does, minutes faster on a CPU
+    jax.config.update("jax_disable_most_optimizations", True)
 
   knobs = settings()
   print(f"device: {describe_device()}")

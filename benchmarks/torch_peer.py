@@ -11,8 +11,8 @@ reflection, as fer_jax.augment), label-smoothed (0.1) focal loss (gamma 2, alpha
 float32, L2 1e-4 on the conv and hidden Dense kernels, Adam at a fixed 5e-4 (the schedule's
 first value).
 
-Run as PyTorch users run it fast: channels-last memory format, `torch.compile` of the whole
-step (forward, loss, backward and the optimiser update), bfloat16 autocast for --dtype=bfloat16
+Run as PyTorch users run it fast: channels-last memory format, `torch.compile` of the step
+function (forward, loss, backward and the optimiser update), bfloat16 autocast for --dtype=bfloat16
 (parameters, optimiser state and BatchNorm statistics stay float32), fused Adam on CUDA. The
 batch is on the device already (a fixed uint8 batch, as fer_jax's on-device data), so no input
 pipeline is timed.
