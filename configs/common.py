@@ -150,7 +150,17 @@ MODEL = {
       }
     ),
   ),
-  "dtype": Field("float32", "compute dtype (params stay float32)", one_of("float32", "bfloat16")),
+  "dtype": Field(
+    "float32",
+    "compute dtype of convolutions, matmuls and the activations between them",
+    one_of(
+      {
+        "float32": "everything in float32 (the default on every device until measured)",
+        "bfloat16": "mixed precision: parameters, optimiser state, BatchNorm statistics and "
+        "normalisation, softmax and loss stay float32 (on CPU about 2x slower than float32)",
+      }
+    ),
+  ),
   "init_from": Field(
     "",
     "pretrained weights (transfer models): a weights file | random (a random start) | "

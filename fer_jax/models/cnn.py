@@ -4,6 +4,12 @@ Layer names follow the structure (`conv{block}_{i}`, `bn{block}_{i}` / `bn{block
 `dense{j}_bn`, `logits`) so L2 masks, summaries and weight porting can select layers by name.
 Initialisers are Keras's (glorot-uniform kernels, zero biases) so training starts as the study's
 did.
+
+`dtype` (config.model.dtype) is the compute dtype of the convolutions and Dense layers and of the
+activations between them. With bfloat16 this is mixed precision: parameters stay float32 (cast
+where they are used, so their gradients, the optimiser state and the updates are float32),
+BatchNorm computes its statistics and normalisation in float32 and keeps float32 moving
+averages, and the logits are returned as float32 for the softmax and the loss.
 """
 
 from collections.abc import Sequence
@@ -57,8 +63,13 @@ class CNN(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   def _bn(self, name, train):
+    # dtype is only BatchNorm's output dtype: its statistics and normalisation are float32.
     return nn.BatchNorm(
-      use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name
+      use_running_average=not train,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      dtype=self.dtype,
+      name=name,
     )
 
   @nn.compact

@@ -151,4 +151,6 @@ class Normalization(nn.Module):
     mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32).value
     variance = self.variable("batch_stats", "variance", jnp.ones, (c,), jnp.float32).value
     self.variable("batch_stats", "count", jnp.zeros, (), jnp.float32)
-    return (x - mean.astype(x.dtype)) / jnp.maximum(jnp.sqrt(variance), 1e-7).astype(x.dtype)
+    # in float32 (as BatchNorm), returned in the compute dtype
+    y = (x.astype(jnp.float32) - mean) / jnp.maximum(jnp.sqrt(variance), 1e-7)
+    return y.astype(x.dtype)

@@ -9,7 +9,8 @@ load only ever adds time) and the fastest is used. Choices are kept in a JSON fi
 CPU (model, family, all ISA flags, cores), the jax/jaxlib versions, XLA_FLAGS and the allocator
 (fer_jax/platform/allocator.py: page faults slow the big-buffer implementations most), then by
 layer shape (batch included) and dtype, so later runs on the same kind of machine measure
-nothing. Each choice is printed once per process.
+nothing. Each choice is printed once per process. In bfloat16 (config.model.dtype) 'winograd'
+would run 'im2col' (cpu_conv.winograd_dtype), so only 'xla' and 'im2col' are candidates there.
 
 The file is `$FER_JAX_CACHE_DIR/conv_choice.json`, default `~/.cache/fer_jax/` (or
 `$XDG_CACHE_HOME/fer_jax/`). It is replaced atomically, so concurrent writers never leave a torn
@@ -45,7 +46,6 @@ DEFAULT = (
 MIN_MEASURED_FLOP = (
   1e9  # ~0.1 s of compute per candidate on a 2-core CPU; below it, timing is mostly compile time
 )
-CANDIDATES = cpu_conv.IMPLS
 REPEATS = 3
 
 _chosen = {}  # layer key -> implementation, this process
@@ -73,6 +73,11 @@ def layer_key(x_shape, kernel_shape, dtype):
   return f"{n}x{h}x{w}x{c} -> {o}, {kh}x{kw}, {jnp.dtype(dtype).name}"
 
 
+def candidates(dtype) -> tuple[str, ...]:
+  """The implementations that differ in `dtype` (in 16-bit floats 'winograd' is 'im2col')."""
+  return tuple(i for i in cpu_conv.IMPLS if i != "winograd" or cpu_conv.winograd_dtype(dtype))
+
+
 def chosen() -> dict[str, str]:
   """{layer key: implementation} of every conv traced with 'auto' in this process so far."""
   return dict(_chosen)
@@ -93,7 +98,7 @@ def choose(x_shape, kernel_shape, dtype) -> str:
     return DEFAULT
   entries = _read_cache().get(machine_key())
   entry = entries.get(key) if isinstance(entries, dict) else None
-  if isinstance(entry, dict) and entry.get("impl") in CANDIDATES:
+  if isinstance(entry, dict) and entry.get("impl") in candidates(dtype):
     impl, source = entry["impl"], f"cached in {cache_path()}"
   else:
     # The caller is usually tracing a jitted step; the measurement runs its own programs in a
@@ -127,7 +132,7 @@ def layer_runners(x_shape, kernel_shape, dtype) -> dict[str, Callable[[], object
   kernel = (jax.random.normal(kk, kernel_shape) / np.sqrt(np.prod(kernel_shape[:3]))).astype(dtype)
   dy = jax.random.normal(kd, x_shape[:3] + kernel_shape[-1:], dtype)
   runners = {}
-  for impl in CANDIDATES:
+  for impl in candidates(dtype):
     conv = functools.partial(cpu_conv.conv2d_same, impl=impl)
     grads = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(conv, x, k)[1](dy))
     runners[impl] = lambda grads=grads: jax.block_until_ready(grads(x, kernel, dy))

@@ -10,7 +10,8 @@
               as long as its forward pass on these layers).
   'winograd'  3x3 convolutions with >= 32 input channels computed with Winograd's
               F(4x4, 3x3) in forward, input gradient and weight gradient, 4x fewer multiplications
-              than direct convolution; other convolutions as 'im2col'.
+              than direct convolution; other convolutions, and every one in bfloat16, as
+              'im2col'.
 Any impl but 'xla' also gives 2x2 max-pool a backward pass from the argmax found in the forward
 pass (XLA:CPU's `select_and_scatter` is slow). Measurements: docs/performance.md.
 """
@@ -135,10 +136,15 @@ _AT = np.array(
 )
 
 
+def winograd_dtype(dtype) -> bool:
+  """Whether 'winograd' computes in `dtype`: in 16-bit floats F(4x4, 3x3) would lose too much
+  precision, so there it runs 'im2col'."""
+  return jnp.dtype(dtype) in (np.float32, np.float64)
+
+
 def _winograd_pays(x, kernel):
-  # Below 32 input channels the transforms cost more than the products save (docs/performance.md);
-  # in 16-bit floats F(4x4, 3x3) would lose too much precision.
-  return kernel.shape[:2] == (3, 3) and x.shape[-1] >= 32 and x.dtype in (np.float32, np.float64)
+  # Below 32 input channels the transforms cost more than the products save (docs/performance.md).
+  return kernel.shape[:2] == (3, 3) and x.shape[-1] >= 32 and winograd_dtype(x.dtype)
 
 
 def _along(matrix, stacked):
