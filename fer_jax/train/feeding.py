@@ -25,7 +25,7 @@ from fer_jax.platform import sharding
 from fer_jax.train import steps
 
 # What 'auto' picks on CPU, measured on a 2-core AMD EPYC Zen 1 (docs/performance.md, "Feeding").
-ON_DEVICE_ON_CPU = True
+ON_DEVICE_ON_CPU = False
 STEPS_PER_DISPATCH_ON_CPU = 1
 # Share of a device's memory the resident data may take; the rest is for the model's activations,
 # parameters, optimiser state and XLA's workspace.
