@@ -7,6 +7,10 @@ feeds uint8 images; conversion to float, augmentation, the forward pass, loss an
 on device. Randomness is the run's key folded with the step number, so a resumed run draws
 exactly the numbers an uninterrupted one would.
 
+What a run dispatches (train/feeding.py) wraps the same steps in a loop on the device:
+`make_train_steps` runs N train steps per call, from batches the host stacked or from a split
+resident on the devices; `make_eval_pass` evaluates every batch of a resident split in one call.
+
 `members=S` (S >= 2, vectorized seeds: train/members.py) gives the same step over S runs at once:
 states, batches and keys stacked on a leading axis and the step `jax.vmap`ped (or `lax.map`ped,
 see `over_members`) over it, so each member computes what its own run would.
