@@ -332,7 +332,7 @@ TRAIN = {
   "steps_per_dispatch": Field(
     0,
     "train steps one jitted call runs (a loop on the device; the host waits only at log steps "
-    "and epoch ends); 0 = auto: 1 on CPU (measured), log_every_steps elsewhere",
+    "and epoch ends); 0 = auto: log_every_steps",
     at_least(0),
   ),
   "vectorize": Field(

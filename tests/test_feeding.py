@@ -204,5 +204,5 @@ def test_auto_keeps_host_feeding_for_data_too_large(monkeypatch):
   monkeypatch.setattr(feeding, "device_budget", lambda: -1)
   assert not feeding.resolve_on_device("auto", dataset)
   assert config.data.on_device == "auto" and config.train.steps_per_dispatch == 0
-  assert feeding.resolve_steps_per_dispatch(0, 12, 4) == feeding.STEPS_PER_DISPATCH_ON_CPU
+  assert feeding.resolve_steps_per_dispatch(0, 12, 4) == 4
   assert feeding.resolve_steps_per_dispatch(WHOLE_EPOCH, 12, 4) == 12

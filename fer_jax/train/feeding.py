@@ -24,9 +24,9 @@ from fer_jax.data import batching
 from fer_jax.platform import sharding
 from fer_jax.train import steps
 
-# What 'auto' picks on CPU, measured on a 2-core AMD EPYC Zen 1 (docs/performance.md, "Feeding").
+# Whether 'auto' puts the data on the devices on CPU: measured no faster on a 2-core AMD EPYC Zen 1
+# (docs/performance.md, "Feeding").
 ON_DEVICE_ON_CPU = False
-STEPS_PER_DISPATCH_ON_CPU = 1
 # Share of a device's memory the resident data may take; the rest is for the model's activations,
 # parameters, optimiser state and XLA's workspace.
 DEVICE_MEMORY_SHARE = 0.25
@@ -58,10 +58,10 @@ def resolve_on_device(setting, dataset) -> bool:
 
 
 def resolve_steps_per_dispatch(setting, steps_per_epoch, log_every) -> int:
-  """config.train.steps_per_dispatch -> N: 0 (auto) is the measured best on CPU, elsewhere
-  log_every_steps (the host waits for the device only where it prints anyway)."""
+  """config.train.steps_per_dispatch -> N: 0 (auto) is log_every_steps, so that the host waits for
+  the device only where it prints anyway (on CPU too: measured never slower than N = 1)."""
   if setting == 0:
-    setting = STEPS_PER_DISPATCH_ON_CPU if jax.default_backend() == "cpu" else log_every
+    setting = log_every
   return max(1, min(setting, steps_per_epoch))
 
 
