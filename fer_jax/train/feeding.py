@@ -1,7 +1,7 @@
 """How batches reach the jitted steps: from the host or from data resident on the devices, and
 how many train steps one dispatch runs (config.data.on_device, config.train.steps_per_dispatch).
 
-Host feeding (today's CPU default) gathers each batch with NumPy and transfers it. On the device
+Host feeding (the default on CPU) gathers each batch with NumPy and transfers it. On the device
 (`on_device`), each split's uint8 images and labels are placed on every device once per run
 (replicated: docs/performance.md has the measurement against sharding them over 'data') and
 only the rows of each batch travel. Either way the rows are those of `batching.epoch_order`,
