@@ -74,6 +74,19 @@ DATA = {
     "decode workers (processes; threads once JAX is imported); 0 = one per CPU core",
     at_least(0),
   ),
+  "on_device": Field(
+    "auto",
+    "where training and evaluation batches are gathered (docs/performance.md, Feeding)",
+    one_of(
+      {
+        "auto": "on the devices when every split fits a quarter of a device's memory "
+        "(on CPU: of the RAM per device) and the backend is one where that measured faster",
+        "true": "each split's uint8 images and labels placed on every device once per run; "
+        "batches gathered there",
+        "false": "gathered on the host and transferred batch by batch",
+      }
+    ),
+  ),
   "ferplus_ties": Field(
     "drop",
     "FER+: faces whose top vote is a tie",
@@ -336,6 +349,12 @@ TRAIN = {
     0, "0 = a full pass over train; >0 caps it (smoke tests)", at_least(0)
   ),
   "log_every_steps": Field(50, "steps between progress lines inside an epoch", at_least(1)),
+  "steps_per_dispatch": Field(
+    0,
+    "train steps one jitted call runs (a loop on the device; the host waits only at log steps "
+    "and epoch ends); 0 = auto: log_every_steps",
+    at_least(0),
+  ),
   "vectorize": Field(
     "auto",
     "how seeds trained together (sweep --vectorize) run",

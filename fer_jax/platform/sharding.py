@@ -43,10 +43,10 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def data_sharded(mesh, stacked=False) -> NamedSharding:
+def data_sharded(mesh, stacked=False, steps=False) -> NamedSharding:
   """Rows over 'data'; `stacked`: members over 'member', each member's rows (second axis) over
-  'data'."""
-  return NamedSharding(mesh, P("member", "data") if stacked else P("data"))
+  'data'; `steps`: the same behind a leading axis of train steps (not split)."""
+  return NamedSharding(mesh, P(*[None] * steps, *(("member", "data") if stacked else ("data",))))
 
 
 def replicate(tree, mesh):
@@ -73,13 +73,14 @@ def check_batch_size(batch_size, field):
     raise ValueError(f"{field}={batch_size} must be a multiple of the {n} devices")
 
 
-def shard_batch(mesh, *arrays, stacked=False) -> list[jax.Array]:
+def shard_batch(mesh, *arrays, stacked=False, steps=False) -> list[jax.Array]:
   """Global host arrays (same on every process) -> arrays sharded over 'data' (their rows, or
-  with `stacked` their second axis, behind a leading axis of members).
+  with `stacked` their second axis, behind a leading axis of members; with `steps` behind a
+  leading axis of train steps too).
 
   Each process transfers only the rows of its own devices.
   """
-  sharding = data_sharded(mesh, stacked)
+  sharding = data_sharded(mesh, stacked, steps)
   return [
     jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in arrays
   ]

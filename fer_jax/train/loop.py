@@ -28,7 +28,7 @@ from fer_jax.evals import common as evals_common
 from fer_jax.platform import run_errors, sharding
 from fer_jax.report import render, run_report
 from fer_jax.report import summary as report_summary
-from fer_jax.train import checkpoint, history, optim, steps, workdir_guard
+from fer_jax.train import checkpoint, feeding, history, optim, steps, workdir_guard
 
 
 def log(msg):
@@ -59,43 +59,15 @@ class ResumeState:
   data: str = None  # workdir_guard.data_fingerprint of what the run trains on
 
 
-class EvalPass:
-  """Mean loss / accuracy and logits of a state over a whole split, padding the last batch.
-
-  `members=S`: of a state stacked over S runs (train/members.py); `run` then returns each figure
-  with a leading axis of members.
-  """
-
-  def __init__(self, config, model, mesh, num_classes, members=None):
-    self.batch = config.eval.batch_size + (-config.eval.batch_size) % jax.device_count()
-    self.mesh = mesh
-    self.eval_step = steps.make_eval_step(config, model, num_classes, members)
-    self.l2 = steps.make_l2_fn(config, members)
-
-  def __call__(self, state, split) -> tuple[dict, np.ndarray]:
-    """({"loss", "accuracy"}, logits [N, K]) of `state` on `split`."""
-    loss, accuracy, logits = self.run(state, split)
-    return {"loss": float(loss), "accuracy": float(accuracy)}, logits
-
-  def run(self, state, split):
-    """(loss, accuracy, logits) as NumPy arrays."""
-    sums, logits = {"loss": 0.0, "correct": 0.0, "count": 0.0}, []
-    for idx, mask in batching.padded_batches(len(split), self.batch):
-      x, y, m = sharding.shard_batch(self.mesh, split.images[idx], split.labels[idx], mask)
-      batch_sums, batch_logits = sharding.to_host(self.eval_step(state, x, y, m))
-      sums = {k: sums[k] + v for k, v in batch_sums.items()}
-      logits.append(batch_logits[..., mask > 0, :])
-    loss = sums["loss"] / sums["count"] + sharding.to_host(self.l2(state))
-    return loss, sums["correct"] / sums["count"], np.concatenate(logits, axis=-2)
-
-
 @dataclasses.dataclass
 class EpochContext:
   """What every epoch of a run needs besides the state: built once by `restore_or_start`."""
 
   config: object
-  make_train_step: object  # () -> the run's jitted step; (members=S) -> the same over S runs
+  # (batch_sharding=) -> the run's jitted train steps; (members=S, ...) -> the same over S runs
+  make_train_steps: object
   mesh: object
+  feed: feeding.Feed
   split: object
   steps_per_epoch: int
   rng: jax.Array
@@ -111,7 +83,7 @@ class Run:
   model: object
   state: object
   ctx: EpochContext
-  evaluator: EvalPass
+  evaluator: feeding.EvalPass
   evaluators: list  # [(name, evaluator)] of config.evals, in the order they run
   checkpoints: checkpoint.RunCheckpoints
   plateau: optim.Plateau
@@ -161,12 +133,14 @@ def restore_or_start(config, workdir, dataset=None, mesh=None):
 
   mesh = mesh or sharding.make_mesh()
   state = sharding.replicate(state, mesh)
+  feed = feeding.Feed.for_run(config, mesh, ds, steps_per_epoch)
   ctx = EpochContext(
     config,
     functools.partial(
-      steps.make_train_step, config, model, tx, num_classes, class_weights, param_labels=labels
+      steps.make_train_steps, config, model, tx, num_classes, class_weights, param_labels=labels
     ),
     mesh,
+    feed,
     train_split,
     steps_per_epoch,
     jax.random.key(config.train.seed),
@@ -195,7 +169,7 @@ def restore_or_start(config, workdir, dataset=None, mesh=None):
   log(
     f"{render.run_title(config.name, config.variant)} on {ds.name} {ds.sizes()}  "
     f"{param_counts['total']:,} params  {jax.device_count()} x {jax.devices()[0].device_kind}  "
-    f"{steps_per_epoch} steps/epoch"
+    f"{steps_per_epoch} steps/epoch  {feed.describe()}"
   )
   stopped_early = early.wait >= early.patience
   return Run(
@@ -205,7 +179,7 @@ def restore_or_start(config, workdir, dataset=None, mesh=None):
     model=model,
     state=state,
     ctx=ctx,
-    evaluator=EvalPass(config, model, mesh, num_classes),
+    evaluator=feeding.EvalPass(config, model, feed, num_classes),
     evaluators=evaluators,
     checkpoints=ckpts,
     plateau=plateau,
@@ -231,47 +205,18 @@ def check_finite(run, losses_so_far, first_step, where=""):
     )
 
 
-def epoch_steps(ctx, state, train_step, rng, batch_at, check, progress=None):
-  """One epoch's `train_step(state, *batch_at(s), rng)`; returns (state, loss sum, correct count,
-  seconds).
-
-  The losses stay on device for config.train.log_every_steps steps, then come back in one transfer
-  for `check(losses, first_step)` and `progress(step, mean loss, accuracy)`.
-  """
-  batch, log_every = ctx.config.train.batch_size, ctx.config.train.log_every_steps
-  losses_pending, loss_sum, correct_sum, checked = [], 0.0, 0.0, 0
-  start = time.perf_counter()
-  for s in range(ctx.steps_per_epoch):
-    state, step_metrics = train_step(state, *batch_at(s), rng)
-    losses_pending.append(step_metrics["loss"])
-    correct_sum = correct_sum + step_metrics["correct"]
-    if (s + 1) % log_every == 0 or s + 1 == ctx.steps_per_epoch:
-      values = np.asarray(sharding.to_host(losses_pending))
-      check(values, checked + 1)
-      loss_sum = loss_sum + np.sum(values, axis=0)
-      checked += len(losses_pending)
-      losses_pending = []
-      if progress and s + 1 < ctx.steps_per_epoch:
-        correct = sharding.to_host(correct_sum)
-        progress(s + 1, loss_sum / checked, float(correct) / (checked * batch))
-  return state, loss_sum, sharding.to_host(correct_sum), time.perf_counter() - start
-
-
-def train_epoch(run, state, train_step, rng):
+def train_epoch(run, state, train_steps, rng):
   """One pass over the run's shuffled train split; returns (state, {loss, accuracy, seconds,
   images})."""
   ctx, batch, epoch = run.ctx, run.config.train.batch_size, run.resume.epoch + 1
   order = batching.epoch_order(len(ctx.split), run.config.train.seed, epoch)
 
-  def batch_at(s):
-    idx = np.sort(order[s * batch : (s + 1) * batch])  # sorted rows read faster; same batch
-    return sharding.shard_batch(ctx.mesh, ctx.split.images[idx], ctx.split.labels[idx])
-
   def progress(step, loss, accuracy):
     log(f"  epoch {epoch} step {step}/{ctx.steps_per_epoch}  loss {loss:.4f}  acc {accuracy:.2%}")
 
-  state, loss_sum, correct, seconds = epoch_steps(
-    ctx, state, train_step, rng, batch_at, functools.partial(check_finite, run), progress
+  check = functools.partial(check_finite, run)
+  state, loss_sum, correct, seconds = feeding.run_epoch(
+    ctx.feed, state, train_steps, rng, ctx.split, [order], ctx.steps_per_epoch, check, progress
   )
   images = ctx.steps_per_epoch * batch
   return state, {
@@ -285,12 +230,12 @@ def train_epoch(run, state, train_step, rng):
 def fit(run):
   """Trains the remaining epochs with callbacks, saving a checkpoint after each."""
   ctx, val_split = run.ctx, run.dataset.splits["val"]
-  train_step = ctx.make_train_step()
+  train_steps = ctx.make_train_steps(batch_sharding=sharding.data_sharded(ctx.mesh))
   rng = jax.random.wrap_key_data(sharding.replicate(jax.random.key_data(ctx.rng), ctx.mesh))
   state = run.state
   while not run.done:
     epoch_start = time.perf_counter()
-    state, train_m = train_epoch(run, state, train_step, rng)
+    state, train_m = train_epoch(run, state, train_steps, rng)
     val_m, _ = run.evaluator(state, val_split)
     factor = float(sharding.to_host(optim.lr_factor(state.opt_state)))
     step_count = int(sharding.to_host(state.step))

@@ -21,7 +21,7 @@ import numpy as np
 from fer_jax import data
 from fer_jax.data import batching
 from fer_jax.platform import sharding
-from fer_jax.train import loop, optim, workdir_guard
+from fer_jax.train import feeding, loop, optim, workdir_guard
 
 
 def stack(states):
@@ -50,31 +50,23 @@ def check_seeds_only(configs):
     )
 
 
-def train_epoch(state, runs, train_step, rngs):
+def train_epoch(state, runs, train_steps, rngs):
   """One pass of each run over its own shuffled train split (the runs' state stacked, each at its
   own next epoch); returns (state, [{loss, accuracy, seconds, images}] per run)."""
   ctx = runs[0].ctx
-  batch, split = ctx.config.train.batch_size, ctx.split
-  orders = [batching.epoch_order(len(split), r.config.train.seed, r.resume.epoch + 1) for r in runs]
-
-  def batch_at(s):
-    idx = [np.sort(order[s * batch : (s + 1) * batch]) for order in orders]
-    return sharding.shard_batch(
-      ctx.mesh,
-      np.stack([split.images[i] for i in idx]),
-      np.stack([split.labels[i] for i in idx]),
-      stacked=True,
-    )
+  orders = [
+    batching.epoch_order(len(ctx.split), r.config.train.seed, r.resume.epoch + 1) for r in runs
+  ]
 
   def check(values, first_step):  # values [steps, members]
     for run, run_values in zip(runs, values.T):
       if not run.done:
         loop.check_finite(run, run_values, first_step, f" ({run.workdir})")
 
-  state, loss_sum, correct, seconds = loop.epoch_steps(
-    ctx, state, train_step, rngs, batch_at, check
+  state, loss_sum, correct, seconds = feeding.run_epoch(
+    ctx.feed, state, train_steps, rngs, ctx.split, orders, ctx.steps_per_epoch, check, stacked=True
   )
-  images = ctx.steps_per_epoch * batch
+  images = ctx.steps_per_epoch * ctx.config.train.batch_size
   return state, [
     {
       "loss": float(loss_sum[i]) / ctx.steps_per_epoch,
@@ -91,9 +83,11 @@ def fit(runs):
   history, and its record ends when it stops."""
   lead = runs[0]
   ctx, val_split = lead.ctx, lead.dataset.splits["val"]
-  train_step = ctx.make_train_step(members=len(runs))
-  evaluator = loop.EvalPass(
-    lead.config, lead.model, ctx.mesh, len(lead.dataset.classes), members=len(runs)
+  train_steps = ctx.make_train_steps(
+    members=len(runs), batch_sharding=sharding.data_sharded(ctx.mesh, stacked=True)
+  )
+  evaluator = feeding.EvalPass(
+    lead.config, lead.model, ctx.feed, len(lead.dataset.classes), members=len(runs)
   )
   rngs = jax.random.wrap_key_data(
     sharding.put_members(np.stack([jax.random.key_data(r.ctx.rng) for r in runs]), ctx.mesh)
@@ -101,7 +95,7 @@ def fit(runs):
   state = sharding.put_members(stack([run.state for run in runs]), ctx.mesh)
   while not all(run.done for run in runs):
     epoch_start = time.perf_counter()
-    state, train_ms = train_epoch(state, runs, train_step, rngs)
+    state, train_ms = train_epoch(state, runs, train_steps, rngs)
     val_loss, val_accuracy, _ = evaluator.run(state, val_split)
     factors = sharding.to_host(optim.lr_factor(state.opt_state))
     step_counts = sharding.to_host(state.step)
@@ -152,6 +146,7 @@ def train_together(configs, workdirs, dataset=None):
       runs = [loop.restore_or_start(configs[i], workdirs[i], ds, mesh) for i in todo]
       for run in runs[1:]:
         run.evaluator = runs[0].evaluator  # one compiled eval step for every member's own figures
+        run.ctx.feed = runs[0].ctx.feed  # and one copy of the data on the devices
       with loop.closed_on_failure(runs):
         fit(runs)
       summaries = dict(zip(todo, (loop.finish(run) for run in runs)))

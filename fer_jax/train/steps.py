@@ -7,6 +7,10 @@ feeds uint8 images; conversion to float, augmentation, the forward pass, loss an
 on device. Randomness is the run's key folded with the step number, so a resumed run draws
 exactly the numbers an uninterrupted one would.
 
+What a run dispatches (train/feeding.py) wraps the same steps in a loop on the device:
+`make_train_steps` runs N train steps per call, from batches the host stacked or from a split
+resident on the devices; `make_eval_pass` evaluates every batch of a resident split in one call.
+
 `members=S` (S >= 2, vectorized seeds: train/members.py) gives the same step over S runs at once:
 states, batches and keys stacked on a leading axis and the step `jax.vmap`ped (or `lax.map`ped,
 see `over_members`) over it, so each member computes what its own run would.
@@ -97,6 +101,64 @@ def make_train_step(
   metrics: loss (weighted data loss + L2, as Keras reports it), correct (count), grad_norm (of
   the parameters that train).
   """
+  step = train_step_fn(config, model, tx, num_classes, class_weights, param_labels)
+  return jax.jit(
+    over_members(step, members, (0, 0, 0, 0), config.train.vectorize), donate_argnums=0
+  )
+
+
+def make_train_steps(
+  config,
+  model,
+  tx,
+  num_classes,
+  class_weights=None,
+  *,
+  param_labels,
+  batch_sharding,
+  members=None,
+):
+  """Returns jitted `(state, images_u8, labels, idx, count, rng) -> (state, metrics)`: the first
+  `count` of N train steps in one dispatch (a loop on the device); the state is donated.
+
+  Each step is `make_train_step`'s. Its batch: with `idx` None, step i's batch is
+  `images_u8[i], labels[i]` (the host stacked N batches, [N, B, ...]); otherwise images_u8 and
+  labels are a whole split resident on the devices and `idx[i]` [B] the rows of step i, gathered
+  there. The batch is placed as `batch_sharding` says, as the host would have placed it. N is
+  the leading size of `idx` (or of the stacked batches); a shorter last dispatch of an epoch
+  passes a smaller `count` and so reuses the compiled program.
+
+  `members=S`: the state, rng and metrics have a leading axis of S runs; the batches have one
+  behind the step axis ([N, S, B, ...], idx [N, S, B]); a resident split is shared.
+  metrics: {"loss", "correct"} of every step, [N] (members [N, S]); rows from `count` on are 0.
+  """
+  step = over_members(
+    train_step_fn(config, model, tx, num_classes, class_weights, param_labels),
+    members,
+    (0, 0, 0, 0),
+    config.train.vectorize,
+  )
+
+  def train_steps(state, images_u8, labels, idx, count, rng):
+    n = (images_u8 if idx is None else idx).shape[0]
+
+    def body(i, carry):
+      state, losses, correct = carry
+      x, y = (images_u8[i], labels[i]) if idx is None else (images_u8[idx[i]], labels[idx[i]])
+      x, y = lax.with_sharding_constraint((x, y), batch_sharding)
+      state, metrics = step(state, x, y, rng)
+      return state, losses.at[i].set(metrics["loss"]), correct.at[i].set(metrics["correct"])
+
+    shape = (n,) if members is None else (n, members)
+    init = (state, jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.int32))
+    state, losses, correct = lax.fori_loop(0, count, body, init)
+    return state, {"loss": losses, "correct": correct}
+
+  return jax.jit(train_steps, donate_argnums=0)
+
+
+def train_step_fn(config, model, tx, num_classes, class_weights, param_labels):
+  """The train step, unjitted: `(state, images_u8, labels, rng) -> (state, metrics)` of one run."""
   per_sample = losses.per_sample_loss_fn(config.loss, num_classes)
   weights = (
     jnp.ones(num_classes) if class_weights is None else jnp.asarray(class_weights, jnp.float32)
@@ -148,15 +210,11 @@ def make_train_step(
     }
     return new_state, metrics
 
-  return jax.jit(
-    over_members(train_step, members, (0, 0, 0, 0), config.train.vectorize), donate_argnums=0
-  )
+  return train_step
 
 
-def make_eval_step(config, model, num_classes, members=None):
-  """Returns jitted `(state, images_u8, labels, mask) -> (sums, logits)`.
-
-  `members=S`: the state is stacked over S runs and so are the outputs; the batch is shared.
+def eval_step_fn(config, model, num_classes):
+  """The eval step, unjitted: `(state, images_u8, labels, mask) -> (sums, logits)` of one run.
 
   Padding rows (mask 0) are left out of the sums; the loss is unweighted (Keras applies
   class weights to training only); add `make_l2_fn`'s penalty to the mean, as Keras does.
@@ -173,7 +231,40 @@ def make_eval_step(config, model, num_classes, members=None):
     }
     return sums, logits
 
-  return jax.jit(over_members(eval_step, members, (0, None, None, None), config.train.vectorize))
+  return eval_step
+
+
+def make_eval_step(config, model, num_classes, members=None):
+  """Returns jitted `(state, images_u8, labels, mask) -> (sums, logits)` of one batch.
+
+  `members=S`: the state is stacked over S runs and so are the outputs; the batch is shared.
+  The step is `eval_step_fn`'s.
+  """
+  step = eval_step_fn(config, model, num_classes)
+  return jax.jit(over_members(step, members, (0, None, None, None), config.train.vectorize))
+
+
+def make_eval_pass(config, model, num_classes, *, batch_sharding, members=None):
+  """Returns jitted `(state, images_u8, labels, idx, mask) -> (sums, logits)`: every batch of a
+  split resident on the devices in one dispatch.
+
+  `idx` [nb, B] and `mask` [nb, B] are the rows and mask of each batch (batching.padded_batches);
+  the outputs are `make_eval_step`'s stacked over the batches (sums [nb], logits [nb, B, K];
+  members: [nb, S] and [nb, S, B, K]).
+  """
+  step = over_members(
+    eval_step_fn(config, model, num_classes), members, (0, None, None, None), config.train.vectorize
+  )
+
+  def eval_pass(state, images_u8, labels, idx, mask):
+    def one(batch):
+      rows, m = batch
+      x, y, m = lax.with_sharding_constraint((images_u8[rows], labels[rows], m), batch_sharding)
+      return step(state, x, y, m)
+
+    return lax.map(one, (idx, mask))
+
+  return jax.jit(eval_pass)
 
 
 def make_l2_fn(config, members=None):
