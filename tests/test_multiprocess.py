@@ -96,6 +96,7 @@ def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp
     f"again with the same command and training resumes from the last checkpoint in {workdir}\n"
   )
   assert said in out1 and out1.index(said) < out1.index(_FATAL), out1
+  assert out1.count("error: process 1:") == 1, out1
   assert not os.path.exists(os.path.join(workdir, "metrics.json"))
 
   procs = _start_processes(workdir)

@@ -50,6 +50,25 @@ def test_the_coordinators_death_lists_this_process_too_and_names_the_coordinator
   assert out.endswith(text)
 
 
+def test_a_lost_connection_to_the_coordinator_names_it():
+  # What process 1 wrote when process 0 was killed mid-epoch (the service's socket closed).
+  text = (
+    b"E1205 00:42:35.426989 18712 coordination_service_agent.cc:289] Polled an error from "
+    b"coordination service (this can be an error from this or another task).\n"
+    b"F1205 00:42:35.427027 18712 client.h:80] Terminating process because the JAX distributed "
+    b"service detected fatal errors. This most likely indicates that another task died\n"
+    b"Additional GRPC error information from remote target coordination_service while calling "
+    b"/xla.coordination.CoordinationService/PollForError:\n"
+    b':UNKNOWN:Error received from peer  {grpc_status:14, grpc_message:"Socket closed"}\n'
+    b"*** Check failure stack trace: ***\n"
+    b"    @     0x7fbba4f40634  absl::log_internal::LogMessage::SendToLog()\n"
+  )
+  out = _filtered(b"progress\n" + text, process_id=1)
+  line = peer_loss.lost_line(1, 2, "runs/x", [0]).encode()
+  assert b"lost process 0 (the coordinator)" in line
+  assert out == b"progress\n" + line + text
+
+
 def test_other_fatal_errors_get_the_general_line_and_ordinary_output_passes_untouched():
   plain = b"W0000 some warning\nprogress\n"
   assert _filtered(plain) == plain

@@ -14,7 +14,7 @@ from fer_jax.evals import common as evals_common
 from fer_jax.platform import sharding
 from fer_jax.report import run_report
 from fer_jax.report import summary as report_summary
-from fer_jax.train import loop, steps
+from fer_jax.train import feeding, steps
 
 # A tiny Model 0 with a global-average-pooled head: with kernels that are mirror-symmetric, every
 # layer commutes with a horizontal flip (3x3 'same' convs, ReLU, BN, 2x2 pools on even widths)
@@ -58,7 +58,8 @@ def _evaluate(mode, symmetric, tmp_path):
     params = jax.tree.map(lambda k: (k + k[:, ::-1]) / 2 if k.ndim == 4 else k, state.params)
     state = state.replace(params=params)
   mesh = sharding.make_mesh()
-  evaluate = lambda split: loop.EvalPass(config, model, mesh, 4)(state, split)  # noqa: E731
+  feed = feeding.Feed.for_run(config, mesh, ds, steps_per_epoch=1)
+  evaluate = lambda split: feeding.EvalPass(config, model, feed, 4)(state, split)  # noqa: E731
   summary = {}
   os.makedirs(tmp_path / "checkpoints")
   ctx = evals_common.Context(config, ds, evaluate, [], str(tmp_path), True, summary)

@@ -19,16 +19,23 @@ import signal
 import subprocess
 import sys
 
-# What the coordination service writes (coordination_service.cc, client.h) when a task is lost.
-_UNHEALTHY = b"The following tasks are unhealthy"
-_FATAL = b"Terminating process because the JAX distributed service detected fatal errors"
+# What JAX's coordination service and its clients write (coordination_service*.cc, client.h) when
+# a task is lost: any of these opens the error; the stack trace's first line closes its head.
+_OPENERS = (
+  b"Polled an error from coordination service",
+  b"The following tasks are unhealthy",
+  b"Terminating process because the JAX distributed service detected fatal errors",
+)
+_STACK = b"*** Check failure stack trace"
+# A client that lost its connection to the service: the coordinator (process 0) is gone.
+_UNREACHABLE = (b"Socket closed", b"failed to connect", b"Connection reset")
 _TASK_ID = re.compile(rb"^\s*(\d+)\s*$")
-_MAX_HELD_LINES = 32  # the list of lost tasks follows the first line; never hold output longer
+_MAX_HELD_LINES = 32  # the head of the error is a few lines; never hold output longer
 
 
 def lost_line(process_id, num_processes, workdir, lost) -> str:
-  """The line written before the dump. `lost`: the task ids the service named (may include
-  this process itself when the coordinator is the one that died, and may be empty)."""
+  """The line written before the dump. `lost`: the processes the error names (may include this
+  process itself when the coordinator is the one that died, and may be empty)."""
   me = f"process {process_id}" if process_id is not None else "this process"
   others = sorted(set(lost) - {process_id})
   if not others:
@@ -46,35 +53,38 @@ def lost_line(process_id, num_processes, workdir, lost) -> str:
   )
 
 
+def lost_processes(held, process_id) -> list[int]:
+  """The processes the head of the error names: the task ids it lists, or the coordinator when
+  this process (not the coordinator) lost its connection to it."""
+  lost = [int(m.group(1)) for m in map(_TASK_ID.match, held) if m]
+  if not lost and process_id != 0 and any(u in line for line in held for u in _UNREACHABLE):
+    lost = [0]
+  return lost
+
+
 def filter_stream(source, sink, process_id, num_processes, workdir):
-  """Copies `source` to `sink` line by line, writing `lost_line` once, before the first line
-  of the coordination service's error (with the lost task ids read from the lines after it)."""
-  held, lost, said = [], [], False
+  """Copies `source` to `sink` line by line, writing `lost_line` once, before the head of the
+  coordination service's error (read whole first, for the processes it names)."""
+  held, said = [], False
   for line in iter(source.readline, b""):
-    if not said and not held and (_UNHEALTHY in line or _FATAL in line):
+    if not said and (held or any(o in line for o in _OPENERS)):
       held.append(line)
-      if _UNHEALTHY not in line:  # the fatal line without the list: nothing more to wait for
-        held, said = _release(sink, held, process_id, num_processes, workdir, lost), True
-      continue
-    if held:
-      held.append(line)
-      match = _TASK_ID.match(line)
-      if match and len(held) < _MAX_HELD_LINES:
-        lost.append(int(match.group(1)))
-      else:
-        held, said = _release(sink, held, process_id, num_processes, workdir, lost), True
+      if _STACK in line or len(held) >= _MAX_HELD_LINES:
+        said = _release(sink, held, process_id, num_processes, workdir)
+        held = []
       continue
     sink.write(line)
     sink.flush()
-  _release(sink, held, process_id, num_processes, workdir, lost)
+  _release(sink, held, process_id, num_processes, workdir)
 
 
-def _release(sink, held, process_id, num_processes, workdir, lost):
+def _release(sink, held, process_id, num_processes, workdir) -> bool:
   if held:
+    lost = lost_processes(held, process_id)
     sink.write(lost_line(process_id, num_processes, workdir, lost).encode())
     sink.writelines(held)
     sink.flush()
-  return []
+  return True
 
 
 def route_stderr(process_id, num_processes, workdir):
