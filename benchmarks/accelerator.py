@@ -23,7 +23,7 @@ user's run with those settings does:
    installed; one line saying it is skipped where not.
 
 --quick shrinks all of it (B++ only, at an eighth of its width, batch 32, the baseline and the
-all-three rows, 640 faces, 3 steps a row, 2 seeds, 2 epochs, XLA's optimisations off as in the
+all-three rows, 320 faces, 3 steps a row, 2 seeds, 1 epoch, XLA's optimisations off as in the
 test suite, PyTorch uncompiled) so that it runs on a CPU; its figures only show that everything
 runs. The other flags shrink it further (the test suite's smoke test) or trim it.
 Figures: docs/performance.md.
@@ -60,7 +60,7 @@ _FEEDING = flags.DEFINE_bool(
   "rows that set data.on_device and train.steps_per_dispatch (--nofeeding: only dtype rows)",
 )
 _FULL_EPOCHS = flags.DEFINE_integer(
-  "full_epochs", None, "epochs of the complete B++ run (default its config's; quick 2)"
+  "full_epochs", None, "epochs of the complete B++ run (default its config's; quick 1)"
 )
 _WIDTHS = flags.DEFINE_string(
   "widths", None, "conv widths of every network, e.g. 8,16,32 (default the configs'; quick /8)"
@@ -93,9 +93,9 @@ def settings():
     "models": _MODELS.value or (["b_pp"] if quick else ["b_pp", "model_0"]),
     "batches": [int(b) for b in _BATCHES.value or ((32,) if quick else (64, 512))],
     "steps": _STEPS.value or (3 if quick else 200),
-    "faces": _FACES.value or (640 if quick else 20_000),
+    "faces": _FACES.value or (320 if quick else 20_000),
     "members": [int(s) for s in _MEMBERS.value or ((1, 2) if quick else (1, 2, 4, 8))],
-    "full_epochs": _FULL_EPOCHS.value or (2 if quick else None),
+    "full_epochs": _FULL_EPOCHS.value or (1 if quick else None),
     "widths": _WIDTHS.value or ("8,16,32" if quick else None),
     # quick: the baseline and all three changes at once
     "variants": _VARIANTS.value or (["0", "4"] if quick else None),
