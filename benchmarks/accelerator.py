@@ -164,6 +164,7 @@ def rate(name, overrides, knobs, dataset, seeds=1):
     "train.epochs": 2,
     "train.max_steps_per_epoch": knobs["steps"],
     "train.early_stopping": False,
+    "eval.report": False,  # its plots would be a third of a quick row
   }
   configs = [load(name, {**overrides, **timing, "train.seed": s}, knobs) for s in range(seeds)]
   summaries, _ = train(configs, dataset)

@@ -371,6 +371,11 @@ TRAIN = {
 
 EVAL = {
   "batch_size": Field(256, "batch of the evaluation passes", at_least(1)),
+  "report": Field(
+    True,
+    "write report.md and its PNG plots into the workdir when the run ends (false: metrics.json "
+    "only; the plots take seconds on a small CPU, a visible share of a timing or test run)",
+  ),
   "confidence_threshold": Field(
     0.7, "deployment rule: below this calibrated confidence, answer 'uncertain'", fraction()
   ),

@@ -33,6 +33,8 @@ TINY = [
   "--config.train.batch_size=8",
   "--config.eval.batch_size=8",
   "--config.train.log_every_steps=4",
+  # report.md and its plots are seconds a run on a small CPU; tests of the report turn it on
+  "--config.eval.report=false",
 ]
 
 

@@ -24,7 +24,8 @@ EPOCHS = ["--config.train.epochs=3", "--config.train.early_stopping=False"]
 def reference_run(tmp_path_factory):
   """An uninterrupted 3-epoch Model 0 run on one device (shared by the comparisons below)."""
   workdir = str(tmp_path_factory.mktemp("ref"))
-  proc = launch(["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *EPOCHS])
+  args = ["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *EPOCHS]
+  proc = launch([*args, "--config.eval.report=true"])
   return workdir, proc.stdout
 
 
@@ -173,6 +174,8 @@ def test_zero_epochs_evaluates_the_initial_weights_as_epoch_0(tmp_path):
     and s["best"]["val_accuracy"] == row["val_accuracy"]
   )
   assert study.load_run(workdir)["history"] == [row]
+  # eval.report=false (TINY's): metrics.json, no report.md and no plots
+  assert not [f for f in os.listdir(workdir) if f == "report.md" or f.endswith(".png")]
 
 
 def test_finished_run_prints_summary_and_how_to_start_fresh(reference_run):

@@ -337,7 +337,8 @@ def finish(run):
     report_summary.closing_fields(run.history, run.stopped_early, run.resume.elapsed_s, wall_s)
   )
   if writes:
-    run_report.write_run_report(workdir, summary, run.history)
+    if config.eval.report:
+      run_report.write_run_report(workdir, summary, run.history)
     # last: its presence marks the run finished
     history.write_json(os.path.join(workdir, "metrics.json"), summary)
   log(report_summary.format_summary(summary))
