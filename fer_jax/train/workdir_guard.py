@@ -20,14 +20,15 @@ from fer_jax.config_loading import ABSENT, declared_fields, field_differences
 from fer_jax.train import history
 
 # Fields that may differ between the saved config and a resumed one: where data is cached, how
-# it is read, how often progress is printed and how seeds share a program (train.vectorize: the
-# same values) change nothing that is trained or measured.
+# it is read, how often progress is printed, how seeds share a program (train.vectorize: the
+# same values) and whether report.md is drawn change nothing that is trained or measured.
 RESUME_SAFE_FIELDS = (
   "data.cache_dir",
   "data.num_workers",
   "train.log_every_steps",
   "eval.batch_size",
   "train.vectorize",
+  "eval.report",
 )
 
 LOCK_FILE = ".lock"
