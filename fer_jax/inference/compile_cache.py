@@ -22,9 +22,9 @@ def directory():
   chosen = os.environ.get(ENV)
   if chosen is not None:
     return None if chosen.strip().lower() in OFF else chosen
-  from fer_jax.models.kernels import conv_choice
+  from fer_jax.platform import cache_root  # not conv_choice, whose package imports Flax
 
-  return os.path.join(os.path.dirname(conv_choice.cache_path()), "jax_compile")
+  return os.path.join(cache_root.folder(), "jax_compile")
 
 
 def enable():
