@@ -133,8 +133,9 @@ def test_video_rows_per_face_per_frame_with_stable_track_ids(tmp_path, capsys):
 
 
 def test_a_second_run_loads_the_compiled_model_from_the_cache(tmp_path):
-  """JAX's persistent cache: the first run writes the compiled programs to the cache folder, the
-  second loads every one of them from there (JAX's own cache-hit and cache-miss events)."""
+  """JAX's persistent cache and the scorer cache: the first run writes the compiled programs and
+  the exported scorer to the cache folder; the second loads every program from there (JAX's own
+  cache-hit and cache-miss events), never imports Flax and answers the same."""
   photo = save_photo(tmp_path / "a.png", real_photos.astronaut())
   cache = tmp_path / "cache"
   code = (
@@ -148,10 +149,11 @@ def test_a_second_run_loads_the_compiled_model_from_the_cache(tmp_path):
     "  hits = events.count('/jax/compilation_cache/cache_hits')\n"
     "  misses = events.count('/jax/compilation_cache/cache_misses')\n"
     "  print(f'cache hits {hits} misses {misses}', file=sys.stderr)\n"
+    "  print(f'flax {\"flax\" in sys.modules}', file=sys.stderr)\n"
   )
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}  # JAX's own wins
   env.update({"PYTHONPATH": ROOT, compile_cache.ENV: str(cache)})
-  counts = []
+  counts, outputs, flax = [], [], []
   for _ in range(2):
     proc = subprocess.run(
       [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
@@ -159,12 +161,17 @@ def test_a_second_run_loads_the_compiled_model_from_the_cache(tmp_path):
     assert proc.returncode == 0 and proc.stdout.startswith("happy"), proc.stderr
     line = [x for x in proc.stderr.splitlines() if x.startswith("cache hits")][-1]
     counts.append(tuple(int(x) for x in line.split()[2::2]))
+    outputs.append(proc.stdout)
+    flax.append("flax True" in proc.stderr)
     if len(counts) == 1:
       written = sorted(p.name for p in cache.iterdir())
-      assert any(name.startswith("jit__lambda") for name in written), written
+      assert any(name.startswith("jit_") for name in written), written
+      (entry,) = (cache / "scorers").iterdir()
+      assert {"scorer.json", "weights.npz", "logits_1.jax"} <= {p.name for p in entry.iterdir()}
   (hits1, misses1), (hits2, misses2) = counts
   assert hits1 == 0 and misses1 >= 1  # the model compiled and written
-  assert misses2 == 0 and hits2 == misses1  # every program loaded, none compiled
+  assert misses2 == 0 and hits2 >= 1  # every program loaded, none compiled
+  assert outputs[0] == outputs[1] and flax == [True, False]
 
 
 def test_crops_mode_scores_whole_images(tmp_path, capsys):

@@ -8,7 +8,8 @@ The cache is `jax_compile` in fer_jax's cache folder, beside the convolution cho
 moves the compilation cache alone; FER_JAX_COMPILE_CACHE=off (or 0, or empty)
 turns it off. A cache directory set through JAX's own jax_compilation_cache_dir (flag or
 JAX_COMPILATION_CACHE_DIR) wins over both. Entries are keyed by the program, the JAX version and
-the backend's flags, so a stale entry is never used; deleting the folder is always safe.
+the backend's flags, so a stale entry is never used; deleting the folder is always safe. The
+folder's `scorers/` holds the scorer cache (scorer_cache.py), which the same switch turns off.
 """
 
 import os
@@ -22,9 +23,9 @@ def directory():
   chosen = os.environ.get(ENV)
   if chosen is not None:
     return None if chosen.strip().lower() in OFF else chosen
-  from fer_jax.models.kernels import conv_choice
+  from fer_jax.platform import cache_root  # not conv_choice, whose package imports Flax
 
-  return os.path.join(os.path.dirname(conv_choice.cache_path()), "jax_compile")
+  return os.path.join(cache_root.folder(), "jax_compile")
 
 
 def enable():

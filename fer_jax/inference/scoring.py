@@ -37,6 +37,7 @@ class Scorer:
   calibration: calibration.Calibration
   apply: callable  # jitted (uint8 crops [B, S, S, C]) -> logits [B, classes]
   warning: str = ""  # what a user should know before trusting the answers (predict, serve say it)
+  model: tuple = None  # (Flax module, variables) where built here; None from the scorer_cache
 
   @classmethod
   def default(cls, classes=None):
@@ -64,6 +65,7 @@ class Scorer:
       # Not a run: no fitted temperature, and the threshold is the study's deployment rule.
       calibration.Calibration(temperature=1.0, threshold=common.eval_config().confidence_threshold),
       _jitted_logits(model, variables),
+      model=(model, variables),
     )
 
   @classmethod
@@ -111,12 +113,25 @@ class Scorer:
   def for_command_line(cls, workdir, classes, conv_impl=None):
     """What predict, serve and export ask for: a run's scorer (`workdir`) or the default model's
     (`classes`); a bad run or model ends the command in one line, a run without calibration
-    gets a warning line. Compiled programs are cached on disk (compile_cache)."""
+    gets a warning line. Compiled programs are cached on disk (compile_cache), and so is the
+    scorer itself (scorer_cache), except where `conv_impl` is asked for (export traces it)."""
     from fer_jax.inference import compile_cache
 
     compile_cache.enable()
+    folder = compile_cache.directory()  # None where FER_JAX_COMPILE_CACHE turns both caches off
+
+    def build():
+      return cls.from_workdir(workdir, conv_impl) if workdir else cls.default(classes)
+
     try:
-      scorer = cls.from_workdir(workdir, conv_impl) if workdir else cls.default(classes)
+      if folder is None or conv_impl:
+        scorer = build()
+      else:
+        from fer_jax.inference import scorer_cache
+        from fer_jax.platform import sharding
+
+        sharding.configure_backend()  # as building does: the compiled programs' keys stay equal
+        scorer = scorer_cache.scorer(folder, workdir, classes, build)
     except (FileNotFoundError, ValueError) as e:
       sys.exit(f"error: {e}")
     if scorer.warning:
@@ -136,6 +151,7 @@ class Scorer:
       d.resize_filter,
       cal,
       _jitted_logits(model, variables),
+      model=(model, variables),
     )
 
   def logits(self, crops_u8):

@@ -37,9 +37,9 @@ import jaxlib
 import numpy as np
 
 from fer_jax.models.kernels import cpu_conv
-from fer_jax.platform import allocator, cpu_info
+from fer_jax.platform import allocator, cache_root, cpu_info
 
-CACHE_DIR_ENV = "FER_JAX_CACHE_DIR"
+CACHE_DIR_ENV = cache_root.ENV
 DEFAULT = (
   "winograd"  # the unmeasured choice: fastest on most layers on Zen 1 and on an AVX-512 Xeon
 )
@@ -53,10 +53,7 @@ _unwritable_reported = []
 
 
 def cache_path():
-  root = os.environ.get(CACHE_DIR_ENV) or os.path.join(
-    os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fer_jax"
-  )
-  return os.path.join(root, "conv_choice.json")
+  return os.path.join(cache_root.folder(), "conv_choice.json")
 
 
 def machine_key():

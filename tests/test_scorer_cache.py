@@ -1,0 +1,69 @@
+"""fer_jax.inference.scorer_cache: the cached scorer answers as the live one, a changed run is a
+new key, and a corrupt file is ignored and rewritten."""
+
+import os
+
+import numpy as np
+import pytest
+
+from fer_jax.inference import scorer_cache, scoring
+
+
+@pytest.fixture(scope="module")
+def live():
+  return scoring.Scorer.default()
+
+
+def test_a_changed_run_is_a_new_key(tmp_path):
+  run = tmp_path / "run"
+  (run / "checkpoints" / "best").mkdir(parents=True)
+  (run / "config.json").write_text('{"name": "b_pp", "variant": ""}')
+  (run / "checkpoints" / "calibration.json").write_text('{"temperature": 1.5, "threshold": 0.7}')
+  (run / "checkpoints" / "best" / "params").write_bytes(b"1234")
+  first = scorer_cache.key(str(run), None)
+  assert scorer_cache.key(str(run), None) == first
+  keys = {first}
+  for path, data in [
+    ("checkpoints/calibration.json", '{"temperature": 1.6, "threshold": 0.7}'),
+    ("checkpoints/best/params", "4321"),
+    ("config.json", '{"name": "b_pp", "variant": "x"}'),
+  ]:
+    st = os.stat(run / path)
+    (run / path).write_text(data)  # the same size: only the mtime says it changed
+    os.utime(run / path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    keys.add(scorer_cache.key(str(run), None))
+  assert len(keys) == 4
+  assert scorer_cache.key(None, None) != scorer_cache.key(None, ["happy", "sad"])
+
+
+def test_the_cached_scorer_answers_as_the_live_one_and_survives_corrupt_files(
+  tmp_path, live, capsys
+):
+  builds = []
+
+  def build():
+    builds.append(1)
+    return live
+
+  def unbuildable():
+    raise AssertionError("the cache should have had everything")
+
+  crops = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 1), np.uint8)
+  expected = np.asarray(live.apply(crops))
+  first = scorer_cache.scorer(str(tmp_path), None, None, build)
+  # Weights as arguments, not constants: XLA folds the batch norms otherwise, float32 rounding.
+  np.testing.assert_allclose(first.logits(crops), expected, rtol=1e-6, atol=1e-5)
+  assert first.model is None and first.classes == live.classes and builds == [1]
+  assert first.calibration == live.calibration and first.name == live.name
+  again = scorer_cache.scorer(str(tmp_path), None, None, unbuildable)
+  np.testing.assert_array_equal(again.logits(crops), first.logits(crops))
+  (entry,) = (tmp_path / "scorers").iterdir()
+  for corrupt in (["weights.npz", "logits_2.jax"], ["scorer.json"]):
+    for name in corrupt:
+      (entry / name).write_bytes(b"PK\x03\x04 torn")
+    repaired = scorer_cache.scorer(str(tmp_path), None, None, build)
+    np.testing.assert_array_equal(repaired.logits(crops), first.logits(crops))
+    assert all(f"ignoring {entry}/{name}" in capsys.readouterr().err for name in corrupt[:1])
+  assert builds == [1, 1, 1]
+  rewritten = scorer_cache.scorer(str(tmp_path), None, None, unbuildable)
+  np.testing.assert_array_equal(rewritten.logits(crops), first.logits(crops))
