@@ -4,6 +4,7 @@ pythonpath.)"""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,22 @@ os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
 # predict's and serve's persistent compilation cache (fer_jax/inference/compile_cache.py) stays
 # off, so no test reads or fills the user's ~/.cache/fer_jax; the test of the cache turns it on.
 os.environ.setdefault("FER_JAX_COMPILE_CACHE", "off")
+# One persistent XLA compilation cache for the whole session, made by the first process that loads
+# this file (pytest-xdist's controller: its workers and every launch.py they start inherit it): the
+# many tiny runs compile the same programs, which later runs load from disk (about a fifth of the
+# suite's time). A size limit makes JAX lock the folder, so no worker reads a half-written entry.
+# Removed when the session ends.
+_OWN_JAX_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_JAX_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="fer_jax_test_jax_cache_")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
+
+
+def pytest_sessionfinish(session):
+  if _OWN_JAX_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -27,6 +27,7 @@ OVERRIDES = {
   "optim.ema_decay": DECAY,
   "eval.tta": "flip",  # end to end with test-time augmentation too
   "train.seed": 1,
+  "eval.report": False,  # report.md and its plots: seconds a run, checked in test_train
   "data.cache_dir": os.path.join(tempfile.gettempdir(), "fer_jax_test_cache"),
 }
 
@@ -94,7 +95,7 @@ def test_train_steps_keep_the_average_and_evaluations_use_it():
 def reference_run(tmp_path_factory):
   """An uninterrupted 3-epoch run with EMA."""
   workdir = str(tmp_path_factory.mktemp("ema") / "reference")
-  return workdir, loop.train_and_evaluate(_config(), workdir)
+  return workdir, loop.train_and_evaluate(_config(**{"eval.report": True}), workdir)
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(reference_run, tmp_path, monkeypatch):

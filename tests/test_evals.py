@@ -20,6 +20,7 @@ TINY = {
   "train.batch_size": 8,
   "eval.batch_size": 8,
   "train.epochs": 1,
+  "eval.report": False,  # report.md and its plots: seconds a run, checked in test_train
   "data.cache_dir": os.path.join(tempfile.gettempdir(), "fer_jax_test_cache"),
 }
 
@@ -113,7 +114,10 @@ def test_evals_chosen_by_the_config_shape_metrics_json(tmp_path, probe_module):
     )
 
   workdir = str(tmp_path / "run")
-  summary = loop.train_and_evaluate(_config(edit), workdir)
+  config = _config(edit)
+  with config.unlocked():
+    config.eval.report = True  # its report.md is read below
+  summary = loop.train_and_evaluate(config, workdir)
   with open(os.path.join(workdir, "metrics.json")) as f:
     assert json.load(f) == json.loads(json.dumps(summary))
   assert not {"train_accuracy_eval", "gap_eval", "train_eval_images"} & set(summary["best"])

@@ -35,6 +35,7 @@ OVERRIDES = {
   "train.augment": True,
   "train.early_stopping": False,
   "optim.plateau_patience": 0,
+  "eval.report": False,  # report.md and its plots: seconds a run, checked in test_train
   "data.cache_dir": os.path.join(tempfile.gettempdir(), "fer_jax_test_cache"),
 }
 WHOLE_EPOCH = 1000  # capped at the steps of an epoch

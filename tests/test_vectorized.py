@@ -34,6 +34,7 @@ OVERRIDES = {
   "train.early_stopping_patience": 1,
   "optim.plateau_patience": 1,
   "train.vectorize": "vmap",  # the accelerators' way; CPU's "map" below
+  "eval.report": False,  # report.md and its plots: seconds a run, checked in test_train
   "data.cache_dir": os.path.join(tempfile.gettempdir(), "fer_jax_test_cache"),
 }
 
