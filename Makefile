@@ -66,8 +66,10 @@ $(VENV)/.lint: $(VENV)/.base
 run: $(VENV)/.base
 	$(PY) launch.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
+# --dist loadscope: each test module on one worker, so its module fixtures (reference runs) are
+# computed once, not once per worker.
 test: $(VENV)/.test $(WEB)/.done
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadscope tests
 
 # Settings in pyproject.toml ([tool.ruff]); `ruff format .` applies what the check reports.
 lint: $(VENV)/.lint

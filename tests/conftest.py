@@ -26,12 +26,13 @@ os.environ.setdefault("FER_JAX_COMPILE_CACHE", "off")
 # One persistent XLA compilation cache for the whole session, made by the first process that loads
 # this file (pytest-xdist's controller: its workers and every launch.py they start inherit it): the
 # many tiny runs compile the same programs, which later runs load from disk (about a fifth of the
-# suite's time). A size limit makes JAX lock the folder, so no worker reads a half-written entry.
-# Removed when the session ends.
+# suite's time). Programs that compile faster than a cache write (single ops run eagerly) are not
+# kept. A size limit makes JAX lock the folder, so no worker reads a half-written entry. Removed
+# when the session ends.
 _OWN_JAX_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_JAX_CACHE:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="fer_jax_test_jax_cache_")
-  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.3"
   os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(4 << 30)
 
 

@@ -39,9 +39,10 @@ def test_depthwise_shift_add_matches_grouped_conv_values_and_gradients(shape, k,
   def shift_add(x, w):
     return layers._depthwise_shift_add(x, w[:, :, :, 0], stride, padding)
 
+  # jitted as the models run them (op by op, the k x k shifts and their gradients take seconds)
   def gradients(f):
-    return jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, w)
+    return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1)))(x, w)
 
-  np.testing.assert_allclose(shift_add(x, w), grouped(x, w), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jit(shift_add)(x, w), grouped(x, w), rtol=1e-5, atol=1e-5)
   for got, want in zip(gradients(shift_add), gradients(grouped)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

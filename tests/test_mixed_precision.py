@@ -95,9 +95,14 @@ def test_logits_are_float32_and_bn_output_is_the_compute_dtype():
   )
   variables = models.init_variables(model, (SIZE, SIZE, 1))
   x = jnp.asarray(toy_batch()[0], jnp.float32) / 255
-  logits, _ = models.apply(model, variables, x, train=True, rng=jax.random.key(0))
+  # jitted as training runs it (op by op, the model takes seconds to dispatch)
+  train = jax.jit(lambda v, x: models.apply(model, v, x, train=True, rng=jax.random.key(0)))
+  logits, _ = train(variables, x)
   assert logits.dtype == jnp.float32
-  _, captured = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+  capture = jax.jit(
+    lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"])
+  )
+  _, captured = capture(variables, x)
   # normalised in float32, handed on in bfloat16
   assert captured["intermediates"]["bn1_1"]["__call__"][0].dtype == jnp.bfloat16
 
