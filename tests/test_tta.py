@@ -26,7 +26,6 @@ OVERRIDES = {
   "model.conv_impl": "xla",
   "data.builtin_per_class": 32,
   "eval.batch_size": 16,
-  "eval.report": False,  # report.md and its plots: seconds a run, checked in test_train
   "data.cache_dir": os.path.join(tempfile.gettempdir(), "fer_jax_test_cache"),
 }
 
