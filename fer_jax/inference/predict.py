@@ -52,6 +52,14 @@ _DETECTOR = flags.DEFINE_enum(
 _MARGIN = flags.DEFINE_float(
   "margin", None, "Crop margin per side, a fraction of the face box (default 0.1)."
 )
+_RUNTIME = flags.DEFINE_enum(
+  "runtime",
+  "auto",
+  ["auto", "jax", "onnxruntime"],
+  "What runs the model: JAX, or onnxruntime on the model converted to ONNX once and kept in "
+  "the cache (a start without importing JAX); auto: onnxruntime where it and jax2onnx are "
+  "installed and the cache is on (docs/inference.md).",
+)
 _MAX_FACES = flags.DEFINE_integer(
   "max_faces", 32, "At most this many faces per image or frame (the largest)."
 )
@@ -210,6 +218,15 @@ class Output:
       self._file.close()
 
 
+def runtime():
+  """--runtime, with auto resolved (onnx_scorer's module docstring)."""
+  if _RUNTIME.value != "auto":
+    return _RUNTIME.value
+  from fer_jax.inference import compile_cache, onnx_scorer
+
+  return "onnxruntime" if compile_cache.directory() and onnx_scorer.available() else "jax"
+
+
 def annotated_path(folder, path, suffix, used):
   """A new file in `folder` for the annotated copy of `path`: <stem><suffix>, or <stem>-2<suffix>,
   ... where that name is taken by any file (an input, an earlier run's output) or by another
@@ -285,7 +302,7 @@ def main(argv):
     detectors.detector(_DETECTOR.value)  # an uninstalled backend fails here, before the model loads
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  scorer = scoring.Scorer.for_command_line(_WORKDIR.value, _CLASSES.value)
+  scorer = scoring.Scorer.for_command_line(_WORKDIR.value, _CLASSES.value, runtime=runtime())
   detection = scoring.Detection(
     _DETECTOR.value,
     detectors.FER_MARGIN if _MARGIN.value is None else _MARGIN.value,

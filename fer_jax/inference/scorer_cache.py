@@ -39,6 +39,7 @@ from fer_jax.evals import calibration
 from fer_jax.inference import scoring
 
 LAYOUT = 1  # of an entry's files: a new layout is a new key
+FIELDS = "scorer.json"
 
 
 def fingerprint(workdir, classes):
@@ -48,26 +49,35 @@ def fingerprint(workdir, classes):
 
   from fer_jax.platform import allocator, cpu_info
 
-  if workdir:
-    source = {"workdir": os.path.realpath(workdir), "files": _run_files(workdir)}
-  else:
-    source = {"default": list(classes) if classes else None, "fer": _version("fer")}
-  package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   return {
     "layout": LAYOUT,
-    "source": source,
-    "fer_jax": [_version("fer_jax"), _files(package, lambda name: name.endswith(".py"))],
+    "source": source(workdir, classes),
+    "fer_jax": package_files(),
     "jax": [jax.__version__, jaxlib.__version__, jax.default_backend()],
     "machine": [cpu_info.current().cache_key(), allocator.loaded()],
     "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("JAX_", "XLA_"))},
   }
 
 
+def source(workdir, classes):
+  """The model a scorer holds: a run's files, or the default model's classes and fer version."""
+  if workdir:
+    return {"workdir": os.path.realpath(workdir), "files": _run_files(workdir)}
+  return {"default": list(classes) if classes else None, "fer": version("fer")}
+
+
+def package_files():
+  """fer_jax's version and its source files' sizes and mtimes (an editable install's version
+  never changes when its code does)."""
+  package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return [version("fer_jax"), _files(package, lambda name: name.endswith(".py"))]
+
+
 def key(workdir, classes):
   return hashlib.sha256(json.dumps(fingerprint(workdir, classes)).encode()).hexdigest()[:32]
 
 
-def _version(dist):
+def version(dist):
   try:
     return importlib.metadata.version(dist)
   except importlib.metadata.PackageNotFoundError:
@@ -112,16 +122,31 @@ def scorer(directory, workdir, classes, build):
   Scorer.default), called at most once and only where a file is missing."""
   # JAX names its files *-cache and never looks into folders: the two caches share one folder.
   entry = Entry(os.path.join(directory, "scorers", key(workdir, classes)), build)
-  path = os.path.join(entry.folder, "scorer.json")
+  fields = read_fields(entry.folder)
+  if fields is None:
+    fields = live_fields(entry.live())
+    write_file(entry.folder, FIELDS, json.dumps(fields, indent=1).encode())
+  return from_fields(fields, entry)
+
+
+def read_fields(folder):
+  """The Scorer's fields kept in `folder`, or None where there are none or they are unreadable
+  (warned about: the caller rewrites them)."""
+  path = os.path.join(folder, FIELDS)
   try:
     with open(path) as f:
-      return _scorer(json.load(f), entry)
+      fields = json.load(f)
+    from_fields(fields, None)  # every field there and of the right kind
+    return fields
   except FileNotFoundError:
-    pass
+    return None
   except (OSError, ValueError, KeyError, TypeError) as e:
-    _warn(path, e)
-  live = entry.live()
-  fields = {
+    warn(path, e)
+    return None
+
+
+def live_fields(live):
+  return {
     "name": live.name,
     "classes": list(live.classes),
     "image_size": live.image_size,
@@ -130,11 +155,9 @@ def scorer(directory, workdir, classes, build):
     "calibration": dataclasses.asdict(live.calibration),
     "warning": live.warning,
   }
-  entry.write("scorer.json", json.dumps(fields, indent=1).encode())
-  return _scorer(fields, entry)
 
 
-def _scorer(fields, entry):
+def from_fields(fields, apply):
   cal = dict(fields["calibration"])
   tta = cal.pop("tta", None)
   return scoring.Scorer(
@@ -144,7 +167,7 @@ def _scorer(fields, entry):
     int(fields["channels"]),
     fields["resize_filter"],
     calibration.Calibration(**cal, tta=tta and calibration.Calibration(**tta)),
-    entry,
+    apply,
     fields["warning"],
   )
 
@@ -184,7 +207,7 @@ class Entry:
           with np.load(path, allow_pickle=False) as npz:
             leaves = [npz[f"arr_{i}"] for i in range(len(npz.files))]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-          _warn(path, e)
+          warn(path, e)
       if leaves is None:
         leaves = [np.asarray(x) for x in self._variables()[0]]
         buffer = io.BytesIO()
@@ -206,9 +229,9 @@ class Entry:
           exported = jax.export.deserialize(bytearray(f.read()))
         if [(tuple(a.shape), np.dtype(a.dtype)) for a in exported.in_avals] == wanted:
           return jax.jit(exported.call)
-        _warn(path, "its shapes are not the scorer's")
+        warn(path, "its shapes are not the scorer's")
       except Exception as e:  # a torn or foreign file fails in flatbuffers or MLIR, not in OSError
-        _warn(path, e)
+        warn(path, e)
     exported = self._export(shape)
     self.write(os.path.basename(path), bytes(exported.serialize()))
     return jax.jit(exported.call)
@@ -229,20 +252,24 @@ class Entry:
     return jax.export.export(jax.jit(logits))(specs, jax.ShapeDtypeStruct(shape, np.uint8))
 
   def write(self, name, data):
-    """`data` as the entry's file `name`, whole or not at all; an unwritable cache only warns."""
+    write_file(self.folder, name, data)
+
+
+def write_file(folder, name, data):
+  """`data` as the file `folder`/`name`, whole or not at all; an unwritable cache only warns."""
+  try:
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
     try:
-      os.makedirs(self.folder, exist_ok=True)
-      fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.")
-      try:
-        with os.fdopen(fd, "wb") as f:
-          f.write(data)
-        os.replace(tmp, os.path.join(self.folder, name))
-      except BaseException:
-        os.unlink(tmp)
-        raise
-    except OSError as e:
-      print(f"warning: scorer cache: cannot write {self.folder}/{name}: {e}", file=sys.stderr)
+      with os.fdopen(fd, "wb") as f:
+        f.write(data)
+      os.replace(tmp, os.path.join(folder, name))
+    except BaseException:
+      os.unlink(tmp)
+      raise
+  except OSError as e:
+    print(f"warning: scorer cache: cannot write {folder}/{name}: {e}", file=sys.stderr)
 
 
-def _warn(path, why):
+def warn(path, why):
   print(f"warning: scorer cache: ignoring {path} ({why}); it is rewritten", file=sys.stderr)

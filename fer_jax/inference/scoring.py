@@ -110,26 +110,38 @@ class Scorer:
     return scorer
 
   @classmethod
-  def for_command_line(cls, workdir, classes, conv_impl=None):
+  def for_command_line(cls, workdir, classes, conv_impl=None, runtime="jax"):
     """What predict, serve and export ask for: a run's scorer (`workdir`) or the default model's
     (`classes`); a bad run or model ends the command in one line, a run without calibration
     gets a warning line. Compiled programs are cached on disk (compile_cache), and so is the
-    scorer itself (scorer_cache), except where `conv_impl` is asked for (export traces it)."""
+    scorer itself (scorer_cache), except where `conv_impl` is asked for (export traces it).
+    runtime="onnxruntime" (predict's fast start) scores with the scorer kept as ONNX
+    (onnx_scorer), which needs the cache."""
     from fer_jax.inference import compile_cache
 
-    compile_cache.enable()
     folder = compile_cache.directory()  # None where FER_JAX_COMPILE_CACHE turns both caches off
 
-    def build():
-      return cls.from_workdir(workdir, conv_impl) if workdir else cls.default(classes)
+    def build(impl=conv_impl):
+      compile_cache.enable()
+      return cls.from_workdir(workdir, impl) if workdir else cls.default(classes)
 
     try:
-      if folder is None or conv_impl:
+      if runtime == "onnxruntime":
+        if folder is None:
+          raise ValueError(
+            f"--runtime=onnxruntime keeps its model in the cache; {compile_cache.ENV} turns it off"
+          )
+        from fer_jax.inference import onnx_scorer
+
+        # XLA's own convolutions, as export converts them (conv_impl='auto' chooses per batch)
+        scorer = onnx_scorer.scorer(folder, workdir, classes, lambda: build("xla"))
+      elif folder is None or conv_impl:
         scorer = build()
       else:
         from fer_jax.inference import scorer_cache
         from fer_jax.platform import sharding
 
+        compile_cache.enable()
         sharding.configure_backend()  # as building does: the compiled programs' keys stay equal
         scorer = scorer_cache.scorer(folder, workdir, classes, build)
     except (FileNotFoundError, ValueError) as e:

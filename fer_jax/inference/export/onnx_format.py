@@ -20,7 +20,7 @@ OPSET = 18
 logging.getLogger("jax2onnx").setLevel(logging.ERROR)
 
 
-def write(fn, face_shape, path):
+def write(fn, face_shape, path, output="probabilities"):
   # jax2onnx 0.13's Conv plugin print()s a DEBUG block per convolution (hundreds of lines).
   with contextlib.redirect_stdout(io.StringIO()):
     jax2onnx.to_onnx(
@@ -29,7 +29,7 @@ def write(fn, face_shape, path):
       model_name="fer_jax",
       opset=OPSET,
       input_names=["faces"],
-      output_names=["probabilities"],
+      output_names=[output],
       return_mode="file",
       output_path=path,
     )
