@@ -16,7 +16,7 @@ from absl import app, flags
 from absl.testing import flagsaver
 from conftest import ROOT
 
-from fer_jax.inference import compile_cache, predict
+from fer_jax.inference import compile_cache, onnx_scorer, predict
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 FER2013 = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -210,9 +210,12 @@ def test_a_second_run_on_onnxruntime_never_imports_jax(tmp_path):
   assert outputs[0] == outputs[1] == outputs[2]
 
 
-def test_onnxruntime_needs_the_cache(tmp_path, capsys):
+def test_onnxruntime_needs_the_cache_and_its_packages(tmp_path, capsys, monkeypatch):
   photo = save_photo(tmp_path / "a.png", real_photos.astronaut())
   with pytest.raises(SystemExit, match="--runtime=onnxruntime keeps its model in the cache"):
+    run(["--runtime=onnxruntime", photo], capsys)
+  monkeypatch.setattr(onnx_scorer, "available", lambda: False)
+  with pytest.raises(SystemExit, match="needs onnxruntime and jax2onnx"):
     run(["--runtime=onnxruntime", photo], capsys)
 
 

@@ -15,7 +15,9 @@ JSON lines for .jsonl; every row has the leading class and its probability (top_
 top_probability), also where the answer is "uncertain". --annotate writes boxed copies, under new
 names where a name is taken, so that no input or earlier file is ever replaced. Only
 regular files are opened, each real file once (folders are walked as the data loader walks them): a
-named pipe, socket or device among the inputs is skipped and listed.
+named pipe, socket or device among the inputs is skipped and listed. --runtime=auto runs the model
+on onnxruntime, converted once and kept in the cache, where the `onnx` extra is installed: a
+second run never imports JAX (fer_jax/inference/onnx_scorer.py).
 """
 
 import csv
@@ -220,10 +222,14 @@ class Output:
 
 def runtime():
   """--runtime, with auto resolved (onnx_scorer's module docstring)."""
-  if _RUNTIME.value != "auto":
-    return _RUNTIME.value
   from fer_jax.inference import compile_cache, onnx_scorer
 
+  if _RUNTIME.value == "onnxruntime" and not onnx_scorer.available():
+    sys.exit(
+      "error: --runtime=onnxruntime needs onnxruntime and jax2onnx: pip install -e '.[onnx]'"
+    )
+  if _RUNTIME.value != "auto":
+    return _RUNTIME.value
   return "onnxruntime" if compile_cache.directory() and onnx_scorer.available() else "jax"
 
 
