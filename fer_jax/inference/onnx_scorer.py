@@ -1,6 +1,7 @@
 """predict's fast start: the scorer kept as an ONNX model and run with onnxruntime, so that a second
-`python -m fer_jax.predict photo.jpg` never imports JAX (`import jax` alone is 1.6-1.8 s of the
-2.6 s such a start took on a 2-core Zen 1 with the JAX scorer cache; docs/inference.md).
+`python -m fer_jax.predict photo.jpg` never imports JAX (`import jax` alone is 1.2-1.8 s of the
+1.8-2.6 s a JAX start takes on a 2-core Zen 1 with the scorer cache, against 0.8 s in all for
+this one; docs/inference.md).
 
 predict's --runtime=auto chooses it where onnxruntime and jax2onnx are installed (the `onnx` extra,
 which `make run`'s set-up installs) and the compilation cache is on (compile_cache: the same
