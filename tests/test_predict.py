@@ -177,7 +177,7 @@ def test_a_second_run_loads_the_compiled_model_from_the_cache(tmp_path):
 def test_a_second_run_on_onnxruntime_never_imports_jax(tmp_path):
   """--runtime=auto with onnxruntime installed: the first run converts the model to ONNX into the
   cache and scores with it; the second starts from there without importing JAX and answers the
-  same (test_onnx_scorer: parity with JAX)."""
+  same (test_scorer_cache: the ONNX scorer's parity with JAX)."""
   photo = save_photo(tmp_path / "a.png", real_photos.astronaut())
   cache = tmp_path / "cache"
   code = (

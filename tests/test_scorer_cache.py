@@ -1,17 +1,36 @@
-"""fer_jax.inference.scorer_cache: the cached scorer answers as the live one, a changed run is a
-new key, and a corrupt file is ignored and rewritten."""
+"""The scorers predict keeps on disk: fer_jax.inference.scorer_cache (JAX) and onnx_scorer (the
+model converted to ONNX). Each answers as the live scorer, is loaded without building, and
+survives corrupt files; a changed run is a new key; a conversion that does not match is not kept
+(the live model answers)."""
 
 import os
 
 import numpy as np
 import pytest
 
-from fer_jax.inference import scorer_cache, scoring
+from fer_jax.inference import export, onnx_scorer, scorer_cache, scoring
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
 def live():
   return scoring.Scorer.default()
+
+
+def counted(live):
+  """A build function returning `live`, and the list it appends to at each call."""
+  builds = []
+
+  def build():
+    builds.append(1)
+    return live
+
+  return build, builds
+
+
+def unbuildable():
+  raise AssertionError("the cache should have had everything")
 
 
 def test_a_changed_run_is_a_new_key(tmp_path):
@@ -39,15 +58,7 @@ def test_a_changed_run_is_a_new_key(tmp_path):
 def test_the_cached_scorer_answers_as_the_live_one_and_survives_corrupt_files(
   tmp_path, live, capsys
 ):
-  builds = []
-
-  def build():
-    builds.append(1)
-    return live
-
-  def unbuildable():
-    raise AssertionError("the cache should have had everything")
-
+  build, builds = counted(live)
   crops = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 1), np.uint8)
   expected = np.asarray(live.apply(crops))
   first = scorer_cache.scorer(str(tmp_path), None, None, build)
@@ -67,3 +78,39 @@ def test_the_cached_scorer_answers_as_the_live_one_and_survives_corrupt_files(
   assert builds == [1, 1, 1]
   rewritten = scorer_cache.scorer(str(tmp_path), None, None, unbuildable)
   np.testing.assert_array_equal(rewritten.logits(crops), first.logits(crops))
+
+
+def test_the_onnx_scorer_answers_as_the_live_one_and_survives_corrupt_files(tmp_path, live, capsys):
+  build, builds = counted(live)
+  crops = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 1), np.uint8)
+  first = onnx_scorer.scorer(str(tmp_path), None, None, build)
+  assert first.model is None and builds == [1]  # onnxruntime's, not the live model
+  assert first.classes == live.classes and first.calibration == live.calibration
+  np.testing.assert_allclose(
+    first.probabilities(crops), live.probabilities(crops), atol=export.TOLERANCE
+  )
+  again = onnx_scorer.scorer(str(tmp_path), None, None, unbuildable)
+  np.testing.assert_array_equal(again.logits(crops), first.logits(crops))
+  (entry,) = (tmp_path / "scorers").iterdir()
+  assert entry.name == f"onnx-{onnx_scorer.key(None, None)}"
+  for name in ("logits.onnx", "scorer.json"):
+    (entry / name).write_bytes(b"\x08\x07 torn")
+    repaired = onnx_scorer.scorer(str(tmp_path), None, None, build)
+    np.testing.assert_array_equal(repaired.logits(crops), first.logits(crops))
+    assert f"ignoring {entry}/{name}" in capsys.readouterr().err
+  assert builds == [1, 1, 1]
+  rewritten = onnx_scorer.scorer(str(tmp_path), None, None, unbuildable)
+  np.testing.assert_array_equal(rewritten.logits(crops), first.logits(crops))
+
+
+def test_a_conversion_that_does_not_match_is_not_kept(tmp_path, live, capsys, monkeypatch):
+  monkeypatch.setattr(export, "TOLERANCE", -1.0)  # no conversion can match
+  got = onnx_scorer.scorer(str(tmp_path), None, None, lambda: live)
+  assert got is live
+  assert "warning: predict runs on JAX: no ONNX model of" in capsys.readouterr().err
+  assert not list(tmp_path.glob("scorers/*/logits.onnx"))
+
+
+def test_the_key_names_the_runtime_and_the_model():
+  assert onnx_scorer.key(None, None) != onnx_scorer.key(None, ["happy", "sad"])
+  assert onnx_scorer.available()  # the test extra installs onnxruntime and jax2onnx
