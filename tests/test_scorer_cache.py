@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from fer_jax.inference import export, onnx_scorer, scorer_cache, scoring
+from fer_jax.inference import compile_cache, export, onnx_scorer, scorer_cache, scoring
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -109,8 +109,20 @@ def test_a_conversion_that_does_not_match_is_not_kept(tmp_path, live, capsys, mo
   assert got is live
   assert "warning: predict runs on JAX: no ONNX model of" in capsys.readouterr().err
   assert not list(tmp_path.glob("scorers/*/logits.onnx"))
+  # Later runs do not try again: the caller scores with JAX (Scorer.for_command_line).
+  assert onnx_scorer.scorer(str(tmp_path), None, None, unbuildable) is None
 
 
 def test_the_key_names_the_runtime_and_the_model():
   assert onnx_scorer.key(None, None) != onnx_scorer.key(None, ["happy", "sad"])
   assert onnx_scorer.available()  # the test extra installs onnxruntime and jax2onnx
+
+
+def test_a_model_that_does_not_convert_is_scored_on_jax_with_its_caches(
+  tmp_path, live, monkeypatch
+):
+  monkeypatch.setenv(compile_cache.ENV, str(tmp_path))
+  monkeypatch.setattr(onnx_scorer, "scorer", lambda *args: None)  # its unconverted.txt found
+  monkeypatch.setattr(scoring.Scorer, "default", classmethod(lambda cls, classes=None: live))
+  got = scoring.Scorer.for_command_line(None, None, runtime="onnxruntime")
+  assert isinstance(got.apply, scorer_cache.Entry) and got.classes == live.classes

@@ -17,7 +17,9 @@ jaxlib, jax2onnx, onnx) and of onnxruntime. A missing or unreadable entry builds
 (JAX, with XLA's own convolutions, as export does), converts it with jax2onnx and keeps it only
 where onnxruntime's probabilities match the live model's within export.TOLERANCE on random probe
 batches; that first run scores with onnxruntime too, so every run of one model answers alike.
-A conversion that fails or does not match is warned about and the run scores with JAX.
+A conversion that fails or does not match is warned about and the run scores with JAX; the entry
+then holds `unconverted.txt` (why), and later runs go straight to JAX with its own caches until the
+key changes (fer_jax's sources, the model, a converter's version).
 """
 
 import hashlib
@@ -33,6 +35,7 @@ from fer_jax.inference import scorer_cache
 
 LAYOUT = 1  # of an entry's files: a new layout is a new key
 MODEL = "logits.onnx"
+UNCONVERTED = "unconverted.txt"
 VERSIONS = ("jax", "jaxlib", "jax2onnx", "onnx", "onnxruntime")
 
 
@@ -53,9 +56,12 @@ def key(workdir, classes):
 
 def scorer(directory, workdir, classes, build):
   """The Scorer of `workdir` (or of the default model's `classes`) running on onnxruntime, from
-  the entry in `directory`, converted where it is missing; `build()` makes the live JAX Scorer."""
+  the entry in `directory`, converted where it is missing; `build()` makes the live JAX Scorer.
+  None where an earlier run found that the model does not convert: the caller uses JAX."""
   folder = os.path.join(directory, "scorers", f"onnx-{key(workdir, classes)}")
   path = os.path.join(folder, MODEL)
+  if os.path.exists(os.path.join(folder, UNCONVERTED)):
+    return None
   fields = scorer_cache.read_fields(folder)
   if fields is not None and os.path.exists(path):
     try:
@@ -70,7 +76,12 @@ def scorer(directory, workdir, classes, build):
       with open(converted, "rb") as f:
         scorer_cache.write_file(folder, MODEL, f.read())
   except Exception as e:  # a converter's failure is its own kind; the JAX model still answers
-    print(f"warning: predict runs on JAX: no ONNX model of {live.name} ({e})", file=sys.stderr)
+    print(
+      f"warning: predict runs on JAX: no ONNX model of {live.name} ({e}); later runs use JAX "
+      f"without trying again (remove {folder} to retry)",
+      file=sys.stderr,
+    )
+    scorer_cache.write_file(folder, UNCONVERTED, f"{e}\n".encode())
     return live
   fields = scorer_cache.live_fields(live)
   scorer_cache.write_file(folder, scorer_cache.FIELDS, json.dumps(fields, indent=1).encode())

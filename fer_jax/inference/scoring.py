@@ -125,7 +125,18 @@ class Scorer:
       compile_cache.enable()
       return cls.from_workdir(workdir, impl) if workdir else cls.default(classes)
 
+    def on_jax():
+      if folder is None or conv_impl:
+        return build()
+      from fer_jax.inference import scorer_cache
+      from fer_jax.platform import sharding
+
+      compile_cache.enable()
+      sharding.configure_backend()  # as building does: the compiled programs' keys stay equal
+      return scorer_cache.scorer(folder, workdir, classes, build)
+
     try:
+      scorer = None
       if runtime == "onnxruntime":
         if folder is None:
           raise ValueError(
@@ -133,17 +144,11 @@ class Scorer:
           )
         from fer_jax.inference import onnx_scorer
 
-        # XLA's own convolutions, as export converts them (conv_impl='auto' chooses per batch)
+        # XLA's own convolutions, as export converts them (conv_impl='auto' chooses per batch).
+        # None where an earlier run found that the model does not convert.
         scorer = onnx_scorer.scorer(folder, workdir, classes, lambda: build("xla"))
-      elif folder is None or conv_impl:
-        scorer = build()
-      else:
-        from fer_jax.inference import scorer_cache
-        from fer_jax.platform import sharding
-
-        compile_cache.enable()
-        sharding.configure_backend()  # as building does: the compiled programs' keys stay equal
-        scorer = scorer_cache.scorer(folder, workdir, classes, build)
+      if scorer is None:
+        scorer = on_jax()
     except (FileNotFoundError, ValueError) as e:
       sys.exit(f"error: {e}")
     if scorer.warning:
