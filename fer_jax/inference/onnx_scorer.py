@@ -62,10 +62,11 @@ def scorer(directory, workdir, classes, build):
   path = os.path.join(folder, MODEL)
   if os.path.exists(os.path.join(folder, UNCONVERTED)):
     return None
-  fields = scorer_cache.read_fields(folder)
-  if fields is not None and os.path.exists(path):
+  if os.path.exists(path):
     try:
-      return scorer_cache.from_fields(fields, _session(path))
+      kept = scorer_cache.load_scorer(folder, _session(path))
+      if kept is not None:
+        return kept
     except Exception as e:  # onnxruntime raises its own kinds for a torn or foreign file
       scorer_cache.warn(path, e)
   live = build()
@@ -83,9 +84,7 @@ def scorer(directory, workdir, classes, build):
     )
     scorer_cache.write_file(folder, UNCONVERTED, f"{e}\n".encode())
     return live
-  fields = scorer_cache.live_fields(live)
-  scorer_cache.write_file(folder, scorer_cache.FIELDS, json.dumps(fields, indent=1).encode())
-  return scorer_cache.from_fields(fields, apply)
+  return scorer_cache.save_scorer(folder, live, apply)
 
 
 def _convert(live, path):
@@ -104,7 +103,8 @@ def _convert(live, path):
 
 
 def _session(path):
-  """uint8 crops [B, S, S, C] -> logits, on onnxruntime's CPU provider."""
+  """uint8 crops [B, S, S, C] -> logits, on onnxruntime's CPU provider. Not export's
+  onnx_format.load: that module imports jax2onnx and onnx (seconds), which a cached start skips."""
   import onnxruntime
 
   options = onnxruntime.SessionOptions()

@@ -122,22 +122,16 @@ def scorer(directory, workdir, classes, build):
   Scorer.default), called at most once and only where a file is missing."""
   # JAX names its files *-cache and never looks into folders: the two caches share one folder.
   entry = Entry(os.path.join(directory, "scorers", key(workdir, classes)), build)
-  fields = read_fields(entry.folder)
-  if fields is None:
-    fields = live_fields(entry.live())
-    write_file(entry.folder, FIELDS, json.dumps(fields, indent=1).encode())
-  return from_fields(fields, entry)
+  return load_scorer(entry.folder, entry) or save_scorer(entry.folder, entry.live(), entry)
 
 
-def read_fields(folder):
-  """The Scorer's fields kept in `folder`, or None where there are none or they are unreadable
-  (warned about: the caller rewrites them)."""
+def load_scorer(folder, apply):
+  """The Scorer whose fields are kept in `folder`, scoring with `apply`; None where there are none
+  or they are unreadable (warned about: the caller rewrites them with save_scorer)."""
   path = os.path.join(folder, FIELDS)
   try:
     with open(path) as f:
-      fields = json.load(f)
-    from_fields(fields, None)  # every field there and of the right kind
-    return fields
+      return _from_fields(json.load(f), apply)
   except FileNotFoundError:
     return None
   except (OSError, ValueError, KeyError, TypeError) as e:
@@ -145,8 +139,10 @@ def read_fields(folder):
     return None
 
 
-def live_fields(live):
-  return {
+def save_scorer(folder, live, apply):
+  """Keeps the fields of the `live` Scorer in `folder`; returns a Scorer of them scoring with
+  `apply`."""
+  fields = {
     "name": live.name,
     "classes": list(live.classes),
     "image_size": live.image_size,
@@ -155,9 +151,11 @@ def live_fields(live):
     "calibration": dataclasses.asdict(live.calibration),
     "warning": live.warning,
   }
+  write_file(folder, FIELDS, json.dumps(fields, indent=1).encode())
+  return _from_fields(fields, apply)
 
 
-def from_fields(fields, apply):
+def _from_fields(fields, apply):
   cal = dict(fields["calibration"])
   tta = cal.pop("tta", None)
   return scoring.Scorer(
