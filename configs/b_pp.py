@@ -24,6 +24,5 @@ def real(c):
   c.optim.cosine_epochs = 12
   # Keras's 0.99 leaves eval mode answering one class for the first ~1,000 steps on real faces.
   c.model.bn_momentum = 0.9
-  c.train.shift = 0.1
   c.optim.ema_decay = 0.999
   c.eval.tta = "flip+shifts"
