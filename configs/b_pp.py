@@ -19,10 +19,10 @@ def get_config(arg=None):
 
 def real(c):
   """The recipe for real 48x48 face crops (FER2013-like), chosen on a held-out part of FER2013's
-  training split; each choice and its measured effect is in docs/results.md ("The recipe")."""
+  training split; each choice and its measured effect: docs/results.md, "The recipe for real
+  faces"."""
   c.train.epochs = 12
   c.optim.cosine_epochs = 12
   # Keras's 0.99 leaves eval mode answering one class for the first ~1,000 steps on real faces.
   c.model.bn_momentum = 0.9
-  c.optim.ema_decay = 0.999
   c.eval.tta = "flip+shifts"
