@@ -12,6 +12,7 @@ from PIL import Image
 
 from fer_jax import config_loading, sweep
 from fer_jax.report import study
+from tests.conftest import optimised_xla_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -258,11 +259,7 @@ def test_quick_study_sweep_end_to_end(tmp_path):
   """Two quick configs x two seeds trained for real by the CLI, then aggregated."""
   root = tmp_path / "study"
   sets = [f"--set={s}" for s in TINY + [f"data.cache_dir={tmp_path / 'cache'}"]]
-  env = {
-    **os.environ,
-    "JAX_PLATFORMS": "cpu",
-    "JAX_DISABLE_MOST_OPTIMIZATIONS": "true",
-  }  # compiling dominates these tiny runs
+  env = optimised_xla_env({**os.environ, "JAX_PLATFORMS": "cpu"})
   cmd = [
     sys.executable,
     "-m",
