@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 # XLA:CPU's optimising passes dominate test time (10x on tiny models); numerics are unaffected.
+# The price is slow unoptimised code for convolutions inside loops (optimised_xla_env below).
 # It also keeps conv_impl='auto' from timing layers (fer_jax/models/kernels/conv_choice.py), so no
 # test measures.
 # Set before any test imports jax; subprocesses inherit it.
