@@ -2,7 +2,6 @@
 
   python launch.py --config=configs/b_pp.py --workdir=runs/b_pp --config.data.root=/path/to/merged
   python launch.py --config=configs/b_pp.py:quick   # built-in faces, minutes on 2 CPU cores
-  python launch.py --config=configs/b_pp.py:real --config.data.root=/path/to/split   # real faces
 Study (+AffectNet): best val 85.30 %, train 87.35 %, gap +2.0, epoch 51 of 71, 6.0 min.
 3,509,444 parameters.
 """
@@ -14,15 +13,4 @@ def get_config(arg=None):
   c = common.base_config("b_pp")
   b_p.b_plus(c)
   c.loss.name = "focal"
-  return common.finalize(c, arg, {"real": real})
-
-
-def real(c):
-  """The recipe for real 48x48 face crops (FER2013-like), chosen on a held-out part of FER2013's
-  training split; each choice and its measured effect: docs/results.md, "The recipe for real
-  faces"."""
-  c.train.epochs = 12
-  c.optim.cosine_epochs = 12
-  # Keras's 0.99 leaves eval mode answering one class for the first ~1,000 steps on real faces.
-  c.model.bn_momentum = 0.9
-  c.eval.tta = "flip+shifts"
+  return common.finalize(c, arg)

@@ -295,9 +295,7 @@ def _face_folder(root, empty_test=False):
 def _readme_recipe_command():
   """The README's one command that trains the recipe for real faces, as launch.py's arguments."""
   with open(os.path.join(ROOT, "README.md")) as f:
-    lines = [
-      line for line in f if line.startswith("python launch.py --config=configs/b_pp.py:real")
-    ]
+    lines = [line for line in f if line.startswith("python launch.py --config=configs/b_p.py:real")]
   assert len(lines) == 1, lines
   return lines[0].split()[2:]
 
@@ -315,7 +313,7 @@ def test_the_readme_recipe_trains_on_an_image_folder_and_reports_the_unreadable_
   summary = read_summary(workdir)
   assert summary["dataset"]["sizes"] == {"train": 32, "val": 8, "test": 8}
   config = json.loads((workdir / "config.json").read_text())
-  assert config["name"] == "b_pp" and config["variant"] == "real"
+  assert config["name"] == "b_p" and config["variant"] == "real"
   # The recipe's weight averaging and test-time augmentation, whichever it holds, are what ran.
   assert summary["weights"].startswith("ema" if config["optim"]["ema_decay"] else "plain")
   assert config["eval"]["tta"] == "none" or summary["test_tta"]["views"] == config["eval"]["tta"]
