@@ -11,7 +11,8 @@ any flip is planted. With --clean_base (default) such faces are redrawn, so the 
 are the only label noise and the planted rate is the true one; the share redrawn is printed.
 
 The judge is explicit (JUDGE below, the small CNN of docs/builtin_data.md): the tool's default,
-Model 0 for 75 epochs per fold, is what to use on a real FER set but takes hours on a CPU.
+the recipe for real faces (B+, 12 epochs a fold), is what to use on a real FER set but takes hours
+on a CPU.
 
   python -m benchmarks.mislabel_quality [--per_class=600 --rate=0.08 --folds=5 --clean_base]
       [--config=configs/model_0.py] [--set=train.epochs=20 ...]
@@ -156,7 +157,7 @@ def define_flags():
   flags.DEFINE_integer("per_class", 600, "built-in faces per class (the default set's train size)")
   flags.DEFINE_float("rate", 0.08, "share of labels flipped to another class")
   flags.DEFINE_integer("folds", 5, "cross-validation folds (the tool's default)")
-  flags.DEFINE_string("config", mislabel.DEFAULT_CONFIG, "the judge's config")
+  flags.DEFINE_string("config", "configs/model_0.py", "the judge's config (JUDGE narrows Model 0)")
   flags.DEFINE_multi_string(
     "set", JUDGE, "config override field=value (repeatable; replaces JUDGE)"
   )

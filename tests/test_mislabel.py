@@ -115,9 +115,9 @@ def test_mislabel_ranks_planted_flips_first(tmp_path, capsys):
   src, dst = tmp_path / "src", tmp_path / "dst"
   flipped = write_quadrant_tree(str(src), per_class=30, flips=8)
   before = tree_digest(src)
-  argv = [str(src), "--out", str(dst), "--folds", "2", "--workers", "1"] + [
-    a for s in TINY for a in ("--set", s)
-  ]
+  # Model 0: the default judge's flips (B+'s augmentation) would swap the quadrants' classes
+  argv = [str(src), "--out", str(dst), "--folds", "2", "--workers", "1"]
+  argv += ["--config", "configs/model_0.py"] + [a for s in TINY for a in ("--set", s)]
   assert mislabel.main(argv) == 0
   out = capsys.readouterr().out
   assert "scored out-of-fold" in out and tree_digest(src) == before
