@@ -24,6 +24,9 @@ TINY = [
   "loss.class_weights=none",
   "train.log_every_steps=1000",
 ]
+# The tests' judge: Model 0 narrowed by TINY, not the tool's default, whose flips (B+'s
+# augmentation) would swap the quadrants' classes.
+TINY_JUDGE = ["--config", "configs/model_0.py"] + [a for s in TINY for a in ("--set", s)]
 
 
 def quadrant_image(rng, label, size=24):
@@ -115,9 +118,7 @@ def test_mislabel_ranks_planted_flips_first(tmp_path, capsys):
   src, dst = tmp_path / "src", tmp_path / "dst"
   flipped = write_quadrant_tree(str(src), per_class=30, flips=8)
   before = tree_digest(src)
-  # Model 0: the default judge's flips (B+'s augmentation) would swap the quadrants' classes
-  argv = [str(src), "--out", str(dst), "--folds", "2", "--workers", "1"]
-  argv += ["--config", "configs/model_0.py"] + [a for s in TINY for a in ("--set", s)]
+  argv = [str(src), "--out", str(dst), "--folds", "2", "--workers", "1"] + TINY_JUDGE
   assert mislabel.main(argv) == 0
   out = capsys.readouterr().out
   assert "scored out-of-fold" in out and tree_digest(src) == before
