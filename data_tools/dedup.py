@@ -187,6 +187,7 @@ def summarise(pairs, outcome, findings, records, args, groups, classes):
 
 def pair_rows(pairs, records, groups, outcome, tree):
   group_of = {m: f"g{n}" for n, members in enumerate(groups, 1) for m in members}
+  linked = pairs.linked  # once: the property compares every verdict (70,601 pairs on FER2013)
   rows = []
   for k in range(len(pairs)):
     a, b = int(pairs.i[k]), int(pairs.j[k])
@@ -197,7 +198,7 @@ def pair_rows(pairs, records, groups, outcome, tree):
     ]
     rows.append(
       {
-        "group": group_of.get(a, "") if pairs.linked[k] else "",
+        "group": group_of.get(a, "") if linked[k] else "",
         "file_a": tree.tree_path(records[a]),
         "split_a": records[a].split,
         "class_a": records[a].class_name,

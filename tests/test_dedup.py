@@ -22,7 +22,7 @@ from image_trees import (
 )
 from PIL import Image
 
-from data_tools import dedup, hashing, verify
+from data_tools import common, dedup, hashing, verify
 
 
 def brute_force(a, t, b=None):
@@ -149,6 +149,31 @@ def test_a_chain_never_drops_an_image_for_one_it_was_not_verified_against(larges
   else:
     assert [outcome[m][0] for m in (0, 2)] == ["dropped", "dropped"]  # both for B, directly
   assert not any("leak" in f and splits[m] == "train" for m, fs in findings.items() for f in fs)
+
+
+def test_the_pairs_report_reads_the_verdicts_once_not_once_a_pair(monkeypatch):
+  """FER2013 at --threshold 10 has 70,601 candidate pairs: reading `Pairs.linked` (a comparison
+  over every verdict) once per row made writing duplicates.csv quadratic, ~20 minutes."""
+  reads = []
+  linked = verify.Pairs.linked.fget
+  monkeypatch.setattr(verify.Pairs, "linked", property(lambda p: reads.append(1) or linked(p)))
+  n = 50
+  pairs = verify.Pairs(
+    np.arange(n),
+    np.arange(n) + n,
+    np.full(n, 4),
+    np.full(n, "near", object),
+    np.linspace(0.8, 1.0, n, dtype=np.float32),
+    np.array(["near", "distinct"] * (n // 2), object),
+  )
+  records = records_for(["train"] * 2 * n, [1000] * 2 * n)
+  tree = common.Tree("/", "split", records, [])
+  groups = verify.groups_of(2 * n, pairs)
+  reads.clear()
+  rows = dedup.pair_rows(pairs, records, groups, {}, tree)
+  assert len(reads) == 1
+  assert [r["group"] != "" for r in rows] == [v == "near" for v in pairs.verdict]
+  assert rows[0]["file_a"] == "train/happy/0.png" and rows[0]["verdict"] == "near"
 
 
 def test_translate_moves_the_image_and_fills_with_edges():
