@@ -13,7 +13,7 @@ from fer_jax.data import FER4 as CLASSES
 # ---------------------------------------------------------------------------- generated data
 
 
-def _upsample(noise, size):
+def upsample(noise, size):
   return np.asarray(
     Image.fromarray(noise.astype(np.float32), "F").resize((size, size), Image.Resampling.BICUBIC)
   )
@@ -31,8 +31,8 @@ def face_like(rng, size=48):
   image = (
     80
     + 60 * face
-    + _upsample(rng.normal(0, 25, (8, 8)), size)
-    + _upsample(rng.normal(0, 10, (16, 16)), size)
+    + upsample(rng.normal(0, 25, (8, 8)), size)
+    + upsample(rng.normal(0, 10, (16, 16)), size)
   )
   return np.clip(image, 0, 255).astype(np.uint8)
 

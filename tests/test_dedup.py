@@ -2,6 +2,7 @@
 
 import collections
 import csv
+import io
 import json
 import os
 
@@ -18,11 +19,13 @@ from image_trees import (
   save,
   shifted,
   tree_digest,
+  upsample,
   write_originals,
 )
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from data_tools import common, dedup, hashing, verify
+from fer_jax.data.progress import Progress
 
 
 def brute_force(a, t, b=None):
@@ -74,19 +77,65 @@ def test_similarity_finds_shifted_zoomed_and_mirrored_copies_but_not_other_image
   copies = {
     "shifted 3 px": np.stack([shifted(x, 3, -2) for x in a]),
     "zoomed": np.stack([hashing._zoom(x, 1.08) for x in a]),
+    "zoomed between the hash's scales": np.stack([hashing._zoom(x, 1.04) for x in a]),
     "mirrored": a[:, :, ::-1],
     "darker, less contrast": (a * 0.6 + 10).astype(np.uint8),
   }
   k = np.arange(6)
   for name, b in copies.items():
     sim = verify.similarity(np.concatenate([a, b]), k, k + 6, settings)
-    assert np.all(sim > 0.95), (name, sim)
+    assert np.all(sim >= settings.min_similarity), (name, sim)
   others = verify.similarity(a, k, (k + 1) % 6, settings)
-  assert np.all(others < 0.9), others
+  assert np.all(others < settings.min_similarity - 0.1), others
   settings.mirror = False
   assert np.all(
-    verify.similarity(np.concatenate([a, copies["mirrored"]]), k, k + 6, settings) < 0.9
+    verify.similarity(np.concatenate([a, copies["mirrored"]]), k, k + 6, settings)
+    < settings.min_similarity
   )
+
+
+def test_similarity_passes_a_watermarked_copy_and_rejects_another_face_in_the_same_pose():
+  """FER2013's two failures of a correlation of blurred pixels: different people in one frontal
+  pose and light (the shared shading correlates: 0.94-0.96 here) and a copy under a stock-photo
+  watermark (0.83-0.92). Fine detail decides both."""
+  rng = np.random.default_rng(3)
+  y, x = np.mgrid[0:48, 0:48]
+  a, b = [], []
+  for _ in range(6):
+    cy, cx = rng.uniform(18, 30, 2)
+    ry, rx = rng.uniform(10, 18, 2)
+    shading = 80 + 60 * (((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 < 1)
+    shading = shading + upsample(rng.normal(0, 25, (8, 8)), 48)
+    for person in (a, b):  # the same pose and light, a face of their own
+      detail = upsample(rng.normal(0, 15, (24, 24)), 48)
+      person.append(np.clip(shading + detail, 0, 255).astype(np.uint8))
+  a, b = np.stack(a), np.stack(b)
+
+  def watermarked(image):
+    marked = Image.fromarray(image)
+    ImageDraw.Draw(marked).text((6, 32), "stock", fill=255)
+    return np.asarray(marked)
+
+  settings = hashing.default_settings()
+  k = np.arange(6)
+  same_pose = verify.similarity(np.concatenate([a, b]), k, k + 6, settings)
+  assert np.all(same_pose < settings.min_similarity), same_pose
+  marks = np.stack([watermarked(image) for image in a])
+  assert np.all(verify.similarity(np.concatenate([a, marks]), k, k + 6, settings) >= 0.98)
+
+
+def test_verification_reports_progress_chunk_by_chunk(monkeypatch):
+  """FER2013 at --threshold 10: 70,914 pairs, four minutes of verification on 2 cores."""
+  monkeypatch.setattr(verify, "VERIFY_CHUNK", 2)
+  rng = np.random.default_rng(4)
+  images = np.stack([face_like(rng) for _ in range(6)])
+  log = io.StringIO()
+  progress = Progress("verifying", 5, stream=log)
+  verify.similarity(
+    images, np.arange(5), np.arange(5) + 1, hashing.default_settings(), None, progress
+  )
+  assert log.getvalue().splitlines() == ["verifying: 2/5", "verifying: 4/5"]
+  assert progress.done == 5
 
 
 def test_second_hop_proposes_the_pairs_linked_through_a_common_twin():
