@@ -95,31 +95,30 @@ def _margin(size, max_shift):
   return max(max_shift, size // 6)
 
 
-def _interpolation(size, coords):
-  """Source coordinates [P, H] -> linear interpolation weights [P, H, size], edges repeated."""
+def _sample_rows(x, coords):
+  """x [P, S, W] linearly interpolated between its rows at source coordinates [P, H] (edges
+  repeated) -> [P, H, W]."""
+  size = x.shape[1]
   source = np.clip(coords, 0, size - 1)
   lo = np.floor(source).astype(np.int64)
   hi = np.minimum(lo + 1, size - 1)
-  weight = (source - lo).astype(np.float32)
-  m = np.zeros(coords.shape + (size,), np.float32)
-  np.put_along_axis(m, lo[..., None], (1 - weight)[..., None], -1)
-  np.put_along_axis(
-    m, hi[..., None], np.take_along_axis(m, hi[..., None], -1) + weight[..., None], -1
-  )
-  return m
+  weight = (source - lo).astype(np.float32)[..., None]
+  image = np.arange(len(x))[:, None]
+  near = x[image, lo]  # whole rows: contiguous copies
+  return near + weight * (x[image, hi] - near)
 
 
 def _centre_of_warped(b, params, margin):
   """b [P, S, S] sampled at c + (o - c) / scale + (ty, tx) for a's central pixels o -> [P, H*H].
 
-  params [P, 3]: scale, ty, tx. Zoom and translation only, so the warp is separable: two
-  interpolation matrices per image, applied as batched matrix products."""
+  params [P, 3]: scale, ty, tx. Zoom and translation only, so the warp is separable: rows, then
+  columns (as the rows of the transpose)."""
   size = b.shape[1]
   c = (size - 1) / 2
   offsets = (np.arange(margin, size - margin, dtype=np.float32) - c)[None] / params[:, :1]
-  rows = _interpolation(size, c + offsets + params[:, 1:2])
-  cols = _interpolation(size, c + offsets + params[:, 2:3])
-  return (rows @ b @ cols.transpose(0, 2, 1)).reshape(len(b), -1)
+  rows = _sample_rows(b, c + offsets + params[:, 1:2])
+  both = _sample_rows(rows.transpose(0, 2, 1), c + offsets + params[:, 2:3])
+  return both.transpose(0, 2, 1).reshape(len(b), -1)
 
 
 def _standardised(x):
