@@ -2,10 +2,10 @@
 
 similarity: the correlation of two images' band-passed pixels at their best alignment (small
 translations and zooms refined to sub-pixel, the mirror image), on the pixels that agree best;
-find_pairs: the candidates of data_tools.hashing verified, plus the second
-hop; the duplicate groups (connected components of verified pairs); find_groups for callers
-holding image arrays (the audit); and a person's review of the pairs closest to the threshold
-(pairs.png, pairs.csv, apply_pair_review).
+find_pairs: the candidates of data_tools.hashing verified, plus the second hop; the duplicate
+groups (connected components of verified pairs); find_groups for callers holding image arrays
+(the audit); and a person's review of the pairs closest to the threshold (pairs.png, pairs.csv,
+apply_pair_review).
 """
 
 import collections
