@@ -105,20 +105,68 @@ def _sample_rows(x, coords):
   weight = (source - lo).astype(np.float32)[..., None]
   image = np.arange(len(x))[:, None]
   near = x[image, lo]  # whole rows: contiguous copies
-  return near + weight * (x[image, hi] - near)
+  out = x[image, hi]
+  out -= near
+  out *= weight
+  out += near
+  return out
 
 
-def _centre_of_warped(b, params, margin):
-  """b [P, S, S] sampled at c + (o - c) / scale + (ty, tx) for a's central pixels o -> [P, H*H].
+class _Warps:
+  """b [P, S, S] sampled at c + (o - c) / scale + (ty, tx) for a's central pixels o, scored
+  against a's standardised centre.
 
-  params [P, 3]: scale, ty, tx. Zoom and translation only, so the warp is separable: rows, then
-  columns (as the rows of the transpose)."""
-  size = b.shape[1]
-  c = (size - 1) / 2
-  offsets = (np.arange(margin, size - margin, dtype=np.float32) - c)[None] / params[:, :1]
-  rows = _sample_rows(b, c + offsets + params[:, 1:2])
-  both = _sample_rows(rows.transpose(0, 2, 1), c + offsets + params[:, 2:3])
-  return both.transpose(0, 2, 1).reshape(len(b), -1)
+  Zoom and translation only, so the warp is separable: rows, then columns, in either order. A
+  trial of ty keeps the columns' coordinates, a trial of tx the rows': the pass of the current
+  parameters on the other axis (`hold`) serves both trials, each then a gather of H x H instead
+  of H x S + H x H (a fifth of the search's gathers saved). Held passes are stored so that the
+  trial's gather copies whole rows, the fast way in NumPy."""
+
+  def __init__(self, b, centre, margin):
+    self.b, self.bt = b, np.ascontiguousarray(b.transpose(0, 2, 1))
+    size = b.shape[1]
+    self.c = (size - 1) / 2
+    self.offsets = (np.arange(margin, size - margin, dtype=np.float32) - self.c)[None]
+    h = size - 2 * margin
+    self.centre = centre  # [P, H*H], rows first
+    self.centre_t = np.ascontiguousarray(centre.reshape(-1, h, h).transpose(0, 2, 1)).reshape(
+      len(b), -1
+    )
+    self.rows_t = self.cols = None
+
+  def _coords(self, params, axis):
+    return self.c + self.offsets / params[:, :1] + params[:, axis : axis + 1]
+
+  def hold(self, params, axis):
+    """Keeps the pass of `params` that the trials on translation `axis` (1: ty, 2: tx) reuse."""
+    if axis == 1:  # b's columns at (scale, tx): [P, S, H]
+      cols = _sample_rows(self.bt, self._coords(params, 2))
+      self.cols = np.ascontiguousarray(cols.transpose(0, 2, 1))
+    else:  # b's rows at (scale, ty), transposed: [P, S, H]
+      rows = _sample_rows(self.b, self._coords(params, 1))
+      self.rows_t = np.ascontiguousarray(rows.transpose(0, 2, 1))
+
+  def warped(self, params):
+    """[P, H*H], rows first."""
+    rows = _sample_rows(self.b, self._coords(params, 1))
+    both = _sample_rows(np.ascontiguousarray(rows.transpose(0, 2, 1)), self._coords(params, 2))
+    return both.transpose(0, 2, 1).reshape(len(self.b), -1)
+
+  def score(self, params, axis=0):
+    """Correlation of a's centre with b warped by `params`, which differ from the held ones on
+    `axis` only (0: any)."""
+    if axis == 1:
+      w, centre = _sample_rows(self.cols, self._coords(params, 1)), self.centre
+    elif axis == 2:
+      w, centre = _sample_rows(self.rows_t, self._coords(params, 2)), self.centre_t
+    else:
+      w, centre = self.warped(params), self.centre
+    w = w.reshape(len(w), -1)
+    # the centre is standardised (zero mean), so only w's norm about its mean is needed
+    n = w.shape[1]
+    sums = w.sum(1)
+    norms = np.sqrt(np.maximum(np.einsum("pi,pi->p", w, w) - sums * sums / n, 1e-12))
+    return np.einsum("pi,pi->p", centre, w) / np.maximum(norms, 1e-6)
 
 
 def _standardised(x):
@@ -151,26 +199,25 @@ def _similarity_chunk(a, b, max_shift, zoom, mirror):
   alignment = _coarse_alignment(fa, fb, max_shift, hashing.zoom_scales(zoom), mirror)
   fb = np.where(alignment[:, 1, None, None] > 0, fb[:, :, ::-1], fb)
   centre = _standardised(fa[:, margin : size - margin, margin : size - margin].reshape(len(a), -1))
+  warps = _Warps(fb, centre, margin)
   scale = alignment[:, 0]
   params = np.stack([scale, alignment[:, 2] / scale, alignment[:, 3] / scale], 1)
-
-  def score(p):
-    return (centre * _standardised(_centre_of_warped(fb, p, margin))).sum(1)
-
-  best = score(params)
+  best = warps.score(params)
   steps = np.tile(np.array([[zoom / 4, 0.5, 0.5]], np.float32), (len(a), 1))
   for _ in range(REFINE_ROUNDS):
     moved = np.zeros(len(a), bool)
     for axis in range(3) if zoom else (1, 2):
+      if axis:
+        warps.hold(params, axis)
       for sign in (1, -1):
         trial = params.copy()
         trial[:, axis] += sign * steps[:, axis]
-        value = score(trial)
+        value = warps.score(trial, axis)
         better = value > best
         params[better], best[better] = trial[better], value[better]
         moved |= better
     steps[~moved] /= 2
-  warped = _standardised(_centre_of_warped(fb, params, margin))
+  warped = _standardised(warps.warped(params))
   return _agreeing_correlation(centre, warped, AGREEING_SHARE).astype(np.float32)
 
 

@@ -124,6 +124,28 @@ def test_similarity_passes_a_watermarked_copy_and_rejects_another_face_in_the_sa
   assert np.all(verify.similarity(np.concatenate([a, marks]), k, k + 6, settings) >= 0.98)
 
 
+def test_a_trial_on_one_translation_reuses_the_pass_on_the_other_and_scores_as_a_full_warp():
+  """The refinement's shortcut (verify._Warps): a trial that moves only ty (or tx) is scored from
+  the held pass along the other axis; it must score exactly what warping b afresh scores."""
+  rng = np.random.default_rng(5)
+  b = rng.normal(size=(5, 48, 48)).astype(np.float32)
+  margin = 8
+  centre = verify._standardised(rng.normal(size=(5, 32 * 32)).astype(np.float32))
+  warps = verify._Warps(b, centre, margin)
+  held = np.stack([rng.uniform(0.9, 1.1, 5), rng.uniform(-3, 3, 5), rng.uniform(-3, 3, 5)], 1)
+  held = held.astype(np.float32)
+  for axis in (1, 2):
+    warps.hold(held, axis)
+    trial = held.copy()
+    trial[:, axis] += rng.uniform(-0.7, 0.7, 5)
+    full = (centre * verify._standardised(warps.warped(trial))).sum(1)
+    np.testing.assert_allclose(warps.score(trial, axis), full, atol=1e-5)
+    np.testing.assert_allclose(warps.score(trial), full, atol=1e-5)
+  # and the full warp is the separable zoom + translation: a whole-pixel shift moves the pixels
+  shifted = warps.warped(np.array([[1.0, 2.0, -1.0]] * 5, np.float32)).reshape(5, 32, 32)
+  np.testing.assert_allclose(shifted, b[:, margin + 2 : 40 + 2, margin - 1 : 40 - 1], atol=1e-5)
+
+
 def test_verification_reports_progress_chunk_by_chunk(monkeypatch):
   """FER2013 at --threshold 10: 70,601 pairs, 4.5 minutes of verification on 2 cores."""
   monkeypatch.setattr(verify, "VERIFY_CHUNK", 2)
