@@ -137,19 +137,22 @@ class _Warps:
   def _coords(self, params, axis):
     return self.c + self.offsets / params[:, :1] + params[:, axis : axis + 1]
 
+  def _rows_t(self, params):
+    """b's rows at (scale, ty), transposed: [P, S, H]."""
+    rows = _sample_rows(self.b, self._coords(params, 1))
+    return np.ascontiguousarray(rows.transpose(0, 2, 1))
+
   def hold(self, params, axis):
     """Keeps the pass of `params` that the trials on translation `axis` (1: ty, 2: tx) reuse."""
     if axis == 1:  # b's columns at (scale, tx): [P, S, H]
       cols = _sample_rows(self.bt, self._coords(params, 2))
       self.cols = np.ascontiguousarray(cols.transpose(0, 2, 1))
-    else:  # b's rows at (scale, ty), transposed: [P, S, H]
-      rows = _sample_rows(self.b, self._coords(params, 1))
-      self.rows_t = np.ascontiguousarray(rows.transpose(0, 2, 1))
+    else:
+      self.rows_t = self._rows_t(params)
 
   def warped(self, params):
     """[P, H*H], rows first."""
-    rows = _sample_rows(self.b, self._coords(params, 1))
-    both = _sample_rows(np.ascontiguousarray(rows.transpose(0, 2, 1)), self._coords(params, 2))
+    both = _sample_rows(self._rows_t(params), self._coords(params, 2))
     return both.transpose(0, 2, 1).reshape(len(self.b), -1)
 
   def score(self, params, axis=0):
