@@ -340,6 +340,19 @@ TRAIN = {
   "contrast": Field(
     0.05, "contrast factor uniform in [1 - c, 1 + c] around the image mean", fraction()
   ),
+  "mixup_alpha": Field(
+    0.0,
+    "> 0: mixup: each training batch blended with itself in reverse order, one weight lam ~ "
+    "Beta(alpha, alpha) folded to >= 0.5 a batch, the loss mixed alike; 0 = off",
+    at_least(0),
+  ),
+  "cutmix_alpha": Field(
+    0.0,
+    "> 0: CutMix: a box of each training face (area 1 - lam, lam ~ Beta(alpha, alpha) folded to "
+    ">= 0.5) replaced by the same box of its partner in the reversed batch, the loss mixed by "
+    "area; with mixup_alpha > 0 too each batch uses one of the two, p = 0.5; 0 = off",
+    at_least(0),
+  ),
   "fill_mode": Field(
     "reflect",
     "how rotation and zoom fill pixels from outside the image (Keras fill modes)",

@@ -4,6 +4,9 @@ Each image gets its own random flip, rotation, zoom, shift and contrast, as Kera
 RandomRotation, RandomZoom, RandomTranslation and RandomContrast layers do. Rotation, zoom and
 shift are one affine resampling (bilinear, `fill_mode` at the borders: Keras's default 'reflect'
 is SciPy's 'reflect').
+
+`mix_batch` is the other kind: mixup and CutMix blend faces across a batch, so their targets
+(and the loss) change with the pixels; train/steps.py mixes the loss to match.
 """
 
 import jax
@@ -70,3 +73,57 @@ def augment_batch(key, images, train_cfg) -> jax.Array:
     raise ValueError(f"config.train.fill_mode: {train_cfg.fill_mode!r} is not one of {FILL_MODES}")
   keys = jax.random.split(key, images.shape[0])
   return jax.vmap(lambda k, x: augment_image(k, x, train_cfg))(keys, images)
+
+
+def _folded_beta(key, alpha):
+  """lam ~ Beta(alpha, alpha) folded to [0.5, 1]: every face stays the larger part of its mix, so
+  the train accuracy (which counts a face's own label) still means something. The batch pairs
+  face i with face B-1-i, so folding only swaps which of a pair is 'own': the mixes are as
+  likely as unfolded."""
+  lam = jax.random.beta(key, alpha, alpha)
+  return jnp.maximum(lam, 1.0 - lam)
+
+
+def _mixup(key, images, partners, alpha):
+  lam = _folded_beta(key, alpha)
+  return lam * images + (1.0 - lam) * partners, lam
+
+
+def _cutmix(key, images, partners, alpha):
+  """A box of area about 1 - lam (centre uniform, clipped at the edges) taken from the partner;
+  lam is then the share of the face's own pixels (timm's 'correct_lam')."""
+  k_lam, k_centre = jax.random.split(key)
+  h, w = images.shape[1:3]
+  side = jnp.sqrt(1.0 - _folded_beta(k_lam, alpha))
+  centre = jax.random.uniform(k_centre, (2,)) * jnp.array([h, w], jnp.float32)
+  lo = jnp.clip(jnp.round(centre - side * jnp.array([h, w]) / 2), 0, jnp.array([h, w]))
+  hi = jnp.clip(jnp.round(centre + side * jnp.array([h, w]) / 2), 0, jnp.array([h, w]))
+  rows = (jnp.arange(h) >= lo[0]) & (jnp.arange(h) < hi[0])
+  cols = (jnp.arange(w) >= lo[1]) & (jnp.arange(w) < hi[1])
+  box = rows[:, None] & cols[None, :]
+  lam = 1.0 - jnp.prod(hi - lo) / (h * w)
+  return jnp.where(box[None, :, :, None], partners, images), lam
+
+
+def mix_batch(key, images, mixup_alpha, cutmix_alpha):
+  """Mixup (Zhang et al., 2018) or CutMix (Yun et al., 2019) of float images [B, H, W, C] with
+  the batch in reverse order (timm's 'batch' mode: one lam for the batch).
+
+  Returns (mixed images, lam): face i is lam of itself and 1 - lam of face B-1-i, and its target
+  is lam * own + (1 - lam) * partner's label. An alpha of 0 turns its method off; with both > 0
+  each batch uses one of the two, p = 0.5 (timm's switch_prob).
+  """
+  if not (mixup_alpha or cutmix_alpha):
+    raise ValueError("mix_batch: config.train.mixup_alpha or cutmix_alpha must be > 0")
+  k_pick, k_mixup, k_cutmix = jax.random.split(key, 3)
+  partners = images[::-1]
+  if not cutmix_alpha:
+    return _mixup(k_mixup, images, partners, mixup_alpha)
+  if not mixup_alpha:
+    return _cutmix(k_cutmix, images, partners, cutmix_alpha)
+  use_cutmix = jax.random.bernoulli(k_pick)
+  (m_x, m_lam), (c_x, c_lam) = (
+    _mixup(k_mixup, images, partners, mixup_alpha),
+    _cutmix(k_cutmix, images, partners, cutmix_alpha),
+  )
+  return jnp.where(use_cutmix, c_x, m_x), jnp.where(use_cutmix, c_lam, m_lam)

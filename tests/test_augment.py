@@ -94,3 +94,45 @@ def test_shift_moves_the_content_by_whole_pixels_and_leaves_other_draws_alone(im
 def test_unknown_fill_mode_names_the_field(images):
   with pytest.raises(ValueError, match="config.train.fill_mode"):
     augment.augment_batch(jax.random.key(0), images, _cfg(fill_mode="mirror-ish"))
+
+
+def test_mixup_blends_each_face_with_its_reverse_partner_by_one_folded_lam(images):
+  lams = []
+  for seed in range(8):
+    mixed, lam = augment.mix_batch(jax.random.key(seed), images, 0.4, 0.0)
+    assert 0.5 <= float(lam) <= 1.0
+    np.testing.assert_allclose(mixed, lam * images + (1 - lam) * images[::-1], atol=1e-6)
+    lams.append(float(lam))
+  assert len(set(lams)) == 8  # a new lam every batch
+
+
+def test_cutmix_takes_one_box_from_the_partner_and_lam_is_the_share_of_own_pixels():
+  # Faces of distinct constant values: each pixel tells whose it is.
+  images = jnp.arange(1.0, 7.0)[:, None, None, None] * jnp.ones((6, 12, 12, 1))
+  areas = set()
+  for seed in range(12):
+    mixed, lam = augment.mix_batch(jax.random.key(seed), images, 0.0, 1.0)
+    mixed = np.asarray(mixed)
+    for i in range(6):
+      own, partner = mixed[i, ..., 0] == i + 1, mixed[i, ..., 0] == 6 - i
+      assert np.all(own | partner)
+      if i != 5 - i:
+        np.testing.assert_allclose(own.mean(), float(lam), atol=1e-6)
+        rows, cols = np.nonzero(partner)
+        if rows.size:  # the partner's pixels fill their bounding box: one rectangle
+          assert partner[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+    assert 0.5 <= float(lam) <= 1.0
+    areas.add(round(1 - float(lam), 4))
+  assert len(areas) > 4
+
+
+def test_with_both_alphas_each_batch_uses_one_of_the_two():
+  images = jnp.arange(1.0, 7.0)[:, None, None, None] * jnp.ones((6, 12, 12, 1))
+  kinds = set()
+  for seed in range(16):
+    mixed, lam = augment.mix_batch(jax.random.key(seed), images, 0.4, 1.0)
+    values = np.unique(np.asarray(mixed[0]))
+    kinds.add("cutmix" if set(values) <= {1.0, 6.0} else "mixup")
+  assert kinds == {"cutmix", "mixup"}
+  with pytest.raises(ValueError, match="mixup_alpha or cutmix_alpha"):
+    augment.mix_batch(jax.random.key(0), images, 0.0, 0.0)

@@ -98,8 +98,9 @@ def make_train_step(
   `members=S`: every argument and output has a leading axis of S runs (see the module doc).
 
   `param_labels`: create_state's 'train' | 'finetune' | 'frozen' pytree over the params.
-  metrics: loss (weighted data loss + L2, as Keras reports it), correct (count), grad_norm (of
-  the parameters that train).
+  metrics: loss (weighted data loss + L2, as Keras reports it), correct (count of faces whose own
+  label is the argmax: with mixup or CutMix the larger part of the mix), grad_norm (of the
+  parameters that train).
   """
   step = train_step_fn(config, model, tx, num_classes, class_weights, param_labels)
   return jax.jit(
@@ -173,6 +174,12 @@ def train_step_fn(config, model, tx, num_classes, class_weights, param_labels):
     x = models.to_float(images_u8)
     if config.train.augment:
       x = augment.augment_batch(aug_key, x, config.train)
+    mixing = bool(config.train.mixup_alpha or config.train.cutmix_alpha)
+    if mixing:
+      # A key of its own (not a third split) leaves the other draws of unmixed runs unchanged.
+      x, lam = augment.mix_batch(
+        jax.random.fold_in(key, 2), x, config.train.mixup_alpha, config.train.cutmix_alpha
+      )
 
     def loss_fn(params):
       # Frozen parameters get no gradient: the optimiser would drop it, but grad_norm reads every
@@ -185,7 +192,13 @@ def train_step_fn(config, model, tx, num_classes, class_weights, param_labels):
         model, {"params": params, "batch_stats": state.batch_stats}, x, train=True, rng=dropout_key
       )
       # Keras's class_weight scales each sample's loss; the mean is still over the batch size.
-      data_loss = jnp.mean(per_sample(logits, labels) * weights[labels])
+      per_face = per_sample(logits, labels) * weights[labels]
+      if mixing:
+        # Both losses are linear in the (label-smoothed) targets, so the loss on the mixed target
+        # lam * own + (1 - lam) * partner's is this mix of the two losses.
+        partners = labels[::-1]
+        per_face = lam * per_face + (1.0 - lam) * per_sample(logits, partners) * weights[partners]
+      data_loss = jnp.mean(per_face)
       return data_loss + losses.l2_penalty(params, l2_coeff), (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
