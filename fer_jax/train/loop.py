@@ -26,7 +26,7 @@ from fer_jax import config_loading, data, losses, models
 from fer_jax.data import batching
 from fer_jax.evals import common as evals_common
 from fer_jax.platform import run_errors, sharding
-from fer_jax.report import render, run_report
+from fer_jax.report import render
 from fer_jax.report import summary as report_summary
 from fer_jax.train import checkpoint, feeding, history, optim, steps, workdir_guard
 
@@ -338,6 +338,10 @@ def finish(run):
   )
   if writes:
     if config.eval.report:
+      # Imported here: matplotlib is ~1 s of every run's start (a third of fer_jax's imports on
+      # a small CPU), and runs with eval.report off never plot.
+      from fer_jax.report import run_report
+
       run_report.write_run_report(workdir, summary, run.history)
     # last: its presence marks the run finished
     history.write_json(os.path.join(workdir, "metrics.json"), summary)
