@@ -110,6 +110,9 @@ def load_config(args, classes):
   try:
     overrides = config_loading.parse_overrides(args.set)
     overrides["data.classes"] = tuple(classes)
+    # The judge reads each fold model's plain probabilities: test-time augmentation (the recipe's
+    # flip+shifts) would be 10 unused passes over every fold.
+    overrides["eval.tta"] = "none"
     return config_loading.load_config(spec, overrides)
   except config_loading.ConfigError as e:
     raise common.ToolError(f"--config {args.config}: {e}") from None

@@ -114,6 +114,13 @@ def test_noise_estimate_follows_planted_flips(rate):
   assert np.all(found.suggested[flagged] != labels[flagged])
 
 
+def test_the_fold_runs_skip_test_time_augmentation_which_the_judge_does_not_read():
+  args = mislabel.build_parser().parse_args(["src", "--out", "dst", "--set", "eval.tta=flip"])
+  assert args.config == "configs/b_p.py:real"  # the recipe, whose eval.tta is flip+shifts
+  config = mislabel.load_config(args, ("happy", "neutral", "sad", "surprise"))
+  assert config.eval.tta == "none" and config.train.epochs == 12
+
+
 def test_mislabel_ranks_planted_flips_first(tmp_path, capsys):
   src, dst = tmp_path / "src", tmp_path / "dst"
   flipped = write_quadrant_tree(str(src), per_class=30, flips=8)
