@@ -94,10 +94,11 @@ def _cutmix(key, images, partners, alpha):
   lam is then the share of the face's own pixels (timm's 'correct_lam')."""
   k_lam, k_centre = jax.random.split(key)
   h, w = images.shape[1:3]
-  side = jnp.sqrt(1.0 - _folded_beta(k_lam, alpha))
-  centre = jax.random.uniform(k_centre, (2,)) * jnp.array([h, w], jnp.float32)
-  lo = jnp.clip(jnp.round(centre - side * jnp.array([h, w]) / 2), 0, jnp.array([h, w]))
-  hi = jnp.clip(jnp.round(centre + side * jnp.array([h, w]) / 2), 0, jnp.array([h, w]))
+  size = jnp.array([h, w], jnp.float32)
+  half = jnp.sqrt(1.0 - _folded_beta(k_lam, alpha)) * size / 2
+  centre = jax.random.uniform(k_centre, (2,)) * size
+  lo = jnp.clip(jnp.round(centre - half), 0, size)
+  hi = jnp.clip(jnp.round(centre + half), 0, size)
   rows = (jnp.arange(h) >= lo[0]) & (jnp.arange(h) < hi[0])
   cols = (jnp.arange(w) >= lo[1]) & (jnp.arange(w) < hi[1])
   box = rows[:, None] & cols[None, :]
