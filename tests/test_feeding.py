@@ -1,7 +1,10 @@
 """Feeding (fer_jax/train/feeding.py): data resident on the devices and N train steps per dispatch
 give the run that host feeding one step at a time gives: the same metrics.jsonl (accuracies
-exactly, losses to 1e-6), progress lines, checkpoints and test predictions. For a plain run, one
-killed mid-epoch and resumed, 4 CPU devices, 2 processes and 2 vectorized members."""
+exactly, losses to 1e-6), progress lines, checkpoints and test predictions, for a plain run and
+one killed mid-epoch and resumed. Resident data on 4 devices is part of tests/test_train.py's
+4-device run, on 2 processes part of tests/test_multiprocess.py's killed-and-resumed run, on
+vectorized members part of tests/test_vectorized.py's members: each against a host-fed run, to
+the tolerance of those tests (other summation orders)."""
 
 import contextlib
 import io
@@ -18,9 +21,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from fer_jax import config_loading
-from fer_jax.train import feeding, loop, members
+from fer_jax.train import feeding, loop
 from tests.conftest import ROOT, launch
-from tests.test_multiprocess import _start_processes
 
 # Tiny Model 0 with its dropout, augmentation and a plateau (the lr changes inside the state): 12
 # steps per epoch, so N = 8 crosses a log step (every 4) and leaves a shorter last dispatch.
@@ -41,7 +43,6 @@ OVERRIDES = {
 WHOLE_EPOCH = 1000  # capped at the steps of an epoch
 HOST_1 = {"data.on_device": "false", "train.steps_per_dispatch": 1}
 DEVICE_8 = {"data.on_device": "true", "train.steps_per_dispatch": 8}
-DEVICE_EPOCH = {"data.on_device": "true", "train.steps_per_dispatch": WHOLE_EPOCH}
 
 
 def _config(feed, seed=42):
@@ -143,57 +144,6 @@ def test_killed_mid_epoch_and_resumed_is_the_same(reference, tmp_path):
   resumed = launch(args)
   assert "Resuming" in resumed.stdout and "after epoch 1" in resumed.stdout
   assert_same_run(workdir, reference[0])
-
-
-def test_four_devices(tmp_path):
-  """Host-fed one step at a time and resident data a whole epoch at a time, on 4 CPU devices."""
-  workdirs = [str(tmp_path / "host_1"), str(tmp_path / "device_epoch")]
-  script = (
-    "from fer_jax.train import loop\nfrom tests import test_feeding as t\n"
-    f"for feed, workdir in zip((t.HOST_1, t.DEVICE_EPOCH), {workdirs!r}):\n"
-    "  loop.train_and_evaluate(t._config(feed), workdir)\n"
-  )
-  proc = subprocess.run(
-    [sys.executable, "-c", script],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    env=dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=4"),
-  )
-  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-  assert proc.stdout.count("4 x cpu") == 2
-  assert_same_run(workdirs[1], workdirs[0])
-
-
-def test_two_processes(tmp_path):
-  """2 processes x 2 CPU devices (tests/test_multiprocess.py's run, for one epoch), host-fed
-  against resident data."""
-  workdirs = [str(tmp_path / "host_1"), str(tmp_path / "device_8")]
-  procs = [
-    p
-    for feed, workdir in zip((HOST_1, DEVICE_8), workdirs)
-    for p in _start_processes(
-      workdir, ["--config.train.epochs=1", *(f"--config.{k}={v}" for k, v in feed.items())]
-    )
-  ]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
-  assert "2 process(es)" in outs[0] and "data on the devices, 8 step(s)/dispatch" in outs[2]
-  assert_same_run(workdirs[1], workdirs[0])
-
-
-def test_vectorized_members(tmp_path):
-  """2 seeds as members of one vmapped step: host-fed one step at a time, and resident data 8
-  steps at a time."""
-  vmap = {"train.vectorize": "vmap"}
-  dirs = {}
-  for name, feed in (("host_1", HOST_1), ("device_8", DEVICE_8)):
-    dirs[name] = [str(tmp_path / f"{name}_{seed}") for seed in (1, 2)]
-    members.train_together([_config({**feed, **vmap}, seed) for seed in (1, 2)], dirs[name])
-  for got, want in zip(dirs["device_8"], dirs["host_1"]):
-    assert_same_run(got, want)
-  assert _history(dirs["host_1"][0]) != _history(dirs["host_1"][1])
 
 
 def test_auto_keeps_host_feeding_for_data_too_large(monkeypatch):

@@ -1,5 +1,6 @@
-"""Multi-process training as a cluster starts it: 2 local processes x 2 CPU devices, against one
-process with 4 devices; resume after both die; processes with different settings refuse to train
+"""Multi-process training as a cluster starts it: 2 local processes x 2 CPU devices, their data
+resident on the devices 8 steps a dispatch, against one host-fed process with 4 devices; resume
+after both die; processes with different settings refuse to train
 together; bad flags and a lone process say so in one line."""
 
 import json
@@ -24,6 +25,11 @@ ARGS = [
   f"--config.data.cache_dir={os.path.join(tempfile.gettempdir(), 'fer_jax_test_cache')}",
 ]
 
+
+# The two processes hold their shards of the data on their devices and run 8 steps a dispatch
+# (fer_jax/train/feeding.py); the one process is host-fed a step at a time: one run covers both.
+RESIDENT_8 = ["--config.data.on_device=true", "--config.train.steps_per_dispatch=8"]
+HOST_1 = ["--config.data.on_device=false", "--config.train.steps_per_dispatch=1"]
 
 _FATAL = "Terminating process because the JAX distributed service detected fatal errors"
 
@@ -76,14 +82,14 @@ def _history(workdir):
 @pytest.fixture(scope="module")
 def four_device_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("one_process"))
-  proc = launch([*ARGS, f"--workdir={workdir}"], env={"JAX_NUM_CPU_DEVICES": "4"})
-  assert "4 x cpu" in proc.stdout
+  proc = launch([*ARGS, *HOST_1, f"--workdir={workdir}"], env={"JAX_NUM_CPU_DEVICES": "4"})
+  assert "4 x cpu" in proc.stdout and "host-fed, 1 step(s)/dispatch" in proc.stdout
   return workdir
 
 
 def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp_path):
   workdir = str(tmp_path / "two_processes")
-  procs = _start_processes(workdir)
+  procs = _start_processes(workdir, RESIDENT_8)
   _wait_for_line(procs[0], "epoch 2/3")
   # The coordinator dies; JAX aborts the other process, which first says so in our words.
   procs[0].send_signal(signal.SIGKILL)
@@ -99,11 +105,12 @@ def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp
   assert out1.count("error: process 1:") == 1, out1
   assert not os.path.exists(os.path.join(workdir, "metrics.json"))
 
-  procs = _start_processes(workdir)
+  procs = _start_processes(workdir, RESIDENT_8)
   out0 = procs[0].communicate(timeout=300)[0]
   out1 = procs[1].communicate(timeout=60)[0]
   assert procs[0].returncode == 0 and procs[1].returncode == 0, out0 + out1
   assert "Resuming" in out0 and "2 process(es)" in out0
+  assert "data on the devices, 8 step(s)/dispatch" in out0
   assert "test accuracy" not in out1  # only process 0 reports
 
   got, want = _history(workdir), _history(four_device_run)

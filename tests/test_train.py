@@ -233,13 +233,18 @@ def test_sigkill_then_resume_gives_the_same_result(reference_run, tmp_path):
 
 
 def test_four_devices_match_one_device(reference_run, tmp_path):
-  ref_dir, _ = reference_run
+  """4 devices holding their shards of the data, a whole epoch a dispatch, against the host-fed
+  reference on one device (fer_jax/train/feeding.py; tests/test_feeding.py compares feedings on
+  one device to the bit)."""
+  ref_dir, ref_stdout = reference_run
   workdir = str(tmp_path / "sharded")
+  resident = ["--config.data.on_device=true", "--config.train.steps_per_dispatch=1000"]
   proc = launch(
-    ["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *EPOCHS],
-    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    ["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *EPOCHS, *resident],
+    env={"JAX_NUM_CPU_DEVICES": "4"},
   )
-  assert "4 x cpu" in proc.stdout
+  assert "4 x cpu" in proc.stdout and "data on the devices, 8 step(s)/dispatch" in proc.stdout
+  assert "host-fed" in ref_stdout
   got, want = _comparable(workdir), _comparable(ref_dir)
   # Same maths, different reduction order across shards: losses equal up to float32 rounding
   # (accuracy on 8 val images can flip one borderline face, so it is not compared).

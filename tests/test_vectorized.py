@@ -1,5 +1,8 @@
-"""Seeds trained together as members of one vmapped step equal the same seeds trained one by one."""
+"""Seeds trained together as members of one vmapped step (their data resident on the device) equal
+the same seeds trained one by one (host-fed)."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -39,9 +42,15 @@ OVERRIDES = {
 }
 
 
-def _configs():
+# The separate runs are host-fed a step at a time; the members hold the data on the device and run
+# 8 steps a dispatch (fer_jax/train/feeding.py): the comparison covers feeding members as well.
+HOST_1 = {"data.on_device": "false", "train.steps_per_dispatch": 1}
+RESIDENT_8 = {"data.on_device": "true", "train.steps_per_dispatch": 8}
+
+
+def _configs(feed):
   return [
-    config_loading.load_config("configs/model_0.py:quick", {**OVERRIDES, "train.seed": s})
+    config_loading.load_config("configs/model_0.py:quick", {**OVERRIDES, **feed, "train.seed": s})
     for s in SEEDS
   ]
 
@@ -58,12 +67,13 @@ def _files(workdir):
 @pytest.fixture(scope="module")
 def separate_and_together(tmp_path_factory):
   root = tmp_path_factory.mktemp("vectorized")
-  configs = _configs()
   separate = [str(root / f"separate{s}") for s in SEEDS]
-  for config, workdir in zip(configs, separate):
+  for config, workdir in zip(_configs(HOST_1), separate):
     loop.train_and_evaluate(config, workdir)
   together = [str(root / f"together{s}") for s in SEEDS]
-  summaries = members.train_together(configs, together)
+  with contextlib.redirect_stdout(io.StringIO()) as out:
+    summaries = members.train_together(_configs(RESIDENT_8), together)
+  assert "data on the devices, 8 step(s)/dispatch" in out.getvalue(), out.getvalue()
   return separate, together, summaries
 
 
@@ -112,7 +122,7 @@ def test_members_differ_from_each_other(separate_and_together):
 def test_finished_members_are_reported_not_retrained(separate_and_together):
   _, together, summaries = separate_and_together
   before = [os.path.getmtime(os.path.join(w, "metrics.json")) for w in together]
-  again = members.train_together(_configs(), together)
+  again = members.train_together(_configs(RESIDENT_8), together)
   assert [s["best"] for s in again] == [s["best"] for s in summaries]
   assert [os.path.getmtime(os.path.join(w, "metrics.json")) for w in together] == before
 
@@ -124,7 +134,7 @@ def test_members_on_device_groups_equal_separate_runs(separate_and_together, tmp
   script = (
     f"from fer_jax import config_loading\nfrom fer_jax.train import members\n"
     f"configs = [config_loading.load_config('configs/model_0.py:quick', "
-    f"{{**{OVERRIDES!r}, 'train.seed': s}}) for s in {SEEDS!r}]\n"
+    f"{{**{OVERRIDES!r}, **{RESIDENT_8!r}, 'train.seed': s}}) for s in {SEEDS!r}]\n"
     f"members.train_together(configs, {workdirs!r})\n"
   )
   out = subprocess.run(
@@ -148,7 +158,7 @@ def test_members_on_device_groups_equal_separate_runs(separate_and_together, tmp
 
 
 def test_members_must_differ_only_in_seed():
-  configs = _configs()
+  configs = _configs(HOST_1)
   other = config_loading.load_config("configs/model_0.py:quick", {**OVERRIDES, "optim.lr": 0.1})
   with pytest.raises(ValueError, match="optim.lr"):
     members.train_together([configs[0], other], ["/nonexistent/a", "/nonexistent/b"])
