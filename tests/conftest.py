@@ -18,6 +18,13 @@ import pytest
 # test measures.
 # Set before any test imports jax; subprocesses inherit it.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
+# One thread per XLA:CPU convolution or matmul: two workers share two cores, and splitting a tiny
+# model's ops across threads the other worker wants costs more than it gains (test_bad_input and
+# test_train: 5 % faster).
+if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+  ).strip()
 # What fer_jax.platform.sharding.configure_backend sets on CPU, for tests that trace models outside
 # a run.
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
@@ -28,8 +35,9 @@ os.environ.setdefault("FER_JAX_COMPILE_CACHE", "off")
 # this file (pytest-xdist's controller: its workers and every launch.py they start inherit it): the
 # many tiny runs compile the same programs, which later runs load from disk (about a fifth of the
 # suite's time). Programs that compile faster than a cache write (single ops run eagerly) are not
-# kept. A size limit makes JAX lock the folder, so no worker reads a half-written entry. Removed
-# when the session ends.
+# kept: keeping every program saves 0.3 s of a tiny run and costs more than that in the tests
+# that run ops eagerly (test_augment's time doubled). A size limit makes JAX lock the folder, so
+# no worker reads a half-written entry. Removed when the session ends.
 _OWN_JAX_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_JAX_CACHE:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="fer_jax_test_jax_cache_")

@@ -65,7 +65,7 @@ assert jax.device_count() == 4 and err < 1e-4, err
 
 
 def test_winograd_gradients_on_a_batch_sharded_over_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="4")
   proc = subprocess.run(
     [sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=120
   )

@@ -36,10 +36,13 @@ def test_insightface_faces_are_fetched(faces):
 def test_defaults_separate_copies_from_other_faces_on_real_faces(faces):
   images, names, _ = faces
   assert len(images) >= 101 and images.dtype == np.uint8
-  data, source, made = real_faces.duplicate_benchmark(images)
+  # The first 64 faces and their 1,024 copies: half the time of all 108 (the benchmark's 1,836
+  # images, python -m benchmarks.dedup_quality), 5 distinct pairs the hash proposes among them.
+  data, source, made = real_faces.duplicate_benchmark(images[:64])
   result = dedup_quality.evaluate(data, source, made, hashing.default_settings(), workers=1)
   precision, recall = result["scores"][hashing.DEFAULT_MIN_SIMILARITY]["groups"]
-  # Measured 100 % / 99.1 % (docs/data_tools.md); bounds loose enough not to flake.
+  # Measured 100 % / 99.4 % here, 100 % / 99.1 % on all 108 faces (docs/data_tools.md); bounds
+  # loose enough not to flake.
   assert precision >= 0.98 and recall >= 0.95, result["scores"]
   # Copies linked directly to their original: measured 96-100 % for every kind (a 3 px shift,
   # a one-sided crop and a watermark through the second hop, docs/data_tools.md).
