@@ -235,6 +235,7 @@ def test_a_weak_judge_is_called_out_on_builtin_faces(tmp_path, capsys):
     "train.batch_size=32",
     "model.bn_momentum=0.9",
     "train.log_every_steps=1000",
+    "eval.report=false",  # the folds' report.md and plots: 6 s here, checked in test_train
   ]
   result = mislabel_quality.planted_flip_run(
     str(tmp_path), 60, 0.08, 2, "configs/model_0.py", small, workers=1
