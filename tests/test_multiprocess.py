@@ -1,7 +1,7 @@
 """Multi-process training as a cluster starts it: 2 local processes x 2 CPU devices, their data
 resident on the devices 8 steps a dispatch, against one host-fed process with 4 devices; resume
-after both die; processes with different settings refuse to train
-together; bad flags and a lone process say so in one line."""
+after both die; processes with different settings refuse to train together; bad flags and a lone
+process say so in one line."""
 
 import json
 import os

@@ -147,6 +147,7 @@ def test_members_on_device_groups_equal_separate_runs(separate_and_together, tmp
   )
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
   assert "2 runs as members of one vectorized step, on 2 group(s) of 2 device(s)" in out.stdout
+  assert "data on the devices, 8 step(s)/dispatch" in out.stdout
   for got_dir, want_dir in zip(workdirs, separate):
     got, want = _history(got_dir), _history(want_dir)
     assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
