@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, TINY, launch, read_summary
+from tests.test_feeding import DEVICE_8, HOST_1
 
 ARGS = [
   "--config=configs/model_0.py:quick",
@@ -26,10 +27,12 @@ ARGS = [
 ]
 
 
-# The two processes hold their shards of the data on their devices and run 8 steps a dispatch
-# (fer_jax/train/feeding.py); the one process is host-fed a step at a time: one run covers both.
-RESIDENT_8 = ["--config.data.on_device=true", "--config.train.steps_per_dispatch=8"]
-HOST_1 = ["--config.data.on_device=false", "--config.train.steps_per_dispatch=1"]
+def _feed_flags(feed):
+  """tests/test_feeding.py's feed settings as launch.py flags. The two processes below hold their
+  shards of the data on their devices, 8 steps a dispatch (DEVICE_8); the one process is host-fed
+  a step at a time (HOST_1): one run covers both."""
+  return [f"--config.{k}={v}" for k, v in feed.items()]
+
 
 _FATAL = "Terminating process because the JAX distributed service detected fatal errors"
 
@@ -82,14 +85,16 @@ def _history(workdir):
 @pytest.fixture(scope="module")
 def four_device_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("one_process"))
-  proc = launch([*ARGS, *HOST_1, f"--workdir={workdir}"], env={"JAX_NUM_CPU_DEVICES": "4"})
+  proc = launch(
+    [*ARGS, *_feed_flags(HOST_1), f"--workdir={workdir}"], env={"JAX_NUM_CPU_DEVICES": "4"}
+  )
   assert "4 x cpu" in proc.stdout and "host-fed, 1 step(s)/dispatch" in proc.stdout
   return workdir
 
 
 def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp_path):
   workdir = str(tmp_path / "two_processes")
-  procs = _start_processes(workdir, RESIDENT_8)
+  procs = _start_processes(workdir, _feed_flags(DEVICE_8))
   _wait_for_line(procs[0], "epoch 2/3")
   # The coordinator dies; JAX aborts the other process, which first says so in our words.
   procs[0].send_signal(signal.SIGKILL)
@@ -105,7 +110,7 @@ def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp
   assert out1.count("error: process 1:") == 1, out1
   assert not os.path.exists(os.path.join(workdir, "metrics.json"))
 
-  procs = _start_processes(workdir, RESIDENT_8)
+  procs = _start_processes(workdir, _feed_flags(DEVICE_8))
   out0 = procs[0].communicate(timeout=300)[0]
   out1 = procs[1].communicate(timeout=60)[0]
   assert procs[0].returncode == 0 and procs[1].returncode == 0, out0 + out1

@@ -4,6 +4,7 @@ survives corrupt files; a changed run is a new key; a conversion that does not m
 (the live model answers)."""
 
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def test_the_onnx_scorer_answers_as_the_live_one_and_survives_corrupt_files(
   # still runs on what they write.
   converted = (entry / "logits.onnx").read_bytes()
   monkeypatch.setattr(
-    onnx_format, "write", lambda fn, shape, path, name: open(path, "wb").write(converted)
+    onnx_format, "write", lambda fn, shape, path, name: pathlib.Path(path).write_bytes(converted)
   )
   for name in ("logits.onnx", "scorer.json"):
     (entry / name).write_bytes(b"\x08\x07 torn")

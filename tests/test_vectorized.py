@@ -18,6 +18,7 @@ from fer_jax import config_loading
 from fer_jax.models.kernels import cpu_conv
 from fer_jax.train import loop, members
 from tests.conftest import ROOT
+from tests.test_feeding import DEVICE_8, HOST_1
 
 SEEDS = (1, 2)  # seed 1 stops early after 3 epochs, seed 2 after 2: one member leaves first
 # Tiny Model 0 with dropout (its own), augmentation, plateau and early stopping turned on. BN after
@@ -42,12 +43,8 @@ OVERRIDES = {
 }
 
 
-# The separate runs are host-fed a step at a time; the members hold the data on the device and run
-# 8 steps a dispatch (fer_jax/train/feeding.py): the comparison covers feeding members as well.
-HOST_1 = {"data.on_device": "false", "train.steps_per_dispatch": 1}
-RESIDENT_8 = {"data.on_device": "true", "train.steps_per_dispatch": 8}
-
-
+# The separate runs are host-fed a step at a time (HOST_1); the members hold the data on the device
+# and run 8 steps a dispatch (DEVICE_8): the comparison covers feeding members as well.
 def _configs(feed):
   return [
     config_loading.load_config("configs/model_0.py:quick", {**OVERRIDES, **feed, "train.seed": s})
@@ -72,7 +69,7 @@ def separate_and_together(tmp_path_factory):
     loop.train_and_evaluate(config, workdir)
   together = [str(root / f"together{s}") for s in SEEDS]
   with contextlib.redirect_stdout(io.StringIO()) as out:
-    summaries = members.train_together(_configs(RESIDENT_8), together)
+    summaries = members.train_together(_configs(DEVICE_8), together)
   assert "data on the devices, 8 step(s)/dispatch" in out.getvalue(), out.getvalue()
   return separate, together, summaries
 
@@ -122,7 +119,7 @@ def test_members_differ_from_each_other(separate_and_together):
 def test_finished_members_are_reported_not_retrained(separate_and_together):
   _, together, summaries = separate_and_together
   before = [os.path.getmtime(os.path.join(w, "metrics.json")) for w in together]
-  again = members.train_together(_configs(RESIDENT_8), together)
+  again = members.train_together(_configs(DEVICE_8), together)
   assert [s["best"] for s in again] == [s["best"] for s in summaries]
   assert [os.path.getmtime(os.path.join(w, "metrics.json")) for w in together] == before
 
@@ -134,7 +131,7 @@ def test_members_on_device_groups_equal_separate_runs(separate_and_together, tmp
   script = (
     f"from fer_jax import config_loading\nfrom fer_jax.train import members\n"
     f"configs = [config_loading.load_config('configs/model_0.py:quick', "
-    f"{{**{OVERRIDES!r}, **{RESIDENT_8!r}, 'train.seed': s}}) for s in {SEEDS!r}]\n"
+    f"{{**{OVERRIDES!r}, **{DEVICE_8!r}, 'train.seed': s}}) for s in {SEEDS!r}]\n"
     f"members.train_together(configs, {workdirs!r})\n"
   )
   out = subprocess.run(
