@@ -1,7 +1,8 @@
 """The scorers predict keeps on disk: fer_jax.inference.scorer_cache (JAX) and onnx_scorer (the
 model converted to ONNX). Each answers as the live scorer, is loaded without building, and
 survives corrupt files; a changed run is a new key; a conversion that does not match is not kept
-(the live model answers)."""
+(the live model answers). jax2onnx converts the default model once (the `converted` fixture);
+the tests' later conversions write copies of it."""
 
 import os
 import pathlib
@@ -18,6 +19,24 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.fixture(scope="module")
 def live():
   return scoring.Scorer.default()
+
+
+@pytest.fixture(scope="module")
+def converted(live, tmp_path_factory):
+  """The default model converted to ONNX once, by onnx_scorer itself (jax2onnx: ~8 s a
+  conversion of it)."""
+  directory = tmp_path_factory.mktemp("converted")
+  assert onnx_scorer.scorer(str(directory), None, None, lambda: live).model is None
+  (path,) = directory.glob("scorers/onnx-*/logits.onnx")
+  return path.read_bytes()
+
+
+@pytest.fixture
+def copying_writer(converted, monkeypatch):
+  """Conversions write a copy of `converted`; onnx_scorer's check against JAX still runs on each."""
+  monkeypatch.setattr(
+    onnx_format, "write", lambda fn, shape, path, name: pathlib.Path(path).write_bytes(converted)
+  )
 
 
 def counted(live):
@@ -83,7 +102,7 @@ def test_the_cached_scorer_answers_as_the_live_one_and_survives_corrupt_files(
 
 
 def test_the_onnx_scorer_answers_as_the_live_one_and_survives_corrupt_files(
-  tmp_path, live, capsys, monkeypatch
+  tmp_path, live, capsys, copying_writer
 ):
   build, builds = counted(live)
   crops = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 1), np.uint8)
@@ -97,13 +116,6 @@ def test_the_onnx_scorer_answers_as_the_live_one_and_survives_corrupt_files(
   np.testing.assert_array_equal(again.logits(crops), first.logits(crops))
   (entry,) = (tmp_path / "scorers").iterdir()
   assert entry.name == f"onnx-{onnx_scorer.key(None, None)}"
-  # Each repair below converts again: jax2onnx's output is checked above, so they write a copy
-  # of it (two conversions of the default model are 20 s of the suite); the check against JAX
-  # still runs on what they write.
-  converted = (entry / "logits.onnx").read_bytes()
-  monkeypatch.setattr(
-    onnx_format, "write", lambda fn, shape, path, name: pathlib.Path(path).write_bytes(converted)
-  )
   for name in ("logits.onnx", "scorer.json"):
     (entry / name).write_bytes(b"\x08\x07 torn")
     repaired = onnx_scorer.scorer(str(tmp_path), None, None, build)
@@ -114,7 +126,9 @@ def test_the_onnx_scorer_answers_as_the_live_one_and_survives_corrupt_files(
   np.testing.assert_array_equal(rewritten.logits(crops), first.logits(crops))
 
 
-def test_a_conversion_that_does_not_match_is_not_kept(tmp_path, live, capsys, monkeypatch):
+def test_a_conversion_that_does_not_match_is_not_kept(
+  tmp_path, live, capsys, monkeypatch, copying_writer
+):
   monkeypatch.setattr(export, "TOLERANCE", -1.0)  # no conversion can match
   got = onnx_scorer.scorer(str(tmp_path), None, None, lambda: live)
   assert got is live
