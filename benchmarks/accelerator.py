@@ -54,11 +54,6 @@ _BATCHES = flags.DEFINE_list("batches", None, "train batch sizes (default 64,512
 _STEPS = flags.DEFINE_integer("steps", None, "timed steps per row (default 200; quick 3)")
 _FACES = flags.DEFINE_integer("faces", None, "built-in faces, all splits (default 20000)")
 _MEMBERS = flags.DEFINE_list("members", None, "vectorized seeds S (default 1,2,4,8; quick 1,2)")
-_FEEDING = flags.DEFINE_bool(
-  "feeding",
-  True,
-  "rows that set data.on_device and train.steps_per_dispatch (--nofeeding: only dtype rows)",
-)
 _FULL_EPOCHS = flags.DEFINE_integer(
   "full_epochs", None, "epochs of the complete B++ run (default its config's; quick 1)"
 )
@@ -73,7 +68,6 @@ _VARIANTS = flags.DEFINE_list(
 # One-factor-at-a-time rows: the baseline is the loop shaped for the CPU; each row changes one
 # setting, the last all three.
 BASELINE = {"model.dtype": "float32", "data.on_device": "false", "train.steps_per_dispatch": 1}
-FEEDING_FIELDS = ("data.on_device", "train.steps_per_dispatch")
 VARIANTS = (
   ("float32, host-fed, 1 step/dispatch", {}),
   ("bfloat16", {"model.dtype": "bfloat16"}),
@@ -102,20 +96,13 @@ def settings():
   }
 
 
-def variants(feeding, chosen=None):
-  """[(name, overrides)] of the VARIANTS indexed in `chosen` (default all); without `feeding`,
-  only the rows that do not need the feeding fields."""
-  rows = []
-  for i, (name, changes) in enumerate(VARIANTS):
-    if chosen is not None and str(i) not in chosen:
-      continue
-    overrides = {**BASELINE, **changes}
-    if not feeding:
-      if any(k in changes for k in FEEDING_FIELDS):
-        continue
-      overrides = {k: v for k, v in overrides.items() if k not in FEEDING_FIELDS}
-    rows.append((name, overrides))
-  return rows
+def variants(chosen=None):
+  """[(name, overrides)] of the VARIANTS indexed in `chosen` (default all)."""
+  return [
+    (name, {**BASELINE, **changes})
+    for i, (name, changes) in enumerate(VARIANTS)
+    if chosen is None or str(i) in chosen
+  ]
 
 
 def describe_device():
@@ -179,7 +166,7 @@ def step_rows(knobs, dataset):
   for name in knobs["models"]:
     for batch in knobs["batches"]:
       base = None
-      for variant, overrides in variants(_FEEDING.value, knobs["variants"]):
+      for variant, overrides in variants(knobs["variants"]):
         r = rate(name, {**overrides, "train.batch_size": batch}, knobs, dataset)
         rates[name, batch, variant] = r
         base = base or r  # the first row timed: the baseline unless --variants left it out

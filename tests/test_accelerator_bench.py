@@ -7,13 +7,10 @@ import sys
 
 import pytest
 
-from fer_jax.configs import common
 from tests.conftest import ROOT
 
 
 def test_quick_benchmark_prints_every_section():
-  # the feeding rows need config.data.on_device and config.train.steps_per_dispatch
-  feeding = "on_device" in common.DATA and "steps_per_dispatch" in common.TRAIN
   args = [
     "--quick",
     "--models=model_0",
@@ -24,9 +21,7 @@ def test_quick_benchmark_prints_every_section():
     "--widths=4,4,4",
     "--full_epochs=1",
     "--notorch",
-    # the baseline and, with the feeding fields, all three changes at once; else bfloat16
-    f"--variants=0,{4 if feeding else 1}",
-    "--feeding" if feeding else "--nofeeding",
+    "--variants=0,4",  # the baseline and all three changes at once
   ]
   proc = subprocess.run(
     [sys.executable, "-m", "benchmarks.accelerator", *args],
@@ -41,7 +36,7 @@ def test_quick_benchmark_prints_every_section():
   assert "device: 1 x cpu (cpu)" in out, out
   rows = [line for line in out.splitlines() if line.startswith("model_0      8  ")]
   assert len(rows) == 2 and rows[0].endswith("1.00x"), out
-  assert ("bfloat16 + on-device + auto" if feeding else "bfloat16") in rows[1], out
+  assert "bfloat16 + on-device + auto" in rows[1], out
   assert re.findall(r"^ +(\d+) +[\d.]+ +[\d.]+x$", out, re.M) == ["2"], out  # members
   assert "complete model_0 run (" in out and "1 epochs" in out, out
 
