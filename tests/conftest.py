@@ -115,6 +115,17 @@ def read_summary(workdir):
     return json.load(f)
 
 
+def read_history(workdir):
+  """A run's metrics.jsonl: one dict an epoch."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def config_flags(overrides):
+  """{field: value} as launch.py's --config.<field>=<value> flags."""
+  return [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
 @pytest.fixture
 def tiny_args():
   return list(TINY)

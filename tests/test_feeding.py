@@ -8,7 +8,6 @@ the tolerance of those tests (other summation orders)."""
 
 import contextlib
 import io
-import json
 import os
 import signal
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 
 from fer_jax import config_loading
 from fer_jax.train import feeding, loop
-from tests.conftest import ROOT, launch
+from tests.conftest import ROOT, config_flags, launch, read_history
 
 # Tiny Model 0 with its dropout, augmentation and a plateau (the lr changes inside the state): 12
 # steps per epoch, so N = 8 crosses a log step (every 4) and leaves a shorter last dispatch.
@@ -53,12 +52,7 @@ def _config(feed, seed=42):
 
 def _flags(feed):
   overrides = {**OVERRIDES, **feed}
-  return ["--config=configs/model_0.py:quick", *(f"--config.{k}={v}" for k, v in overrides.items())]
-
-
-def _history(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+  return ["--config=configs/model_0.py:quick", *config_flags(overrides)]
 
 
 def _checkpoint(path):
@@ -70,7 +64,7 @@ def _checkpoint(path):
 
 
 def assert_same_run(got, want):
-  rows, ref = _history(got), _history(want)
+  rows, ref = read_history(got), read_history(want)
   assert [r["epoch"] for r in rows] == [r["epoch"] for r in ref]
   for row, ref_row in zip(rows, ref):
     for key in ("train_accuracy", "val_accuracy", "gap", "lr"):

@@ -3,7 +3,6 @@ resident on the devices 8 steps a dispatch, against one host-fed process with 4 
 after both die; processes with different settings refuse to train together; bad flags and a lone
 process say so in one line."""
 
-import json
 import os
 import signal
 import socket
@@ -14,7 +13,11 @@ import tempfile
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY, launch, read_summary
+from tests.conftest import ROOT, TINY, config_flags, launch, read_history, read_summary
+
+# tests/test_feeding.py's feed settings: the two processes below hold their shards of the data on
+# their devices, 8 steps a dispatch (DEVICE_8); the one process is host-fed a step at a time
+# (HOST_1): one run covers both.
 from tests.test_feeding import DEVICE_8, HOST_1
 
 ARGS = [
@@ -25,13 +28,6 @@ ARGS = [
   "--config.optim.plateau_patience=1",  # the plateau changes the lr inside the state between epochs
   f"--config.data.cache_dir={os.path.join(tempfile.gettempdir(), 'fer_jax_test_cache')}",
 ]
-
-
-def _feed_flags(feed):
-  """tests/test_feeding.py's feed settings as launch.py flags. The two processes below hold their
-  shards of the data on their devices, 8 steps a dispatch (DEVICE_8); the one process is host-fed
-  a step at a time (HOST_1): one run covers both."""
-  return [f"--config.{k}={v}" for k, v in feed.items()]
 
 
 _FATAL = "Terminating process because the JAX distributed service detected fatal errors"
@@ -77,16 +73,11 @@ def _wait_for_line(proc, prefix):
   raise AssertionError(f"process exited before printing {prefix!r}")
 
 
-def _history(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
 @pytest.fixture(scope="module")
 def four_device_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("one_process"))
   proc = launch(
-    [*ARGS, *_feed_flags(HOST_1), f"--workdir={workdir}"], env={"JAX_NUM_CPU_DEVICES": "4"}
+    [*ARGS, *config_flags(HOST_1), f"--workdir={workdir}"], env={"JAX_NUM_CPU_DEVICES": "4"}
   )
   assert "4 x cpu" in proc.stdout and "host-fed, 1 step(s)/dispatch" in proc.stdout
   return workdir
@@ -94,7 +85,7 @@ def four_device_run(tmp_path_factory):
 
 def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp_path):
   workdir = str(tmp_path / "two_processes")
-  procs = _start_processes(workdir, _feed_flags(DEVICE_8))
+  procs = _start_processes(workdir, config_flags(DEVICE_8))
   _wait_for_line(procs[0], "epoch 2/3")
   # The coordinator dies; JAX aborts the other process, which first says so in our words.
   procs[0].send_signal(signal.SIGKILL)
@@ -110,7 +101,7 @@ def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp
   assert out1.count("error: process 1:") == 1, out1
   assert not os.path.exists(os.path.join(workdir, "metrics.json"))
 
-  procs = _start_processes(workdir, _feed_flags(DEVICE_8))
+  procs = _start_processes(workdir, config_flags(DEVICE_8))
   out0 = procs[0].communicate(timeout=300)[0]
   out1 = procs[1].communicate(timeout=60)[0]
   assert procs[0].returncode == 0 and procs[1].returncode == 0, out0 + out1
@@ -118,7 +109,7 @@ def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp
   assert "data on the devices, 8 step(s)/dispatch" in out0
   assert "test accuracy" not in out1  # only process 0 reports
 
-  got, want = _history(workdir), _history(four_device_run)
+  got, want = read_history(workdir), read_history(four_device_run)
   assert [r["epoch"] for r in got] == [1, 2, 3]
   # Same maths; the cross-process all-reduce sums in another order, and Adam's normalised
   # steps carry that float32 rounding into the weights, as between 1 and 4 devices (test_train).

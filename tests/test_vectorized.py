@@ -17,7 +17,7 @@ import pytest
 from fer_jax import config_loading
 from fer_jax.models.kernels import cpu_conv
 from fer_jax.train import loop, members
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_history
 from tests.test_feeding import DEVICE_8, HOST_1
 
 SEEDS = (1, 2)  # seed 1 stops early after 3 epochs, seed 2 after 2: one member leaves first
@@ -52,11 +52,6 @@ def _configs(feed):
   ]
 
 
-def _history(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
 def _files(workdir):
   return sorted(f for f in os.listdir(workdir))
 
@@ -86,7 +81,7 @@ def test_members_equal_separate_runs(separate_and_together):
   assert [s["seed"] for s in summaries] == list(SEEDS)
   for sep, tog, summary in zip(separate, together, summaries):
     assert _files(tog) == _files(sep)
-    got, want = _history(tog), _history(sep)
+    got, want = read_history(tog), read_history(sep)
     assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
     for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"):
       np.testing.assert_allclose(
@@ -112,7 +107,7 @@ def test_members_equal_separate_runs(separate_and_together):
 
 def test_members_differ_from_each_other(separate_and_together):
   _, together, _ = separate_and_together
-  losses = [_history(w)[0]["train_loss"] for w in together]
+  losses = [read_history(w)[0]["train_loss"] for w in together]
   assert len(set(losses)) == len(losses)  # own init, dropout, augmentation and batch order per seed
 
 
@@ -146,7 +141,7 @@ def test_members_on_device_groups_equal_separate_runs(separate_and_together, tmp
   assert "2 runs as members of one vectorized step, on 2 group(s) of 2 device(s)" in out.stdout
   assert "data on the devices, 8 step(s)/dispatch" in out.stdout
   for got_dir, want_dir in zip(workdirs, separate):
-    got, want = _history(got_dir), _history(want_dir)
+    got, want = read_history(got_dir), read_history(want_dir)
     assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
     # 2 devices per member sum its batch in another order than 1 device (as in test_train)
     for key in ("train_loss", "val_loss"):
