@@ -1,7 +1,6 @@
 """Weight averaging (config.optim.ema_decay, fer_jax/train/ema.py): the formula, the train step,
 the evaluations, checkpoints and resume, vectorized members and the scorer."""
 
-import json
 import os
 import tempfile
 
@@ -13,6 +12,7 @@ import pytest
 from fer_jax import config_loading, models
 from fer_jax.report import study
 from fer_jax.train import checkpoint, ema, loop, members, steps
+from tests.conftest import read_history
 
 DECAY = 0.9
 OVERRIDES = {
@@ -34,11 +34,6 @@ OVERRIDES = {
 
 def _config(**changes):
   return config_loading.load_config("configs/model_0.py:quick", {**OVERRIDES, **changes})
-
-
-def _history(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
 
 
 def _assert_trees_close(got, want, **tolerance):
@@ -116,7 +111,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(reference_run, tmp_path, 
   got = loop.train_and_evaluate(_config(), workdir)
   for key in ("train_loss", "val_loss", "val_accuracy"):
     np.testing.assert_allclose(
-      [r[key] for r in _history(workdir)], [r[key] for r in _history(ref_dir)], rtol=1e-6
+      [r[key] for r in read_history(workdir)], [r[key] for r in read_history(ref_dir)], rtol=1e-6
     )
   assert got["weights"] == ref["weights"] == f"ema {DECAY:g}"
   assert got["test"]["accuracy"] == ref["test"]["accuracy"]
@@ -148,12 +143,14 @@ def test_vectorized_members_with_ema_equal_separate_runs(reference_run, tmp_path
   summaries = members.train_together(configs, [str(w) for w in workdirs])
   for key in ("train_loss", "val_loss", "val_accuracy"):
     np.testing.assert_allclose(
-      [r[key] for r in _history(workdirs[0])], [r[key] for r in _history(ref_dir)], rtol=1e-4
+      [r[key] for r in read_history(workdirs[0])],
+      [r[key] for r in read_history(ref_dir)],
+      rtol=1e-4,
     )
   assert summaries[0]["test"]["accuracy"] == ref["test"]["accuracy"]
   assert summaries[0]["test_tta"]["accuracy"] == ref["test_tta"]["accuracy"]
   assert summaries[1]["weights"] == f"ema {DECAY:g}"
-  assert _history(workdirs[1])[0]["train_loss"] != _history(ref_dir)[0]["train_loss"]
+  assert read_history(workdirs[1])[0]["train_loss"] != read_history(ref_dir)[0]["train_loss"]
   # the two members as one seed ensemble, with and without TTA (fer_jax/report/seeds.py)
   (group,) = study.aggregate(str(tmp_path))[0]["groups"]
   assert set(group["ensemble"]) == {"plain", "TTA"}

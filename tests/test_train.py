@@ -15,7 +15,7 @@ from PIL import Image
 from fer_jax.evals import calibration, metrics
 from fer_jax.platform import allocator
 from fer_jax.report import study
-from tests.conftest import ROOT, TINY, launch, read_summary
+from tests.conftest import ROOT, TINY, launch, read_history, read_summary
 
 EPOCHS = ["--config.train.epochs=3", "--config.train.early_stopping=False"]
 
@@ -27,11 +27,6 @@ def reference_run(tmp_path_factory):
   args = ["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *EPOCHS]
   proc = launch([*args, "--config.eval.report=true"])
   return workdir, proc.stdout
-
-
-def _history(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
 
 
 def test_run_leaves_a_complete_workdir(reference_run):
@@ -46,7 +41,7 @@ def test_run_leaves_a_complete_workdir(reference_run):
     "test_predictions.npz",
   ):
     assert os.path.exists(os.path.join(workdir, name)), name
-  history = _history(workdir)
+  history = read_history(workdir)
   assert [r["epoch"] for r in history] == [1, 2, 3]
   best_epoch = read_summary(workdir)["best"]["epoch"]
   # The best epoch and the latest, the temperature fitted on the best one and the config they
@@ -165,7 +160,7 @@ def test_zero_epochs_evaluates_the_initial_weights_as_epoch_0(tmp_path):
   launch(
     ["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, "--config.train.epochs=0"]
   )
-  (row,) = _history(workdir)
+  (row,) = read_history(workdir)
   assert row["epoch"] == 0 and row["lr"] == 0 and 0 <= row["val_accuracy"] <= 1
   s = read_summary(workdir)
   assert (
@@ -192,7 +187,7 @@ def test_finished_run_prints_summary_and_how_to_start_fresh(reference_run):
 def _comparable(workdir):
   s = read_summary(workdir)
   return (
-    [(r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in _history(workdir)],
+    [(r["train_loss"], r["val_loss"], r["val_accuracy"]) for r in read_history(workdir)],
     s["test"]["accuracy"],
     calibration.load(workdir, 0.7).temperature,
   )
