@@ -12,6 +12,8 @@ import tempfile
 import numpy as np
 import pytest
 
+from fer_jax import config_loading
+
 # XLA:CPU's optimising passes dominate test time (10x on tiny models); numerics are unaffected.
 # The price is slow unoptimised code for convolutions inside loops (optimised_xla_env below).
 # It also keeps conv_impl='auto' from timing layers (fer_jax/models/kernels/conv_choice.py), so no
@@ -116,14 +118,19 @@ def read_summary(workdir):
 
 
 def read_history(workdir):
-  """A run's metrics.jsonl: one dict an epoch."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+  """A run's metrics.jsonl, one dict an epoch, read as the reports read it; a missing file fails
+  the test instead of reading as no epochs (two empty histories would compare equal)."""
+  from fer_jax.train import history  # imports jax: not before the settings at the top of this file
+
+  path = os.path.join(workdir, "metrics.jsonl")
+  assert os.path.exists(path), f"{path} was not written"
+  return history.read_history(path)
 
 
 def config_flags(overrides):
-  """{field: value} as launch.py's --config.<field>=<value> flags."""
-  return [f"--config.{k}={v}" for k, v in overrides.items()]
+  """{field: value} as launch.py's --config.<field>=<value> flags, spelled as the sweep's
+  commands spell them."""
+  return [f"--config.{k}={config_loading.format_value(v)}" for k, v in overrides.items()]
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from fer_jax.data import cache, file_tree
 from fer_jax.evals import metrics
 from fer_jax.report import run_report, study
 from fer_jax.train import workdir_guard
-from tests.conftest import ROOT, TINY, launch, read_summary
+from tests.conftest import ROOT, TINY, launch, read_history, read_summary
 
 TWO_EPOCHS = ["--config.train.epochs=2", "--config.train.early_stopping=False"]
 MODEL_0 = "--config=configs/model_0.py:quick"
@@ -416,9 +416,7 @@ def test_a_truncated_latest_checkpoint_is_named_and_the_advice_works(unfinished_
   proc = run_launch(unfinished_run)
   assert proc.returncode == 0, proc.stderr
   assert read_summary(unfinished_run)["epochs_run"] == 2
-  assert [
-    r["epoch"] for r in map(json.loads, open(os.path.join(unfinished_run, "metrics.jsonl")))
-  ] == [1, 2]
+  assert [r["epoch"] for r in read_history(unfinished_run)] == [1, 2]
 
 
 def test_a_truncated_best_checkpoint_is_named(unfinished_run, finished_run):
