@@ -93,6 +93,16 @@ def tool_parser(prog, description):
   return p
 
 
+def add_groups_flag(parser):
+  """--no_groups, for the tools that keep duplicate groups whole (stratify, mislabel)."""
+  parser.add_argument(
+    "--no_groups",
+    dest="groups",
+    action="store_false",
+    help="do not look for duplicates (each image is its own group)",
+  )
+
+
 def run_main(tool_fn, parser, argv):
   """Parses `argv` (None: the command line), runs the tool, prints user errors as one line.
 

@@ -1,24 +1,26 @@
 """Model-assisted label review: find images whose label a model confidently contradicts.
 
   python -m data_tools.mislabel SRC --out DST [--config configs/b_p.py:real] [--set f=v ...]
-      [--folds 5] [--seed 42] [--sheet 64]                    # 1. train, write the review
+      [--folds 5] [--seed 42] [--sheet 64] [--no_groups]      # 1. train, write the review
   python -m data_tools.mislabel SRC --out DST --review DST/review.csv [--apply]   # 2. apply it
 
-Step 1 pools every image of SRC, splits them into --folds stratified folds and trains the
---config once per fold (fer_jax.train.loop.train_and_evaluate: train = the other folds less a
-stratified val hold-out of config.data.val_fraction, test = the fold), so every image gets
-class probabilities from a model that never saw it (out-of-fold). The default judge is the
-recipe for real faces (B+, 12 epochs); the summary prints its out-of-fold accuracy (overall and per
-fold) and recall per class and warns when it is weak. Confident learning (Northcutt et al.
-2021) then sets a threshold per class, t_j = the mean probability of class j over the images
-labelled j; counts the images labelled i whose most probable class above its threshold is j
-(the confident joint); calibrates it to the label counts into an estimate Q of the joint
+Step 1 pools every image of SRC, splits them into --folds stratified folds and trains the --config
+once per fold (fer_jax.train.loop.train_and_evaluate: train = the other folds less a stratified val
+hold-out of config.data.val_fraction, test = the fold), so every image gets class probabilities
+from a model that never saw it (out-of-fold). Duplicates (exact and verified near copies, as dedup
+and the audit find them at their defaults) stay in one fold and on one side of the hold-out, so no
+model has trained on a copy of an image it scores (--no_groups: each image on its own). The default
+judge is the recipe for real faces (B+, 12 epochs); the summary prints its out-of-fold accuracy
+(overall and per fold) and recall per class and warns when it is weak. Confident learning
+(Northcutt et al. 2021) then sets a threshold per class, t_j = the mean probability of class j over
+the images labelled j; counts the images labelled i whose most probable class above its threshold
+is j (the confident joint); calibrates it to the label counts into an estimate Q of the joint
 distribution of given and true labels; and flags n * Q[i, j] images labelled i, those with the
-largest margin p_j - p_i (prune by noise rate). So the number flagged follows the estimated
-noise, the off-diagonal mass of Q, printed next to it. Suspects are ranked by the margin
+largest margin p_j - p_i (prune by noise rate). So the number flagged follows the estimated noise,
+the off-diagonal mass of Q, printed next to it. Suspects are ranked by the margin
 p_suggested - p_given. Writes DST/review.csv (ranked), DST/suspects.png (contact sheet of the
-top --sheet suspects with both labels) and DST/oof_probs.npz; the tree is unchanged.
-Fold runs live in DST/.mislabel_runs/<fingerprint>/ and are reused when nothing changed.
+top --sheet suspects with both labels) and DST/oof_probs.npz; the tree is unchanged. Fold runs
+live in DST/.mislabel_runs/<fingerprint>/ and are reused when nothing changed.
 
 Step 2 reads reviewed CSVs (this tool's review.csv, dedup's conflicts.csv; `file` is relative
 to SRC) and writes the new tree: decision `relabel` moves the file to suggested_label's class
@@ -43,7 +45,7 @@ from matplotlib.figure import Figure
 from fer_jax import config_loading
 from fer_jax.data import file_tree, folders
 
-from . import common, judge, writing
+from . import common, hashing, judge, verify, writing
 
 # The recipe for real faces: its network, trained 12 epochs, reached 73 % val on FER2013 where
 # Model 0 reaches 64 % (docs/data_tools.md, "The judge"), in 0.6x the time of Model 0's 75
@@ -54,13 +56,23 @@ DEFAULT_CONFIG = "configs/b_p.py:real"
 # ---------------------------------------------------------------------------- fold runs
 
 
-def _fingerprint(records, config, folds, seed):
+def _fingerprint(records, groups, config, folds, seed):
   h = hashlib.sha256()
   for r in records:
     h.update(f"{r.path}\0{r.label}\0{r.size}\0{r.mtime_ns}\n".encode())
+  h.update(np.ascontiguousarray(groups, np.int64).tobytes())
   h.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
   h.update(f"{folds} {seed}".encode())
   return h.hexdigest()[:16]
+
+
+def duplicate_groups(images, args):
+  """Group id per image (equal ids: copies of one photograph), or one group per image under
+  --no_groups. The images as the model sees them, with dedup's default hash and verifier."""
+  if not args.groups:
+    return np.arange(len(images))
+  pairs, _ = verify.find_groups(images, hashing.default_settings(), args.workers)
+  return verify.group_labels(len(images), pairs)
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -118,9 +130,10 @@ def load_config(args, classes):
     raise common.ToolError(f"--config {args.config}: {e}") from None
 
 
-def summary_lines(args, classes, labels, probs, fold_of, found, rows):
+def summary_lines(args, classes, labels, groups, probs, fold_of, found, rows):
   accuracy, recall, per_fold, warning = judge.judge_quality(probs, labels, len(classes), fold_of)
   n = len(labels)
+  sizes = np.bincount(groups)
   cells = collections.Counter(f"{row['given_label']}->{row['suggested_label']}" for row in rows)
   estimated = {
     f"{classes[i]}->{classes[j]}": found.joint[i, j] * n
@@ -129,11 +142,17 @@ def summary_lines(args, classes, labels, probs, fold_of, found, rows):
     if i != j and found.joint[i, j] * n >= 0.5
   }
   lines = [
+    (
+      f"{int(sizes[sizes > 1].sum()):,} images in {int((sizes > 1).sum()):,} duplicate groups, "
+      "each group within one fold"
+      if args.groups
+      else "--no_groups: copies of an image may be in another fold"
+    ),
     f"{n:,} images scored out-of-fold by {args.config} ({args.folds} folds); "
     f"out-of-fold accuracy {accuracy:.1%} (per fold: "
     + ", ".join(f"{a:.1%}" for a in per_fold)
     + "); recall per class: "
-    + ", ".join(f"{c} {r:.1%}" for c, r in zip(classes, recall))
+    + ", ".join(f"{c} {r:.1%}" for c, r in zip(classes, recall)),
   ]
   lines += [warning] if warning else []
   lines += [
@@ -174,13 +193,14 @@ def plan_review(args, tree):
     raise common.ToolError(
       f"SRC {args.src}: every class needs at least --folds={args.folds} images"
     )
+  groups = duplicate_groups(images, args)
   workdir = os.path.join(
     os.path.abspath(args.out),
     ".mislabel_runs",
-    _fingerprint(records, config, args.folds, args.seed),
+    _fingerprint(records, groups, config, args.folds, args.seed),
   )
   probs, fold_of = judge.out_of_fold_probs(
-    images, labels, classes, config, args.folds, args.seed, workdir
+    images, labels, groups, classes, config, args.folds, args.seed, workdir
   )
 
   found = judge.find_suspects(probs, labels)
@@ -207,7 +227,7 @@ def plan_review(args, tree):
     )
   for r in records:
     entries.append(common.entry_for(tree, r, "kept"))
-  summary = summary_lines(args, classes, labels, probs, fold_of, found, rows)
+  summary = summary_lines(args, classes, labels, groups, probs, fold_of, found, rows)
   reports = {
     "review.csv": common.review_csv(rows, ["p_given", "p_suggested", "threshold"]),
     "suspects.png": contact_sheet(images, list(zip(found.ranked, rows))[: args.sheet]),
@@ -330,6 +350,7 @@ def plan_mislabel(args):
     "set": args.set,
     "folds": args.folds,
     "seed": args.seed,
+    "groups": args.groups,
     "review": args.review,
     "classes": args.classes,
   }
@@ -353,6 +374,7 @@ def build_parser():
   p.add_argument("--folds", type=int, default=5, help="cross-validation folds")
   p.add_argument("--seed", type=common.parse_seed, default=42, help="fold assignment seed")
   p.add_argument("--sheet", type=int, default=64, help="suspects shown in suspects.png")
+  common.add_groups_flag(p)
   p.add_argument(
     "--review",
     action="append",

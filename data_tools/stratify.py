@@ -157,12 +157,7 @@ def build_parser():
     default=42,
     help="shuffling seed (the same seed gives the same split)",
   )
-  p.add_argument(
-    "--no_groups",
-    dest="groups",
-    action="store_false",
-    help="do not look for duplicates (each image is its own group)",
-  )
+  common.add_groups_flag(p)
   hashing.add_hash_flags(p)
   return p
 

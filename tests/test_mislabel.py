@@ -2,6 +2,7 @@
 
 import csv
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -121,19 +122,65 @@ def test_the_fold_runs_skip_test_time_augmentation_which_the_judge_does_not_read
   assert config.eval.tta == "none" and config.train.epochs == 12
 
 
+def test_folds_and_their_val_hold_outs_keep_duplicate_groups_whole():
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(4), 50)
+  groups = np.arange(200)
+  # 20 groups of 2-5 copies (one image may join two: they merge), every fifth across classes,
+  # as when a copy is mislabelled
+  for k in range(20):
+    pool = np.arange(200) if k % 5 == 0 else np.flatnonzero(labels == k % 4)
+    members = rng.choice(pool, rng.integers(2, 6), replace=False)
+    groups[np.isin(groups, groups[members])] = groups[members[0]]
+  parts, fold_of = judge.fold_parts(labels, groups, 5, 0.2, seed=3, split_seed=4)
+  assert len(parts) == 5
+  for f, p in enumerate(parts):
+    together = np.concatenate([p["train"], p["val"], p["test"]])
+    assert np.array_equal(np.sort(together), np.arange(200))  # each image once
+    np.testing.assert_array_equal(p["test"], np.flatnonzero(fold_of == f))
+    side = np.zeros(200, int)
+    side[p["val"]], side[p["test"]] = 1, 2
+    for g in np.unique(groups):
+      assert len(set(side[groups == g])) == 1, (f, g)  # no copy on another side
+  # about a fifth of each class a fold, groups and all
+  assert all(abs(np.sum(labels[p["test"]] == c) - 10) <= 4 for p in parts for c in range(4))
+  # without groups: exactly stratified, a val share of every class
+  parts, _ = judge.fold_parts(labels, np.arange(200), 5, 0.2, seed=3, split_seed=4)
+  for p in parts:
+    assert np.bincount(labels[p["test"]]).tolist() == [10] * 4
+    assert np.bincount(labels[p["val"]]).tolist() == [8] * 4
+
+
+def test_mislabel_groups_the_copies_dedup_finds():
+  rng = np.random.default_rng(1)
+  images = np.stack([quadrant_image(rng, c % 4) for c in range(12)])[..., None]
+  images[5] = images[0]  # an exact copy
+  images[9] = (images[2] * 0.8 + 30).astype(np.uint8)  # a near copy: the same photo, duller
+  parser = mislabel.build_parser()
+  args = parser.parse_args(["src", "--out", "dst", "--workers", "1"])
+  groups = mislabel.duplicate_groups(images, args)
+  assert groups[5] == groups[0] and groups[9] == groups[2] and len(set(groups.tolist())) == 10
+  args = parser.parse_args(["src", "--out", "dst", "--workers", "1", "--no_groups"])
+  np.testing.assert_array_equal(mislabel.duplicate_groups(images, args), np.arange(12))
+
+
 def test_mislabel_ranks_planted_flips_first(tmp_path, capsys):
   src, dst = tmp_path / "src", tmp_path / "dst"
   flipped = write_quadrant_tree(str(src), per_class=30, flips=8)
+  original = os.path.join("train", CLASSES[0], "q0_010.png")
+  copy = os.path.join("train", CLASSES[0], "q0_copy.png")
+  shutil.copy(src / original, src / copy)  # the judge must not train on an image it scores
   before = tree_digest(src)
   argv = [str(src), "--out", str(dst), "--folds", "2", "--workers", "1"] + TINY_JUDGE
   assert mislabel.main(argv) == 0
   out = capsys.readouterr().out
   assert "scored out-of-fold" in out and tree_digest(src) == before
+  assert "2 images in 1 duplicate groups, each group within one fold" in out
   with open(dst / "review.csv") as f:
     rows = list(csv.DictReader(f))
   top = [r["file"] for r in rows[: len(flipped) + 2]]
   assert sum(f in top for f in flipped) >= 6, (flipped, rows[:12])
-  # planted 8 of 120 (6.7 %): the flagged set against them, the noise estimate against the rate
+  # planted 8 of 121 (6.6 %): the flagged set against them, the noise estimate against the rate
   flagged = {r["file"] for r in rows}
   precision, recall = (
     len(flagged & set(flipped)) / len(flagged),
@@ -141,14 +188,18 @@ def test_mislabel_ranks_planted_flips_first(tmp_path, capsys):
   )
   estimate = float(out.split("estimated label noise")[1].split(": ")[1].split("%")[0]) / 100
   print(
-    f"planted {len(flipped) / 120:.1%}, estimated {estimate:.1%}, precision {precision:.0%}, "
+    f"planted {len(flipped) / 121:.1%}, estimated {estimate:.1%}, precision {precision:.0%}, "
     f"recall {recall:.0%}"
   )
-  assert abs(estimate - len(flipped) / 120) < 0.04 and precision >= 0.6 and recall >= 0.75
+  # An image is 0.8 points here: over fold seeds 42, 1, 2, 3 (with and without the copy) the
+  # estimate was 6.6-10.0 % (Zen 1), so 5 points allow a CPU that trains a little differently.
+  assert abs(estimate - len(flipped) / 121) < 0.05 and precision >= 0.6 and recall >= 0.75
   assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
   assert all(float(r["p_suggested"]) > float(r["p_given"]) for r in rows)
   with np.load(dst / "oof_probs.npz", allow_pickle=False) as z:
-    assert z["probs"].shape == (120, 4) and np.allclose(z["probs"].sum(1), 1, atol=1e-4)
+    assert z["probs"].shape == (121, 4) and np.allclose(z["probs"].sum(1), 1, atol=1e-4)
+    fold = dict(zip(z["files"].tolist(), z["fold"].tolist()))
+    assert fold[original] == fold[copy]
   assert (dst / "suspects.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert not (dst / "train").exists()  # step 1 writes no tree
   snapshot = tree_digest(dst)  # a re-run reuses the finished fold runs and changes nothing

@@ -40,8 +40,8 @@ def stratified_holdout(labels, fraction, seed):
 
   The loaders' way to make a missing val split, image by image. `data_tools.stratify.assign_parts`
   is the other stratified splitter: k parts by ratios, keeping duplicate groups whole, for
-  re-splitting a dataset on disk; this one stays separate so that every loaded dataset keeps
-  the val split it has always had.
+  re-splitting a dataset on disk and for the mislabel judge's folds; this one stays separate so
+  that every loaded dataset keeps the val split it has always had.
 
   Each class holds out round(count * fraction) of its images, chosen by a permutation seeded
   with `seed` (the same labels, fraction and seed always give the same split). A class with at
