@@ -25,7 +25,7 @@ import os
 import tempfile
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from PIL import Image
 from scipy import stats
 
@@ -171,6 +171,7 @@ def define_flags():
 
 
 def main(_):
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint of every fold at INFO
   f = flags.FLAGS
   workdir = f.workdir or tempfile.mkdtemp(prefix="mislabel_quality_")
   result, wall, cpu = timed(
