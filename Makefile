@@ -67,11 +67,10 @@ run: $(VENV)/.base
 	$(PY) launch.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
 # --dist loadscope: each test module on one worker, so its module fixtures (reference runs) are
-# computed once, not once per worker; in the order tests/conftest.py gives them, longest first
-# (--no-loadscope-reorder). --durations: the suite's budget is 10 minutes on 2 cores; every run
-# names the tests that spend it.
+# computed once, not once per worker. --durations: the suite's budget is 10 minutes on 2 cores;
+# every run names the tests that spend it.
 test: $(VENV)/.test $(WEB)/.done
-	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadscope --durations=15 tests
 
 # Settings in pyproject.toml ([tool.ruff]); `ruff format .` applies what the check reports.
 lint: $(VENV)/.lint

@@ -52,53 +52,6 @@ def pytest_sessionfinish(session):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
-# The suite's wall time is its busier worker's: `make test` hands whole modules to two workers in
-# this order (--dist loadscope --no-loadscope-reorder), so the longest start first and the short
-# ones fill the end. Seconds a module (setup and calls, make test's --durations, 2-core Zen 1):
-# train 78, bad_input 77, vectorized 74, multiprocess 62, transfer 61, export 54, feeding 45,
-# predict 41, ema 40, cpu_conv 35, sweep 34, mislabel 31, accelerator_bench 31, backbones 28,
-# then 10-23 s each in the order below; the rest under 10 s. In xdist's default order (most tests
-# first) one worker sat idle for the last ~50 s of those timings.
-LONGEST_FIRST = (
-  "train",
-  "bad_input",
-  "vectorized",
-  "multiprocess",
-  "transfer",
-  "export",
-  "feeding",
-  "predict",
-  "ema",
-  "cpu_conv",
-  "sweep",
-  "mislabel",
-  "accelerator_bench",
-  "backbones",
-  "conv_choice",
-  "scorer_cache",
-  "dedup_quality",
-  "mixed_precision",
-  "inference",
-  "browser",
-  "tta",
-  "pipeline",
-  "losses",
-  "augment",
-  "dedup",
-  "models",
-)
-
-
-def pytest_collection_modifyitems(items):
-  gone = [
-    n for n in LONGEST_FIRST if not os.path.exists(os.path.join(ROOT, "tests", f"test_{n}.py"))
-  ]
-  if gone:
-    raise pytest.UsageError(f"tests/conftest.py LONGEST_FIRST: no module test_{gone[0]}.py")
-  rank = {f"test_{name}.py": i for i, name in enumerate(LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise
-
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
