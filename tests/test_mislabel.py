@@ -10,6 +10,7 @@ from image_trees import CLASSES, all_files, read_manifest, save, tree_digest
 
 from benchmarks import mislabel_quality
 from data_tools import judge, mislabel
+from fer_jax import config_loading
 
 # A tiny CNN that learns the quadrant task below in a few dozen steps.
 TINY = [
@@ -119,7 +120,8 @@ def test_the_fold_runs_skip_test_time_augmentation_which_the_judge_does_not_read
   args = mislabel.build_parser().parse_args(["src", "--out", "dst", "--set", "eval.tta=flip"])
   assert args.config == "configs/b_p.py:real"  # the recipe, whose eval.tta is flip+shifts
   config = mislabel.load_config(args, ("happy", "neutral", "sad", "surprise"))
-  assert config.eval.tta == "none" and config.train.epochs == 12
+  recipe = config_loading.load_config(args.config)
+  assert config.eval.tta == "none" and config.train.epochs == recipe.train.epochs == 18
 
 
 def test_folds_and_their_val_hold_outs_keep_duplicate_groups_whole():
