@@ -11,8 +11,10 @@ redoes the epoch, so the best epoch can never be skipped.
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
+import sys
 
 import flax
 import jax
@@ -49,8 +51,40 @@ def _disk_full_as_os_error(directory):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), directory) from None
 
 
+def _is_abandoned_read_noise(message):
+  return "exception was never retrieved" in message and f"{os.sep}orbax{os.sep}" in message
+
+
+def _quiet_abandoned_reads():
+  """Keeps a failed restore's one error the only report of it.
+
+  orbax reads the arrays of a checkpoint concurrently on an asyncio loop; when one read fails
+  (a truncated file), the restore raises and closes that loop while tensorstore finishes the
+  others on its own threads. Each of those then reports a callback to the closed loop as an
+  unraisable 'Event loop is closed', and asyncio logs each failed read task as 'Task exception
+  was never retrieved', whenever the timing lets them: before or after the caller printed its
+  one line. Both are dropped here; every other unraisable exception and log record still is
+  reported. Idempotent.
+  """
+  if getattr(sys.unraisablehook, "quiets_abandoned_reads", False):
+    return
+  report = sys.unraisablehook
+
+  def hook(unraisable):
+    closed_loop = isinstance(unraisable.exc_value, RuntimeError) and (
+      str(unraisable.exc_value) == "Event loop is closed"
+    )
+    if not closed_loop:
+      report(unraisable)
+
+  hook.quiets_abandoned_reads = True
+  sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(lambda r: not _is_abandoned_read_noise(r.getMessage()))
+
+
 class RunCheckpoints:
   def __init__(self, directory):
+    _quiet_abandoned_reads()
     self.directory = os.path.abspath(directory)
     keep = ocp.checkpoint_managers.AnyPreservationPolicy(
       [
@@ -172,6 +206,7 @@ def restore_best_variables(directory, like_variables):
   """
   if not os.path.isdir(directory):
     return None
+  _quiet_abandoned_reads()
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(
     lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), like_variables
