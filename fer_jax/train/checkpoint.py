@@ -51,8 +51,10 @@ def _disk_full_as_os_error(directory):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), directory) from None
 
 
-def _is_abandoned_read_noise(message):
-  return "exception was never retrieved" in message and f"{os.sep}orbax{os.sep}" in message
+def _keep_unless_abandoned_read(record):
+  """asyncio's log filter: False for a failed orbax read task nobody awaited."""
+  message = record.getMessage()
+  return not ("exception was never retrieved" in message and f"{os.sep}orbax{os.sep}" in message)
 
 
 def _quiet_abandoned_reads():
@@ -66,6 +68,8 @@ def _quiet_abandoned_reads():
   one line. Both are dropped here; every other unraisable exception and log record still is
   reported. Idempotent.
   """
+  # logging does not add a filter it already holds
+  logging.getLogger("asyncio").addFilter(_keep_unless_abandoned_read)
   if getattr(sys.unraisablehook, "quiets_abandoned_reads", False):
     return
   report = sys.unraisablehook
@@ -79,7 +83,6 @@ def _quiet_abandoned_reads():
 
   hook.quiets_abandoned_reads = True
   sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(lambda r: not _is_abandoned_read_noise(r.getMessage()))
 
 
 class RunCheckpoints:
