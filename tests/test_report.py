@@ -278,9 +278,15 @@ def test_no_eligible_winner_and_missing_predictions(tmp_path):
   assert summary["decision"]["winner"] is None and "no winner" in summary["decision"]["verdict"]
   assert "test_ci" not in summary["groups"][0] and "calibration" not in summary["groups"][0]
   summary, _ = study.aggregate(str(tmp_path), max_gap=15)
-  assert summary["decision"]["winner"] == "a" and "only config" in summary["decision"]["verdict"]
+  assert summary["decision"]["winner"] == "a"
+  assert "only config" in summary["decision"]["verdict"]
+  assert "nothing to compare it with" in summary["decision"]["verdict"]
   test_cell = study.comparison_rows(summary["groups"], "a")[0][3]
   assert test_cell.endswith(" %") and "[" not in test_cell  # no interval without predictions
+  # Beside a config over the gap limit, the winner is the only eligible one, not the only one.
+  fake_run(tmp_path / "b" / "seed0", "b", 0, skill=0.95, gap=20.0)
+  summary, _ = study.aggregate(str(tmp_path), max_gap=15)
+  assert summary["decision"]["verdict"] == "a is the only config with a gap below 15 points."
 
 
 def test_command_line_writes_the_study_report(tmp_path):

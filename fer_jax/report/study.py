@@ -160,7 +160,12 @@ def pick_winner(groups, runs_by_group, max_gap=WINNER_MAX_GAP):
       "winner": win["name"],
       "runner_up": None,
       "tests": [],
-      "verdict": (f"{win['name']} is the only config with a gap below {max_gap:g} points."),
+      "verdict": (
+        f"{win['name']} is the study's only config, with a gap below {max_gap:g} points: "
+        "nothing to compare it with."
+        if len(groups) == 1
+        else f"{win['name']} is the only config with a gap below {max_gap:g} points."
+      ),
     }
   second = eligible[1]
   tests = paired_tests(runs_by_group[win["name"]], runs_by_group[second["name"]])
