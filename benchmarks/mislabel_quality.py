@@ -11,7 +11,7 @@ any flip is planted. With --clean_base (default) such faces are redrawn, so the 
 are the only label noise and the planted rate is the true one; the share redrawn is printed.
 
 The judge is explicit (JUDGE below, the small CNN of docs/builtin_data.md): the tool's default,
-the recipe for real faces (B+, 18 epochs a fold), is what to use on a real FER set but takes hours
+the recipe for real faces (B+, 30 epochs a fold), is what to use on a real FER set but takes hours
 on a CPU.
 
   python -m benchmarks.mislabel_quality [--per_class=600 --rate=0.08 --folds=5 --clean_base]
