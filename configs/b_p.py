@@ -35,7 +35,7 @@ def real(c):
   # Two seeds, each length against the one before: 18 epochs instead of 12 gained 2.6 points of
   # val and 0.8 of test accuracy; 30 instead of 18 gained 0.4 of val, 1.9 of test (1.5 with TTA)
   # and lifted the calibrated 0.7 rule from 63 to 66 % of faces. Longer may gain more (B+: 75),
-  # but the train-val gap grows (10 points at 30): see docs/results.md before going further.
+  # but the eval-mode train-val gap grows (12-14 points at 30): see docs/results.md first.
   c.train.epochs = 30
   c.optim.cosine_epochs = 30
   # A short run underfits: at 5e-4 the proxy ended 2.9 points of test accuracy lower.
