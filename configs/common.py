@@ -16,6 +16,7 @@ docs/study.md tells the study's values.
 
 from fer_jax.config_loading import (
   Field,
+  Rule,
   above,
   at_least,
   distinct_names,
@@ -27,7 +28,13 @@ from fer_jax.config_loading import (
 from fer_jax.data import FER4, SPLITS
 
 TOP = {
-  "name": Field("", "config name; the default workdir is runs/<name>[-<variant>]"),
+  # a saved run is reloaded (predict, serve, export, report) through configs/<name>.py or, for a
+  # config file of its own, by this name: a name that cannot be a module's is refused up front
+  "name": Field(
+    "run",  # base_config(name) sets every config's
+    "config name; the default workdir is runs/<name>[-<variant>]",
+    Rule(str.isidentifier, "a Python identifier"),
+  ),
   "variant": Field("", "the variants get_config(arg) applied, comma-separated"),
 }
 
@@ -209,7 +216,8 @@ BACKBONE = {
     one_of(
       {
         "native": "the backbone's own preprocessing (mini_xception: [-1, 1], as fer scales)",
-        "study": "raw [0, 1], as the study fed the transfer backbones",
+        "study": "raw [0, 1], as the study fed vgg16 and resnet50v2 (efficientnet_b0 scales "
+        "inside its model: both choices feed it 0-255; mini_xception has only native)",
       }
     ),
   ),

@@ -80,6 +80,7 @@ def test_every_field_has_a_description_and_a_default_of_its_type(configs):
 def test_a_bad_value_and_an_undeclared_field_are_named_one_per_line():
   # As from a config.json: tuples are lists (valid), and no ConfigDict type kept the float out.
   d = json.loads(json.dumps(common.base_config("x").to_dict()))
+  d["name"] = "my-run"  # trains, but its run could not be reloaded by its name
   d["loss"]["name"] = "x"
   d["train"]["batch_size"] = 0
   d["train"]["seed"] = 1.5
@@ -87,6 +88,7 @@ def test_a_bad_value_and_an_undeclared_field_are_named_one_per_line():
   with pytest.raises(config_loading.ConfigError) as e:
     config_loading.check_values(ml_collections.ConfigDict(d))
   assert str(e.value).splitlines() == [
+    "config.name=my-run: must be a Python identifier",
     "config.loss.name=x: must be one of cross_entropy | focal",
     "config.train.batch_size=0: must be >= 1",
     "config.train.seed=1.5: must be an int",
