@@ -28,8 +28,8 @@ from fer_jax.config_loading import (
 from fer_jax.data import FER4, SPLITS
 
 TOP = {
-  # a saved run is reloaded (predict, serve, export, report) through configs/<name>.py or, for a
-  # config file of its own, by this name: a name that cannot be a module's is refused up front
+  # predict, serve and export reload a run's config through configs/<name>.py, or by this name
+  # for a config file of its own (config_loading.load_run_config): refused up front otherwise
   "name": Field(
     "run",  # base_config(name) sets every config's
     "config name; the default workdir is runs/<name>[-<variant>]",
