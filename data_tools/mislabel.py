@@ -10,7 +10,7 @@ hold-out of config.data.val_fraction, test = the fold), so every image gets clas
 from a model that never saw it (out-of-fold). Duplicates (exact and verified near copies, as dedup
 and the audit find them at their defaults) stay in one fold and on one side of the hold-out, so no
 model has trained on a copy of an image it scores (--no_groups: each image on its own). The default
-judge is the recipe for real faces (B+, 30 epochs); the summary prints its out-of-fold accuracy
+judge is the recipe for real faces (B+, 40 epochs); the summary prints its out-of-fold accuracy
 (overall and per fold) and recall per class and warns when it is weak. Confident learning
 (Northcutt et al. 2021) then sets a threshold per class, t_j = the mean probability of class j over
 the images labelled j; counts the images labelled i whose most probable class above its threshold
@@ -48,7 +48,7 @@ from fer_jax.data import file_tree, folders
 from . import common, hashing, judge, verify, writing
 
 # The recipe for real faces: its network, trained 12 epochs, reached 73 % val on FER2013 where
-# Model 0 reaches 64 % (docs/data_tools.md, "The judge"); the recipe's 30 epochs take 1-1.25x
+# Model 0 reaches 64 % (docs/data_tools.md, "The judge"); the recipe's 40 epochs take 1.3-1.7x
 # the time of Model 0's 75 epochs a fold. Model 0's `quick` variant flagged a quarter of FER2013,
 # mostly its own bias.
 DEFAULT_CONFIG = "configs/b_p.py:real"

@@ -121,7 +121,7 @@ def test_the_fold_runs_skip_test_time_augmentation_which_the_judge_does_not_read
   assert args.config == "configs/b_p.py:real"  # the recipe, whose eval.tta is flip+shifts
   config = mislabel.load_config(args, ("happy", "neutral", "sad", "surprise"))
   recipe = config_loading.load_config(args.config)
-  assert config.eval.tta == "none" and config.train.epochs == recipe.train.epochs == 30
+  assert config.eval.tta == "none" and config.train.epochs == recipe.train.epochs == 40
 
 
 def test_folds_and_their_val_hold_outs_keep_duplicate_groups_whole():
