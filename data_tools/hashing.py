@@ -31,7 +31,7 @@ MAX_THRESHOLD = 31  # t + 1 bands of 64 bits must each keep 2 bits
 # Defaults chosen on the labelled real-face benchmark (benchmarks/dedup_quality.py,
 # docs/data_tools.md): precision and recall of grouping at 48x48.
 DEFAULT_THRESHOLD = (
-  6  # pHash distances are even (32 bits set per code): 7 = 6; 8 costs ~10x the search
+  6  # pHash distances are even (32 bits set per code): 7 = 6; 8 costs ~3x the search
 )
 DEFAULT_SHIFT = 2
 DEFAULT_ZOOM = 0.08
