@@ -394,10 +394,13 @@ def load_run_config(workdir):
     raise ConfigError(f"{path}: no such file; is {workdir} a fer_jax run?") from None
   except (OSError, ValueError) as e:
     raise ConfigError(f"{path}: unreadable ({e})") from None
-  name = saved.get("name") if isinstance(saved, dict) else None
-  variant = saved.get("variant", "") if isinstance(saved, dict) else None
-  if not (isinstance(name, str) and name.isidentifier() and isinstance(variant, str)):
+  # the declarations' rules: a name that is an identifier is also a safe part of a path below
+  top = declared_fields()
+  if not isinstance(saved, dict) or any(
+    top[f].problem(saved.get(f, "")) for f in ("name", "variant")
+  ):
     raise ConfigError(f"{path}: not a fer_jax run's config (no valid name and variant)")
+  name, variant = saved["name"], saved.get("variant", "")
   try:
     if os.path.isfile(resolve_path(f"configs/{name}.py")):
       return load_config(f"configs/{name}.py:{variant}", workdir_guard.flat_fields(saved))
