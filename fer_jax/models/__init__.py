@@ -3,7 +3,8 @@
 A model module provides `build(model_config, num_classes) -> flax.linen.Module`, and may provide
 `param_labels(model_config, params)` (a pytree of 'train' | 'finetune' | 'frozen' per parameter,
 used by fer_jax.train.optim for frozen backbones) and `load_pretrained(model_config, variables)`.
-A new model is a new module plus one line in REGISTRY.
+A new model is a new module plus one line in REGISTRY and one among `config.model.name`'s choices
+(configs/common.py).
 
 Every model is called as `model(x, train)` on float32 NHWC images in [0, 1] at the data's size
 (transfer models resize and preprocess on device themselves) and returns logits. Code outside
