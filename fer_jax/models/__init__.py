@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fer_jax.config_loading import format_value
+from fer_jax.configs import common
 from fer_jax.models import cnn, efficientnet, mini_xception, resnet_v2, vgg16
 
 REGISTRY = {
@@ -33,6 +35,16 @@ def _module(model_cfg):
     raise ValueError(
       f"config.model.name: unknown model {model_cfg.name!r}; known: {', '.join(sorted(REGISTRY))}"
     )
+  if model_cfg.name != "cnn":
+    # every config holds the CNN's fields (configs/common.py, CNN): any other model would
+    # ignore them, so a value set there is refused rather than trained without
+    for field, decl in common.CNN.items():
+      value = model_cfg.get(field, decl.default)
+      if value != decl.default:
+        raise ValueError(
+          f"config.model.{field}={format_value(value)}: only model 'cnn' reads it, this "
+          f"config's model is {model_cfg.name!r}"
+        )
   return REGISTRY[model_cfg.name]
 
 
