@@ -452,7 +452,11 @@ EVAL = {
 # module and an entry here.
 EVALS = {
   "calibration": {
-    "type": Field("calibration", "evaluator module: temperature and confidence threshold"),
+    "type": Field(
+      "calibration",
+      "evaluator module: temperature and confidence threshold, and the split's predictions "
+      "they were fitted on",
+    ),
     "split": Field(
       "val", "the split the temperature and threshold (config.eval) are fitted on", one_of(*SPLITS)
     ),

@@ -27,7 +27,8 @@ def _fake_logits(rng, n, skill):
 def fake_run(
   workdir, name, seed, skill, gap=3.0, epochs=4, n_test=200, variant="", target_accuracy=0.0
 ):
-  """Writes metrics.json, metrics.jsonl, test_predictions.npz and calibration.json as train.py does.
+  """Writes metrics.json, metrics.jsonl, test_ and val_predictions.npz and calibration.json as a
+  run does.
 
   `skill` is the chance that a test face is predicted right; the test labels are the same
   for every run (one test set), the predictions depend on the seed. T is fitted on a val set
@@ -42,15 +43,18 @@ def fake_run(
   )
   cal, cal_record = calibration.calibrate(val_logits, val_labels, eval_config)
   calibration.save(workdir, cal)
+  for split, split_labels, split_logits in (
+    ("test", labels, logits),
+    ("val", val_labels, val_logits),
+  ):
+    arrays = calibration.prediction_arrays("", split_logits, cal.temperature)
+    np.savez(
+      os.path.join(workdir, f"{split}_predictions.npz"),
+      labels=split_labels,
+      **{k: np.asarray(v, np.float32) for k, v in arrays.items()},
+    )
   raw_probs = calibration.probabilities(logits).astype(np.float32)
   probs = calibration.probabilities(logits, cal.temperature).astype(np.float32)
-  np.savez(
-    os.path.join(workdir, "test_predictions.npz"),
-    labels=labels,
-    probs=probs,
-    raw_probs=raw_probs,
-    temperature=np.float32(cal.temperature),
-  )
   history = []
   for e in range(1, epochs + 1):
     val = skill * e / epochs

@@ -39,6 +39,7 @@ def test_run_leaves_a_complete_workdir(reference_run):
     "curves.png",
     "confusion.png",
     "test_predictions.npz",
+    "val_predictions.npz",
   ):
     assert os.path.exists(os.path.join(workdir, name)), name
   history = read_history(workdir)
@@ -103,6 +104,20 @@ def test_run_leaves_a_complete_workdir(reference_run):
     metrics.calibration(preds["labels"], preds["raw_probs"])["ece"], abs=1e-5
   )
   assert s["calibration"]["val_calibrated"]["nll"] <= s["calibration"]["val_raw"]["nll"] + 1e-9
+  # val_predictions.npz: the best weights' val probabilities, on which T was fitted (seed
+  # ensembles fit theirs on the members' mean).
+  with np.load(os.path.join(workdir, "val_predictions.npz")) as val:
+    assert len(val["labels"]) == s["dataset"]["sizes"]["val"]
+    assert np.mean(val["raw_probs"].argmax(1) == val["labels"]) == pytest.approx(
+      s["best"]["val_accuracy"]
+    )
+    refit = calibration.fit_temperature(np.log(val["raw_probs"]), val["labels"])
+    assert refit == pytest.approx(cal.temperature, rel=1e-3)
+    np.testing.assert_allclose(
+      val["probs"], calibration.probabilities(np.log(val["raw_probs"]), cal.temperature), atol=1e-5
+    )
+    assert float(val["temperature"]) == pytest.approx(cal.temperature)
+    assert str(val["fingerprint"]) != str(preds["fingerprint"])
   assert s["best"]["train_eval_images"] == s["dataset"]["sizes"]["val"]
   assert s["best"]["gap_eval"] == pytest.approx(
     (s["best"]["train_accuracy_eval"] - s["best"]["val_accuracy"]) * 100

@@ -92,6 +92,11 @@ def test_tta_changes_another_model_and_both_figures_are_reported(tmp_path, mode)
   t = calibration.fit_temperature(val_log_probs, ds.splits["val"].labels)
   assert summary["calibration"]["tta"]["temperature"] == pytest.approx(t)
   assert float(npz["tta_temperature"]) == pytest.approx(t)
+  with np.load(tmp_path / "val_predictions.npz") as val:  # what it was fitted on, for ensembles
+    np.testing.assert_allclose(val["tta_raw_probs"], np.exp(val_log_probs), atol=1e-6)
+    np.testing.assert_allclose(
+      val["tta_probs"], calibration.probabilities(val_log_probs, t), atol=1e-6
+    )
   _, test_log_probs = tta.evaluate(evaluate, ds.splits["test"], mode)
   np.testing.assert_allclose(
     npz["tta_probs"], calibration.probabilities(test_log_probs, t), atol=1e-6
@@ -112,4 +117,6 @@ def test_without_tta_nothing_is_added(tmp_path):
   summary, npz, _, _ = _evaluate("none", symmetric=False, tmp_path=tmp_path)
   assert "test_tta" not in summary and "tta" not in summary["calibration"]
   assert "tta_probs" not in npz and report_summary.tta_lines(summary) == []
+  with np.load(tmp_path / "val_predictions.npz") as val:
+    assert "tta_probs" not in val.files and "probs" in val.files
   assert len(str(npz["fingerprint"])) == 16

@@ -18,7 +18,9 @@ The saved threshold is the rule's: `config.eval.confidence_threshold`, or, when
 
 As an evaluator (`config.evals` entry `type="calibration"`, evals/common.py), `Evaluator` fits both
 on the best weights' logits of its `split`, records them in metrics.json under "calibration",
-saves calibration.json and returns the `Calibration` for the evaluators that read it. With
+saves calibration.json, saves the split's probabilities as the classification evaluator saves
+test's (`val_predictions.npz`: the study report fits a seed ensemble's own temperature on them)
+and returns the `Calibration` for the evaluators that read it. With
 test-time augmentation (`config.eval.tta`, evals/tta.py) it fits a second pair on the split's
 averaged TTA probabilities, for the TTA figures (`Calibration.tta`, "calibration"."tta" in
 metrics.json, "tta" in calibration.json); predict and the server, which score one view, keep the
@@ -165,6 +167,7 @@ class Evaluator:
     split = ctx.dataset.splits[self.split]
     split_m, logits = ctx.evaluate(split)
     cal, record = calibrate(logits, split.labels, ctx.config.eval)
+    arrays = prediction_arrays("", logits, cal.temperature)
     mode = ctx.config.eval.tta
     if mode != "none":
       from fer_jax.evals import tta  # imports scipy.special and the data package
@@ -179,7 +182,19 @@ class Evaluator:
         **tta_record,
       }
       cal = dataclasses.replace(cal, tta=tta_cal)
+      arrays.update(prediction_arrays("tta_", tta_logits, tta_cal.temperature))
     ctx.summary["calibration"] = record
     if ctx.writes:
       save(ctx.workdir, cal)
+    ctx.save_predictions(self.split, arrays)
     return cal
+
+
+def prediction_arrays(prefix, logits, temperature):
+  """What a split's `<split>_predictions.npz` holds of `logits` (or TTA log-probabilities, with
+  prefix "tta_"): calibrated probs, raw_probs and the temperature."""
+  return {
+    f"{prefix}probs": probabilities(logits, temperature),
+    f"{prefix}raw_probs": probabilities(logits),
+    f"{prefix}temperature": temperature,
+  }

@@ -12,14 +12,8 @@ go beside them as `<split>_tta` and `<split>_tta_raw`, and into the .npz as tta_
 tta_raw_probs and tta_temperature.
 """
 
-import dataclasses
-import os
-
-import numpy as np
-
 from fer_jax.evals import calibration as calibration_lib
 from fer_jax.evals import metrics, tta
-from fer_jax.train import workdir_guard
 
 
 class Evaluator:
@@ -34,42 +28,30 @@ class Evaluator:
     cal = results[self.calibration]
     split = ctx.dataset.splits[self.split]
     split_m, logits = ctx.evaluate(split)
-    raw_probs = calibration_lib.probabilities(logits)
-    probs = calibration_lib.probabilities(logits, cal.temperature)
+    arrays = calibration_lib.prediction_arrays("", logits, cal.temperature)
     record = metrics.classification_metrics(
-      split.labels, probs, list(ctx.dataset.classes), cal.threshold
+      split.labels, arrays["probs"], list(ctx.dataset.classes), cal.threshold
     )
     record["loss"] = split_m["loss"]
     ctx.summary[self.split] = record
     ctx.summary[f"{self.split}_raw"] = metrics.confidence_metrics(
-      split.labels, raw_probs, cal.threshold
+      split.labels, arrays["raw_probs"], cal.threshold
     )
-    fingerprint = workdir_guard.data_fingerprint(
-      dataclasses.replace(ctx.dataset, splits={self.split: split})
-    )
-    arrays = {"probs": probs, "raw_probs": raw_probs, "temperature": cal.temperature}
     if cal.tta is not None:
       arrays.update(self.tta_figures(ctx, split, cal.tta))
-    if ctx.writes:
-      np.savez(
-        os.path.join(ctx.workdir, f"{self.split}_predictions.npz"),
-        labels=split.labels.astype(np.int32),
-        fingerprint=np.str_(fingerprint),
-        **{k: np.asarray(v, np.float32) for k, v in arrays.items()},
-      )
+    ctx.save_predictions(self.split, arrays)
     return record
 
   def tta_figures(self, ctx, split, cal):
     """Adds `<split>_tta` and `<split>_tta_raw` to the summary; returns their arrays."""
     mode = ctx.config.eval.tta
     tta_m, log_probs = tta.evaluate(ctx.evaluate, split, mode)
-    raw_probs = calibration_lib.probabilities(log_probs)
-    probs = calibration_lib.probabilities(log_probs, cal.temperature)
+    arrays = calibration_lib.prediction_arrays("tta_", log_probs, cal.temperature)
     record = metrics.classification_metrics(
-      split.labels, probs, list(ctx.dataset.classes), cal.threshold
+      split.labels, arrays["tta_probs"], list(ctx.dataset.classes), cal.threshold
     )
     ctx.summary[f"{self.split}_tta"] = {"views": mode, "num_views": tta_m["views"], **record}
     ctx.summary[f"{self.split}_tta_raw"] = metrics.confidence_metrics(
-      split.labels, raw_probs, cal.threshold
+      split.labels, arrays["tta_raw_probs"], cal.threshold
     )
-    return {"tta_probs": probs, "tta_raw_probs": raw_probs, "tta_temperature": cal.temperature}
+    return arrays

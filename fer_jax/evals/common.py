@@ -5,7 +5,8 @@ module of fer_jax/evals/, whose `Evaluator` class takes the entry's other fields
 arguments; adding an evaluator is one module and one entry. When training ends, the loop gives
 every evaluator the best epoch's weights in a `Context` and runs them in turn:
 `Evaluator.run(ctx, results)` adds its figures to `ctx.summary` (what metrics.json will hold),
-may write files into `ctx.workdir` when `ctx.writes`, and returns a value that the evaluators
+may write files into `ctx.workdir` when `ctx.writes` (`ctx.save_predictions` writes a split's
+`<split>_predictions.npz`), and returns a value that the evaluators
 after it find in `results` under its entry name. An evaluator lists the entries it reads in
 `reads` (e.g. the test metrics read the temperature and threshold of the `calibration` entry);
 entries run in name order, each after the ones it reads.
@@ -16,7 +17,12 @@ missing dependency fails before training, not after it.
 
 import dataclasses
 import importlib
+import os
 from collections.abc import Callable
+
+import numpy as np
+
+from fer_jax.train import workdir_guard
 
 
 @dataclasses.dataclass
@@ -30,6 +36,24 @@ class Context:
   workdir: str
   writes: bool  # this process writes the run's files (process 0)
   summary: dict  # metrics.json so far; evaluators add their figures
+
+  def save_predictions(self, split_name, arrays):
+    """Writes `<split_name>_predictions.npz` (when this process writes): the split's labels, its
+    `fingerprint` (a digest of the classes, images and labels: the study report refuses to put
+    runs of different sets into one ensemble) and `arrays` (probabilities, temperatures) as
+    float32."""
+    if not self.writes:
+      return
+    split = self.dataset.splits[split_name]
+    fingerprint = workdir_guard.data_fingerprint(
+      dataclasses.replace(self.dataset, splits={split_name: split})
+    )
+    np.savez(
+      os.path.join(self.workdir, f"{split_name}_predictions.npz"),
+      labels=split.labels.astype(np.int32),
+      fingerprint=np.str_(fingerprint),
+      **{k: np.asarray(v, np.float32) for k, v in arrays.items()},
+    )
 
 
 def _build(name, entry):

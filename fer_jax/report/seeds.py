@@ -5,20 +5,26 @@ them, vectorized or not) and evaluates each group of two or more runs as one ens
 the members' calibrated test probabilities (each calibrated with its own temperature, fitted on
 its own val). It reports the ensemble beside each member and the members' mean ± std: accuracy,
 the gain over the members' mean and over the best member, and calibration: ECE, NLL, and the
-share of faces the 0.7 rule answers with the accuracy of those answers. The mean of calibrated
-members is usually less confident than they are (where the members disagree, it spreads the
-probability), which its ECE and coverage show; a temperature of the ensemble's own would be
-fitted on the members' val probabilities, which runs do not save.
+share of faces the 0.7 rule answers with the accuracy of those answers.
 
-The probabilities are those each run's test evaluator saved in `test_predictions.npz`: labels,
-`probs`, the test-time-augmented `tta_probs` when the run had `config.eval.tta` (then the TTA
-ensemble is reported too) and the test split's `fingerprint` (a digest of its classes, images
-and labels). Members tested on different sets are refused: their mean would mean nothing.
+The mean of calibrated members is less confident than they are where they disagree (it spreads
+the probability), so the ensemble gets a temperature of its own, fitted as a run fits its own
+(calibration.fit_temperature): on the members' mean calibrated val probabilities, whose logarithm
+serves as the logits, and applied to their mean test probabilities as softmax(log(mean p) / T).
+Dividing by one T keeps each face's order of classes, so it changes the ensemble's confidences,
+not its accuracy. The report gives the ECE before it too; a group with a member that saved no
+val probabilities (a run from before they were saved) keeps the plain mean.
+
+The probabilities are those each run's evaluators saved: `test_predictions.npz` (labels, `probs`,
+the test-time-augmented `tta_probs` when the run had `config.eval.tta`, then the TTA ensemble is
+reported too, and the test split's `fingerprint`, a digest of its classes, images and labels) and
+`val_predictions.npz` (the same of the val split the members' temperatures were fitted on).
+Members tested, or calibrated, on different sets are refused: their mean would mean nothing.
 """
 
 import numpy as np
 
-from fer_jax.evals import metrics
+from fer_jax.evals import calibration, metrics
 from fer_jax.report.render import heading, para, pct, table
 
 KINDS = (("probs", "plain"), ("tta_probs", "TTA"))  # npz key, name in the report
@@ -37,9 +43,9 @@ def mean_std(values):
 
 
 def load_predictions(path):
-  """A run's test predictions (None each where the run saved none): labels, probs, raw_probs,
-  tta_probs, fingerprint. A run from before calibration saved only raw `probs`, which then serve
-  as both (its temperature is 1)."""
+  """A run's predictions of one split (None each where the run saved none): labels, probs,
+  raw_probs, tta_probs, fingerprint. A run from before calibration saved only raw `probs`, which
+  then serve as both (its temperature is 1)."""
   out = dict.fromkeys(("labels", "probs", "raw_probs", "tta_probs", "fingerprint"))
   try:
     with np.load(path, allow_pickle=False) as d:
@@ -52,8 +58,9 @@ def load_predictions(path):
   return out
 
 
-def check_same_test_set(group, runs):
-  """Refuses, in one line, members that were tested on different test sets."""
+def check_same_set(group, runs, split, done):
+  """Refuses, in one line, members whose `split` predictions (`runs`: each a load_predictions
+  with its "dir") are of different sets; `done` says what was done on it ("tested")."""
   first = runs[0]
   for run in runs[1:]:
     same_labels = run["labels"].shape == first["labels"].shape and np.array_equal(
@@ -62,8 +69,8 @@ def check_same_test_set(group, runs):
     fingerprints = (first["fingerprint"], run["fingerprint"])
     if not same_labels or (None not in fingerprints and fingerprints[0] != fingerprints[1]):
       raise ValueError(
-        f"{group}: {first['dir']} and {run['dir']} were tested on different test sets "
-        f"(test fingerprints {fingerprints[0]} and {fingerprints[1]}, "
+        f"{group}: {first['dir']} and {run['dir']} were {done} on different {split} sets "
+        f"({split} fingerprints {fingerprints[0]} and {fingerprints[1]}, "
         f"{len(first['labels'])} and {len(run['labels'])} faces): their seed ensemble would "
         "mean nothing; move the runs of other data out of the folder"
       )
@@ -71,38 +78,70 @@ def check_same_test_set(group, runs):
 
 def ensemble(group, runs, threshold):
   """The ensemble's figures of a group ({"plain": ..., "TTA": ...}), or None for one run or a
-  run without saved predictions."""
+  run without saved predictions. `runs`: each run's test predictions (load_predictions) with its
+  "dir" and its val predictions under "val"."""
   if len(runs) < 2 or any(r["probs"] is None for r in runs):
     return None
-  check_same_test_set(group, runs)
-  labels = runs[0]["labels"]
-  return {
-    name: figures(labels, [r[key] for r in runs], threshold)
-    for key, name in KINDS
-    if all(r[key] is not None for r in runs)
-  }
+  check_same_set(group, runs, "test", "tested")
+  vals = [{"dir": r["dir"], **r["val"]} for r in runs]
+  if all(v["probs"] is not None for v in vals):
+    check_same_set(group, vals, "val", "calibrated")
+  out = {}
+  for key, name in KINDS:
+    if all(r[key] is not None for r in runs):
+      val = None
+      if all(v[key] is not None for v in vals):
+        val = (vals[0]["labels"], [v[key] for v in vals])
+      out[name] = figures(runs[0]["labels"], [r[key] for r in runs], threshold, val)
+  return out
 
 
-def figures(labels, member_probs, threshold):
-  """Each member, their mean ± std and the ensemble (mean probabilities) on one test set."""
+def figures(labels, member_probs, threshold, val=None):
+  """Each member, their mean ± std and the ensemble (mean probabilities) on one test set; with
+  `val` = (labels, the members' val probabilities), the ensemble's temperature is fitted on
+  their mean and applied (module doc)."""
   probs = np.mean(np.asarray(member_probs, np.float64), axis=0)
   members = [np.mean(np.argmax(p, axis=1) == labels) for p in member_probs]
+  uncalibrated_ece = metrics.calibration(labels, probs)["ece"]
+  temperature = None
+  if val is not None:
+    val_labels, val_probs = val
+    val_mean = np.mean(np.asarray(val_probs, np.float64), axis=0)
+    temperature = calibration.fit_temperature(_log(val_mean), val_labels)
+    probs = calibration.probabilities(_log(probs), temperature)
   accuracy = float(np.mean(probs.argmax(axis=1) == labels))
-  calibration = metrics.calibration(labels, probs)
+  scores = metrics.calibration(labels, probs)
   return {
     "members": len(member_probs),
     "member_accuracy": mean_std(members),
     "accuracy": accuracy,
     "gain": accuracy - float(np.mean(members)),
     "gain_over_best": accuracy - float(np.max(members)),
-    "ece": calibration["ece"],
-    "nll": calibration["nll"],
+    "temperature": temperature,  # None: no val probabilities, the plain mean is reported
+    "uncalibrated_ece": uncalibrated_ece,
+    "ece": scores["ece"],
+    "nll": scores["nll"],
     "member_ece": mean_std(metrics.calibration(labels, p)["ece"] for p in member_probs),
     "rule": metrics.confidence_rule(labels, probs, threshold),
     "member_coverage": mean_std(
       metrics.confidence_rule(labels, p, threshold)["coverage"] for p in member_probs
     ),
   }
+
+
+def _log(probs):
+  """Probabilities as logits (softmax(log p) = p); float32 members may hold exact zeros."""
+  return np.log(np.maximum(probs, np.finfo(np.float64).tiny))
+
+
+def _ece_cell(e):
+  """ECE, the members' mean → the ensemble's (→ after its temperature)."""
+  if e["temperature"] is None:
+    return f"{e['member_ece']['mean']:.4f} → {e['ece']:.4f}"
+  return (
+    f"{e['member_ece']['mean']:.4f} → {e['uncalibrated_ece']:.4f} → {e['ece']:.4f} "
+    f"(T {e['temperature']:.2f})"
+  )
 
 
 def ensemble_blocks(groups, threshold):
@@ -116,7 +155,7 @@ def ensemble_blocks(groups, threshold):
       pm(e["member_accuracy"]),
       pct(e["accuracy"], 2),
       f"{100 * e['gain']:+.2f} ({100 * e['gain_over_best']:+.2f})",
-      f"{e['member_ece']['mean']:.4f} → {e['ece']:.4f}",
+      _ece_cell(e),
       f"{pct(e['member_coverage']['mean'], 1)} → {pct(e['rule']['coverage'], 1)} "
       f"({pct(e['rule']['accuracy'], 1)} right)",
     ]
@@ -129,10 +168,12 @@ def ensemble_blocks(groups, threshold):
     heading("Seed ensembles"),
     para(
       "Each config's seeds as one model: the mean of the members' calibrated test "
-      "probabilities. Gain: the ensemble's accuracy minus the members' mean (minus the best "
-      "member's), in points. ECE and the faces answered at the rule's threshold "
-      f"({threshold}): the members' mean → the ensemble's. TTA: the same with each member's "
-      "test-time-augmented probabilities (config.eval.tta)."
+      "probabilities, calibrated again with a temperature of the ensemble's own, fitted on the "
+      "members' mean val probabilities (where every member saved them). Gain: the ensemble's "
+      "accuracy minus the members' mean (minus the best member's), in points. ECE: the "
+      "members' mean → the ensemble's before its temperature → after it (T). Faces answered "
+      f"at the rule's threshold ({threshold}): the members' mean → the calibrated ensemble's. "
+      "TTA: the same with each member's test-time-augmented probabilities (config.eval.tta)."
     ),
     table(
       [

@@ -53,7 +53,8 @@ def find_runs(root):
 
 def load_run(run_dir):
   """metrics.json, metrics.jsonl and (when present) test_predictions.npz of one run
-  (seeds.load_predictions: `probs` are calibrated, `raw_probs` the ones before)."""
+  (seeds.load_predictions: `probs` are calibrated, `raw_probs` the ones before), and its
+  val_predictions.npz under "val"."""
   path = os.path.join(run_dir, "metrics.json")
   with open(path) as f:
     try:
@@ -65,7 +66,8 @@ def load_run(run_dir):
       ) from None
   history = read_history(os.path.join(run_dir, "metrics.jsonl"))
   predictions = seeds.load_predictions(os.path.join(run_dir, "test_predictions.npz"))
-  return {"dir": run_dir, "summary": summary, "history": history, **predictions}
+  val = seeds.load_predictions(os.path.join(run_dir, "val_predictions.npz"))
+  return {"dir": run_dir, "summary": summary, "history": history, "val": val, **predictions}
 
 
 def group_name(root, run_dir):
