@@ -284,6 +284,8 @@ def test_quick_study_sweep_end_to_end(tmp_path):
     g["seeds"] == [0, 1] and g["val_accuracy"]["std"] is not None and "test_ci" in g for g in groups
   )
   assert len(summary["decision"]["tests"]) == 2
+  # The runs saved their val probabilities: each seed ensemble gets a temperature of its own.
+  assert all(g["ensemble"]["plain"]["temperature"] > 0 for g in groups)
   md = (root / "report.md").read_text()
   for needle in [
     " ± ",
