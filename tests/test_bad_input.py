@@ -559,6 +559,16 @@ def test_report_on_an_empty_root_or_a_truncated_metrics_json(tmp_path, finished_
   (run / "metrics.json").write_text(text[: len(text) // 2])
   proc = _module(["fer_jax.report", str(tmp_path)])
   assert_one_error_line(proc, f"error: {run / 'metrics.json'}: not valid JSON")
+  # The run's own command says the same, and what the message says to do writes it again.
+  proc = run_launch(str(run))
+  assert_one_error_line(proc, f"error: {run / 'metrics.json'}: not valid JSON", "move that away")
+  os.rename(run / "metrics.json", tmp_path / "metrics.json.cut")
+  proc = run_launch(str(run))
+  assert proc.returncode == 0, proc.stderr
+  with open(os.path.join(finished_run, "metrics.json")) as a, open(run / "metrics.json") as b:
+    before, after = json.load(a), json.load(b)
+  assert after["test"] == before["test"] and after["calibration"] == before["calibration"]
+  assert after["epochs_run"] == before["epochs_run"]  # nothing trained again
 
 
 def test_a_config_file_without_get_config(tmp_path):

@@ -157,3 +157,23 @@ def test_members_tested_on_different_test_sets_are_refused(tmp_path):
   )
   with pytest.raises(ValueError, match="different test sets"):
     study.aggregate(str(tmp_path / "runs"))
+
+
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_an_unreadable_predictions_file_stops_the_report_in_one_line(tmp_path, split):
+  for seed in (0, 1):
+    fake_run(tmp_path / "runs" / "b_pp" / f"seed{seed}", "b_pp", seed, skill=0.8)
+  path = tmp_path / "runs" / "b_pp" / "seed1" / f"{split}_predictions.npz"
+  path.write_bytes(path.read_bytes()[:1000])  # cut short, as by a full disk
+  with pytest.raises(ValueError, match=f"seed1/{split}_predictions.npz: unreadable"):
+    study.aggregate(str(tmp_path / "runs"))
+  np.savez(path, labels=np.array([{"a": 1}], dtype=object))  # a pickle: never loaded
+  result = subprocess.run(
+    [sys.executable, "-m", "fer_jax.report", str(tmp_path / "runs")],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+  (line,) = result.stderr.strip().splitlines()
+  assert f"{split}_predictions.npz: unreadable" in line and "without its metrics.json" in line

@@ -22,9 +22,12 @@ reported too, and the test split's `fingerprint`, a digest of its classes, image
 Members tested, or calibrated, on different sets are refused: their mean would mean nothing.
 """
 
+import zipfile
+
 import numpy as np
 
 from fer_jax.evals import calibration, metrics
+from fer_jax.report import summary as report_summary
 from fer_jax.report.render import heading, para, pct, table
 
 KINDS = (("probs", "plain"), ("tta_probs", "TTA"))  # npz key, name in the report
@@ -45,13 +48,16 @@ def mean_std(values):
 def load_predictions(path):
   """A run's predictions of one split (None each where the run saved none): labels, probs,
   raw_probs, tta_probs, fingerprint. A run from before calibration saved only raw `probs`, which
-  then serve as both (its temperature is 1)."""
+  then serve as both (its temperature is 1). An unreadable file (cut short, not an .npz, holding
+  pickled objects) stops the report in one line naming it."""
   out = dict.fromkeys(("labels", "probs", "raw_probs", "tta_probs", "fingerprint"))
   try:
     with np.load(path, allow_pickle=False) as d:
       out.update({k: d[k] for k in out if k in d.files})
   except FileNotFoundError:
     return out
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f"{path}: unreadable ({e}); {report_summary.REEVALUATE}") from None
   out["fingerprint"] = None if out["fingerprint"] is None else str(out["fingerprint"])
   if out["raw_probs"] is None:
     out["raw_probs"] = out["probs"]

@@ -13,6 +13,7 @@ import numpy as np
 from fer_jax.configs import common
 from fer_jax.evals import metrics
 from fer_jax.report import plots, seeds
+from fer_jax.report import summary as report_summary
 from fer_jax.report.render import (
   bullets,
   heading,
@@ -55,15 +56,7 @@ def load_run(run_dir):
   """metrics.json, metrics.jsonl and (when present) test_predictions.npz of one run
   (seeds.load_predictions: `probs` are calibrated, `raw_probs` the ones before), and its
   val_predictions.npz under "val"."""
-  path = os.path.join(run_dir, "metrics.json")
-  with open(path) as f:
-    try:
-      summary = json.load(f)
-    except ValueError as e:
-      raise ValueError(
-        f"{path}: not valid JSON ({e}); rerun that run's command to write it again, "
-        "or move the run out of the folder"
-      ) from None
+  summary = report_summary.read_summary(os.path.join(run_dir, "metrics.json"))
   history = read_history(os.path.join(run_dir, "metrics.jsonl"))
   predictions = seeds.load_predictions(os.path.join(run_dir, "test_predictions.npz"))
   val = seeds.load_predictions(os.path.join(run_dir, "val_predictions.npz"))

@@ -140,10 +140,26 @@ def calibration_lines(summary) -> list:
   ]
 
 
+# What writes a finished run's metrics.json, predictions and report again: without metrics.json
+# (written last) the run is unfinished, and its command resumes it after its last epoch.
+REEVALUATE = (
+  "rerun the run's command without its metrics.json (move that away): it resumes after the "
+  "last epoch and runs only the evaluators, which write the files again"
+)
+
+
+def read_summary(path):
+  """metrics.json at `path`; a file that is not JSON (cut short) stops with what to do."""
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{path}: not valid JSON ({e}); {REEVALUATE}") from None
+
+
 def finished_summary(workdir) -> tuple[dict, str]:
   """A finished run's metrics.json, and the lines that tell it and how to train again."""
-  with open(os.path.join(workdir, "metrics.json")) as f:
-    summary = json.load(f)
+  summary = read_summary(os.path.join(workdir, "metrics.json"))
   note = (
     f"This run is finished ({workdir}). To train again, pass a new --workdir or delete this one."
   )
