@@ -96,11 +96,12 @@ def test_members_equal_separate_runs(separate_and_together):
     assert summary["seed"] == ref["seed"] and summary["test"]["accuracy"] == ref["test"]["accuracy"]
     # Float32 rounding of grouped (vmapped) vs plain convolutions, a few epochs on: 1e-5 in the
     # losses above, up to ~1e-3 in single probabilities (the accuracies are equal exactly).
-    np.testing.assert_allclose(
-      np.load(os.path.join(tog, "test_predictions.npz"))["probs"],
-      np.load(os.path.join(sep, "test_predictions.npz"))["probs"],
-      atol=2e-3,
-    )
+    for split in ("test", "val"):  # val: what each member's temperature was fitted on
+      np.testing.assert_allclose(
+        np.load(os.path.join(tog, f"{split}_predictions.npz"))["probs"],
+        np.load(os.path.join(sep, f"{split}_predictions.npz"))["probs"],
+        atol=2e-3,
+      )
     epochs = {d for d in os.listdir(os.path.join(tog, "checkpoints")) if d.isdigit()}
     assert epochs == {str(ref["best"]["epoch"]), str(ref["epochs_run"])}  # the best and the last
 
