@@ -4,15 +4,13 @@ them."""
 
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from fer_jax.evals import calibration, metrics
 from fer_jax.report import render, study
-from tests.test_report import fake_run
+from tests.test_report import fake_run, report_error
 
 
 def _npz(run_dir, split="test"):
@@ -137,14 +135,7 @@ def test_members_tested_on_different_test_sets_are_refused(tmp_path):
     _rewrite_npz(tmp_path / "runs" / "b_pp" / f"seed{seed}", fingerprint=np.str_(f"digest{seed}"))
   with pytest.raises(ValueError, match="b_pp/seed0 and b_pp/seed1 were tested on different test"):
     study.aggregate(str(tmp_path / "runs"))
-  result = subprocess.run(
-    [sys.executable, "-m", "fer_jax.report", str(tmp_path / "runs")],
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
-  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-  (line,) = result.stderr.strip().splitlines()
+  line = report_error(tmp_path / "runs")
   assert "test fingerprints digest0 and digest1" in line, line
   # without fingerprints (runs from before them), other labels are refused too
   for seed in (0, 1):
@@ -168,12 +159,5 @@ def test_an_unreadable_predictions_file_stops_the_report_in_one_line(tmp_path, s
   with pytest.raises(ValueError, match=f"seed1/{split}_predictions.npz: unreadable"):
     study.aggregate(str(tmp_path / "runs"))
   np.savez(path, labels=np.array([{"a": 1}], dtype=object))  # a pickle: never loaded
-  result = subprocess.run(
-    [sys.executable, "-m", "fer_jax.report", str(tmp_path / "runs")],
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
-  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-  (line,) = result.stderr.strip().splitlines()
+  line = report_error(tmp_path / "runs")
   assert f"{split}_predictions.npz: unreadable" in line and "without its metrics.json" in line

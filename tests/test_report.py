@@ -112,6 +112,16 @@ def fake_run(
   return summary, history
 
 
+def report_error(root):
+  """The one line `python -m fer_jax.report root` fails with (no traceback)."""
+  result = subprocess.run(
+    [sys.executable, "-m", "fer_jax.report", str(root)], capture_output=True, text=True, timeout=120
+  )
+  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+  (line,) = result.stderr.strip().splitlines()
+  return line
+
+
 def _assert_png(path):
   with Image.open(path) as im:
     im.verify()
@@ -315,14 +325,7 @@ def test_runs_of_different_classes_are_named_with_their_classes(tmp_path):
   path = tmp_path / "runs" / "b" / "seed0" / "metrics.json"
   summary = json.loads(path.read_text())
   path.write_text(json.dumps({**summary, "classes": ["happy", "sad"]}))
-  result = subprocess.run(
-    [sys.executable, "-m", "fer_jax.report", str(tmp_path / "runs")],
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
-  assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-  last = result.stderr.strip().splitlines()[-1]
+  last = report_error(tmp_path / "runs")
   assert f"error: {tmp_path / 'runs'}: runs of different classes (" in last, last
   assert f"a/seed0: {', '.join(CLASSES)}; b/seed0: happy, sad)" in last, last
 
