@@ -342,8 +342,7 @@ def main():
         from fer_jax.report import study
 
         summary = study.write_study_report(root_flag.value)
-        print(summary["decision"]["verdict"])
-        print(f"report: {os.path.join(root_flag.value, 'report.md')} and report.html")
+        print("\n".join(study.closing_lines(summary, root_flag.value)))
     if failed:
       sys.exit(f"{failed} of {len(runs)} runs failed; rerun the same command to retry them")
 

@@ -4,12 +4,14 @@ them."""
 
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from fer_jax.evals import calibration, metrics
-from fer_jax.report import render, study
+from fer_jax.report import render, seeds, study
 from tests.test_report import fake_run, report_error
 
 
@@ -93,6 +95,18 @@ def test_members_of_different_seeds_are_reported_with_the_ensembles_gain(tmp_pat
   assert f"{100 * e['accuracy']:.2f} %" in row and f"{100 * e['gain']:+.2f}" in row
   assert f"{e['uncalibrated_ece']:.4f} → {e['ece']:.4f} (T {t:.2f})" in row
   assert "| b_pp | TTA | 3 |" in md and "| single |" not in md.split("## Seed ensembles")[1]
+  # ... and in one line where the report's command (and a sweep) ends
+  (line,) = seeds.ensemble_lines(summary["groups"])
+  assert line == (
+    f"b_pp: ensemble of 3 seeds, test plain {100 * e['accuracy']:.2f} % "
+    f"({100 * e['gain']:+.2f} over the members' mean), ECE {e['ece']:.3f} (T {t:.2f}); "
+    f"TTA {100 * tta['accuracy']:.2f} % ({100 * tta['gain']:+.2f} over the members' mean), "
+    f"ECE {tta['ece']:.3f} (T {tta_t:.2f})"
+  )
+  printed = subprocess.run(
+    [sys.executable, "-m", "fer_jax.report", str(tmp_path)], capture_output=True, text=True
+  )
+  assert printed.returncode == 0 and line in printed.stdout.splitlines(), printed.stderr
 
 
 def test_a_member_without_val_probabilities_leaves_the_ensemble_uncalibrated(tmp_path):

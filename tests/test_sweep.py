@@ -266,12 +266,15 @@ def test_quick_study_sweep_end_to_end(tmp_path):
     "fer_jax.sweep",
     "--spec=configs/study.py:quick",
     f"--root={root}",
-    "--noreport",
     *sets,
   ]
   out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert out.stdout.count("  done ") == 4
+  # It ends with the report: the verdict, a line per config's seed ensemble, where it is.
+  last = out.stdout.strip().splitlines()[-3:]
+  assert all(": ensemble of 2 seeds, test plain " in line and "(T " in line for line in last[:2])
+  assert last[2] == f"report: {root / 'report.md'} and report.html"
   runs = study.find_runs(str(root))
   assert len(runs) == 4 and all(
     os.path.exists(os.path.join(r, "test_predictions.npz")) for r in runs

@@ -3,7 +3,6 @@
 python -m fer_jax.report RUNS_DIR [--out=DIR] [--max_gap=10]
 """
 
-import os
 import sys
 
 from absl import app, flags
@@ -12,6 +11,7 @@ from fer_jax.report.render import table, to_markdown
 from fer_jax.report.study import (
   COMPARISON_HEADER,
   WINNER_MAX_GAP,
+  closing_lines,
   comparison_rows,
   write_study_report,
 )
@@ -33,8 +33,7 @@ def main(argv):
     sys.exit(f"error: {e}")
   rows = comparison_rows(summary["groups"], summary["decision"]["winner"])
   print(to_markdown([table(COMPARISON_HEADER, rows)]))
-  print(summary["decision"]["verdict"])
-  print(f"report: {os.path.join(out, 'report.md')} and report.html")
+  print("\n".join(closing_lines(summary, out)))
 
 
 if __name__ == "__main__":

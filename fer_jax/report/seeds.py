@@ -150,6 +150,22 @@ def _ece_cell(e):
   )
 
 
+def ensemble_lines(groups):
+  """One line per seed ensemble, printed where a sweep or the report command ends."""
+  lines = []
+  for g in groups:
+    kinds = (g.get("ensemble") or {}).items()
+    parts = [
+      f"{kind} {pct(e['accuracy'], 2)} ({100 * e['gain']:+.2f} over the members' mean), "
+      f"ECE {e['ece']:.3f}" + ("" if e["temperature"] is None else f" (T {e['temperature']:.2f})")
+      for kind, e in kinds
+    ]
+    if parts:
+      members = next(iter(kinds))[1]["members"]
+      lines.append(f"{g['name']}: ensemble of {members} seeds, test " + "; ".join(parts))
+  return lines
+
+
 def ensemble_blocks(groups, threshold):
   """The study report's section on seed ensembles (none when no group has one)."""
   rows = [

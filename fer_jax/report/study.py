@@ -367,6 +367,16 @@ def study_blocks(summary):
   return blocks
 
 
+def closing_lines(summary, out):
+  """What the report's command and a sweep print last: the verdict, a line per seed ensemble and
+  where the report is."""
+  return [
+    summary["decision"]["verdict"],
+    *seeds.ensemble_lines(summary["groups"]),
+    f"report: {os.path.join(out, 'report.md')} and report.html",
+  ]
+
+
 def write_study_report(root, out=None, max_gap=WINNER_MAX_GAP):
   """Aggregates every run under `root`; writes report.md, report.html, summary.json and PNGs to
   `out`."""
