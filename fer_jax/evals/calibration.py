@@ -58,6 +58,13 @@ def probabilities(logits, temperature=1.0):
   return e / e.sum(axis=-1, keepdims=True)
 
 
+def as_logits(probs):
+  """Probabilities as logits: softmax(as_logits(p)) = p. Mean probabilities (TTA's views, a seed
+  ensemble's members) are calibrated as softmax(as_logits(mean p) / T); zeros (float32 underflow)
+  become a very negative logit instead of -inf."""
+  return np.log(np.maximum(np.asarray(probs, np.float64), np.finfo(np.float64).tiny))
+
+
 def nll(logits, labels, temperature=1.0):
   from scipy import special
 

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import special
 
 from fer_jax import data
+from fer_jax.evals import calibration
 
 SHIFT = 2  # pixels
 SHIFTS = ((0, 0), (-SHIFT, 0), (SHIFT, 0), (0, -SHIFT), (0, SHIFT))  # (down, right)
@@ -49,6 +50,6 @@ def evaluate(evaluate_fn, split, mode):
   for flip, dy, dx in views:
     _, logits = evaluate_fn(data.Split(view(split.images, flip, dy, dx), split.labels))
     probs = probs + special.softmax(np.asarray(logits, np.float64), axis=-1)
-  log_probs = np.log(np.maximum(probs / len(views), np.finfo(np.float64).tiny))
+  log_probs = calibration.as_logits(probs / len(views))
   accuracy = float(np.mean(log_probs.argmax(axis=-1) == split.labels))
   return {"accuracy": accuracy, "views": len(views)}, log_probs

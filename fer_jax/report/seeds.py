@@ -113,8 +113,8 @@ def figures(labels, member_probs, threshold, val=None):
   if val is not None:
     val_labels, val_probs = val
     val_mean = np.mean(np.asarray(val_probs, np.float64), axis=0)
-    temperature = calibration.fit_temperature(_log(val_mean), val_labels)
-    probs = calibration.probabilities(_log(probs), temperature)
+    temperature = calibration.fit_temperature(calibration.as_logits(val_mean), val_labels)
+    probs = calibration.probabilities(calibration.as_logits(probs), temperature)
   accuracy = float(np.mean(probs.argmax(axis=1) == labels))
   scores = metrics.calibration(labels, probs)
   return {
@@ -135,11 +135,6 @@ def figures(labels, member_probs, threshold, val=None):
   }
 
 
-def _log(probs):
-  """Probabilities as logits (softmax(log p) = p); float32 members may hold exact zeros."""
-  return np.log(np.maximum(probs, np.finfo(np.float64).tiny))
-
-
 def _ece_cell(e):
   """ECE, the members' mean → the ensemble's (→ after its temperature)."""
   if e["temperature"] is None:
@@ -154,15 +149,15 @@ def ensemble_lines(groups):
   """One line per seed ensemble, printed where a sweep or the report command ends."""
   lines = []
   for g in groups:
-    kinds = (g.get("ensemble") or {}).items()
+    if not g.get("ensemble"):
+      continue
     parts = [
       f"{kind} {pct(e['accuracy'], 2)} ({100 * e['gain']:+.2f} over the members' mean), "
       f"ECE {e['ece']:.3f}" + ("" if e["temperature"] is None else f" (T {e['temperature']:.2f})")
-      for kind, e in kinds
+      for kind, e in g["ensemble"].items()
     ]
-    if parts:
-      members = next(iter(kinds))[1]["members"]
-      lines.append(f"{g['name']}: ensemble of {members} seeds, test " + "; ".join(parts))
+    members = g["ensemble"]["plain"]["members"]  # every ensemble has plain probabilities
+    lines.append(f"{g['name']}: ensemble of {members} seeds, test " + "; ".join(parts))
   return lines
 
 
