@@ -125,6 +125,24 @@ def test_checkpoints_from_before_they_carried_their_config_resume(unfinished_run
   assert f"Resuming {unfinished_run} after epoch 2" in proc.stdout
 
 
+def test_a_resumed_run_counts_the_wall_time_of_its_earlier_processes(finished_run, unfinished_run):
+  finished = read_summary(finished_run)
+  meta_path = os.path.join(unfinished_run, "checkpoints", "2", "meta", "metadata")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  # up to epoch 2's checkpoint: the training, not the test evaluation after it
+  assert finished["train_time_s"] < meta["wall_s"] < finished["wall_time_s"]
+  meta["wall_s"] = 3600.0  # as if the killed process had run an hour
+  with open(meta_path, "w") as f:
+    json.dump(meta, f)
+  proc = run_launch(unfinished_run)
+  assert proc.returncode == 0, proc.stderr
+  resumed = read_summary(unfinished_run)
+  assert 3600 < resumed["wall_time_s"] < 3600 + 300
+  assert "time 60." in proc.stdout
+  assert resumed["train_time_s"] == pytest.approx(finished["train_time_s"])
+
+
 def test_a_finished_run_of_another_config_is_refused(finished_run):
   proc = launch(
     ["--config=configs/b_pp.py:quick", f"--workdir={finished_run}", *TINY, *TWO_EPOCHS], check=False

@@ -53,7 +53,10 @@ class ResumeState:
   """Host-side loop state (epoch, callbacks), saved as JSON with every checkpoint."""
 
   epoch: int = 0
-  elapsed_s: float = 0.0
+  elapsed_s: float = 0.0  # training time of every epoch so far, over all processes
+  # wall time of every process up to this checkpoint (a stopped one's time after its last
+  # checkpoint is lost with its work)
+  wall_s: float = 0.0
   plateau: dict = None
   early: dict = None
   data: str = None  # workdir_guard.data_fingerprint of what the run trains on
@@ -165,6 +168,7 @@ def restore_or_start(config, workdir, dataset=None, mesh=None):
     plateau = dataclasses.replace(plateau, **resume.plateau)
     early = dataclasses.replace(early, **resume.early)
     log(f"Resuming {workdir} after epoch {resume.epoch}.")
+    wall_start -= resume.wall_s  # a resumed run's wall time counts its earlier processes
   rows = history.truncate_history(os.path.join(workdir, "metrics.jsonl"), resume.epoch)
   log(
     f"{render.run_title(config.name, config.variant)} on {ds.name} {ds.sizes()}  "
@@ -266,6 +270,7 @@ def end_epoch(run, train_m, val_m, step_count, factor, epoch_start):
   run.resume = ResumeState(
     epoch=epoch,
     elapsed_s=run.resume.elapsed_s + time.perf_counter() - epoch_start,
+    wall_s=time.perf_counter() - run.wall_start,
     plateau=dataclasses.asdict(run.plateau),
     early=dataclasses.asdict(run.early),
     data=run.resume.data,
