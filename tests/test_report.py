@@ -285,6 +285,23 @@ def test_study_aggregation_and_report_text(tmp_path):
   assert json.loads(json.dumps(summary))["num_runs"] == 7  # summary.json is this dict
 
 
+def test_mcnemar_pairs_only_runs_tested_on_one_set():
+  """Two splits of equal class counts have equal label vectors: the fingerprint tells them apart
+  (a run from before fingerprints is paired on its labels)."""
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(4), 25)
+
+  def run(seed, fingerprint):
+    probs = rng.dirichlet(np.ones(4), size=labels.size).astype(np.float32)
+    return {"labels": labels, "probs": probs, "fingerprint": fingerprint, "summary": {"seed": seed}}
+
+  assert len(study.paired_tests([run(0, "split-a")], [run(0, "split-a")])) == 1
+  assert study.paired_tests([run(0, "split-a")], [run(0, "split-b")]) == []
+  assert len(study.paired_tests([run(0, "split-a")], [run(0, None)])) == 1
+  other_labels = {**run(0, None), "labels": labels[::-1].copy()}
+  assert study.paired_tests([run(0, None)], [other_labels]) == []
+
+
 def test_no_eligible_winner_and_missing_predictions(tmp_path):
   fake_run(tmp_path / "a" / "seed0", "a", 0, skill=0.9, gap=12.0)
   os.remove(tmp_path / "a" / "seed0" / "test_predictions.npz")

@@ -64,19 +64,25 @@ def load_predictions(path):
   return out
 
 
+def same_set(a, b):
+  """Whether two runs' predictions (load_predictions) are of one set: the same labels, and the
+  same fingerprint where both saved one (two splits of equal class counts have equal labels)."""
+  if a["labels"] is None or b["labels"] is None:
+    return False
+  same_labels = a["labels"].shape == b["labels"].shape and np.array_equal(a["labels"], b["labels"])
+  fingerprints = (a["fingerprint"], b["fingerprint"])
+  return same_labels and (None in fingerprints or fingerprints[0] == fingerprints[1])
+
+
 def check_same_set(group, runs, split, done):
   """Refuses, in one line, members whose `split` predictions (`runs`: each a load_predictions
   with its "dir") are of different sets; `done` says what was done on it ("tested")."""
   first = runs[0]
   for run in runs[1:]:
-    same_labels = run["labels"].shape == first["labels"].shape and np.array_equal(
-      run["labels"], first["labels"]
-    )
-    fingerprints = (first["fingerprint"], run["fingerprint"])
-    if not same_labels or (None not in fingerprints and fingerprints[0] != fingerprints[1]):
+    if not same_set(first, run):
       raise ValueError(
         f"{group}: {first['dir']} and {run['dir']} were {done} on different {split} sets "
-        f"({split} fingerprints {fingerprints[0]} and {fingerprints[1]}, "
+        f"({split} fingerprints {first['fingerprint']} and {run['fingerprint']}, "
         f"{len(first['labels'])} and {len(run['labels'])} faces): their seed ensemble would "
         "mean nothing; move the runs of other data out of the folder"
       )

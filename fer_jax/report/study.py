@@ -74,11 +74,7 @@ def group_name(root, run_dir):
 
 def _same_test_set(runs):
   """True when every run saved its test predictions, on one and the same test set."""
-  first = runs[0]["labels"]
-  return first is not None and all(
-    r["labels"] is not None and r["labels"].shape == first.shape and (r["labels"] == first).all()
-    for r in runs
-  )
+  return all(seeds.same_set(runs[0], r) for r in runs)
 
 
 def summarize_group(name, runs):
