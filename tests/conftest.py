@@ -81,13 +81,16 @@ TINY = [
 ]
 
 
+# the data cache of every test's runs: shared between them, outside the repo
+TEST_CACHE_DIR = os.path.join(tempfile.gettempdir(), "fer_jax_test_cache")
+CACHE_FLAG = f"--config.data.cache_dir={TEST_CACHE_DIR}"
+
+
 def launch(args, env=None, timeout=300, check=True):
   """Runs launch.py with `args`; returns the CompletedProcess (stdout + stderr as text)."""
   full_env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
-  cache_dir = os.path.join(tempfile.gettempdir(), "fer_jax_test_cache")  # not in the repo
-  cache = f"--config.data.cache_dir={cache_dir}"
   proc = subprocess.run(
-    [sys.executable, os.path.join(ROOT, "launch.py"), *args, cache],
+    [sys.executable, os.path.join(ROOT, "launch.py"), *args, CACHE_FLAG],
     cwd=ROOT,
     env=full_env,
     capture_output=True,
@@ -98,6 +101,24 @@ def launch(args, env=None, timeout=300, check=True):
     raise AssertionError(
       f"launch.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     )
+  return proc
+
+
+def launch_until(args, line_start, sig, stderr=subprocess.STDOUT):
+  """Starts launch.py with `args` and sends it `sig` once a line of its output starts with
+  `line_start` (or at its end); returns the process, its stdout read up to that line."""
+  proc = subprocess.Popen(
+    [sys.executable, os.path.join(ROOT, "launch.py"), *args, CACHE_FLAG],
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=ROOT),
+    stdout=subprocess.PIPE,
+    stderr=stderr,
+    text=True,
+  )
+  for line in proc.stdout:
+    if line.startswith(line_start):
+      break
+  proc.send_signal(sig)
   return proc
 
 

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -26,7 +25,15 @@ from fer_jax.data import cache, file_tree
 from fer_jax.evals import metrics
 from fer_jax.report import run_report, study
 from fer_jax.train import workdir_guard
-from tests.conftest import ROOT, TINY, launch, read_history, read_summary
+from tests.conftest import (
+  ROOT,
+  TEST_CACHE_DIR,
+  TINY,
+  launch,
+  launch_until,
+  read_history,
+  read_summary,
+)
 
 TWO_EPOCHS = ["--config.train.epochs=2", "--config.train.early_stopping=False"]
 MODEL_0 = "--config=configs/model_0.py:quick"
@@ -321,7 +328,7 @@ def test_the_documented_emit_xargs_recipe_trains_the_runs(tmp_path):
       assert recipe in f.read(), doc
   recipe = "xargs -d '\\n' -n1 -P2 sh -c"
   root = tmp_path / "sweep"
-  cache = os.path.join(tempfile.gettempdir(), "fer_jax_test_cache")
+  cache = TEST_CACHE_DIR
   sets = [f"--set={a.removeprefix('--config.')}" for a in TINY] + [
     "--set=train.epochs=1",
     f"--set=data.cache_dir={cache}",
@@ -456,28 +463,9 @@ def test_a_lock_that_is_a_folder_is_named_in_one_line(tmp_path):
 
 def test_ctrl_c_says_where_the_run_stopped_and_how_to_resume(tmp_path):
   workdir = str(tmp_path / "run")
-  cache = f"--config.data.cache_dir={os.path.join(tempfile.gettempdir(), 'fer_jax_test_cache')}"
-  proc = subprocess.Popen(
-    [
-      sys.executable,
-      os.path.join(ROOT, "launch.py"),
-      MODEL_0,
-      f"--workdir={workdir}",
-      *TINY,
-      "--config.train.epochs=200",
-      "--config.train.early_stopping=False",
-      cache,
-    ],
-    cwd=ROOT,
-    env=dict(os.environ, PYTHONPATH=ROOT),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
-  for line in proc.stdout:
-    if line.startswith("epoch 2/"):
-      break
-  proc.send_signal(signal.SIGINT)
+  args = [MODEL_0, f"--workdir={workdir}", *TINY, "--config.train.epochs=200"]
+  args += ["--config.train.early_stopping=False"]
+  proc = launch_until(args, "epoch 2/", signal.SIGINT, stderr=subprocess.PIPE)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode != 0 and "Traceback" not in out + err, err
   last = err.strip().splitlines()[-1]

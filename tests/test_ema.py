@@ -2,7 +2,6 @@
 the evaluations, checkpoints and resume, vectorized members and the scorer."""
 
 import os
-import tempfile
 
 import flax
 import jax
@@ -12,7 +11,7 @@ import pytest
 from fer_jax import config_loading, models
 from fer_jax.report import study
 from fer_jax.train import checkpoint, ema, loop, members, steps
-from tests.conftest import read_history
+from tests.conftest import TEST_CACHE_DIR, read_history
 
 DECAY = 0.9
 OVERRIDES = {
@@ -28,7 +27,7 @@ OVERRIDES = {
   "eval.tta": "flip",  # end to end with test-time augmentation too
   "train.seed": 1,
   "eval.report": False,  # report.md and its plots: seconds a run, checked in test_train
-  "data.cache_dir": os.path.join(tempfile.gettempdir(), "fer_jax_test_cache"),
+  "data.cache_dir": TEST_CACHE_DIR,
 }
 
 

@@ -2,7 +2,6 @@
 
 import json
 import os
-import tempfile
 
 import ml_collections
 import pytest
@@ -12,6 +11,7 @@ from fer_jax import config_loading
 from fer_jax.configs import common as config_common
 from fer_jax.evals import common
 from fer_jax.train import loop
+from tests.conftest import TEST_CACHE_DIR
 
 TINY = {
   "model.widths": (4, 8, 8),
@@ -21,7 +21,7 @@ TINY = {
   "eval.batch_size": 8,
   "train.epochs": 1,
   "eval.report": False,  # report.md and its plots: seconds a run, checked in test_train
-  "data.cache_dir": os.path.join(tempfile.gettempdir(), "fer_jax_test_cache"),
+  "data.cache_dir": TEST_CACHE_DIR,
 }
 
 # One module is a new evaluator: it reads the test entry's result, so it runs after it.

@@ -10,9 +10,6 @@ import contextlib
 import io
 import os
 import signal
-import subprocess
-import sys
-import tempfile
 
 import jax
 import numpy as np
@@ -21,7 +18,7 @@ import pytest
 
 from fer_jax import config_loading
 from fer_jax.train import feeding, loop
-from tests.conftest import ROOT, config_flags, launch, read_history
+from tests.conftest import TEST_CACHE_DIR, config_flags, launch, launch_until, read_history
 
 # Tiny Model 0 with its dropout, augmentation and a plateau (the lr changes inside the state): 12
 # steps per epoch, so N = 8 crosses a log step (every 4) and leaves a shorter last dispatch.
@@ -37,7 +34,7 @@ OVERRIDES = {
   "train.early_stopping": False,
   "optim.plateau_patience": 0,
   "eval.report": False,  # report.md and its plots: seconds a run, checked in test_train
-  "data.cache_dir": os.path.join(tempfile.gettempdir(), "fer_jax_test_cache"),
+  "data.cache_dir": TEST_CACHE_DIR,
 }
 WHOLE_EPOCH = 1000  # capped at the steps of an epoch
 HOST_1 = {"data.on_device": "false", "train.steps_per_dispatch": 1}
@@ -121,18 +118,8 @@ def test_plain_run_is_the_same_whatever_the_feeding(reference, feed, tmp_path, c
 def test_killed_mid_epoch_and_resumed_is_the_same(reference, tmp_path):
   workdir = str(tmp_path / "killed")
   args = [*_flags(DEVICE_8), f"--workdir={workdir}"]
-  proc = subprocess.Popen(
-    [sys.executable, os.path.join(ROOT, "launch.py"), *args],
-    cwd=ROOT,
-    env=dict(os.environ, PYTHONPATH=ROOT),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-  )
-  for line in proc.stdout:
-    if line.startswith("  epoch 2 step 4/"):  # inside epoch 2's first dispatch of 8 steps
-      proc.send_signal(signal.SIGKILL)
-      break
+  # inside epoch 2's first dispatch of 8 steps
+  proc = launch_until(args, "  epoch 2 step 4/", signal.SIGKILL)
   proc.wait(timeout=60)
   assert proc.returncode == -signal.SIGKILL
   resumed = launch(args)

@@ -8,12 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TINY, config_flags, launch, read_history, read_summary
+from tests.conftest import CACHE_FLAG, ROOT, TINY, config_flags, launch, read_history, read_summary
 
 # tests/test_feeding.py's feed settings: the two processes below hold their shards of the data on
 # their devices, 8 steps a dispatch (DEVICE_8); the one process is host-fed a step at a time
@@ -26,7 +25,7 @@ ARGS = [
   "--config.train.epochs=3",
   "--config.train.early_stopping=False",
   "--config.optim.plateau_patience=1",  # the plateau changes the lr inside the state between epochs
-  f"--config.data.cache_dir={os.path.join(tempfile.gettempdir(), 'fer_jax_test_cache')}",
+  CACHE_FLAG,
 ]
 
 

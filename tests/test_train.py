@@ -4,8 +4,6 @@ NaN detection, and bad input. Each run is a subprocess, as a user would start it
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import ml_collections
 import numpy as np
@@ -15,7 +13,7 @@ from PIL import Image
 from fer_jax.evals import calibration, metrics
 from fer_jax.platform import allocator
 from fer_jax.report import study
-from tests.conftest import ROOT, TINY, launch, read_history, read_summary
+from tests.conftest import ROOT, TINY, launch, launch_until, read_history, read_summary
 
 EPOCHS = ["--config.train.epochs=3", "--config.train.early_stopping=False"]
 
@@ -211,30 +209,12 @@ def _comparable(workdir):
 def test_sigkill_then_resume_gives_the_same_result(reference_run, tmp_path):
   ref_dir, _ = reference_run
   workdir = str(tmp_path / "killed")
-  args = [
-    sys.executable,
-    os.path.join(ROOT, "launch.py"),
-    "--config=configs/model_0.py:quick",
-    f"--workdir={workdir}",
-    *TINY,
-    *EPOCHS,
-  ]
-  proc = subprocess.Popen(
-    args,
-    cwd=ROOT,
-    env=dict(os.environ, PYTHONPATH=ROOT),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.STDOUT,
-    text=True,
-  )
-  for line in proc.stdout:
-    if line.startswith("epoch 2/3"):
-      proc.send_signal(signal.SIGKILL)
-      break
+  args = ["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *EPOCHS]
+  proc = launch_until(args, "epoch 2/3", signal.SIGKILL)
   proc.wait(timeout=60)
   assert proc.returncode == -signal.SIGKILL
   assert not os.path.exists(os.path.join(workdir, "metrics.json"))
-  resumed = launch(args[2:])
+  resumed = launch(args)
   assert "Resuming" in resumed.stdout
   got, want = _comparable(workdir), _comparable(ref_dir)
   np.testing.assert_allclose(got[0], want[0], rtol=1e-6)

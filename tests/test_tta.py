@@ -2,7 +2,6 @@
 model gains nothing from flip TTA, another one does change, and the evaluators report both."""
 
 import os
-import tempfile
 
 import jax
 import numpy as np
@@ -15,6 +14,7 @@ from fer_jax.platform import sharding
 from fer_jax.report import run_report
 from fer_jax.report import summary as report_summary
 from fer_jax.train import feeding, steps
+from tests.conftest import TEST_CACHE_DIR
 
 # A tiny Model 0 with a global-average-pooled head: with kernels that are mirror-symmetric, every
 # layer commutes with a horizontal flip (3x3 'same' convs, ReLU, BN, 2x2 pools on even widths)
@@ -26,7 +26,7 @@ OVERRIDES = {
   "model.conv_impl": "xla",
   "data.builtin_per_class": 32,
   "eval.batch_size": 16,
-  "data.cache_dir": os.path.join(tempfile.gettempdir(), "fer_jax_test_cache"),
+  "data.cache_dir": TEST_CACHE_DIR,
 }
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,7 @@ import pytest
 from fer_jax import config_loading
 from fer_jax.models.kernels import cpu_conv
 from fer_jax.train import loop, members
-from tests.conftest import ROOT, read_history
+from tests.conftest import ROOT, TEST_CACHE_DIR, read_history
 from tests.test_feeding import DEVICE_8, HOST_1
 
 SEEDS = (1, 2)  # seed 1 stops early after 3 epochs, seed 2 after 2: one member leaves first
@@ -39,7 +38,7 @@ OVERRIDES = {
   "optim.plateau_patience": 1,
   "train.vectorize": "vmap",  # the accelerators' way; CPU's "map" below
   "eval.report": False,  # report.md and its plots: seconds a run, checked in test_train
-  "data.cache_dir": os.path.join(tempfile.gettempdir(), "fer_jax_test_cache"),
+  "data.cache_dir": TEST_CACHE_DIR,
 }
 
 
