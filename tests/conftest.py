@@ -104,6 +104,22 @@ def launch(args, env=None, timeout=300, check=True):
   return proc
 
 
+def two_step_run(workdir, *flags):
+  """Trains a finished run of Model 0 on the tiny built-in faces in `workdir`: one epoch of two
+  steps, then its evaluators (for tests of what reads a run); returns `workdir`."""
+  launch(
+    [
+      "--config=configs/model_0.py:quick",
+      f"--workdir={workdir}",
+      *TINY,
+      "--config.train.epochs=1",
+      "--config.train.max_steps_per_epoch=2",
+      *flags,
+    ]
+  )
+  return workdir
+
+
 def launch_until(args, line_start, sig, stderr=subprocess.STDOUT):
   """Starts launch.py with `args` and sends it `sig` once a line of its output starts with
   `line_start` (or at its end); returns the process, its stdout read up to that line."""

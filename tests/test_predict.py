@@ -314,6 +314,7 @@ def test_out_naming_a_folder_is_a_usage_error(tmp_path, capsys):
     (["x.jpg", "--smoothing=0"], "--smoothing must be in (0, 1]"),
     (["x.jpg", "--annotate=out.mp4"], "--annotate=OUT.mp4 takes one video input"),
     (["x.jpg", "--workdir=r", "--classes=happy"], "--classes is for the default model"),
+    (["x.jpg", "--tta"], "--tta answers with a run's test-time augmentation: name the --workdir"),
   ],
 )
 def test_usage_errors_come_before_scoring(args, message, capsys):

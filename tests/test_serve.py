@@ -249,6 +249,19 @@ def test_a_busy_port_is_one_line_before_the_model_loads():
   ]
 
 
+def test_tta_without_a_run_is_a_usage_error_before_the_model_loads():
+  proc = subprocess.run(
+    [sys.executable, "-m", "fer_jax.serve", "--tta"],
+    cwd=ROOT,
+    env=dict(os.environ, PYTHONPATH=ROOT),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 1 and proc.stdout == ""
+  assert "--tta answers with a run's test-time augmentation: name the --workdir" in proc.stderr
+
+
 def test_missing_file_field_is_422(client):
   assert client.post("/api/predict", data={"x": "1"}).status_code == 422
 

@@ -142,23 +142,27 @@ def save(workdir, calibration):
 
 
 def load(workdir, default_threshold):
-  """The run's calibration; T = 1 and `default_threshold` (its config.eval.confidence_threshold)
-  for a run that has none (trained before it existed)."""
+  """The run's calibration, with its TTA one where the run had config.eval.tta; T = 1 and
+  `default_threshold` (its config.eval.confidence_threshold) for a run that has none (trained
+  before it existed)."""
   path = os.path.join(workdir, FILE)
   if not os.path.exists(path):
     return Calibration(temperature=1.0, threshold=default_threshold)
   try:
     with open(path) as f:
       values = json.load(f)
-    cal = Calibration(
-      temperature=float(values["temperature"]), threshold=float(values["threshold"])
-    )
-  except (ValueError, KeyError, TypeError) as e:
+    tta = values.get("tta") and _checked(values["tta"], path)
+    return dataclasses.replace(_checked(values, path), tta=tta)
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise ValueError(
       f"{path}: unreadable calibration ({e}); delete it and rerun the same command to refit"
     ) from None
+
+
+def _checked(values, path):
+  cal = Calibration(temperature=float(values["temperature"]), threshold=float(values["threshold"]))
   if not (cal.temperature > 0 and 0.0 <= cal.threshold <= 1.0):
-    raise ValueError(f"{path}: temperature must be > 0 and threshold in [0, 1], got {values}")
+    raise ValueError(f"temperature must be > 0 and threshold in [0, 1], got {values}")
   return cal
 
 

@@ -4,6 +4,7 @@
   python -m fer_jax.predict --classes=angry,happy,sad,neutral photos/ clip.mp4 --out=answers.jsonl
   python -m fer_jax.predict --workdir=runs/b_pp photo.jpg --annotate=annotated/
   python -m fer_jax.predict --workdir=runs/b_pp --crops faces/   # images that are face crops
+  python -m fer_jax.predict --workdir=runs/real --tta photo.jpg   # with the run's TTA views
 
 Each face is found (--detector), cut out with a margin and decoded as the training data was,
 and scored in one batched call per image or frame. Without --workdir the model is the `fer`
@@ -64,6 +65,12 @@ _RUNTIME = flags.DEFINE_enum(
 )
 _MAX_FACES = flags.DEFINE_integer(
   "max_faces", 32, "At most this many faces per image or frame (the largest)."
+)
+_TTA = flags.DEFINE_bool(
+  "tta",
+  False,
+  "Answer as the run's TTA figures were measured: the mean over its config.eval.tta views of "
+  "each face, with their temperature and threshold (docs/inference.md).",
 )
 _CROPS = flags.DEFINE_bool(
   "crops", False, "The images are face crops already: score each one whole."
@@ -133,6 +140,8 @@ def check_flags(inputs):
     raise app.UsageError(f"--max_faces must be at least 1, got {_MAX_FACES.value}")
   if _CLASSES.value and _WORKDIR.value:
     raise app.UsageError("--classes is for the default model; a run's classes are its config's")
+  if _TTA.value and not _WORKDIR.value:
+    raise app.UsageError("--tta answers with a run's test-time augmentation: name the --workdir")
   if _OUT.value:
     if os.path.isdir(_OUT.value):
       raise app.UsageError(f"--out: {_OUT.value!r} is a folder; name a .csv or .jsonl file in it")
@@ -308,7 +317,9 @@ def main(argv):
     detectors.detector(_DETECTOR.value)  # an uninstalled backend fails here, before the model loads
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  scorer = scoring.Scorer.for_command_line(_WORKDIR.value, _CLASSES.value, runtime=runtime())
+  scorer = scoring.Scorer.for_command_line(
+    _WORKDIR.value, _CLASSES.value, runtime=runtime(), tta=_TTA.value
+  )
   detection = scoring.Detection(
     _DETECTOR.value,
     detectors.FER_MARGIN if _MARGIN.value is None else _MARGIN.value,

@@ -5,7 +5,7 @@ Scorer.for_command_line uses it wherever the compilation cache is on (compile_ca
 FER_JAX_COMPILE_CACHE=off turns both off), except where a conv_impl is asked for (export traces
 the model itself). An entry is the folder `scorers/<key>` inside the compilation cache's folder:
 
-  scorer.json   the Scorer's fields (name, classes, crop size, calibration, warning)
+  scorer.json   the Scorer's fields (name, classes, crop size, calibration, warning, TTA views)
   weights.npz   the model's variables as their flat leaves (read with allow_pickle=False)
   logits_<B>.jax  jax.export of (leaves, uint8 crops [B, S, S, C]) -> logits, one per padded
                 batch size (Scorer.logits pads to powers of two) that was ever scored, exported at
@@ -38,7 +38,7 @@ import numpy as np
 from fer_jax.evals import calibration
 from fer_jax.inference import scoring
 
-LAYOUT = 1  # of an entry's files: a new layout is a new key
+LAYOUT = 2  # of an entry's files: a new layout is a new key
 FIELDS = "scorer.json"
 
 
@@ -150,6 +150,7 @@ def save_scorer(folder, live, apply):
     "resize_filter": live.resize_filter,
     "calibration": dataclasses.asdict(live.calibration),
     "warning": live.warning,
+    "tta": live.tta,
   }
   write_file(folder, FIELDS, json.dumps(fields, indent=1).encode())
   return _from_fields(fields, apply)
@@ -167,6 +168,7 @@ def _from_fields(fields, apply):
     calibration.Calibration(**cal, tta=tta and calibration.Calibration(**tta)),
     apply,
     fields["warning"],
+    tta=fields["tta"],
   )
 
 

