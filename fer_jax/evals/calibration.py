@@ -151,15 +151,15 @@ def load(workdir, default_threshold):
   try:
     with open(path) as f:
       values = json.load(f)
-    tta = values.get("tta") and _checked(values["tta"], path)
-    return dataclasses.replace(_checked(values, path), tta=tta)
+    tta = values.get("tta") and _checked(values["tta"])
+    return dataclasses.replace(_checked(values), tta=tta)
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise ValueError(
       f"{path}: unreadable calibration ({e}); delete it and rerun the same command to refit"
     ) from None
 
 
-def _checked(values, path):
+def _checked(values):
   cal = Calibration(temperature=float(values["temperature"]), threshold=float(values["threshold"]))
   if not (cal.temperature > 0 and 0.0 <= cal.threshold <= 1.0):
     raise ValueError(f"temperature must be > 0 and threshold in [0, 1], got {values}")

@@ -36,7 +36,7 @@ class Scorer:
   channels: int
   resize_filter: str
   calibration: calibration.Calibration
-  apply: callable  # jitted (uint8 crops [B, S, S, C]) -> logits [B, classes]
+  apply: callable  # (uint8 crops [B, S, S, C]) -> logits [B, classes]: jitted, or with_tta's
   warning: str = ""  # what a user should know before trusting the answers (predict, serve say it)
   model: tuple = None  # (Flax module, variables) where built here; None from the scorer_cache
   tta: str = "none"  # the run's config.eval.tta: the views `with_tta` averages
