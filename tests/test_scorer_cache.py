@@ -4,6 +4,7 @@ survives corrupt files; a changed run is a new key; a conversion that does not m
 (the live model answers). jax2onnx converts the default model once (the `converted` fixture);
 the tests' later conversions write copies of it."""
 
+import json
 import os
 import pathlib
 
@@ -96,7 +97,14 @@ def test_the_cached_scorer_answers_as_the_live_one_and_survives_corrupt_files(
     repaired = scorer_cache.scorer(str(tmp_path), None, None, build)
     np.testing.assert_array_equal(repaired.logits(crops), first.logits(crops))
     assert all(f"ignoring {entry}/{name}" in capsys.readouterr().err for name in corrupt[:1])
-  assert builds == [1, 1, 1]
+  # Valid JSON, out of range: checked as calibration.json is (calibration.from_dict).
+  fields = json.loads((entry / "scorer.json").read_text())
+  fields["calibration"]["temperature"] = -1.0
+  (entry / "scorer.json").write_text(json.dumps(fields))
+  repaired = scorer_cache.scorer(str(tmp_path), None, None, build)
+  assert repaired.calibration == live.calibration
+  assert f"ignoring {entry}/scorer.json" in capsys.readouterr().err
+  assert builds == [1, 1, 1, 1]
   rewritten = scorer_cache.scorer(str(tmp_path), None, None, unbuildable)
   np.testing.assert_array_equal(rewritten.logits(crops), first.logits(crops))
 

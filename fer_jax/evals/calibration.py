@@ -23,8 +23,7 @@ test's (`val_predictions.npz`: the study report fits a seed ensemble's own tempe
 and returns the `Calibration` for the evaluators that read it. With
 test-time augmentation (`config.eval.tta`, evals/tta.py) it fits a second pair on the split's
 averaged TTA probabilities, for the TTA figures (`Calibration.tta`, "calibration"."tta" in
-metrics.json, "tta" in calibration.json); predict and the server, which score one view, keep the
-plain pair.
+metrics.json, "tta" in calibration.json), which predict and the server use with `--tta`.
 """
 
 import dataclasses
@@ -150,13 +149,18 @@ def load(workdir, default_threshold):
     return Calibration(temperature=1.0, threshold=default_threshold)
   try:
     with open(path) as f:
-      values = json.load(f)
-    tta = values.get("tta") and _checked(values["tta"])
-    return dataclasses.replace(_checked(values), tta=tta)
+      return from_dict(json.load(f))
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise ValueError(
       f"{path}: unreadable calibration ({e}); delete it and rerun the same command to refit"
     ) from None
+
+
+def from_dict(values):
+  """The Calibration that `dataclasses.asdict` wrote as `values` (calibration.json, the scorer
+  cache), range-checked; ValueError, KeyError or TypeError where it is not one."""
+  tta = values.get("tta") and _checked(values["tta"])
+  return dataclasses.replace(_checked(values), tta=tta)
 
 
 def _checked(values):

@@ -157,15 +157,13 @@ def save_scorer(folder, live, apply):
 
 
 def _from_fields(fields, apply):
-  cal = dict(fields["calibration"])
-  tta = cal.pop("tta", None)
   return scoring.Scorer(
     fields["name"],
     tuple(fields["classes"]),
     int(fields["image_size"]),
     int(fields["channels"]),
     fields["resize_filter"],
-    calibration.Calibration(**cal, tta=tta and calibration.Calibration(**tta)),
+    calibration.from_dict(fields["calibration"]),
     apply,
     fields["warning"],
     tta=fields["tta"],
