@@ -1,6 +1,7 @@
 """fer_jax.export: the default model and a tiny trained run in each format, loaded back with that
 format's own runtime, against the scorer on real face crops (batches of 1, 3 and 7: the batch is
-free), model.json, the command's one-line errors, and docs/inference.md's onnxruntime example."""
+free), model.json, a run's export with its TTA views against its saved TTA test probabilities,
+the command's one-line errors, and docs/inference.md's onnxruntime example."""
 
 import json
 import os
@@ -14,12 +15,14 @@ import pytest
 import real_photos
 from conftest import ROOT, two_step_run
 
+from fer_jax import config_loading, data
 from fer_jax.evals import calibration
 from fer_jax.inference import detectors, export, scoring
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 TEMPERATURE = 2.5  # the tiny run's, so that a temperature left out of an export shows
+TTA_TEMPERATURE = 0.5  # the TTA run's for its views' mean (and TEMPERATURE for one view)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +130,53 @@ def test_model_json_says_what_a_caller_needs(exported, tiny_run, scorers):
     meta = json.load(f)
   assert meta["source"] == {"default_model": scorers["default"].name}
   assert meta["input_size"] == 64 and len(meta["class_names"]) == 7
+
+
+@pytest.fixture(scope="module")
+def tta_run(tmp_path_factory):
+  """A finished 1-epoch run evaluated with the recipe's test-time augmentation, its calibration
+  set apart from the plain one (a 2-step run's are alike: uniform answers)."""
+  workdir = two_step_run(
+    str(tmp_path_factory.mktemp("tta") / "run"), "--config.eval.tta=flip+shifts"
+  )
+  cal = calibration.Calibration(TEMPERATURE, 0.3, tta=calibration.Calibration(TTA_TEMPERATURE, 0.4))
+  calibration.save(workdir, cal)
+  return workdir
+
+
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_an_export_with_tta_answers_as_the_runs_tta_test_figures(fmt, tta_run, tmp_path):
+  """--tta: the views are made inside the exported model, which gives the run's saved TTA test
+  probabilities (the mean over its views) calibrated with its TTA temperature."""
+  out = str(tmp_path / "out")
+  if fmt == "onnx":  # through the command line once
+    proc = run_cli(f"--workdir={tta_run}", "--tta", f"--format={fmt}", f"--out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"T = {TTA_TEMPERATURE:.3g}, TTA flip+shifts (10 views); max" in proc.stdout
+    assert "Skipping serialization" not in proc.stderr  # onnx_ir's notes on the views' shapes
+  else:
+    scorer = scoring.Scorer.from_workdir(tta_run, conv_impl="xla").with_tta()
+    export.export(scorer, fmt, out, {"workdir": tta_run})
+  with open(os.path.join(out, export.METADATA)) as f:
+    meta = json.load(f)
+  assert (meta["temperature"], meta["threshold"]) == (TTA_TEMPERATURE, 0.4)
+  assert meta["tta"]["mode"] == "flip+shifts" and meta["tta"]["views"] == 10
+  assert meta["model"].endswith(", TTA flip+shifts (10 views)")
+  config = config_loading.load_run_config(tta_run)
+  test = data.load(config.data).splits["test"]
+  saved = np.load(os.path.join(tta_run, "test_predictions.npz"))
+  want = calibration.probabilities(calibration.as_logits(saved["tta_raw_probs"]), TTA_TEMPERATURE)
+  plain = calibration.probabilities(calibration.as_logits(saved["raw_probs"]), TTA_TEMPERATURE)
+  assert not np.allclose(want, plain, atol=1e-3)
+  got = export.module(fmt).load(export.model_path(out, fmt))(test.images.astype(np.float32))
+  np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_export_with_tta_of_a_run_without_it_is_one_line(tiny_run, tmp_path):
+  proc = run_cli(f"--workdir={tiny_run}", "--tta", "--format=onnx", f"--out={tmp_path / 'out'}")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: --tta: model_0 (")
+  assert not (tmp_path / "out").exists()
 
 
 def test_onnx_names_and_free_batch_in_the_graph(exported):

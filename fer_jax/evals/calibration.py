@@ -48,20 +48,25 @@ class Calibration:
   tta: "Calibration" = None  # of the test-time-augmented probabilities (config.eval.tta; tta.py)
 
 
-def probabilities(logits, temperature=1.0):
+def probabilities(logits, temperature=1.0, xp=np):
   """softmax(logits / T); log-probabilities are valid logits too (softmax ignores a per-row
-  shift)."""
+  shift). float64 on the host; xp=jax.numpy keeps a traced model's dtype (TTA in an export)."""
   # numpy's, not scipy.special's: importing scipy.special is 0.3 s of predict's start
-  z = np.asarray(logits, np.float64) / temperature
-  e = np.exp(z - z.max(axis=-1, keepdims=True))
+  z = xp.asarray(logits, _dtype(xp)) / temperature
+  e = xp.exp(z - z.max(axis=-1, keepdims=True))
   return e / e.sum(axis=-1, keepdims=True)
 
 
-def as_logits(probs):
+def as_logits(probs, xp=np):
   """Probabilities as logits: softmax(as_logits(p)) = p. Mean probabilities (TTA's views, a seed
   ensemble's members) are calibrated as softmax(as_logits(mean p) / T); zeros (float32 underflow)
   become a very negative logit instead of -inf."""
-  return np.log(np.maximum(np.asarray(probs, np.float64), np.finfo(np.float64).tiny))
+  probs = xp.asarray(probs, _dtype(xp))
+  return xp.log(xp.maximum(probs, xp.finfo(probs.dtype).tiny))
+
+
+def _dtype(xp):
+  return np.float64 if xp is np else None
 
 
 def nll(logits, labels, temperature=1.0):

@@ -15,7 +15,6 @@ softmax(log(mean p) / T). Averaging logits instead would let one overconfident v
 """
 
 import numpy as np
-from scipy import special
 
 from fer_jax import data
 from fer_jax.evals import calibration
@@ -29,17 +28,42 @@ VIEWS = {
 }
 
 
-def view(images, flip, dy, dx):
+def view(images, flip, dy, dx, xp=np):
   """`images` [N, H, W, C] mirrored (when `flip`), then moved `dy` pixels down and `dx` right,
-  the edges repeated into the gap."""
-  out = images[:, :, ::-1] if flip else images
-  if dy or dx:
-    h, w = out.shape[1:3]
-    pad = ((0, 0), (max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0)), (0, 0))
-    out = np.pad(out, pad, mode="edge")
-    top, left = max(-dy, 0), max(-dx, 0)
-    out = out[:, top : top + h, left : left + w]
-  return np.ascontiguousarray(out)
+  the edges repeated into the gap: on the host (numpy) or inside an exported model's graph
+  (xp=jax.numpy)."""
+  out = xp.flip(images, axis=2) if flip else images
+  return _shifted(_shifted(out, dy, 1, xp), dx, 2, xp)
+
+
+def _shifted(images, d, axis, xp):
+  # Slices and one concatenation: what every export format keeps. JAX's indexing of an export's
+  # free batch size (x[:, a:b], x[::-1], jnp.take) is a gather, which TFLite's converter refuses.
+  n = images.shape[axis]
+
+  def part(start, stop):
+    if xp is np:
+      return images[(slice(None),) * axis + (slice(start, stop),)]
+    from jax import lax
+
+    return lax.slice_in_dim(images, start, stop, axis=axis)
+
+  if d > 0:
+    return xp.concatenate([part(0, 1)] * d + [part(0, n - d)], axis=axis)
+  if d < 0:
+    return xp.concatenate([part(-d, n)] + [part(n - 1, n)] * -d, axis=axis)
+  return images
+
+
+def mean_of_views(apply, crops, views, xp=np):
+  """Log of the mean over `views` of softmax(apply(view)), [N, classes]: the logits a scorer with
+  TTA answers with (inference/scoring.py; exported with it: export). One call of `apply` on all
+  the views; on the host (numpy, float64: `apply` of any runtime) or traced (xp=jax.numpy)."""
+  batch = xp.concatenate([view(crops, *v, xp=xp) for v in views])
+  logits = apply(batch)
+  # crops.shape[0], not -1: an export's batch is symbolic and this keeps it provably whole
+  logits = logits.reshape(len(views), crops.shape[0], logits.shape[-1])
+  return calibration.as_logits(calibration.probabilities(logits, xp=xp).mean(axis=0), xp=xp)
 
 
 def evaluate(evaluate_fn, split, mode):
@@ -48,8 +72,9 @@ def evaluate(evaluate_fn, split, mode):
   views = VIEWS[mode]
   probs = 0.0
   for flip, dy, dx in views:
-    _, logits = evaluate_fn(data.Split(view(split.images, flip, dy, dx), split.labels))
-    probs = probs + special.softmax(np.asarray(logits, np.float64), axis=-1)
+    images = np.ascontiguousarray(view(split.images, flip, dy, dx))  # a flip is a strided view
+    _, logits = evaluate_fn(data.Split(images, split.labels))
+    probs = probs + calibration.probabilities(logits)
   log_probs = calibration.as_logits(probs / len(views))
   accuracy = float(np.mean(log_probs.argmax(axis=-1) == split.labels))
   return {"accuracy": accuracy, "views": len(views)}, log_probs

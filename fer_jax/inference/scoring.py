@@ -37,10 +37,11 @@ class Scorer:
   channels: int
   resize_filter: str
   calibration: calibration.Calibration
-  apply: callable  # (uint8 crops [B, S, S, C]) -> logits [B, classes]: jitted, or with_tta's
+  apply: callable  # (uint8 crops [B, S, S, C]) -> logits [B, classes]: the model, jitted
   warning: str = ""  # what a user should know before trusting the answers (predict, serve say it)
   model: tuple = None  # (Flax module, variables) where built here; None from the scorer_cache
   tta: str = "none"  # the run's config.eval.tta: the views `with_tta` averages
+  views: tuple = ()  # with_tta's: the views `logits` averages apply over; () = the crop itself
 
   @classmethod
   def default(cls, classes=None):
@@ -153,7 +154,7 @@ class Scorer:
 
     def mean_of_members(crops):
       probs = [
-        calibration.probabilities(m.apply(crops), m.calibration.temperature) for m in members
+        calibration.probabilities(m.logits(crops), m.calibration.temperature) for m in members
       ]
       return calibration.as_logits(np.mean(probs, axis=0))
 
@@ -243,28 +244,21 @@ class Scorer:
     """This scorer answering as its run's test figures with TTA were measured: each crop's
     probabilities are the mean over the run's config.eval.tta views of it (evals/tta.py, the same
     views and mean; `tta.VIEWS` times the model's work), calibrated with the temperature and
-    threshold the run fitted on those means. The views are made on the host, so it works on
-    every runtime."""
+    threshold the run fitted on those means. `logits` makes the views on the host, so it works on
+    every runtime; export puts them into the exported model."""
     if self.tta == "none" or self.calibration.tta is None:
       raise ValueError(
         f"--tta: {self.name} has no test-time augmentation to answer with: only a run "
         "evaluated with config.eval.tta (flip, flip+shifts) has its views and their temperature"
       )
-    from fer_jax.evals import tta  # scipy and the data package: only where TTA is asked for
+    from fer_jax.evals import tta  # the data package: only where TTA is asked for
 
-    views, apply = tta.VIEWS[self.tta], self.apply
-
-    def mean_of_views(crops):
-      crops = np.asarray(crops)
-      batch = np.concatenate([tta.view(crops, *v) for v in views])  # one model call for all
-      logits = np.asarray(apply(batch), np.float64).reshape(len(views), len(crops), -1)
-      return calibration.as_logits(calibration.probabilities(logits).mean(axis=0))
-
+    views = tta.VIEWS[self.tta]
     return dataclasses.replace(
       self,
       name=f"{self.name}, TTA {self.tta} ({len(views)} views)",
       calibration=self.calibration.tta,
-      apply=mean_of_views,
+      views=views,
     )
 
   def logits(self, crops_u8):
@@ -275,8 +269,15 @@ class Scorer:
       chunk = crops_u8[i : i + MAX_BATCH]
       padded = np.zeros((1 << (len(chunk) - 1).bit_length(), *chunk.shape[1:]), np.uint8)
       padded[: len(chunk)] = chunk
-      out.append(np.asarray(self.apply(padded))[: len(chunk)])
+      out.append(np.asarray(self._logits(padded))[: len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+  def _logits(self, crops):
+    if not self.views:
+      return self.apply(crops)
+    from fer_jax.evals import tta
+
+    return tta.mean_of_views(self.apply, crops, self.views)  # all views in one call of apply
 
   def warm(self, max_faces):
     """Compiles every batch shape that frames of up to `max_faces` faces use (powers of two), so

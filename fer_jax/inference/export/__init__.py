@@ -2,14 +2,17 @@
 
   python -m fer_jax.export --format=onnx --out=exported/               # the default model
   python -m fer_jax.export --workdir=runs/b_pp --format=tflite --out=exported/
+  python -m fer_jax.export --workdir=runs/real --tta --format=onnx --out=exported/  # its TTA views
 
 The contract every format keeps (docs/inference.md; the demo page's in-browser mode relies on it):
 one input `faces`, float32 [batch, S, S, C] (S, C: the model's input size and channels), the raw
 0..255 pixel values of face crops cut as predict cuts them (fer_jax.inference.detectors.crops);
 whatever fer_jax does to pixels after that (x / 255, the model's own resizing and scaling) happens
 inside the exported model. One output `probabilities`, float32 [batch, classes]: softmax(logits /
-T), the run's temperature baked in. The batch size is free. model.json beside the model file
-says what a caller must know: class names, temperature, threshold, input size and crop.
+T), the run's temperature baked in; with --tta, the mean over the run's config.eval.tta views of
+each face (made inside the model), calibrated as predict --tta calibrates it. The batch size is
+free. model.json beside the model file says what a caller must know: class names, temperature,
+threshold, TTA views, input size and crop.
 
 Each format is a module here with `write(fn, face_shape, path)` (the converter) and `load(path)`
 (a float32 faces -> probabilities callable on that format's own runtime). Every export is loaded
@@ -52,11 +55,23 @@ def model_path(out_dir, fmt):
 
 def probabilities_fn(scorer):
   """float32 raw pixels [B, S, S, C] -> calibrated probabilities [B, classes], as a JAX function:
-  the scorer's own jitted model call (it scales pixels as training does) and its temperature."""
+  the scorer's own jitted model call (it scales pixels as training does) and its temperature; for
+  a scorer with TTA (Scorer.with_tta), the mean over its views, made inside the graph."""
   import jax
+  import jax.numpy as jnp
+
+  from fer_jax.evals import tta
 
   temperature = scorer.calibration.temperature
-  return lambda faces: jax.nn.softmax(scorer.apply(faces) / temperature, axis=-1)
+
+  def probabilities(faces):
+    if scorer.views:
+      logits = tta.mean_of_views(scorer.apply, faces, scorer.views, xp=jnp)
+    else:
+      logits = scorer.apply(faces)
+    return jax.nn.softmax(logits / temperature, axis=-1)
+
+  return probabilities
 
 
 def check_out_dir(out_dir, fmt):
@@ -127,6 +142,12 @@ def metadata(scorer, fmt, source):
     "class_names": list(scorer.classes),
     "temperature": scorer.calibration.temperature,
     "threshold": scorer.calibration.threshold,
+    "tta": {
+      "mode": scorer.tta if scorer.views else "none",
+      "views": len(scorer.views) or 1,
+      "how": "inside the model: each face's probabilities are the mean over these views of it "
+      "(fer_jax.evals.tta), temperature and threshold fitted on those means",
+    },
     "input_size": size,
     "input": {
       "name": "faces",

@@ -17,6 +17,12 @@ _CLASSES = flags.DEFINE_list(
   None,
   "Default model only: export these of its 7 FER2013 classes (probabilities renormalise).",
 )
+_TTA = flags.DEFINE_bool(
+  "tta",
+  False,
+  "With --workdir of a run evaluated with config.eval.tta: the model averages each face's views "
+  "inside its graph and answers with the run's TTA calibration (as predict --tta).",
+)
 _FORMAT = flags.DEFINE_string("format", None, f"One of {' | '.join(export.FORMATS)}.")
 _OUT = flags.DEFINE_string(
   "out", None, "Directory for model.<format> and model.json (made if missing)."
@@ -36,7 +42,9 @@ def main(argv):
     export.module(_FORMAT.value)  # a bad --format or a missing converter before any model loads
     export.check_out_dir(_OUT.value, _FORMAT.value)
     # XLA's own convolutions: the per-shape choice of conv_impl='auto' needs a concrete batch.
-    scorer = scoring.Scorer.for_command_line(_WORKDIR.value, _CLASSES.value, conv_impl="xla")
+    scorer = scoring.Scorer.for_command_line(
+      _WORKDIR.value, _CLASSES.value, conv_impl="xla", tta=_TTA.value
+    )
     if _WORKDIR.value:
       source = {"workdir": os.path.abspath(_WORKDIR.value)}
     else:
@@ -46,8 +54,10 @@ def main(argv):
     sys.exit(f"error: {e}")
   path = export.model_path(_OUT.value, _FORMAT.value)
   check = meta["check"]
+  tta = meta["tta"]
+  views = f", TTA {tta['mode']} ({tta['views']} views)" if tta["views"] > 1 else ""
   print(
     f"wrote {path} ({os.path.getsize(path) / 1e6:.2f} MB) and {export.METADATA}: "
-    f"{', '.join(meta['class_names'])}, T = {meta['temperature']:.3g}; max |p - fer_jax's| "
+    f"{', '.join(meta['class_names'])}, T = {meta['temperature']:.3g}{views}; max |p - fer_jax's| "
     f"{check['max_abs_difference']:.1e} on batches of {check['batch_sizes']} ({check['runtime']})"
   )

@@ -16,8 +16,9 @@ RUNTIME = f"onnxruntime {onnxruntime.__version__}"
 # writes opset-18 ReduceMean (axes as an input) even when asked for 17.
 OPSET = 18
 # jax2onnx logs each conversion step, and a traceback for each of its plugins for other libraries
-# that fail to import.
-logging.getLogger("jax2onnx").setLevel(logging.ERROR)
+# that fail to import; onnx_ir warns of each shape it leaves to the runtime (TTA's views).
+for _name in ("jax2onnx", "onnx_ir"):
+  logging.getLogger(_name).setLevel(logging.ERROR)
 
 
 def write(fn, face_shape, path, output="probabilities"):
