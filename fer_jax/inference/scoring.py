@@ -115,16 +115,18 @@ class Scorer:
     return scorer
 
   @classmethod
-  def ensemble(cls, workdirs, tta=False):
+  def ensemble(cls, workdirs, tta=False, load=None):
     """The seed ensemble of finished runs as the study report measures it (report/seeds.py): the
     mean of the members' calibrated probabilities (with `tta`, of their with_tta ones),
     calibrated again with the ensemble's own temperature, fitted on the mean of the val
     probabilities the members saved (val_predictions.npz). Members trained before runs saved
     them leave the plain mean (T = 1, with a warning). The threshold is the highest of the
-    members' (equal unless they fitted theirs: config.eval.threshold_target_accuracy)."""
+    members' (equal unless they fitted theirs: config.eval.threshold_target_accuracy).
+    `load(workdir)` makes a member's scorer (default from_workdir; the command line's comes from
+    the scorer cache)."""
     from fer_jax.report import seeds
 
-    members = [cls.from_workdir(w) for w in workdirs]
+    members = [(load or cls.from_workdir)(w) for w in workdirs]
     if tta:
       members = [m.with_tta() for m in members]
     first = members[0]
@@ -183,27 +185,26 @@ class Scorer:
     members = ensemble_members(workdir) if workdir else None
     folder = compile_cache.directory()  # None where FER_JAX_COMPILE_CACHE turns both caches off
 
-    def build(impl=conv_impl):
+    def build(run=workdir, impl=conv_impl):
       compile_cache.enable()
-      return cls.from_workdir(workdir, impl) if workdir else cls.default(classes)
+      return cls.from_workdir(run, impl) if run else cls.default(classes)
 
-    def on_jax():
+    def on_jax(run=workdir):
       if folder is None or conv_impl:
-        return build()
+        return build(run)
       from fer_jax.inference import scorer_cache
       from fer_jax.platform import sharding
 
       compile_cache.enable()
       sharding.configure_backend()  # as building does: the compiled programs' keys stay equal
-      return scorer_cache.scorer(folder, workdir, classes, build)
+      return scorer_cache.scorer(folder, run, classes, lambda: build(run))
 
     try:
       scorer = None
       if members:
         if conv_impl:  # export
           raise ValueError(f"--workdir: {workdir} holds a seed ensemble; export one of its runs")
-        compile_cache.enable()
-        scorer = cls.ensemble(members, tta)
+        scorer = cls.ensemble(members, tta, load=on_jax)
       elif runtime == "onnxruntime":
         if folder is None:
           raise ValueError(
@@ -213,7 +214,7 @@ class Scorer:
 
         # XLA's own convolutions, as export converts them (conv_impl='auto' chooses per batch).
         # None where an earlier run found that the model does not convert.
-        scorer = onnx_scorer.scorer(folder, workdir, classes, lambda: build("xla"))
+        scorer = onnx_scorer.scorer(folder, workdir, classes, lambda: build(impl="xla"))
       if scorer is None:
         scorer = on_jax()
       if tta and not members:
