@@ -156,7 +156,9 @@ class Scorer:
 
     def mean_of_members(crops):
       probs = [
-        calibration.probabilities(m.logits(crops), m.calibration.temperature) for m in members
+        # the ensemble's `logits` padded the batch already
+        calibration.probabilities(m.batch_logits(crops), m.calibration.temperature)
+        for m in members
       ]
       return calibration.as_logits(np.mean(probs, axis=0))
 
@@ -270,15 +272,18 @@ class Scorer:
       chunk = crops_u8[i : i + MAX_BATCH]
       padded = np.zeros((1 << (len(chunk) - 1).bit_length(), *chunk.shape[1:]), np.uint8)
       padded[: len(chunk)] = chunk
-      out.append(np.asarray(self._logits(padded))[: len(chunk)])
+      out.append(np.asarray(self.batch_logits(padded))[: len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
-  def _logits(self, crops):
+  def batch_logits(self, crops, xp=np):
+    """The logits of `crops` as one batch, as given (`logits` pads and chunks): the model's, or
+    with `views` the log of their mean probabilities, all views in one call of apply. xp=jax.numpy
+    traces it (export)."""
     if not self.views:
       return self.apply(crops)
     from fer_jax.evals import tta
 
-    return tta.mean_of_views(self.apply, crops, self.views)  # all views in one call of apply
+    return tta.mean_of_views(self.apply, crops, self.views, xp=xp)
 
   def warm(self, max_faces):
     """Compiles every batch shape that frames of up to `max_faces` faces use (powers of two), so

@@ -60,18 +60,8 @@ def probabilities_fn(scorer):
   import jax
   import jax.numpy as jnp
 
-  from fer_jax.evals import tta
-
   temperature = scorer.calibration.temperature
-
-  def probabilities(faces):
-    if scorer.views:
-      logits = tta.mean_of_views(scorer.apply, faces, scorer.views, xp=jnp)
-    else:
-      logits = scorer.apply(faces)
-    return jax.nn.softmax(logits / temperature, axis=-1)
-
-  return probabilities
+  return lambda faces: jax.nn.softmax(scorer.batch_logits(faces, xp=jnp) / temperature, axis=-1)
 
 
 def check_out_dir(out_dir, fmt):
