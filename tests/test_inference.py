@@ -25,7 +25,7 @@ from test_predict import run as predict_run  # noqa: E402
 
 from fer_jax import config_loading, data  # noqa: E402
 from fer_jax.configs import common  # noqa: E402
-from fer_jax.evals import calibration  # noqa: E402
+from fer_jax.evals import calibration, tta  # noqa: E402
 from fer_jax.inference import (  # noqa: E402
   compile_cache,
   detectors,
@@ -149,6 +149,28 @@ def test_tta_answers_as_the_runs_tta_test_figures_were_measured(tta_run, tmp_pat
     np.testing.assert_allclose(got.probabilities(test.images), saved[want + "probs"], atol=1e-5)
 
 
+def test_tta_keeps_each_model_call_within_max_batch():
+  """Ten views of 256 crops would be one call of 2,560 images: with_tta takes fewer crops a call,
+  and the answers are those of all the crops' views at once."""
+  seen = []
+
+  def apply(images):
+    seen.append(len(images))
+    return images.reshape(len(images), -1)[:, :4].astype(np.float32) / 64
+
+  cal = calibration.Calibration(1.0, 0.7, tta=calibration.Calibration(2.0, 0.6))
+  plain = scoring.Scorer("toy", ("a", "b", "c", "d"), 48, 1, "bilinear", cal, apply, tta="flip")
+  crops = np.random.default_rng(0).integers(0, 256, (300, 48, 48, 1), np.uint8)
+  for mode, crops_a_call in (("flip", 128), ("flip+shifts", 16)):
+    scorer = dataclasses.replace(plain, tta=mode).with_tta()
+    assert scorer.max_batch == crops_a_call
+    seen.clear()
+    got = scorer.logits(crops)
+    assert max(seen) == crops_a_call * len(tta.VIEWS[mode]) <= scoring.MAX_BATCH
+    want = tta.mean_of_views(apply, crops, tta.VIEWS[mode])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_predict_answers_with_tta(tta_run, tmp_path, capsys):
   crop = tmp_path / "crop.png"
   Image.fromarray(astronaut_crops(48)[0, ..., 0]).save(crop)
@@ -184,8 +206,9 @@ def test_a_sweeps_seeds_answer_as_the_study_reports_ensemble(seed_group):
   assert scoring.ensemble_members(members[0]) is None  # a run's own workdir
   test = data.load(config_loading.load_run_config(members[0]).data).splits["test"]
   (group,) = study.aggregate(os.path.dirname(seed_group))[0]["groups"]
-  for tta, key, kind in ((False, "probs", "plain"), (True, "tta_probs", "TTA")):
-    scorer = scoring.Scorer.ensemble(members, tta)
+  for with_tta, key, kind in ((False, "probs", "plain"), (True, "tta_probs", "TTA")):
+    scorer = scoring.Scorer.ensemble(members, with_tta)
+    assert scorer.max_batch == (16 if with_tta else scoring.MAX_BATCH)  # its members' views
     reported = group["ensemble"][kind]
     assert scorer.calibration.temperature == pytest.approx(reported["temperature"], rel=1e-6)
     mean = np.mean([np.load(os.path.join(m, "test_predictions.npz"))[key] for m in members], 0)

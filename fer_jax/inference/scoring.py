@@ -21,7 +21,7 @@ from fer_jax.evals import calibration
 from fer_jax.inference import detectors
 
 UNCERTAIN = "uncertain"
-MAX_BATCH = 256
+MAX_BATCH = 256  # images one model call sees at most: a scorer with TTA takes fewer crops a call
 # A tracked face's leading class changes only when another class's smoothed probability passes
 # it by this much (chosen on a noisy clip of a calm real face: docs/inference.md).
 SWITCH_MARGIN = 0.1
@@ -42,6 +42,9 @@ class Scorer:
   model: tuple = None  # (Flax module, variables) where built here; None from the scorer_cache
   tta: str = "none"  # the run's config.eval.tta: the views `with_tta` averages
   views: tuple = ()  # with_tta's: the views `logits` averages apply over; () = the crop itself
+  # crops per call of batch_logits (a power of two): with 10 views, 16 crops are 160 images;
+  # 256 would be 2,560, a few GB of B+'s activations on a server's CPU
+  max_batch: int = MAX_BATCH
 
   @classmethod
   def default(cls, classes=None):
@@ -170,6 +173,7 @@ class Scorer:
       calibration.Calibration(temperature, threshold),
       mean_of_members,
       "; ".join(warnings),
+      max_batch=min(m.max_batch for m in members),
     )
 
   @classmethod
@@ -262,14 +266,15 @@ class Scorer:
       name=f"{self.name}, TTA {self.tta} ({len(views)} views)",
       calibration=self.calibration.tta,
       views=views,
+      max_batch=1 << (MAX_BATCH // len(views)).bit_length() - 1,
     )
 
   def logits(self, crops_u8):
     """[N, classes] float32 in batches padded to a power of two, so a frame's face count compiles
     one of a few shapes instead of one per count."""
     out = []
-    for i in range(0, len(crops_u8), MAX_BATCH):
-      chunk = crops_u8[i : i + MAX_BATCH]
+    for i in range(0, len(crops_u8), self.max_batch):
+      chunk = crops_u8[i : i + self.max_batch]
       padded = np.zeros((1 << (len(chunk) - 1).bit_length(), *chunk.shape[1:]), np.uint8)
       padded[: len(chunk)] = chunk
       out.append(np.asarray(self.batch_logits(padded))[: len(chunk)])
@@ -291,7 +296,7 @@ class Scorer:
     n = 1
     while True:
       self.logits(np.zeros((n, self.image_size, self.image_size, self.channels), np.uint8))
-      if n >= min(max_faces, MAX_BATCH):
+      if n >= min(max_faces, self.max_batch):
         return
       n *= 2
 
