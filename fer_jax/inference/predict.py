@@ -350,7 +350,10 @@ def main(argv):
         print(f"skipped {printable(str(e))}", file=sys.stderr)
   finally:
     out.close()
+  not_read = skipped + len(skipped_inputs)
   print(
-    f"{out.n} faces in {len(paths) - skipped} files: {out.n_sure} answered, "
+    f"{out.n} faces in {len(paths) - skipped} files"
+    + (f" ({not_read} skipped)" if not_read else "")
+    + f": {out.n_sure} answered, "
     f"{out.n - out.n_sure} uncertain (threshold {threshold:g}; model: {scorer.name})"
   )
