@@ -43,7 +43,7 @@ class Scorer:
   tta: str = "none"  # the run's config.eval.tta: the views `with_tta` averages
   views: tuple = ()  # with_tta's: the views `logits` averages apply over; () = the crop itself
   # crops per call of batch_logits (a power of two): with 10 views, 16 crops are 160 images;
-  # 256 would be 2,560, a few GB of B+'s activations on a server's CPU
+  # 256 would be 2,560, whose first B+ convolution's output alone is 1.5 GB of float32
   max_batch: int = MAX_BATCH
 
   @classmethod
