@@ -105,6 +105,36 @@ def test_real_timing_picks_the_fastest_of_unequal_runners():
   assert min(seconds, key=seconds.get) == "fast" and seconds["slow"] > SLOWDOWN_S
 
 
+def out_of_memory():
+  raise jax.errors.JaxRuntimeError(
+    "RESOURCE_EXHAUSTED: Out of memory allocating 27179089920 bytes."
+  )
+
+
+def test_an_implementation_that_runs_out_of_memory_is_left_out(measuring, monkeypatch, capsys):
+  """A layer too large for one implementation's buffers (im2col's patches at a large batch) runs
+  with the fastest of the others instead of ending the process; other errors still end it."""
+  real = conv_choice.layer_runners
+  monkeypatch.setattr(
+    conv_choice, "layer_runners", lambda *args: {**real(*args), "im2col": out_of_memory}
+  )
+  assert conv_choice.choose((2, 8, 8, 32), (3, 3, 32, 32), np.float32) in ("xla", "winograd")
+  assert "; out of memory: im2col" in capsys.readouterr().err
+  (entry,) = json.loads(measuring.read_text())[conv_choice.machine_key()].values()
+  assert set(entry["ms"]) == {"xla", "winograd"}
+  monkeypatch.setattr(
+    conv_choice, "layer_runners", lambda *args: dict.fromkeys(real(*args), out_of_memory)
+  )
+  assert conv_choice.choose((4, 8, 8, 32), (3, 3, 32, 32), np.float32) == conv_choice.DEFAULT
+  assert "(measured, ms: none; out of memory: " in capsys.readouterr().err
+
+  def broken():
+    raise jax.errors.JaxRuntimeError("INTERNAL: a compiler bug")
+
+  with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+    conv_choice.fastest_seconds({"xla": lambda: None, "broken": broken})
+
+
 def test_an_explicit_conv_impl_is_never_measured(measuring, monkeypatch):
   monkeypatch.setattr(
     conv_choice, "choose", lambda *args: pytest.fail("auto resolution for an explicit impl")

@@ -5,7 +5,8 @@ Which of fer_jax.models.kernels.cpu_conv's implementations wins depends on the C
 every B++ layer on an AVX2 Zen 1; on AVX-512 CPUs XLA's own kernels win some), so the first time a
 layer shape is traced, its forward pass and both gradients are timed with each implementation on
 random data (interleaved, the fastest of a few calls after a warm-up: on a shared machine other
-load only ever adds time) and the fastest is used. Choices are kept in a JSON file keyed by the
+load only ever adds time) and the fastest is used; one that runs out of memory there is left out,
+and the line that prints the choice says so. Choices are kept in a JSON file keyed by the
 CPU (model, family, all ISA flags, cores), the jax/jaxlib versions, XLA_FLAGS and the allocator
 (fer_jax/platform/allocator.py: page faults slow the big-buffer implementations most), then by
 layer shape (batch included) and dtype, so later runs on the same kind of machine measure
@@ -102,11 +103,14 @@ def choose(x_shape, kernel_shape, dtype) -> str:
     # thread, outside that trace.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
       seconds = pool.submit(measure, x_shape, kernel_shape, dtype).result()
-    impl = min(seconds, key=seconds.get)
+    impl = min(seconds, key=seconds.get) if seconds else DEFAULT
     ms = {name: round(1000 * s, 2) for name, s in seconds.items()}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     _write_cache(key, {"impl": impl, "ms": ms, "load_avg": round(load, 1)})
-    source = "measured, ms: " + ", ".join(f"{name} {t:.1f}" for name, t in ms.items())
+    source = "measured, ms: " + (", ".join(f"{name} {t:.1f}" for name, t in ms.items()) or "none")
+    out_of_memory = [c for c in candidates(dtype) if c not in seconds]
+    if out_of_memory:
+      source += f"; out of memory: {', '.join(out_of_memory)}"
     if load > cpu_info.current().cores:
       source += (
         f"; load average {load:.1f} on {cpu_info.current().cores} cores: on a quieter machine the "
@@ -138,16 +142,30 @@ def layer_runners(x_shape, kernel_shape, dtype) -> dict[str, Callable[[], object
 
 def fastest_seconds(runners, repeats=REPEATS, clock=time.perf_counter) -> dict[str, float]:
   """{name: the fastest of `repeats` calls in seconds}, after one untimed call each (compilation);
-  the calls are interleaved so that a change in the machine's other load hits all alike."""
-  for run in runners.values():
-    run()
-  times = {name: [] for name in runners}
+  the calls are interleaved so that a change in the machine's other load hits all alike. A runner
+  whose first call runs out of memory is left out: it is no choice on this machine, and the layer
+  may still run with another (im2col's patches are 9 times a 3x3 layer's input: at 2,560 faces of
+  48x48x64, XLA asked for 27 GB)."""
+  fits = {name: run for name, run in runners.items() if _runs_in_memory(run)}
+  times = {name: [] for name in fits}
   for _ in range(repeats):
-    for name, run in runners.items():
+    for name, run in fits.items():
       start = clock()
       run()
       times[name].append(clock() - start)
   return {name: min(t) for name, t in times.items()}
+
+
+def _runs_in_memory(run):
+  try:
+    run()
+  except MemoryError:
+    return False
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    return False
+  return True
 
 
 def _read_cache():
