@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from fer_jax.models.kernels import conv_choice, cpu_conv
+from fer_jax.models.kernels import conv_choice
 from fer_jax.platform import allocator, cpu_info
 
 # (model, H = W, input channels, output channels) of every 3x3 conv, in order
@@ -45,7 +45,8 @@ def main(argv):
     f"{allocator.describe()}\n"
     f"batch {_BATCH.value}, {_DTYPE.value}; ms per layer: fastest / median of {_REPEATS.value}"
   )
-  print(f"{'model':8s} {'layer':18s}" + "".join(f"{impl:>18s}" for impl in cpu_conv.IMPLS))
+  impls = conv_choice.candidates(_DTYPE.value)  # in 16-bit floats winograd would be im2col
+  print(f"{'model':8s} {'layer':18s}" + "".join(f"{impl:>18s}" for impl in impls))
   totals = {}
   for model, size, c, o in LAYERS:
     runners = conv_choice.layer_runners((_BATCH.value, size, size, c), (3, 3, c, o), _DTYPE.value)
@@ -54,17 +55,20 @@ def main(argv):
     for _ in range(_REPEATS.value):
       for name, seconds in conv_choice.fastest_seconds(runners, repeats=1).items():
         times[name].append(seconds)
-    for name, t in times.items():
-      totals[(model, name)] = totals.get((model, name), 0) + min(t)
+    for name, t in times.items():  # no sample: it ran out of memory, and its sum is nan
+      totals[(model, name)] = totals.get((model, name), 0) + (min(t) if t else float("nan"))
     print(
       f"{model:8s} {f'{size}x{size}, {c} -> {o}':18s}"
-      + "".join(f"{1000 * min(t):9.1f} /{1000 * np.median(t):7.1f}" for t in times.values()),
+      + "".join(
+        f"{1000 * min(t):9.1f} /{1000 * np.median(t):7.1f}" if t else f"{'out of memory':>18s}"
+        for t in times.values()
+      ),
       flush=True,
     )
   for model in dict.fromkeys(m for m, *_ in LAYERS):
     print(
       f"{model:8s} {'sum of fastest':18s}"
-      + "".join(f"{1000 * totals[(model, n)]:9.1f}{'':8s}" for n in cpu_conv.IMPLS)
+      + "".join(f"{1000 * totals[(model, n)]:9.1f}{'':8s}" for n in impls)
     )
 
 

@@ -2,6 +2,7 @@
 CPU description that keys the cache and the benchmark's peak estimate."""
 
 import json
+import re
 import time
 
 import jax
@@ -133,6 +134,29 @@ def test_an_implementation_that_runs_out_of_memory_is_left_out(measuring, monkey
 
   with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
     conv_choice.fastest_seconds({"xla": lambda: None, "broken": broken})
+
+
+def test_the_layer_benchmark_prints_its_candidates_and_what_ran_out_of_memory(monkeypatch, capsys):
+  """benchmarks/conv_layers.py: one column per candidate of the dtype (no winograd in bfloat16),
+  "out of memory" where a candidate could not run, and then no sum for it."""
+  from absl import flags
+
+  from benchmarks import conv_layers
+
+  monkeypatch.setattr(conv_layers, "LAYERS", (("m", 8, 32, 32), ("m", 4, 32, 32)))
+  monkeypatch.setattr(
+    conv_choice, "layer_runners", lambda *args: {"xla": lambda: None, "im2col": out_of_memory}
+  )
+  flags.FLAGS(["conv_layers", "--dtype=bfloat16", "--repeats=2"])
+  try:
+    conv_layers.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+  rows = capsys.readouterr().out.splitlines()[3:]
+  assert rows[0].split() == ["model", "layer", "xla", "im2col"]
+  for row, layer in zip(rows[1:3], ("8x8, 32 -> 32", "4x4, 32 -> 32")):
+    assert re.fullmatch(rf"m +{layer} +0\.0 / +0\.0 +out of memory", row), row
+  assert re.fullmatch(r"m +sum of fastest +0\.0 +nan", rows[3].rstrip()), rows[3]
 
 
 def test_an_explicit_conv_impl_is_never_measured(measuring, monkeypatch):
