@@ -2,6 +2,7 @@
 CPU description that keys the cache and the benchmark's peak estimate."""
 
 import json
+import os
 import re
 import time
 
@@ -134,6 +135,26 @@ def test_an_implementation_that_runs_out_of_memory_is_left_out(measuring, monkey
 
   with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
     conv_choice.fastest_seconds({"xla": lambda: None, "broken": broken})
+
+
+def test_a_program_larger_than_the_available_memory_is_never_run(measuring, monkeypatch, capsys):
+  """XLA's estimate of each candidate's program is held against the host's available memory before
+  the candidate runs: Linux's OOM killer, not an exception, ends a process that outgrows it."""
+  x_shape, kernel_shape = (16, 16, 16, 32), (3, 3, 32, 32)
+  input_bytes = 4 * int(np.prod(x_shape))
+  # im2col's patch matrix alone is 9 inputs; xla's program (input gradient and output) about 3.
+  monkeypatch.setattr(conv_choice, "available_memory_bytes", lambda: 8 * input_bytes)
+  runners = conv_choice.layer_runners(x_shape, kernel_shape, np.float32)
+  assert "xla" in runners and "im2col" not in runners, runners
+  monkeypatch.setattr(conv_choice, "available_memory_bytes", lambda: 0)
+  assert conv_choice.layer_runners(x_shape, kernel_shape, np.float32) == {}
+  assert conv_choice.choose(x_shape, kernel_shape, np.float32) == conv_choice.DEFAULT
+  assert "(measured, ms: none; out of memory: xla, im2col, winograd" in capsys.readouterr().err
+
+
+def test_available_memory_is_the_hosts():
+  ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  assert 0 < conv_choice.available_memory_bytes() <= ram
 
 
 def test_the_layer_benchmark_prints_its_candidates_and_what_ran_out_of_memory(monkeypatch, capsys):

@@ -5,13 +5,17 @@ Which of fer_jax.models.kernels.cpu_conv's implementations wins depends on the C
 every B++ layer on an AVX2 Zen 1; on AVX-512 CPUs XLA's own kernels win some), so the first time a
 layer shape is traced, its forward pass and both gradients are timed with each implementation on
 random data (interleaved, the fastest of a few calls after a warm-up: on a shared machine other
-load only ever adds time) and the fastest is used; one that runs out of memory there is left out,
-and the line that prints the choice says so. Choices are kept in a JSON file keyed by the
-CPU (model, family, all ISA flags, cores), the jax/jaxlib versions, XLA_FLAGS and the allocator
-(fer_jax/platform/allocator.py: page faults slow the big-buffer implementations most), then by
-layer shape (batch included) and dtype, so later runs on the same kind of machine measure
-nothing. Each choice is printed once per process. In bfloat16 (config.model.dtype) 'winograd'
-would run 'im2col' (cpu_conv.winograd_dtype), so only 'xla' and 'im2col' are candidates there.
+load only ever adds time) and the fastest is used. An implementation whose buffers would not fit in
+the memory the host has available (XLA's own estimate of the compiled program), or that runs out of
+memory when called, is left out, and the line that prints the choice says so: on Linux a program
+larger than the host's memory is ended by the kernel's OOM killer, which no caller can catch.
+
+Choices are kept in a JSON file keyed by the CPU (model, family, all ISA flags, cores), the
+jax/jaxlib versions, XLA_FLAGS and the allocator (fer_jax/platform/allocator.py: page faults slow
+the big-buffer implementations most), then by layer shape (batch included) and dtype, so later runs
+on the same kind of machine measure nothing. Each choice is printed once per process. In bfloat16
+(config.model.dtype) 'winograd' would run 'im2col' (cpu_conv.winograd_dtype), so only 'xla' and
+'im2col' are candidates there.
 
 The file is `$FER_JAX_CACHE_DIR/conv_choice.json`, default `~/.cache/fer_jax/` (or
 `$XDG_CACHE_HOME/fer_jax/`). It is replaced atomically, so concurrent writers never leave a torn
@@ -127,25 +131,50 @@ def measure(x_shape, kernel_shape, dtype) -> dict[str, float]:
 
 
 def layer_runners(x_shape, kernel_shape, dtype) -> dict[str, Callable[[], object]]:
-  """{implementation: a call that runs the layer's forward pass and both gradients and waits}."""
+  """{implementation: a call that runs the layer's forward pass and both gradients and waits}, for
+  the candidates whose compiled program fits in the host's available memory (im2col's patches are
+  9 times a 3x3 layer's input: at 2,560 faces of 48x48x64 XLA's estimate is 27 GB)."""
   kx, kk, kd = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, x_shape, dtype)
   kernel = (jax.random.normal(kk, kernel_shape) / np.sqrt(np.prod(kernel_shape[:3]))).astype(dtype)
   dy = jax.random.normal(kd, x_shape[:3] + kernel_shape[-1:], dtype)
+  available = available_memory_bytes()
   runners = {}
   for impl in candidates(dtype):
     conv = functools.partial(cpu_conv.conv2d_same, impl=impl)
     grads = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(conv, x, k)[1](dy))
-    runners[impl] = lambda grads=grads: jax.block_until_ready(grads(x, kernel, dy))
+    grads = grads.lower(x, kernel, dy).compile()
+    if _program_bytes(grads) <= available:
+      runners[impl] = lambda grads=grads: jax.block_until_ready(grads(x, kernel, dy))
   return runners
+
+
+def available_memory_bytes() -> float:
+  """What the host can still give this process: /proc/meminfo's MemAvailable (free memory plus
+  caches the kernel can drop) where there is one; elsewhere, no limit (the runtime check stays)."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return 1024 * int(line.split()[1])
+  except OSError:
+    pass
+  return float("inf")
+
+
+def _program_bytes(compiled) -> int:
+  """XLA's estimate of what a call allocates: its temporaries and outputs (0 where unknown)."""
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return 0
+  return analysis.temp_size_in_bytes + analysis.output_size_in_bytes
 
 
 def fastest_seconds(runners, repeats=REPEATS, clock=time.perf_counter) -> dict[str, float]:
   """{name: the fastest of `repeats` calls in seconds}, after one untimed call each (compilation);
   the calls are interleaved so that a change in the machine's other load hits all alike. A runner
-  whose first call runs out of memory is left out: it is no choice on this machine, and the layer
-  may still run with another (im2col's patches are 9 times a 3x3 layer's input: at 2,560 faces of
-  48x48x64, XLA asked for 27 GB)."""
+  whose first call runs out of memory (XLA's estimate can be low, other processes can grow) is left
+  out: it is no choice on this machine, and the layer may still run with another."""
   fits = {name: run for name, run in runners.items() if _runs_in_memory(run)}
   times = {name: [] for name in fits}
   for _ in range(repeats):
