@@ -171,7 +171,7 @@ def _program_bytes(compiled) -> int:
 
 
 def fastest_seconds(runners, repeats=REPEATS, clock=time.perf_counter) -> dict[str, float]:
-  """{name: the fastest of `repeats` calls in seconds}, after one untimed call each (compilation);
+  """{name: the fastest of `repeats` calls in seconds}, after one untimed call each (a warm-up);
   the calls are interleaved so that a change in the machine's other load hits all alike. A runner
   whose first call runs out of memory (XLA's estimate can be low, other processes can grow) is left
   out: it is no choice on this machine, and the layer may still run with another."""
