@@ -143,9 +143,9 @@ def layer_runners(x_shape, kernel_shape, dtype) -> dict[str, Callable[[], object
   for impl in candidates(dtype):
     conv = functools.partial(cpu_conv.conv2d_same, impl=impl)
     grads = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(conv, x, k)[1](dy))
-    grads = grads.lower(x, kernel, dy).compile()
-    if _program_bytes(grads) <= available:
-      runners[impl] = lambda grads=grads: jax.block_until_ready(grads(x, kernel, dy))
+    program = grads.lower(x, kernel, dy).compile()
+    if _program_bytes(program) <= available:
+      runners[impl] = lambda program=program: jax.block_until_ready(program(x, kernel, dy))
   return runners
 
 
