@@ -73,7 +73,9 @@ class Run:
   workdir: str
 
   def status(self):
-    if os.path.exists(os.path.join(self.workdir, "metrics.json")):
+    from fer_jax.train import workdir_guard
+
+    if workdir_guard.is_finished(self.workdir):
       return "finished"
     return "resume" if os.path.isdir(os.path.join(self.workdir, "checkpoints")) else "new"
 

@@ -362,10 +362,6 @@ def check_run(config, workdir):
   workdir_guard.check_same_config(config, workdir)
 
 
-def is_finished(workdir):
-  return os.path.exists(os.path.join(workdir, "metrics.json"))
-
-
 def report_finished(workdir):
   """A finished run's summary, printed with how to train again."""
   summary, text = report_summary.finished_summary(workdir)
@@ -396,7 +392,7 @@ def train_and_evaluate(config, workdir, dataset=None):
   """Trains `config` in `workdir` (resuming if it holds an unfinished run); returns the summary."""
   workdir = os.path.abspath(workdir)
   check_run(config, workdir)
-  if is_finished(workdir):
+  if workdir_guard.is_finished(workdir):
     return report_finished(workdir)
   with writer_lock(workdir):
     run = restore_or_start(config, workdir, dataset)

@@ -126,7 +126,7 @@ def train_together(configs, workdirs, dataset=None):
   workdirs = [os.path.abspath(w) for w in workdirs]
   for config, workdir in zip(configs, workdirs):
     loop.check_run(config, workdir)
-  todo = [i for i, w in enumerate(workdirs) if not loop.is_finished(w)]
+  todo = [i for i, w in enumerate(workdirs) if not workdir_guard.is_finished(w)]
   summaries = {}
   if len(todo) == 1:
     summaries[todo[0]] = loop.train_and_evaluate(configs[todo[0]], workdirs[todo[0]], dataset)

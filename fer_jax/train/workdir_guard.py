@@ -36,6 +36,11 @@ LOCK_FILE = ".lock"
 CONFIG_FILES = ("config.json", os.path.join("checkpoints", "config.json"))
 
 
+def is_finished(workdir):
+  """Whether the run in `workdir` ended: its summary, metrics.json, is the last file it writes."""
+  return os.path.exists(os.path.join(workdir, "metrics.json"))
+
+
 class WorkdirError(ValueError):
   """A workdir that cannot be used for this run; the message names it and says what to do."""
 
