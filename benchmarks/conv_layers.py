@@ -1,8 +1,9 @@
 """Per conv layer: forward + input and kernel gradients of each fer_jax.models.kernels.cpu_conv
-implementation, at batch 64 on the layer shapes of B++ and Model 0, interleaved on the same data
-(what conv_impl='auto' measures per layer, fer_jax/models/kernels/conv_choice.py).
+implementation (with --forward_only the forward pass alone), at batch 64 on the layer shapes of B++
+and Model 0, interleaved on the same data (what conv_impl='auto' measures per layer of a training
+step, and of an evaluation, fer_jax/models/kernels/conv_choice.py).
 
-  python benchmarks/conv_layers.py [--repeats=5] [--dtype=float32] [--batch=64]
+  python benchmarks/conv_layers.py [--repeats=5] [--dtype=float32] [--batch=64] [--forward_only]
 
 Prints milliseconds per layer (the fastest of --repeats interleaved calls, and their median)
 and the CPU it ran on. Runs with tcmalloc where installed, as training does
@@ -35,6 +36,7 @@ LAYERS = (
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per implementation and layer")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
 _BATCH = flags.DEFINE_integer("batch", 64, "batch size")
+_FORWARD_ONLY = flags.DEFINE_bool("forward_only", False, "time the forward pass without gradients")
 
 
 def main(argv):
@@ -43,13 +45,18 @@ def main(argv):
     f"CPU: {cpu_info.current().describe()}\n"
     f"jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
     f"{allocator.describe()}\n"
-    f"batch {_BATCH.value}, {_DTYPE.value}; ms per layer: fastest / median of {_REPEATS.value}"
+    f"batch {_BATCH.value}, {_DTYPE.value}{', forward only' if _FORWARD_ONLY.value else ''}; "
+    f"ms per layer: fastest / median of {_REPEATS.value}"
   )
-  impls = conv_choice.candidates(_DTYPE.value)  # in 16-bit floats winograd would be im2col
+  gradients = not _FORWARD_ONLY.value
+  # in 16-bit floats winograd would be im2col; forward only, im2col is xla
+  impls = conv_choice.candidates(_DTYPE.value, gradients)
   print(f"{'model':8s} {'layer':18s}" + "".join(f"{impl:>18s}" for impl in impls))
   totals = {}
   for model, size, c, o in LAYERS:
-    runners = conv_choice.layer_runners((_BATCH.value, size, size, c), (3, 3, c, o), _DTYPE.value)
+    runners = conv_choice.layer_runners(
+      (_BATCH.value, size, size, c), (3, 3, c, o), _DTYPE.value, gradients
+    )
     times = {name: [] for name in runners}
     # one fastest_seconds call per round: interleaved, and all samples kept
     for _ in range(_REPEATS.value):

@@ -81,10 +81,13 @@ def test_auto_never_picks_a_slowed_implementation_and_caches_the_choice(
   images = np.random.default_rng(0).uniform(0, 1, (2, 8, 8, 32)).astype(np.float32)
   train_gradients(tiny_cnn("auto"), images)
   choices = conv_choice.chosen()
-  assert len(choices) == 2 and len(calls) == 2, choices  # 8x8 and 4x4 layers, one measurement each
+  # 8x8 and 4x4 layers, each measured once forward only (init, train=False) and once with gradients
+  assert len(choices) == 4 and len(calls) == 4, choices
+  assert sorted(gradients for *_, gradients in calls) == [False, False, True, True]
+  assert sum(key.endswith(", forward only") for key in choices) == 2
   assert SLOWED not in choices.values(), choices
   assert set(choices.values()) <= set(cpu_conv.IMPLS)
-  assert capsys.readouterr().err.count("conv_impl auto:") == 2  # printed once per layer
+  assert capsys.readouterr().err.count("conv_impl auto:") == 4  # printed once per layer and pass
   cached = json.loads(measuring.read_text())[conv_choice.machine_key()]
   assert {key: entry["impl"] for key, entry in cached.items()} == choices
   assert all(entry["ms"][SLOWED] > 1000 * SLOWDOWN_S for entry in cached.values())
@@ -98,6 +101,31 @@ def test_auto_never_picks_a_slowed_implementation_and_caches_the_choice(
   train_gradients(tiny_cnn("auto"), images)
   assert conv_choice.chosen() == choices
   assert "cached in" in capsys.readouterr().err and measuring.read_text() == before
+
+
+def test_a_model_that_is_not_differentiated_times_the_forward_pass_alone(measuring, monkeypatch):
+  """train=False (evaluation and inference, never differentiated): the candidates are the distinct
+  forward passes (im2col's is XLA's), timed without gradients, and kept under keys of their own;
+  in bfloat16 XLA's is the only one, and nothing is timed."""
+  x_shape, kernel_shape = (2, 8, 8, 32), (3, 3, 32, 32)
+  forward = conv_choice.layer_runners(x_shape, kernel_shape, np.float32, gradients=False)
+  assert set(forward) == {"xla", "winograd"}
+  assert all(run().shape == x_shape for run in forward.values())  # outputs, not gradients
+  grads = conv_choice.layer_runners(x_shape, kernel_shape, np.float32)
+  assert set(grads) == set(cpu_conv.IMPLS)
+  assert all([g.shape for g in run()] == [x_shape, kernel_shape] for run in grads.values())
+
+  calls = []
+  monkeypatch.setattr(conv_choice, "layer_runners", slowed_runners(calls))
+  model = tiny_cnn("auto")
+  images = np.zeros((2, 8, 8, 32), np.float32)
+  variables = model.init(jax.random.key(0), images)
+  jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
+  assert calls and all(gradients is False for *_, gradients in calls)
+  assert all(key.endswith(", forward only") for key in conv_choice.chosen())
+
+  monkeypatch.setattr(conv_choice, "layer_runners", lambda *args: pytest.fail(f"measured {args}"))
+  assert conv_choice.choose(x_shape, kernel_shape, jax.numpy.bfloat16, gradients=False) == "xla"
 
 
 def test_real_timing_picks_the_fastest_of_unequal_runners():
@@ -178,6 +206,29 @@ def test_the_layer_benchmark_prints_its_candidates_and_what_ran_out_of_memory(mo
   for row, layer in zip(rows[1:3], ("8x8, 32 -> 32", "4x4, 32 -> 32")):
     assert re.fullmatch(rf"m +{layer} +0\.0 / +0\.0 +out of memory", row), row
   assert re.fullmatch(r"m +sum of fastest +0\.0 +nan", rows[3].rstrip()), rows[3]
+
+
+def test_the_layer_benchmark_times_forward_passes_alone_when_asked(monkeypatch, capsys):
+  from absl import flags
+
+  from benchmarks import conv_layers
+
+  monkeypatch.setattr(conv_layers, "LAYERS", (("m", 8, 32, 32),))
+  calls = []
+  monkeypatch.setattr(
+    conv_choice,
+    "layer_runners",
+    lambda *args: calls.append(args) or {"xla": lambda: None, "winograd": lambda: None},
+  )
+  flags.FLAGS(["conv_layers", "--forward_only", "--repeats=1"])
+  try:
+    conv_layers.main([])
+  finally:
+    flags.FLAGS.unparse_flags()
+  out = capsys.readouterr().out.splitlines()
+  assert "float32, forward only;" in out[2]
+  assert out[3].split() == ["model", "layer", "xla", "winograd"]
+  assert calls == [((64, 8, 8, 32), (3, 3, 32, 32), "float32", False)]
 
 
 def test_an_explicit_conv_impl_is_never_measured(measuring, monkeypatch):

@@ -26,18 +26,20 @@ BN_PLACEMENTS = ("conv_bn_relu", "conv_relu_bn", "block_end", "none")
 class Conv3x3(nn.Module):
   """'same' 3x3 convolution with bias, dispatching to fer_jax.models.kernels.cpu_conv for its
   gradient ('auto': the implementation fer_jax.models.kernels.conv_choice picks for this layer's
-  shapes)."""
+  shapes, timed with gradients where `train`: only training steps differentiate the model)."""
 
   features: int
   impl: str = "xla"
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     kernel = self.param("kernel", glorot, (3, 3, x.shape[-1], self.features))
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     impl = (
-      conv_choice.choose(x.shape, kernel.shape, self.dtype) if self.impl == "auto" else self.impl
+      conv_choice.choose(x.shape, kernel.shape, self.dtype, gradients=train)
+      if self.impl == "auto"
+      else self.impl
     )
     y = cpu_conv.conv2d_same(x.astype(self.dtype), kernel.astype(self.dtype), impl)
     return y + bias.astype(self.dtype)
@@ -77,7 +79,7 @@ class CNN(nn.Module):
     x = x.astype(self.dtype)
     for b, width in enumerate(self.widths, start=1):
       for i in range(1, self.convs_per_block + 1):
-        x = Conv3x3(width, self.conv_impl, self.dtype, name=f"conv{b}_{i}")(x)
+        x = Conv3x3(width, self.conv_impl, self.dtype, name=f"conv{b}_{i}")(x, train)
         if self.bn_placement == "conv_bn_relu":
           x = nn.relu(self._bn(f"bn{b}_{i}", train)(x))
         elif self.bn_placement == "conv_relu_bn":

@@ -3,8 +3,10 @@ it.
 
 Which of fer_jax.models.kernels.cpu_conv's implementations wins depends on the CPU (Winograd won
 every B++ layer on an AVX2 Zen 1; on AVX-512 CPUs XLA's own kernels win some), so the first time a
-layer shape is traced, its forward pass and both gradients are timed with each implementation on
-random data (interleaved, the fastest of a few calls after a warm-up: on a shared machine other
+layer shape is traced, its forward pass and both gradients (in a training step; the forward pass
+alone where the model runs with train=False, in evaluation and inference, where only 'xla' and
+'winograd' differ: im2col's forward pass is XLA's) are timed with each implementation on random
+data (interleaved, the fastest of a few calls after a warm-up: on a shared machine other
 load only ever adds time) and the fastest is used. An implementation whose buffers would not fit in
 the memory the host has available (XLA's own estimate of the compiled program), or that runs out of
 memory when called, is left out, and the line that prints the choice says so: on Linux a program
@@ -12,10 +14,11 @@ larger than the host's memory is ended by the kernel's OOM killer, which no call
 
 Choices are kept in a JSON file keyed by the CPU (model, family, all ISA flags, cores), the
 jax/jaxlib versions, XLA_FLAGS and the allocator (fer_jax/platform/allocator.py: page faults slow
-the big-buffer implementations most), then by layer shape (batch included) and dtype, so later runs
-on the same kind of machine measure nothing. Each choice is printed once per process. In bfloat16
-(config.model.dtype) 'winograd' would run 'im2col' (cpu_conv.winograd_dtype), so only 'xla' and
-'im2col' are candidates there.
+the big-buffer implementations most), then by layer shape (batch included), dtype and whether
+gradients are timed, so later runs on the same kind of machine measure nothing. Each choice is
+printed once per process. In bfloat16 (config.model.dtype) 'winograd' would run 'im2col'
+(cpu_conv.winograd_dtype), so only 'xla' and 'im2col' are candidates there (and forward only,
+'xla' alone: nothing is timed).
 
 The file is `$FER_JAX_CACHE_DIR/conv_choice.json`, default `~/.cache/fer_jax/` (or
 `$XDG_CACHE_HOME/fer_jax/`). It is replaced atomically, so concurrent writers never leave a torn
@@ -69,15 +72,21 @@ def machine_key():
   )
 
 
-def layer_key(x_shape, kernel_shape, dtype):
+def layer_key(x_shape, kernel_shape, dtype, gradients=True):
   n, h, w, c = x_shape
   kh, kw, _, o = kernel_shape
-  return f"{n}x{h}x{w}x{c} -> {o}, {kh}x{kw}, {jnp.dtype(dtype).name}"
+  key = f"{n}x{h}x{w}x{c} -> {o}, {kh}x{kw}, {jnp.dtype(dtype).name}"
+  return key if gradients else f"{key}, forward only"
 
 
-def candidates(dtype) -> tuple[str, ...]:
-  """The implementations that differ in `dtype` (in 16-bit floats 'winograd' is 'im2col')."""
-  return tuple(i for i in cpu_conv.IMPLS if i != "winograd" or cpu_conv.winograd_dtype(dtype))
+def candidates(dtype, gradients=True) -> tuple[str, ...]:
+  """The implementations that differ in `dtype` (in 16-bit floats 'winograd' is 'im2col'), and
+  without `gradients` in their forward pass (im2col's is XLA's)."""
+  return tuple(
+    i
+    for i in cpu_conv.IMPLS
+    if (i != "winograd" or cpu_conv.winograd_dtype(dtype)) and (i != "im2col" or gradients)
+  )
 
 
 def chosen() -> dict[str, str]:
@@ -91,28 +100,32 @@ def worth_measuring(x_shape, kernel_shape):
   return flop >= MIN_MEASURED_FLOP and not jax.config.read("jax_disable_most_optimizations")
 
 
-def choose(x_shape, kernel_shape, dtype) -> str:
-  """The implementation for a 'same' conv of these shapes: cached, measured now, or DEFAULT."""
-  key = layer_key(x_shape, kernel_shape, dtype)
+def choose(x_shape, kernel_shape, dtype, gradients=True) -> str:
+  """The implementation for a 'same' conv of these shapes: cached, measured now, or DEFAULT.
+  `gradients`: whether the layer is differentiated (a training step) or runs forward only."""
+  key = layer_key(x_shape, kernel_shape, dtype, gradients)
   if key in _chosen:
     return _chosen[key]
   if not worth_measuring(x_shape, kernel_shape):
     return DEFAULT
+  options = candidates(dtype, gradients)
+  if len(options) == 1:  # nothing to compare: bfloat16 forward passes are XLA's
+    return options[0]
   entries = _read_cache().get(machine_key())
   entry = entries.get(key) if isinstance(entries, dict) else None
-  if isinstance(entry, dict) and entry.get("impl") in candidates(dtype):
+  if isinstance(entry, dict) and entry.get("impl") in options:
     impl, source = entry["impl"], f"cached in {cache_path()}"
   else:
     # The caller is usually tracing a jitted step; the measurement runs its own programs in a
     # thread, outside that trace.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      seconds = pool.submit(measure, x_shape, kernel_shape, dtype).result()
+      seconds = pool.submit(measure, x_shape, kernel_shape, dtype, gradients).result()
     impl = min(seconds, key=seconds.get) if seconds else DEFAULT
     ms = {name: round(1000 * s, 2) for name, s in seconds.items()}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     _write_cache(key, {"impl": impl, "ms": ms, "load_avg": round(load, 1)})
     source = "measured, ms: " + (", ".join(f"{name} {t:.1f}" for name, t in ms.items()) or "none")
-    out_of_memory = [c for c in candidates(dtype) if c not in seconds]
+    out_of_memory = [c for c in options if c not in seconds]
     if out_of_memory:
       source += f"; out of memory: {', '.join(out_of_memory)}"
     if load > cpu_info.current().cores:
@@ -125,27 +138,32 @@ def choose(x_shape, kernel_shape, dtype) -> str:
   return impl
 
 
-def measure(x_shape, kernel_shape, dtype) -> dict[str, float]:
-  """{implementation: seconds} of forward + input and kernel gradients on random data."""
-  return fastest_seconds(layer_runners(x_shape, kernel_shape, dtype))
+def measure(x_shape, kernel_shape, dtype, gradients=True) -> dict[str, float]:
+  """{implementation: seconds} of the forward pass (+ input and kernel gradients) on random data."""
+  return fastest_seconds(layer_runners(x_shape, kernel_shape, dtype, gradients))
 
 
-def layer_runners(x_shape, kernel_shape, dtype) -> dict[str, Callable[[], object]]:
-  """{implementation: a call that runs the layer's forward pass and both gradients and waits}, for
-  the candidates whose compiled program fits in the host's available memory (im2col's patches are
-  9 times a 3x3 layer's input: at 2,560 faces of 48x48x64 XLA's estimate is 27 GB)."""
+def layer_runners(x_shape, kernel_shape, dtype, gradients=True) -> dict[str, Callable[[], object]]:
+  """{implementation: a call that runs the layer's forward pass (and both gradients) and waits},
+  for the candidates whose compiled program fits in the host's available memory (im2col's patches
+  are 9 times a 3x3 layer's input: at 2,560 faces of 48x48x64 XLA's estimate is 27 GB)."""
   kx, kk, kd = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, x_shape, dtype)
   kernel = (jax.random.normal(kk, kernel_shape) / np.sqrt(np.prod(kernel_shape[:3]))).astype(dtype)
   dy = jax.random.normal(kd, x_shape[:3] + kernel_shape[-1:], dtype)
   available = available_memory_bytes()
   runners = {}
-  for impl in candidates(dtype):
+  for impl in candidates(dtype, gradients):
     conv = functools.partial(cpu_conv.conv2d_same, impl=impl)
-    grads = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(conv, x, k)[1](dy))
-    program = grads.lower(x, kernel, dy).compile()
+    if gradients:
+      args = (x, kernel, dy)
+      program = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(conv, x, k)[1](dy))
+    else:
+      args = (x, kernel)
+      program = jax.jit(conv)
+    program = program.lower(*args).compile()
     if _program_bytes(program) <= available:
-      runners[impl] = lambda program=program: jax.block_until_ready(program(x, kernel, dy))
+      runners[impl] = lambda program=program, args=args: jax.block_until_ready(program(*args))
   return runners
 
 
