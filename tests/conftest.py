@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -120,9 +121,10 @@ def two_step_run(workdir, *flags):
   return workdir
 
 
-def launch_until(args, line_start, sig, stderr=subprocess.STDOUT):
+def launch_until(args, line_start, sig, stderr=subprocess.STDOUT, checkpointed=None):
   """Starts launch.py with `args` and sends it `sig` once a line of its output starts with
-  `line_start` (or at its end); returns the process, its stdout read up to that line."""
+  `line_start` (or at its end), and with `checkpointed` (its workdir) once it has also committed a
+  checkpoint there; returns the process, its stdout read up to that line."""
   proc = subprocess.Popen(
     [sys.executable, os.path.join(ROOT, "launch.py"), *args, CACHE_FLAG],
     cwd=ROOT,
@@ -134,8 +136,23 @@ def launch_until(args, line_start, sig, stderr=subprocess.STDOUT):
   for line in proc.stdout:
     if line.startswith(line_start):
       break
+  if checkpointed:
+    wait_for_checkpoint(proc, checkpointed)
   proc.send_signal(sig)
   return proc
+
+
+def wait_for_checkpoint(proc, workdir, deadline_s=300):
+  """Waits until the run of `proc` has committed a checkpoint in `workdir`. orbax writes them in
+  the background: on a busy machine a run is well into its next epoch before the last one's
+  checkpoint is committed, and a run killed before that has nothing to resume from."""
+  from fer_jax.train import checkpoint
+
+  end = time.monotonic() + deadline_s
+  while checkpoint.last_saved_epoch(os.path.join(workdir, "checkpoints")) is None:
+    assert proc.poll() is None, f"the run ended before committing a checkpoint in {workdir}"
+    assert time.monotonic() < end, f"no checkpoint committed in {workdir} in {deadline_s} s"
+    time.sleep(0.01)
 
 
 def gaussian_logits(rng, labels, separation, num_classes=4, sharpness=1.0):

@@ -119,7 +119,7 @@ def test_killed_mid_epoch_and_resumed_is_the_same(reference, tmp_path):
   workdir = str(tmp_path / "killed")
   args = [*_flags(DEVICE_8), f"--workdir={workdir}"]
   # inside epoch 2's first dispatch of 8 steps
-  proc = launch_until(args, "  epoch 2 step 4/", signal.SIGKILL)
+  proc = launch_until(args, "  epoch 2 step 4/", signal.SIGKILL, checkpointed=workdir)
   proc.wait(timeout=60)
   assert proc.returncode == -signal.SIGKILL
   resumed = launch(args)

@@ -12,7 +12,16 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import CACHE_FLAG, ROOT, TINY, config_flags, launch, read_history, read_summary
+from tests.conftest import (
+  CACHE_FLAG,
+  ROOT,
+  TINY,
+  config_flags,
+  launch,
+  read_history,
+  read_summary,
+  wait_for_checkpoint,
+)
 
 # tests/test_feeding.py's feed settings: the two processes below hold their shards of the data on
 # their devices, 8 steps a dispatch (DEVICE_8); the one process is host-fed a step at a time
@@ -86,6 +95,7 @@ def test_two_processes_killed_and_resumed_equal_one_process(four_device_run, tmp
   workdir = str(tmp_path / "two_processes")
   procs = _start_processes(workdir, config_flags(DEVICE_8))
   _wait_for_line(procs[0], "epoch 2/3")
+  wait_for_checkpoint(procs[0], workdir)
   # The coordinator dies; JAX aborts the other process, which first says so in our words.
   procs[0].send_signal(signal.SIGKILL)
   procs[0].wait(timeout=60)

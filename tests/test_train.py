@@ -210,7 +210,7 @@ def test_sigkill_then_resume_gives_the_same_result(reference_run, tmp_path):
   ref_dir, _ = reference_run
   workdir = str(tmp_path / "killed")
   args = ["--config=configs/model_0.py:quick", f"--workdir={workdir}", *TINY, *EPOCHS]
-  proc = launch_until(args, "epoch 2/3", signal.SIGKILL)
+  proc = launch_until(args, "epoch 2/3", signal.SIGKILL, checkpointed=workdir)
   proc.wait(timeout=60)
   assert proc.returncode == -signal.SIGKILL
   assert not os.path.exists(os.path.join(workdir, "metrics.json"))
