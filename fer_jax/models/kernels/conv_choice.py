@@ -157,11 +157,11 @@ def layer_runners(x_shape, kernel_shape, dtype, gradients=True) -> dict[str, Cal
     conv = functools.partial(cpu_conv.conv2d_same, impl=impl)
     if gradients:
       args = (x, kernel, dy)
-      program = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(conv, x, k)[1](dy))
+      jitted = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(conv, x, k)[1](dy))
     else:
       args = (x, kernel)
-      program = jax.jit(conv)
-    program = program.lower(*args).compile()
+      jitted = jax.jit(conv)
+    program = jitted.lower(*args).compile()
     if _program_bytes(program) <= available:
       runners[impl] = lambda program=program, args=args: jax.block_until_ready(program(*args))
   return runners
