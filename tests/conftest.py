@@ -142,17 +142,26 @@ def launch_until(args, line_start, sig, stderr=subprocess.STDOUT, checkpointed=N
   return proc
 
 
-def wait_for_checkpoint(proc, workdir, deadline_s=300):
+def wait_until(done, proc, what, deadline_s=300):
+  """Waits until `done()` (an event of the child process `proc`, `what` names it), failing if the
+  child ends first or the deadline passes."""
+  end = time.monotonic() + deadline_s
+  while not done():
+    assert proc.poll() is None, f"the process ended before {what}: {proc.communicate()}"
+    assert time.monotonic() < end, f"no {what} in {deadline_s} s"
+    time.sleep(0.01)
+
+
+def wait_for_checkpoint(proc, workdir):
   """Waits until the run of `proc` has committed a checkpoint in `workdir`. orbax writes them in
   the background: on a busy machine a run is well into its next epoch before the last one's
   checkpoint is committed, and a run killed before that has nothing to resume from."""
   from fer_jax.train import checkpoint
 
-  end = time.monotonic() + deadline_s
-  while checkpoint.last_saved_epoch(os.path.join(workdir, "checkpoints")) is None:
-    assert proc.poll() is None, f"the run ended before committing a checkpoint in {workdir}"
-    assert time.monotonic() < end, f"no checkpoint committed in {workdir} in {deadline_s} s"
-    time.sleep(0.01)
+  ckpts = os.path.join(workdir, "checkpoints")
+  wait_until(
+    lambda: checkpoint.last_saved_epoch(ckpts) is not None, proc, f"checkpoint committed in {ckpts}"
+  )
 
 
 def gaussian_logits(rng, labels, separation, num_classes=4, sharpness=1.0):

@@ -12,8 +12,7 @@ import numpy as np
 
 from fer_jax import data
 from fer_jax.data import cache
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT, wait_until
 
 
 def tiny_dataset():
@@ -23,15 +22,6 @@ def tiny_dataset():
 
 def temps(cache_dir):
   return sorted(n for n in os.listdir(cache_dir) if n.startswith(cache.TMP_PREFIX))
-
-
-def wait_for(path, process, deadline=300):
-  """Waits until `path` exists (the child's signal), failing if the child ends first."""
-  end = time.monotonic() + deadline
-  while not os.path.exists(path):
-    assert process.poll() is None, process.communicate()
-    assert time.monotonic() < end, f"{path} never appeared"
-    time.sleep(0.05)
 
 
 def test_a_cache_write_killed_mid_way_leaves_a_temp_file_the_next_load_removes(tmp_path, capsys):
@@ -60,7 +50,7 @@ def test_a_cache_write_killed_mid_way_leaves_a_temp_file_the_next_load_removes(t
     [sys.executable, "-c", child], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT)
   )
   try:
-    wait_for(started, process)
+    wait_until(lambda: os.path.exists(started), process, f"{started}")  # the child's signal
   finally:
     process.send_signal(signal.SIGKILL)
     process.wait()  # reaped: its PID is gone, not a zombie

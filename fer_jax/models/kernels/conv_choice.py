@@ -150,7 +150,8 @@ def layer_runners(x_shape, kernel_shape, dtype, gradients=True) -> dict[str, Cal
   kx, kk, kd = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, x_shape, dtype)
   kernel = (jax.random.normal(kk, kernel_shape) / np.sqrt(np.prod(kernel_shape[:3]))).astype(dtype)
-  dy = jax.random.normal(kd, x_shape[:3] + kernel_shape[-1:], dtype)
+  # the output's gradient, made only where gradients are timed: at large batches it is large
+  dy = jax.random.normal(kd, x_shape[:3] + kernel_shape[-1:], dtype) if gradients else None
   available = available_memory_bytes()
   runners = {}
   for impl in candidates(dtype, gradients):
